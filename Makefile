@@ -1,0 +1,56 @@
+# Converge. `make run` builds and starts the server on :8000; `make test`
+# runs every check CI runs.
+GO      ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X github.com/converge-ci/converge/internal/cli.Version=$(VERSION)
+CMDS    := converge agent wsproxy tcptows
+# Downloadable binaries, embedded into the server by `make dist`.
+DIST_PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64
+
+.PHONY: all build run test check generate vet bench dist clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ $(addprefix ./cmd/,$(CMDS))
+
+run: build
+	./bin/converge --addr :8000
+
+generate:
+	$(GO) tool templ generate
+
+# check fails when generated code, formatting or go.mod is not current.
+check:
+	@$(GO) tool templ generate >/dev/null 2>&1 && git diff --exit-code --stat -- '*_templ.go' || \
+		{ echo "templ output is stale: run 'make generate' and commit"; exit 1; }
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '_templ.go$$'))" || \
+		{ echo "gofmt would change:"; gofmt -l $$(git ls-files '*.go' | grep -v '_templ.go$$'); exit 1; }
+	@cp go.mod /tmp/converge.go.mod.bak && cp go.sum /tmp/converge.go.sum.bak && $(GO) mod tidy && \
+		{ git diff --exit-code --stat -- go.mod go.sum || { echo "go mod tidy changed go.mod/go.sum: commit the result"; exit 1; }; }
+
+vet:
+	$(GO) vet ./...
+	GOOS=windows GOARCH=amd64 $(GO) vet ./...
+	GOOS=darwin GOARCH=arm64 $(GO) vet ./...
+
+test: check vet build
+	$(GO) test -race -count=1 -timeout 8m ./...
+
+bench: build
+	$(GO) test -count=1 -timeout 20m -run '^TestBenchTable$$' ./internal/bench -v -bench-table
+
+dist:
+	@for p in $(DIST_PLATFORMS); do \
+		os=$${p%/*}; arch=$${p#*/}; ext=; [ $$os = windows ] && ext=.exe; \
+		for c in agent wsproxy tcptows; do \
+			echo "build $$c $$os/$$arch"; \
+			CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags '$(LDFLAGS)' \
+				-o static/dist/$$c-$$os-$$arch$$ext ./cmd/$$c || exit 1; \
+		done; \
+	done
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/converge ./cmd/converge
+
+clean:
+	rm -rf bin
+	find static/dist -type f ! -name README.txt -delete

@@ -1,0 +1,189 @@
+// Package agent is the CI-side program of Converge: it dials out to the
+// rendezvous server, registers a rendezvous ID, and serves an embedded SSH
+// server (shells, commands, SFTP) on the client streams the server sends
+// its way. It never listens on a socket.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gliderlabs/ssh"
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/converge-ci/converge/internal/wire"
+	"github.com/converge-ci/converge/internal/wsconn"
+)
+
+// Config of an agent. Validate fills defaults.
+type Config struct {
+	// Server is the rendezvous server's base URL, ws://host[:port] or
+	// wss://host[:port], optionally with a path prefix. Required.
+	Server string
+	// ID is the rendezvous ID. Default: a random, readable one.
+	ID string
+	// Dir is the working directory of sessions, and where .authorized_keys
+	// is read from. Default: the current directory.
+	Dir string
+	// AuthorizedKeysFiles are read in addition to Dir/.authorized_keys, and
+	// re-read when they change.
+	AuthorizedKeysFiles []string
+	// AuthorizedKeys holds authorized_keys lines given directly (for CI
+	// secrets in an environment variable).
+	AuthorizedKeys string
+	// Password, when set, also allows password logins. Empty: keys only.
+	Password string
+	// HostKeyFile or HostKeyPEM supply the host key; default a fresh
+	// ed25519 key per run.
+	HostKeyFile string
+	HostKeyPEM  []byte
+	// Out receives the instructions for users (ssh commands, host key).
+	// Default os.Stdout.
+	Out io.Writer
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Version is announced to the server and in the SSH banner.
+	Version string
+}
+
+// Validate checks c and fills defaults.
+func (c *Config) Validate() error {
+	if c.Server == "" {
+		return errors.New("no server URL given: pass the rendezvous server, e.g. wss://converge.example.com")
+	}
+	c.Server = strings.TrimRight(c.Server, "/")
+	if err := wsconn.CheckURL(c.Server); err != nil {
+		return err
+	}
+	if c.ID == "" {
+		c.ID = wire.NewID()
+	}
+	if err := wire.ValidID(c.ID); err != nil {
+		return err
+	}
+	if c.Dir == "" {
+		d, err := os.Getwd()
+		if err != nil {
+			return fmt.Errorf("working directory: %w", err)
+		}
+		c.Dir = d
+	}
+	d, err := filepath.Abs(c.Dir)
+	if err != nil {
+		return err
+	}
+	c.Dir = d
+	if c.Out == nil {
+		c.Out = os.Stdout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Version == "" {
+		c.Version = "dev"
+	}
+	return nil
+}
+
+// Agent is one running agent. Create it with New, run it with Run.
+type Agent struct {
+	cfg    Config
+	log    *slog.Logger
+	auth   *authorizer
+	signer gossh.Signer
+	srv    *ssh.Server
+	ln     *streamListener
+
+	user   atomic.Pointer[string] // SSH user name, learned from the server
+	secret string                 // registration secret; control loop only
+
+	streams sync.WaitGroup // stream dials in flight
+}
+
+// New prepares an agent: host key, authorized keys, SSH server. It refuses
+// to start when nobody could log in.
+func New(cfg Config) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	a := &Agent{cfg: cfg, log: cfg.Logger.With("component", "agent", "id", cfg.ID), ln: newStreamListener()}
+	signer, err := loadHostKey(cfg.HostKeyFile, cfg.HostKeyPEM)
+	if err != nil {
+		return nil, err
+	}
+	a.signer = signer
+	a.auth = &authorizer{
+		log:      a.log,
+		user:     a.sshUser,
+		files:    append([]string{filepath.Join(cfg.Dir, ".authorized_keys")}, cfg.AuthorizedKeysFiles...),
+		password: cfg.Password,
+		cache:    make(map[string]fileKeys),
+	}
+	if cfg.AuthorizedKeys != "" {
+		keys, err := parseAuthorizedKeys("authorized keys from the environment", []byte(cfg.AuthorizedKeys))
+		if err != nil {
+			return nil, err
+		}
+		a.auth.static = keys
+	}
+	if !a.auth.configured() {
+		return nil, fmt.Errorf("nobody could log in: no keys in %s\n"+
+			"Add the public key of each user who may connect, for example:\n"+
+			"  echo \"$(cat ~/.ssh/id_ed25519.pub)\" >> %s\n"+
+			"or pass --authorized-keys FILE, or set CONVERGE_AUTHORIZED_KEYS",
+			a.auth.files[0], a.auth.files[0])
+	}
+	a.srv = a.newSSHServer()
+	return a, nil
+}
+
+// ID is the agent's rendezvous ID.
+func (a *Agent) ID() string { return a.cfg.ID }
+
+// HostKey is the agent's SSH host public key.
+func (a *Agent) HostKey() gossh.PublicKey { return a.signer.PublicKey() }
+
+func (a *Agent) sshUser() string {
+	if u := a.user.Load(); u != nil {
+		return *u
+	}
+	return ""
+}
+
+// Run connects to the server and serves SSH until ctx ends or the server
+// refuses the agent. It reconnects by itself when the link drops.
+func (a *Agent) Run(ctx context.Context) error {
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- a.srv.Serve(a.ln) }()
+
+	err := a.connectLoop(ctx)
+
+	a.ln.Close()
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if a.srv.Shutdown(sctx) != nil {
+		a.srv.Close()
+	}
+	<-serveErr
+	a.streams.Wait()
+	return err
+}
+
+// Serve serves the agent's SSH server on ln directly, bypassing the relay.
+// It is for benchmarks that measure the relay against a direct path; the
+// agent itself never listens.
+func (a *Agent) Serve(ln net.Listener) error { return a.srv.Serve(ln) }
+
+// SetSSHUser sets the accepted user name before the server has said it
+// (for Serve without a relay).
+func (a *Agent) SetSSHUser(u string) { a.user.Store(&u) }

@@ -1,0 +1,221 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"os/user"
+	"runtime"
+	"time"
+
+	"github.com/coder/websocket"
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/converge-ci/converge/internal/wire"
+	"github.com/converge-ci/converge/internal/wsconn"
+)
+
+// Reconnect backoff: doubling from backoffMin to backoffMax, with jitter.
+const (
+	backoffMin = 500 * time.Millisecond
+	backoffMax = 30 * time.Second
+)
+
+// connectLoop keeps a control connection up until ctx ends. A refusal by
+// the server (HTTP 4xx: bad ID, ID in use) is final; anything else is
+// retried with backoff.
+func (a *Agent) connectLoop(ctx context.Context) error {
+	backoff := backoffMin
+	announced := false
+	for {
+		connected, err := a.control(ctx, !announced)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if connected {
+			announced = true
+			backoff = backoffMin
+		}
+		var re *wsconn.RefusedError
+		if errors.As(err, &re) && re.Status >= 400 && re.Status < 500 {
+			return fmt.Errorf("server refused agent: %s", re.Message)
+		}
+		d := backoff/2 + rand.N(backoff/2+1)
+		a.log.Warn("connection to server lost; reconnecting", "error", err, "in", d.Round(time.Millisecond))
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		backoff = min(backoff*2, backoffMax)
+	}
+}
+
+// control runs one control connection: register, then serve dial requests
+// until the connection ends. connected reports whether registration
+// succeeded.
+func (a *Agent) control(ctx context.Context, announce bool) (connected bool, err error) {
+	hdr := http.Header{}
+	if a.secret != "" {
+		hdr.Set(wire.SecretHeader, a.secret)
+	}
+	dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	c, err := wsconn.Dial(dctx, a.cfg.Server+"/agent/"+a.cfg.ID, wsconn.Options{Subprotocols: []string{wire.ControlProtocol}, Header: hdr})
+	cancel()
+	if err != nil {
+		return false, err
+	}
+	defer c.CloseNow()
+	c.SetReadLimit(wire.MaxMessageSize)
+
+	if err := a.send(ctx, c, wire.Message{Type: wire.TypeHello, Hello: &wire.Hello{Version: a.cfg.Version, Info: a.info()}}); err != nil {
+		return false, fmt.Errorf("send hello: %w", err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	m, err := readControl(rctx, c)
+	cancel()
+	if err != nil {
+		return false, fmt.Errorf("read welcome: %w", err)
+	}
+	if m.Type != wire.TypeWelcome {
+		return false, fmt.Errorf("server sent %q instead of welcome", m.Type)
+	}
+	a.secret = m.Welcome.Secret
+	a.user.Store(&m.Welcome.SSHUser)
+	if announce {
+		a.announce()
+	} else {
+		a.log.Info("reconnected to server")
+	}
+
+	// Keepalive: a missing pong means the link is dead, whatever TCP says.
+	kctx, stopKeepalive := context.WithCancel(ctx)
+	kdone := make(chan struct{})
+	go func() {
+		defer close(kdone)
+		wsconn.Keepalive(kctx, c, wsconn.PingInterval, wsconn.PingTimeout, func(err error) {
+			a.log.Warn("server link dead", "error", err)
+			c.CloseNow()
+		})
+	}()
+	defer func() { stopKeepalive(); <-kdone }()
+
+	for {
+		m, err := readControl(ctx, c)
+		if err != nil {
+			if ctx.Err() != nil {
+				c.Close(websocket.StatusNormalClosure, "agent stopping")
+			}
+			return true, err
+		}
+		switch m.Type {
+		case wire.TypeDial:
+			a.streams.Add(1)
+			go func() {
+				defer a.streams.Done()
+				a.dialStream(ctx, *m.Dial)
+			}()
+		default:
+			a.log.Warn("ignoring unexpected control message", "type", m.Type)
+		}
+	}
+}
+
+// dialStream opens the stream connection a waiting client needs and hands
+// it to the SSH server.
+func (a *Agent) dialStream(ctx context.Context, d wire.Dial) {
+	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	c, err := wsconn.Dial(dctx, a.cfg.Server+"/agent/"+a.cfg.ID+"/stream/"+d.Token, wsconn.Options{Subprotocols: []string{wire.StreamProtocol}})
+	cancel()
+	if err != nil {
+		a.log.Warn("cannot open stream for a client", "error", err)
+		return
+	}
+	a.ln.deliver(wsconn.NetConn(ctx, c))
+}
+
+func (a *Agent) send(ctx context.Context, c *websocket.Conn, m wire.Message) error {
+	b, err := wire.Encode(m)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return c.Write(ctx, websocket.MessageText, b)
+}
+
+func readControl(ctx context.Context, c *websocket.Conn) (wire.Message, error) {
+	typ, b, err := c.Read(ctx)
+	if err != nil {
+		return wire.Message{}, err
+	}
+	if typ != websocket.MessageText {
+		return wire.Message{}, errors.New("binary control message")
+	}
+	return wire.Decode(b)
+}
+
+// info describes this agent to the server.
+func (a *Agent) info() wire.Info {
+	host, _ := os.Hostname()
+	var name string
+	if u, err := user.Current(); err == nil {
+		name = u.Username
+	}
+	return wire.Info{
+		Hostname:    host,
+		OS:          runtime.GOOS,
+		Arch:        runtime.GOARCH,
+		User:        name,
+		Dir:         a.cfg.Dir,
+		CI:          ciHints(),
+		Fingerprint: gossh.FingerprintSHA256(a.signer.PublicKey()),
+	}
+}
+
+// ciHints picks well-known CI variables that tell which job this is.
+func ciHints() map[string]string {
+	keys := []string{
+		"GITHUB_REPOSITORY", "GITHUB_RUN_ID", "GITHUB_JOB", "GITHUB_WORKFLOW",
+		"CI_PROJECT_PATH", "CI_JOB_ID", "CI_JOB_NAME", "CI_PIPELINE_ID",
+		"BUILD_URL", "JOB_NAME", "BUILD_NUMBER",
+		"BUILDKITE_PIPELINE_SLUG", "BUILDKITE_BUILD_NUMBER",
+		"CIRCLE_PROJECT_REPONAME", "CIRCLE_BUILD_NUM",
+	}
+	var m map[string]string
+	for _, k := range keys {
+		if v := os.Getenv(k); v != "" {
+			if m == nil {
+				m = make(map[string]string)
+			}
+			if len(v) > 200 {
+				v = v[:200]
+			}
+			m[k] = v
+		}
+	}
+	return m
+}
+
+// announce prints what a user needs to connect.
+func (a *Agent) announce() {
+	id, user := a.cfg.ID, a.sshUser()
+	client := a.cfg.Server + "/client/" + id
+	key := a.signer.PublicKey()
+	fmt.Fprintf(a.cfg.Out, `Converge agent registered as %q at %s
+Host key:  %s
+Verify it: add this line to ~/.ssh/known_hosts
+  %s
+Connect:
+  ssh  -oProxyCommand="wsproxy %s" -oHostKeyAlias=%s %s@localhost
+  sftp -oProxyCommand="wsproxy %s" -oHostKeyAlias=%s %s@localhost
+  or:  tcptows 10000 %s
+       ssh -p 10000 -oHostKeyAlias=%s %s@localhost
+`, id, a.cfg.Server, gossh.FingerprintSHA256(key), knownHostsLine(id, key),
+		client, id, user, client, id, user, client, id, user)
+}

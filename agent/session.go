@@ -1,0 +1,81 @@
+package agent
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+
+	"github.com/gliderlabs/ssh"
+)
+
+// handleSession runs a shell or a command for one SSH session: with a PTY
+// when the client asked for one, with separate stdout and stderr when not.
+// The exit status goes back to the client; when the session ends, its whole
+// process group ends with it.
+func (a *Agent) handleSession(s ssh.Session) {
+	log := a.log.With("user", s.User(), "session", shortSession(s))
+	cmd := a.command(s)
+	log.Info("session started", "command", s.RawCommand(), "pty", hasPty(s))
+	code, err := a.run(s, cmd)
+	if err != nil {
+		log.Warn("session failed", "error", err)
+		s.Stderr().Write([]byte("converge: " + err.Error() + "\r\n"))
+	}
+	log.Info("session ended", "exit", code)
+	s.Exit(code)
+}
+
+func hasPty(s ssh.Session) bool {
+	_, _, ok := s.Pty()
+	return ok
+}
+
+func shortSession(s ssh.Session) string {
+	id := s.Context().SessionID()
+	if len(id) > 8 {
+		id = id[:8]
+	}
+	return id
+}
+
+// command builds the process for s: the user's shell, running the client's
+// command when one was given.
+func (a *Agent) command(s ssh.Session) *exec.Cmd {
+	shell := loginShell()
+	var cmd *exec.Cmd
+	if raw := s.RawCommand(); raw != "" {
+		cmd = exec.Command(shell, shellCommandFlag(shell), raw)
+	} else {
+		cmd = exec.Command(shell)
+		if runtime.GOOS != "windows" {
+			// A leading '-' in argv[0] makes it a login shell.
+			cmd.Args[0] = "-" + filepath.Base(shell)
+		}
+	}
+	cmd.Dir = a.cfg.Dir
+	env := append(os.Environ(), s.Environ()...)
+	env = append(env, "agentdir="+a.cfg.Dir)
+	if pty, _, ok := s.Pty(); ok && pty.Term != "" {
+		env = append(env, "TERM="+pty.Term)
+	}
+	cmd.Env = env
+	return cmd
+}
+
+// exitCode turns the result of cmd.Wait into an SSH exit status: the
+// command's code, or 128+signal when a signal ended it.
+func exitCode(err error) (int, error) {
+	if err == nil {
+		return 0, nil
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if code := ee.ExitCode(); code >= 0 {
+			return code, nil
+		}
+		return 128 + signalNumber(ee), nil
+	}
+	return 255, err
+}

@@ -1,0 +1,45 @@
+package agent
+
+import (
+	"context"
+	"net"
+	"time"
+
+	"github.com/gliderlabs/ssh"
+)
+
+// handshakeTimeout bounds an SSH handshake: neither x/crypto/ssh nor
+// gliderlabs/ssh bounds it, and a stream that never completes one must not
+// hold resources.
+const handshakeTimeout = 30 * time.Second
+
+// newSSHServer builds the embedded SSH server. Authentication always goes
+// through the authorizer: a gliderlabs server with no auth handler would
+// let everyone in.
+func (a *Agent) newSSHServer() *ssh.Server {
+	srv := &ssh.Server{
+		Version:          "Converge_" + a.cfg.Version,
+		Handler:          a.handleSession,
+		PublicKeyHandler: a.auth.publicKey,
+		SubsystemHandlers: map[string]ssh.SubsystemHandler{
+			"sftp": a.handleSFTP,
+		},
+		ConnCallback: func(ctx ssh.Context, conn net.Conn) net.Conn {
+			// Close the connection if the handshake has not finished in
+			// time; gliderlabs stores the ServerConn in ctx once it has.
+			t := time.AfterFunc(handshakeTimeout, func() {
+				if ctx.Value(ssh.ContextKeyConn) == nil {
+					a.log.Warn("ssh handshake timed out", "timeout", handshakeTimeout)
+					conn.Close()
+				}
+			})
+			context.AfterFunc(ctx, func() { t.Stop() })
+			return conn
+		},
+	}
+	if a.auth.password != "" {
+		srv.PasswordHandler = a.auth.passwordOK
+	}
+	srv.AddHostKey(a.signer)
+	return srv
+}

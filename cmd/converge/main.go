@@ -1,0 +1,59 @@
+// Command converge is the Converge rendezvous server.
+package main
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/converge-ci/converge/internal/cli"
+	"github.com/converge-ci/converge/server"
+)
+
+func main() {
+	cmd := cli.New("converge", "converge [flags]", `
+Converge is the rendezvous server: agents in CI jobs connect to it, users
+reach an agent through it by its ID, and it pipes the encrypted SSH bytes
+between them without being able to read them. It also serves the usage
+page with copy-paste commands and the downloads.`)
+	cmd.Footer = `Example:
+  converge --addr :8000 --ssh-user converge
+Then open http://localhost:8000 for the recipes.`
+	var (
+		cfg       server.Config
+		logFormat string
+		verbose   bool
+	)
+	f := cmd.Flags
+	f.StringVar(&cfg.Addr, "addr", ":8000", "address to listen on, HOST:PORT")
+	f.StringVar(&cfg.SSHUser, "ssh-user", "converge", "the user name clients log in to agents with; agents learn it when they register")
+	f.DurationVar(&cfg.Grace, "grace", 0, "how long the ID of an agent whose link dropped stays reserved for it (default 5m)")
+	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	f.BoolVar(&verbose, "verbose", false, "log debug messages")
+	if err := cmd.Parse(os.Args[1:]); err != nil {
+		if errors.Is(err, cli.ErrExit) {
+			return
+		}
+		os.Exit(2)
+	}
+	if f.NArg() > 0 {
+		cli.Fatal("converge", errors.New("unexpected arguments; see converge --help"), 2)
+	}
+	log, err := cli.Logger(os.Stderr, logFormat, verbose)
+	if err != nil {
+		cli.Fatal("converge", err, 2)
+	}
+	cfg.Logger = log
+	cfg.Version = cli.Version
+	srv, err := server.New(cfg)
+	if err != nil {
+		cli.Fatal("converge", err, 2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := srv.Run(ctx); err != nil {
+		cli.Fatal("converge", err, 1)
+	}
+}

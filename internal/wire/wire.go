@@ -1,0 +1,181 @@
+// Package wire defines the control messages exchanged between an agent and the
+// rendezvous server over the agent's control WebSocket, and the syntax of
+// rendezvous IDs and stream tokens.
+//
+// Messages are small JSON objects sent as WebSocket text messages, one message
+// per WebSocket message. Decode is the only parser of control bytes from the
+// network; it bounds sizes and rejects anything it does not understand. It is
+// not the stream protocol: SSH bytes never pass through this package.
+package wire
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Protocol names negotiated as WebSocket subprotocols.
+const (
+	// ControlProtocol is the agent's control connection (GET /agent/{id}).
+	ControlProtocol = "converge.control.v1"
+	// StreamProtocol is an agent's dial-back connection carrying one client
+	// stream (GET /agent/{id}/stream/{token}). Its binary messages carry the
+	// client's bytes unchanged.
+	StreamProtocol = "converge.stream.v1"
+)
+
+// MaxMessageSize bounds one control message. Anything larger is refused.
+const MaxMessageSize = 16 << 10
+
+// Message types.
+const (
+	TypeHello   = "hello"   // agent → server, first message
+	TypeWelcome = "welcome" // server → agent, reply to hello
+	TypeStatus  = "status"  // agent → server, whenever expiry or sessions change
+	TypeDial    = "dial"    // server → agent: a client waits; dial back a stream
+)
+
+// Message is one control message. Exactly the field named by Type is set.
+type Message struct {
+	Type    string   `json:"type"`
+	Hello   *Hello   `json:"hello,omitempty"`
+	Welcome *Welcome `json:"welcome,omitempty"`
+	Status  *Status  `json:"status,omitempty"`
+	Dial    *Dial    `json:"dial,omitempty"`
+}
+
+// Hello introduces an agent. Secret is empty on first registration; on
+// re-registration after a lost link it is the secret the server gave in
+// Welcome, which proves the agent is the one that held the ID before.
+type Hello struct {
+	Version   string   `json:"version"`
+	Secret    string   `json:"secret,omitempty"`
+	Protocols []string `json:"protocols,omitempty"` // stream subprotocols the agent offers to clients
+	Info      Info     `json:"info"`
+}
+
+// Info describes an agent for the server's sessions view. All of it is
+// self-reported by the agent and shown, never trusted.
+type Info struct {
+	Hostname    string            `json:"hostname,omitempty"`
+	OS          string            `json:"os,omitempty"`
+	Arch        string            `json:"arch,omitempty"`
+	User        string            `json:"user,omitempty"`
+	Dir         string            `json:"dir,omitempty"`
+	CI          map[string]string `json:"ci,omitempty"`
+	Fingerprint string            `json:"fingerprint,omitempty"`
+	Status      Status            `json:"status"`
+}
+
+// Status is what changes during an agent's life.
+type Status struct {
+	Expiry   time.Time `json:"expiry,omitzero"`
+	Sessions int       `json:"sessions"`
+}
+
+// Welcome accepts a registration.
+type Welcome struct {
+	SSHUser string `json:"ssh_user"`
+	Secret  string `json:"secret"`
+}
+
+// Dial asks the agent to open a stream connection for a waiting client.
+// Protocol is the stream subprotocol the client negotiated ("" for raw).
+type Dial struct {
+	Token    string `json:"token"`
+	Protocol string `json:"protocol,omitempty"`
+}
+
+// ErrInvalid wraps every decoding and validation failure.
+var ErrInvalid = errors.New("invalid control message")
+
+// Encode returns msg as one control message.
+func Encode(msg Message) ([]byte, error) {
+	if err := msg.Validate(); err != nil {
+		return nil, err
+	}
+	b, err := json.Marshal(msg)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s: %w", msg.Type, err)
+	}
+	if len(b) > MaxMessageSize {
+		return nil, fmt.Errorf("%w: %s message is %d bytes, limit %d", ErrInvalid, msg.Type, len(b), MaxMessageSize)
+	}
+	return b, nil
+}
+
+// Decode parses and validates one control message.
+func Decode(b []byte) (Message, error) {
+	var msg Message
+	if len(b) > MaxMessageSize {
+		return msg, fmt.Errorf("%w: %d bytes, limit %d", ErrInvalid, len(b), MaxMessageSize)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&msg); err != nil {
+		return Message{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if dec.More() {
+		return Message{}, fmt.Errorf("%w: trailing data", ErrInvalid)
+	}
+	if err := msg.Validate(); err != nil {
+		return Message{}, err
+	}
+	return msg, nil
+}
+
+// Validate checks that exactly the body named by Type is present and that
+// its fields are well formed.
+func (m Message) Validate() error {
+	set := 0
+	for _, p := range []bool{m.Hello != nil, m.Welcome != nil, m.Status != nil, m.Dial != nil} {
+		if p {
+			set++
+		}
+	}
+	if set != 1 {
+		return fmt.Errorf("%w: %q message must carry exactly one body, has %d", ErrInvalid, m.Type, set)
+	}
+	var ok bool
+	switch m.Type {
+	case TypeHello:
+		ok = m.Hello != nil
+		if ok && m.Hello.Secret != "" {
+			if err := ValidToken(m.Hello.Secret); err != nil {
+				return fmt.Errorf("%w: hello secret: %v", ErrInvalid, err)
+			}
+		}
+	case TypeWelcome:
+		ok = m.Welcome != nil
+		if ok {
+			if err := ValidToken(m.Welcome.Secret); err != nil {
+				return fmt.Errorf("%w: welcome secret: %v", ErrInvalid, err)
+			}
+		}
+	case TypeStatus:
+		ok = m.Status != nil
+		if ok && m.Status.Sessions < 0 {
+			return fmt.Errorf("%w: negative session count", ErrInvalid)
+		}
+	case TypeDial:
+		ok = m.Dial != nil
+		if ok {
+			if err := ValidToken(m.Dial.Token); err != nil {
+				return fmt.Errorf("%w: dial token: %v", ErrInvalid, err)
+			}
+		}
+	default:
+		return fmt.Errorf("%w: unknown type %q", ErrInvalid, m.Type)
+	}
+	if !ok {
+		return fmt.Errorf("%w: %q message carries the wrong body", ErrInvalid, m.Type)
+	}
+	return nil
+}
+
+// SecretHeader carries an agent's registration secret in the upgrade
+// request of GET /agent/{id}, so that the server decides on the ID before
+// upgrading and refusals are plain HTTP errors.
+const SecretHeader = "Converge-Agent-Secret"

@@ -1,0 +1,183 @@
+// Package wsconn holds Converge's WebSocket conventions on top of
+// github.com/coder/websocket: how we dial and accept (explicit subprotocols,
+// compression off, deliberate read limits), how refusals before the upgrade
+// become readable errors, close codes, and keepalive pings.
+//
+// It is not a protocol of its own: the bytes carried are the caller's.
+package wsconn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// Close codes of our own (RFC 6455 leaves 4000-4999 to applications).
+const (
+	// CodeReplaced: another connection took this one's place (a re-registering agent).
+	CodeReplaced websocket.StatusCode = 4001
+	// CodeShutdown: the server is shutting down; reconnect later.
+	CodeShutdown = websocket.StatusGoingAway
+	// CodeRefused: the peer broke the protocol or a limit; the reason says which.
+	CodeRefused websocket.StatusCode = 4002
+)
+
+// Keepalive timing. Load balancers cut idle connections after about 60 s
+// whatever TCP does, so every WebSocket of ours sends a ping well within that.
+const (
+	PingInterval = 20 * time.Second
+	PingTimeout  = 15 * time.Second
+)
+
+// RefusedError is a handshake the server answered with an HTTP status
+// instead of an upgrade. Message is the server's explanation.
+type RefusedError struct {
+	URL     string
+	Status  int
+	Message string
+}
+
+func (e *RefusedError) Error() string {
+	msg := e.Message
+	if msg == "" {
+		msg = http.StatusText(e.Status)
+	}
+	return fmt.Sprintf("%s refused the connection: %d %s", e.URL, e.Status, msg)
+}
+
+// Options for Dial.
+type Options struct {
+	Subprotocols []string
+	Header       http.Header
+	// HTTPClient defaults to one that honours HTTPS_PROXY, HTTP_PROXY and NO_PROXY.
+	HTTPClient *http.Client
+}
+
+// Dial opens a WebSocket to rawURL (ws:// or wss://). When the server
+// refuses the upgrade, the error is a *RefusedError carrying its message.
+// The returned connection has compression off and a read limit of 1 MiB.
+func Dial(ctx context.Context, rawURL string, opts Options) (*websocket.Conn, error) {
+	if err := CheckURL(rawURL); err != nil {
+		return nil, err
+	}
+	client := opts.HTTPClient
+	if client == nil {
+		client = defaultClient
+	}
+	c, resp, err := websocket.Dial(ctx, rawURL, &websocket.DialOptions{
+		HTTPClient:      client,
+		HTTPHeader:      opts.Header,
+		Subprotocols:    opts.Subprotocols,
+		CompressionMode: websocket.CompressionDisabled,
+	})
+	if err != nil {
+		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
+			return nil, refused(rawURL, resp)
+		}
+		return nil, fmt.Errorf("connect to %s: %w", rawURL, err)
+	}
+	c.SetReadLimit(1 << 20)
+	return c, nil
+}
+
+var defaultClient = &http.Client{
+	Transport: &http.Transport{
+		Proxy:               http.ProxyFromEnvironment,
+		TLSHandshakeTimeout: 15 * time.Second,
+		ForceAttemptHTTP2:   false,
+	},
+}
+
+func refused(rawURL string, resp *http.Response) error {
+	var msg string
+	if resp.Body != nil {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+		resp.Body.Close()
+		msg = strings.TrimSpace(string(b))
+	}
+	return &RefusedError{URL: rawURL, Status: resp.StatusCode, Message: msg}
+}
+
+// CheckURL reports, in words a user can act on, what is wrong with a
+// WebSocket URL given on a command line.
+func CheckURL(rawURL string) error {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return fmt.Errorf("bad URL %q: %v", rawURL, err)
+	}
+	switch u.Scheme {
+	case "ws", "wss":
+	case "http", "https":
+		return fmt.Errorf("bad URL %q: use ws:// or wss:// instead of %s://", rawURL, u.Scheme)
+	default:
+		return fmt.Errorf("bad URL %q: it must start with ws:// or wss://", rawURL)
+	}
+	if u.Host == "" {
+		return fmt.Errorf("bad URL %q: no host", rawURL)
+	}
+	return nil
+}
+
+// Accept upgrades an HTTP request to a WebSocket with our conventions:
+// compression off, the given subprotocols, and a read limit of 1 MiB.
+// Browsers never reach these endpoints, so no origin check applies.
+func Accept(w http.ResponseWriter, r *http.Request, subprotocols ...string) (*websocket.Conn, error) {
+	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		Subprotocols:       subprotocols,
+		InsecureSkipVerify: true,
+		CompressionMode:    websocket.CompressionDisabled,
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.SetReadLimit(1 << 20)
+	return c, nil
+}
+
+// Keepalive pings c every interval (jittered by up to a tenth) until ctx
+// ends. With dead set, a ping not answered within timeout calls dead once
+// and stops; without it, pings only keep middleboxes from cutting an idle
+// connection, and an unanswered ping is not an error (a peer busy applying
+// backpressure may be slow to read a pong, and full is not dead).
+// Pings need a concurrent reader on c.
+func Keepalive(ctx context.Context, c *websocket.Conn, interval, timeout time.Duration, dead func(error)) {
+	for {
+		d := interval - time.Duration(rand.Int64N(int64(interval/10)+1))
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, timeout)
+		err := c.Ping(pctx)
+		cancel()
+		if err != nil && ctx.Err() == nil && dead != nil {
+			dead(fmt.Errorf("keepalive: no pong within %v: %w", timeout, err))
+			return
+		}
+	}
+}
+
+// IsClosed reports whether err means the connection ended in an orderly or
+// expected way (closed by either side, or by our own context).
+func IsClosed(err error) bool {
+	if err == nil || errors.Is(err, io.EOF) || errors.Is(err, context.Canceled) || errors.Is(err, net.ErrClosed) {
+		return true
+	}
+	switch websocket.CloseStatus(err) {
+	case websocket.StatusNormalClosure, websocket.StatusGoingAway:
+		return true
+	}
+	return false
+}

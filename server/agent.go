@@ -1,0 +1,182 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/converge-ci/converge/internal/wire"
+	"github.com/converge-ci/converge/internal/wsconn"
+)
+
+// agentConn is one connected agent's control connection.
+type agentConn struct {
+	id     string
+	remote string
+	since  time.Time
+	ws     *websocket.Conn
+	seen   atomic.Int64 // unix nanoseconds of the last message or ping
+	ready  atomic.Bool  // welcome sent; ws may be used by others
+
+	mu        sync.Mutex
+	info      wire.Info
+	protocols []string
+}
+
+func (a *agentConn) lastSeen() time.Time { return time.Unix(0, a.seen.Load()) }
+func (a *agentConn) touch()              { a.seen.Store(time.Now().UnixNano()) }
+
+// Info returns what the agent last said about itself.
+func (a *agentConn) Info() wire.Info {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.info
+}
+
+func (a *agentConn) offers(protocol string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Contains(a.protocols, protocol)
+}
+
+func (a *agentConn) send(ctx context.Context, m wire.Message) error {
+	b, err := wire.Encode(m)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return a.ws.Write(ctx, websocket.MessageText, b)
+}
+
+// handleAgent is GET /agent/{id}: an agent's control connection. The ID is
+// claimed before the upgrade, so refusals are plain HTTP errors the agent
+// can print.
+func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if err := wire.ValidID(id); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	presented := r.Header.Get(wire.SecretHeader)
+	if presented != "" && wire.ValidToken(presented) != nil {
+		http.Error(w, "malformed agent secret", http.StatusBadRequest)
+		return
+	}
+	a := &agentConn{id: id, remote: s.remoteAddr(r), since: time.Now()}
+	a.touch()
+	secret, old, err := s.reg.Register(id, presented, a)
+	switch {
+	case errors.Is(err, ErrIDInUse):
+		s.log.Info("agent refused", "id", id, "remote", a.remote, "reason", "id_in_use")
+		http.Error(w, fmt.Sprintf("rendezvous ID %q is already used by a connected agent; choose another --id", id), http.StatusConflict)
+		return
+	case errors.Is(err, ErrIDReserved):
+		s.log.Info("agent refused", "id", id, "remote", a.remote, "reason", "id_reserved")
+		http.Error(w, fmt.Sprintf("rendezvous ID %q is reserved for an agent that is reconnecting; choose another --id", id), http.StatusConflict)
+		return
+	case err != nil:
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	if old != nil && old.ready.Load() {
+		old.ws.Close(wsconn.CodeReplaced, "replaced by a new connection of the same agent")
+	}
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		Subprotocols:       []string{wire.ControlProtocol},
+		InsecureSkipVerify: true,
+		CompressionMode:    websocket.CompressionDisabled,
+		OnPingReceived:     func(context.Context, []byte) bool { a.touch(); return true },
+	})
+	if err != nil {
+		s.reg.Unregister(id, a)
+		return
+	}
+	a.ws = ws
+	ws.SetReadLimit(wire.MaxMessageSize)
+	if !s.track(ws) {
+		s.reg.Unregister(id, a)
+		ws.Close(websocket.StatusGoingAway, "server shutting down")
+		return
+	}
+	s.wg.Add(1)
+	defer s.wg.Done()
+	defer s.untrack(ws)
+	defer s.reg.Unregister(id, a)
+
+	log := s.log.With("id", id, "remote", a.remote)
+	err = s.serveAgent(a, secret)
+	log.Info("agent disconnected", "duration", time.Since(a.since).Round(time.Second), "reason", errString(err))
+	ws.CloseNow()
+}
+
+// serveAgent runs the control protocol: hello, welcome, then status updates
+// until the connection ends.
+func (s *Server) serveAgent(a *agentConn, secret string) error {
+	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
+	m, err := s.readControl(ctx, a)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("read hello: %w", err)
+	}
+	if m.Type != wire.TypeHello {
+		a.ws.Close(wsconn.CodeRefused, "first message must be hello")
+		return fmt.Errorf("first message is %q, not hello", m.Type)
+	}
+	a.mu.Lock()
+	a.info = m.Hello.Info
+	a.protocols = m.Hello.Protocols
+	a.mu.Unlock()
+	if err := a.send(s.ctx, wire.Message{Type: wire.TypeWelcome, Welcome: &wire.Welcome{SSHUser: s.cfg.SSHUser, Secret: secret}}); err != nil {
+		return fmt.Errorf("send welcome: %w", err)
+	}
+	a.ready.Store(true)
+	s.log.Info("agent connected", "id", a.id, "remote", a.remote, "hostname", a.info.Hostname, "os", a.info.OS, "version", m.Hello.Version)
+	for {
+		m, err := s.readControl(s.ctx, a)
+		if err != nil {
+			return err
+		}
+		switch m.Type {
+		case wire.TypeStatus:
+			a.mu.Lock()
+			a.info.Status = *m.Status
+			a.mu.Unlock()
+		default:
+			a.ws.Close(wsconn.CodeRefused, "unexpected "+m.Type+" message")
+			return fmt.Errorf("unexpected %q message", m.Type)
+		}
+	}
+}
+
+func (s *Server) readControl(ctx context.Context, a *agentConn) (wire.Message, error) {
+	typ, b, err := a.ws.Read(ctx)
+	if err != nil {
+		return wire.Message{}, err
+	}
+	a.touch()
+	if typ != websocket.MessageText {
+		a.ws.Close(wsconn.CodeRefused, "control messages are text")
+		return wire.Message{}, fmt.Errorf("binary control message")
+	}
+	m, err := wire.Decode(b)
+	if err != nil {
+		a.ws.Close(wsconn.CodeRefused, err.Error())
+		return wire.Message{}, err
+	}
+	return m, nil
+}
+
+func errString(err error) string {
+	if wsconn.IsClosed(err) {
+		return "closed"
+	}
+	return err.Error()
+}

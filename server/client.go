@@ -1,0 +1,160 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/converge-ci/converge/internal/splice"
+	"github.com/converge-ci/converge/internal/wire"
+	"github.com/converge-ci/converge/internal/wsconn"
+)
+
+// pendingStream is a client waiting for its agent to dial back.
+type pendingStream struct {
+	agentID string
+	conn    chan *websocket.Conn // buffered 1; receives the agent's stream connection
+	gone    bool                 // the client stopped waiting; guarded by Server.mu
+}
+
+// handleClient is GET /client/{id}: a user's connection to an agent. It is
+// refused with 404 before the upgrade when no agent holds the ID. After the
+// upgrade, the agent is asked to dial back a stream connection and the two
+// are spliced; binary messages carry the SSH bytes unchanged both ways.
+func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if err := wire.ValidID(id); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	a := s.reg.Lookup(id)
+	if a == nil || !a.ready.Load() {
+		s.log.Info("client refused", "id", id, "remote", s.remoteAddr(r), "reason", "unknown_id")
+		http.Error(w, fmt.Sprintf("no agent is connected with ID %q; check the ID the agent printed", id), http.StatusNotFound)
+		return
+	}
+	var protocols []string
+	for _, p := range websocketProtocols(r) {
+		if a.offers(p) {
+			protocols = append(protocols, p)
+		}
+	}
+	c, err := wsconn.Accept(w, r, protocols...)
+	if err != nil {
+		return
+	}
+	if !s.track(c) {
+		c.Close(websocket.StatusGoingAway, "server shutting down")
+		return
+	}
+	s.wg.Add(1)
+	defer s.wg.Done()
+	defer s.untrack(c)
+
+	remote := s.remoteAddr(r)
+	log := s.log.With("id", id, "remote", remote)
+	start := time.Now()
+	ac, err := s.requestStream(a, c.Subprotocol())
+	if err != nil {
+		log.Info("client refused", "reason", "agent_unavailable", "error", err)
+		c.Close(websocket.StatusTryAgainLater, "agent did not answer: "+err.Error())
+		return
+	}
+	defer s.untrack(ac)
+	log.Info("client connected", "protocol", c.Subprotocol(), "setup", time.Since(start).Round(time.Microsecond))
+
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	res := splice.Splice(websocket.NetConn(ctx, c, websocket.MessageBinary), websocket.NetConn(ctx, ac, websocket.MessageBinary))
+	log.Info("client disconnected", "duration", time.Since(start).Round(time.Millisecond),
+		"bytes_to_agent", res.AToB, "bytes_to_client", res.BToA, "reason", errString(res.Err))
+}
+
+// requestStream asks agent a to dial back for one client stream and waits
+// for it, at most StreamTimeout.
+func (s *Server) requestStream(a *agentConn, protocol string) (*websocket.Conn, error) {
+	token := wire.NewToken()
+	p := &pendingStream{agentID: a.id, conn: make(chan *websocket.Conn, 1)}
+	s.mu.Lock()
+	s.pending[token] = p
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.pending, token)
+		p.gone = true
+		select {
+		case c := <-p.conn: // arrived after we gave up
+			c.CloseNow()
+			delete(s.conns, c)
+		default:
+		}
+		s.mu.Unlock()
+	}()
+
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.StreamTimeout)
+	defer cancel()
+	if err := a.send(ctx, wire.Message{Type: wire.TypeDial, Dial: &wire.Dial{Token: token, Protocol: protocol}}); err != nil {
+		return nil, fmt.Errorf("ask agent to dial back: %w", err)
+	}
+	select {
+	case c := <-p.conn:
+		return c, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("no stream from the agent within %v", s.cfg.StreamTimeout)
+	}
+}
+
+// handleStream is GET /agent/{id}/stream/{token}: an agent dialling back
+// for a waiting client. The token, given only to the agent over its
+// control connection, authorises it.
+func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
+	id, token := r.PathValue("id"), r.PathValue("token")
+	if wire.ValidID(id) != nil || wire.ValidToken(token) != nil {
+		http.Error(w, "malformed stream request", http.StatusBadRequest)
+		return
+	}
+	s.mu.Lock()
+	p := s.pending[token]
+	if p != nil && p.agentID != id {
+		p = nil
+	}
+	delete(s.pending, token) // one use
+	s.mu.Unlock()
+	if p == nil {
+		http.Error(w, "no client is waiting for this stream (it may have given up)", http.StatusNotFound)
+		return
+	}
+	c, err := wsconn.Accept(w, r, wire.StreamProtocol)
+	if err != nil {
+		return
+	}
+	if !s.track(c) {
+		c.Close(websocket.StatusGoingAway, "server shutting down")
+		return
+	}
+	s.mu.Lock()
+	gone := p.gone
+	if gone {
+		delete(s.conns, c)
+	} else {
+		p.conn <- c // buffered and sent once: never blocks; the client handler owns c from here
+	}
+	s.mu.Unlock()
+	if gone {
+		c.Close(websocket.StatusTryAgainLater, "the client stopped waiting")
+	}
+}
+
+func websocketProtocols(r *http.Request) []string {
+	var out []string
+	for _, v := range r.Header.Values("Sec-WebSocket-Protocol") {
+		for _, p := range strings.Split(v, ",") {
+			out = append(out, strings.TrimSpace(p))
+		}
+	}
+	return out
+}

@@ -1,0 +1,256 @@
+// Package server is the Converge rendezvous server: a registry of connected
+// agents, the WebSocket endpoints agents and clients reach, the splice that
+// joins them, and the web pages.
+//
+// It is a bit pipe. It never links an SSH library and never sees anything
+// but the ciphertext of the SSH sessions it relays, plus what agents say
+// about themselves.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/converge-ci/converge/internal/wsconn"
+)
+
+// Config of a Server. The zero value of each field is documented; Validate
+// fills defaults.
+type Config struct {
+	// Addr to listen on when Listener is nil. Default ":8000".
+	Addr string
+	// Listener, when set, is served instead of listening on Addr (tests).
+	Listener net.Listener
+	// SSHUser is the user name clients log in with; agents learn it at
+	// registration. Default "converge".
+	SSHUser string
+	// StreamTimeout bounds how long a client waits for its agent to dial
+	// back. Default 15s.
+	StreamTimeout time.Duration
+	// Grace keeps the ID of an agent whose link dropped reserved for it.
+	// Default 5m; negative disables.
+	Grace time.Duration
+	// DrainTimeout bounds graceful shutdown. Default 10s.
+	DrainTimeout time.Duration
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Version is reported to agents and shown on pages.
+	Version string
+}
+
+// Validate checks c and fills in defaults.
+func (c *Config) Validate() error {
+	if c.Addr == "" {
+		c.Addr = ":8000"
+	}
+	if c.SSHUser == "" {
+		c.SSHUser = "converge"
+	}
+	if err := validUser(c.SSHUser); err != nil {
+		return err
+	}
+	if c.StreamTimeout == 0 {
+		c.StreamTimeout = 15 * time.Second
+	}
+	if c.StreamTimeout < 0 {
+		return fmt.Errorf("stream timeout must be positive, got %v", c.StreamTimeout)
+	}
+	if c.Grace == 0 {
+		c.Grace = 5 * time.Minute
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = 10 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Version == "" {
+		c.Version = "dev"
+	}
+	return nil
+}
+
+func validUser(u string) error {
+	if len(u) > 32 {
+		return fmt.Errorf("ssh user %q is longer than 32 characters", u)
+	}
+	for i, c := range u {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
+			return fmt.Errorf("ssh user %q has %q at position %d; use letters, digits, '.', '_' and '-'", u, c, i+1)
+		}
+	}
+	return nil
+}
+
+// Server is the rendezvous server. Create it with New, start it with Run.
+type Server struct {
+	cfg Config
+	log *slog.Logger
+	reg Registry
+	mux *http.ServeMux
+
+	// ctx bounds every relayed connection; cancelled at the end of a drain.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu       sync.Mutex
+	pending  map[string]*pendingStream // by token
+	conns    map[*websocket.Conn]struct{}
+	draining bool
+	wg       sync.WaitGroup // relay goroutines
+}
+
+// New returns a Server for cfg (validated by New).
+func New(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:     cfg,
+		log:     cfg.Logger.With("component", "server"),
+		reg:     newMemRegistry(cfg.Grace, time.Now),
+		pending: make(map[string]*pendingStream),
+		conns:   make(map[*websocket.Conn]struct{}),
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.routes()
+	return s, nil
+}
+
+// Handler returns the server's HTTP handler.
+func (s *Server) Handler() http.Handler { return s.mux }
+
+func (s *Server) routes() {
+	s.mux = http.NewServeMux()
+	s.mux.HandleFunc("GET /agent/{id}", s.handleAgent)
+	s.mux.HandleFunc("GET /agent/{id}/stream/{token}", s.handleStream)
+	s.mux.HandleFunc("GET /client/{id}", s.handleClient)
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	})
+	s.pageRoutes()
+}
+
+// Run serves until ctx ends, then drains: it stops accepting, tells every
+// agent and client the server is going away (WebSocket close 1001), and
+// waits for relays to end, at most DrainTimeout.
+func (s *Server) Run(ctx context.Context) error {
+	ln := s.cfg.Listener
+	if ln == nil {
+		var err error
+		ln, err = net.Listen("tcp", s.cfg.Addr)
+		if err != nil {
+			return fmt.Errorf("listen on %s: %w", s.cfg.Addr, err)
+		}
+	}
+	hs := &http.Server{
+		Handler:           s.mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	s.log.Info("listening", "addr", ln.Addr().String(), "ssh_user", s.cfg.SSHUser)
+
+	sweepDone := make(chan struct{})
+	sweepCtx, stopSweep := context.WithCancel(context.Background())
+	go func() { defer close(sweepDone); s.sweep(sweepCtx) }()
+	defer func() { stopSweep(); <-sweepDone }()
+
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	select {
+	case err := <-errc:
+		s.cancel()
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+
+	s.log.Info("draining", "timeout", s.cfg.DrainTimeout)
+	dctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
+	defer cancel()
+	err := hs.Shutdown(dctx)
+	s.drain(dctx)
+	<-errc
+	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	return nil
+}
+
+// track registers a hijacked WebSocket so drain can close it. It reports
+// false when the server is already draining.
+func (s *Server) track(c *websocket.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(c *websocket.Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// drain closes every tracked WebSocket with 1001 and waits for the relays,
+// until ctx ends; then it cuts what is left.
+func (s *Server) drain(ctx context.Context) {
+	s.mu.Lock()
+	s.draining = true
+	conns := make([]*websocket.Conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.Close(websocket.StatusGoingAway, "server shutting down; reconnect shortly")
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.log.Warn("drain deadline reached; cutting remaining connections", "left", len(conns))
+	}
+	s.cancel()
+	<-done
+}
+
+// sweep closes agents whose keepalive pings stopped. Agents ping every
+// wsconn.PingInterval; three missed intervals mean the link is dead.
+func (s *Server) sweep(ctx context.Context) {
+	t := time.NewTicker(15 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			for _, a := range s.reg.Agents() {
+				if a.ready.Load() && now.Sub(a.lastSeen()) > 3*wsconn.PingInterval {
+					s.log.Info("agent silent; closing", "id", a.id, "remote", a.remote)
+					a.ws.CloseNow()
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,116 @@
+// Package wsproxy is the user's side of Converge: it dials a client
+// WebSocket (ws[s]://host/client/ID) and pumps bytes between it and stdio
+// (an ssh ProxyCommand) or accepted TCP connections (tcptows).
+//
+// It knows nothing of SSH: any byte stream works.
+package wsproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+
+	"github.com/converge-ci/converge/internal/splice"
+	"github.com/converge-ci/converge/internal/wire"
+	"github.com/converge-ci/converge/internal/wsconn"
+)
+
+// CheckClientURL reports what is wrong with a client URL, in words a user
+// can act on.
+func CheckClientURL(raw string) error {
+	if err := wsconn.CheckURL(raw); err != nil {
+		return err
+	}
+	u, _ := url.Parse(raw)
+	i := strings.LastIndex(u.Path, "/client/")
+	if i < 0 {
+		return fmt.Errorf("bad URL %q: it must end in /client/ID, with the ID the agent printed", raw)
+	}
+	if err := wire.ValidID(u.Path[i+len("/client/"):]); err != nil {
+		return fmt.Errorf("bad URL %q: %v", raw, err)
+	}
+	return nil
+}
+
+// Dial connects to a client URL and returns the stream as a net.Conn. A
+// refusal (unknown ID) is a *wsconn.RefusedError with the server's reason.
+func Dial(ctx context.Context, rawURL string) (net.Conn, error) {
+	if err := CheckClientURL(rawURL); err != nil {
+		return nil, err
+	}
+	c, err := wsconn.Dial(ctx, rawURL, wsconn.Options{})
+	if err != nil {
+		return nil, err
+	}
+	// The stream outlives the dial context; Close ends it.
+	return wsconn.NetConn(context.Background(), c), nil
+}
+
+// Stdio relays between in/out and the client URL until either side ends.
+// It closes in and out before returning.
+func Stdio(ctx context.Context, rawURL string, in io.ReadCloser, out io.WriteCloser) error {
+	conn, err := Dial(ctx, rawURL)
+	if err != nil {
+		in.Close()
+		out.Close()
+		return err
+	}
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	res := splice.Splice(stdio{in, out}, conn)
+	return res.Err
+}
+
+type stdio struct {
+	io.ReadCloser
+	out io.WriteCloser
+}
+
+func (s stdio) Write(p []byte) (int, error) { return s.out.Write(p) }
+func (s stdio) Close() error {
+	return errors.Join(s.ReadCloser.Close(), s.out.Close())
+}
+
+// Serve accepts TCP connections on ln and relays each through its own
+// WebSocket to the client URL, until ctx ends. Then it closes ln and every
+// relayed connection and waits for them.
+func Serve(ctx context.Context, ln net.Listener, rawURL string, log *slog.Logger) error {
+	if err := CheckClientURL(rawURL); err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	ctx, cancel := context.WithCancel(ctx)
+	defer func() { cancel(); wg.Wait() }()
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	for {
+		tc, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer tc.Close()
+			wc, err := Dial(ctx, rawURL)
+			if err != nil {
+				log.Warn("connection refused", "from", tc.RemoteAddr().String(), "error", err)
+				return
+			}
+			stopConn := context.AfterFunc(ctx, func() { wc.Close(); tc.Close() })
+			defer stopConn()
+			log.Info("connected", "from", tc.RemoteAddr().String())
+			res := splice.Splice(tc, wc)
+			log.Info("disconnected", "from", tc.RemoteAddr().String(), "sent", res.AToB, "received", res.BToA)
+		}()
+	}
+}
