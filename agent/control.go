@@ -18,15 +18,20 @@ import (
 	"github.com/converge-ci/converge/internal/wsconn"
 )
 
-// Reconnect backoff: doubling from backoffMin to backoffMax, with jitter.
+// Reconnect backoff: doubling from backoffMin to backoffMax, each wait
+// jittered down by up to half so a fleet of agents does not reconnect in
+// step. The cap is low on purpose: after a server restart every agent is
+// back within backoffMax of the server being up, and a refused TCP connect
+// costs the server next to nothing.
 const (
-	backoffMin = 500 * time.Millisecond
-	backoffMax = 30 * time.Second
+	backoffMin = 250 * time.Millisecond
+	backoffMax = 4 * time.Second
 )
 
-// connectLoop keeps a control connection up until ctx ends. A refusal by
-// the server (HTTP 4xx: bad ID, ID in use) is final; anything else is
-// retried with backoff.
+// connectLoop keeps a control connection up until ctx ends, for as long as
+// the agent lives. A refusal by the server (HTTP 4xx: bad ID, ID in use) is
+// final, except 429 (a limit that may clear); anything else is retried
+// with backoff.
 func (a *Agent) connectLoop(ctx context.Context) error {
 	backoff := backoffMin
 	announced := false
@@ -40,7 +45,7 @@ func (a *Agent) connectLoop(ctx context.Context) error {
 			backoff = backoffMin
 		}
 		var re *wsconn.RefusedError
-		if errors.As(err, &re) && re.Status >= 400 && re.Status < 500 {
+		if errors.As(err, &re) && re.Status >= 400 && re.Status < 500 && re.Status != http.StatusTooManyRequests {
 			return fmt.Errorf("server refused agent: %s", re.Message)
 		}
 		d := backoff/2 + rand.N(backoff/2+1)

@@ -72,6 +72,12 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 	}
 	a := &agentConn{id: id, remote: s.remoteAddr(r), since: time.Now()}
 	a.touch()
+	if !s.agentLimit.acquire(a.remote) {
+		s.log.Info("agent refused", "id", id, "remote", a.remote, "reason", "agent_limit")
+		s.agentLimit.refuse(w, a.remote)
+		return
+	}
+	defer s.agentLimit.release(a.remote)
 	secret, old, err := s.reg.Register(id, presented, a)
 	switch {
 	case errors.Is(err, ErrIDInUse):

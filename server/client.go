@@ -37,6 +37,13 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, fmt.Sprintf("no agent is connected with ID %q; check the ID the agent printed", id), http.StatusNotFound)
 		return
 	}
+	remote := s.remoteAddr(r)
+	if !s.streamLimit.acquire(remote) {
+		s.log.Info("client refused", "id", id, "remote", remote, "reason", "stream_limit")
+		s.streamLimit.refuse(w, remote)
+		return
+	}
+	defer s.streamLimit.release(remote)
 	var protocols []string
 	for _, p := range websocketProtocols(r) {
 		if a.offers(p) {
@@ -55,7 +62,6 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 	defer s.wg.Done()
 	defer s.untrack(c)
 
-	remote := s.remoteAddr(r)
 	log := s.log.With("id", id, "remote", remote)
 	start := time.Now()
 	ac, err := s.requestStream(a, c.Subprotocol())

@@ -38,6 +38,12 @@ type Config struct {
 	// Grace keeps the ID of an agent whose link dropped reserved for it.
 	// Default 5m; negative disables.
 	Grace time.Duration
+	// MaxAgentsPerAddr bounds the agents connected from one remote address.
+	// Default DefaultMaxAgentsPerAddr; negative: unlimited.
+	MaxAgentsPerAddr int
+	// MaxStreamsPerAddr bounds the client streams open from one remote
+	// address. Default DefaultMaxStreamsPerAddr; negative: unlimited.
+	MaxStreamsPerAddr int
 	// DrainTimeout bounds graceful shutdown. Default 10s.
 	DrainTimeout time.Duration
 	// Logger defaults to slog.Default().
@@ -66,6 +72,8 @@ func (c *Config) Validate() error {
 	if c.Grace == 0 {
 		c.Grace = 5 * time.Minute
 	}
+	c.MaxAgentsPerAddr = limitDefault(c.MaxAgentsPerAddr, DefaultMaxAgentsPerAddr)
+	c.MaxStreamsPerAddr = limitDefault(c.MaxStreamsPerAddr, DefaultMaxStreamsPerAddr)
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = 10 * time.Second
 	}
@@ -101,6 +109,8 @@ type Server struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
+	agentLimit, streamLimit *addrLimiter
+
 	mu       sync.Mutex
 	pending  map[string]*pendingStream // by token
 	conns    map[*websocket.Conn]struct{}
@@ -119,6 +129,9 @@ func New(cfg Config) (*Server, error) {
 		reg:     newMemRegistry(cfg.Grace, time.Now),
 		pending: make(map[string]*pendingStream),
 		conns:   make(map[*websocket.Conn]struct{}),
+
+		agentLimit:  newAddrLimiter("agents", cfg.MaxAgentsPerAddr),
+		streamLimit: newAddrLimiter("client streams", cfg.MaxStreamsPerAddr),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.routes()

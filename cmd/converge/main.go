@@ -30,6 +30,8 @@ Then open http://localhost:8000 for the recipes.`
 	f.StringVar(&cfg.Addr, "addr", ":8000", "address to listen on, HOST:PORT")
 	f.StringVar(&cfg.SSHUser, "ssh-user", "converge", "the user name clients log in to agents with; agents learn it when they register")
 	f.DurationVar(&cfg.Grace, "grace", 0, "how long the ID of an agent whose link dropped stays reserved for it (default 5m)")
+	f.IntVar(&cfg.MaxAgentsPerAddr, "max-agents-per-addr", server.DefaultMaxAgentsPerAddr, "most agents connected at once from one remote address; CI runners behind one NAT share an address (negative: unlimited)")
+	f.IntVar(&cfg.MaxStreamsPerAddr, "max-streams-per-addr", server.DefaultMaxStreamsPerAddr, "most client streams open at once from one remote address (negative: unlimited)")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.BoolVar(&verbose, "verbose", false, "log debug messages")
 	if err := cmd.Parse(os.Args[1:]); err != nil {
