@@ -7,11 +7,12 @@ import (
 	"testing"
 )
 
-// FuzzDecode checks that Decode never panics, rejects with ErrInvalid, and
-// that whatever it accepts survives Encode and Decode unchanged. The seeds
-// run in every normal `go test`; `go test -fuzz FuzzDecode ./internal/wire`
-// explores further.
-func FuzzDecode(f *testing.F) {
+// FuzzDecodeStrict complements FuzzDecode: every rejection wraps
+// ErrInvalid (callers classify with errors.Is), nothing over the size limit
+// is accepted, and accepted messages decode back to equal values. The seeds
+// (hostile ones included) run in every normal `go test`;
+// `go test -fuzz FuzzDecodeStrict ./internal/wire` explores further.
+func FuzzDecodeStrict(f *testing.F) {
 	tok := strings.Repeat("ab", TokenLength/2)
 	for _, s := range []string{
 		`{"type":"hello","hello":{"version":"1.0","info":{"hostname":"ci","status":{"sessions":0}}}}`,
