@@ -18,12 +18,13 @@ import (
 
 // agentConn is one connected agent's control connection.
 type agentConn struct {
-	id     string
-	remote string
-	since  time.Time
-	ws     *websocket.Conn
-	seen   atomic.Int64 // unix nanoseconds of the last message or ping
-	ready  atomic.Bool  // welcome sent; ws may be used by others
+	id      string
+	remote  string
+	since   time.Time
+	ws      *websocket.Conn
+	seen    atomic.Int64 // unix nanoseconds of the last message or ping
+	ready   atomic.Bool  // welcome sent; ws may be used by others
+	streams atomic.Int64 // client streams relayed now
 
 	mu        sync.Mutex
 	info      wire.Info
@@ -62,11 +63,13 @@ func (a *agentConn) send(ctx context.Context, m wire.Message) error {
 func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	if err := wire.ValidID(id); err != nil {
+		s.metrics.refused(endpointAgent, reasonBadRequest)
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
 	presented := r.Header.Get(wire.SecretHeader)
 	if presented != "" && wire.ValidToken(presented) != nil {
+		s.metrics.refused(endpointAgent, reasonBadRequest)
 		http.Error(w, "malformed agent secret", http.StatusBadRequest)
 		return
 	}
@@ -81,11 +84,13 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 	secret, old, err := s.reg.Register(id, presented, a)
 	switch {
 	case errors.Is(err, ErrIDInUse):
-		s.log.Info("agent refused", "id", id, "remote", a.remote, "reason", "id_in_use")
+		s.log.Info("agent refused", "id", id, "remote", a.remote, "reason", reasonIDInUse)
+		s.metrics.refused(endpointAgent, reasonIDInUse)
 		http.Error(w, fmt.Sprintf("rendezvous ID %q is already used by a connected agent; choose another --id", id), http.StatusConflict)
 		return
 	case errors.Is(err, ErrIDReserved):
-		s.log.Info("agent refused", "id", id, "remote", a.remote, "reason", "id_reserved")
+		s.log.Info("agent refused", "id", id, "remote", a.remote, "reason", reasonIDReserved)
+		s.metrics.refused(endpointAgent, reasonIDReserved)
 		http.Error(w, fmt.Sprintf("rendezvous ID %q is reserved for an agent that is reconnecting; choose another --id", id), http.StatusConflict)
 		return
 	case err != nil:
@@ -109,12 +114,14 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 	ws.SetReadLimit(wire.MaxMessageSize)
 	if !s.track(ws) {
 		s.reg.Unregister(id, a)
+		s.metrics.refused(endpointAgent, reasonShuttingDown)
 		ws.Close(websocket.StatusGoingAway, "server shutting down")
 		return
 	}
 	s.wg.Add(1)
 	defer s.wg.Done()
 	defer s.untrack(ws)
+	defer s.changes.notify() // after Unregister: watchers see it gone
 	defer s.reg.Unregister(id, a)
 
 	log := s.log.With("id", id, "remote", a.remote)
@@ -144,6 +151,8 @@ func (s *Server) serveAgent(a *agentConn, secret string) error {
 		return fmt.Errorf("send welcome: %w", err)
 	}
 	a.ready.Store(true)
+	s.metrics.registrations.Inc()
+	s.changes.notify()
 	s.log.Info("agent connected", "id", a.id, "remote", a.remote, "hostname", a.info.Hostname, "os", a.info.OS, "version", m.Hello.Version)
 	for {
 		m, err := s.readControl(s.ctx, a)
@@ -155,6 +164,7 @@ func (s *Server) serveAgent(a *agentConn, secret string) error {
 			a.mu.Lock()
 			a.info.Status = *m.Status
 			a.mu.Unlock()
+			s.changes.notify()
 		default:
 			a.ws.Close(wsconn.CodeRefused, "unexpected "+m.Type+" message")
 			return fmt.Errorf("unexpected %q message", m.Type)

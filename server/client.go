@@ -28,12 +28,14 @@ type pendingStream struct {
 func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	if err := wire.ValidID(id); err != nil {
+		s.metrics.refused(endpointClient, reasonBadRequest)
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
 	a := s.reg.Lookup(id)
 	if a == nil || !a.ready.Load() {
-		s.log.Info("client refused", "id", id, "remote", s.remoteAddr(r), "reason", "unknown_id")
+		s.log.Info("client refused", "id", id, "remote", s.remoteAddr(r), "reason", reasonUnknownID)
+		s.metrics.refused(endpointClient, reasonUnknownID)
 		http.Error(w, fmt.Sprintf("no agent is connected with ID %q; check the ID the agent printed", id), http.StatusNotFound)
 		return
 	}
@@ -55,6 +57,7 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !s.track(c) {
+		s.metrics.refused(endpointClient, reasonShuttingDown)
 		c.Close(websocket.StatusGoingAway, "server shutting down")
 		return
 	}
@@ -66,16 +69,19 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	ac, err := s.requestStream(a, c.Subprotocol())
 	if err != nil {
-		log.Info("client refused", "reason", "agent_unavailable", "error", err)
+		log.Info("client refused", "reason", reasonAgentUnavailable, "error", err)
+		s.metrics.refused(endpointClient, reasonAgentUnavailable)
 		c.Close(websocket.StatusTryAgainLater, "agent did not answer: "+err.Error())
 		return
 	}
 	defer s.untrack(ac)
-	log.Info("client connected", "protocol", c.Subprotocol(), "setup", time.Since(start).Round(time.Microsecond))
+	setup := time.Since(start)
+	log.Info("client connected", "protocol", c.Subprotocol(), "setup", setup.Round(time.Microsecond))
+	defer s.streamOpen(a, setup)()
 
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()
-	res := splice.Splice(websocket.NetConn(ctx, c, websocket.MessageBinary), websocket.NetConn(ctx, ac, websocket.MessageBinary))
+	res := splice.Splice(s.metrics.counted(websocket.NetConn(ctx, c, websocket.MessageBinary)), websocket.NetConn(ctx, ac, websocket.MessageBinary))
 	log.Info("client disconnected", "duration", time.Since(start).Round(time.Millisecond),
 		"bytes_to_agent", res.AToB, "bytes_to_client", res.BToA, "reason", errString(res.Err))
 }

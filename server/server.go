@@ -9,8 +9,10 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -50,6 +52,20 @@ type Config struct {
 	Logger *slog.Logger
 	// Version is reported to agents and shown on pages.
 	Version string
+
+	// TLSCertFile and TLSKeyFile, both set, make the server speak HTTPS
+	// (and so wss) itself. Default: plain HTTP, for use behind a proxy.
+	TLSCertFile, TLSKeyFile string
+	// TrustedProxies are addresses or CIDR prefixes of reverse proxies
+	// whose X-Forwarded-Proto, -Host and -For headers are believed.
+	// Default none: the headers are ignored.
+	TrustedProxies []string
+	// SessionsPassword enables the sessions view (/sessions) behind HTTP
+	// basic auth with this password and any user name. Default "": off.
+	SessionsPassword string
+	// Dist holds the downloadable binaries (see package static). Default
+	// static.Dist, the ones embedded by `make dist`.
+	Dist fs.FS
 }
 
 // Validate checks c and fills in defaults.
@@ -83,7 +99,7 @@ func (c *Config) Validate() error {
 	if c.Version == "" {
 		c.Version = "dev"
 	}
-	return nil
+	return c.validateFront()
 }
 
 func validUser(u string) error {
@@ -116,6 +132,12 @@ type Server struct {
 	conns    map[*websocket.Conn]struct{}
 	draining bool
 	wg       sync.WaitGroup // relay goroutines
+
+	proxies proxies
+	tls     *tls.Config // nil: plain HTTP
+	metrics *metrics
+	changes *changes   // agent set and status changes, for the sessions view
+	dist    *catalogue // downloadable binaries
 }
 
 // New returns a Server for cfg (validated by New).
@@ -134,6 +156,9 @@ func New(cfg Config) (*Server, error) {
 		streamLimit: newAddrLimiter("client streams", cfg.MaxStreamsPerAddr),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if err := s.setupFront(); err != nil {
+		return nil, err
+	}
 	s.routes()
 	return s, nil
 }
@@ -172,7 +197,12 @@ func (s *Server) Run(ctx context.Context) error {
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
-	s.log.Info("listening", "addr", ln.Addr().String(), "ssh_user", s.cfg.SSHUser)
+	if s.tls != nil {
+		hs.TLSConfig = s.tls
+		ln = tls.NewListener(ln, s.tls)
+	}
+	s.log.Info("listening", "addr", ln.Addr().String(), "ssh_user", s.cfg.SSHUser, "tls", s.tls != nil,
+		"sessions_view", s.cfg.SessionsPassword != "", "downloads", len(s.dist.list))
 
 	sweepDone := make(chan struct{})
 	sweepCtx, stopSweep := context.WithCancel(context.Background())
@@ -191,6 +221,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.log.Info("draining", "timeout", s.cfg.DrainTimeout)
 	dctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
 	defer cancel()
+	s.changes.close() // event streams end, or Shutdown would wait for them
 	err := hs.Shutdown(dctx)
 	s.drain(dctx)
 	<-errc

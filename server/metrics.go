@@ -1,0 +1,129 @@
+package server
+
+import (
+	"net"
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metrics are the server's Prometheus metrics, in a registry of their own
+// so that nothing else linked into the binary can add to /metrics. They
+// carry no rendezvous IDs: IDs are capabilities, and labels by ID would
+// grow without bound.
+type metrics struct {
+	reg           *prometheus.Registry
+	streamsOpen   prometheus.Gauge
+	toAgent       prometheus.Counter
+	toClient      prometheus.Counter
+	registrations prometheus.Counter
+	refusals      *prometheus.CounterVec
+	setup         prometheus.Histogram
+}
+
+// Refusal endpoints and reasons, as labels of converge_refusals_total and
+// as the reason of the matching log lines.
+const (
+	endpointAgent  = "agent"
+	endpointClient = "client"
+
+	reasonIDInUse          = "id_in_use"
+	reasonIDReserved       = "id_reserved"
+	reasonBadRequest       = "bad_request"
+	reasonUnknownID        = "unknown_id"
+	reasonAgentUnavailable = "agent_unavailable"
+	reasonShuttingDown     = "shutting_down"
+)
+
+// newMetrics registers the metrics; agents reports the number of connected
+// agents when scraped.
+func newMetrics(version string, agents func() int) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		streamsOpen: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "converge_client_streams_open",
+			Help: "Client connections currently spliced to an agent.",
+		}),
+		registrations: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "converge_agent_registrations_total",
+			Help: "Agent registrations accepted (first connections and reconnections).",
+		}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "converge_refusals_total",
+			Help: "Agent and client connections refused, by endpoint (agent, client) and reason.",
+		}, []string{"endpoint", "reason"}),
+		setup: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "converge_stream_setup_seconds",
+			Help:    "Time from a client's upgrade to its agent's stream arriving.",
+			Buckets: []float64{.002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}),
+	}
+	bytes := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "converge_relayed_bytes_total",
+		Help: "Bytes relayed between clients and agents, by direction (to_agent, to_client).",
+	}, []string{"direction"})
+	m.toAgent = bytes.WithLabelValues("to_agent")
+	m.toClient = bytes.WithLabelValues("to_client")
+	// Initialise the refusal series so that rate() works from the first scrape.
+	for _, r := range []string{reasonIDInUse, reasonIDReserved, reasonBadRequest, reasonShuttingDown} {
+		m.refusals.WithLabelValues(endpointAgent, r)
+	}
+	for _, r := range []string{reasonUnknownID, reasonAgentUnavailable, reasonBadRequest, reasonShuttingDown} {
+		m.refusals.WithLabelValues(endpointClient, r)
+	}
+	m.reg.MustRegister(
+		m.streamsOpen, bytes, m.registrations, m.refusals, m.setup,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "converge_agents_connected",
+			Help: "Agents with a registered control connection.",
+		}, func() float64 { return float64(agents()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "converge_build_info",
+			Help:        "Always 1; the version label is the server's version.",
+			ConstLabels: prometheus.Labels{"version": version},
+		}, func() float64 { return 1 }),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return m
+}
+
+func (m *metrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// refused counts one refusal.
+func (m *metrics) refused(endpoint, reason string) {
+	m.refusals.WithLabelValues(endpoint, reason).Inc()
+}
+
+// counted wraps a client's side of a splice so the bytes it carries show
+// in converge_relayed_bytes_total as they flow, not only when the
+// connection ends: what the client sends goes to the agent, what is
+// written to it goes to the client.
+func (m *metrics) counted(client net.Conn) net.Conn {
+	return &countingConn{Conn: client, read: m.toAgent, written: m.toClient}
+}
+
+type countingConn struct {
+	net.Conn
+	read, written prometheus.Counter
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.read.Add(float64(n))
+	}
+	return n, err
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if n > 0 {
+		c.written.Add(float64(n))
+	}
+	return n, err
+}

@@ -1,0 +1,107 @@
+package templates
+
+import "strings"
+
+// The recipes of the usage page, as text: templ collapses whitespace in
+// markup, so the multi-line commands are built here and shown in <pre>.
+// Every value filled in is a URL, host, user name or ID, whose syntax the
+// server checks, so the commands stay safe to paste into a shell.
+
+func lines(ls ...string) string { return strings.Join(ls, "\n") }
+
+// proxyCommand is the ProxyCommand that reaches the agent.
+func (d UsageData) proxyCommand() string { return "wsproxy " + d.WSBase + "/client/" + d.ID }
+
+// sshOpts are the options every OpenSSH tool needs to reach the agent.
+func (d UsageData) sshOpts() string {
+	return `-oProxyCommand="` + d.proxyCommand() + `" -oHostKeyAlias=` + d.ID
+}
+
+func (d UsageData) login() string { return d.User + "@localhost" }
+
+func (d UsageData) keysRecipe() string {
+	return lines(
+		"cat ~/.ssh/id_ed25519.pub >> .authorized_keys                     # your own key",
+		"curl -fsSL https://github.com/USERNAME.keys >> .authorized_keys  # or a GitHub user's keys",
+	)
+}
+
+func (d UsageData) ciLinux() string {
+	return lines(
+		"curl -fsSLo agent "+d.Base+"/static/agent",
+		"chmod +x agent",
+		"./agent --id "+d.ID+" "+d.WSBase,
+	)
+}
+
+func (d UsageData) ciMacOS() string {
+	return lines(
+		`arch=$(uname -m); [ "$arch" = x86_64 ] && arch=amd64`,
+		"curl -fsSLo agent "+d.Base+"/static/dist/agent-darwin-$arch",
+		"chmod +x agent",
+		"./agent --id "+d.ID+" "+d.WSBase,
+	)
+}
+
+func (d UsageData) ciWindows() string {
+	return lines(
+		"curl.exe -fsSLo agent.exe "+d.Base+"/static/agent.exe",
+		`.\agent.exe --id `+d.ID+" "+d.WSBase,
+	)
+}
+
+func (d UsageData) getWSProxy() string {
+	return lines(
+		"mkdir -p ~/.local/bin",
+		"curl -fsSLo ~/.local/bin/wsproxy "+d.Base+"/static/wsproxy",
+		"chmod +x ~/.local/bin/wsproxy",
+	)
+}
+
+func (d UsageData) sshRecipe() string { return "ssh " + d.sshOpts() + " " + d.login() }
+
+func (d UsageData) execRecipe() string { return d.sshRecipe() + " make test" }
+
+func (d UsageData) filesRecipe() string {
+	return lines(
+		"sftp "+d.sshOpts()+" "+d.login(),
+		"scp "+d.sshOpts()+" build.log "+d.login()+":",
+		"scp "+d.sshOpts()+" "+d.login()+":results.xml .",
+	)
+}
+
+func (d UsageData) knownHostsRecipe() string {
+	return "echo '" + d.ID + " ssh-ed25519 AAAA…(the line from the CI log)' >> ~/.ssh/known_hosts"
+}
+
+func (d UsageData) sshConfig() string {
+	return lines(
+		"Host "+d.ID,
+		"    User "+d.User,
+		"    ProxyCommand wsproxy "+d.WSBase+"/client/%n",
+		"    HostKeyAlias "+d.ID,
+	)
+}
+
+func (d UsageData) tcptowsRecipe() string {
+	return lines(
+		"curl -fsSLo ~/.local/bin/tcptows "+d.Base+"/static/tcptows && chmod +x ~/.local/bin/tcptows",
+		"tcptows 10000 "+d.WSBase+"/client/"+d.ID+" &",
+		"ssh -p 10000 -oHostKeyAlias="+d.ID+" "+d.login(),
+	)
+}
+
+func holdRecipe() string {
+	return lines(
+		`touch "$agentdir/.hold"                  # extend: one expiry period from now`,
+		`touch -d '+2 hours' "$agentdir/.hold"    # hold two hours more (GNU touch)`,
+		`rm "$agentdir/.hold"                     # stop holding`,
+	)
+}
+
+func holdRecipeWindows() string {
+	return lines(
+		`New-Item -Force "$env:agentdir\.hold"    # PowerShell: extend`,
+		`(Get-Item "$env:agentdir\.hold").LastWriteTime = (Get-Date).AddHours(2)`,
+	)
+}
