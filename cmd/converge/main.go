@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/converge-ci/converge/internal/cli"
 	"github.com/converge-ci/converge/server"
@@ -18,9 +19,12 @@ Converge is the rendezvous server: agents in CI jobs connect to it, users
 reach an agent through it by its ID, and it pipes the encrypted SSH bytes
 between them without being able to read them. It also serves the usage
 page with copy-paste commands and the downloads.`)
-	cmd.Footer = `Example:
+	cmd.Footer = `Examples:
   converge --addr :8000 --ssh-user converge
-Then open http://localhost:8000 for the recipes.`
+  converge --addr :443 --tls-cert fullchain.pem --tls-key key.pem
+  CONVERGE_SESSIONS_PASSWORD=... converge --trusted-proxy 10.0.0.0/8
+Then open http://localhost:8000 for the recipes. /metrics serves
+Prometheus metrics, /healthz answers ok while the server runs.`
 	var (
 		cfg       server.Config
 		logFormat string
@@ -32,6 +36,11 @@ Then open http://localhost:8000 for the recipes.`
 	f.DurationVar(&cfg.Grace, "grace", 0, "how long the ID of an agent whose link dropped stays reserved for it (default 5m)")
 	f.IntVar(&cfg.MaxAgentsPerAddr, "max-agents-per-addr", server.DefaultMaxAgentsPerAddr, "most agents connected at once from one remote address; CI runners behind one NAT share an address (negative: unlimited)")
 	f.IntVar(&cfg.MaxStreamsPerAddr, "max-streams-per-addr", server.DefaultMaxStreamsPerAddr, "most client streams open at once from one remote address (negative: unlimited)")
+	f.StringVar(&cfg.TLSCertFile, "tls-cert", "", "TLS certificate `FILE` (PEM, with chain): serve https and wss directly; needs --tls-key. Without it the server speaks plain HTTP, for use behind a TLS proxy")
+	f.StringVar(&cfg.TLSKeyFile, "tls-key", "", "TLS private key `FILE` (PEM) for --tls-cert")
+	f.Var((*cli.StringList)(&cfg.TrustedProxies), "trusted-proxy", "`ADDR` or CIDR of a reverse proxy whose X-Forwarded-Proto/Host/For headers are believed; repeatable, or comma-separated. Default none: the headers are ignored, since anyone could send them")
+	f.StringVar(&cfg.SessionsPassword, "sessions-password", "", "enable the live sessions view at /sessions behind HTTP basic auth with this `PASSWORD` (any user name); off when empty, because it lists the IDs that reach agents. Prefer the environment variable to keep it out of ps")
+	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 10*time.Second, "on SIGTERM, how long to wait for relayed connections to end after telling agents and clients to reconnect")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.BoolVar(&verbose, "verbose", false, "log debug messages")
 	if err := cmd.Parse(os.Args[1:]); err != nil {
