@@ -76,7 +76,8 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 	a := &agentConn{id: id, remote: s.remoteAddr(r), since: time.Now()}
 	a.touch()
 	if !s.agentLimit.acquire(a.remote) {
-		s.log.Info("agent refused", "id", id, "remote", a.remote, "reason", "agent_limit")
+		s.log.Info("agent refused", "id", id, "remote", a.remote, "reason", reasonAgentLimit)
+		s.metrics.refused(endpointAgent, reasonAgentLimit)
 		s.agentLimit.refuse(w, a.remote)
 		return
 	}

@@ -41,7 +41,8 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 	}
 	remote := s.remoteAddr(r)
 	if !s.streamLimit.acquire(remote) {
-		s.log.Info("client refused", "id", id, "remote", remote, "reason", "stream_limit")
+		s.log.Info("client refused", "id", id, "remote", remote, "reason", reasonStreamLimit)
+		s.metrics.refused(endpointClient, reasonStreamLimit)
 		s.streamLimit.refuse(w, remote)
 		return
 	}

@@ -35,6 +35,8 @@ const (
 	reasonUnknownID        = "unknown_id"
 	reasonAgentUnavailable = "agent_unavailable"
 	reasonShuttingDown     = "shutting_down"
+	reasonAgentLimit       = "agent_limit"  // too many agents from one address
+	reasonStreamLimit      = "stream_limit" // too many client streams from one address
 )
 
 // newMetrics registers the metrics; agents reports the number of connected
@@ -67,10 +69,10 @@ func newMetrics(version string, agents func() int) *metrics {
 	m.toAgent = bytes.WithLabelValues("to_agent")
 	m.toClient = bytes.WithLabelValues("to_client")
 	// Initialise the refusal series so that rate() works from the first scrape.
-	for _, r := range []string{reasonIDInUse, reasonIDReserved, reasonBadRequest, reasonShuttingDown} {
+	for _, r := range []string{reasonIDInUse, reasonIDReserved, reasonBadRequest, reasonShuttingDown, reasonAgentLimit} {
 		m.refusals.WithLabelValues(endpointAgent, r)
 	}
-	for _, r := range []string{reasonUnknownID, reasonAgentUnavailable, reasonBadRequest, reasonShuttingDown} {
+	for _, r := range []string{reasonUnknownID, reasonAgentUnavailable, reasonBadRequest, reasonShuttingDown, reasonStreamLimit} {
 		m.refusals.WithLabelValues(endpointClient, r)
 	}
 	m.reg.MustRegister(
