@@ -108,6 +108,7 @@ type Agent struct {
 	secret string                 // registration secret; control loop only
 
 	streams sync.WaitGroup // stream dials in flight
+	fwd     *forwarder     // port forwards (ssh -L, -R)
 }
 
 // New prepares an agent: host key, authorized keys, SSH server. It refuses
@@ -143,6 +144,7 @@ func New(cfg Config) (*Agent, error) {
 			"or pass --authorized-keys FILE, or set CONVERGE_AUTHORIZED_KEYS",
 			a.auth.files[0], a.auth.files[0])
 	}
+	a.fwd = &forwarder{agent: a}
 	a.srv = a.newSSHServer()
 	return a, nil
 }
@@ -176,6 +178,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	<-serveErr
 	a.streams.Wait()
+	a.fwd.wg.Wait()
 	return err
 }
 

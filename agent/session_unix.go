@@ -8,12 +8,19 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/creack/pty"
 	"github.com/gliderlabs/ssh"
+	gossh "golang.org/x/crypto/ssh"
 )
+
+// killGrace is how long a session's processes have between SIGHUP and
+// SIGKILL, and how long the last output may take to drain.
+const killGrace = 3 * time.Second
 
 func loginShell() string {
 	if sh := os.Getenv("SHELL"); sh != "" {
@@ -31,6 +38,16 @@ func loginShell() string {
 
 func shellCommandFlag(string) string { return "-c" }
 
+// signalNames are the signals RFC 4254 names in "exit-signal" and "signal"
+// requests.
+var signalNames = map[syscall.Signal]ssh.Signal{
+	syscall.SIGABRT: ssh.SIGABRT, syscall.SIGALRM: ssh.SIGALRM, syscall.SIGFPE: ssh.SIGFPE,
+	syscall.SIGHUP: ssh.SIGHUP, syscall.SIGILL: ssh.SIGILL, syscall.SIGINT: ssh.SIGINT,
+	syscall.SIGKILL: ssh.SIGKILL, syscall.SIGPIPE: ssh.SIGPIPE, syscall.SIGQUIT: ssh.SIGQUIT,
+	syscall.SIGSEGV: ssh.SIGSEGV, syscall.SIGTERM: ssh.SIGTERM, syscall.SIGUSR1: ssh.SIGUSR1,
+	syscall.SIGUSR2: ssh.SIGUSR2,
+}
+
 func signalNumber(ee *exec.ExitError) int {
 	if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 		return int(ws.Signal())
@@ -38,14 +55,47 @@ func signalNumber(ee *exec.ExitError) int {
 	return 0
 }
 
-// run starts cmd for s and waits for it, returning its exit status. When
-// the client goes away first, the process group is hung up and, if it does
-// not exit, killed.
+// reportSignal tells the client which signal ended the command, with an
+// "exit-signal" request (RFC 4254 6.10). OpenSSH's ssh ignores it and uses
+// the exit status that follows (128+signal, as shells do); other clients
+// (Go's x/crypto/ssh) show the signal.
+func reportSignal(s ssh.Session, err error) {
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		return
+	}
+	ws, ok := ee.Sys().(syscall.WaitStatus)
+	if !ok || !ws.Signaled() {
+		return
+	}
+	name, ok := signalNames[ws.Signal()]
+	if !ok {
+		return
+	}
+	s.SendRequest("exit-signal", false, gossh.Marshal(struct {
+		Signal     string
+		CoreDumped bool
+		Error      string
+		Lang       string
+	}{string(name), ws.CoreDump(), "", ""}))
+}
+
+// run starts cmd for s in a session of its own (setsid) and waits for it,
+// returning its exit status. When the command ends, or the client leaves
+// first, every process still in its session is hung up and, if it does not
+// exit within killGrace, killed: nothing started from a session outlives
+// it to keep the CI job busy.
 func (a *Agent) run(s ssh.Session, cmd *exec.Cmd) (int, error) {
+	if sock, stop, err := forwardAgent(s); err != nil {
+		a.log.Warn("agent forwarding unavailable", "error", err)
+	} else if sock != "" {
+		defer stop()
+		cmd.Env = append(cmd.Env, "SSH_AUTH_SOCK="+sock)
+	}
+
 	ptyReq, winCh, isPty := s.Pty()
-	var wait func() error
+	var drain func() // waits for the last output, after the processes end
 	if isPty {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
 		f, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: uint16(ptyReq.Window.Height), Cols: uint16(ptyReq.Window.Width)})
 		if err != nil {
 			return 255, fmt.Errorf("start shell with pty: %w", err)
@@ -59,50 +109,165 @@ func (a *Agent) run(s ssh.Session, cmd *exec.Cmd) (int, error) {
 		go io.Copy(f, s) // ends when the session or the pty closes
 		output := make(chan struct{})
 		go func() { io.Copy(s, f); close(output) }()
-		wait = func() error {
-			err := cmd.Wait()
-			// Give the pty a moment to drain what the shell wrote last.
+		drain = func() {
+			// The copy ends when the last holder of the terminal is gone.
 			select {
 			case <-output:
-			case <-time.After(time.Second):
+			case <-time.After(killGrace):
 			}
-			return err
 		}
 	} else {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		stdin, err := cmd.StdinPipe()
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		// Our own pipes, so that Wait returns when the command exits even
+		// if a background child still holds stdout; the copies drain once
+		// the session's processes are gone.
+		stdinR, stdinW, err := os.Pipe()
 		if err != nil {
 			return 255, err
 		}
-		cmd.Stdout = s
-		cmd.Stderr = s.Stderr()
-		cmd.WaitDelay = 2 * time.Second
-		if err := cmd.Start(); err != nil {
+		outR, outW, err := os.Pipe()
+		if err != nil {
+			stdinR.Close()
+			stdinW.Close()
+			return 255, err
+		}
+		errR, errW, err := os.Pipe()
+		if err != nil {
+			stdinR.Close()
+			stdinW.Close()
+			outR.Close()
+			outW.Close()
+			return 255, err
+		}
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = stdinR, outW, errW
+		err = cmd.Start()
+		stdinR.Close()
+		outW.Close()
+		errW.Close()
+		if err != nil {
+			stdinW.Close()
+			outR.Close()
+			errR.Close()
 			return 255, fmt.Errorf("start command: %w", err)
 		}
-		go func() { io.Copy(stdin, s); stdin.Close() }()
-		wait = cmd.Wait
+		defer stdinW.Close() // unblocks the stdin copy if the client still sends
+		go func() { io.Copy(stdinW, s); stdinW.Close() }() // ends with the session or the command's stdin
+		var copies sync.WaitGroup
+		copies.Add(2)
+		go func() { defer copies.Done(); io.Copy(s, outR); outR.Close() }()
+		go func() { defer copies.Done(); io.Copy(s.Stderr(), errR); errR.Close() }()
+		drain = func() {
+			copied := make(chan struct{})
+			go func() { copies.Wait(); close(copied) }()
+			select {
+			case <-copied:
+			case <-time.After(killGrace):
+				outR.Close()
+				errR.Close()
+				<-copied
+			}
+		}
 	}
+	sid := cmd.Process.Pid // the command leads a session of its own
+
+	// Signals the client sends go to the command's process group.
+	// sigs is never closed: gliderlabs may still replay buffered signals
+	// into it after Signals(nil).
+	sigs := make(chan ssh.Signal, 4)
+	s.Signals(sigs)
+	stopSigs, sigDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(sigDone)
+		for {
+			select {
+			case name := <-sigs:
+				for num, n := range signalNames {
+					if n == name {
+						syscall.Kill(-sid, num)
+					}
+				}
+			case <-stopSigs:
+				return
+			}
+		}
+	}()
+	defer func() { s.Signals(nil); close(stopSigs); <-sigDone }()
 
 	done := make(chan error, 1)
-	go func() { done <- wait() }()
+	go func() { done <- cmd.Wait() }()
+	var err error
 	select {
-	case err := <-done:
-		return exitCode(err)
+	case err = <-done:
 	case <-s.Context().Done():
-		// The client left: end the whole process group.
-		pgid := cmd.Process.Pid
-		syscall.Kill(-pgid, syscall.SIGHUP)
+		// The client left: hang up the session, as a terminal would.
+		signalSession(sid, syscall.SIGHUP)
 		select {
-		case err := <-done:
-			return exitCode(err)
-		case <-time.After(3 * time.Second):
-			syscall.Kill(-pgid, syscall.SIGKILL)
-			err := <-done
+		case err = <-done:
+		case <-time.After(killGrace):
+			signalSession(sid, syscall.SIGKILL)
+			err = <-done
 			if err == nil {
 				err = errors.New("killed after the client left")
 			}
-			return exitCode(err)
 		}
 	}
+	if n := endSession(sid); n > 0 {
+		a.log.Info("ended processes left by the session", "count", n)
+	}
+	drain()
+	reportSignal(s, err)
+	return exitCode(err)
+}
+
+// endSession hangs up the processes still in session sid, kills those
+// that outlive killGrace, and returns how many there were.
+func endSession(sid int) int {
+	n := signalSession(sid, syscall.SIGHUP)
+	if n == 0 {
+		return 0
+	}
+	signalSession(sid, syscall.SIGCONT) // stopped jobs must run to see the hangup
+	deadline := time.Now().Add(killGrace)
+	for time.Now().Before(deadline) {
+		if len(sessionProcesses(sid)) == 0 {
+			return n
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	signalSession(sid, syscall.SIGKILL)
+	return n
+}
+
+// signalSession sends sig to every process in session sid (and to its
+// leader's process group, where the session cannot be listed), returning
+// how many processes it found.
+func signalSession(sid int, sig syscall.Signal) int {
+	pids := sessionProcesses(sid)
+	for _, pid := range pids {
+		syscall.Kill(pid, sig)
+	}
+	syscall.Kill(-sid, sig)
+	return len(pids)
+}
+
+// forwardAgent serves ssh -A for s: a Unix socket in a private temporary
+// directory that leads to the client's agent. Like an ssh -R listener it
+// exists because the user asked for it. It returns "" when the client did
+// not ask.
+func forwardAgent(s ssh.Session) (sock string, stop func(), err error) {
+	if !ssh.AgentRequested(s) {
+		return "", nil, nil
+	}
+	ln, err := ssh.NewAgentListener() // in a fresh 0700 directory
+	if err != nil {
+		return "", nil, fmt.Errorf("agent socket: %w", err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); ssh.ForwardAgentConnections(ln, s) }()
+	sock = ln.Addr().String()
+	return sock, func() {
+		ln.Close()
+		<-done
+		os.RemoveAll(filepath.Dir(sock))
+	}, nil
 }

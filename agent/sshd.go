@@ -24,6 +24,15 @@ func (a *Agent) newSSHServer() *ssh.Server {
 		SubsystemHandlers: map[string]ssh.SubsystemHandler{
 			"sftp": a.handleSFTP,
 		},
+		// Port forwarding in both directions (forward.go).
+		ChannelHandlers: map[string]ssh.ChannelHandler{
+			"session":      ssh.DefaultSessionHandler,
+			"direct-tcpip": a.fwd.directTCPIP,
+		},
+		RequestHandlers: map[string]ssh.RequestHandler{
+			"tcpip-forward":        a.fwd.tcpipForward,
+			"cancel-tcpip-forward": a.fwd.tcpipForward,
+		},
 		ConnCallback: func(ctx ssh.Context, conn net.Conn) net.Conn {
 			// Close the connection if the handshake has not finished in
 			// time; gliderlabs stores the ServerConn in ctx once it has.
