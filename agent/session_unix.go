@@ -150,7 +150,7 @@ func (a *Agent) run(s ssh.Session, cmd *exec.Cmd) (int, error) {
 			errR.Close()
 			return 255, fmt.Errorf("start command: %w", err)
 		}
-		defer stdinW.Close() // unblocks the stdin copy if the client still sends
+		defer stdinW.Close()                               // unblocks the stdin copy if the client still sends
 		go func() { io.Copy(stdinW, s); stdinW.Close() }() // ends with the session or the command's stdin
 		var copies sync.WaitGroup
 		copies.Add(2)
