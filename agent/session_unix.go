@@ -100,12 +100,23 @@ func (a *Agent) run(s ssh.Session, cmd *exec.Cmd) (int, error) {
 		if err != nil {
 			return 255, fmt.Errorf("start shell with pty: %w", err)
 		}
-		defer f.Close()
-		go func() { // ends when the session's window channel closes
-			for w := range winCh {
-				pty.Setsize(f, &pty.Winsize{Rows: uint16(w.Height), Cols: uint16(w.Width)})
+		// The terminal follows the client's window until the session ends.
+		stopResize, resized := make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(resized)
+			for {
+				select {
+				case w, ok := <-winCh:
+					if !ok {
+						return
+					}
+					pty.Setsize(f, &pty.Winsize{Rows: uint16(w.Height), Cols: uint16(w.Width)})
+				case <-stopResize:
+					return
+				}
 			}
 		}()
+		defer func() { close(stopResize); <-resized; f.Close() }()
 		go io.Copy(f, s) // ends when the session or the pty closes
 		output := make(chan struct{})
 		go func() { io.Copy(s, f); close(output) }()
