@@ -16,7 +16,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/gliderlabs/ssh"
 	gossh "golang.org/x/crypto/ssh"
@@ -54,6 +53,11 @@ type Config struct {
 	Logger *slog.Logger
 	// Version is announced to the server and in the SSH banner.
 	Version string
+	// Lifetime bounds how long Run runs. Zero: until ctx ends.
+	Lifetime Lifetime
+	// StateFile makes the agent record its state in Dir/.converge for
+	// `agent wait` and --detach, and follow wait's request. False: no files.
+	StateFile bool
 }
 
 // Validate checks c and fills defaults.
@@ -92,7 +96,7 @@ func (c *Config) Validate() error {
 	if c.Version == "" {
 		c.Version = "dev"
 	}
-	return nil
+	return c.Lifetime.Validate()
 }
 
 // Agent is one running agent. Create it with New, run it with Run.
@@ -103,6 +107,7 @@ type Agent struct {
 	signer gossh.Signer
 	srv    *ssh.Server
 	ln     *streamListener
+	life   *lifetime
 
 	user   atomic.Pointer[string] // SSH user name, learned from the server
 	secret string                 // registration secret; control loop only
@@ -146,6 +151,12 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.fwd = &forwarder{agent: a}
 	a.srv = a.newSSHServer()
+	var state *stateFile
+	if cfg.StateFile {
+		state = newStateFile(cfg.Dir, cfg.ID, cfg.Server, a.log)
+	}
+	a.life = newLifetime(cfg.Lifetime, cfg.Dir, a.log, state)
+	a.life.hook(a.srv)
 	return a, nil
 }
 
@@ -162,24 +173,25 @@ func (a *Agent) sshUser() string {
 	return ""
 }
 
-// Run connects to the server and serves SSH until ctx ends or the server
-// refuses the agent. It reconnects by itself when the link drops.
+// Run connects to the server and serves SSH until ctx ends, the server
+// refuses the agent, or Config.Lifetime ends it. It reconnects by itself
+// when the link drops. Open sessions are told why they end, then closed.
+// It returns nil when the agent ended normally (ctx, last logout, expiry)
+// and ErrNoLogin when nobody logged in in time; see ExitStatus.
 func (a *Agent) Run(ctx context.Context) error {
+	ctx, life := a.life.start(ctx)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- a.srv.Serve(a.ln) }()
 
 	err := a.connectLoop(ctx)
 
+	err = life.end(err)
 	a.ln.Close()
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if a.srv.Shutdown(sctx) != nil {
-		a.srv.Close()
-	}
+	a.srv.Close()
 	<-serveErr
 	a.streams.Wait()
 	a.fwd.wg.Wait()
-	return err
+	return life.exit(err)
 }
 
 // Serve serves the agent's SSH server on ln directly, bypassing the relay.

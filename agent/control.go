@@ -97,6 +97,9 @@ func (a *Agent) control(ctx context.Context, announce bool) (connected bool, err
 	} else {
 		a.log.Info("reconnected to server")
 	}
+	defer a.life.report(ctx, func(ctx context.Context, st wire.Status) error {
+		return a.send(ctx, c, wire.Message{Type: wire.TypeStatus, Status: &st})
+	})()
 
 	// Keepalive: a missing pong means the link is dead, whatever TCP says.
 	kctx, stopKeepalive := context.WithCancel(ctx)
@@ -180,6 +183,7 @@ func (a *Agent) info() wire.Info {
 		Dir:         a.cfg.Dir,
 		CI:          ciHints(),
 		Fingerprint: gossh.FingerprintSHA256(a.signer.PublicKey()),
+		Status:      a.life.Status(),
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 // process group ends with it.
 func (a *Agent) handleSession(s ssh.Session) {
 	log := a.log.With("user", s.User(), "session", shortSession(s))
+	defer a.life.attach(s)()
 	cmd := a.command(s)
 	log.Info("session started", "command", s.RawCommand(), "pty", hasPty(s))
 	code, err := a.run(s, cmd)

@@ -5,30 +5,55 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/converge-ci/converge/agent"
 	"github.com/converge-ci/converge/internal/cli"
 )
 
 func main() {
-	cmd := cli.New("agent", "agent [flags] ws[s]://host[:port]", `
+	if len(os.Args) > 1 && os.Args[1] == "wait" {
+		waitMain(os.Args[2:])
+		return
+	}
+	cmd := cli.New("agent", "agent [flags] ws[s]://host[:port]\n       agent wait [--dir DIR]", `
 The Converge agent runs inside a CI job. It connects out to the Converge
 server (it never listens), registers a rendezvous ID, and serves an SSH
 server - shells, commands, sftp and scp - to users who connect to that ID.
 
 Users log in with the server's user name and a key from .authorized_keys in
-the current directory (re-read when it changes), or from --authorized-keys.`)
-	cmd.Footer = `Example:
+the current directory (re-read when it changes), or from --authorized-keys.
+
+The agent never keeps the job busy by accident: it exits when nobody logs in
+before --connect-timeout (status 3), when the last user logs out (status 0),
+or when users stop typing for --expiry. "touch .hold" in its directory holds
+it for another --expiry. With --detach it runs in the background while the
+job goes on; "agent wait" at the end of the job waits only if someone is
+connected or .hold holds it.`)
+	cmd.Footer = `Exit status: 0 when the session ended (last logout, expiry, --max-session,
+SIGINT/SIGTERM, or unused at "agent wait"); 1 on failure; 2 on bad usage;
+3 when nobody logged in before --connect-timeout.
+
+Example:
   echo "ssh-ed25519 AAAA... you@laptop" > .authorized_keys
-  ./agent --id myjob wss://converge.example.com`
+  ./agent --id myjob wss://converge.example.com
+In the background:
+  ./agent --detach --id myjob wss://converge.example.com
+  make test            # the job's own steps
+  ./agent wait         # returns at once unless someone is connected`
 	var (
 		cfg       agent.Config
 		keyFiles  cli.StringList
 		logFormat string
 		verbose   bool
+		stay      bool
+		detach    bool
 	)
 	f := cmd.Flags
 	f.StringVar(&cfg.ID, "id", "", "rendezvous `ID` users connect to (letters, digits, . _ -); random when empty")
@@ -36,6 +61,12 @@ the current directory (re-read when it changes), or from --authorized-keys.`)
 	f.Var(&keyFiles, "authorized-keys", "authorized_keys `FILE` to read as well; repeatable")
 	f.StringVar(&cfg.AuthorizedKeys, "authorized-keys-data", "", "authorized_keys lines given directly, for CI secrets (set it through the environment)")
 	f.StringVar(&cfg.HostKeyFile, "host-key", "", "SSH host key `FILE` (OpenSSH private key); a fresh ed25519 key per run when empty")
+	f.DurationVar(&cfg.Lifetime.ConnectTimeout, "connect-timeout", 10*time.Minute, "exit with status 3 if nobody logs in within this `duration`, so the job goes on (0: wait forever)")
+	f.DurationVar(&cfg.Lifetime.Expiry, "expiry", 30*time.Minute, "end sessions this `duration` after the last input from a user; also what touching .hold adds (0: never)")
+	f.DurationVar(&cfg.Lifetime.WarnBefore, "warn-before", 5*time.Minute, "warn in open shells this `duration` before the expiry, at most half of --expiry (0: no warnings)")
+	f.DurationVar(&cfg.Lifetime.MaxSession, "max-session", 0, "hard cap on the time from the first login, whatever the input or .hold (0: no cap)")
+	f.BoolVar(&stay, "stay", false, "keep running after the last user logs out, until the expiry (default: exit with status 0)")
+	f.BoolVar(&detach, "detach", false, "run in the background once registered, logging to .converge/agent.log; end the job with \"agent wait\"")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.BoolVar(&verbose, "verbose", false, "log debug messages")
 	if err := cmd.Parse(os.Args[1:]); err != nil {
@@ -53,6 +84,8 @@ the current directory (re-read when it changes), or from --authorized-keys.`)
 		cli.Fatal("agent", errors.New("too many arguments: give one server URL; see agent --help"), 2)
 	}
 	cfg.AuthorizedKeysFiles = keyFiles
+	cfg.Lifetime.ExitOnLastLogout = !stay
+	cfg.StateFile = true
 	cfg.Password = os.Getenv("CONVERGE_PASSWORD")
 	log, err := cli.Logger(os.Stderr, logFormat, verbose)
 	if err != nil {
@@ -62,11 +95,82 @@ the current directory (re-read when it changes), or from --authorized-keys.`)
 	cfg.Version = cli.Version
 	a, err := agent.New(cfg)
 	if err != nil {
-		cli.Fatal("agent", err, 2)
+		cli.Fatal("agent", err, agent.ExitUsage)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if detach {
+		runDetached(ctx, f.NArg(), cfg.Dir)
+		return
+	}
 	if err := a.Run(ctx); err != nil {
-		cli.Fatal("agent", err, 1)
+		stop()
+		cli.Fatal("agent", err, agent.ExitStatus(err))
+	}
+}
+
+// runDetached starts this command again without --detach, in the
+// background, and returns once it has registered.
+func runDetached(ctx context.Context, positional int, dir string) {
+	exe, err := os.Executable()
+	if err != nil {
+		cli.Fatal("agent", fmt.Errorf("find this program to run it in the background: %w", err), agent.ExitFailed)
+	}
+	// The same command line, with --detach=false before the positional
+	// arguments (and before a "--" that ends the flags).
+	args := os.Args[1:]
+	cut := len(args) - positional
+	if cut > 0 && args[cut-1] == "--" {
+		cut--
+	}
+	child := append(append(append([]string{}, args[:cut]...), "--detach=false"), args[cut:]...)
+	if dir == "" {
+		dir = "."
+	}
+	if dir, err = filepath.Abs(dir); err != nil {
+		cli.Fatal("agent", err, agent.ExitFailed)
+	}
+	if err := agent.Detach(ctx, exe, child, dir, os.Stdout); err != nil {
+		code := agent.ExitFailed
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && ee.ExitCode() > 0 {
+			code = ee.ExitCode()
+		}
+		cli.Fatal("agent", err, code)
+	}
+}
+
+// waitMain is "agent wait".
+func waitMain(args []string) {
+	cmd := cli.New("agent wait", "agent wait [--dir DIR]", `
+Wait for the agent started in DIR with --detach (or with &) to be done.
+If nobody is connected and .hold does not hold it, the agent ends at once
+and wait returns; otherwise wait returns when the last user logs out or the
+session expires. Run it as the last step of the job.`)
+	cmd.Footer = `Exit status: 0 when the agent ended by its lifetime (nobody logging in
+included), 1 when there is no agent state in DIR or the agent failed.`
+	var dir string
+	cmd.Flags.StringVar(&dir, "dir", "", "the agent's directory, as given to the agent (default: the current directory)")
+	if err := cmd.Parse(args); err != nil {
+		if errors.Is(err, cli.ErrExit) {
+			return
+		}
+		os.Exit(agent.ExitUsage)
+	}
+	if cmd.Flags.NArg() > 0 {
+		cli.Fatal("agent wait", errors.New("unexpected arguments; see agent wait --help"), agent.ExitUsage)
+	}
+	if dir == "" {
+		dir = "."
+	}
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		cli.Fatal("agent wait", err, agent.ExitFailed)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := agent.Wait(ctx, dir, os.Stdout); err != nil {
+		stop()
+		cli.Fatal("agent wait", err, agent.ExitFailed)
 	}
 }

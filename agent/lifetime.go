@@ -1,0 +1,242 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Lifetime bounds how long an agent runs, so that it never keeps a CI
+// runner busy by accident. The zero value never ends the agent by itself
+// (for embedding and tests); cmd/agent sets the defaults users get.
+//
+// The deadline is computed, never stored: before the first login it is
+// the start plus ConnectTimeout; after it, the last user input (or login,
+// or logout) plus Expiry. The modification time of Dir/.hold plus Expiry
+// extends either, so `touch .hold` extends and a future mtime extends
+// further. MaxSession caps it all, .hold included.
+type Lifetime struct {
+	// ConnectTimeout is the deadline to the first login, counted from the
+	// start of Run. Nobody logged in by then: Run returns ErrNoLogin.
+	// Zero: wait forever.
+	ConnectTimeout time.Duration
+	// Expiry is the idle window while users are logged in: sessions end
+	// Expiry after the last input from a user. It is also what a .hold
+	// adds to its mtime. Zero: no idle expiry.
+	Expiry time.Duration
+	// WarnBefore is how long before the deadline warnings start in open
+	// shells; at most half of Expiry is used. Zero: no warnings.
+	WarnBefore time.Duration
+	// MaxSession caps the time from the first login to the end, whatever
+	// the input or .hold. Zero: no cap.
+	MaxSession time.Duration
+	// ExitOnLastLogout ends the agent when the last user logs out after
+	// someone logged in, unless .hold holds it. False: keep running until
+	// the deadline.
+	ExitOnLastLogout bool
+}
+
+// Validate rejects negative durations.
+func (l Lifetime) Validate() error {
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"connect timeout", l.ConnectTimeout}, {"expiry", l.Expiry}, {"warn-before", l.WarnBefore}, {"max session", l.MaxSession}} {
+		if d.v < 0 {
+			return fmt.Errorf("%s is negative (%v): give a positive duration such as 10m, or 0 to turn it off", d.name, d.v)
+		}
+	}
+	return nil
+}
+
+// warnBefore is WarnBefore, at most half of Expiry, so that a warning
+// never follows every pause in typing.
+func (l Lifetime) warnBefore() time.Duration {
+	if l.Expiry > 0 && l.WarnBefore > l.Expiry/2 {
+		return l.Expiry / 2
+	}
+	return l.WarnBefore
+}
+
+// ErrNoLogin is what Run returns when nobody logged in before the
+// connect timeout (or before a .hold given before any login ran out).
+var ErrNoLogin = errors.New("nobody logged in")
+
+// Exit statuses of the agent command, documented in the README.
+const (
+	// ExitOK: someone logged in and the session ended (last logout,
+	// expiry, --max-session), `agent wait` found it unused, or the agent
+	// was stopped by SIGINT/SIGTERM.
+	ExitOK = 0
+	// ExitFailed: the agent could not do its job (refused by the server,
+	// bad configuration).
+	ExitFailed = 1
+	// ExitUsage: bad flags or arguments.
+	ExitUsage = 2
+	// ExitNoLogin: nobody logged in before --connect-timeout.
+	ExitNoLogin = 3
+)
+
+// ExitStatus maps what Run returned to the agent command's exit status.
+func ExitStatus(err error) int {
+	switch {
+	case err == nil:
+		return ExitOK
+	case errors.Is(err, ErrNoLogin):
+		return ExitNoLogin
+	}
+	return ExitFailed
+}
+
+// endKind says why the lifetime ended.
+type endKind int
+
+const (
+	endNone       endKind = iota
+	endNoLogin            // deadline passed before anyone logged in
+	endExpired            // deadline passed after a login (no input, .hold ran out)
+	endMaxSession         // the MaxSession cap after the first login
+	endLastLogout         // the last user logged out, not held
+	endUnused             // `agent wait` asked, and nobody is connected or holding
+)
+
+func (k endKind) String() string {
+	return [...]string{"none", "no login", "expired", "max session", "last logout", "unused"}[k]
+}
+
+// lifeState is the lifetime's state machine. It holds no clock: every
+// question takes the current time, so tests can ask about any instant.
+type lifeState struct {
+	cfg        Lifetime
+	start      time.Time // start of Run
+	firstLogin time.Time // zero until someone logs in
+	users      int       // logged-in connections now
+	logins     int       // logins so far
+	active     time.Time // last input, login or logout of a user
+	hold       time.Time // mtime of .hold; zero when there is none
+	jobDone    bool      // `agent wait` asked the agent to end when unused
+	warned     time.Duration
+}
+
+// deadline is when the agent ends if nothing happens; zero when never.
+func (s *lifeState) deadline() time.Time {
+	var d time.Time
+	switch {
+	case s.firstLogin.IsZero():
+		if s.cfg.ConnectTimeout > 0 {
+			d = s.start.Add(s.cfg.ConnectTimeout)
+		}
+	case s.cfg.Expiry > 0:
+		d = s.active.Add(s.cfg.Expiry)
+	}
+	if h := s.heldUntil(); !d.IsZero() && h.After(d) {
+		d = h
+	}
+	if c := s.hardCap(); !c.IsZero() && (d.IsZero() || c.Before(d)) {
+		d = c
+	}
+	return d
+}
+
+// heldUntil is the end of the hold .hold gives; zero when there is none.
+func (s *lifeState) heldUntil() time.Time {
+	if s.hold.IsZero() {
+		return time.Time{}
+	}
+	return s.hold.Add(s.cfg.Expiry)
+}
+
+func (s *lifeState) held(now time.Time) bool {
+	h := s.heldUntil()
+	return !h.IsZero() && now.Before(h)
+}
+
+// hardCap is the MaxSession limit; zero when there is none (yet).
+func (s *lifeState) hardCap() time.Time {
+	if s.cfg.MaxSession <= 0 || s.firstLogin.IsZero() {
+		return time.Time{}
+	}
+	return s.firstLogin.Add(s.cfg.MaxSession)
+}
+
+// capped reports whether the deadline is the hard cap, which neither input
+// nor .hold can move.
+func (s *lifeState) capped() bool {
+	c := s.hardCap()
+	return !c.IsZero() && c.Equal(s.deadline())
+}
+
+// end reports whether the agent must end at now, and why.
+func (s *lifeState) end(now time.Time) endKind {
+	if c := s.hardCap(); !c.IsZero() && !now.Before(c) {
+		return endMaxSession
+	}
+	if d := s.deadline(); !d.IsZero() && !now.Before(d) {
+		if s.firstLogin.IsZero() {
+			return endNoLogin
+		}
+		return endExpired
+	}
+	if s.users > 0 || s.held(now) {
+		return endNone
+	}
+	if !s.firstLogin.IsZero() && s.cfg.ExitOnLastLogout {
+		return endLastLogout
+	}
+	if s.jobDone && (s.firstLogin.IsZero() || s.cfg.ExitOnLastLogout) {
+		return endUnused
+	}
+	return endNone
+}
+
+// minWarnGap is the shortest gap between two warnings.
+func (s *lifeState) minWarnGap() time.Duration {
+	return min(10*time.Second, s.cfg.warnBefore()/4)
+}
+
+// warning reports whether open shells should be warned at now, and how
+// long is left. Warnings start WarnBefore ahead of the deadline and repeat
+// each time the time left halves, down to minWarnGap. When the deadline
+// moves out of the warning window (input, .hold), they start over.
+func (s *lifeState) warning(now time.Time) (left time.Duration, due bool) {
+	wb := s.cfg.warnBefore()
+	d := s.deadline()
+	if wb <= 0 || d.IsZero() || s.users == 0 {
+		return 0, false
+	}
+	left = d.Sub(now)
+	if left > wb {
+		s.warned = 0
+		return left, false
+	}
+	if left <= 0 {
+		return 0, false
+	}
+	if s.warned == 0 || (left <= s.warned/2 && s.warned/2 >= s.minWarnGap()) {
+		s.warned = left
+		return left, true
+	}
+	return left, false
+}
+
+// next is the next instant at which end or warning may change their
+// answer without any event (login, logout, input, .hold); zero if none.
+func (s *lifeState) next(now time.Time) time.Time {
+	var next time.Time
+	consider := func(t time.Time) {
+		if !t.IsZero() && t.After(now) && (next.IsZero() || t.Before(next)) {
+			next = t
+		}
+	}
+	d := s.deadline()
+	consider(d)
+	consider(s.heldUntil())
+	if wb := s.cfg.warnBefore(); wb > 0 && !d.IsZero() && s.users > 0 {
+		if s.warned == 0 {
+			consider(d.Add(-wb))
+		} else if s.warned/2 >= s.minWarnGap() {
+			consider(d.Add(-s.warned / 2))
+		}
+	}
+	return next
+}

@@ -1,0 +1,171 @@
+package agent
+
+import (
+	"maps"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gliderlabs/ssh"
+	gossh "golang.org/x/crypto/ssh"
+)
+
+// hook connects the lifetime to srv: a successful authentication counts
+// as a login until the connection closes, and every byte a user sends on
+// any channel (keystrokes, stdin, SFTP requests, forwarded data) counts as
+// input. Call it after the server's handlers are set; it wraps them.
+func (l *lifetime) hook(srv *ssh.Server) {
+	base := srv.ServerConfigCallback
+	srv.ServerConfigCallback = func(ctx ssh.Context) *gossh.ServerConfig {
+		cfg := &gossh.ServerConfig{}
+		if base != nil {
+			cfg = base(ctx)
+		}
+		prev := cfg.AuthLogCallback
+		var once sync.Once
+		// x/crypto calls this after every authentication attempt; a nil
+		// error means the user is in (partial success is an error).
+		cfg.AuthLogCallback = func(c gossh.ConnMetadata, method string, err error) {
+			if prev != nil {
+				prev(c, method, err)
+			}
+			if err == nil {
+				once.Do(func() { l.login(ctx) })
+			}
+		}
+		return cfg
+	}
+	handlers := maps.Clone(srv.ChannelHandlers)
+	if handlers == nil {
+		handlers = maps.Clone(ssh.DefaultChannelHandlers)
+	}
+	for name, h := range handlers {
+		handlers[name] = func(srv *ssh.Server, conn *gossh.ServerConn, nc gossh.NewChannel, ctx ssh.Context) {
+			h(srv, conn, activeNewChannel{NewChannel: nc, l: l}, ctx)
+		}
+	}
+	srv.ChannelHandlers = handlers
+}
+
+// activeNewChannel accepts channels whose reads count as user input.
+type activeNewChannel struct {
+	gossh.NewChannel
+	l *lifetime
+}
+
+func (c activeNewChannel) Accept() (gossh.Channel, <-chan *gossh.Request, error) {
+	ch, reqs, err := c.NewChannel.Accept()
+	if err != nil {
+		return ch, reqs, err
+	}
+	return activeChannel{Channel: ch, l: c.l}, reqs, nil
+}
+
+type activeChannel struct {
+	gossh.Channel
+	l *lifetime
+}
+
+func (c activeChannel) Read(p []byte) (int, error) {
+	n, err := c.Channel.Read(p)
+	if n > 0 {
+		c.l.activity()
+	}
+	return n, err
+}
+
+// liveSession is an open shell or command the lifetime may talk to.
+type liveSession struct {
+	l   *lifetime
+	s   ssh.Session
+	pty bool
+
+	mu   sync.Mutex
+	busy bool          // a write is in flight
+	said chan struct{} // closed when the last write started has finished
+}
+
+// attach registers s for warnings and the closing message, and prints the
+// banner into interactive shells. Call the returned func when the session
+// handler ends.
+func (l *lifetime) attach(s ssh.Session) (detach func()) {
+	_, _, pty := s.Pty()
+	ls := &liveSession{l: l, s: s, pty: pty}
+	l.mu.Lock()
+	if l.closing {
+		l.mu.Unlock()
+		return func() {}
+	}
+	l.sessions[ls] = struct{}{}
+	l.handlers.Add(1)
+	var banner string
+	if pty {
+		banner = l.bannerLocked(time.Now())
+	}
+	l.mu.Unlock()
+	if banner != "" {
+		ls.write(banner)
+	}
+	return func() {
+		l.mu.Lock()
+		delete(l.sessions, ls)
+		l.mu.Unlock()
+		l.handlers.Done()
+	}
+}
+
+// say writes text into the session without blocking the caller: a user
+// whose client does not read must not stall the lifetime. A warning is
+// skipped while an earlier write is still in flight. final closes an
+// interactive session once the text is written.
+func (s *liveSession) say(text string, final bool) {
+	s.mu.Lock()
+	if s.busy && !final {
+		s.mu.Unlock()
+		return
+	}
+	s.busy = true
+	done := make(chan struct{})
+	prev := s.said
+	s.said = done
+	s.l.handlers.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.l.handlers.Done()
+		defer close(done)
+		if prev != nil {
+			<-prev // keep messages in order
+		}
+		s.write(text)
+		if final && s.pty {
+			s.s.Exit(0)
+		}
+		s.mu.Lock()
+		if s.said == done {
+			s.busy = false
+		}
+		s.mu.Unlock()
+	}()
+}
+
+// waitSaid waits until the writes started so far have finished.
+func (s *liveSession) waitSaid() {
+	s.mu.Lock()
+	done := s.said
+	s.mu.Unlock()
+	if done != nil {
+		<-done
+	}
+}
+
+// write puts text on the user's terminal (past the PTY, so it shows even
+// while a program runs) or, for commands, on stderr.
+func (s *liveSession) write(text string) {
+	text = strings.TrimRight(text, "\n")
+	if s.pty {
+		lines := strings.Split(text, "\n")
+		s.s.Write([]byte("\r\n" + strings.Join(lines, "\r\n") + "\r\n"))
+		return
+	}
+	s.s.Stderr().Write([]byte(text + "\n"))
+}

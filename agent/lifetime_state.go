@@ -1,0 +1,157 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+// The agent's files for `agent wait` and --detach live in Dir/.converge:
+//
+//	agent.json  the state: pid, whether registered, sessions, expiry, and at
+//	            the end the exit status and why (written atomically)
+//	agent.log   what a detached agent prints
+//	wait        created by `agent wait`: end as soon as nobody is connected
+//	            and nothing holds the agent
+//
+// Files rather than a socket: the agent never listens, and files work the
+// same on every OS and survive the agent for `agent wait` to read.
+const (
+	StateDir         = ".converge"
+	stateName        = "agent.json"
+	logName          = "agent.log"
+	waitRequestName  = "wait"
+	stateFileVersion = 1
+)
+
+// agentState is the content of agent.json.
+type agentState struct {
+	Version    int       `json:"version"`
+	PID        int       `json:"pid"`
+	ID         string    `json:"id"`
+	Server     string    `json:"server"`
+	Started    time.Time `json:"started"`
+	Registered bool      `json:"registered"`
+	stateSnapshot
+	Exited     bool   `json:"exited"`
+	ExitStatus int    `json:"exit_status"`
+	Reason     string `json:"reason,omitempty"`
+}
+
+// stateSnapshot is the part of agentState the lifetime updates.
+type stateSnapshot struct {
+	Sessions  int       `json:"sessions"`
+	Logins    int       `json:"logins"`
+	Expiry    time.Time `json:"expiry,omitzero"`
+	HeldUntil time.Time `json:"held_until,omitzero"`
+	Waiting   bool      `json:"waiting"` // `agent wait` asked the agent to end when unused
+}
+
+// stateFile writes agent.json. Its methods are safe for concurrent use.
+type stateFile struct {
+	dir string // Dir/.converge
+	log *slog.Logger
+
+	mu      sync.Mutex
+	st      agentState
+	written bool
+}
+
+func newStateFile(agentDir, id, server string, log *slog.Logger) *stateFile {
+	return &stateFile{
+		dir: filepath.Join(agentDir, StateDir),
+		log: log,
+		st:  agentState{Version: stateFileVersion, PID: os.Getpid(), ID: id, Server: server},
+	}
+}
+
+// begin records a fresh start, dropping a wait request left by an earlier
+// run in the same directory.
+func (f *stateFile) begin() {
+	if err := os.MkdirAll(f.dir, 0o755); err != nil {
+		f.log.Warn("cannot create the state directory; `agent wait` will not find this agent", "error", err)
+		return
+	}
+	if old, err := readState(filepath.Dir(f.dir)); err == nil && !old.Exited && old.PID != os.Getpid() && processAlive(old.PID) {
+		f.log.Warn("another agent seems to run in this directory; `agent wait` will follow this one", "pid", old.PID)
+	}
+	if err := os.Remove(filepath.Join(f.dir, waitRequestName)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		f.log.Warn("cannot remove an old wait request", "error", err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.st.Started = time.Now().Round(0)
+	f.writeLocked()
+}
+
+func (f *stateFile) registered() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.st.Registered {
+		f.st.Registered = true
+		f.writeLocked()
+	}
+}
+
+func (f *stateFile) update(s stateSnapshot) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s.Expiry = s.Expiry.Truncate(time.Second)
+	s.HeldUntil = s.HeldUntil.Truncate(time.Second)
+	if s != f.st.stateSnapshot || !f.written {
+		f.st.stateSnapshot = s
+		f.writeLocked()
+	}
+}
+
+func (f *stateFile) exit(status int, reason string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.st.Exited, f.st.ExitStatus, f.st.Reason = true, status, reason
+	f.writeLocked()
+}
+
+// waitRequested reports whether `agent wait` has asked the agent to end
+// when unused.
+func (f *stateFile) waitRequested() bool {
+	_, err := os.Stat(filepath.Join(f.dir, waitRequestName))
+	return err == nil
+}
+
+func (f *stateFile) writeLocked() {
+	b, err := json.MarshalIndent(f.st, "", "  ")
+	if err != nil {
+		f.log.Warn("cannot encode the state file", "error", err)
+		return
+	}
+	path := filepath.Join(f.dir, stateName)
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+		f.log.Warn("cannot write the state file; `agent wait` will not follow this agent", "error", err)
+		return
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		f.log.Warn("cannot write the state file; `agent wait` will not follow this agent", "error", err)
+		return
+	}
+	f.written = true
+}
+
+// readState reads the state file of the agent in dir.
+func readState(dir string) (agentState, error) {
+	var st agentState
+	b, err := os.ReadFile(filepath.Join(dir, StateDir, stateName))
+	if err != nil {
+		return st, err
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return st, fmt.Errorf("read %s: %w", filepath.Join(dir, StateDir, stateName), err)
+	}
+	return st, nil
+}
