@@ -1,0 +1,324 @@
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/converge-ci/converge/internal/sshtest"
+)
+
+// config of one benchmark run.
+type config struct {
+	size    int64         // bytes of the transferred file
+	reps    int           // runs of each throughput measurement
+	echo    int           // echo round trips at 0 ms
+	rtt     time.Duration // added round trip of the second pass; 0 skips it
+	agents  int           // idle agents for the memory measurement; 0 skips it
+	ciphers []string      // ciphers to compare (direct, ssh cat); none skips
+}
+
+// TestBenchTable is `make bench`: the full table, printed to stdout.
+func TestBenchTable(t *testing.T) {
+	if !*flagTable {
+		t.Skip("the benchmark table runs with -bench-table (make bench)")
+	}
+	start := time.Now()
+	tb := run(t, config{
+		size:    int64(*flagSize) << 20,
+		reps:    *flagReps,
+		echo:    *flagEcho,
+		rtt:     *flagRTT,
+		agents:  *flagAgents,
+		ciphers: []string{"aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes128-ctr"},
+	})
+	tb.notes = append(tb.notes, fmt.Sprintf("The whole run took %v; load average at the end %s.", time.Since(start).Round(time.Second), loadavg()))
+	out := tb.String()
+	fmt.Print("\n" + out)
+	if *flagOut != "" {
+		if err := os.WriteFile(*flagOut, []byte(out), 0o644); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// TestBenchSmoke runs the whole harness on a tiny file, a small added
+// round trip and a few agents, so the benchmark keeps working. It checks
+// that every measurement produced a number, not how fast anything is.
+func TestBenchSmoke(t *testing.T) {
+	if *flagTable {
+		t.Skip("the full table runs instead")
+	}
+	tb := run(t, config{
+		size:    1 << 20,
+		reps:    1,
+		echo:    5,
+		rtt:     4 * time.Millisecond,
+		agents:  3,
+		ciphers: []string{"aes128-gcm@openssh.com"},
+	})
+	out := tb.String()
+	t.Log("\n" + out)
+	var titles []string
+	for _, s := range tb.sections {
+		titles = append(titles, s.title)
+		for _, r := range s.rows {
+			if r.a == "" || r.comp == "" || strings.Contains(r.a+r.b+r.comp, "NaN") || strings.Contains(r.a+r.b+r.comp, "Inf") {
+				t.Errorf("section %q, row %q: missing or bad value: %+v", s.title, r.what, r)
+			}
+		}
+	}
+	for _, want := range []string{"0 ms", "4 ms", "Ciphers", "Server memory"} {
+		if !strings.Contains(strings.Join(titles, "\n"), want) {
+			t.Errorf("no section about %q in:\n%s", want, out)
+		}
+	}
+}
+
+// run measures everything cfg asks for and returns the table.
+func run(t *testing.T, cfg config) *table {
+	tb := &table{header: machine()}
+	tb.header = append(tb.header, fmt.Sprintf("File %d MiB; each throughput is the median of %d runs, relay and direct alternating.", cfg.size>>20, cfg.reps))
+
+	srv := startServer(t)
+	c := sshtest.New(t)
+	ag := startAgent(t, srv, "bench", c)
+	file := filepath.Join(ag.Dir, "big.bin")
+	writeRandom(t, file, cfg.size)
+	resume := supportsNoResume()
+
+	rtts := []time.Duration{0}
+	if cfg.rtt > 0 {
+		rtts = append(rtts, cfg.rtt)
+	}
+	for _, rtt := range rtts {
+		relayAddr, directAddr := srv.Addr, ag.Direct
+		if rtt > 0 {
+			relayAddr = startDelayProxy(t, srv.Addr, rtt/2).Addr()
+			directAddr = startDelayProxy(t, ag.Direct, rtt/2).Addr()
+		}
+		relay := sshtest.Target{User: srv.User, Alias: "bench", ProxyCommand: bin("wsproxy") + " ws://" + relayAddr + "/client/bench"}
+		direct := sshtest.Target{User: srv.User, Alias: "bench", Port: port(t, directAddr)}
+		t.Logf("measuring at %s added round trip", msLabel(rtt))
+		s := tb.add(fmt.Sprintf("%s added round trip: relay (ssh → wsproxy → converge → agent) vs direct (ssh → TCP → same agent)", msLabel(rtt)),
+			"relay", "direct", "relay/direct")
+		compare(t, s, cfg, c, ag, relay, direct, rtt)
+		if resume {
+			plain := relay
+			plain.ProxyCommand = bin("wsproxy") + " --no-resume ws://" + relayAddr + "/client/bench"
+			s := tb.add(fmt.Sprintf("%s added round trip: relay with resumable streams (wsproxy default) vs --no-resume", msLabel(rtt)),
+				"resume", "no-resume", "resume/no")
+			compareResume(t, s, cfg, c, ag, relay, plain, rtt)
+		}
+	}
+	if !resume {
+		tb.notes = append(tb.notes, "This wsproxy has no --no-resume flag, so there are no resume on/off rows.")
+	}
+
+	if len(cfg.ciphers) > 0 {
+		direct := sshtest.Target{User: srv.User, Alias: "bench", Port: port(t, ag.Direct)}
+		ciphers(t, tb, cfg, c, direct)
+	}
+	if cfg.agents > 0 {
+		memory(t, tb, cfg.agents, c)
+	}
+	tb.notes = append(tb.notes,
+		"relay = OpenSSH client → wsproxy (ProxyCommand) → converge (its own process) → the agent's dial-back WebSocket → agent (in the harness process); direct = OpenSSH client → loopback TCP → the same agent's SSH server (agent.Serve).",
+		"Throughput: sftp get/put and ssh cat run over an already established SSH connection (OpenSSH ControlMaster), so they time the transfer, not the key exchange; the connect row times a whole fresh `ssh host true`. sftp get writes to a local file, sftp put to a file in the agent's directory, ssh cat to a pipe the harness counts.",
+		"Echo: one `ssh host cat` session, single 31-byte lines written and read back one at a time; overhead = relay median - direct median.",
+		"Added round trip: a userland proxy holds each chunk for half the round trip in each direction without limiting bandwidth, between the client and converge (relay) and between the client and the agent's listener (direct); the agent-to-server link is not delayed.",
+	)
+	return tb
+}
+
+// compare fills s with relay vs direct measurements.
+func compare(t *testing.T, s *section, cfg config, c *sshtest.Client, ag *benchAgent, relay, direct sshtest.Target, rtt time.Duration) {
+	rs, ds := openSession(t, c, relay), openSession(t, c, direct)
+	file := filepath.Join(ag.Dir, "big.bin")
+	size := cfg.size
+	mib := fmt.Sprintf("%d MiB", size>>20)
+	ops := []struct {
+		name string
+		do   func(*session) (time.Duration, error)
+	}{
+		{"sftp get " + mib, func(x *session) (time.Duration, error) { return x.sftpGet("big.bin", size) }},
+		{"sftp put " + mib, func(x *session) (time.Duration, error) {
+			return x.sftpPut(file, "up.bin", filepath.Join(ag.Dir, "up.bin"), size)
+		}},
+		{"ssh cat " + mib, func(x *session) (time.Duration, error) { return x.sshCat("big.bin", size) }},
+	}
+	for _, op := range ops {
+		a, b := pair(t, cfg.reps, func() (time.Duration, error) { return op.do(rs) }, func() (time.Duration, error) { return op.do(ds) })
+		r := speedRatio(a, b)
+		s.add(row{what: op.name, a: mibps(size, a), b: mibps(size, b), comp: fmt.Sprintf("%.2f", r), target: ">= 0.8 (aim 0.9)", verdict: verdict(r >= 0.8)})
+		t.Logf("%v %s: relay %s, direct %s, ratio %.2f", rtt, op.name, mibps(size, a), mibps(size, b), r)
+	}
+
+	n := cfg.echo
+	if rtt > 0 {
+		n = max(5, min(n, int(2*time.Second/rtt))) // about 2 s per path
+	}
+	re, err := rs.echo(n)
+	if err != nil {
+		t.Fatalf("relay echo: %v", err)
+	}
+	de, err := ds.echo(n)
+	if err != nil {
+		t.Fatalf("direct echo: %v", err)
+	}
+	rm, dm := median(re), median(de)
+	over := rm - dm
+	target, v := "", ""
+	if rtt == 0 {
+		target, v = "< 1 ms", verdict(over < time.Millisecond)
+	}
+	s.add(row{what: fmt.Sprintf("echo round trip, median of %d", n), a: ms(rm), b: ms(dm), comp: "+" + ms(over), target: target, verdict: v})
+	rp, dp := percentile(re, 99), percentile(de, 99)
+	s.add(row{what: "echo round trip, p99", a: ms(rp), b: ms(dp), comp: "+" + ms(rp-dp)})
+	t.Logf("%v echo: relay %s (p99 %s), direct %s (p99 %s)", rtt, ms(rm), ms(rp), ms(dm), ms(dp))
+
+	a, b := pair(t, cfg.reps, func() (time.Duration, error) { return connect(c, relay) }, func() (time.Duration, error) { return connect(c, direct) })
+	s.add(row{what: "connect: fresh `ssh host true`", a: ms(a), b: ms(b), comp: "+" + ms(a-b)})
+}
+
+// compareResume fills s with relay throughput with and without resumable
+// streams.
+func compareResume(t *testing.T, s *section, cfg config, c *sshtest.Client, ag *benchAgent, on, off sshtest.Target, rtt time.Duration) {
+	ons, offs := openSession(t, c, on), openSession(t, c, off)
+	size := cfg.size
+	mib := fmt.Sprintf("%d MiB", size>>20)
+	for _, op := range []struct {
+		name string
+		do   func(*session) (time.Duration, error)
+	}{
+		{"sftp get " + mib, func(x *session) (time.Duration, error) { return x.sftpGet("big.bin", size) }},
+		{"ssh cat " + mib, func(x *session) (time.Duration, error) { return x.sshCat("big.bin", size) }},
+	} {
+		a, b := pair(t, cfg.reps, func() (time.Duration, error) { return op.do(ons) }, func() (time.Duration, error) { return op.do(offs) })
+		r := speedRatio(a, b)
+		s.add(row{what: op.name, a: mibps(size, a), b: mibps(size, b), comp: fmt.Sprintf("%.2f", r)})
+		t.Logf("%v resume %s: on %s, off %s, ratio %.2f", rtt, op.name, mibps(size, a), mibps(size, b), r)
+	}
+	a, b := pair(t, cfg.reps, func() (time.Duration, error) { return connect(c, on) }, func() (time.Duration, error) { return connect(c, off) })
+	s.add(row{what: "connect: fresh `ssh host true`", a: ms(a), b: ms(b), comp: "+" + ms(a-b)})
+}
+
+// pair runs a and b reps times each, alternating which goes first, and
+// returns their median durations.
+func pair(t *testing.T, reps int, a, b func() (time.Duration, error)) (time.Duration, time.Duration) {
+	t.Helper()
+	var as, bs []time.Duration
+	for i := range reps {
+		first, second, fs, ss := a, b, &as, &bs
+		if i%2 == 1 {
+			first, second, fs, ss = b, a, &bs, &as
+		}
+		for _, m := range []struct {
+			f   func() (time.Duration, error)
+			out *[]time.Duration
+		}{{first, fs}, {second, ss}} {
+			d, err := m.f()
+			if err != nil {
+				t.Fatal(err)
+			}
+			*m.out = append(*m.out, d)
+		}
+	}
+	return median(as), median(bs)
+}
+
+// ciphers measures ssh cat straight to the agent with each cipher.
+func ciphers(t *testing.T, tb *table, cfg config, c *sshtest.Client, direct sshtest.Target) {
+	def, err := defaultCipher(c, direct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := tb.add("Ciphers: ssh cat straight to the agent (0 ms), OpenSSH client -c CIPHER", "throughput", "", "vs first")
+	var first time.Duration
+	for i, name := range cfg.ciphers {
+		x := openSession(t, c, direct, "-c", name)
+		var ds []time.Duration
+		for range cfg.reps {
+			d, err := x.sshCat("big.bin", cfg.size)
+			if err != nil {
+				t.Fatalf("cipher %s: %v", name, err)
+			}
+			ds = append(ds, d)
+		}
+		m := median(ds)
+		if i == 0 {
+			first = m
+		}
+		s.add(row{what: name, a: mibps(cfg.size, m), comp: fmt.Sprintf("%.2f", speedRatio(m, first))})
+		t.Logf("cipher %s: %s", name, mibps(cfg.size, m))
+	}
+	tb.notes = append(tb.notes, "With no -c, this OpenSSH client and the agent negotiate "+def+" (the client takes its first preference the agent supports).")
+}
+
+// memory connects n idle agents to a fresh server process and reports how
+// much its resident memory grew.
+func memory(t *testing.T, tb *table, n int, c *sshtest.Client) {
+	t.Logf("connecting %d agents", n)
+	srv := startServer(t)
+	before, err := srv.rssKiB()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := startIdleAgents(t, srv, n, c)
+	defer stop()
+	time.Sleep(2 * time.Second) // let the connections settle into idleness (not a synchronisation)
+	after, err := srv.rssKiB()
+	if err != nil {
+		t.Fatal(err)
+	}
+	per := float64(after-before) / float64(n)
+	s := tb.add(fmt.Sprintf("Server memory: converge's resident set (VmRSS from /proc) with %d idle agents connected", n), "value", "", "")
+	s.add(row{what: "RSS before agents", a: fmt.Sprintf("%d KiB", before), comp: "-"})
+	s.add(row{what: fmt.Sprintf("RSS with %d agents", n), a: fmt.Sprintf("%d KiB", after), comp: "-"})
+	s.add(row{what: "per idle agent", a: fmt.Sprintf("%.1f KiB", per), comp: "-", target: "<= 64 KiB", verdict: verdict(per <= 64)})
+	tb.notes = append(tb.notes, fmt.Sprintf("Memory: %d real agents (agent.New + Run, in the harness process) hold their control WebSocket to a fresh converge process; the figure is its VmRSS growth divided by %d: user-space memory including garbage not yet collected, not kernel socket buffers.", n, n))
+	t.Logf("memory: %d KiB -> %d KiB with %d agents: %.1f KiB each", before, after, n, per)
+}
+
+func writeRandom(t *testing.T, path string, size int64) {
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.CopyN(f, rand.Reader, size); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func port(t *testing.T, addr string) int {
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// supportsNoResume reports whether this wsproxy can turn resumable
+// streams off.
+func supportsNoResume() bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, _ := exec.CommandContext(ctx, bin("wsproxy"), "--help").CombinedOutput()
+	return strings.Contains(string(out), "no-resume")
+}

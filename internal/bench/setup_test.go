@@ -1,0 +1,193 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/converge-ci/converge/agent"
+	"github.com/converge-ci/converge/internal/sshtest"
+)
+
+// serverProc is bin/converge running as its own process, so that its
+// memory can be read from /proc and its CPU is not shared with the
+// harness's goroutines.
+type serverProc struct {
+	cmd  *exec.Cmd
+	Addr string // 127.0.0.1:PORT
+	User string
+	log  *lineLog
+}
+
+// startServer runs converge on 127.0.0.1:0 until the test ends and waits
+// until it listens.
+func startServer(t testing.TB) *serverProc {
+	t.Helper()
+	s := &serverProc{User: "bench", log: &lineLog{addr: make(chan string, 1)}}
+	s.cmd = exec.Command(bin("converge"), "--addr", "127.0.0.1:0", "--ssh-user", s.User)
+	s.cmd.Stdout = s.log
+	s.cmd.Stderr = s.log
+	if err := s.cmd.Start(); err != nil {
+		t.Fatalf("start converge: %v", err)
+	}
+	t.Cleanup(func() {
+		s.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan error, 1)
+		go func() { done <- s.cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("converge exited: %v\n%s", err, s.log.tail())
+			}
+		case <-time.After(20 * time.Second):
+			s.cmd.Process.Kill()
+			<-done
+			t.Errorf("converge did not stop within 20s of SIGTERM\n%s", s.log.tail())
+		}
+	})
+	select {
+	case s.Addr = <-s.log.addr:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("converge did not report its address within 20s\n%s", s.log.tail())
+	}
+	return s
+}
+
+// URL is the server's base WebSocket URL.
+func (s *serverProc) URL() string { return "ws://" + s.Addr }
+
+// rssKiB reads the server's resident set size from /proc.
+func (s *serverProc) rssKiB() (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			f := strings.Fields(v) // "12345 kB"
+			if len(f) == 2 && f[1] == "kB" {
+				return strconv.ParseInt(f[0], 10, 64)
+			}
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS line in /proc/%d/status", s.cmd.Process.Pid)
+}
+
+// lineLog keeps the last lines a process wrote, and passes on the address
+// from converge's "listening" line.
+type lineLog struct {
+	mu    sync.Mutex
+	part  []byte
+	lines []string
+	addr  chan string
+	sent  bool
+}
+
+func (l *lineLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.part = append(l.part, p...)
+	for {
+		i := bytes.IndexByte(l.part, '\n')
+		if i < 0 {
+			break
+		}
+		line := string(l.part[:i])
+		l.part = l.part[i+1:]
+		if !l.sent && strings.Contains(line, "msg=listening") {
+			for _, f := range strings.Fields(line) {
+				if a, ok := strings.CutPrefix(f, "addr="); ok {
+					l.addr <- a
+					l.sent = true
+				}
+			}
+		}
+		l.lines = append(l.lines, line)
+		if len(l.lines) > 200 {
+			l.lines = l.lines[len(l.lines)-100:]
+		}
+	}
+	return len(p), nil
+}
+
+func (l *lineLog) tail() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.lines, "\n")
+}
+
+// benchAgent is a real agent registered with the server, whose SSH server
+// also serves a plain loopback TCP listener: the direct reference.
+type benchAgent struct {
+	*agent.Agent
+	Dir    string
+	Direct string // 127.0.0.1:PORT of the direct listener
+}
+
+// startAgent runs an agent in this process, authorising c, registers it
+// with s and serves its SSH server directly on a loopback listener too.
+func startAgent(t testing.TB, s *serverProc, id string, c *sshtest.Client) *benchAgent {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, ".authorized_keys"), []byte(c.PublicKey+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	reg := newRegistered()
+	a, err := agent.New(agent.Config{
+		Server: s.URL(), ID: id, Dir: dir, Out: reg,
+		Logger: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("agent: %v", err)
+		}
+	})
+	select {
+	case <-reg.done:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("agent %s did not register within 20s\n%s", id, s.log.tail())
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.SetSSHUser(s.User)
+	served := make(chan struct{})
+	go func() { defer close(served); a.Serve(ln) }()
+	t.Cleanup(func() { ln.Close(); <-served }) // runs before the agent stops
+	c.Trust(id, a.HostKey())
+	return &benchAgent{Agent: a, Dir: dir, Direct: ln.Addr().String()}
+}
+
+// registered is an agent's output; done closes once it says it registered.
+type registered struct {
+	once sync.Once
+	done chan struct{}
+}
+
+func newRegistered() *registered { return &registered{done: make(chan struct{})} }
+
+func (r *registered) Write(p []byte) (int, error) {
+	if bytes.Contains(p, []byte("registered")) {
+		r.once.Do(func() { close(r.done) })
+	}
+	return len(p), nil
+}
