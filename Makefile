@@ -37,8 +37,11 @@ vet:
 test: check vet build
 	$(GO) test -race -count=1 -timeout 8m ./...
 
+# bench measures bin/* (relay vs direct, ~5 min) and prints the table; it
+# also leaves it in bench-results.txt. See README "Benchmarks".
 bench: build
-	$(GO) test -count=1 -timeout 20m -run '^TestBenchTable$$' ./internal/bench -v -bench-table
+	$(GO) test -count=1 -timeout 20m -run '^TestBenchTable$$' ./internal/bench -v -bench-table \
+		-bench-bin=$(CURDIR)/bin -bench-out=$(CURDIR)/bench-results.txt
 
 dist:
 	@for p in $(DIST_PLATFORMS); do \

@@ -160,7 +160,7 @@ func compare(t *testing.T, s *section, cfg config, c *sshtest.Client, ag *benchA
 		a, b := pair(t, cfg.reps, func() (time.Duration, error) { return op.do(rs) }, func() (time.Duration, error) { return op.do(ds) })
 		r := speedRatio(a, b)
 		s.add(row{what: op.name, a: mibps(size, a), b: mibps(size, b), comp: fmt.Sprintf("%.2f", r), target: ">= 0.8 (aim 0.9)", verdict: verdict(r >= 0.8)})
-		t.Logf("%v %s: relay %s, direct %s, ratio %.2f", rtt, op.name, mibps(size, a), mibps(size, b), r)
+		t.Logf("%s %s: relay %s, direct %s, ratio %.2f", msLabel(rtt), op.name, mibps(size, a), mibps(size, b), r)
 	}
 
 	n := cfg.echo
@@ -184,7 +184,7 @@ func compare(t *testing.T, s *section, cfg config, c *sshtest.Client, ag *benchA
 	s.add(row{what: fmt.Sprintf("echo round trip, median of %d", n), a: ms(rm), b: ms(dm), comp: "+" + ms(over), target: target, verdict: v})
 	rp, dp := percentile(re, 99), percentile(de, 99)
 	s.add(row{what: "echo round trip, p99", a: ms(rp), b: ms(dp), comp: "+" + ms(rp-dp)})
-	t.Logf("%v echo: relay %s (p99 %s), direct %s (p99 %s)", rtt, ms(rm), ms(rp), ms(dm), ms(dp))
+	t.Logf("%s echo: relay %s (p99 %s), direct %s (p99 %s)", msLabel(rtt), ms(rm), ms(rp), ms(dm), ms(dp))
 
 	a, b := pair(t, cfg.reps, func() (time.Duration, error) { return connect(c, relay) }, func() (time.Duration, error) { return connect(c, direct) })
 	s.add(row{what: "connect: fresh `ssh host true`", a: ms(a), b: ms(b), comp: "+" + ms(a-b)})
@@ -206,7 +206,7 @@ func compareResume(t *testing.T, s *section, cfg config, c *sshtest.Client, ag *
 		a, b := pair(t, cfg.reps, func() (time.Duration, error) { return op.do(ons) }, func() (time.Duration, error) { return op.do(offs) })
 		r := speedRatio(a, b)
 		s.add(row{what: op.name, a: mibps(size, a), b: mibps(size, b), comp: fmt.Sprintf("%.2f", r)})
-		t.Logf("%v resume %s: on %s, off %s, ratio %.2f", rtt, op.name, mibps(size, a), mibps(size, b), r)
+		t.Logf("%s resume %s: on %s, off %s, ratio %.2f", msLabel(rtt), op.name, mibps(size, a), mibps(size, b), r)
 	}
 	a, b := pair(t, cfg.reps, func() (time.Duration, error) { return connect(c, on) }, func() (time.Duration, error) { return connect(c, off) })
 	s.add(row{what: "connect: fresh `ssh host true`", a: ms(a), b: ms(b), comp: "+" + ms(a-b)})
