@@ -76,7 +76,7 @@ func Usage(d UsageData) templ.Component {
 			if templ_7745c5c3_Err != nil {
 				return templ_7745c5c3_Err
 			}
-			templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 5, "</code></pre><h2 id=\"ci\">2. Start the agent in the CI job</h2><div class=\"grid\"><div><h3>Linux</h3><pre id=\"ci-linux\"><code>")
+			templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 5, "</code></pre><h2 id=\"ci\">2. Start the agent in the CI job</h2><div><div><h3>Linux</h3><pre id=\"ci-linux\"><code>")
 			if templ_7745c5c3_Err != nil {
 				return templ_7745c5c3_Err
 			}

@@ -1,0 +1,202 @@
+package e2e
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/network"
+	"github.com/chromedp/chromedp"
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/converge-ci/converge/agent"
+	"github.com/converge-ci/converge/server"
+)
+
+// chromiumPath finds Debian's chromium. CI installs it (.ci/run), so a
+// missing browser fails the test rather than skipping it.
+func chromiumPath(t *testing.T) string {
+	t.Helper()
+	for _, p := range []string{os.Getenv("CONVERGE_TEST_CHROMIUM"), "/usr/bin/chromium"} {
+		if p != "" {
+			if _, err := os.Stat(p); err == nil {
+				return p
+			}
+		}
+	}
+	if p, err := exec.LookPath("chromium"); err == nil {
+		return p
+	}
+	t.Fatal("chromium not found: install Debian's chromium package (apt-get install chromium), as .ci/run does")
+	return ""
+}
+
+// browser starts a headless Chromium with a fresh profile for the test.
+func browser(t *testing.T) context.Context {
+	t.Helper()
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
+		chromedp.ExecPath(chromiumPath(t)),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.Headless,
+		chromedp.NoSandbox, // we run as root in CI, on a closed network
+		chromedp.DisableGPU,
+		chromedp.Flag("disable-quic", true),
+		chromedp.NoFirstRun,
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.WindowSize(1280, 900),
+	)
+	ctx, cancel := chromedp.NewContext(actx, chromedp.WithErrorf(t.Logf))
+	t.Cleanup(func() { cancel(); cancelAlloc() })
+	if err := chromedp.Do(ctx); err != nil { // starts the browser, without a deadline
+		t.Fatalf("start chromium: %v", err)
+	}
+	return ctx
+}
+
+// do runs browser steps, bounded so a stuck page fails the test saying
+// what it was waiting for.
+func do(t *testing.T, ctx context.Context, what string, steps ...chromedp.Action[chromedp.Void]) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if err := chromedp.Do(ctx, steps...); err != nil {
+		t.Fatalf("browser: %s: %v", what, err)
+	}
+}
+
+// get runs one browser action that returns a value.
+func get[T any](t *testing.T, ctx context.Context, what string, a chromedp.Action[T]) T {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	v, err := chromedp.Run(ctx, a)
+	if err != nil {
+		t.Fatalf("browser: %s: %v", what, err)
+	}
+	return v
+}
+
+func text(t *testing.T, ctx context.Context, css string) string {
+	t.Helper()
+	return get(t, ctx, "text of "+css, chromedp.Text(chromedp.CSS(css)))
+}
+
+// TestBrowserPages drives the pages in a real browser: the usage page's
+// recipes carry this server's address, and the sessions view shows an
+// agent arriving and leaving without the page being reloaded.
+func TestBrowserPages(t *testing.T) {
+	const password = "correct horse"
+	r := startServer(t, func(c *server.Config) { c.SessionsPassword = password })
+	ctx := browser(t)
+
+	// The usage page, and its ID form (plain HTML, no script).
+	do(t, ctx, "usage page",
+		chromedp.Navigate(r.HTTP+"/"),
+		chromedp.WaitVisible(chromedp.CSS("#ci-linux")),
+		chromedp.SetValue(chromedp.CSS("#id"), "from-form"),
+		chromedp.Submit(chromedp.CSS("#id")),
+		chromedp.WaitVisible(chromedp.CSS(`input[value="from-form"]`)),
+	)
+	linux, ssh, config := text(t, ctx, "#ci-linux"), text(t, ctx, "#ssh-cmd"), text(t, ctx, "#ssh-config-snippet")
+	for _, c := range []struct{ name, got, want string }{
+		{"CI download", linux, "curl -fsSLo agent " + r.HTTP + "/static/agent\n"},
+		{"CI run", linux, "./agent --id from-form " + r.URL},
+		{"ssh", ssh, `ssh -oProxyCommand="wsproxy ` + r.URL + `/client/from-form" -oHostKeyAlias=from-form ` + r.User + "@localhost"},
+		{"ssh config", config, "ProxyCommand wsproxy " + r.URL + "/client/%n"},
+	} {
+		if !strings.Contains(c.got, c.want) {
+			t.Errorf("%s recipe in the browser:\n%s\nwant it to contain:\n%s", c.name, c.got, c.want)
+		}
+	}
+
+	// The sessions view, with the credential a user would type.
+	auth := "Basic " + base64.StdEncoding.EncodeToString([]byte("anyone:"+password))
+	do(t, ctx, "sessions page",
+		chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+			if _, err := cdp.Call(ctx, tg, network.Enable, network.EnableParams{}); err != nil {
+				return err
+			}
+			_, err := cdp.Call(ctx, tg, network.SetExtraHTTPHeaders, network.SetExtraHTTPHeadersParams{Headers: network.Headers{"Authorization": auth}})
+			return err
+		}),
+		chromedp.Navigate(r.HTTP+"/sessions"),
+		chromedp.WaitVisible(chromedp.CSS(`#live[data-state="open"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#agents tr.none`)),
+	)
+	if n := text(t, ctx, "#agent-count"); n != "0" {
+		t.Errorf("agent count with no agent: %q", n)
+	}
+	// Mark this page load: a reload would lose the mark.
+	get(t, ctx, "mark the page", chromedp.Evaluate[bool](`window.convergeTestMark = "same page"; true`))
+
+	stop := runAgent(t, r, "browser-agent")
+	do(t, ctx, "agent appears live", chromedp.WaitVisible(chromedp.CSS(`#agents tr[data-id="browser-agent"]`)))
+	row := text(t, ctx, `#agents tr[data-id="browser-agent"]`)
+	host, _ := os.Hostname()
+	for _, want := range []string{"browser-agent", host, "SHA256:"} {
+		if !strings.Contains(row, want) {
+			t.Errorf("agent row lacks %q:\n%s", want, row)
+		}
+	}
+	if n := text(t, ctx, "#agent-count"); n != "1" {
+		t.Errorf("agent count with one agent: %q", n)
+	}
+
+	stop()
+	do(t, ctx, "agent leaves live",
+		chromedp.WaitNotPresent(chromedp.CSS(`#agents tr[data-id="browser-agent"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#agents tr.none`)),
+	)
+	if mark := get(t, ctx, "read the mark", chromedp.Evaluate[string](`window.convergeTestMark || "reloaded"`)); mark != "same page" {
+		t.Errorf("the sessions page was reloaded (mark %q); it must update in place", mark)
+	}
+}
+
+// runAgent runs an agent until the returned stop is called (or the test
+// ends), and waits for its registration.
+func runAgent(t *testing.T, r *relay, id string) (stop func()) {
+	t.Helper()
+	pub, _, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := gossh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := &syncBuffer{}
+	a, err := agent.New(agent.Config{
+		Server: r.URL, ID: id, Dir: t.TempDir(), Out: out,
+		AuthorizedKeys: string(gossh.MarshalAuthorizedKey(key)),
+		Logger:         testLogger(t).With("side", "agent"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	stopped := false
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("agent: %v", err)
+		}
+	}
+	t.Cleanup(stop)
+	waitFor(t, "agent registration", func() bool { return strings.Contains(out.String(), "registered") })
+	return stop
+}
