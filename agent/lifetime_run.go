@@ -322,18 +322,30 @@ func (r *lifeRun) tell(err error) {
 	for _, s := range open {
 		s.say("[converge] "+msg, true)
 	}
+	// Wait until the words are out and the clients of closed shells have
+	// hung up themselves: closing their connections first would make ssh
+	// fail with "Broken pipe" rather than exit cleanly.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
 	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		for _, s := range open {
 			s.waitSaid()
 		}
-		close(done)
+		for _, s := range open {
+			if s.pty {
+				select {
+				case <-s.s.Context().Done():
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
 	}()
-	t := time.NewTimer(2 * time.Second)
-	defer t.Stop()
 	select {
 	case <-done:
-	case <-t.C:
+	case <-ctx.Done():
 		l.log.Warn("some users did not take the closing message in time")
 	}
 }
