@@ -29,10 +29,14 @@ check:
 	@cp go.mod /tmp/converge.go.mod.bak && cp go.sum /tmp/converge.go.sum.bak && $(GO) mod tidy && \
 		{ git diff --exit-code --stat -- go.mod go.sum || { echo "go mod tidy changed go.mod/go.sum: commit the result"; exit 1; }; }
 
+# vet checks the code for the host and for every platform `make dist` builds.
 vet:
 	$(GO) vet ./...
-	GOOS=windows GOARCH=amd64 $(GO) vet ./...
-	GOOS=darwin GOARCH=arm64 $(GO) vet ./...
+	@host=$$($(GO) env GOOS)/$$($(GO) env GOARCH); for p in $(DIST_PLATFORMS); do \
+		[ $$p = $$host ] && continue; \
+		echo "vet $$p"; \
+		GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) vet ./... || exit 1; \
+	done
 
 test: check vet build
 	$(GO) test -race -count=1 -timeout 8m ./...

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -40,8 +41,17 @@ type Config struct {
 	// AuthorizedKeys holds authorized_keys lines given directly (for CI
 	// secrets in an environment variable).
 	AuthorizedKeys string
+	// AuthorizedKeysURLs are fetched once by New, such as a forge's
+	// https://github.com/USER.keys; a failed fetch fails New.
+	AuthorizedKeysURLs []string
+	// HTTPClient fetches AuthorizedKeysURLs. Default http.DefaultClient.
+	HTTPClient *http.Client
 	// Password, when set, also allows password logins. Empty: keys only.
 	Password string
+	// Shell runs sessions and commands: a path or a name looked up in PATH.
+	// Default: $SHELL, else bash, else sh; on Windows PowerShell, else
+	// cmd.exe ("cmd" chooses cmd.exe).
+	Shell string
 	// HostKeyFile or HostKeyPEM supply the host key; default a fresh
 	// ed25519 key per run.
 	HostKeyFile string
@@ -128,26 +138,12 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a.signer = signer
-	a.auth = &authorizer{
-		log:      a.log,
-		user:     a.sshUser,
-		files:    append([]string{filepath.Join(cfg.Dir, ".authorized_keys")}, cfg.AuthorizedKeysFiles...),
-		password: cfg.Password,
-		cache:    make(map[string]fileKeys),
+	if a.cfg.Shell, err = resolveShell(cfg.Shell); err != nil {
+		return nil, err
 	}
-	if cfg.AuthorizedKeys != "" {
-		keys, err := parseAuthorizedKeys("authorized keys from the environment", []byte(cfg.AuthorizedKeys))
-		if err != nil {
-			return nil, err
-		}
-		a.auth.static = keys
-	}
-	if !a.auth.configured() {
-		return nil, fmt.Errorf("nobody could log in: no keys in %s\n"+
-			"Add the public key of each user who may connect, for example:\n"+
-			"  echo \"$(cat ~/.ssh/id_ed25519.pub)\" >> %s\n"+
-			"or pass --authorized-keys FILE, or set CONVERGE_AUTHORIZED_KEYS",
-			a.auth.files[0], a.auth.files[0])
+	a.auth, err = newAuthorizer(cfg, a.log, a.sshUser)
+	if err != nil {
+		return nil, err
 	}
 	a.fwd = &forwarder{agent: a}
 	a.srv = a.newSSHServer()

@@ -3,14 +3,16 @@ package agent
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
-	"time"
 
 	"github.com/gliderlabs/ssh"
 	gossh "golang.org/x/crypto/ssh"
@@ -21,7 +23,7 @@ import (
 type authorizer struct {
 	log      *slog.Logger
 	user     func() string // the server's --ssh-user, learned at registration
-	files    []string      // re-read when their mtime or size changes
+	files    []string      // re-read when their content changes
 	static   []gossh.PublicKey
 	password string
 
@@ -29,14 +31,65 @@ type authorizer struct {
 	cache map[string]fileKeys
 }
 
+// fileKeys is what a file held when it was last parsed.
 type fileKeys struct {
-	mod  time.Time
-	size int64
+	data []byte
 	keys []gossh.PublicKey
 }
 
+// newAuthorizer gathers the keys of cfg: Dir/.authorized_keys and
+// AuthorizedKeysFiles (read at each login), AuthorizedKeys, and the keys
+// at AuthorizedKeysURLs (fetched now). It fails when a source given
+// explicitly is unusable, or when nobody could log in at all.
+func newAuthorizer(cfg Config, log *slog.Logger, user func() string) (*authorizer, error) {
+	a := &authorizer{
+		log:      log,
+		user:     user,
+		files:    append([]string{filepath.Join(cfg.Dir, ".authorized_keys")}, cfg.AuthorizedKeysFiles...),
+		password: cfg.Password,
+		cache:    make(map[string]fileKeys),
+	}
+	for _, f := range cfg.AuthorizedKeysFiles {
+		if _, err := os.Stat(f); err != nil {
+			return nil, fmt.Errorf("authorized keys file: %w (check the --authorized-keys path)", err)
+		}
+	}
+	if cfg.AuthorizedKeys != "" {
+		keys, err := parseAuthorizedKeys("authorized keys data (--authorized-keys-data)", []byte(cfg.AuthorizedKeys))
+		if err != nil {
+			return nil, err
+		}
+		a.static = append(a.static, keys...)
+	}
+	for _, u := range cfg.AuthorizedKeysURLs {
+		ctx, cancel := context.WithTimeout(context.Background(), keysFetchTimeout)
+		keys, err := fetchAuthorizedKeys(ctx, cfg.HTTPClient, u)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		if len(keys) == 0 {
+			log.Warn("authorized keys URL lists no keys", "url", u)
+		}
+		log.Info("fetched authorized keys", "url", u, "keys", len(keys))
+		a.static = append(a.static, keys...)
+	}
+	if !a.configured() {
+		return nil, fmt.Errorf("nobody could log in: no keys in %s\n"+
+			"Add the public key of each user who may connect, for example:\n"+
+			"  echo \"$(cat ~/.ssh/id_ed25519.pub)\" >> %s\n"+
+			"or pass --authorized-keys FILE, --authorized-keys-url https://github.com/USER.keys,\n"+
+			"or set CONVERGE_AUTHORIZED_KEYS to authorized_keys lines (e.g. from a CI secret)",
+			a.files[0], a.files[0])
+	}
+	return a, nil
+}
+
 // parseAuthorizedKeys parses authorized_keys content. Bad lines are
-// reported with their line number; blank lines and comments are skipped.
+// reported with their line number and skipped; blank lines and comments
+// are skipped. Lines with options (command=, from=, restrict, ...) are
+// refused rather than granted more than they say: the agent does not
+// enforce options.
 func parseAuthorizedKeys(name string, data []byte) ([]gossh.PublicKey, error) {
 	var keys []gossh.PublicKey
 	var errs []error
@@ -47,23 +100,32 @@ func parseAuthorizedKeys(name string, data []byte) ([]gossh.PublicKey, error) {
 		if len(line) == 0 || line[0] == '#' {
 			continue
 		}
-		k, _, _, _, err := gossh.ParseAuthorizedKey(line)
+		k, _, opts, _, err := gossh.ParseAuthorizedKey(line)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s:%d: %v", name, n, err))
 			continue
 		}
+		if len(opts) > 0 {
+			errs = append(errs, fmt.Errorf("%s:%d: key options (%s) are not supported; remove them to authorize the key", name, n, strings.Join(opts, ",")))
+			continue
+		}
 		keys = append(keys, k)
+	}
+	if err := sc.Err(); err != nil {
+		errs = append(errs, fmt.Errorf("%s: %v", name, err))
 	}
 	return keys, errors.Join(errs...)
 }
 
-// keys returns every authorized key, re-reading changed files.
+// keys returns every authorized key, reading the files afresh: a key
+// added to .authorized_keys works at the next login, a removed one stops
+// working.
 func (a *authorizer) keys() []gossh.PublicKey {
 	out := append([]gossh.PublicKey(nil), a.static...)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, f := range a.files {
-		st, err := os.Stat(f)
+		data, err := os.ReadFile(f)
 		if err != nil {
 			if !errors.Is(err, fs.ErrNotExist) {
 				a.log.Warn("cannot read authorized keys", "file", f, "error", err)
@@ -72,17 +134,15 @@ func (a *authorizer) keys() []gossh.PublicKey {
 			continue
 		}
 		c, ok := a.cache[f]
-		if !ok || !c.mod.Equal(st.ModTime()) || c.size != st.Size() {
-			data, err := os.ReadFile(f)
-			if err != nil {
-				a.log.Warn("cannot read authorized keys", "file", f, "error", err)
-				continue
-			}
+		if !ok || !bytes.Equal(c.data, data) {
 			ks, err := parseAuthorizedKeys(f, data)
-			if err != nil {
+			if err != nil { // once per change of the file
 				a.log.Warn("skipping bad authorized keys lines", "error", err)
 			}
-			c = fileKeys{mod: st.ModTime(), size: st.Size(), keys: ks}
+			if ok {
+				a.log.Info("authorized keys changed", "file", f, "keys", len(ks))
+			}
+			c = fileKeys{data: data, keys: ks}
 			a.cache[f] = c
 		}
 		out = append(out, c.keys...)
@@ -95,6 +155,8 @@ func (a *authorizer) configured() bool {
 	return a.password != "" || len(a.keys()) > 0
 }
 
+// publicKey runs for every key a client offers, not only the one that
+// finally logs in; it must not remember keys.
 func (a *authorizer) publicKey(ctx ssh.Context, key ssh.PublicKey) bool {
 	if !a.userOK(ctx) {
 		return false

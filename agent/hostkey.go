@@ -12,7 +12,9 @@ import (
 // loadHostKey returns the agent's host key: the PEM in pemData, else the
 // file at path, else a fresh ed25519 key for this run.
 func loadHostKey(path string, pemData []byte) (gossh.Signer, error) {
+	source := "from the environment"
 	if len(pemData) == 0 && path != "" {
+		source = path
 		b, err := os.ReadFile(path)
 		if err != nil {
 			return nil, fmt.Errorf("read host key: %w", err)
@@ -22,7 +24,7 @@ func loadHostKey(path string, pemData []byte) (gossh.Signer, error) {
 	if len(pemData) > 0 {
 		s, err := gossh.ParsePrivateKey(pemData)
 		if err != nil {
-			return nil, fmt.Errorf("parse host key %s: %w (give an unencrypted OpenSSH private key, e.g. from ssh-keygen -t ed25519 -N '')", path, err)
+			return nil, fmt.Errorf("parse host key %s: %w (give an unencrypted OpenSSH private key, e.g. from ssh-keygen -t ed25519 -N '')", source, err)
 		}
 		return s, nil
 	}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -44,7 +45,7 @@ func shortSession(s ssh.Session) string {
 // command builds the process for s: the user's shell, running the client's
 // command when one was given.
 func (a *Agent) command(s ssh.Session) *exec.Cmd {
-	shell := loginShell()
+	shell := a.cfg.Shell
 	var cmd *exec.Cmd
 	if raw := s.RawCommand(); raw != "" {
 		cmd = exec.Command(shell, shellCommandFlag(shell), raw)
@@ -63,6 +64,20 @@ func (a *Agent) command(s ssh.Session) *exec.Cmd {
 	}
 	cmd.Env = env
 	return cmd
+}
+
+// resolveShell finds the program for sessions: name as a path or looked
+// up in PATH ("cmd" finds cmd.exe on Windows), or the platform's default
+// when empty.
+func resolveShell(name string) (string, error) {
+	if name == "" {
+		return loginShell(), nil
+	}
+	p, err := exec.LookPath(name)
+	if err != nil {
+		return "", fmt.Errorf("shell %q: %w (give a path or a program in PATH)", name, err)
+	}
+	return p, nil
 }
 
 // exitCode turns the result of cmd.Wait into an SSH exit status: the

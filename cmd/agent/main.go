@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -28,7 +29,9 @@ server (it never listens), registers a rendezvous ID, and serves an SSH
 server - shells, commands, sftp and scp - to users who connect to that ID.
 
 Users log in with the server's user name and a key from .authorized_keys in
-the current directory (re-read when it changes), or from --authorized-keys.
+the current directory (re-read when it changes), --authorized-keys,
+--authorized-keys-data (or CONVERGE_AUTHORIZED_KEYS) or --authorized-keys-url.
+A password is accepted only when CONVERGE_PASSWORD is set.
 
 The agent never keeps the job busy by accident: it exits when nobody logs in
 before --connect-timeout (status 3), when the last user logs out (status 0),
@@ -43,6 +46,8 @@ SIGINT/SIGTERM, or unused at "agent wait"); 1 on failure; 2 on bad usage;
 Example:
   echo "ssh-ed25519 AAAA... you@laptop" > .authorized_keys
   ./agent --id myjob wss://converge.example.com
+Only the person who started the job:
+  ./agent --authorized-keys-url https://github.com/$GITHUB_ACTOR.keys wss://converge.example.com
 In the background:
   ./agent --detach --id myjob wss://converge.example.com
   make test            # the job's own steps
@@ -50,6 +55,7 @@ In the background:
 	var (
 		cfg       agent.Config
 		keyFiles  cli.StringList
+		keyURLs   cli.StringList
 		logFormat string
 		verbose   bool
 		stay      bool
@@ -59,8 +65,10 @@ In the background:
 	f.StringVar(&cfg.ID, "id", "", "rendezvous `ID` users connect to (letters, digits, . _ -); random when empty")
 	f.StringVar(&cfg.Dir, "dir", "", "working directory of sessions and of .authorized_keys (default: the current directory)")
 	f.Var(&keyFiles, "authorized-keys", "authorized_keys `FILE` to read as well; repeatable")
-	f.StringVar(&cfg.AuthorizedKeys, "authorized-keys-data", "", "authorized_keys lines given directly, for CI secrets (set it through the environment)")
-	f.StringVar(&cfg.HostKeyFile, "host-key", "", "SSH host key `FILE` (OpenSSH private key); a fresh ed25519 key per run when empty")
+	f.StringVar(&cfg.AuthorizedKeys, "authorized-keys-data", "", "authorized_keys lines given directly, for CI secrets: set it through the environment (CONVERGE_AUTHORIZED_KEYS holding key lines works too)")
+	f.Var(&keyURLs, "authorized-keys-url", "fetch authorized_keys lines from `URL` at start, e.g. https://github.com/USER.keys; repeatable; a failed fetch stops the agent")
+	f.StringVar(&cfg.HostKeyFile, "host-key", "", "SSH host key `FILE` (OpenSSH private key), or the key's PEM text itself (for CONVERGE_HOST_KEY from a CI secret); a fresh ed25519 key per run when empty")
+	f.StringVar(&cfg.Shell, "shell", "", "`PROGRAM` for sessions and commands (default: $SHELL, else bash, else sh; on Windows powershell, or cmd)")
 	f.DurationVar(&cfg.Lifetime.ConnectTimeout, "connect-timeout", 10*time.Minute, "exit with status 3 if nobody logs in within this `duration`, so the job goes on (0: wait forever)")
 	f.DurationVar(&cfg.Lifetime.Expiry, "expiry", 30*time.Minute, "end sessions this `duration` after the last input from a user; also what touching .hold adds (0: never)")
 	f.DurationVar(&cfg.Lifetime.WarnBefore, "warn-before", 5*time.Minute, "warn in open shells this `duration` before the expiry, at most half of --expiry (0: no warnings)")
@@ -69,6 +77,14 @@ In the background:
 	f.BoolVar(&detach, "detach", false, "run in the background once registered, logging to .converge/agent.log; end the job with \"agent wait\"")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.BoolVar(&verbose, "verbose", false, "log debug messages")
+	// CONVERGE_AUTHORIZED_KEYS is the twin of --authorized-keys (files),
+	// but a CI secret by that name usually holds the key lines themselves:
+	// pass those on as CONVERGE_AUTHORIZED_KEYS_DATA (which --detach's
+	// background agent inherits too).
+	if v := os.Getenv("CONVERGE_AUTHORIZED_KEYS"); holdsKeyLines(v) {
+		os.Setenv("CONVERGE_AUTHORIZED_KEYS_DATA", strings.TrimSpace(os.Getenv("CONVERGE_AUTHORIZED_KEYS_DATA")+"\n"+v))
+		os.Unsetenv("CONVERGE_AUTHORIZED_KEYS")
+	}
 	if err := cmd.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, cli.ErrExit) {
 			return
@@ -84,6 +100,10 @@ In the background:
 		cli.Fatal("agent", errors.New("too many arguments: give one server URL; see agent --help"), 2)
 	}
 	cfg.AuthorizedKeysFiles = keyFiles
+	cfg.AuthorizedKeysURLs = keyURLs
+	if strings.HasPrefix(strings.TrimSpace(cfg.HostKeyFile), "-----BEGIN") {
+		cfg.HostKeyPEM, cfg.HostKeyFile = []byte(cfg.HostKeyFile), ""
+	}
 	cfg.Lifetime.ExitOnLastLogout = !stay
 	cfg.StateFile = true
 	cfg.Password = os.Getenv("CONVERGE_PASSWORD")
@@ -173,4 +193,16 @@ included), 1 when there is no agent state in DIR or the agent failed.`
 		stop()
 		cli.Fatal("agent wait", err, agent.ExitFailed)
 	}
+}
+
+// holdsKeyLines reports whether v looks like authorized_keys lines
+// ("ssh-ed25519 AAAA... comment") rather than file names.
+func holdsKeyLines(v string) bool {
+	for _, line := range strings.Split(v, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && (strings.HasPrefix(f[0], "ssh-") || strings.HasPrefix(f[0], "ecdsa-") || strings.HasPrefix(f[0], "sk-")) {
+			return true
+		}
+	}
+	return false
 }

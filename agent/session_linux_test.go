@@ -1,0 +1,37 @@
+package agent
+
+import (
+	"golang.org/x/sys/unix"
+	"os"
+	"testing"
+)
+
+func TestStatSession(t *testing.T) {
+	for _, tc := range []struct {
+		stat string
+		sid  int
+		ok   bool
+	}{
+		{"1234 (bash) S 1 1234 1234 34816 1234 4194560", 1234, true},
+		{"99 (a) b (c)) R 1 2 77 0", 77, true}, // comm with spaces and ')'
+		{"99 (short) R 1", 0, false},
+		{"garbage", 0, false},
+	} {
+		sid, ok := statSession([]byte(tc.stat))
+		if sid != tc.sid || ok != tc.ok {
+			t.Errorf("statSession(%q) = %d, %v; want %d, %v", tc.stat, sid, ok, tc.sid, tc.ok)
+		}
+	}
+	// This process is found in its own session.
+	sid, err := unix.Getsid(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, pid := range sessionProcesses(sid) {
+		found = found || pid == os.Getpid()
+	}
+	if !found {
+		t.Errorf("sessionProcesses(%d) does not list this process %d", sid, os.Getpid())
+	}
+}

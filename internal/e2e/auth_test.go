@@ -1,0 +1,233 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/converge-ci/converge/agent"
+	"github.com/converge-ci/converge/internal/sshtest"
+)
+
+var (
+	printedFingerprint = regexp.MustCompile(`SHA256:[A-Za-z0-9+/]+`)
+	printedKnownHost   = regexp.MustCompile(`(?m)^\s*(\S+ ssh-ed25519 \S+)\s*$`)
+)
+
+// printedTrust returns the host-key fingerprint and the known_hosts line
+// an agent printed for its users.
+func printedTrust(t *testing.T, out string) (fingerprint, knownHosts string) {
+	t.Helper()
+	fp := printedFingerprint.FindString(out)
+	kh := printedKnownHost.FindStringSubmatch(out)
+	if fp == "" || kh == nil {
+		t.Fatalf("agent output lacks a SHA256 fingerprint or a known_hosts line:\n%s", out)
+	}
+	return fp, kh[1]
+}
+
+// addKnownHost appends line to c's known_hosts, as a user following the
+// agent's instructions does.
+func addKnownHost(t *testing.T, c *sshtest.Client, line string) {
+	t.Helper()
+	f, err := os.OpenFile(c.KnownHosts, os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fmt.Fprintln(f, line)
+}
+
+// TestRefusedLogins: an unknown key, an unknown user name and a wrong host
+// key are all refused (gliderlabs lets everyone in when no auth handler is
+// set; this guards that trap).
+func TestRefusedLogins(t *testing.T) {
+	r := startServer(t)
+	c := sshtest.New(t)
+	a := startAgent(t, r, "guarded-job", c)
+	tgt := r.target("guarded-job")
+	c.SSH(tgt, 0, "true")
+
+	stranger := sshtest.New(t)
+	stranger.Trust("guarded-job", a.HostKey())
+	if res := stranger.Run("ssh", tgt, "", tgt.Dest(), "true"); res.Code != 255 || !strings.Contains(res.Stderr, "Permission denied") {
+		t.Errorf("unknown key: exit %d, stderr %q; want 255, Permission denied", res.Code, res.Stderr)
+	}
+
+	wrongUser := tgt
+	wrongUser.User = "root"
+	if res := c.Run("ssh", wrongUser, "", wrongUser.Dest(), "true"); res.Code != 255 || !strings.Contains(res.Stderr, "Permission denied") {
+		t.Errorf("user root: exit %d, stderr %q; want 255, Permission denied", res.Code, res.Stderr)
+	}
+
+	// A client that trusts another key for this ID does not talk to it.
+	fooled := sshtest.New(t)
+	other := startAgent(t, r, "other-job", nil, func(cfg *agent.Config) { cfg.AuthorizedKeys = fooled.PublicKey })
+	fooled.Trust("guarded-job", other.HostKey())
+	os.WriteFile(filepath.Join(a.Dir, ".authorized_keys"), []byte(c.PublicKey+"\n"+fooled.PublicKey+"\n"), 0o600)
+	if res := fooled.Run("ssh", tgt, "", tgt.Dest(), "true"); res.Code != 255 || !strings.Contains(res.Stderr, "Host key verification failed") {
+		t.Errorf("wrong host key: exit %d, stderr %q; want 255, Host key verification failed", res.Code, res.Stderr)
+	}
+}
+
+// TestHostKeyFingerprint: what the agent prints is what ssh records when
+// it meets the host, and the printed known_hosts line lets ssh verify.
+func TestHostKeyFingerprint(t *testing.T) {
+	r := startServer(t)
+	c := sshtest.New(t)
+	a := startAgent(t, r, "fp-job", nil, func(cfg *agent.Config) { cfg.AuthorizedKeys = c.PublicKey })
+	tgt := r.target("fp-job")
+	fp, line := printedTrust(t, a.Out.String())
+
+	// ssh meets the host for the first time and records its key.
+	cmd := c.Command(t.Context(), "ssh", tgt, tgt.Dest(), "true")
+	for i, arg := range cmd.Args {
+		if arg == "StrictHostKeyChecking=yes" {
+			cmd.Args[i] = "StrictHostKeyChecking=accept-new"
+		}
+	}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("first ssh: %v\n%s", err, out)
+	}
+	if got := c.Fingerprint("fp-job"); got != fp {
+		t.Errorf("ssh recorded %s, agent printed %s", got, fp)
+	}
+	recorded, _ := os.ReadFile(c.KnownHosts)
+	if strings.TrimSpace(string(recorded)) != line {
+		t.Errorf("ssh recorded known_hosts %q, agent printed %q", recorded, line)
+	}
+
+	// A user who pastes the printed line verifies the key with strict checking.
+	u := sshtest.New(t)
+	addKnownHost(t, u, line)
+	os.WriteFile(filepath.Join(a.Dir, ".authorized_keys"), []byte(u.PublicKey+"\n"), 0o600)
+	u.SSH(tgt, 0, "true")
+}
+
+// agentProcess is the real agent binary running against a relay.
+type agentProcess struct {
+	Out *syncBuffer // stdout: instructions for users
+	Err *syncBuffer // stderr: logs
+}
+
+// startAgentBinary runs the agent command in dir with env and args, and
+// waits until it has registered with r.
+func startAgentBinary(t *testing.T, r *relay, dir string, env []string, args ...string) *agentProcess {
+	t.Helper()
+	p := &agentProcess{Out: &syncBuffer{}, Err: &syncBuffer{}}
+	cmd := exec.Command(bin("agent"), append(args, r.URL)...)
+	cmd.Dir = dir
+	cmd.Env = append(cleanEnv(), env...)
+	cmd.Stdout, cmd.Stderr = p.Out, p.Err
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		<-exited
+		if t.Failed() {
+			t.Logf("agent stdout:\n%s\nagent stderr:\n%s", p.Out, p.Err)
+		}
+	})
+	waitFor(t, "agent registration", func() bool {
+		select {
+		case <-exited:
+			t.Fatalf("agent exited: %s%s", p.Out, p.Err)
+		default:
+		}
+		return strings.Contains(p.Out.String(), "registered")
+	})
+	return p
+}
+
+// cleanEnv is the test's environment without CONVERGE_ variables, so a
+// developer's settings do not leak into the agent under test.
+func cleanEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "CONVERGE_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// TestAgentKeySources runs the agent binary with keys from a URL, from
+// CONVERGE_AUTHORIZED_KEYS and a host key from CONVERGE_HOST_KEY; users
+// trust it through the printed known_hosts line.
+func TestAgentKeySources(t *testing.T) {
+	r := startServer(t)
+	fromURL, fromEnv := sshtest.New(t), sshtest.New(t)
+	keys := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path != "/someone.keys" {
+			http.NotFound(w, req)
+			return
+		}
+		io.WriteString(w, fromURL.PublicKey+"\n")
+	}))
+	defer keys.Close()
+
+	hostKey := filepath.Join(t.TempDir(), "host_key")
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", hostKey).CombinedOutput(); err != nil {
+		t.Fatalf("ssh-keygen: %v\n%s", err, out)
+	}
+	pemData, _ := os.ReadFile(hostKey)
+	out, err := exec.Command("ssh-keygen", "-l", "-f", hostKey+".pub").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantFP := printedFingerprint.FindString(string(out))
+
+	p := startAgentBinary(t, r, t.TempDir(),
+		[]string{"CONVERGE_AUTHORIZED_KEYS=" + fromEnv.PublicKey, "CONVERGE_HOST_KEY=" + string(pemData)},
+		"--id", "keys-job", "--authorized-keys-url", keys.URL+"/someone.keys")
+	fp, line := printedTrust(t, p.Out.String())
+	if fp != wantFP {
+		t.Errorf("agent printed host key %s, want the one from CONVERGE_HOST_KEY %s", fp, wantFP)
+	}
+	tgt := r.target("keys-job")
+	for name, c := range map[string]*sshtest.Client{"URL": fromURL, "environment": fromEnv} {
+		addKnownHost(t, c, line)
+		if res := c.SSH(tgt, 0, "echo in"); strings.TrimSpace(res.Stdout) != "in" {
+			t.Errorf("key from %s: stdout %q", name, res.Stdout)
+		}
+	}
+}
+
+// TestAgentRefusesToStart: with no way to log in, or a key URL that
+// fails, the agent binary stops at once with a message saying what to do.
+func TestAgentRefusesToStart(t *testing.T) {
+	missing := httptest.NewServer(http.NotFoundHandler())
+	defer missing.Close()
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{nil, []string{"nobody could log in", `echo "$(cat ~/.ssh/id_ed25519.pub)" >>`, "--authorized-keys-url"}},
+		{[]string{"--authorized-keys-url", missing.URL + "/nobody.keys"}, []string{missing.URL + "/nobody.keys", "404"}},
+	} {
+		cmd := exec.Command(bin("agent"), append(tc.args, "ws://127.0.0.1:1")...)
+		cmd.Dir = t.TempDir()
+		cmd.Env = cleanEnv()
+		out, err := cmd.CombinedOutput()
+		ee, ok := err.(*exec.ExitError)
+		if !ok || ee.ExitCode() != 2 {
+			t.Errorf("agent %q: %v, want exit status 2; output %q", tc.args, err, out)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(string(out), w) {
+				t.Errorf("agent %q: output %q lacks %q", tc.args, out, w)
+			}
+		}
+	}
+}
