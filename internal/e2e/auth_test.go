@@ -190,7 +190,7 @@ func TestAgentKeySources(t *testing.T) {
 
 	p := startAgentBinary(t, r, t.TempDir(),
 		[]string{"CONVERGE_AUTHORIZED_KEYS=" + fromEnv.PublicKey, "CONVERGE_HOST_KEY=" + string(pemData)},
-		"--id", "keys-job", "--authorized-keys-url", keys.URL+"/someone.keys")
+		"--id", "keys-job", "--stay", "--authorized-keys-url", keys.URL+"/someone.keys")
 	fp, line := printedTrust(t, p.Out.String())
 	if fp != wantFP {
 		t.Errorf("agent printed host key %s, want the one from CONVERGE_HOST_KEY %s", fp, wantFP)
