@@ -2,8 +2,12 @@ package agent
 
 import "golang.org/x/sys/unix"
 
-// sessionProcesses lists the processes whose session ID is sid: every
-// process from sysctl kern.proc.all, asked for its session with getsid.
+// szomb is p_stat of a zombie (sys/proc.h).
+const szomb = 5
+
+// sessionProcesses lists the live processes whose session ID is sid: every
+// process from sysctl kern.proc.all but zombies, asked for its session
+// with getsid.
 func sessionProcesses(sid int) []int {
 	procs, err := unix.SysctlKinfoProcSlice("kern.proc.all")
 	if err != nil {
@@ -12,7 +16,7 @@ func sessionProcesses(sid int) []int {
 	var pids []int
 	for _, p := range procs {
 		pid := int(p.Proc.P_pid)
-		if pid <= 0 {
+		if pid <= 0 || p.Proc.P_stat == szomb {
 			continue
 		}
 		if s, err := unix.Getsid(pid); err == nil && s == sid {

@@ -32,14 +32,16 @@ func sessionProcesses(sid int) []int {
 
 // statSession reads the session ID from the content of /proc/PID/stat:
 // "pid (comm) state ppid pgrp session ...", where comm may hold spaces and
-// parentheses, so fields are counted from the last ')'.
+// parentheses, so fields are counted from the last ')'. Zombies (state Z)
+// are not reported: they have ended, and waiting for whoever should reap
+// them would only delay the session's end.
 func statSession(stat []byte) (int, bool) {
 	i := bytes.LastIndexByte(stat, ')')
 	if i < 0 {
 		return 0, false
 	}
 	f := bytes.Fields(stat[i+1:])
-	if len(f) < 4 {
+	if len(f) < 4 || string(f[0]) == "Z" {
 		return 0, false
 	}
 	sid, err := strconv.Atoi(string(f[3]))

@@ -15,6 +15,7 @@ func TestStatSession(t *testing.T) {
 		{"1234 (bash) S 1 1234 1234 34816 1234 4194560", 1234, true},
 		{"99 (a) b (c)) R 1 2 77 0", 77, true}, // comm with spaces and ')'
 		{"99 (short) R 1", 0, false},
+		{"1235 (sleep) Z 1 1234 1234 0", 0, false}, // a zombie has ended
 		{"garbage", 0, false},
 	} {
 		sid, ok := statSession([]byte(tc.stat))

@@ -231,3 +231,38 @@ func TestAgentRefusesToStart(t *testing.T) {
 		}
 	}
 }
+
+// TestPasswordLogin: a password works only when configured, and only the
+// right one. OpenSSH reads it from an askpass program.
+func TestPasswordLogin(t *testing.T) {
+	r := startServer(t)
+	c := sshtest.New(t)
+	a := startAgent(t, r, "pw-job", nil, func(cfg *agent.Config) { cfg.Password = "correct horse" })
+	c.Trust("pw-job", a.HostKey())
+	tgt := r.target("pw-job")
+	for _, tc := range []struct {
+		password string
+		want     int
+	}{{"correct horse", 0}, {"correct hors", 255}, {"", 255}} {
+		askpass := filepath.Join(t.TempDir(), "askpass")
+		os.WriteFile(askpass, []byte("#!/bin/sh\necho '"+tc.password+"'\n"), 0o700)
+		cmd := c.Command(t.Context(), "ssh", tgt, "-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password",
+			"-o", "NumberOfPasswordPrompts=1", tgt.Dest(), "echo in")
+		for i, arg := range cmd.Args {
+			if arg == "BatchMode=yes" {
+				cmd.Args[i] = "BatchMode=no" // askpass is a prompt
+			}
+		}
+		cmd.Env = append(cmd.Env, "SSH_ASKPASS="+askpass, "SSH_ASKPASS_REQUIRE=force", "DISPLAY=:0")
+		out, err := cmd.CombinedOutput()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if code != tc.want {
+			t.Errorf("password %q: exit %d, want %d; output %q", tc.password, code, tc.want, out)
+		}
+	}
+}
