@@ -52,13 +52,13 @@ func Dial(ctx context.Context, rawURL string) (net.Conn, error) {
 	return wsconn.NetConn(context.Background(), c), nil
 }
 
-// Stdio relays between in/out and the client URL until either side ends.
-// It closes in and out before returning.
+// Stdio relays between in/out and the client URL until either side ends,
+// then closes in and out. When the connection cannot be made it returns
+// the error with in and out still open: ssh stops its ProxyCommand as soon
+// as the command's stdout closes, so the caller must report why first.
 func Stdio(ctx context.Context, rawURL string, in io.ReadCloser, out io.WriteCloser) error {
 	conn, err := Dial(ctx, rawURL)
 	if err != nil {
-		in.Close()
-		out.Close()
 		return err
 	}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
