@@ -181,7 +181,9 @@ func (f *forwarder) acceptForwarded(ctx context.Context, conn *gossh.ServerConn,
 				return
 			}
 			go gossh.DiscardRequests(reqs) // ends when the channel closes
-			joinChannel(ctx, ch, c.(*net.TCPConn))
+			// What the user's side sends counts as activity, as on the
+			// channels users open (lifetime_ssh.go).
+			joinChannel(ctx, activeChannel{Channel: ch, l: f.agent.life}, c.(*net.TCPConn))
 		}()
 	}
 }

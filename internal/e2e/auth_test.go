@@ -202,6 +202,26 @@ func TestAgentKeySources(t *testing.T) {
 			t.Errorf("key from %s: stdout %q", name, res.Stdout)
 		}
 	}
+
+	// A refused login is logged with the offered key's fingerprint.
+	stranger := sshtest.New(t)
+	addKnownHost(t, stranger, line)
+	if res := stranger.Run("ssh", tgt, "", tgt.Dest(), "true"); res.Code != 255 {
+		t.Errorf("stranger: exit %d, want 255", res.Code)
+	}
+	out, err = exec.Command("ssh-keygen", "-l", "-f", stranger.KeyFile+".pub").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	strangerFP := printedFingerprint.FindString(string(out))
+	waitFor(t, "the refused login in the agent's log", func() bool {
+		for _, l := range strings.Split(p.Err.String(), "\n") {
+			if strings.Contains(l, "login refused") && strings.Contains(l, strangerFP) {
+				return true
+			}
+		}
+		return false
+	})
 }
 
 // TestAgentRefusesToStart: with no way to log in, or a key URL that
