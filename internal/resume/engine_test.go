@@ -1,0 +1,261 @@
+package resume
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+func TestTransfer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w := newWorld(t, testConfig())
+		c, s := w.dial(testConfig())
+		exchange(t, c, s, randomBytes(3<<20, 1), randomBytes(5<<20, 2))
+		synctest.Wait()
+		if n := w.acc.Len(); n != 0 {
+			t.Errorf("acceptor holds %d sessions after both ends finished, want 0", n)
+		}
+	})
+}
+
+// TestDropsAtEveryPhase cuts links after a chosen number of bytes: inside
+// the hellos, inside a frame header, inside a payload, around
+// acknowledgements and the end of the stream, several times in a row.
+// Every byte must arrive exactly once.
+func TestDropsAtEveryPhase(t *testing.T) {
+	const first = 300 << 10 // the first link carries some data, then dies
+	hellos := 2 * (headerLen + helloLen)
+	cases := [][]int{
+		{first, 0},                            // the second link dies before its hello
+		{first, 10},                           // inside the client's hello
+		{first, headerLen + helloLen + 3},     // inside the server's hello
+		{first, hellos + 2},                   // inside the first frame header after the hellos
+		{first, hellos + headerLen + 8 + 100}, // inside the first payload
+		{200 << 10, 1, 50, 70 << 10, 3 << 20},
+		{1 << 20, 1 << 20, 1 << 20, 1 << 20},
+		{(64 << 10) + 100, 5, 9, 13, (64 << 10) + 17},
+	}
+	for i, budgets := range cases {
+		t.Run(fmt.Sprint(budgets), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				w := newWorld(t, testConfig(), budgets...)
+				c, s := w.dial(testConfig())
+				exchange(t, c, s, randomBytes(3<<20, uint64(i)), randomBytes(2<<20, uint64(i+100)))
+				if w.links < 2 {
+					t.Errorf("only %d links were used; the case did not drop anything", w.links)
+				}
+			})
+		})
+	}
+}
+
+// TestDropsWhileClosing cuts the link right as the ends close, so the ends
+// of stream and their acknowledgements are replayed.
+func TestDropsWhileClosing(t *testing.T) {
+	for _, budget := range []int{0, 5, 13, 26} {
+		t.Run(fmt.Sprint(budget), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				w := newWorld(t, testConfig())
+				c, s := w.dial(testConfig())
+				data := randomBytes(100<<10, 7)
+				if _, err := s.Write(data); err != nil {
+					t.Fatal(err)
+				}
+				got := make([]byte, len(data))
+				if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, data) {
+					t.Fatalf("read: %v", err)
+				}
+				synctest.Wait()
+				// The next link lives for budget bytes after the hellos.
+				w.mu.Lock()
+				w.budgets = []int{-1, 2*(headerLen+helloLen) + budget}
+				w.links = 1
+				w.mu.Unlock()
+				w.cut()
+				s.Close()
+				if b, err := io.ReadAll(c); err != nil || len(b) != 0 {
+					t.Errorf("client read %q, %v after the server closed; want EOF", b, err)
+				}
+				c.Close()
+				<-c.Done()
+				<-s.Done()
+				if c.Err() != nil || s.Err() != nil {
+					t.Errorf("sessions ended with %v and %v; want clean finishes", c.Err(), s.Err())
+				}
+			})
+		})
+	}
+}
+
+// TestDialFailsOnBrokenLink: a link that dies during the first hello fails
+// Dial; there is no session to resume yet.
+func TestDialFailsOnBrokenLink(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w := newWorld(t, testConfig(), 1)
+		l, _ := w.link(t.Context())
+		if c, err := Dial(l, w.link, testConfig()); err == nil {
+			c.Abort()
+			t.Fatal("Dial over a link cut inside the hello succeeded")
+		}
+	})
+}
+
+func TestEOFAfterPeerClose(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w := newWorld(t, testConfig())
+		c, s := w.dial(testConfig())
+		data := randomBytes(300<<10, 3)
+		s.Write(data)
+		s.Close()
+		got, err := io.ReadAll(c)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("ReadAll: %d bytes, %v; want %d bytes then EOF", len(got), err, len(data))
+		}
+		if _, err := c.Write([]byte("x")); err == nil {
+			t.Error("Write after the peer closed succeeded")
+		}
+		c.Close()
+		<-s.Done()
+		<-c.Done()
+		if _, err := s.Read(make([]byte, 1)); !errors.Is(err, net.ErrClosed) {
+			t.Errorf("Read after Close: %v, want net.ErrClosed", err)
+		}
+	})
+}
+
+// TestBackpressure: a reader that stops reading makes the writer block
+// once the window is full, for as long as it takes; full is not dead.
+func TestBackpressure(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := testConfig()
+		w := newWorld(t, cfg)
+		c, s := w.dial(cfg)
+		data := randomBytes(3*cfg.Buffer, 9)
+		written := make(chan int, 1)
+		go func() {
+			n, _ := c.Write(data)
+			written <- n
+		}()
+		time.Sleep(10 * cfg.Window) // nobody reads for ten windows
+		synctest.Wait()
+		select {
+		case n := <-written:
+			t.Fatalf("Write returned %d with nobody reading; want it blocked", n)
+		default:
+		}
+		c.mu.Lock()
+		buffered := c.out.len()
+		c.mu.Unlock()
+		s.mu.Lock()
+		unread := s.in.len()
+		s.mu.Unlock()
+		if buffered != cfg.Buffer || unread != cfg.Buffer {
+			t.Errorf("sender buffers %d and receiver %d bytes, want both at the %d-byte limit", buffered, unread, cfg.Buffer)
+		}
+		if s.over() || c.over() {
+			t.Fatal("a session ended while merely full")
+		}
+		got := make([]byte, len(data))
+		if _, err := io.ReadFull(s, got); err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("ReadFull: %v", err)
+		}
+		if n := <-written; n != len(data) {
+			t.Errorf("Write wrote %d, want %d", n, len(data))
+		}
+	})
+}
+
+// TestExpiry: a client that does not come back within the window ends the
+// session on both ends, not before.
+func TestExpiry(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := testConfig()
+		w := newWorld(t, cfg)
+		c, s := w.dial(cfg)
+		w.setDown(true)
+		w.cut()
+		time.Sleep(cfg.Window - time.Second)
+		synctest.Wait()
+		if c.over() || s.over() {
+			t.Fatalf("a session ended before the window: client %v, server %v", c.err, s.err)
+		}
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		for name, conn := range map[string]*Conn{"client": c, "server": s} {
+			if _, err := conn.Read(make([]byte, 1)); !errors.Is(err, ErrExpired) {
+				t.Errorf("%s Read after the window: %v, want ErrExpired", name, err)
+			}
+		}
+		if n := w.acc.Len(); n != 0 {
+			t.Errorf("acceptor holds %d sessions after expiry", n)
+		}
+	})
+}
+
+// TestComesBackWithinWindow: the link is down for most of the window.
+func TestComesBackWithinWindow(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := testConfig()
+		w := newWorld(t, cfg)
+		c, s := w.dial(cfg)
+		w.setDown(true)
+		w.cut()
+		go func() {
+			time.Sleep(cfg.Window - 5*time.Second)
+			w.setDown(false)
+		}()
+		exchange(t, c, s, randomBytes(1<<20, 4), randomBytes(1<<20, 5))
+	})
+}
+
+// TestUnknownSession: after the server end restarts, a returning client
+// is told its session is gone and stops retrying.
+func TestUnknownSession(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := testConfig()
+		w := newWorld(t, cfg)
+		c, _ := w.dial(cfg)
+		fresh, err := NewAcceptor(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer fresh.Close()
+		w.mu.Lock()
+		w.acc = fresh
+		w.mu.Unlock()
+		w.cut()
+		<-c.Done()
+		if err := c.Err(); !errors.Is(err, ErrPeerGone) {
+			t.Errorf("Err = %v, want ErrPeerGone", err)
+		}
+	})
+}
+
+func TestDeadlines(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w := newWorld(t, testConfig())
+		c, s := w.dial(testConfig())
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("Read past deadline: %v, want os.ErrDeadlineExceeded", err)
+		}
+		c.SetReadDeadline(time.Time{})
+		s.Write([]byte("ok"))
+		b := make([]byte, 2)
+		if _, err := io.ReadFull(c, b); err != nil || string(b) != "ok" {
+			t.Errorf("Read after clearing the deadline: %q, %v", b, err)
+		}
+		s.SetWriteDeadline(time.Now().Add(time.Second))
+		if _, err := s.Write(make([]byte, 3*MinBuffer)); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("Write into a full window past deadline: %v, want os.ErrDeadlineExceeded", err)
+		}
+		c.Abort()
+		s.Abort()
+	})
+}

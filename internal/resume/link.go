@@ -1,0 +1,388 @@
+package resume
+
+import (
+	"context"
+	crand "crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"sync"
+	"time"
+)
+
+// Client reconnect backoff: doubling from redialMin to redialMax, jittered.
+const (
+	redialMin = 100 * time.Millisecond
+	redialMax = 2 * time.Second
+)
+
+// Dial starts a new session over link, a freshly connected byte stream to
+// the server end. After a drop, redial is called (with backoff, within
+// Config.Window) for a new link to the same server end; its context ends
+// when the attempt should be abandoned. Dial returns once the server end
+// has answered, or an error (and closes link).
+func Dial(link io.ReadWriteCloser, redial func(context.Context) (io.ReadWriteCloser, error), cfg Config) (*Conn, error) {
+	if err := cfg.Validate(); err != nil {
+		link.Close()
+		return nil, err
+	}
+	var token [TokenLen]byte
+	crand.Read(token[:])
+	c := newConn(cfg, token, true)
+	c.redial = redial
+	fr, err := c.clientHello(link, true)
+	if err != nil {
+		link.Close()
+		return nil, fmt.Errorf("start resumable session: %w", err)
+	}
+	go c.supervise(link, fr, nil)
+	return c, nil
+}
+
+// bounded closes l if fn has not returned within d, so that reads and
+// writes on links without deadlines cannot hang a handshake.
+func bounded(l io.Closer, d time.Duration, fn func() error) error {
+	t := time.AfterFunc(d, func() { l.Close() })
+	err := fn()
+	if !t.Stop() && err != nil {
+		return fmt.Errorf("no answer within %v: %w", d, err)
+	}
+	return err
+}
+
+// helloLocked is this end's hello: the token and everything received so
+// far. It must be built only after the previous link's reader has stopped,
+// so that no byte counted here is delivered again.
+func (c *Conn) helloLocked(isNew bool) frame {
+	f := frame{typ: frameHello, token: c.token, offset: c.inNext, window: uint32(c.cfg.Buffer)}
+	if isNew {
+		f.flags = flagNew
+	}
+	return f
+}
+
+// resumeFromLocked applies the peer's hello: replay from what it received.
+func (c *Conn) resumeFromLocked(h frame) error {
+	limit := c.outEnd
+	if c.closed {
+		limit++
+	}
+	if h.offset < c.outBase || h.offset > limit {
+		return fmt.Errorf("%w: the peer received %d bytes, but this end holds bytes %d to %d", ErrProtocol, h.offset, c.outBase, limit)
+	}
+	if h.window < MaxPayload {
+		return fmt.Errorf("%w: the peer's window of %d bytes is below one frame", ErrProtocol, h.window)
+	}
+	c.cursor = h.offset
+	c.peerWin = int(min(h.window, 1<<30))
+	c.broadcast()
+	return nil
+}
+
+// clientHello sends this end's hello on l and applies the server end's.
+func (c *Conn) clientHello(l io.ReadWriteCloser, isNew bool) (*frameReader, error) {
+	fr := newFrameReader(l)
+	err := bounded(l, c.cfg.HandshakeTimeout, func() error {
+		c.mu.Lock()
+		h := c.helloLocked(isNew)
+		c.mu.Unlock()
+		if _, err := l.Write(appendFrame(nil, h)); err != nil {
+			return fmt.Errorf("send hello: %w", err)
+		}
+		f, err := fr.read()
+		if err != nil {
+			return fmt.Errorf("read hello: %w", err)
+		}
+		switch {
+		case f.typ == frameError:
+			return fmt.Errorf("%w: %s", ErrPeerGone, f.data)
+		case f.typ != frameHello:
+			return fmt.Errorf("%w: %q frame instead of hello", ErrProtocol, f.typ)
+		case f.token != c.token:
+			return fmt.Errorf("%w: hello for another session", ErrProtocol)
+		}
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.resumeFromLocked(f)
+	})
+	return fr, err
+}
+
+// serverHello applies a client's hello from a and answers it.
+func (c *Conn) serverHello(a attachment) error {
+	return bounded(a.link, c.cfg.HandshakeTimeout, func() error {
+		c.mu.Lock()
+		err := c.resumeFromLocked(a.hello)
+		h := c.helloLocked(false)
+		c.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		if _, err := a.link.Write(appendFrame(nil, h)); err != nil {
+			return fmt.Errorf("send hello: %w", err)
+		}
+		return nil
+	})
+}
+
+// fatal reports whether err ends the session rather than only the link.
+func fatal(err error) bool {
+	return errors.Is(err, ErrProtocol) || errors.Is(err, ErrPeerGone)
+}
+
+// supervise runs the session: it serves each link until it fails, gets a
+// new one (the client end dials, the server end waits for an attachment),
+// and ends the session when it finishes, expires or is aborted.
+func (c *Conn) supervise(l io.ReadWriteCloser, fr *frameReader, att *attachment) {
+	defer func() {
+		c.mu.Lock()
+		c.failLocked(ErrAborted) // no-op when an error is already set
+		c.mu.Unlock()
+		close(c.done)
+		if c.onDone != nil {
+			c.onDone()
+		}
+	}()
+	for {
+		if att != nil {
+			if err := c.serverHello(*att); err != nil {
+				att.link.Close()
+				if fatal(err) {
+					c.fail(err)
+					return
+				}
+				c.log.Info("resume handshake failed", "error", err)
+			} else {
+				l, fr = att.link, att.fr
+			}
+			att = nil
+		}
+		if l != nil {
+			next, err := c.runLink(l, fr)
+			l, fr = nil, nil
+			c.mu.Lock()
+			if c.finishedLocked() {
+				// The last acknowledgement made it just before the link
+				// went down.
+				c.failLocked(errFinished)
+			}
+			c.mu.Unlock()
+			if c.over() {
+				return
+			}
+			if next != nil {
+				att = next
+				continue
+			}
+			c.log.Info("link lost; resuming", "error", err)
+		}
+		var err error
+		if c.client {
+			l, fr, err = c.redialLoop()
+		} else {
+			att, err = c.awaitAttach()
+		}
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		if c.client {
+			c.log.Info("resumed")
+		}
+	}
+}
+
+func (c *Conn) fail(err error) {
+	c.mu.Lock()
+	c.failLocked(err)
+	c.mu.Unlock()
+}
+
+// over reports whether the session has ended.
+func (c *Conn) over() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err != nil
+}
+
+// giveUpAt is when the session expires if it gets no link: the window
+// after the link dropped, or after Close, whichever is earlier.
+func (c *Conn) giveUpAt(droppedAt time.Time) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := droppedAt.Add(c.cfg.Window)
+	if c.closed {
+		if lt := c.closedAt.Add(c.cfg.Window); lt.Before(t) {
+			t = lt
+		}
+	}
+	return t
+}
+
+// runLink serves link l until it fails, the session ends, or (server end)
+// another link replaces it, which it then returns. It closes l and waits
+// for the link's reader and writer before returning.
+func (c *Conn) runLink(l io.ReadWriteCloser, fr *frameReader) (*attachment, error) {
+	stop := make(chan struct{})
+	errs := make(chan error, 2)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); errs <- c.readLoop(fr) }()
+	go func() { defer wg.Done(); errs <- c.writeLoop(l, stop) }()
+	defer func() {
+		close(stop)
+		l.Close()
+		wg.Wait()
+	}()
+	for {
+		c.mu.Lock()
+		if c.finishedLocked() {
+			c.failLocked(errFinished)
+		}
+		ended, ch, closed, closedAt := c.err != nil, c.changed, c.closed, c.closedAt
+		c.mu.Unlock()
+		if ended {
+			return nil, nil
+		}
+		var linger <-chan time.Time
+		if closed {
+			t := time.NewTimer(time.Until(closedAt.Add(c.cfg.Window)))
+			defer t.Stop()
+			linger = t.C
+		}
+		select {
+		case <-ch:
+		case err := <-errs:
+			return nil, err
+		case a := <-c.attach: // nil channel on the client end
+			c.log.Info("link replaced by a reconnecting client")
+			return &a, nil
+		case <-c.abortCtx.Done():
+			c.fail(ErrAborted)
+			return nil, nil
+		case <-linger:
+			c.fail(fmt.Errorf("%w: the other end did not acknowledge the end of the stream within %v", ErrExpired, c.cfg.Window))
+			return nil, nil
+		}
+	}
+}
+
+func (c *Conn) readLoop(fr *frameReader) error {
+	for {
+		f, err := fr.read()
+		if err == nil {
+			c.mu.Lock()
+			err = c.handleLocked(f)
+			c.mu.Unlock()
+		}
+		if err != nil {
+			if fatal(err) {
+				c.fail(err)
+			}
+			return err
+		}
+	}
+}
+
+func (c *Conn) writeLoop(w io.Writer, stop <-chan struct{}) error {
+	buf := make([]byte, headerLen+maxBody)
+	c.mu.Lock()
+	for {
+		select {
+		case <-stop:
+			c.mu.Unlock()
+			return nil
+		default:
+		}
+		b, ack, wait := c.nextFrameLocked(buf)
+		if b == nil {
+			ch := c.changed
+			c.mu.Unlock()
+			var t *time.Timer
+			var due <-chan time.Time
+			if wait > 0 {
+				t = time.NewTimer(wait)
+				due = t.C
+			}
+			select {
+			case <-ch:
+			case <-due:
+			case <-stop:
+			}
+			if t != nil {
+				t.Stop()
+			}
+			c.mu.Lock()
+			continue
+		}
+		c.mu.Unlock()
+		if _, err := w.Write(b); err != nil {
+			return err
+		}
+		c.mu.Lock()
+		if ack > c.ackSent {
+			c.ackSent = ack
+			if c.ackSent == c.consumed {
+				c.ackDue = time.Time{}
+			}
+			c.broadcast()
+		}
+	}
+}
+
+// redialLoop gets the client end a new link, with backoff, until the
+// window closes.
+func (c *Conn) redialLoop() (io.ReadWriteCloser, *frameReader, error) {
+	giveUp := c.giveUpAt(time.Now())
+	backoff := redialMin
+	for attempt := 1; ; attempt++ {
+		dl := time.Now().Add(c.cfg.HandshakeTimeout)
+		if giveUp.Before(dl) {
+			dl = giveUp
+		}
+		ctx, cancel := context.WithDeadline(c.abortCtx, dl)
+		l, err := c.redial(ctx)
+		cancel()
+		if err == nil {
+			var fr *frameReader
+			fr, err = c.clientHello(l, false)
+			if err == nil {
+				return l, fr, nil
+			}
+			l.Close()
+			if fatal(err) {
+				return nil, nil, err
+			}
+		}
+		c.log.Debug("reconnect failed", "attempt", attempt, "error", err)
+		wait := backoff/2 + rand.N(backoff/2+1)
+		if left := time.Until(giveUp); left <= 0 {
+			return nil, nil, fmt.Errorf("%w: no link within %v (last error: %v)", ErrExpired, c.cfg.Window, err)
+		} else if wait > left {
+			wait = left
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-c.abortCtx.Done():
+			t.Stop()
+			return nil, nil, ErrAborted
+		case <-t.C:
+		}
+		backoff = min(backoff*2, redialMax)
+	}
+}
+
+// awaitAttach waits, on the server end, for the client to come back.
+func (c *Conn) awaitAttach() (*attachment, error) {
+	t := time.NewTimer(time.Until(c.giveUpAt(time.Now())))
+	defer t.Stop()
+	select {
+	case a := <-c.attach:
+		return &a, nil
+	case <-c.abortCtx.Done():
+		return nil, ErrAborted
+	case <-t.C:
+		return nil, fmt.Errorf("%w: the client did not reconnect within %v", ErrExpired, c.cfg.Window)
+	}
+}
