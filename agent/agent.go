@@ -17,10 +17,12 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/gliderlabs/ssh"
 	gossh "golang.org/x/crypto/ssh"
 
+	"github.com/converge-ci/converge/internal/resume"
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
 )
@@ -63,6 +65,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Version is announced to the server and in the SSH banner.
 	Version string
+	// ResumeWindow is how long a resumable client stream waits for its
+	// client to reconnect after a drop. Default 2 minutes.
+	ResumeWindow time.Duration
 	// Lifetime bounds how long Run runs. Zero: until ctx ends.
 	Lifetime Lifetime
 	// StateFile makes the agent record its state in Dir/.converge for
@@ -122,8 +127,9 @@ type Agent struct {
 	user   atomic.Pointer[string] // SSH user name, learned from the server
 	secret string                 // registration secret; control loop only
 
-	streams sync.WaitGroup // stream dials in flight
-	fwd     *forwarder     // port forwards (ssh -L, -R)
+	streams sync.WaitGroup   // stream dials in flight
+	resumed *resume.Acceptor // resumable client streams
+	fwd     *forwarder       // port forwards (ssh -L, -R)
 }
 
 // New prepares an agent: host key, authorized keys, SSH server. It refuses
@@ -142,6 +148,10 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a.auth, err = newAuthorizer(cfg, a.log, a.sshUser)
+	if err != nil {
+		return nil, err
+	}
+	a.resumed, err = resume.NewAcceptor(resume.Config{Window: cfg.ResumeWindow, Logger: a.log})
 	if err != nil {
 		return nil, err
 	}
@@ -185,6 +195,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.ln.Close()
 	a.srv.Close()
 	<-serveErr
+	a.resumed.Close()
 	a.streams.Wait()
 	a.fwd.wg.Wait()
 	return life.exit(err)

@@ -14,6 +14,7 @@ import (
 	"github.com/coder/websocket"
 	gossh "golang.org/x/crypto/ssh"
 
+	"github.com/converge-ci/converge/internal/resume"
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
 )
@@ -78,7 +79,7 @@ func (a *Agent) control(ctx context.Context, announce bool) (connected bool, err
 	defer c.CloseNow()
 	c.SetReadLimit(wire.MaxMessageSize)
 
-	if err := a.send(ctx, c, wire.Message{Type: wire.TypeHello, Hello: &wire.Hello{Version: a.cfg.Version, Info: a.info()}}); err != nil {
+	if err := a.send(ctx, c, wire.Message{Type: wire.TypeHello, Hello: &wire.Hello{Version: a.cfg.Version, Protocols: []string{resume.Protocol}, Info: a.info()}}); err != nil {
 		return false, fmt.Errorf("send hello: %w", err)
 	}
 	rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
@@ -144,7 +145,23 @@ func (a *Agent) dialStream(ctx context.Context, d wire.Dial) {
 		a.log.Warn("cannot open stream for a client", "error", err)
 		return
 	}
-	a.ln.deliver(wsconn.NetConn(ctx, c))
+	if d.Protocol != resume.Protocol {
+		a.ln.deliver(wsconn.NetConn(ctx, c))
+		return
+	}
+	// A resumable stream: a new session is served once; a returning
+	// client's link joins its session, which the SSH server never sees.
+	link := resume.WebSocket(c, wsconn.PingInterval, wsconn.PingTimeout)
+	stop := context.AfterFunc(ctx, func() { link.Close() })
+	conn, err := a.resumed.Attach(link)
+	stop()
+	if err != nil {
+		a.log.Info("resumable stream refused", "error", err)
+		return
+	}
+	if conn != nil {
+		a.ln.deliver(conn)
+	}
 }
 
 func (a *Agent) send(ctx context.Context, c *websocket.Conn, m wire.Message) error {

@@ -2,7 +2,10 @@
 // WebSocket (ws[s]://host/client/ID) and pumps bytes between it and stdio
 // (an ssh ProxyCommand) or accepted TCP connections (tcptows).
 //
-// It knows nothing of SSH: any byte stream works.
+// It knows nothing of SSH: any byte stream works. By default it asks for a
+// resumable stream (internal/resume), so that a dropped network, a lost
+// agent link or a restarted server costs a pause instead of the session;
+// against an agent that does not offer it, the stream is plain.
 package wsproxy
 
 import (
@@ -15,7 +18,9 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"time"
 
+	"github.com/converge-ci/converge/internal/resume"
 	"github.com/converge-ci/converge/internal/splice"
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
@@ -38,32 +43,86 @@ func CheckClientURL(raw string) error {
 	return nil
 }
 
+// Options for Dial, Stdio and Serve. The zero value asks for resumption.
+type Options struct {
+	// NoResume asks for a plain stream: no resumption after a drop.
+	NoResume bool
+	// ResumeWindow is how long a resumable stream keeps trying to reconnect
+	// after a drop. Default 2 minutes.
+	ResumeWindow time.Duration
+	// Logger reports reconnects. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// lingerTimeout bounds how long a finished resumable stream waits to tell
+// the agent it has ended (when the link is down at that moment).
+const lingerTimeout = 5 * time.Second
+
 // Dial connects to a client URL and returns the stream as a net.Conn. A
-// refusal (unknown ID) is a *wsconn.RefusedError with the server's reason.
-func Dial(ctx context.Context, rawURL string) (net.Conn, error) {
+// refusal (unknown ID) is a *wsconn.RefusedError with the server's reason;
+// the first connection is never retried. When the agent offers it, the
+// stream is resumable (a *resume.Conn): after a drop it reconnects by
+// itself within opts.ResumeWindow.
+func Dial(ctx context.Context, rawURL string, opts Options) (net.Conn, error) {
 	if err := CheckClientURL(rawURL); err != nil {
 		return nil, err
 	}
-	c, err := wsconn.Dial(ctx, rawURL, wsconn.Options{})
+	var protocols []string
+	if !opts.NoResume {
+		protocols = []string{resume.Protocol}
+	}
+	c, err := wsconn.Dial(ctx, rawURL, wsconn.Options{Subprotocols: protocols})
 	if err != nil {
 		return nil, err
 	}
-	// The stream outlives the dial context; Close ends it.
-	return wsconn.NetConn(context.Background(), c), nil
+	if c.Subprotocol() != resume.Protocol {
+		// The stream outlives the dial context; Close ends it.
+		return wsconn.NetConn(context.Background(), c), nil
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	redial := func(ctx context.Context) (io.ReadWriteCloser, error) {
+		c, err := wsconn.Dial(ctx, rawURL, wsconn.Options{Subprotocols: protocols})
+		if err != nil {
+			return nil, err
+		}
+		if c.Subprotocol() != resume.Protocol {
+			c.CloseNow()
+			return nil, fmt.Errorf("the agent no longer offers resumable streams")
+		}
+		return resume.WebSocket(c, wsconn.PingInterval, wsconn.PingTimeout), nil
+	}
+	rc, err := resume.Dial(resume.WebSocket(c, wsconn.PingInterval, wsconn.PingTimeout), redial,
+		resume.Config{Window: opts.ResumeWindow, Logger: log.With("url", rawURL)})
+	if err != nil {
+		return nil, err
+	}
+	return rc, nil
+}
+
+// finish waits, briefly, for a closed resumable stream to tell the agent
+// it has ended; plain streams are done when closed.
+func finish(conn net.Conn) {
+	if rc, ok := conn.(*resume.Conn); ok {
+		rc.Shutdown(lingerTimeout)
+	}
 }
 
 // Stdio relays between in/out and the client URL until either side ends,
 // then closes in and out. When the connection cannot be made it returns
 // the error with in and out still open: ssh stops its ProxyCommand as soon
 // as the command's stdout closes, so the caller must report why first.
-func Stdio(ctx context.Context, rawURL string, in io.ReadCloser, out io.WriteCloser) error {
-	conn, err := Dial(ctx, rawURL)
+func Stdio(ctx context.Context, rawURL string, in io.ReadCloser, out io.WriteCloser, opts Options) error {
+	conn, err := Dial(ctx, rawURL, opts)
 	if err != nil {
 		return err
 	}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	res := splice.Splice(stdio{in, out}, conn)
+	finish(conn)
 	return res.Err
 }
 
@@ -80,9 +139,12 @@ func (s stdio) Close() error {
 // Serve accepts TCP connections on ln and relays each through its own
 // WebSocket to the client URL, until ctx ends. Then it closes ln and every
 // relayed connection and waits for them.
-func Serve(ctx context.Context, ln net.Listener, rawURL string, log *slog.Logger) error {
+func Serve(ctx context.Context, ln net.Listener, rawURL string, log *slog.Logger, opts Options) error {
 	if err := CheckClientURL(rawURL); err != nil {
 		return err
+	}
+	if opts.Logger == nil {
+		opts.Logger = log
 	}
 	var wg sync.WaitGroup
 	ctx, cancel := context.WithCancel(ctx)
@@ -101,7 +163,7 @@ func Serve(ctx context.Context, ln net.Listener, rawURL string, log *slog.Logger
 		go func() {
 			defer wg.Done()
 			defer tc.Close()
-			wc, err := Dial(ctx, rawURL)
+			wc, err := Dial(ctx, rawURL, opts)
 			if err != nil {
 				log.Warn("connection refused", "from", tc.RemoteAddr().String(), "error", err)
 				return
@@ -110,6 +172,7 @@ func Serve(ctx context.Context, ln net.Listener, rawURL string, log *slog.Logger
 			defer stopConn()
 			log.Info("connected", "from", tc.RemoteAddr().String())
 			res := splice.Splice(tc, wc)
+			finish(wc)
 			log.Info("disconnected", "from", tc.RemoteAddr().String(), "sent", res.AToB, "received", res.BToA)
 		}()
 	}

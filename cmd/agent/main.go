@@ -75,6 +75,7 @@ In the background:
 	f.DurationVar(&cfg.Lifetime.MaxSession, "max-session", 0, "hard cap on the time from the first login, whatever the input or .hold (0: no cap)")
 	f.BoolVar(&stay, "stay", false, "keep running after the last user logs out, until the expiry (default: exit with status 0)")
 	f.BoolVar(&detach, "detach", false, "run in the background once registered, logging to .converge/agent.log; end the job with \"agent wait\"")
+	f.DurationVar(&cfg.ResumeWindow, "resume-window", 2*time.Minute, "how long a user's resumable session waits for the user to reconnect after a drop before it is closed")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.BoolVar(&verbose, "verbose", false, "log debug messages")
 	// CONVERGE_AUTHORIZED_KEYS is the twin of --authorized-keys (files),

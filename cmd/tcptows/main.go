@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"strconv"
 	"syscall"
+	"time"
 
 	"github.com/converge-ci/converge/internal/cli"
 	"github.com/converge-ci/converge/wsproxy"
@@ -28,6 +29,9 @@ tools that cannot use a ProxyCommand reach the agent.`)
 		logFormat string
 	)
 	cmd.Flags.StringVar(&host, "listen-host", "127.0.0.1", "local address to listen on; the default keeps the port private to this machine")
+	var opts wsproxy.Options
+	cmd.Flags.BoolVar(&opts.NoResume, "no-resume", false, "ask for plain streams: a dropped connection then ends the session (default: resumable when the agent offers it)")
+	cmd.Flags.DurationVar(&opts.ResumeWindow, "resume-window", 2*time.Minute, "how long to keep reconnecting after a connection drops before giving its session up")
 	cmd.Flags.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	if err := cmd.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, cli.ErrExit) {
@@ -57,7 +61,7 @@ tools that cannot use a ProxyCommand reach the agent.`)
 	log.Info("listening", "addr", ln.Addr().String(), "to", url)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := wsproxy.Serve(ctx, ln, url, log); err != nil {
+	if err := wsproxy.Serve(ctx, ln, url, log, opts); err != nil {
 		cli.Fatal("tcptows", err, 1)
 	}
 }

@@ -5,9 +5,11 @@ package main
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/converge-ci/converge/internal/cli"
 	"github.com/converge-ci/converge/wsproxy"
@@ -22,6 +24,13 @@ ssh client and the agent.`)
 	cmd.Footer = `Examples:
   ssh  -oProxyCommand="wsproxy wss://converge.example.com/client/myjob" -oHostKeyAlias=myjob converge@localhost
   sftp -oProxyCommand="wsproxy wss://converge.example.com/client/myjob" -oHostKeyAlias=myjob converge@localhost`
+	var (
+		opts    wsproxy.Options
+		verbose bool
+	)
+	cmd.Flags.BoolVar(&opts.NoResume, "no-resume", false, "ask for a plain stream: a dropped connection then ends the session (default: resumable when the agent offers it)")
+	cmd.Flags.DurationVar(&opts.ResumeWindow, "resume-window", 2*time.Minute, "how long to keep reconnecting after the connection drops before giving the session up")
+	cmd.Flags.BoolVar(&verbose, "verbose", false, "log reconnects and other details to stderr (ssh shows them in your terminal)")
 	if err := cmd.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, cli.ErrExit) {
 			return
@@ -31,10 +40,19 @@ ssh client and the agent.`)
 	if cmd.Flags.NArg() != 1 {
 		cli.Fatal("wsproxy", errors.New("give exactly one URL, ws[s]://host[:port]/client/ID; see wsproxy --help"), 2)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// SIGHUP (the ssh client's terminal went away) ends the stream
+	// gracefully, so the agent closes the session now rather than waiting
+	// the resume window for a client that will not come back.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
+	// Quiet by default: ssh copies our stderr into the user's terminal.
+	level := slog.LevelWarn
+	if verbose {
+		level = slog.LevelDebug
+	}
+	opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	in, out := wsproxy.OpenStdio()
-	if err := wsproxy.Stdio(ctx, cmd.Flags.Arg(0), in, out); err != nil {
+	if err := wsproxy.Stdio(ctx, cmd.Flags.Arg(0), in, out, opts); err != nil {
 		cli.Fatal("wsproxy", err, 1)
 	}
 }

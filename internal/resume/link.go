@@ -193,6 +193,13 @@ func (c *Conn) supervise(l io.ReadWriteCloser, fr *frameReader, att *attachment)
 	}
 }
 
+// finished reports whether the session ended gracefully.
+func (c *Conn) finished() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return errors.Is(c.err, errFinished)
+}
+
 func (c *Conn) fail(err error) {
 	c.mu.Lock()
 	c.failLocked(err)
@@ -232,6 +239,13 @@ func (c *Conn) runLink(l io.ReadWriteCloser, fr *frameReader) (*attachment, erro
 	go func() { defer wg.Done(); errs <- c.writeLoop(l, stop) }()
 	defer func() {
 		close(stop)
+		if c.finished() {
+			// Close in order, so the last acknowledgement is not lost to
+			// a reset; links that cannot just close.
+			if g, ok := l.(interface{ closeGracefully() }); ok {
+				g.closeGracefully()
+			}
+		}
 		l.Close()
 		wg.Wait()
 	}()

@@ -36,6 +36,12 @@ type wsLink struct {
 	wg     sync.WaitGroup
 }
 
+// closeGracefully performs the WebSocket closing handshake, so that all
+// sent data reaches the peer before the connection ends.
+func (l *wsLink) closeGracefully() {
+	l.ws.Close(websocket.StatusNormalClosure, "session finished")
+}
+
 func (l *wsLink) Close() error {
 	l.once.Do(func() {
 		l.cancel()
