@@ -33,14 +33,17 @@ func TestBenchTable(t *testing.T) {
 		t.Skip("the benchmark table runs with -bench-table (make bench)")
 	}
 	start := time.Now()
-	tb := run(t, config{
-		size:    int64(*flagSize) << 20,
-		reps:    *flagReps,
-		echo:    *flagEcho,
-		rtt:     *flagRTT,
-		agents:  *flagAgents,
-		ciphers: []string{"aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes128-ctr"},
-	})
+	cfg := config{
+		size:   int64(*flagSize) << 20,
+		reps:   *flagReps,
+		echo:   *flagEcho,
+		rtt:    *flagRTT,
+		agents: *flagAgents,
+	}
+	if *flagCipher {
+		cfg.ciphers = []string{"aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes128-ctr"}
+	}
+	tb := run(t, cfg)
 	tb.notes = append(tb.notes, fmt.Sprintf("The whole run took %v; load average at the end %s.", time.Since(start).Round(time.Second), loadavg()))
 	out := tb.String()
 	fmt.Print("\n" + out)
@@ -111,7 +114,9 @@ func run(t *testing.T, cfg config) *table {
 		t.Logf("measuring at %s added round trip", msLabel(rtt))
 		s := tb.add(fmt.Sprintf("%s added round trip: relay (ssh → wsproxy → converge → agent) vs direct (ssh → TCP → same agent)", msLabel(rtt)),
 			"relay", "direct", "relay/direct")
-		compare(t, s, cfg, c, ag, relay, direct, rtt)
+		cs := tb.add(fmt.Sprintf("%s added round trip: CPU time per MiB moved, all processes on the path (user + system, summed over the runs)", msLabel(rtt)),
+			"relay", "direct", "relay/direct")
+		compare(t, s, cs, cfg, c, srv, ag, relay, direct, rtt)
 		if resume {
 			plain := relay
 			plain.ProxyCommand = bin("wsproxy") + " --no-resume ws://" + relayAddr + "/client/bench"
@@ -135,14 +140,17 @@ func run(t *testing.T, cfg config) *table {
 		"relay = OpenSSH client → wsproxy (ProxyCommand) → converge (its own process) → the agent's dial-back WebSocket → agent (in the harness process); direct = OpenSSH client → loopback TCP → the same agent's SSH server (agent.Serve).",
 		"Throughput: sftp get/put and ssh cat run over an already established SSH connection (OpenSSH ControlMaster), so they time the transfer, not the key exchange; the connect row times a whole fresh `ssh host true`. sftp get writes to a local file, sftp put to a file in the agent's directory, ssh cat to a pipe the harness counts.",
 		"Echo: one `ssh host cat` session, single 31-byte lines written and read back one at a time; overhead = relay median - direct median.",
+		"CPU: user + system time of converge and wsproxy (from /proc), of the ssh master and the ssh/sftp clients, and of the harness process, which runs the agent. Everything runs on this one machine: where its cores are busy (see the load average), a transfer is bound by CPU and the relay/direct throughput ratio tends to direct CPU / relay CPU; with the relay on its own machine, as deployed, its CPU is not taken from ssh and the agent.",
+		"connect: the direct path is the slower one, probably because OpenSSH leaves Nagle's algorithm on for non-interactive sessions over TCP, so small handshake messages wait for delayed ACKs; through a ProxyCommand pipe they do not.",
 		"Added round trip: a userland proxy holds each chunk for half the round trip in each direction without limiting bandwidth, between the client and converge (relay) and between the client and the agent's listener (direct); the agent-to-server link is not delayed.",
 	)
 	return tb
 }
 
 // compare fills s with relay vs direct measurements.
-func compare(t *testing.T, s *section, cfg config, c *sshtest.Client, ag *benchAgent, relay, direct sshtest.Target, rtt time.Duration) {
+func compare(t *testing.T, s, cs *section, cfg config, c *sshtest.Client, srv *serverProc, ag *benchAgent, relay, direct sshtest.Target, rtt time.Duration) {
 	rs, ds := openSession(t, c, relay), openSession(t, c, direct)
+	rs.server = srv.cmd.Process.Pid
 	file := filepath.Join(ag.Dir, "big.bin")
 	size := cfg.size
 	mib := fmt.Sprintf("%d MiB", size>>20)
@@ -157,10 +165,26 @@ func compare(t *testing.T, s *section, cfg config, c *sshtest.Client, ag *benchA
 		{"ssh cat " + mib, func(x *session) (time.Duration, error) { return x.sshCat("big.bin", size) }},
 	}
 	for _, op := range ops {
-		a, b := pair(t, cfg.reps, func() (time.Duration, error) { return op.do(rs) }, func() (time.Duration, error) { return op.do(ds) })
+		var rc, dc cost
+		measured := func(x *session, sum *cost) func() (time.Duration, error) {
+			return func() (time.Duration, error) {
+				d, c, err := x.withCPU(func() (time.Duration, error) { return op.do(x) })
+				*sum = sum.add(c)
+				return d, err
+			}
+		}
+		a, b := pair(t, cfg.reps, measured(rs, &rc), measured(ds, &dc))
 		r := speedRatio(a, b)
 		s.add(row{what: op.name, a: mibps(size, a), b: mibps(size, b), comp: fmt.Sprintf("%.2f", r), target: ">= 0.8 (aim 0.9)", verdict: verdict(r >= 0.8)})
 		t.Logf("%s %s: relay %s, direct %s, ratio %.2f", msLabel(rtt), op.name, mibps(size, a), mibps(size, b), r)
+
+		mibs := float64(cfg.reps) * float64(size) / (1 << 20)
+		per := func(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)/mibs) }
+		cr := float64(rc.total()) / float64(max(dc.total(), 1))
+		cs.add(row{what: op.name, a: per(rc.total()), b: per(dc.total()), comp: fmt.Sprintf("%.2f", cr)})
+		cs.add(row{what: "  converge + wsproxy", a: per(rc.server + rc.proxy), b: "-", comp: "-"})
+		t.Logf("%s %s CPU/MiB: relay %s (converge %s, wsproxy %s, ssh %s, agent %s), direct %s (ssh %s, agent %s)", msLabel(rtt), op.name,
+			per(rc.total()), per(rc.server), per(rc.proxy), per(rc.ssh), per(rc.agent), per(dc.total()), per(dc.ssh), per(dc.agent))
 	}
 
 	n := cfg.echo

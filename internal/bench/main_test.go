@@ -18,6 +18,7 @@ var (
 	flagEcho   = flag.Int("bench-echo", 1000, "echo round trips per path at 0 ms (fewer at the added round trip)")
 	flagRTT    = flag.Duration("bench-rtt", 50*time.Millisecond, "added round trip of the second table (0 skips it)")
 	flagAgents = flag.Int("bench-agents", 1000, "idle agents connected for the memory measurement (0 skips it)")
+	flagCipher = flag.Bool("bench-ciphers", true, "compare the SSH ciphers")
 	flagOut    = flag.String("bench-out", "", "also write the table to this file")
 )
 

@@ -26,6 +26,7 @@ type session struct {
 	tgt    sshtest.Target
 	sock   string
 	master *exec.Cmd
+	server int // PID of the converge process on the path; 0 for none
 }
 
 // openSession connects to tgt with extra ssh arguments (e.g. "-c", cipher)
@@ -70,6 +71,40 @@ func openSession(t testing.TB, c *sshtest.Client, tgt sshtest.Target, extra ...s
 		time.Sleep(20 * time.Millisecond)
 	}
 	return s
+}
+
+// cost is the CPU time (user + system) the processes on a path spent on
+// a measurement.
+type cost struct {
+	server time.Duration // converge
+	proxy  time.Duration // wsproxy, the ssh master's ProxyCommand
+	ssh    time.Duration // the ssh master and the ssh/sftp clients
+	agent  time.Duration // this process: the agent (and the harness)
+}
+
+func (c cost) total() time.Duration { return c.server + c.proxy + c.ssh + c.agent }
+
+func (c cost) add(d cost) cost {
+	return cost{c.server + d.server, c.proxy + d.proxy, c.ssh + d.ssh, c.agent + d.agent}
+}
+
+// withCPU runs f and reports the CPU time each process on the path spent.
+func (s *session) withCPU(f func() (time.Duration, error)) (time.Duration, cost, error) {
+	sample := func() cost {
+		self, kids := ownCPU()
+		c := cost{ssh: procCPU(s.master.Process.Pid) + kids, agent: self}
+		if s.server != 0 {
+			c.server = procCPU(s.server)
+		}
+		for _, p := range childPIDs(s.master.Process.Pid) {
+			c.proxy += procCPU(p)
+		}
+		return c
+	}
+	before := sample()
+	d, err := f()
+	after := sample()
+	return d, cost{after.server - before.server, after.proxy - before.proxy, after.ssh - before.ssh, after.agent - before.agent}, err
 }
 
 // control sends an ssh -O command (check, exit) to the master.

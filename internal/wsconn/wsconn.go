@@ -92,6 +92,7 @@ func Dial(ctx context.Context, rawURL string, opts Options) (*websocket.Conn, er
 var defaultClient = &http.Client{
 	Transport: &http.Transport{
 		Proxy:               http.ProxyFromEnvironment,
+		DialContext:         dialBatched,
 		TLSHandshakeTimeout: 15 * time.Second,
 		ForceAttemptHTTP2:   false,
 	},
@@ -180,4 +181,15 @@ func IsClosed(err error) bool {
 		return true
 	}
 	return false
+}
+
+var dialer = &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
+
+// dialBatched dials TCP and batches the connection's writes (see batchConn).
+func dialBatched(ctx context.Context, network, addr string) (net.Conn, error) {
+	c, err := dialer.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	return newBatchConn(c), nil
 }
