@@ -24,9 +24,15 @@ func startIdleAgents(t *testing.T, srv *serverProc, n int, c *sshtest.Client) (s
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
+	failed := make(chan error, n)
 	stop = func() {
 		cancel()
 		wg.Wait()
+		select {
+		case err := <-failed:
+			t.Errorf("an idle agent failed: %v", err)
+		default:
+		}
 	}
 	// Batches, so that the server sees a steady arrival rather than n
 	// handshakes at once.
@@ -47,7 +53,7 @@ func startIdleAgents(t *testing.T, srv *serverProc, n int, c *sshtest.Client) (s
 			go func() {
 				defer wg.Done()
 				if err := a.Run(ctx); err != nil {
-					t.Errorf("idle agent: %v", err)
+					failed <- err
 				}
 			}()
 			regs = append(regs, reg)
@@ -56,6 +62,9 @@ func startIdleAgents(t *testing.T, srv *serverProc, n int, c *sshtest.Client) (s
 		for _, r := range regs {
 			select {
 			case <-r.done:
+			case err := <-failed:
+				stop()
+				t.Fatalf("an idle agent failed: %v\n%s", err, srv.log.tail())
 			case <-timeout:
 				stop()
 				t.Fatalf("agents %d..%d did not all register within 60s\n%s", i, i+len(regs)-1, srv.log.tail())

@@ -30,12 +30,12 @@ type serverProc struct {
 	log  *lineLog
 }
 
-// startServer runs converge on 127.0.0.1:0 until the test ends and waits
-// until it listens.
-func startServer(t testing.TB) *serverProc {
+// startServer runs converge on 127.0.0.1:0 with extra flags until the
+// test ends and waits until it listens.
+func startServer(t testing.TB, flags ...string) *serverProc {
 	t.Helper()
 	s := &serverProc{User: "bench", log: &lineLog{addr: make(chan string, 1)}}
-	s.cmd = exec.Command(bin("converge"), "--addr", "127.0.0.1:0", "--ssh-user", s.User)
+	s.cmd = exec.Command(bin("converge"), append([]string{"--addr", "127.0.0.1:0", "--ssh-user", s.User}, flags...)...)
 	s.cmd.Stdout = s.log
 	s.cmd.Stderr = s.log
 	if err := s.cmd.Start(); err != nil {
