@@ -93,7 +93,7 @@ func TestSIGTERM(t *testing.T) {
 		t.Fatal(err)
 	}
 	var waitErr error
-	exited := make(chan struct{}) // closed when the process has exited; then waitErr is set
+	exited := make(chan struct{})           // closed when the process has exited; then waitErr is set
 	logs := make(chan map[string]any, 1000) // more than the server logs here, so the reader never blocks
 	go func() {
 		sc := bufio.NewScanner(stderr)
