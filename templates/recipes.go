@@ -21,8 +21,8 @@ func (d UsageData) login() string { return d.User + "@localhost" }
 
 func (d UsageData) keysRecipe() string {
 	return lines(
-		"cat ~/.ssh/id_ed25519.pub >> .authorized_keys                     # your own key",
-		"curl -fsSL https://github.com/USERNAME.keys >> .authorized_keys  # or a GitHub user's keys",
+		"cat ~/.ssh/id_ed25519.pub >> .authorized_keys     # your own key, committed or written by the job",
+		"./agent --authorized-keys-url https://github.com/$GITHUB_ACTOR.keys --id "+d.ID+" "+d.WSBase+"   # GitHub Actions: the keys of whoever started the job",
 	)
 }
 
@@ -47,6 +47,14 @@ func (d UsageData) ciWindows() string {
 	return lines(
 		"curl.exe -fsSLo agent.exe "+d.Base+"/static/agent.exe",
 		`.\agent.exe --id `+d.ID+" "+d.WSBase,
+	)
+}
+
+func (d UsageData) ciDetach() string {
+	return lines(
+		"./agent --detach --id "+d.ID+" "+d.WSBase,
+		"make test        # the job's own steps",
+		"./agent wait     # at the end of the job",
 	)
 }
 
@@ -101,7 +109,8 @@ func holdRecipe() string {
 
 func holdRecipeWindows() string {
 	return lines(
-		`New-Item -Force "$env:agentdir\.hold"    # PowerShell: extend`,
-		`(Get-Item "$env:agentdir\.hold").LastWriteTime = (Get-Date).AddHours(2)`,
+		`New-Item -Force "$env:agentdir\.hold"                                              # PowerShell: extend`,
+		`(New-Item -Force "$env:agentdir\.hold").LastWriteTime = (Get-Date).AddHours(2)   # hold two hours more`,
+		`Remove-Item "$env:agentdir\.hold"                                                 # stop holding`,
 	)
 }
