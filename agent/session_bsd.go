@@ -4,4 +4,4 @@ package agent
 
 // sessionProcesses cannot list a session's processes here; the caller
 // still signals the session leader's process group.
-func sessionProcesses(int) []int { return nil }
+func sessionProcesses(int) []sessionProc { return nil }

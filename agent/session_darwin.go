@@ -7,21 +7,22 @@ const szomb = 5
 
 // sessionProcesses lists the live processes whose session ID is sid: every
 // process from sysctl kern.proc.all but zombies, asked for its session
-// with getsid.
-func sessionProcesses(sid int) []int {
-	procs, err := unix.SysctlKinfoProcSlice("kern.proc.all")
+// with getsid, and whether each ignores SIGHUP (p_sigignore).
+func sessionProcesses(sid int) []sessionProc {
+	all, err := unix.SysctlKinfoProcSlice("kern.proc.all")
 	if err != nil {
 		return nil
 	}
-	var pids []int
-	for _, p := range procs {
+	var procs []sessionProc
+	for _, p := range all {
 		pid := int(p.Proc.P_pid)
 		if pid <= 0 || p.Proc.P_stat == szomb {
 			continue
 		}
 		if s, err := unix.Getsid(pid); err == nil && s == sid {
-			pids = append(pids, pid)
+			ignores := p.Proc.P_sigignore&(1<<(unix.SIGHUP-1)) != 0
+			procs = append(procs, sessionProc{pid: pid, ignoresHUP: ignores})
 		}
 	}
-	return pids
+	return procs
 }

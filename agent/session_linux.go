@@ -4,16 +4,18 @@ import (
 	"bytes"
 	"os"
 	"strconv"
+	"syscall"
 )
 
-// sessionProcesses lists the processes whose session ID is sid, from
-// /proc/PID/stat (the fourth field after the command name).
-func sessionProcesses(sid int) []int {
+// sessionProcesses lists the live processes whose session ID is sid, from
+// /proc/PID/stat (the fourth field after the command name), and whether
+// each ignores SIGHUP, from the SigIgn mask in /proc/PID/status.
+func sessionProcesses(sid int) []sessionProc {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil
 	}
-	var pids []int
+	var procs []sessionProc
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
@@ -24,10 +26,25 @@ func sessionProcesses(sid int) []int {
 			continue // gone meanwhile
 		}
 		if s, ok := statSession(b); ok && s == sid {
-			pids = append(pids, pid)
+			status, _ := os.ReadFile("/proc/" + e.Name() + "/status")
+			procs = append(procs, sessionProc{pid: pid, ignoresHUP: ignoresHangup(status)})
 		}
 	}
-	return pids
+	return procs
+}
+
+// ignoresHangup reads the "SigIgn:" line of /proc/PID/status, a hex mask
+// with bit N-1 set when signal N is ignored.
+func ignoresHangup(status []byte) bool {
+	for _, line := range bytes.Split(status, []byte("\n")) {
+		v, ok := bytes.CutPrefix(line, []byte("SigIgn:"))
+		if !ok {
+			continue
+		}
+		mask, err := strconv.ParseUint(string(bytes.TrimSpace(v)), 16, 64)
+		return err == nil && mask&(1<<(syscall.SIGHUP-1)) != 0
+	}
+	return false
 }
 
 // statSession reads the session ID from the content of /proc/PID/stat:

@@ -29,10 +29,26 @@ func TestStatSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	found := false
-	for _, pid := range sessionProcesses(sid) {
-		found = found || pid == os.Getpid()
+	for _, p := range sessionProcesses(sid) {
+		found = found || p.pid == os.Getpid()
 	}
 	if !found {
 		t.Errorf("sessionProcesses(%d) does not list this process %d", sid, os.Getpid())
+	}
+}
+
+func TestIgnoresHangup(t *testing.T) {
+	for _, tc := range []struct {
+		status string
+		want   bool
+	}{
+		{"Name:\tsleep\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000000001\nSigCgt:\t0\n", true}, // nohup
+		{"SigIgn:\t0000000000000006\n", false},                                                     // INT and QUIT only
+		{"SigIgn:\t0000000000384004\n", false},
+		{"Name:\tx\n", false},
+	} {
+		if got := ignoresHangup([]byte(tc.status)); got != tc.want {
+			t.Errorf("ignoresHangup(%q) = %v, want %v", tc.status, got, tc.want)
+		}
 	}
 }

@@ -81,10 +81,10 @@ func reportSignal(s ssh.Session, err error) {
 }
 
 // run starts cmd for s in a session of its own (setsid) and waits for it,
-// returning its exit status. When the command ends, or the client leaves
-// first, every process still in its session is hung up and, if it does not
-// exit within killGrace, killed: nothing started from a session outlives
-// it to keep the CI job busy.
+// returning its exit status. When the client leaves first, the session is
+// hung up and the command killed if it does not exit within killGrace.
+// Then endSession ends what the session left behind, so background jobs
+// do not outlive the logout to keep the CI job busy.
 func (a *Agent) run(s ssh.Session, cmd *exec.Cmd) (int, error) {
 	if sock, stop, err := forwardAgent(s); err != nil {
 		a.log.Warn("agent forwarding unavailable", "error", err)
@@ -215,50 +215,77 @@ func (a *Agent) run(s ssh.Session, cmd *exec.Cmd) (int, error) {
 		select {
 		case err = <-done:
 		case <-time.After(killGrace):
-			signalSession(sid, syscall.SIGKILL)
+			syscall.Kill(-sid, syscall.SIGKILL) // the command's own group
 			err = <-done
 			if err == nil {
 				err = errors.New("killed after the client left")
 			}
 		}
 	}
-	if n := endSession(sid); n > 0 {
-		a.log.Info("ended processes left by the session", "count", n)
+	if ended, kept := endSession(sid); ended+kept > 0 {
+		a.log.Info("session left processes behind", "ended", ended, "kept_nohup", kept)
 	}
 	drain()
 	reportSignal(s, err)
 	return exitCode(err)
 }
 
-// endSession hangs up the processes still in session sid, kills those
-// that outlive killGrace, and returns how many there were.
-func endSession(sid int) int {
-	n := signalSession(sid, syscall.SIGHUP)
-	if n == 0 {
-		return 0
+// sessionProc is a live process of a session.
+type sessionProc struct {
+	pid        int
+	ignoresHUP bool // nohup and the like: it asked to outlive its terminal
+}
+
+// endSession ends what a finished session left behind, as a terminal
+// hangup would, but for every process group of the session: background
+// and stopped jobs are hung up (and continued, so they see it), and killed
+// if still there after killGrace. Processes that ignore SIGHUP (started
+// with nohup) asked to outlive the session and are left running, as sshd
+// leaves them. It returns how many processes it ended and how many it
+// left.
+func endSession(sid int) (ended, kept int) {
+	hangUp := func() []int {
+		var pids []int
+		for _, p := range sessionProcesses(sid) {
+			if !p.ignoresHUP {
+				pids = append(pids, p.pid)
+			}
+		}
+		return pids
 	}
-	signalSession(sid, syscall.SIGCONT) // stopped jobs must run to see the hangup
+	for _, p := range sessionProcesses(sid) {
+		if p.ignoresHUP {
+			kept++
+		}
+	}
+	pids := hangUp()
+	if len(pids) == 0 {
+		return 0, kept
+	}
+	for _, pid := range pids {
+		syscall.Kill(pid, syscall.SIGHUP)
+		syscall.Kill(pid, syscall.SIGCONT) // a stopped job must run to see the hangup
+	}
 	deadline := time.Now().Add(killGrace)
 	for time.Now().Before(deadline) {
-		if len(sessionProcesses(sid)) == 0 {
-			return n
+		if len(hangUp()) == 0 {
+			return len(pids), kept
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	signalSession(sid, syscall.SIGKILL)
-	return n
+	for _, pid := range hangUp() {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	return len(pids), kept
 }
 
-// signalSession sends sig to every process in session sid (and to its
-// leader's process group, where the session cannot be listed), returning
-// how many processes it found.
-func signalSession(sid int, sig syscall.Signal) int {
-	pids := sessionProcesses(sid)
-	for _, pid := range pids {
-		syscall.Kill(pid, sig)
+// signalSession sends sig to every process in session sid, and to its
+// leader's process group where the session cannot be listed.
+func signalSession(sid int, sig syscall.Signal) {
+	for _, p := range sessionProcesses(sid) {
+		syscall.Kill(p.pid, sig)
 	}
 	syscall.Kill(-sid, sig)
-	return len(pids)
 }
 
 // forwardAgent serves ssh -A for s: a Unix socket in a private temporary

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -81,10 +82,19 @@ func (tm *term) waitScreen(want string) {
 func (tm *term) exitStatus() int {
 	tm.t.Helper()
 	var out string
-	waitFor(tm.t, "ssh to exit", func() bool {
-		out = strings.TrimSpace(tm.tmux("display-message", "-p", "-t", "t", "#{pane_dead} #{pane_dead_status}"))
-		return strings.HasPrefix(out, "1 ")
-	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		out = strings.TrimSpace(tm.tmux("display-message", "-p", "-t", "t", "#{pane_dead} #{pane_dead_status} #{pane_pid}"))
+		if strings.HasPrefix(out, "1 ") {
+			break
+		}
+		if time.Now().After(deadline) {
+			ps, _ := exec.Command("ps", "-eo", "pid,ppid,pgid,sid,stat,wchan:20,args", "--forest").CombinedOutput()
+			tm.t.Fatalf("timed out waiting for ssh to exit (pane %q); processes:\n%s", out, ps)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	out = strings.Join(strings.Fields(out)[:2], " ")
 	n, err := strconv.Atoi(strings.TrimPrefix(out, "1 "))
 	if err != nil {
 		tm.t.Fatalf("pane status %q: %v", out, err)
@@ -214,4 +224,18 @@ func TestExecSignalAndLeftovers(t *testing.T) {
 	waitFor(t, "background children to end", func() bool {
 		return len(processes("sleep", held))+len(processes("sleep", detached)) == 0
 	})
+
+	// nohup asks to outlive the session, as with sshd. The session has
+	// ended by the time ssh returns.
+	kept := markerSleep()
+	// (The command waits until nohup has exec'd sleep: a child that has
+	// not yet set SIGHUP to ignored is ended, as under sshd.)
+	c.SSH(tgt, 0, "nohup sleep "+kept+` >/dev/null 2>&1 & until [ "$(cat /proc/$!/comm)" = sleep ]; do :; done`)
+	pids := processes("sleep", kept)
+	for _, pid := range pids {
+		t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	}
+	if len(pids) != 1 {
+		t.Errorf("nohup sleep: %d processes after logout, want it kept running", len(pids))
+	}
 }
