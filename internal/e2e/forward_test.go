@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -185,8 +186,9 @@ func TestRemoteForward(t *testing.T) {
 		}
 	}
 
-	// The forward ends with the connection.
-	cmd.Process.Kill()
+	// The forward ends with the connection. (SIGTERM, not SIGKILL: a
+	// client that vanishes is waited for by the resumable stream.)
+	cmd.Process.Signal(syscall.SIGTERM)
 	waitFor(t, "remote forward to close", func() bool {
 		c, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", port))
 		if err == nil {
