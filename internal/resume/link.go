@@ -138,7 +138,13 @@ func (c *Conn) supervise(l io.ReadWriteCloser, fr *frameReader, att *attachment)
 	defer func() {
 		c.mu.Lock()
 		c.failLocked(ErrAborted) // no-op when an error is already set
+		err := c.err
 		c.mu.Unlock()
+		if errors.Is(err, errFinished) {
+			c.log.Debug("session finished")
+		} else {
+			c.log.Info("session ended", "error", err)
+		}
 		close(c.done)
 		if c.onDone != nil {
 			c.onDone()
