@@ -82,7 +82,9 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()
-	res := splice.Splice(s.metrics.counted(websocket.NetConn(ctx, c, websocket.MessageBinary)), websocket.NetConn(ctx, ac, websocket.MessageBinary))
+	// CleanReads: never forward the masked tail of a frame cut in the middle.
+	res := splice.Splice(s.metrics.counted(wsconn.CleanReads(websocket.NetConn(ctx, c, websocket.MessageBinary))),
+		wsconn.CleanReads(websocket.NetConn(ctx, ac, websocket.MessageBinary)))
 	log.Info("client disconnected", "duration", time.Since(start).Round(time.Millisecond),
 		"bytes_to_agent", res.AToB, "bytes_to_client", res.BToA, "reason", errString(res.Err))
 }

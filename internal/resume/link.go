@@ -288,14 +288,21 @@ func (c *Conn) runLink(l io.ReadWriteCloser, fr *frameReader) (*attachment, erro
 	}
 }
 
+// readLoop applies the frames of one link. A frame that does not decode
+// ends only the link: TCP and TLS do not corrupt bytes, so garbage means a
+// relay forwarded the broken tail of a dying connection (see
+// wsconn.CleanReads), and the bytes after the last good frame are replayed
+// on the next link. A well-formed frame that breaks the protocol (a gap, an
+// overrun window) ends the session.
 func (c *Conn) readLoop(fr *frameReader) error {
 	for {
 		f, err := fr.read()
-		if err == nil {
-			c.mu.Lock()
-			err = c.handleLocked(f)
-			c.mu.Unlock()
+		if err != nil {
+			return err
 		}
+		c.mu.Lock()
+		err = c.handleLocked(f)
+		c.mu.Unlock()
 		if err != nil {
 			if fatal(err) {
 				c.fail(err)

@@ -40,3 +40,22 @@ func (k *keptConn) Close() error {
 	})
 	return err
 }
+
+// CleanReads wraps nc, a websocket.NetConn, so that a Read that fails
+// returns no bytes. coder/websocket (v1.8.15, msgReader.read) returns the
+// bytes of a frame payload it could only partly read together with the
+// error, and on the accepting side those bytes are still masked: garbage.
+// A relay that forwarded them would end a dying stream with junk, which a
+// resumable stream on the far side would try to parse. The connection is
+// dead when this happens, so dropping the partial bytes loses nothing.
+func CleanReads(nc net.Conn) net.Conn { return cleanReads{nc} }
+
+type cleanReads struct{ net.Conn }
+
+func (c cleanReads) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil {
+		return 0, err
+	}
+	return n, nil
+}
