@@ -139,6 +139,9 @@ func (w *world) dial(cfg Config) (client, server *Conn) {
 	if err != nil {
 		w.t.Fatalf("Dial: %v", err)
 	}
+	// The client end's goroutine is the Conn's own; end it before the
+	// acceptor (cleanups run last-registered first).
+	w.t.Cleanup(func() { c.Abort(); <-c.Done() })
 	return c, <-w.accepted
 }
 
