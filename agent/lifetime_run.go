@@ -261,7 +261,7 @@ func (l *lifetime) report(ctx context.Context, send func(context.Context, wire.S
 		var last *wire.Status
 		for {
 			st, changed := l.watch()
-			if last == nil || st != *last {
+			if last == nil || worthReporting(*last, st) {
 				if err := send(ctx, st); err != nil {
 					return
 				}
@@ -275,6 +275,21 @@ func (l *lifetime) report(ctx context.Context, send func(context.Context, wire.S
 		}
 	}()
 	return func() { cancel(); <-done }
+}
+
+// statusGrain is how far the expiry must move before the server is told:
+// while users type it moves all the time, and a page showing it does not
+// need every second.
+const statusGrain = 10 * time.Second
+
+// worthReporting reports whether next differs enough from last, the
+// status the server has.
+func worthReporting(last, next wire.Status) bool {
+	if last.Sessions != next.Sessions || last.Expiry.IsZero() != next.Expiry.IsZero() {
+		return true
+	}
+	d := next.Expiry.Sub(last.Expiry)
+	return d >= statusGrain || d <= -statusGrain
 }
 
 // end finishes the lifetime after Run's connection loop returned err and

@@ -407,8 +407,17 @@ func TestLifetimeReportsStatus(t *testing.T) {
 		l.activity()
 		time.Sleep(time.Second)
 		next(wire.Status{Expiry: start.Add(32 * time.Minute), Sessions: 1})
+		// Input moving the expiry by less than statusGrain is not worth
+		// a message.
+		time.Sleep(5 * time.Second)
+		l.activity()
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if n := len(got); n > 0 {
+			t.Errorf("%d status messages for a 5s move of the expiry, want none", n)
+		}
 		logout() // a logout counts as activity (for --stay)
-		next(wire.Status{Expiry: start.Add(32*time.Minute + time.Second), Sessions: 0})
+		next(wire.Status{Expiry: start.Add(32*time.Minute + 7*time.Second), Sessions: 0})
 		stop()
 		r.end(nil)
 		r.exit(nil)

@@ -68,7 +68,7 @@ func Wait(ctx context.Context, dir string, out io.Writer) error {
 		if !processAlive(st.PID) {
 			return fmt.Errorf("the agent (pid %d) ended without saying why; see its log in %s", st.PID, filepath.Join(stateDir, logName))
 		}
-		if st.Sessions > 0 && (first || st.stateSnapshot != last) {
+		if st.Sessions > 0 && (first || st.Sessions != last.Sessions) {
 			fmt.Fprintf(out, "Waiting for the agent %s: %d user(s) connected; it ends after the last logout", st.ID, st.Sessions)
 			if !st.Expiry.IsZero() {
 				fmt.Fprintf(out, " or at %s UTC", st.Expiry.UTC().Format("15:04:05"))
