@@ -136,7 +136,8 @@ func agentState(t *testing.T, dir string) map[string]any {
 func TestLifetimeNoLogin(t *testing.T) {
 	r := startServer(t)
 	c := sshtest.New(t)
-	p := startAgentProc(t, r, "nologin-job", c, "--connect-timeout", "1s")
+	t.Setenv("CONVERGE_CONNECT_TIMEOUT", "1s") // the flag's environment twin
+	p := startAgentProc(t, r, "nologin-job", c)
 	if code := p.exit(); code != agent.ExitNoLogin {
 		t.Fatalf("exit status %d, want %d (nobody logged in)", code, agent.ExitNoLogin)
 	}
@@ -145,6 +146,28 @@ func TestLifetimeNoLogin(t *testing.T) {
 	}
 	if st := agentState(t, p.Dir); st["exited"] != true || st["exit_status"] != float64(3) {
 		t.Errorf("state file %v: want exited with status 3", st)
+	}
+}
+
+// TestLifetimeFlagErrors: bad lifetime durations are usage errors.
+func TestLifetimeFlagErrors(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, ".authorized_keys"), []byte("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl x\n"), 0o600)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--expiry", "-1s", "ws://localhost:1"}, "expiry is negative"},
+		{[]string{"--connect-timeout", "soon", "ws://localhost:1"}, "connect-timeout"},
+		{[]string{"--max-session", "-5m", "ws://localhost:1"}, "max session is negative"},
+	} {
+		cmd := exec.Command(bin("agent"), tc.args...)
+		cmd.Dir = dir
+		out, err := cmd.CombinedOutput()
+		ee, ok := err.(*exec.ExitError)
+		if !ok || ee.ExitCode() != agent.ExitUsage || !strings.Contains(string(out), tc.want) {
+			t.Errorf("agent %q: %v, output %q; want exit 2 mentioning %q", tc.args, err, out, tc.want)
+		}
 	}
 }
 
