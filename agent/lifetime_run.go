@@ -112,10 +112,20 @@ var errLoopEnded = errors.New("connection loop ended")
 func (l *lifetime) start(ctx context.Context) (context.Context, *lifeRun) {
 	l.mu.Lock()
 	l.st.start = time.Now()
+	deadline := l.st.deadline()
 	l.mu.Unlock()
 	if l.state != nil {
 		l.state.begin()
 	}
+	loginBy, lastLogout := "never", "stay"
+	if !deadline.IsZero() {
+		loginBy = deadline.UTC().Format(time.TimeOnly + " UTC")
+	}
+	if l.cfg.ExitOnLastLogout {
+		lastLogout = "exit 0"
+	}
+	l.log.Info("lifetime: the agent ends if nobody logs in in time, after --expiry without input, or at the last logout",
+		"login_by", loginBy, "expiry", l.cfg.Expiry, "max_session", l.cfg.MaxSession, "last_logout", lastLogout)
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	watchCtx, stopWatch := context.WithCancelCause(ctx)
 	r := &lifeRun{l: l, cancel: cancel, stopWatch: stopWatch, done: make(chan struct{})}
