@@ -141,8 +141,8 @@ func run(t *testing.T, cfg config) *table {
 		"Throughput: sftp get/put and ssh cat run over an already established SSH connection (OpenSSH ControlMaster), so they time the transfer, not the key exchange; the connect row times a whole fresh `ssh host true`. sftp get writes to a local file, sftp put to a file in the agent's directory, ssh cat to a pipe the harness counts.",
 		"Echo: one `ssh host cat` session, single 31-byte lines written and read back one at a time; overhead = relay median - direct median.",
 		"CPU: user + system time of converge and wsproxy (from /proc), of the ssh master and the ssh/sftp clients, and of the harness process, which runs the agent. Everything runs on this one machine: where its cores are busy (see the load average), a transfer is bound by CPU and the relay/direct throughput ratio tends to direct CPU / relay CPU; with the relay on its own machine, as deployed, its CPU is not taken from ssh and the agent.",
-		"connect: the direct path is the slower one, probably because OpenSSH leaves Nagle's algorithm on for non-interactive sessions over TCP, so small handshake messages wait for delayed ACKs; through a ProxyCommand pipe they do not.",
-		"Added round trip: a userland proxy holds each chunk for half the round trip in each direction without limiting bandwidth, between the client and converge (relay) and between the client and the agent's listener (direct); the agent-to-server link is not delayed.",
+		"connect: the direct path is the slower one at 0 ms: OpenSSH turns Nagle's algorithm off only after the key exchange, so over TCP two handshake messages each wait about 40 ms for a delayed ACK (seen with strace -r); through a ProxyCommand pipe they do not. tcptows users see the TCP figure.",
+		"Added round trip: a userland proxy holds each chunk for half the round trip in each direction without limiting bandwidth, between the client and converge (relay) and between the client and the agent's listener (direct); the agent-to-server link is not delayed. The proxies run in the harness process, so at the added round trip its CPU (the agent column) includes them, on both paths.",
 	)
 	return tb
 }
@@ -205,13 +205,13 @@ func compare(t *testing.T, s, cs *section, cfg config, c *sshtest.Client, srv *s
 	if rtt == 0 {
 		target, v = "< 1 ms", verdict(over < time.Millisecond)
 	}
-	s.add(row{what: fmt.Sprintf("echo round trip, median of %d", n), a: ms(rm), b: ms(dm), comp: "+" + ms(over), target: target, verdict: v})
+	s.add(row{what: fmt.Sprintf("echo round trip, median of %d", n), a: ms(rm), b: ms(dm), comp: diff(over), target: target, verdict: v})
 	rp, dp := percentile(re, 99), percentile(de, 99)
-	s.add(row{what: "echo round trip, p99", a: ms(rp), b: ms(dp), comp: "+" + ms(rp-dp)})
+	s.add(row{what: "echo round trip, p99", a: ms(rp), b: ms(dp), comp: diff(rp-dp)})
 	t.Logf("%s echo: relay %s (p99 %s), direct %s (p99 %s)", msLabel(rtt), ms(rm), ms(rp), ms(dm), ms(dp))
 
 	a, b := pair(t, cfg.reps, func() (time.Duration, error) { return connect(c, relay) }, func() (time.Duration, error) { return connect(c, direct) })
-	s.add(row{what: "connect: fresh `ssh host true`", a: ms(a), b: ms(b), comp: "+" + ms(a-b)})
+	s.add(row{what: "connect: fresh `ssh host true`", a: ms(a), b: ms(b), comp: diff(a-b)})
 }
 
 // compareResume fills s with relay throughput with and without resumable
@@ -233,7 +233,7 @@ func compareResume(t *testing.T, s *section, cfg config, c *sshtest.Client, ag *
 		t.Logf("%s resume %s: on %s, off %s, ratio %.2f", msLabel(rtt), op.name, mibps(size, a), mibps(size, b), r)
 	}
 	a, b := pair(t, cfg.reps, func() (time.Duration, error) { return connect(c, on) }, func() (time.Duration, error) { return connect(c, off) })
-	s.add(row{what: "connect: fresh `ssh host true`", a: ms(a), b: ms(b), comp: "+" + ms(a-b)})
+	s.add(row{what: "connect: fresh `ssh host true`", a: ms(a), b: ms(b), comp: diff(a-b)})
 }
 
 // pair runs a and b reps times each, alternating which goes first, and

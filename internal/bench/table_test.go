@@ -110,6 +110,11 @@ func ms(d time.Duration) string {
 	return fmt.Sprintf("%.3f ms", float64(d)/float64(time.Millisecond))
 }
 
+// diff is a signed difference in milliseconds ("+0.211 ms", "-6.5 ms").
+func diff(d time.Duration) string {
+	return fmt.Sprintf("%+.3f ms", float64(d)/float64(time.Millisecond))
+}
+
 // ratio is a/b for durations measured for the same work: b's time over a's.
 func speedRatio(a, b time.Duration) float64 { return float64(b) / float64(a) }
 
