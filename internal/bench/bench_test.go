@@ -207,11 +207,11 @@ func compare(t *testing.T, s, cs *section, cfg config, c *sshtest.Client, srv *s
 	}
 	s.add(row{what: fmt.Sprintf("echo round trip, median of %d", n), a: ms(rm), b: ms(dm), comp: diff(over), target: target, verdict: v})
 	rp, dp := percentile(re, 99), percentile(de, 99)
-	s.add(row{what: "echo round trip, p99", a: ms(rp), b: ms(dp), comp: diff(rp-dp)})
+	s.add(row{what: "echo round trip, p99", a: ms(rp), b: ms(dp), comp: diff(rp - dp)})
 	t.Logf("%s echo: relay %s (p99 %s), direct %s (p99 %s)", msLabel(rtt), ms(rm), ms(rp), ms(dm), ms(dp))
 
 	a, b := pair(t, cfg.reps, func() (time.Duration, error) { return connect(c, relay) }, func() (time.Duration, error) { return connect(c, direct) })
-	s.add(row{what: "connect: fresh `ssh host true`", a: ms(a), b: ms(b), comp: diff(a-b)})
+	s.add(row{what: "connect: fresh `ssh host true`", a: ms(a), b: ms(b), comp: diff(a - b)})
 }
 
 // compareResume fills s with relay throughput with and without resumable
@@ -233,7 +233,7 @@ func compareResume(t *testing.T, s *section, cfg config, c *sshtest.Client, ag *
 		t.Logf("%s resume %s: on %s, off %s, ratio %.2f", msLabel(rtt), op.name, mibps(size, a), mibps(size, b), r)
 	}
 	a, b := pair(t, cfg.reps, func() (time.Duration, error) { return connect(c, on) }, func() (time.Duration, error) { return connect(c, off) })
-	s.add(row{what: "connect: fresh `ssh host true`", a: ms(a), b: ms(b), comp: diff(a-b)})
+	s.add(row{what: "connect: fresh `ssh host true`", a: ms(a), b: ms(b), comp: diff(a - b)})
 }
 
 // pair runs a and b reps times each, alternating which goes first, and
