@@ -15,8 +15,9 @@ import (
 
 // Port forwarding, as OpenSSH's sshd does it with its defaults:
 //
-//   - ssh -L (channel "direct-tcpip"): the agent dials the address the
-//     client names, from inside the job, and joins it to the channel.
+//   - ssh -L (channel "direct-tcpip", or "direct-streamlocal@openssh.com"
+//     for a Unix socket): the agent dials the address the client names,
+//     from inside the job, and joins it to the channel.
 //   - ssh -R (request "tcpip-forward"): the agent listens inside the job on
 //     loopback only (sshd's GatewayPorts=no) and opens a "forwarded-tcpip"
 //     channel back to the client for each connection. This listener exists
@@ -68,6 +69,42 @@ func (f *forwarder) directTCPIP(_ *ssh.Server, _ *gossh.ServerConn, nc gossh.New
 	go gossh.DiscardRequests(reqs) // ends when the channel closes
 	log.Debug("forward opened")
 	up, down := joinChannel(ctx, ch, c.(*net.TCPConn))
+	log.Debug("forward closed", "sent", up, "received", down)
+}
+
+// directStreamLocal serves one ssh -L whose target is a Unix socket in the
+// job (ssh -L 2375:/var/run/docker.sock): OpenSSH's
+// "direct-streamlocal@openssh.com" channel.
+func (f *forwarder) directStreamLocal(_ *ssh.Server, _ *gossh.ServerConn, nc gossh.NewChannel, ctx ssh.Context) {
+	var d struct {
+		SocketPath string
+		Reserved0  string
+		Reserved1  uint32
+	}
+	if err := gossh.Unmarshal(nc.ExtraData(), &d); err != nil {
+		nc.Reject(gossh.ConnectionFailed, "bad direct-streamlocal request: "+err.Error())
+		return
+	}
+	log := f.agent.log.With("user", ctx.User(), "forward", "local", "dest", d.SocketPath)
+	dctx, cancel := context.WithTimeout(ctx, forwardDialTimeout)
+	var dialer net.Dialer
+	c, err := dialer.DialContext(dctx, "unix", d.SocketPath)
+	cancel()
+	if err != nil {
+		log.Info("forward refused: cannot dial", "error", err)
+		nc.Reject(gossh.ConnectionFailed, "agent cannot reach "+d.SocketPath+": "+err.Error())
+		return
+	}
+	ch, reqs, err := nc.Accept()
+	if err != nil {
+		c.Close()
+		return
+	}
+	f.wg.Add(1)
+	defer f.wg.Done()
+	go gossh.DiscardRequests(reqs) // ends when the channel closes
+	log.Debug("forward opened")
+	up, down := joinChannel(ctx, ch, c.(*net.UnixConn))
 	log.Debug("forward closed", "sent", up, "received", down)
 }
 
@@ -198,14 +235,20 @@ func loopbackFor(bind string) string {
 	return "127.0.0.1"
 }
 
-// joinChannel copies between an SSH channel and a TCP connection until both
+// halfCloser is a TCP or Unix connection.
+type halfCloser interface {
+	net.Conn
+	CloseWrite() error
+}
+
+// joinChannel copies between an SSH channel and a connection until both
 // directions end, and returns the bytes copied each way. Unlike
 // internal/splice it keeps half-closes: an EOF on one side becomes a
 // CloseWrite on the other, because forwarded protocols rely on it (a client
 // that shuts down its sending side still waits for the reply). An error in
 // either direction, or the end of ctx (the SSH connection), closes both
 // sides at once.
-func joinChannel(ctx context.Context, ch gossh.Channel, c *net.TCPConn) (toConn, toChannel int64) {
+func joinChannel(ctx context.Context, ch gossh.Channel, c halfCloser) (toConn, toChannel int64) {
 	var wg sync.WaitGroup
 	var once sync.Once
 	closeBoth := func() { once.Do(func() { ch.Close(); c.Close() }) }

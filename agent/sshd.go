@@ -26,8 +26,9 @@ func (a *Agent) newSSHServer() *ssh.Server {
 		},
 		// Port forwarding in both directions (forward.go).
 		ChannelHandlers: map[string]ssh.ChannelHandler{
-			"session":      ssh.DefaultSessionHandler,
-			"direct-tcpip": a.fwd.directTCPIP,
+			"session":                        ssh.DefaultSessionHandler,
+			"direct-tcpip":                   a.fwd.directTCPIP,
+			"direct-streamlocal@openssh.com": a.fwd.directStreamLocal,
 		},
 		RequestHandlers: map[string]ssh.RequestHandler{
 			"tcpip-forward":        a.fwd.tcpipForward,

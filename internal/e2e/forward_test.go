@@ -26,6 +26,12 @@ func upperService(t *testing.T) net.Listener {
 	if err != nil {
 		t.Fatal(err)
 	}
+	serveUpper(t, ln)
+	return ln
+}
+
+// serveUpper answers on ln as upperService does, until the test ends.
+func serveUpper(t *testing.T, ln net.Listener) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -42,7 +48,6 @@ func upperService(t *testing.T) net.Listener {
 		}
 	}()
 	t.Cleanup(func() { ln.Close(); <-done })
-	return ln
 }
 
 // ask sends q to the service behind c, half-closes, and reads the answer.
@@ -109,6 +114,24 @@ func TestLocalForward(t *testing.T) {
 	}
 	if got := ask(t, conn, "again"); got != "AGAIN" {
 		t.Errorf("second answer through -L: %q, want AGAIN", got)
+	}
+
+	// ssh -L to a Unix socket inside the job (a Docker daemon, say).
+	unixSvc, err := net.Listen("unix", filepath.Join(t.TempDir(), "svc.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveUpper(t, unixSvc)
+	sock2 := filepath.Join(t.TempDir(), "l2.sock")
+	background(t, c.Command(context.Background(), "ssh", tgt, "-N", "-o", "ExitOnForwardFailure=yes",
+		"-L", sock2+":"+unixSvc.Addr().String(), tgt.Dest()))
+	waitFor(t, "ssh -L socket to socket", func() bool {
+		var err error
+		conn, err = net.Dial("unix", sock2)
+		return err == nil
+	})
+	if got := ask(t, conn, "to a socket"); got != "TO A SOCKET" {
+		t.Errorf("answer through -L to a Unix socket: %q, want TO A SOCKET", got)
 	}
 
 	// A target nobody listens on is refused, and the session survives.
