@@ -19,8 +19,9 @@ import (
 // term is an interactive `ssh -tt` running in a detached tmux session, so
 // a test can type into it, read its screen and resize it as a user would.
 type term struct {
-	t    *testing.T
-	sock string
+	t      *testing.T
+	sock   string
+	status string // file where ssh's exit status is written
 }
 
 // startTerm runs c's ssh to tgt in a cols×rows terminal.
@@ -34,9 +35,12 @@ func startTerm(t *testing.T, c *sshtest.Client, tgt sshtest.Target, cols, rows i
 	if err := os.WriteFile(conf, []byte("set -g remain-on-exit on\nset -g status off\nset -g history-limit 5000\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	tm := &term{t: t, sock: filepath.Join(dir, "tmux.sock")}
+	tm := &term{t: t, sock: filepath.Join(dir, "tmux.sock"), status: filepath.Join(dir, "ssh-status")}
 	ssh := c.Command(context.Background(), "ssh", tgt, "-tt", tgt.Dest())
-	args := []string{"-f", conf, "new-session", "-d", "-s", "t", "-x", strconv.Itoa(cols), "-y", strconv.Itoa(rows), "--", "env", "HOME=" + c.Home}
+	// sh records ssh's own exit status: tmux calls a pane dead only when
+	// every holder of its terminal is gone, ssh's ProxyCommand included.
+	args := []string{"-f", conf, "new-session", "-d", "-s", "t", "-x", strconv.Itoa(cols), "-y", strconv.Itoa(rows), "--",
+		"sh", "-c", `"$@"; echo $? >"$0.tmp" && mv "$0.tmp" "$0"`, tm.status, "env", "HOME=" + c.Home}
 	tm.tmux(append(args, ssh.Args...)...)
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -81,25 +85,22 @@ func (tm *term) waitScreen(want string) {
 // exitStatus waits for ssh to exit and returns its status.
 func (tm *term) exitStatus() int {
 	tm.t.Helper()
-	var out string
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		out = strings.TrimSpace(tm.tmux("display-message", "-p", "-t", "t", "#{pane_dead} #{pane_dead_status} #{pane_pid}"))
-		if strings.HasPrefix(out, "1 ") {
-			break
+		b, err := os.ReadFile(tm.status)
+		if err == nil {
+			n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+			if err != nil {
+				tm.t.Fatalf("ssh exit status %q: %v", b, err)
+			}
+			return n
 		}
 		if time.Now().After(deadline) {
 			ps, _ := exec.Command("ps", "-eo", "pid,ppid,pgid,sid,stat,wchan:20,args", "--forest").CombinedOutput()
-			tm.t.Fatalf("timed out waiting for ssh to exit (pane %q); processes:\n%s", out, ps)
+			tm.t.Fatalf("timed out waiting for ssh to exit; processes:\n%s", ps)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	out = strings.Join(strings.Fields(out)[:2], " ")
-	n, err := strconv.Atoi(strings.TrimPrefix(out, "1 "))
-	if err != nil {
-		tm.t.Fatalf("pane status %q: %v", out, err)
-	}
-	return n
 }
 
 // processes returns the PIDs whose command line is exactly argv.
