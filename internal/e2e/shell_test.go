@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -234,7 +233,11 @@ func TestExecSignalAndLeftovers(t *testing.T) {
 	c.SSH(tgt, 0, "nohup sleep "+kept+` >/dev/null 2>&1 & until [ "$(cat /proc/$!/comm)" = sleep ]; do :; done`)
 	pids := processes("sleep", kept)
 	for _, pid := range pids {
-		t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+		t.Cleanup(func() {
+			if p, err := os.FindProcess(pid); err == nil {
+				p.Kill()
+			}
+		})
 	}
 	if len(pids) != 1 {
 		t.Errorf("nohup sleep: %d processes after logout, want it kept running", len(pids))
