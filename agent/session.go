@@ -13,8 +13,8 @@ import (
 
 // handleSession runs a shell or a command for one SSH session: with a PTY
 // when the client asked for one, with separate stdout and stderr when not.
-// The exit status goes back to the client; when the session ends, its whole
-// process group ends with it.
+// The exit status goes back to the client; when the session ends, what it
+// started ends with it (see run).
 func (a *Agent) handleSession(s ssh.Session) {
 	log := a.log.With("user", s.User(), "session", shortSession(s))
 	defer a.life.attach(s)()
