@@ -53,6 +53,12 @@ func signalNumber(*exec.ExitError) int { return 0 }
 // is in a job object that is closed when the session ends, so nothing it
 // started outlives it.
 func (a *Agent) run(s ssh.Session, cmd *exec.Cmd) (int, error) {
+	if len(cmd.Args) == 3 {
+		// A command: hand it to the shell verbatim, for the shell to
+		// parse, rather than re-quoted the way Go quotes arguments (which
+		// cmd.exe does not understand).
+		cmd.SysProcAttr = &syscall.SysProcAttr{CmdLine: syscall.EscapeArg(cmd.Path) + " " + cmd.Args[1] + " " + cmd.Args[2]}
+	}
 	job, err := newKillJob()
 	if err != nil {
 		return 255, err
@@ -97,7 +103,7 @@ func (a *Agent) runConPTY(s ssh.Session, cmd *exec.Cmd, job windows.Handle, ptyR
 		return 255, fmt.Errorf("open a pseudo console (needs Windows 10 1809 or later): %w", err)
 	}
 	defer cpty.Close()
-	_, handle, err := cpty.Spawn(cmd.Path, cmd.Args, &syscall.ProcAttr{Dir: cmd.Dir, Env: cmd.Env})
+	_, handle, err := cpty.Spawn(cmd.Path, cmd.Args, &syscall.ProcAttr{Dir: cmd.Dir, Env: cmd.Env, Sys: cmd.SysProcAttr})
 	if err != nil {
 		return 255, fmt.Errorf("start shell in pseudo console: %w", err)
 	}
