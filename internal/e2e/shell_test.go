@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/converge-ci/converge/agent"
 	"github.com/converge-ci/converge/internal/sshtest"
 )
 
@@ -130,7 +131,8 @@ func TestPTYShell(t *testing.T) {
 	t.Setenv("CONVERGE_E2E_CI_VAR", "from-the-ci-job")
 	r := startServer(t)
 	c := sshtest.New(t)
-	a := startAgent(t, r, "pty-job", c)
+	// bash, whatever $SHELL the CI has: the test uses its job control.
+	a := startAgent(t, r, "pty-job", c, func(cfg *agent.Config) { cfg.Shell = "bash" })
 	tm := startTerm(t, c, r.target("pty-job"), 100, 30)
 	termName := strings.TrimSpace(tm.tmux("show-options", "-gv", "default-terminal"))
 
