@@ -18,13 +18,16 @@ import (
 
 // agentConn is one connected agent's control connection.
 type agentConn struct {
-	id      string
-	remote  string
-	since   time.Time
-	ws      *websocket.Conn
-	seen    atomic.Int64 // unix nanoseconds of the last message or ping
-	ready   atomic.Bool  // welcome sent; ws may be used by others
-	streams atomic.Int64 // client streams relayed now
+	id     string
+	remote string
+	since  time.Time
+	ws     *websocket.Conn
+	seen   atomic.Int64 // unix nanoseconds of the last message or ping
+	ready  atomic.Bool  // ws is set and the welcome is on its way; clients may find the agent
+	// welcomed is closed once the welcome has been written (or failed):
+	// other messages wait for it, so the agent always reads welcome first.
+	welcomed chan struct{}
+	streams  atomic.Int64 // client streams relayed now
 
 	mu        sync.Mutex
 	info      wire.Info
@@ -54,6 +57,13 @@ func (a *agentConn) send(ctx context.Context, m wire.Message) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	if m.Type != wire.TypeWelcome {
+		select {
+		case <-a.welcomed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	return a.ws.Write(ctx, websocket.MessageText, b)
 }
 
@@ -73,7 +83,7 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "malformed agent secret", http.StatusBadRequest)
 		return
 	}
-	a := &agentConn{id: id, remote: s.remoteAddr(r), since: time.Now()}
+	a := &agentConn{id: id, remote: s.remoteAddr(r), since: time.Now(), welcomed: make(chan struct{})}
 	a.touch()
 	if !s.agentLimit.acquire(a.remote) {
 		s.log.Info("agent refused", "id", id, "remote", a.remote, "reason", reasonAgentLimit)
@@ -148,10 +158,14 @@ func (s *Server) serveAgent(a *agentConn, secret string) error {
 	a.info = m.Hello.Info
 	a.protocols = m.Hello.Protocols
 	a.mu.Unlock()
-	if err := a.send(s.ctx, wire.Message{Type: wire.TypeWelcome, Welcome: &wire.Welcome{SSHUser: s.cfg.SSHUser, Secret: secret}}); err != nil {
+	// Ready before the welcome is written: an agent that has read its
+	// welcome tells its users it is registered, and they must find it.
+	a.ready.Store(true)
+	err = a.send(s.ctx, wire.Message{Type: wire.TypeWelcome, Welcome: &wire.Welcome{SSHUser: s.cfg.SSHUser, Secret: secret}})
+	close(a.welcomed)
+	if err != nil {
 		return fmt.Errorf("send welcome: %w", err)
 	}
-	a.ready.Store(true)
 	s.metrics.registrations.Inc()
 	s.changes.notify()
 	s.log.Info("agent connected", "id", a.id, "remote", a.remote, "hostname", a.info.Hostname, "os", a.info.OS, "version", m.Hello.Version)

@@ -118,6 +118,11 @@ func TestMetrics(t *testing.T) {
 		n += k
 	}
 
+	// The server counts a write to the client when it returns, which may be
+	// just after the client read the bytes.
+	for value(t, scrape(t, r.http()), "converge_relayed_bytes_total", "direction", "to_client") < 1000 {
+		time.Sleep(10 * time.Millisecond)
+	}
 	during := scrape(t, r.http())
 	for _, tc := range []struct {
 		name   string

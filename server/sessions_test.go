@@ -3,6 +3,7 @@ package server
 import (
 	"bufio"
 	"context"
+	"fmt"
 
 	"net/http"
 	"net/http/httptest"
@@ -214,4 +215,20 @@ func requestWithTimeout(method, url string) (*http.Request, context.CancelFunc) 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	r, _ := http.NewRequestWithContext(ctx, method, url, nil)
 	return r, cancel
+}
+
+// TestAgentFoundOnceWelcomed: an agent prints "registered" when it reads
+// its welcome, and its users connect at once; the server must already
+// route to it by then.
+func TestAgentFoundOnceWelcomed(t *testing.T) {
+	r := runServer(t)
+	for i := range 50 {
+		id := fmt.Sprintf("welcomed-%d", i)
+		a := dialAgent(t, r.ws(), id, wire.Info{})
+		// A plain GET: found agents get past the lookup and fail the upgrade.
+		if code, _, body := get(t, r.http()+"/client/"+id); code == http.StatusNotFound {
+			t.Fatalf("client right after %s read its welcome: %d %s", id, code, body)
+		}
+		a.ws.Close(websocket.StatusNormalClosure, "")
+	}
 }
