@@ -122,7 +122,7 @@ func run(t *testing.T, cfg config) *table {
 			plain.ProxyCommand = bin("wsproxy") + " --no-resume ws://" + relayAddr + "/client/bench"
 			s := tb.add(fmt.Sprintf("%s added round trip: relay with resumable streams (wsproxy default) vs --no-resume", msLabel(rtt)),
 				"resume", "no-resume", "resume/no")
-			compareResume(t, s, cfg, c, ag, relay, plain, rtt)
+			compareResume(t, s, cfg, c, srv, relay, plain, rtt)
 		}
 	}
 	if !resume {
@@ -166,20 +166,12 @@ func compare(t *testing.T, s, cs *section, cfg config, c *sshtest.Client, srv *s
 	}
 	for _, op := range ops {
 		var rc, dc cost
-		measured := func(x *session, sum *cost) func() (time.Duration, error) {
-			return func() (time.Duration, error) {
-				d, c, err := x.withCPU(func() (time.Duration, error) { return op.do(x) })
-				*sum = sum.add(c)
-				return d, err
-			}
-		}
-		a, b := pair(t, cfg.reps, measured(rs, &rc), measured(ds, &dc))
+		a, b := pair(t, cfg.reps, costed(rs, op.do, &rc), costed(ds, op.do, &dc))
 		r := speedRatio(a, b)
 		s.add(row{what: op.name, a: mibps(size, a), b: mibps(size, b), comp: fmt.Sprintf("%.2f", r), target: ">= 0.8 (aim 0.9)", verdict: verdict(r >= 0.8)})
 		t.Logf("%s %s: relay %s, direct %s, ratio %.2f", msLabel(rtt), op.name, mibps(size, a), mibps(size, b), r)
 
-		mibs := float64(cfg.reps) * float64(size) / (1 << 20)
-		per := func(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)/mibs) }
+		per := perMiB(cfg)
 		cr := float64(rc.total()) / float64(max(dc.total(), 1))
 		cs.add(row{what: op.name, a: per(rc.total()), b: per(dc.total()), comp: fmt.Sprintf("%.2f", cr)})
 		cs.add(row{what: "  converge + wsproxy", a: per(rc.server + rc.proxy), b: "-", comp: "-"})
@@ -216,8 +208,9 @@ func compare(t *testing.T, s, cs *section, cfg config, c *sshtest.Client, srv *s
 
 // compareResume fills s with relay throughput with and without resumable
 // streams.
-func compareResume(t *testing.T, s *section, cfg config, c *sshtest.Client, ag *benchAgent, on, off sshtest.Target, rtt time.Duration) {
+func compareResume(t *testing.T, s *section, cfg config, c *sshtest.Client, srv *serverProc, on, off sshtest.Target, rtt time.Duration) {
 	ons, offs := openSession(t, c, on), openSession(t, c, off)
+	ons.server, offs.server = srv.cmd.Process.Pid, srv.cmd.Process.Pid
 	size := cfg.size
 	mib := fmt.Sprintf("%d MiB", size>>20)
 	for _, op := range []struct {
@@ -227,13 +220,33 @@ func compareResume(t *testing.T, s *section, cfg config, c *sshtest.Client, ag *
 		{"sftp get " + mib, func(x *session) (time.Duration, error) { return x.sftpGet("big.bin", size) }},
 		{"ssh cat " + mib, func(x *session) (time.Duration, error) { return x.sshCat("big.bin", size) }},
 	} {
-		a, b := pair(t, cfg.reps, func() (time.Duration, error) { return op.do(ons) }, func() (time.Duration, error) { return op.do(offs) })
+		var onc, offc cost
+		a, b := pair(t, cfg.reps, costed(ons, op.do, &onc), costed(offs, op.do, &offc))
 		r := speedRatio(a, b)
 		s.add(row{what: op.name, a: mibps(size, a), b: mibps(size, b), comp: fmt.Sprintf("%.2f", r)})
-		t.Logf("%s resume %s: on %s, off %s, ratio %.2f", msLabel(rtt), op.name, mibps(size, a), mibps(size, b), r)
+		per := perMiB(cfg)
+		s.add(row{what: "  CPU per MiB, whole path", a: per(onc.total()), b: per(offc.total()), comp: fmt.Sprintf("%.2f", float64(onc.total())/float64(max(offc.total(), 1)))})
+		t.Logf("%s resume %s: on %s, off %s, ratio %.2f; CPU/MiB on %s (wsproxy %s, agent %s), off %s (wsproxy %s, agent %s)", msLabel(rtt), op.name, mibps(size, a), mibps(size, b), r,
+			per(onc.total()), per(onc.proxy), per(onc.agent), per(offc.total()), per(offc.proxy), per(offc.agent))
 	}
 	a, b := pair(t, cfg.reps, func() (time.Duration, error) { return connect(c, on) }, func() (time.Duration, error) { return connect(c, off) })
 	s.add(row{what: "connect: fresh `ssh host true`", a: ms(a), b: ms(b), comp: diff(a - b)})
+}
+
+// costed returns a measurement of do on x that adds the CPU time it cost
+// to sum.
+func costed(x *session, do func(*session) (time.Duration, error), sum *cost) func() (time.Duration, error) {
+	return func() (time.Duration, error) {
+		d, c, err := x.withCPU(func() (time.Duration, error) { return do(x) })
+		*sum = sum.add(c)
+		return d, err
+	}
+}
+
+// perMiB formats CPU time summed over cfg.reps transfers as time per MiB.
+func perMiB(cfg config) func(time.Duration) string {
+	mibs := float64(cfg.reps) * float64(cfg.size) / (1 << 20)
+	return func(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)/mibs) }
 }
 
 // pair runs a and b reps times each, alternating which goes first, and
