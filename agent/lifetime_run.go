@@ -304,7 +304,7 @@ func worthReporting(last, next wire.Status) bool {
 
 // end finishes the lifetime after Run's connection loop returned err and
 // returns what Run returns. Open sessions have been told why they end,
-// and interactive ones closed; the caller then closes the SSH server.
+// and ended; the caller then closes the SSH server.
 func (r *lifeRun) end(err error) error {
 	r.stopWatch(errLoopEnded)
 	<-r.done
@@ -318,8 +318,8 @@ func (r *lifeRun) end(err error) error {
 	return err
 }
 
-// tell writes into every open session why it ends, closes the
-// interactive ones, and waits a moment for the words to be delivered.
+// tell writes into every open session why it ends, ends it, and waits a
+// moment for the words to be delivered and the clients to hang up.
 func (r *lifeRun) tell(err error) {
 	r.told = true
 	l := r.l
@@ -347,9 +347,9 @@ func (r *lifeRun) tell(err error) {
 	for _, s := range open {
 		s.say("[converge] "+msg, true)
 	}
-	// Wait until the words are out and the clients of closed shells have
-	// hung up themselves: closing their connections first would make ssh
-	// fail with "Broken pipe" rather than exit cleanly.
+	// Wait until the words are out and the clients have hung up
+	// themselves: closing their connections first would make ssh fail
+	// with "Broken pipe" rather than exit cleanly.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	done := make(chan struct{})
@@ -359,12 +359,10 @@ func (r *lifeRun) tell(err error) {
 			s.waitSaid()
 		}
 		for _, s := range open {
-			if s.pty {
-				select {
-				case <-s.s.Context().Done():
-				case <-ctx.Done():
-					return
-				}
+			select {
+			case <-s.s.Context().Done():
+			case <-ctx.Done():
+				return
 			}
 		}
 	}()

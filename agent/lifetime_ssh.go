@@ -116,8 +116,8 @@ func (l *lifetime) attach(s ssh.Session) (detach func()) {
 
 // say writes text into the session without blocking the caller: a user
 // whose client does not read must not stall the lifetime. A warning is
-// skipped while an earlier write is still in flight. final closes an
-// interactive session once the text is written.
+// skipped while an earlier write is still in flight. final ends the
+// session once the text is written.
 func (s *liveSession) say(text string, final bool) {
 	s.mu.Lock()
 	if s.busy && !final {
@@ -137,8 +137,17 @@ func (s *liveSession) say(text string, final bool) {
 			<-prev // keep messages in order
 		}
 		s.write(text)
-		if final && s.pty {
-			s.s.Exit(0)
+		if final {
+			// End the session at the SSH level, so that the client hangs
+			// up by itself rather than see its connection cut (which a
+			// resumable stream would try to resume). A shell ends
+			// cleanly; a command did not finish: 128+SIGHUP, which it
+			// gets once the client is gone.
+			code := 0
+			if !s.pty {
+				code = 128 + 1
+			}
+			s.s.Exit(code)
 		}
 		s.mu.Lock()
 		if s.said == done {

@@ -438,3 +438,53 @@ func TestLifetimeStatusOnSessionsPage(t *testing.T) {
 		return users == 1 && time.Until(expiry) > 100*time.Minute
 	})
 }
+
+// TestLifetimeCommandInput: input on a command's stdin (not only
+// keystrokes in a shell) extends the session.
+func TestLifetimeCommandInput(t *testing.T) {
+	r := startServer(t)
+	c := sshtest.New(t)
+	p := startAgentProc(t, r, "input-job", c, "--connect-timeout", "30s", "--expiry", "1s")
+	tgt := r.target("input-job")
+	cmd := c.Command(context.Background(), "ssh", tgt, tgt.Dest(), "cat >/dev/null && echo done")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Feed input for three times the expiry, then end it.
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); {
+		io.WriteString(stdin, "still here\n")
+		time.Sleep(200 * time.Millisecond)
+	}
+	stdin.Close()
+	if err := cmd.Wait(); err != nil || !strings.Contains(out.String(), "done") {
+		t.Fatalf("a command fed input was cut: %v, output %q", err, out)
+	}
+	if code := p.exit(); code != 0 {
+		t.Errorf("exit status %d after the last logout, want 0", code)
+	}
+}
+
+// TestLifetimeMaxSession: the hard cap ends a session however busy, and
+// tells the user why.
+func TestLifetimeMaxSession(t *testing.T) {
+	r := startServer(t)
+	c := sshtest.New(t)
+	p := startAgentProc(t, r, "cap-job", c, "--connect-timeout", "30s", "--expiry", "1m", "--max-session", "1s")
+	tgt := r.target("cap-job")
+	res := c.Run("ssh", tgt, "", tgt.Dest(), `touch -d '+1 hour' "$agentdir/.hold"; sleep 60`)
+	if res.Code == 0 || !strings.Contains(res.Stderr, "[converge] the session reached its limit of 1s (--max-session); closing.") {
+		t.Errorf("ssh under --max-session: exit %d, stderr %q; want it cut with the reason", res.Code, res.Stderr)
+	}
+	if code := p.exit(); code != 0 {
+		t.Errorf("exit status %d after --max-session, want 0", code)
+	}
+	if st := agentState(t, p.Dir); st["reason"] != "the session reached its --max-session limit" {
+		t.Errorf("state %v: want ended by --max-session", st)
+	}
+}
