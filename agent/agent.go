@@ -195,6 +195,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.ln.Close()
 	a.srv.Close()
 	<-serveErr
+	settle(2*time.Second, a.resumed.Len)
 	a.resumed.Close()
 	a.streams.Wait()
 	a.fwd.wg.Wait()
