@@ -45,7 +45,9 @@ func BenchmarkThroughput(b *testing.B) {
 		c1, c2 := net.Pipe()
 		accepted := make(chan *Conn, 1)
 		go func() { c, _ := acc.Attach(c2); accepted <- c }()
-		client, err := Dial(c1, func(ctx context.Context) (io.ReadWriteCloser, error) { return nil, errors.New("no redial in a benchmark") }, cfg)
+		client, err := Dial(c1, func(ctx context.Context) (io.ReadWriteCloser, error) {
+			return nil, errors.New("no redial in a benchmark")
+		}, cfg)
 		if err != nil {
 			b.Fatal(err)
 		}
