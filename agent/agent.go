@@ -195,8 +195,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.ln.Close()
 	a.srv.Close()
 	<-serveErr
-	settle(2*time.Second, a.resumed.Len)
-	a.resumed.Close()
+	// Let closed sessions deliver their last bytes (exit status, the
+	// reason the agent ends) if their client is connected.
+	a.resumed.Shutdown(2 * time.Second)
 	a.streams.Wait()
 	a.fwd.wg.Wait()
 	return life.exit(err)

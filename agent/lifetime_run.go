@@ -373,17 +373,6 @@ func (r *lifeRun) tell(err error) {
 	}
 }
 
-// settle waits up to d for open() to reach zero. At exit, resumable
-// streams whose two ends have closed need a moment to say goodbye;
-// aborted, their clients would try to resume an agent that is gone.
-func settle(d time.Duration, open func() int) {
-	t := time.NewTicker(20 * time.Millisecond)
-	defer t.Stop()
-	for end := time.Now().Add(d); open() > 0 && time.Now().Before(end); {
-		<-t.C
-	}
-}
-
 // exit waits (bounded) for session handlers to end after the SSH server
 // closed their connections, and records the outcome in the state file.
 func (r *lifeRun) exit(err error) error {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"time"
 )
 
 // Acceptor is the server end's registry of sessions: it starts a session
@@ -61,6 +62,10 @@ func (a *Acceptor) Attach(link io.ReadWriteCloser) (*Conn, error) {
 			a.mu.Unlock()
 			return nil, a.refuse(link, fmt.Errorf("%w: session token already in use", ErrProtocol))
 		}
+		if len(a.sessions) >= a.cfg.MaxSessions {
+			a.mu.Unlock()
+			return nil, a.refuse(link, fmt.Errorf("the agent already holds %d sessions; close some and retry", a.cfg.MaxSessions))
+		}
 		c := newConn(a.cfg, h.token, false)
 		c.attach = make(chan attachment)
 		c.onDone = func() { a.remove(c) }
@@ -112,6 +117,33 @@ func (a *Acceptor) Len() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return len(a.sessions)
+}
+
+// Shutdown refuses new sessions, closes every session gracefully (see
+// Conn.Close) and waits, at most timeout, for them to deliver what they
+// hold; then it aborts what is left and waits for it.
+func (a *Acceptor) Shutdown(timeout time.Duration) {
+	a.mu.Lock()
+	a.closed = true
+	conns := make([]*Conn, 0, len(a.sessions))
+	for _, c := range a.sessions {
+		conns = append(conns, c)
+	}
+	a.mu.Unlock()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	for _, c := range conns {
+		c.Close()
+	}
+	for _, c := range conns {
+		select {
+		case <-c.Done():
+		case <-t.C:
+			a.Close()
+			return
+		}
+	}
+	a.Close()
 }
 
 // Close refuses new links, aborts every session and waits for them.

@@ -71,6 +71,10 @@ type Config struct {
 	// acknowledgement is sent; Buffer/8 consumed bytes are acknowledged at
 	// once. Default 10ms.
 	AckDelay time.Duration
+	// MaxSessions bounds the live sessions of an Acceptor, so that
+	// abandoned sessions waiting out their window hold bounded memory
+	// (each at most 2×Buffer). Default 256.
+	MaxSessions int
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -94,6 +98,9 @@ func (c *Config) Validate() error {
 	}
 	if c.AckDelay <= 0 {
 		c.AckDelay = 10 * time.Millisecond
+	}
+	if c.MaxSessions <= 0 {
+		c.MaxSessions = 256
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

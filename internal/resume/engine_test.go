@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -257,5 +258,54 @@ func TestDeadlines(t *testing.T) {
 		}
 		c.Abort()
 		s.Abort()
+	})
+}
+
+// TestAcceptorShutdown: a shutting-down server end delivers what its
+// sessions hold to connected clients, and does not wait past its timeout
+// for clients that are away.
+func TestAcceptorShutdown(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := testConfig()
+		w := newWorld(t, cfg)
+		present, s1 := w.dial(cfg)
+		away, _ := w.dial(cfg)
+		last := randomBytes(200<<10, 11)
+		s1.Write(last)
+		// The second client's link goes down and stays down.
+		w.setDown(true)
+		w.cut()
+		synctest.Wait()
+
+		start := time.Now()
+		w.acc.Shutdown(5 * time.Second)
+		if d := time.Since(start); d != 5*time.Second {
+			t.Errorf("Shutdown took %v; want it to wait its 5s for the absent client, no more", d)
+		}
+		got, err := io.ReadAll(present)
+		if err != nil || !bytes.Equal(got, last) {
+			t.Errorf("connected client read %d bytes, %v; want the %d bytes written before shutdown, then EOF", len(got), err, len(last))
+		}
+		_ = away
+	})
+}
+
+// TestMaxSessions: an acceptor at its limit refuses new sessions, with a
+// reason, and keeps serving the ones it has.
+func TestMaxSessions(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := testConfig()
+		cfg.MaxSessions = 2
+		w := newWorld(t, cfg)
+		c1, s1 := w.dial(cfg)
+		w.dial(cfg)
+		l, _ := w.link(t.Context())
+		if c, err := Dial(l, w.link, cfg); err == nil || !strings.Contains(err.Error(), "2 sessions") {
+			if c != nil {
+				c.Abort()
+			}
+			t.Fatalf("third session: %v; want a refusal naming the limit", err)
+		}
+		exchange(t, c1, s1, []byte("still"), []byte("served"))
 	})
 }
