@@ -232,3 +232,33 @@ func TestAgentFoundOnceWelcomed(t *testing.T) {
 		a.ws.Close(websocket.StatusNormalClosure, "")
 	}
 }
+
+// TestAgentsEventFraming: what an agent says about itself cannot start
+// fields of its own in the event stream, nor inject markup.
+func TestAgentsEventFraming(t *testing.T) {
+	s := newTestServer(t)
+	a := &agentConn{id: "evil", welcomed: make(chan struct{}), info: wire.Info{
+		Hostname: "x\r\nevent: hijack\rdata: <script>alert(1)</script>\nid: 9",
+		CI:       map[string]string{"JOB\r": "\rretry: 1"},
+	}}
+	if _, _, err := s.reg.Register(a.id, "", a); err != nil {
+		t.Fatal(err)
+	}
+	a.ready.Store(true)
+	ev := string(s.agentsEvent(context.Background()))
+	if !strings.HasSuffix(ev, "\n\n") || strings.Count(ev, "\n\n") != 1 {
+		t.Fatalf("event is not exactly one event:\n%q", ev)
+	}
+	lines := strings.Split(strings.TrimSuffix(ev, "\n\n"), "\n")
+	if lines[0] != "event: agents" {
+		t.Errorf("first line %q", lines[0])
+	}
+	for _, l := range lines[1:] {
+		if !strings.HasPrefix(l, "data: ") || strings.Contains(l, "\r") {
+			t.Errorf("line %q is not a plain data line", l)
+		}
+	}
+	if strings.Contains(ev, "<script>") {
+		t.Error("agent-supplied markup reached the event unescaped")
+	}
+}
