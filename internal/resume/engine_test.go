@@ -309,3 +309,28 @@ func TestMaxSessions(t *testing.T) {
 		exchange(t, c1, s1, []byte("still"), []byte("served"))
 	})
 }
+
+// TestLingerIsBounded: Close lingers until the peer has read the end of
+// the stream, but not beyond the window when the peer never reads.
+func TestLingerIsBounded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := testConfig()
+		w := newWorld(t, cfg)
+		c, s := w.dial(cfg)
+		c.Write([]byte("unread"))
+		c.Close()
+		time.Sleep(cfg.Window - time.Second)
+		synctest.Wait()
+		select {
+		case <-c.Done():
+			t.Fatalf("linger ended before the window: %v", c.Err())
+		default:
+		}
+		time.Sleep(2 * time.Second)
+		<-c.Done()
+		if err := c.Err(); !errors.Is(err, ErrExpired) {
+			t.Errorf("Err = %v, want ErrExpired", err)
+		}
+		s.Abort()
+	})
+}

@@ -255,6 +255,7 @@ func (c *Conn) runLink(l io.ReadWriteCloser, fr *frameReader) (*attachment, erro
 		l.Close()
 		wg.Wait()
 	}()
+	var linger <-chan time.Time // set once the session is closed
 	for {
 		c.mu.Lock()
 		if c.finishedLocked() {
@@ -265,8 +266,7 @@ func (c *Conn) runLink(l io.ReadWriteCloser, fr *frameReader) (*attachment, erro
 		if ended {
 			return nil, nil
 		}
-		var linger <-chan time.Time
-		if closed {
+		if closed && linger == nil {
 			t := time.NewTimer(time.Until(closedAt.Add(c.cfg.Window)))
 			defer t.Stop()
 			linger = t.C
