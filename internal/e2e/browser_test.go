@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"encoding/base64"
 	"os"
 	"os/exec"
@@ -14,9 +12,9 @@ import (
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
-	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/converge-ci/converge/agent"
+	"github.com/converge-ci/converge/internal/sshtest"
 	"github.com/converge-ci/converge/server"
 )
 
@@ -139,7 +137,8 @@ func TestBrowserPages(t *testing.T) {
 	// Mark this page load: a reload would lose the mark.
 	get(t, ctx, "mark the page", chromedp.Evaluate[bool](`window.convergeTestMark = "same page"; true`))
 
-	stop := runAgent(t, r, "browser-agent")
+	c := sshtest.New(t)
+	ag := runAgent(t, r, "browser-agent", c)
 	do(t, ctx, "agent appears live", chromedp.WaitVisible(chromedp.CSS(`#agents tr[data-id="browser-agent"]`)))
 	row := text(t, ctx, `#agents tr[data-id="browser-agent"]`)
 	host, _ := os.Hostname()
@@ -152,7 +151,33 @@ func TestBrowserPages(t *testing.T) {
 		t.Errorf("agent count with one agent: %q", n)
 	}
 
-	stop()
+	// A user logs in: the row shows one user and an expiry, live.
+	sshCtx, cancelSSH := context.WithCancel(context.Background())
+	defer cancelSSH()
+	tgt := r.target("browser-agent")
+	login := c.Command(sshCtx, "ssh", tgt, tgt.Dest(), "read line || true")
+	stdin, err := login.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := login.Start(); err != nil {
+		t.Fatal(err)
+	}
+	users := `document.querySelector('#agents tr[data-id="browser-agent"] td[data-label="Users"]')`
+	get(t, ctx, "one user shown", chromedp.Poll[bool](users+`?.textContent.trim() === "1"`))
+	if exp := text(t, ctx, `#agents tr[data-id="browser-agent"] td[data-label="Expires"]`); !strings.Contains(exp, "UTC") {
+		t.Errorf("expiry of an agent with a user: %q, want a time", exp)
+	}
+
+	// The user logs out; the agent, its last user gone, exits by itself
+	// and leaves the page.
+	stdin.Close()
+	if err := login.Wait(); err != nil {
+		t.Errorf("ssh: %v", err)
+	}
+	if err := <-ag.done; err != nil {
+		t.Errorf("agent after the last logout: %v, want a clean exit", err)
+	}
 	do(t, ctx, "agent leaves live",
 		chromedp.WaitNotPresent(chromedp.CSS(`#agents tr[data-id="browser-agent"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`#agents tr.none`)),
@@ -162,22 +187,20 @@ func TestBrowserPages(t *testing.T) {
 	}
 }
 
-// runAgent runs an agent until the returned stop is called (or the test
-// ends), and waits for its registration.
-func runAgent(t *testing.T, r *relay, id string) (stop func()) {
+// browserAgent is an agent run for the browser test.
+type browserAgent struct {
+	done <-chan error // Run's result, once it returns
+}
+
+// runAgent runs an agent that lets c in and exits when its last user logs
+// out, and waits for its registration.
+func runAgent(t *testing.T, r *relay, id string, c *sshtest.Client) *browserAgent {
 	t.Helper()
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := gossh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
 	out := &syncBuffer{}
 	a, err := agent.New(agent.Config{
 		Server: r.URL, ID: id, Dir: t.TempDir(), Out: out,
-		AuthorizedKeys: string(gossh.MarshalAuthorizedKey(key)),
+		AuthorizedKeys: c.PublicKey,
+		Lifetime:       agent.Lifetime{ExitOnLastLogout: true, Expiry: time.Hour},
 		Logger:         testLogger(t).With("side", "agent"),
 	})
 	if err != nil {
@@ -185,19 +208,9 @@ func runAgent(t *testing.T, r *relay, id string) (stop func()) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	stopped := false
-	stop = func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent: %v", err)
-		}
-	}
-	t.Cleanup(stop)
+	go func() { done <- a.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
 	waitFor(t, "agent registration", func() bool { return strings.Contains(out.String(), "registered") })
-	return stop
+	c.Trust(id, a.HostKey())
+	return &browserAgent{done: done}
 }
