@@ -30,6 +30,10 @@ const (
 	eventKeepalive = 25 * time.Second
 	// maxWatchers bounds concurrent event streams.
 	maxWatchers = 256
+	// eventMinInterval spaces a watcher's updates: changes within it merge
+	// into one, so agents churning cost each watcher at most a few renders
+	// a second.
+	eventMinInterval = 250 * time.Millisecond
 )
 
 // authorized checks the sessions password (any user name) and answers
@@ -136,6 +140,13 @@ func (s *Server) handleSessionEvents(w http.ResponseWriter, r *http.Request) {
 				return // draining
 			}
 			if !send(s.agentsEvent(r.Context())) {
+				return
+			}
+			pause := time.NewTimer(eventMinInterval)
+			select {
+			case <-pause.C:
+			case <-r.Context().Done():
+				pause.Stop()
 				return
 			}
 		case <-keepalive.C:
