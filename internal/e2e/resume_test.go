@@ -7,12 +7,12 @@ import (
 	"crypto/rand"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -294,4 +294,42 @@ func TestPlainStreamDiesWithItsLink(t *testing.T) {
 	cmd.Wait()
 }
 
-var _ = sync.Mutex{}
+
+// TestTCPToWSResumes: tcptows asks for resumable streams too; an ssh
+// session through its port survives cuts of its WebSocket.
+func TestTCPToWSResumes(t *testing.T) {
+	r := newResumeRig(t, "tcp-resume")
+	port := freePort(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, bin("tcptows"), fmt.Sprint(port), "ws://"+r.clientProxy.Addr()+"/client/tcp-resume")
+	var logs syncBuffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); cmd.Wait() })
+	waitFor(t, "tcptows listening", func() bool { return strings.Contains(logs.String(), "listening") })
+
+	echo := startEcho(t, r.c, sshtest.Target{User: "ciuser", Alias: "tcp-resume", Port: port})
+	for range 2 {
+		if n := r.clientProxy.Cut(); n == 0 {
+			t.Fatal("no connection to cut")
+		}
+		echo.roundTrip()
+	}
+	echo.finish()
+	if t.Failed() {
+		t.Logf("tcptows logs:\n%s", logs.String())
+	}
+}
+
+// freePort returns a loopback port that was free a moment ago, for
+// commands that take a port number.
+func freePort(t *testing.T) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
