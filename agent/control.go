@@ -45,11 +45,10 @@ func (a *Agent) connectLoop(ctx context.Context) error {
 			announced = true
 			backoff = backoffMin
 		}
-		var re *wsconn.RefusedError
-		if errors.As(err, &re) && re.Status >= 400 && re.Status < 500 && re.Status != http.StatusTooManyRequests {
+		if re := finalRefusal(err); re != nil {
 			return fmt.Errorf("server refused agent: %s", re.Message)
 		}
-		d := backoff/2 + rand.N(backoff/2+1)
+		d := jitter(backoff)
 		a.log.Warn("connection to server lost; reconnecting", "error", err, "in", d.Round(time.Millisecond))
 		t := time.NewTimer(d)
 		select {
@@ -60,6 +59,22 @@ func (a *Agent) connectLoop(ctx context.Context) error {
 		}
 		backoff = min(backoff*2, backoffMax)
 	}
+}
+
+// finalRefusal returns err's refusal if retrying cannot help: the server
+// answered 4xx (bad ID, ID in use or reserved), except 429 (a limit that
+// may clear). Network errors, 5xx and drops are never final.
+func finalRefusal(err error) *wsconn.RefusedError {
+	var re *wsconn.RefusedError
+	if errors.As(err, &re) && re.Status >= 400 && re.Status < 500 && re.Status != http.StatusTooManyRequests {
+		return re
+	}
+	return nil
+}
+
+// jitter returns a wait between half of backoff and backoff, at random.
+func jitter(backoff time.Duration) time.Duration {
+	return backoff/2 + rand.N(backoff/2+1)
 }
 
 // control runs one control connection: register, then serve dial requests

@@ -1,0 +1,46 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/converge-ci/converge/internal/wsconn"
+)
+
+func TestFinalRefusal(t *testing.T) {
+	for _, tc := range []struct {
+		err   error
+		final bool
+	}{
+		{&wsconn.RefusedError{Status: http.StatusConflict, Message: "reserved"}, true},
+		{&wsconn.RefusedError{Status: http.StatusBadRequest}, true},
+		{fmt.Errorf("dial: %w", &wsconn.RefusedError{Status: http.StatusConflict}), true},
+		{&wsconn.RefusedError{Status: http.StatusTooManyRequests}, false},
+		{&wsconn.RefusedError{Status: http.StatusBadGateway}, false},
+		{errors.New("connection refused"), false},
+		{nil, false},
+	} {
+		if got := finalRefusal(tc.err) != nil; got != tc.final {
+			t.Errorf("finalRefusal(%v) = %v, want %v", tc.err, got, tc.final)
+		}
+	}
+}
+
+// TestBackoffStaysLow: however long the server is away, an agent retries
+// at least every backoffMax, so it is back within seconds of the server.
+func TestBackoffStaysLow(t *testing.T) {
+	b := backoffMin
+	for attempt := range 50 {
+		d := jitter(b)
+		if d < b/2 || d > b || d > backoffMax {
+			t.Fatalf("attempt %d: waited %v with backoff %v; want between %v and %v, at most %v", attempt, d, b, b/2, b, backoffMax)
+		}
+		b = min(b*2, backoffMax)
+	}
+	if b != backoffMax || backoffMax > 5*time.Second {
+		t.Errorf("backoff settles at %v (cap %v); want a cap of a few seconds", b, backoffMax)
+	}
+}
