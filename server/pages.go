@@ -28,37 +28,37 @@ func (s *Server) site() templates.Site {
 }
 
 // bases are this server's HTTP and WebSocket base URLs as the user reached
-// it, and its host.
-func (s *Server) bases(r *http.Request) (base, wsBase, host string) {
+// it.
+func (s *Server) bases(r *http.Request) (base, wsBase string) {
 	scheme, host := s.publicOrigin(r)
 	ws := "ws"
 	if scheme == "https" {
 		ws = "wss"
 	}
-	return scheme + "://" + host, ws + "://" + host, host
+	return scheme + "://" + host, ws + "://" + host
 }
 
 // handleUsage is GET /: the usage page. ?id= chooses the rendezvous ID
 // filled into the recipes (a random one otherwise), so the page works
 // without JavaScript.
 func (s *Server) handleUsage(w http.ResponseWriter, r *http.Request) {
-	base, wsBase, host := s.bases(r)
+	base, wsBase := s.bases(r)
 	id := r.URL.Query().Get("id")
 	if wire.ValidID(id) != nil {
 		id = wire.NewID()
 	}
 	s.render(w, r, http.StatusOK, templates.Usage(templates.UsageData{
-		Site: s.site(), Base: base, WSBase: wsBase, Host: host,
+		Site: s.site(), Base: base, WSBase: wsBase,
 		User: s.cfg.SSHUser, ID: id, Downloads: len(s.dist.list) > 0,
 	}))
 }
 
 // handleDownloads is GET /downloads.
 func (s *Server) handleDownloads(w http.ResponseWriter, r *http.Request) {
-	base, _, _ := s.bases(r)
+	base, _ := s.bases(r)
 	rows, missing := s.dist.views(base)
 	s.render(w, r, http.StatusOK, templates.Downloads(templates.DownloadsData{
-		Site: s.site(), Base: base, Rows: rows, Missing: missing,
+		Site: s.site(), Rows: rows, Missing: missing,
 	}))
 }
 

@@ -16,7 +16,6 @@ type UsageData struct {
 	Site
 	Base      string // this server's HTTP base URL: "https://relay.example.com"
 	WSBase    string // its WebSocket twin: "wss://relay.example.com"
-	Host      string // host[:port] as users reach it
 	User      string // SSH user name (--ssh-user)
 	ID        string // the rendezvous ID filled into the recipes
 	Downloads bool   // the server embeds the binaries
@@ -36,7 +35,6 @@ type Download struct {
 // DownloadsData fills the downloads page.
 type DownloadsData struct {
 	Site
-	Base    string
 	Rows    []Download
 	Missing []string // expected files this server lacks
 }
