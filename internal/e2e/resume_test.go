@@ -294,7 +294,6 @@ func TestPlainStreamDiesWithItsLink(t *testing.T) {
 	cmd.Wait()
 }
 
-
 // TestTCPToWSResumes: tcptows asks for resumable streams too; an ssh
 // session through its port survives cuts of its WebSocket.
 func TestTCPToWSResumes(t *testing.T) {
