@@ -34,7 +34,7 @@ the current directory (re-read when it changes), --authorized-keys,
 A password is accepted only when CONVERGE_PASSWORD is set.
 
 The agent never keeps the job busy by accident: it exits when nobody logs in
-before --connect-timeout (status 3), when the last user logs out (status 0),
+before --connect-timeout (status 0, or --no-login-status), when the last user logs out (status 0),
 or when users stop typing for --expiry. "touch .hold" in its directory holds
 it for another --expiry. With --detach it runs in the background while the
 job goes on; "agent wait" at the end of the job waits only if someone is
@@ -60,6 +60,7 @@ In the background:
 		verbose   bool
 		stay      bool
 		detach    bool
+		noLogin   int
 	)
 	f := cmd.Flags
 	f.StringVar(&cfg.ID, "id", "", "rendezvous `ID` users connect to (letters, digits, . _ -); random when empty")
@@ -69,7 +70,8 @@ In the background:
 	f.Var(&keyURLs, "authorized-keys-url", "fetch authorized_keys lines from `URL` at start, e.g. https://github.com/USER.keys; repeatable; a failed fetch stops the agent")
 	f.StringVar(&cfg.HostKeyFile, "host-key", "", "SSH host key `FILE` (OpenSSH private key), or the key's PEM text itself (for CONVERGE_HOST_KEY from a CI secret); a fresh ed25519 key per run when empty")
 	f.StringVar(&cfg.Shell, "shell", "", "`PROGRAM` for sessions and commands (default: $SHELL, else bash, else sh; on Windows powershell, or cmd)")
-	f.DurationVar(&cfg.Lifetime.ConnectTimeout, "connect-timeout", 10*time.Minute, "exit with status 3 if nobody logs in within this `duration`, so the job goes on (0: wait forever)")
+	f.DurationVar(&cfg.Lifetime.ConnectTimeout, "connect-timeout", 10*time.Minute, "exit if nobody logs in within this `duration`, so the job goes on (0: wait forever); see --no-login-status")
+	f.IntVar(&noLogin, "no-login-status", 0, "exit `status` when nobody logged in before --connect-timeout: 0 lets the job go on; 3, say, lets a script tell it apart")
 	f.DurationVar(&cfg.Lifetime.Expiry, "expiry", 30*time.Minute, "end sessions this `duration` after the last input from a user; also what touching .hold adds (0: never)")
 	f.DurationVar(&cfg.Lifetime.WarnBefore, "warn-before", 5*time.Minute, "warn in open shells this `duration` before the expiry, at most half of --expiry (0: no warnings)")
 	f.DurationVar(&cfg.Lifetime.MaxSession, "max-session", 0, "hard cap on the time from the first login, whatever the input or .hold (0: no cap)")
@@ -126,7 +128,11 @@ In the background:
 	}
 	if err := a.Run(ctx); err != nil {
 		stop()
-		cli.Fatal("agent", err, agent.ExitStatus(err))
+		code := agent.ExitStatus(err)
+		if errors.Is(err, agent.ErrNoLogin) {
+			code = noLogin
+		}
+		cli.Fatal("agent", err, code)
 	}
 }
 

@@ -132,14 +132,19 @@ func agentState(t *testing.T, dir string) map[string]any {
 }
 
 // TestLifetimeNoLogin: nobody logs in before --connect-timeout, and the
-// agent exits with the documented status 3 so that the job goes on.
+// agent exits with the documented status: 0 by default so that the job goes
+// on, or the one --no-login-status asks for.
 func TestLifetimeNoLogin(t *testing.T) {
 	r := startServer(t)
 	c := sshtest.New(t)
 	t.Setenv("CONVERGE_CONNECT_TIMEOUT", "1s") // the flag's environment twin
+	if code := startAgentProc(t, r, "nologin-default", c).exit(); code != 0 {
+		t.Fatalf("exit status %d, want 0 (nobody logged in, default)", code)
+	}
+	t.Setenv("CONVERGE_NO_LOGIN_STATUS", "3")
 	p := startAgentProc(t, r, "nologin-job", c)
 	if code := p.exit(); code != agent.ExitNoLogin {
-		t.Fatalf("exit status %d, want %d (nobody logged in)", code, agent.ExitNoLogin)
+		t.Fatalf("exit status %d, want %d (nobody logged in, --no-login-status 3)", code, agent.ExitNoLogin)
 	}
 	if !strings.Contains(p.out.String(), "nobody logged in within 1s (--connect-timeout)") {
 		t.Errorf("the agent did not say why it exited:\n%s", p.out)
