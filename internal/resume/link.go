@@ -54,7 +54,16 @@ func bounded(l io.Closer, d time.Duration, fn func() error) error {
 // helloLocked is this end's hello: the token and everything received so
 // far. It must be built only after the previous link's reader has stopped,
 // so that no byte counted here is delivered again.
+//
+// It also forgets which acknowledgements were sent: the last ones may have
+// been lost with the old link, and a peer whose window they would have
+// opened would wait for them forever. The first frame on the new link
+// acknowledges everything consumed.
 func (c *Conn) helloLocked(isNew bool) frame {
+	c.ackSent = 0
+	if c.consumed > 0 {
+		c.ackDue = time.Now()
+	}
 	f := frame{typ: frameHello, token: c.token, offset: c.inNext, window: uint32(c.cfg.Buffer)}
 	if isNew {
 		f.flags = flagNew

@@ -162,3 +162,36 @@ func TestUnknownTokenRefused(t *testing.T) {
 		}
 	})
 }
+
+// TestAckRepeatedOnNewLink: an acknowledgement sent just before a drop
+// may be lost with the link; the peer's window would then stay closed
+// forever. The first thing on a new link is the acknowledgement again.
+func TestAckRepeatedOnNewLink(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		acc, _ := NewAcceptor(testConfig())
+		defer acc.Close()
+		p := &rawPeer{t: t, token: [TokenLen]byte{5}}
+		s, _ := p.attach(acc, true, 0)
+		p.send(data(0, "hundred bytes? no, twenty"))
+		io.ReadFull(s, make([]byte, 25))
+		for { // the acknowledgement goes out on the first link...
+			f, err := p.fr.read()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if f.typ == frameAck && f.offset == 25 {
+				break
+			}
+		}
+		p.conn.Close() // ...and is lost with it
+		_, h := p.attach(acc, false, 0)
+		if h.offset != 25 {
+			t.Fatalf("server hello reports %d received, want 25", h.offset)
+		}
+		f, err := p.fr.read()
+		if err != nil || f.typ != frameAck || f.offset != 25 {
+			t.Fatalf("first frame on the new link: %q %d, %v; want ack 25", f.typ, f.offset, err)
+		}
+		s.Abort()
+	})
+}
