@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"strings"
@@ -333,4 +334,29 @@ func TestLingerIsBounded(t *testing.T) {
 		}
 		s.Abort()
 	})
+}
+
+// TestRandomDrops: many sessions, each with links that die after a random
+// number of bytes (from inside a hello to a few hundred KiB), in both
+// directions at once.
+func TestRandomDrops(t *testing.T) {
+	for seed := range uint64(20) {
+		r := rand.New(rand.NewPCG(seed, 42))
+		var budgets []int
+		for range 6 {
+			if r.IntN(3) == 0 {
+				budgets = append(budgets, r.IntN(2*(headerLen+helloLen)+40)) // around the hellos
+			} else {
+				budgets = append(budgets, 2*(headerLen+helloLen)+r.IntN(400<<10))
+			}
+		}
+		budgets[0] += 2*(headerLen+helloLen) + 1 // the first link must carry the hellos
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				w := newWorld(t, testConfig(), budgets...)
+				c, s := w.dial(testConfig())
+				exchange(t, c, s, randomBytes(1<<20, seed), randomBytes(700<<10, seed+1000))
+			})
+		})
+	}
 }
