@@ -49,14 +49,21 @@ func (f *forwarder) directTCPIP(_ *ssh.Server, _ *gossh.ServerConn, nc gossh.New
 		return
 	}
 	dest := net.JoinHostPort(d.DestAddr, strconv.FormatUint(uint64(d.DestPort), 10))
-	log := f.agent.log.With("user", ctx.User(), "forward", "local", "dest", dest)
+	f.dialAndJoin(ctx, nc, "tcp", dest)
+}
+
+// dialAndJoin dials addr from inside the job for an ssh -L channel, then
+// accepts the channel and joins the two until both directions end. A
+// target that cannot be reached rejects the channel with the reason.
+func (f *forwarder) dialAndJoin(ctx ssh.Context, nc gossh.NewChannel, network, addr string) {
+	log := f.agent.log.With("user", ctx.User(), "forward", "local", "dest", addr)
 	dctx, cancel := context.WithTimeout(ctx, forwardDialTimeout)
 	var dialer net.Dialer
-	c, err := dialer.DialContext(dctx, "tcp", dest)
+	c, err := dialer.DialContext(dctx, network, addr)
 	cancel()
 	if err != nil {
 		log.Info("forward refused: cannot dial", "error", err)
-		nc.Reject(gossh.ConnectionFailed, "agent cannot reach "+dest+": "+err.Error())
+		nc.Reject(gossh.ConnectionFailed, "agent cannot reach "+addr+": "+err.Error())
 		return
 	}
 	ch, reqs, err := nc.Accept()
@@ -68,7 +75,7 @@ func (f *forwarder) directTCPIP(_ *ssh.Server, _ *gossh.ServerConn, nc gossh.New
 	defer f.wg.Done()
 	go gossh.DiscardRequests(reqs) // ends when the channel closes
 	log.Debug("forward opened")
-	up, down := joinChannel(ctx, ch, c.(*net.TCPConn))
+	up, down := joinChannel(ctx, ch, c.(halfCloser))
 	log.Debug("forward closed", "sent", up, "received", down)
 }
 
@@ -85,27 +92,7 @@ func (f *forwarder) directStreamLocal(_ *ssh.Server, _ *gossh.ServerConn, nc gos
 		nc.Reject(gossh.ConnectionFailed, "bad direct-streamlocal request: "+err.Error())
 		return
 	}
-	log := f.agent.log.With("user", ctx.User(), "forward", "local", "dest", d.SocketPath)
-	dctx, cancel := context.WithTimeout(ctx, forwardDialTimeout)
-	var dialer net.Dialer
-	c, err := dialer.DialContext(dctx, "unix", d.SocketPath)
-	cancel()
-	if err != nil {
-		log.Info("forward refused: cannot dial", "error", err)
-		nc.Reject(gossh.ConnectionFailed, "agent cannot reach "+d.SocketPath+": "+err.Error())
-		return
-	}
-	ch, reqs, err := nc.Accept()
-	if err != nil {
-		c.Close()
-		return
-	}
-	f.wg.Add(1)
-	defer f.wg.Done()
-	go gossh.DiscardRequests(reqs) // ends when the channel closes
-	log.Debug("forward opened")
-	up, down := joinChannel(ctx, ch, c.(*net.UnixConn))
-	log.Debug("forward closed", "sent", up, "received", down)
+	f.dialAndJoin(ctx, nc, "unix", d.SocketPath)
 }
 
 // remoteForwards holds one SSH connection's ssh -R listeners, keyed by the
