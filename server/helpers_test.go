@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"github.com/coder/websocket"
@@ -42,7 +43,9 @@ func (w *tWriter) Write(p []byte) (int, error) {
 // newTestServer returns a Server for handler tests (not running).
 func newTestServer(t testing.TB, mods ...func(*Config)) *Server {
 	t.Helper()
-	cfg := Config{SSHUser: "ciuser", Logger: testLog(t)}
+	// No downloads unless a test gives some: the embedded ones depend on
+	// whether `make dist` ran in this checkout.
+	cfg := Config{SSHUser: "ciuser", Logger: testLog(t), Dist: fstest.MapFS{}}
 	for _, m := range mods {
 		m(&cfg)
 	}
