@@ -17,6 +17,7 @@ import (
 
 	"github.com/converge-ci/converge/agent"
 	"github.com/converge-ci/converge/internal/sshtest"
+	"github.com/converge-ci/converge/internal/testlog"
 	"github.com/converge-ci/converge/server"
 )
 
@@ -44,28 +45,7 @@ func TestMain(m *testing.M) {
 // bin is the path of a built command.
 func bin(name string) string { return filepath.Join(binDir, name) }
 
-// testLogger writes to the test log, so output shows only on failure.
-func testLogger(t testing.TB) *slog.Logger {
-	w := &tWriter{t: t}
-	// Registered before the servers that log, so it runs after they stop.
-	t.Cleanup(func() { w.mu.Lock(); w.done = true; w.mu.Unlock() })
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct {
-	mu   sync.Mutex
-	t    testing.TB
-	done bool
-}
-
-func (w *tWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.done {
-		w.t.Log(strings.TrimRight(string(p), "\n"))
-	}
-	return len(p), nil
-}
+func testLogger(t testing.TB) *slog.Logger { return testlog.New(t) }
 
 // relay is a running server.
 type relay struct {

@@ -25,6 +25,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/converge-ci/converge/internal/sshtest"
+	"github.com/converge-ci/converge/internal/testlog"
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
 	"github.com/converge-ci/converge/server"
@@ -46,7 +47,7 @@ func TestTLSEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	agent.Stderr = &tWriter{t: t}
+	agent.Stderr = testlog.Writer(t)
 	if err := agent.Start(); err != nil {
 		t.Fatal(err)
 	}
