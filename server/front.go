@@ -3,7 +3,6 @@ package server
 import (
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/converge-ci/converge/static"
@@ -32,12 +31,12 @@ func (s *Server) setupFront() error {
 		return err
 	}
 	if s.cfg.TLSCertFile != "" {
-		cert, err := tls.LoadX509KeyPair(s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
+		certs, err := newCertReloader(s.cfg.TLSCertFile, s.cfg.TLSKeyFile, s.log)
 		if err != nil {
-			return fmt.Errorf("load TLS certificate %s and key %s: %w", s.cfg.TLSCertFile, s.cfg.TLSKeyFile, err)
+			return err
 		}
 		s.tls = &tls.Config{
-			Certificates: []tls.Certificate{cert},
+			GetCertificate: certs.GetCertificate,
 			MinVersion:   tls.VersionTLS12,
 			// HTTP/1.1 only: WebSocket upgrades need it, and pages gain little from h2.
 			NextProtos: []string{"http/1.1"},
