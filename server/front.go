@@ -37,7 +37,7 @@ func (s *Server) setupFront() error {
 		}
 		s.tls = &tls.Config{
 			GetCertificate: certs.GetCertificate,
-			MinVersion:   tls.VersionTLS12,
+			MinVersion:     tls.VersionTLS12,
 			// HTTP/1.1 only: WebSocket upgrades need it, and pages gain little from h2.
 			NextProtos: []string{"http/1.1"},
 		}
