@@ -126,6 +126,7 @@ type Server struct {
 	cancel context.CancelFunc
 
 	agentLimit, streamLimit *addrLimiter
+	authFails               *failLimiter // wrong sessions-view passwords
 
 	mu       sync.Mutex
 	pending  map[string]*pendingStream // by token
@@ -154,6 +155,7 @@ func New(cfg Config) (*Server, error) {
 
 		agentLimit:  newAddrLimiter("agents", cfg.MaxAgentsPerAddr),
 		streamLimit: newAddrLimiter("client streams", cfg.MaxStreamsPerAddr),
+		authFails:   newFailLimiter(10, time.Minute, time.Now),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if err := s.setupFront(); err != nil {

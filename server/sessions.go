@@ -43,6 +43,11 @@ func (s *Server) authorized(w http.ResponseWriter, r *http.Request) bool {
 		http.Error(w, "the sessions view is off on this server; its operator enables it with --sessions-password", http.StatusNotFound)
 		return false
 	}
+	remote := s.remoteAddr(r)
+	if s.authFails.blocked(remote) {
+		http.Error(w, "too many wrong passwords from "+remote+"; wait a minute", http.StatusTooManyRequests)
+		return false
+	}
 	_, pass, ok := r.BasicAuth()
 	// Compare digests: constant time, and the length of the password
 	// does not show either.
@@ -52,7 +57,8 @@ func (s *Server) authorized(w http.ResponseWriter, r *http.Request) bool {
 		return true
 	}
 	if ok {
-		s.log.Info("sessions view: wrong password", "remote", s.remoteAddr(r))
+		s.log.Info("sessions view: wrong password", "remote", remote)
+		s.authFails.fail(remote)
 	}
 	w.Header().Set("WWW-Authenticate", `Basic realm="Converge sessions", charset="UTF-8"`)
 	http.Error(w, "the sessions view needs the password set with --sessions-password (any user name)", http.StatusUnauthorized)

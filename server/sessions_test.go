@@ -262,3 +262,29 @@ func TestAgentsEventFraming(t *testing.T) {
 		t.Error("agent-supplied markup reached the event unescaped")
 	}
 }
+
+// TestSessionsViewSlowsGuessing: after ten wrong passwords an address is
+// refused for the rest of the minute, even with the right one; other
+// addresses are not.
+func TestSessionsViewSlowsGuessing(t *testing.T) {
+	s := newTestServer(t, func(c *Config) { c.SessionsPassword = "s3cret" })
+	get := func(addr, pass string) int {
+		r := httptest.NewRequest("GET", "http://relay.test/sessions", nil)
+		r.SetBasicAuth("", pass)
+		r.RemoteAddr = addr
+		w := httptest.NewRecorder()
+		s.Handler().ServeHTTP(w, r)
+		return w.Code
+	}
+	for i := range 10 {
+		if code := get("192.0.2.9:1", fmt.Sprint("guess", i)); code != http.StatusUnauthorized {
+			t.Fatalf("guess %d: %d, want 401", i, code)
+		}
+	}
+	if code := get("192.0.2.9:2", "s3cret"); code != http.StatusTooManyRequests {
+		t.Errorf("after 10 wrong passwords: %d, want 429", code)
+	}
+	if code := get("192.0.2.10:1", "s3cret"); code != http.StatusOK {
+		t.Errorf("another address: %d, want 200", code)
+	}
+}
