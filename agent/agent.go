@@ -166,9 +166,6 @@ func New(cfg Config) (*Agent, error) {
 	return a, nil
 }
 
-// ID is the agent's rendezvous ID.
-func (a *Agent) ID() string { return a.cfg.ID }
-
 // HostKey is the agent's SSH host public key.
 func (a *Agent) HostKey() gossh.PublicKey { return a.signer.PublicKey() }
 

@@ -90,13 +90,6 @@ func (p *Proxy) Resume() {
 	}
 }
 
-// Conns is the number of connections currently forwarded.
-func (p *Proxy) Conns() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return len(p.conns) / 2
-}
-
 // Close stops accepting, cuts every connection and waits for the
 // forwarding goroutines.
 func (p *Proxy) Close() error {

@@ -10,7 +10,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -199,6 +198,3 @@ func (c *Client) Fingerprint(alias string) string {
 	c.t.Fatalf("no fingerprint for %s in:\n%s", alias, out)
 	return ""
 }
-
-// String describes the client for logs.
-func (c *Client) String() string { return fmt.Sprintf("sshtest client (HOME=%s)", c.Home) }
