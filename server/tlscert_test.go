@@ -8,15 +8,17 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 )
 
-// writePair writes a self-signed certificate with serial to certFile and
-// its key to keyFile, stamped with mod.
-func writePair(t *testing.T, certFile, keyFile string, serial int64, mod time.Time) {
+// writePair writes a self-signed certificate for 127.0.0.1 with serial to
+// certFile and its key to keyFile, both stamped with mod, and returns the
+// certificate.
+func writePair(t *testing.T, certFile, keyFile string, serial int64, mod time.Time) *x509.Certificate {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -24,9 +26,13 @@ func writePair(t *testing.T, certFile, keyFile string, serial int64, mod time.Ti
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(serial),
-		Subject:      pkix.Name{CommonName: "reload test"},
+		Subject:      pkix.Name{CommonName: "converge test"},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IsCA:         true, BasicConstraintsValid: true,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
@@ -40,6 +46,11 @@ func writePair(t *testing.T, certFile, keyFile string, serial int64, mod time.Ti
 	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600)
 	os.Chtimes(certFile, mod, mod)
 	os.Chtimes(keyFile, mod, mod)
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert
 }
 
 func servedSerial(t *testing.T, r *certReloader) int64 {
