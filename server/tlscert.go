@@ -25,8 +25,12 @@ type certReloader struct {
 	checked time.Time
 }
 
+// certCheckInterval is how often handshakes look at the certificate files
+// (a variable so that tests can shorten it).
+var certCheckInterval = 10 * time.Second
+
 func newCertReloader(certFile, keyFile string, log *slog.Logger) (*certReloader, error) {
-	r := &certReloader{certFile: certFile, keyFile: keyFile, interval: 10 * time.Second, log: log}
+	r := &certReloader{certFile: certFile, keyFile: keyFile, interval: certCheckInterval, log: log}
 	if err := r.load(); err != nil {
 		return nil, err
 	}

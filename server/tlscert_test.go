@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -105,5 +106,33 @@ func TestCertReloadRefusesABadPairAtStart(t *testing.T) {
 	os.WriteFile(keyFile, []byte("junk"), 0o600)
 	if _, err := newCertReloader(certFile, keyFile, testLog(t)); err == nil {
 		t.Fatal("a bad pair at start was accepted")
+	}
+}
+
+// TestTLSServerPicksUpRenewal: a running server presents the renewed
+// certificate to new connections, without a restart.
+func TestTLSServerPicksUpRenewal(t *testing.T) {
+	certCheckInterval = 0
+	t.Cleanup(func() { certCheckInterval = 10 * time.Second })
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	t0 := time.Now().Add(-time.Hour)
+	writePair(t, certFile, keyFile, 1, t0)
+	r := runServer(t, func(c *Config) { c.TLSCertFile, c.TLSKeyFile = certFile, keyFile })
+	serial := func() int64 {
+		t.Helper()
+		c, err := tls.Dial("tcp", r.addr, &tls.Config{InsecureSkipVerify: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].SerialNumber.Int64()
+	}
+	if got := serial(); got != 1 {
+		t.Fatalf("serial %d, want 1", got)
+	}
+	writePair(t, certFile, keyFile, 2, t0.Add(time.Minute))
+	if got := serial(); got != 2 {
+		t.Fatalf("after renewal, the running server presents serial %d, want 2", got)
 	}
 }
