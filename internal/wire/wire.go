@@ -46,12 +46,11 @@ type Message struct {
 	Dial    *Dial    `json:"dial,omitempty"`
 }
 
-// Hello introduces an agent. Secret is empty on first registration; on
-// re-registration after a lost link it is the secret the server gave in
-// Welcome, which proves the agent is the one that held the ID before.
+// Hello introduces an agent. It carries no secret: an agent re-registering
+// after a lost link presents the secret from Welcome in the SecretHeader of
+// its upgrade request, so the server decides on the ID before upgrading.
 type Hello struct {
 	Version   string   `json:"version"`
-	Secret    string   `json:"secret,omitempty"`
 	Protocols []string `json:"protocols,omitempty"` // stream subprotocols the agent offers to clients
 	Info      Info     `json:"info"`
 }
@@ -142,11 +141,6 @@ func (m Message) Validate() error {
 	switch m.Type {
 	case TypeHello:
 		ok = m.Hello != nil
-		if ok && m.Hello.Secret != "" {
-			if err := ValidToken(m.Hello.Secret); err != nil {
-				return fmt.Errorf("%w: hello secret: %v", ErrInvalid, err)
-			}
-		}
 	case TypeWelcome:
 		ok = m.Welcome != nil
 		if ok {

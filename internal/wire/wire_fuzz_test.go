@@ -16,7 +16,8 @@ func FuzzDecodeStrict(f *testing.F) {
 	tok := strings.Repeat("ab", TokenLength/2)
 	for _, s := range []string{
 		`{"type":"hello","hello":{"version":"1.0","info":{"hostname":"ci","status":{"sessions":0}}}}`,
-		`{"type":"hello","hello":{"version":"1.0","secret":"` + tok + `","protocols":["converge.resume.v1"],"info":{"status":{"sessions":1}}}}`,
+		`{"type":"hello","hello":{"version":"1.0","protocols":["converge.resume.v1"],"info":{"status":{"sessions":1}}}}`,
+		`{"type":"hello","hello":{"version":"1.0","secret":"` + tok + `","info":{"status":{"sessions":1}}}}`,
 		`{"type":"welcome","welcome":{"ssh_user":"converge","secret":"` + tok + `"}}`,
 		`{"type":"status","status":{"expiry":"2026-01-02T03:04:05Z","sessions":2}}`,
 		`{"type":"dial","dial":{"token":"` + tok + `","protocol":"converge.resume.v1"}}`,

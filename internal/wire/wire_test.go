@@ -41,6 +41,7 @@ func TestDecodeRejects(t *testing.T) {
 		`{"type":"dial","dial":{"token":"short"}}`,
 		`{"type":"dial","dial":{"token":"` + strings.ToUpper(tok) + `"}}`,
 		`{"type":"welcome","welcome":{"ssh_user":"u","secret":""}}`,
+		`{"type":"hello","hello":{"version":"x","secret":"` + tok + `","info":{"status":{"sessions":0}}}}`, // the secret travels in SecretHeader
 		`{"type":"status","status":{"sessions":-1}}`,
 		`{"type":"nope","status":{"sessions":1}}`,
 		`{"type":"status","status":{"sessions":1},"dial":{"token":"` + tok + `"}}`,
