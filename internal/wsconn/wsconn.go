@@ -25,8 +25,6 @@ import (
 const (
 	// CodeReplaced: another connection took this one's place (a re-registering agent).
 	CodeReplaced websocket.StatusCode = 4001
-	// CodeShutdown: the server is shutting down; reconnect later.
-	CodeShutdown = websocket.StatusGoingAway
 	// CodeRefused: the peer broke the protocol or a limit; the reason says which.
 	CodeRefused websocket.StatusCode = 4002
 )
