@@ -86,7 +86,7 @@ func (a *Agent) control(ctx context.Context, announce bool) (connected bool, err
 		hdr.Set(wire.SecretHeader, a.secret)
 	}
 	dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	c, err := wsconn.Dial(dctx, a.cfg.Server+"/agent/"+a.cfg.ID, wsconn.Options{Subprotocols: []string{wire.ControlProtocol}, Header: hdr})
+	c, err := wsconn.Dial(dctx, a.cfg.Server+wire.AgentPath(a.cfg.ID), wsconn.Options{Subprotocols: []string{wire.ControlProtocol}, Header: hdr})
 	cancel()
 	if err != nil {
 		return false, err
@@ -154,7 +154,7 @@ func (a *Agent) control(ctx context.Context, announce bool) (connected bool, err
 // it to the SSH server.
 func (a *Agent) dialStream(ctx context.Context, d wire.Dial) {
 	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	c, err := wsconn.Dial(dctx, a.cfg.Server+"/agent/"+a.cfg.ID+"/stream/"+d.Token, wsconn.Options{Subprotocols: []string{wire.StreamProtocol}})
+	c, err := wsconn.Dial(dctx, a.cfg.Server+wire.StreamPath(a.cfg.ID, d.Token), wsconn.Options{Subprotocols: []string{wire.StreamProtocol}})
 	cancel()
 	if err != nil {
 		a.log.Warn("cannot open stream for a client", "error", err)
@@ -246,7 +246,7 @@ func ciHints() map[string]string {
 // announce prints what a user needs to connect.
 func (a *Agent) announce() {
 	id, user := a.cfg.ID, a.sshUser()
-	client := a.cfg.Server + "/client/" + id
+	client := a.cfg.Server + wire.ClientPath(id)
 	key := a.signer.PublicKey()
 	fmt.Fprintf(a.cfg.Out, `Converge agent registered as %q at %s
 Host key:  %s

@@ -21,6 +21,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
 )
 
@@ -170,9 +171,9 @@ func (s *Server) Handler() http.Handler { return s.mux }
 
 func (s *Server) routes() {
 	s.mux = http.NewServeMux()
-	s.mux.HandleFunc("GET /agent/{id}", s.handleAgent)
-	s.mux.HandleFunc("GET /agent/{id}/stream/{token}", s.handleStream)
-	s.mux.HandleFunc("GET /client/{id}", s.handleClient)
+	s.mux.HandleFunc("GET "+wire.AgentPattern, s.handleAgent)
+	s.mux.HandleFunc("GET "+wire.StreamPattern, s.handleStream)
+	s.mux.HandleFunc("GET "+wire.ClientPattern, s.handleClient)
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, "ok")

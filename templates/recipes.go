@@ -1,6 +1,10 @@
 package templates
 
-import "strings"
+import (
+	"strings"
+
+	"github.com/converge-ci/converge/internal/wire"
+)
 
 // The recipes of the usage page, as text: templ collapses whitespace in
 // markup, so the multi-line commands are built here and shown in <pre>.
@@ -9,8 +13,11 @@ import "strings"
 
 func lines(ls ...string) string { return strings.Join(ls, "\n") }
 
+// clientURL is the WebSocket URL that reaches the agent.
+func (d UsageData) clientURL() string { return d.WSBase + wire.ClientPath(d.ID) }
+
 // proxyCommand is the ProxyCommand that reaches the agent.
-func (d UsageData) proxyCommand() string { return "wsproxy " + d.WSBase + "/client/" + d.ID }
+func (d UsageData) proxyCommand() string { return "wsproxy " + d.clientURL() }
 
 // sshOpts are the options every OpenSSH tool needs to reach the agent.
 func (d UsageData) sshOpts() string {
@@ -86,7 +93,7 @@ func (d UsageData) sshConfig() string {
 	return lines(
 		"Host "+d.ID,
 		"    User "+d.User,
-		"    ProxyCommand wsproxy "+d.WSBase+"/client/%n",
+		"    ProxyCommand wsproxy "+d.WSBase+wire.ClientPath("%n"),
 		"    HostKeyAlias "+d.ID,
 	)
 }
@@ -94,7 +101,7 @@ func (d UsageData) sshConfig() string {
 func (d UsageData) tcptowsRecipe() string {
 	return lines(
 		"curl -fsSLo ~/.local/bin/tcptows "+d.Base+"/static/tcptows && chmod +x ~/.local/bin/tcptows",
-		"tcptows 10000 "+d.WSBase+"/client/"+d.ID+" &",
+		"tcptows 10000 "+d.clientURL()+" &",
 		"ssh -p 10000 -oHostKeyAlias="+d.ID+" "+d.login(),
 	)
 }

@@ -1,6 +1,7 @@
 // Package wire defines the control messages exchanged between an agent and the
-// rendezvous server over the agent's control WebSocket, and the syntax of
-// rendezvous IDs and stream tokens.
+// rendezvous server over the agent's control WebSocket, the syntax of
+// rendezvous IDs and stream tokens, and the URL paths of the server's
+// WebSocket endpoints: every side builds and matches them here.
 //
 // Messages are small JSON objects sent as WebSocket text messages, one message
 // per WebSocket message. Decode is the only parser of control bytes from the

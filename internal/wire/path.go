@@ -1,0 +1,56 @@
+package wire
+
+import (
+	"errors"
+	"strings"
+)
+
+// The server's WebSocket endpoints, as net/http.ServeMux path patterns.
+// The wildcard {id} is a rendezvous ID (ValidID) and {token} a stream
+// token (ValidToken); the server checks both before it upgrades. The path
+// builders below produce exactly the paths these patterns match.
+const (
+	// AgentPattern is an agent's control connection.
+	AgentPattern = "/agent/{id}"
+	// StreamPattern is an agent's dial-back connection for one client stream.
+	StreamPattern = "/agent/{id}/stream/{token}"
+	// ClientPattern is a user's connection to an agent.
+	ClientPattern = "/client/{id}"
+)
+
+const (
+	agentPrefix  = "/agent/"
+	streamInfix  = "/stream/"
+	clientPrefix = "/client/"
+)
+
+// AgentPath returns the path of the control connection of the agent
+// holding id; it matches AgentPattern. id is not checked or escaped: pass
+// a valid ID.
+func AgentPath(id string) string { return agentPrefix + id }
+
+// StreamPath returns the path an agent dials back on to carry the client
+// stream that token names; it matches StreamPattern. Neither argument is
+// checked or escaped.
+func StreamPath(id, token string) string { return agentPrefix + id + streamInfix + token }
+
+// ClientPath returns the path a user's tool dials to reach the agent
+// holding id; it matches ClientPattern. id is not checked or escaped, so
+// a placeholder such as OpenSSH's %n may stand in for it.
+func ClientPath(id string) string { return clientPrefix + id }
+
+// ClientID returns the rendezvous ID a client URL's path ends in:
+// everything after its last "/client/", which must be a valid ID. What
+// comes before it is left alone, so a server reached under a path prefix
+// works. The errors complete a sentence about the URL ("bad URL ...: ").
+func ClientID(path string) (string, error) {
+	i := strings.LastIndex(path, clientPrefix)
+	if i < 0 {
+		return "", errors.New("it must end in /client/ID, with the ID the agent printed")
+	}
+	id := path[i+len(clientPrefix):]
+	if err := ValidID(id); err != nil {
+		return "", err
+	}
+	return id, nil
+}
