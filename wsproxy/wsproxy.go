@@ -15,8 +15,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/url"
-	"strings"
 	"sync"
 	"time"
 
@@ -26,22 +24,30 @@ import (
 	"github.com/converge-ci/converge/internal/wsconn"
 )
 
-// CheckClientURL reports what is wrong with a client URL, in words a user
-// can act on.
-func CheckClientURL(raw string) error {
-	if err := wsconn.CheckURL(raw); err != nil {
-		return err
-	}
-	u, _ := url.Parse(raw)
-	i := strings.LastIndex(u.Path, "/client/")
-	if i < 0 {
-		return fmt.Errorf("bad URL %q: it must end in /client/ID, with the ID the agent printed", raw)
-	}
-	if err := wire.ValidID(u.Path[i+len("/client/"):]); err != nil {
-		return fmt.Errorf("bad URL %q: %v", raw, err)
-	}
-	return nil
+// Target is a client URL checked once, ws[s]://host[:port][/prefix]/client/ID:
+// where Dial, Stdio and Serve connect. Make one with ParseTarget; the zero
+// Target is refused.
+type Target struct {
+	url string
 }
+
+// ParseTarget checks a client URL given by a user and reports what is
+// wrong with it in words they can act on.
+func ParseTarget(raw string) (Target, error) {
+	u, err := wsconn.ParseURL(raw)
+	if err != nil {
+		return Target{}, err
+	}
+	if _, err := wire.ClientID(u.Path); err != nil {
+		return Target{}, fmt.Errorf("bad URL %q: %w", raw, err)
+	}
+	return Target{url: raw}, nil
+}
+
+// String returns the URL as the user gave it.
+func (t Target) String() string { return t.url }
+
+var errNoTarget = errors.New("wsproxy: no client URL; make the Target with ParseTarget")
 
 // Options for Dial, Stdio and Serve. The zero value asks for resumption.
 type Options struct {
@@ -58,20 +64,20 @@ type Options struct {
 // the agent it has ended (when the link is down at that moment).
 const lingerTimeout = 5 * time.Second
 
-// Dial connects to a client URL and returns the stream as a net.Conn. A
+// Dial connects to the target and returns the stream as a net.Conn. A
 // refusal (unknown ID) is a *wsconn.RefusedError with the server's reason;
 // the first connection is never retried. When the agent offers it, the
 // stream is resumable (a *resume.Conn): after a drop it reconnects by
 // itself within opts.ResumeWindow.
-func Dial(ctx context.Context, rawURL string, opts Options) (net.Conn, error) {
-	if err := CheckClientURL(rawURL); err != nil {
-		return nil, err
+func Dial(ctx context.Context, t Target, opts Options) (net.Conn, error) {
+	if t.url == "" {
+		return nil, errNoTarget
 	}
 	var protocols []string
 	if !opts.NoResume {
 		protocols = []string{resume.Protocol}
 	}
-	c, err := wsconn.Dial(ctx, rawURL, wsconn.Options{Subprotocols: protocols})
+	c, err := wsconn.Dial(ctx, t.url, wsconn.Options{Subprotocols: protocols})
 	if err != nil {
 		return nil, err
 	}
@@ -84,7 +90,7 @@ func Dial(ctx context.Context, rawURL string, opts Options) (net.Conn, error) {
 		log = slog.Default()
 	}
 	redial := func(ctx context.Context) (io.ReadWriteCloser, error) {
-		c, err := wsconn.Dial(ctx, rawURL, wsconn.Options{Subprotocols: protocols})
+		c, err := wsconn.Dial(ctx, t.url, wsconn.Options{Subprotocols: protocols})
 		if err != nil {
 			return nil, err
 		}
@@ -95,7 +101,7 @@ func Dial(ctx context.Context, rawURL string, opts Options) (net.Conn, error) {
 		return resume.WebSocket(c, wsconn.PingInterval, wsconn.PingTimeout), nil
 	}
 	rc, err := resume.Dial(resume.WebSocket(c, wsconn.PingInterval, wsconn.PingTimeout), redial,
-		resume.Config{Window: opts.ResumeWindow, Logger: log.With("url", rawURL)})
+		resume.Config{Window: opts.ResumeWindow, Logger: log.With("url", t.url)})
 	if err != nil {
 		return nil, err
 	}
@@ -110,12 +116,12 @@ func finish(conn net.Conn) {
 	}
 }
 
-// Stdio relays between in/out and the client URL until either side ends,
+// Stdio relays between in/out and the target until either side ends,
 // then closes in and out. When the connection cannot be made it returns
 // the error with in and out still open: ssh stops its ProxyCommand as soon
 // as the command's stdout closes, so the caller must report why first.
-func Stdio(ctx context.Context, rawURL string, in io.ReadCloser, out io.WriteCloser, opts Options) error {
-	conn, err := Dial(ctx, rawURL, opts)
+func Stdio(ctx context.Context, t Target, in io.ReadCloser, out io.WriteCloser, opts Options) error {
+	conn, err := Dial(ctx, t, opts)
 	if err != nil {
 		return err
 	}
@@ -137,11 +143,11 @@ func (s stdio) Close() error {
 }
 
 // Serve accepts TCP connections on ln and relays each through its own
-// WebSocket to the client URL, until ctx ends. Then it closes ln and every
+// WebSocket to the target, until ctx ends. Then it closes ln and every
 // relayed connection and waits for them.
-func Serve(ctx context.Context, ln net.Listener, rawURL string, log *slog.Logger, opts Options) error {
-	if err := CheckClientURL(rawURL); err != nil {
-		return err
+func Serve(ctx context.Context, ln net.Listener, t Target, log *slog.Logger, opts Options) error {
+	if t.url == "" {
+		return errNoTarget
 	}
 	if opts.Logger == nil {
 		opts.Logger = log
@@ -163,7 +169,7 @@ func Serve(ctx context.Context, ln net.Listener, rawURL string, log *slog.Logger
 		go func() {
 			defer wg.Done()
 			defer tc.Close()
-			wc, err := Dial(ctx, rawURL, opts)
+			wc, err := Dial(ctx, t, opts)
 			if err != nil {
 				log.Warn("connection refused", "from", tc.RemoteAddr().String(), "error", err)
 				return

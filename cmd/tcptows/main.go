@@ -46,8 +46,8 @@ tools that cannot use a ProxyCommand reach the agent.`)
 	if err != nil || port < 0 || port > 65535 {
 		cli.Fatal("tcptows", fmt.Errorf("bad port %q: give a number from 1 to 65535", cmd.Flags.Arg(0)), 2)
 	}
-	url := cmd.Flags.Arg(1)
-	if err := wsproxy.CheckClientURL(url); err != nil {
+	target, err := wsproxy.ParseTarget(cmd.Flags.Arg(1))
+	if err != nil {
 		cli.Fatal("tcptows", err, 2)
 	}
 	log, err := cli.Logger(os.Stderr, logFormat, false)
@@ -58,10 +58,10 @@ tools that cannot use a ProxyCommand reach the agent.`)
 	if err != nil {
 		cli.Fatal("tcptows", err, 1)
 	}
-	log.Info("listening", "addr", ln.Addr().String(), "to", url)
+	log.Info("listening", "addr", ln.Addr().String(), "to", target.String())
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := wsproxy.Serve(ctx, ln, url, log, opts); err != nil {
+	if err := wsproxy.Serve(ctx, ln, target, log, opts); err != nil {
 		cli.Fatal("tcptows", err, 1)
 	}
 }

@@ -40,6 +40,10 @@ ssh client and the agent.`)
 	if cmd.Flags.NArg() != 1 {
 		cli.Fatal("wsproxy", errors.New("give exactly one URL, ws[s]://host[:port]/client/ID; see wsproxy --help"), 2)
 	}
+	target, err := wsproxy.ParseTarget(cmd.Flags.Arg(0))
+	if err != nil {
+		cli.Fatal("wsproxy", err, 1)
+	}
 	// SIGHUP (the ssh client's terminal went away) ends the stream
 	// gracefully, so the agent closes the session now rather than waiting
 	// the resume window for a client that will not come back.
@@ -52,7 +56,7 @@ ssh client and the agent.`)
 	}
 	opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	in, out := wsproxy.OpenStdio()
-	if err := wsproxy.Stdio(ctx, cmd.Flags.Arg(0), in, out, opts); err != nil {
+	if err := wsproxy.Stdio(ctx, target, in, out, opts); err != nil {
 		cli.Fatal("wsproxy", err, 1)
 	}
 }

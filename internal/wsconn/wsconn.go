@@ -109,21 +109,28 @@ func refused(rawURL string, resp *http.Response) error {
 // CheckURL reports, in words a user can act on, what is wrong with a
 // WebSocket URL given on a command line.
 func CheckURL(rawURL string) error {
+	_, err := ParseURL(rawURL)
+	return err
+}
+
+// ParseURL parses a WebSocket URL given on a command line: ws:// or wss://
+// with a host. Its errors are CheckURL's.
+func ParseURL(rawURL string) (*url.URL, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		return fmt.Errorf("bad URL %q: %v", rawURL, err)
+		return nil, fmt.Errorf("bad URL %q: %v", rawURL, err)
 	}
 	switch u.Scheme {
 	case "ws", "wss":
 	case "http", "https":
-		return fmt.Errorf("bad URL %q: use ws:// or wss:// instead of %s://", rawURL, u.Scheme)
+		return nil, fmt.Errorf("bad URL %q: use ws:// or wss:// instead of %s://", rawURL, u.Scheme)
 	default:
-		return fmt.Errorf("bad URL %q: it must start with ws:// or wss://", rawURL)
+		return nil, fmt.Errorf("bad URL %q: it must start with ws:// or wss://", rawURL)
 	}
 	if u.Host == "" {
-		return fmt.Errorf("bad URL %q: no host", rawURL)
+		return nil, fmt.Errorf("bad URL %q: no host", rawURL)
 	}
-	return nil
+	return u, nil
 }
 
 // Accept upgrades an HTTP request to a WebSocket with our conventions:
