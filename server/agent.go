@@ -123,15 +123,14 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 	}
 	a.ws = ws
 	ws.SetReadLimit(wire.MaxMessageSize)
-	if !s.track(ws) {
+	release, ok := s.conns.add(ws)
+	if !ok {
 		s.reg.Unregister(id, a)
 		s.metrics.refused(endpointAgent, reasonShuttingDown)
 		ws.Close(websocket.StatusGoingAway, "server shutting down")
 		return
 	}
-	s.wg.Add(1)
-	defer s.wg.Done()
-	defer s.untrack(ws)
+	defer release()
 	defer s.changes.notify() // after Unregister: watchers see it gone
 	defer s.reg.Unregister(id, a)
 

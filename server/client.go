@@ -14,13 +14,6 @@ import (
 	"github.com/converge-ci/converge/internal/wsconn"
 )
 
-// pendingStream is a client waiting for its agent to dial back.
-type pendingStream struct {
-	agentID string
-	conn    chan *websocket.Conn // buffered 1; receives the agent's stream connection
-	gone    bool                 // the client stopped waiting; guarded by Server.mu
-}
-
 // handleClient is GET /client/{id}: a user's connection to an agent. It is
 // refused with 404 before the upgrade when no agent holds the ID. After the
 // upgrade, the agent is asked to dial back a stream connection and the two
@@ -57,14 +50,13 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return
 	}
-	if !s.track(c) {
+	release, ok := s.conns.add(c)
+	if !ok {
 		s.metrics.refused(endpointClient, reasonShuttingDown)
 		c.Close(websocket.StatusGoingAway, "server shutting down")
 		return
 	}
-	s.wg.Add(1)
-	defer s.wg.Done()
-	defer s.untrack(c)
+	defer release()
 
 	log := s.log.With("id", id, "remote", remote)
 	start := time.Now()
@@ -75,7 +67,12 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 		c.Close(websocket.StatusTryAgainLater, "agent did not answer: "+err.Error())
 		return
 	}
-	defer s.untrack(ac)
+	releaseStream, ok := s.conns.add(ac)
+	if !ok { // the drain began while the stream came in, and closed c
+		ac.Close(websocket.StatusGoingAway, "server shutting down")
+		return
+	}
+	defer releaseStream()
 	setup := time.Since(start)
 	log.Info("client connected", "protocol", c.Subprotocol(), "setup", setup.Round(time.Microsecond))
 	defer s.streamOpen(a, setup)()
@@ -92,23 +89,8 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 // requestStream asks agent a to dial back for one client stream and waits
 // for it, at most StreamTimeout.
 func (s *Server) requestStream(a *agentConn, protocol string) (*websocket.Conn, error) {
-	token := wire.NewToken()
-	p := &pendingStream{agentID: a.id, conn: make(chan *websocket.Conn, 1)}
-	s.mu.Lock()
-	s.pending[token] = p
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.pending, token)
-		p.gone = true
-		select {
-		case c := <-p.conn: // arrived after we gave up
-			c.CloseNow()
-			delete(s.conns, c)
-		default:
-		}
-		s.mu.Unlock()
-	}()
+	token, streams, stopWaiting := s.pending.expect(a.id)
+	defer stopWaiting()
 
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.StreamTimeout)
 	defer cancel()
@@ -116,7 +98,7 @@ func (s *Server) requestStream(a *agentConn, protocol string) (*websocket.Conn, 
 		return nil, fmt.Errorf("ask agent to dial back: %w", err)
 	}
 	select {
-	case c := <-p.conn:
+	case c := <-streams:
 		return c, nil
 	case <-ctx.Done():
 		return nil, fmt.Errorf("no stream from the agent within %v", s.cfg.StreamTimeout)
@@ -132,14 +114,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "malformed stream request", http.StatusBadRequest)
 		return
 	}
-	s.mu.Lock()
-	p := s.pending[token]
-	if p != nil && p.agentID != id {
-		p = nil
-	}
-	delete(s.pending, token) // one use
-	s.mu.Unlock()
-	if p == nil {
+	if !s.pending.waiting(id, token) {
 		http.Error(w, "no client is waiting for this stream (it may have given up)", http.StatusNotFound)
 		return
 	}
@@ -147,19 +122,13 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return
 	}
-	if !s.track(c) {
+	release, ok := s.conns.add(c)
+	if !ok {
 		c.Close(websocket.StatusGoingAway, "server shutting down")
 		return
 	}
-	s.mu.Lock()
-	gone := p.gone
-	if gone {
-		delete(s.conns, c)
-	} else {
-		p.conn <- c // buffered and sent once: never blocks; the client handler owns c from here
-	}
-	s.mu.Unlock()
-	if gone {
+	defer release() // the client handler holds c itself once it has it
+	if !s.pending.deliver(id, token, c) {
 		c.Close(websocket.StatusTryAgainLater, "the client stopped waiting")
 	}
 }

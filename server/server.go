@@ -16,10 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"sync"
 	"time"
-
-	"github.com/coder/websocket"
 
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
@@ -129,11 +126,8 @@ type Server struct {
 	agentLimit, streamLimit *addrLimiter
 	authFails               *failLimiter // wrong sessions-view passwords
 
-	mu       sync.Mutex
-	pending  map[string]*pendingStream // by token
-	conns    map[*websocket.Conn]struct{}
-	draining bool
-	wg       sync.WaitGroup // relay goroutines
+	conns   *conns   // hijacked WebSockets, for the drain
+	pending *pending // clients waiting for their agent's stream
 
 	proxies proxies
 	tls     *tls.Config // nil: plain HTTP
@@ -151,8 +145,8 @@ func New(cfg Config) (*Server, error) {
 		cfg:     cfg,
 		log:     cfg.Logger.With("component", "server"),
 		reg:     newMemRegistry(cfg.Grace, time.Now),
-		pending: make(map[string]*pendingStream),
-		conns:   make(map[*websocket.Conn]struct{}),
+		conns:   newConns(),
+		pending: newPending(),
 
 		agentLimit:  newAddrLimiter("agents", cfg.MaxAgentsPerAddr),
 		streamLimit: newAddrLimiter("client streams", cfg.MaxStreamsPerAddr),
@@ -234,52 +228,14 @@ func (s *Server) Run(ctx context.Context) error {
 	return nil
 }
 
-// track registers a hijacked WebSocket so drain can close it. It reports
-// false when the server is already draining.
-func (s *Server) track(c *websocket.Conn) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.draining {
-		return false
-	}
-	s.conns[c] = struct{}{}
-	return true
-}
-
-func (s *Server) untrack(c *websocket.Conn) {
-	s.mu.Lock()
-	delete(s.conns, c)
-	s.mu.Unlock()
-}
-
-// drain closes every tracked WebSocket with 1001 and waits for the relays,
-// until ctx ends; then it cuts what is left.
+// drain closes every hijacked WebSocket with 1001 and waits for the
+// relays, until ctx ends; then it cuts what is left and waits for that.
 func (s *Server) drain(ctx context.Context) {
-	s.mu.Lock()
-	s.draining = true
-	conns := make([]*websocket.Conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
-	s.mu.Unlock()
-
-	var wg sync.WaitGroup
-	for _, c := range conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c.Close(websocket.StatusGoingAway, "server shutting down; reconnect shortly")
-		}()
-	}
-	done := make(chan struct{})
-	go func() { wg.Wait(); s.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		s.log.Warn("drain deadline reached; cutting remaining connections", "left", len(conns))
+	if left := s.conns.drain(ctx, "server shutting down; reconnect shortly"); left > 0 {
+		s.log.Warn("drain deadline reached; cutting remaining connections", "left", left)
 	}
 	s.cancel()
-	<-done
+	s.conns.wait()
 }
 
 // sweep closes agents whose keepalive pings stopped. Agents ping every

@@ -1,0 +1,151 @@
+package server
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/coder/websocket"
+
+	"github.com/converge-ci/converge/internal/wire"
+)
+
+// received returns the stream waiting on streams, or nil if none is.
+func received(streams <-chan *websocket.Conn) *websocket.Conn {
+	select {
+	case c := <-streams:
+		return c
+	default:
+		return nil
+	}
+}
+
+func TestPendingDeliver(t *testing.T) {
+	p := newPending()
+	s, peer := newWSPairs(t).pair(t)
+	defer s.CloseNow()
+	defer peer.CloseNow()
+
+	token, streams, cancel := p.expect("agent-1")
+	defer cancel()
+	if err := wire.ValidToken(token); err != nil {
+		t.Fatalf("expect gave token %q: %v", token, err)
+	}
+	if !p.waiting("agent-1", token) {
+		t.Fatal("waiting(agent-1, token) = false before deliver, want true")
+	}
+	if !p.deliver("agent-1", token, s) {
+		t.Fatal("deliver(agent-1, token) = false, want true")
+	}
+	if got := received(streams); got != s {
+		t.Fatalf("received %p, want the delivered %p", got, s)
+	}
+	if p.waiting("agent-1", token) {
+		t.Error("waiting after deliver = true, want false (the token is spent)")
+	}
+}
+
+func TestPendingTokensAreDistinct(t *testing.T) {
+	p := newPending()
+	t1, _, cancel1 := p.expect("agent-1")
+	defer cancel1()
+	t2, _, cancel2 := p.expect("agent-1")
+	defer cancel2()
+	if t1 == t2 {
+		t.Fatalf("two waits got the same token %q", t1)
+	}
+}
+
+func TestPendingWrongAgent(t *testing.T) {
+	p := newPending()
+	s, peer := newWSPairs(t).pair(t)
+	defer s.CloseNow()
+	defer peer.CloseNow()
+
+	token, streams, cancel := p.expect("agent-1")
+	defer cancel()
+	if p.waiting("agent-2", token) {
+		t.Error("waiting(agent-2, agent-1's token) = true, want false")
+	}
+	if p.deliver("agent-2", token, s) {
+		t.Fatal("deliver(agent-2, agent-1's token) = true, want false")
+	}
+	if got := received(streams); got != nil {
+		t.Fatal("a stream from the wrong agent arrived")
+	}
+	if !p.deliver("agent-1", token, s) {
+		t.Fatal("deliver(agent-1) after a wrong agent's try = false, want true (only the right agent spends a token)")
+	}
+}
+
+func TestPendingDoubleDeliver(t *testing.T) {
+	p := newPending()
+	pairs := newWSPairs(t)
+	s1, peer1 := pairs.pair(t)
+	defer s1.CloseNow()
+	defer peer1.CloseNow()
+	s2, peer2 := pairs.pair(t)
+	defer s2.CloseNow()
+	defer peer2.CloseNow()
+
+	token, streams, cancel := p.expect("agent-1")
+	defer cancel()
+	if !p.deliver("agent-1", token, s1) {
+		t.Fatal("first deliver = false, want true")
+	}
+	if p.deliver("agent-1", token, s2) {
+		t.Fatal("second deliver with the same token = true, want false (single use)")
+	}
+	if got := received(streams); got != s1 {
+		t.Fatalf("received %p, want the first stream %p", got, s1)
+	}
+	if got := received(streams); got != nil {
+		t.Fatal("a second stream arrived")
+	}
+}
+
+func TestPendingDeliverAfterCancel(t *testing.T) {
+	p := newPending()
+	s, peer := newWSPairs(t).pair(t)
+	defer s.CloseNow()
+	defer peer.CloseNow()
+
+	token, streams, cancel := p.expect("agent-1")
+	cancel()
+	cancel() // more than once is fine
+	if p.waiting("agent-1", token) {
+		t.Error("waiting after cancel = true, want false")
+	}
+	if p.deliver("agent-1", token, s) {
+		t.Fatal("deliver after cancel = true, want false")
+	}
+	if got := received(streams); got != nil {
+		t.Fatal("a stream arrived after cancel")
+	}
+}
+
+// TestPendingCancelClosesUnreceived: a stream delivered just as the client
+// gave up is closed by cancel, not leaked.
+func TestPendingCancelClosesUnreceived(t *testing.T) {
+	p := newPending()
+	s, peer := newWSPairs(t).pair(t)
+	defer s.CloseNow()
+	defer peer.CloseNow()
+
+	token, _, cancel := p.expect("agent-1")
+	if !p.deliver("agent-1", token, s) {
+		t.Fatal("deliver = false, want true")
+	}
+	cancel()
+	if code := closeStatus(peer); code != -1 {
+		t.Errorf("agent's end saw close code %v, want none (the stream is cut)", code)
+	}
+}
+
+// TestStreamNobodyWaitsFor is refused before the upgrade, with a sentence.
+func TestStreamNobodyWaitsFor(t *testing.T) {
+	r := runServer(t)
+	code, _, body := get(t, r.http()+"/agent/agent-1/stream/"+wire.NewToken())
+	if code != 404 || !strings.Contains(body, "no client is waiting") {
+		t.Errorf("stream with an unknown token: %d %q, want 404 saying no client is waiting", code, body)
+	}
+}
