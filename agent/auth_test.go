@@ -255,3 +255,52 @@ func TestLoadHostKey(t *testing.T) {
 		t.Error("missing host key file: no error")
 	}
 }
+
+// TestDirKeysNeedNaming: .authorized_keys in the working directory (often
+// the checkout, where a pull request can add a key) is read only when no
+// other key source is given, or when it is named among the files.
+func TestDirKeysNeedNaming(t *testing.T) {
+	dir := t.TempDir()
+	dk, dirLine := newKey(t, "committed")
+	ek, explicitLine := newKey(t, "explicit")
+	dirFile := filepath.Join(dir, ".authorized_keys")
+	os.WriteFile(dirFile, []byte(dirLine+"\n"), 0o600)
+	extra := filepath.Join(t.TempDir(), "keys")
+	os.WriteFile(extra, []byte(explicitLine+"\n"), 0o600)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, explicitLine+"\n")
+	}))
+	defer srv.Close()
+	fd, fe := gossh.FingerprintSHA256(dk.PublicKey()), gossh.FingerprintSHA256(ek.PublicKey())
+
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want []string
+	}{
+		{"no other source", Config{}, []string{fd}},
+		{"password only", Config{Password: "pw"}, []string{fd}},
+		{"--authorized-keys", Config{AuthorizedKeysFiles: []string{extra}}, []string{fe}},
+		{"--authorized-keys-data", Config{AuthorizedKeys: explicitLine}, []string{fe}},
+		{"--authorized-keys-url", Config{AuthorizedKeysURLs: []string{srv.URL + "/u.keys"}}, []string{fe}},
+		{"named with --authorized-keys", Config{AuthorizedKeys: explicitLine, AuthorizedKeysFiles: []string{dirFile}}, []string{fe, fd}},
+	} {
+		tc.cfg.Dir = dir
+		var logs strings.Builder
+		a, err := newAuthorizer(tc.cfg, slog.New(slog.NewTextHandler(&logs, nil)), func() string { return "u" })
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+			continue
+		}
+		if got := fingerprints(a.keys()); strings.Join(got, " ") != strings.Join(tc.want, " ") {
+			t.Errorf("%s: keys %v, want %v", tc.name, got, tc.want)
+		}
+		// Every source in use is logged with its number of keys.
+		if n := strings.Count(logs.String(), "msg=\"authorized keys\""); n != len(tc.want) {
+			t.Errorf("%s: %d lines logging a key source, want %d:\n%s", tc.name, n, len(tc.want), logs.String())
+		}
+		if len(tc.want) == 1 && tc.want[0] == fe && !strings.Contains(logs.String(), "ignoring .authorized_keys in the working directory") {
+			t.Errorf("%s: log does not say %s is ignored:\n%s", tc.name, dirFile, logs.String())
+		}
+	}
+}

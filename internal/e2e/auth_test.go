@@ -83,7 +83,12 @@ func TestRefusedLogins(t *testing.T) {
 func TestHostKeyFingerprint(t *testing.T) {
 	r := startServer(t)
 	c := sshtest.New(t)
-	a := startAgent(t, r, "fp-job", nil, func(cfg *agent.Config) { cfg.AuthorizedKeys = c.PublicKey })
+	more := filepath.Join(t.TempDir(), "more_keys") // read at each login
+	os.WriteFile(more, nil, 0o600)
+	a := startAgent(t, r, "fp-job", nil, func(cfg *agent.Config) {
+		cfg.AuthorizedKeys = c.PublicKey
+		cfg.AuthorizedKeysFiles = []string{more}
+	})
 	tgt := r.target("fp-job")
 	fp, line := printedTrust(t, a.Out.String())
 
@@ -108,7 +113,7 @@ func TestHostKeyFingerprint(t *testing.T) {
 	// A user who pastes the printed line verifies the key with strict checking.
 	u := sshtest.New(t)
 	addKnownHost(t, u, line)
-	os.WriteFile(filepath.Join(a.Dir, ".authorized_keys"), []byte(u.PublicKey+"\n"), 0o600)
+	os.WriteFile(more, []byte(u.PublicKey+"\n"), 0o600)
 	u.SSH(tgt, 0, "true")
 }
 
@@ -285,4 +290,67 @@ func TestPasswordLogin(t *testing.T) {
 			t.Errorf("password %q: exit %d, want %d; output %q", tc.password, code, tc.want, out)
 		}
 	}
+}
+
+// TestCommittedKeyIgnored: with --authorized-keys-url, a key in the
+// checkout's .authorized_keys (one a pull request could add) does not get
+// in, unless the file is named with --authorized-keys. The agent logs each
+// key source it uses.
+func TestCommittedKeyIgnored(t *testing.T) {
+	r := startServer(t)
+	owner, committer := sshtest.New(t), sshtest.New(t)
+	keys := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		io.WriteString(w, owner.PublicKey+"\n")
+	}))
+	defer keys.Close()
+	for _, tc := range []struct {
+		id    string
+		named bool
+	}{{"url-only-job", false}, {"url-and-named-job", true}} {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, ".authorized_keys"), []byte(committer.PublicKey+"\n"), 0o600)
+		args := []string{"--id", tc.id, "--stay", "--authorized-keys-url", keys.URL + "/owner.keys"}
+		if tc.named {
+			args = append(args, "--authorized-keys", ".authorized_keys")
+		}
+		p := startAgentBinary(t, r, dir, nil, args...)
+		_, line := printedTrust(t, p.Out.String())
+		tgt := r.target(tc.id)
+		addKnownHost(t, owner, line)
+		addKnownHost(t, committer, line)
+		owner.SSH(tgt, 0, "true")
+		want := 255
+		if tc.named {
+			want = 0
+		}
+		if res := committer.Run("ssh", tgt, "", tgt.Dest(), "true"); res.Code != want {
+			t.Errorf("%s: committed key: exit %d, want %d; stderr %q", tc.id, res.Code, want, res.Stderr)
+		}
+		logs := p.Err.String()
+		sources := []string{keys.URL + "/owner.keys"}
+		if tc.named {
+			sources = append(sources, ".authorized_keys")
+		} else if !strings.Contains(logs, "ignoring") {
+			t.Errorf("%s: the log does not say the directory's .authorized_keys is ignored:\n%s", tc.id, logs)
+		}
+		for _, s := range sources {
+			if !logged(logs, `msg="authorized keys"`, "from="+s+" ", "keys=1") {
+				t.Errorf("%s: the log lacks the key source %s with keys=1:\n%s", tc.id, s, logs)
+			}
+		}
+	}
+}
+
+// logged reports whether one line of logs holds every part.
+func logged(logs string, parts ...string) bool {
+	for _, l := range strings.Split(logs, "\n") {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(l, p)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
 }
