@@ -354,3 +354,46 @@ func logged(logs string, parts ...string) bool {
 	}
 	return false
 }
+
+// TestSessionEnvHidesSecrets: a session's environment lacks the agent's
+// secrets (password, host key, key sources) that the job gave the agent
+// through CONVERGE_* variables, and keeps the rest.
+func TestSessionEnvHidesSecrets(t *testing.T) {
+	r := startServer(t)
+	c := sshtest.New(t)
+	keys := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		io.WriteString(w, c.PublicKey+"\n")
+	}))
+	defer keys.Close()
+	hostKey := filepath.Join(t.TempDir(), "host_key")
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", hostKey).CombinedOutput(); err != nil {
+		t.Fatalf("ssh-keygen: %v\n%s", err, out)
+	}
+	pemData, _ := os.ReadFile(hostKey)
+	secrets := map[string]string{
+		"CONVERGE_PASSWORD":            "hunter2-not-for-sessions",
+		"CONVERGE_HOST_KEY":            string(pemData),
+		"CONVERGE_AUTHORIZED_KEYS":     c.PublicKey,
+		"CONVERGE_AUTHORIZED_KEYS_URL": keys.URL + "/u.keys?token=url-token-not-for-sessions",
+	}
+	env := []string{"JOB_SETTING=kept"}
+	for k, v := range secrets {
+		env = append(env, k+"="+v)
+	}
+	p := startAgentBinary(t, r, t.TempDir(), env, "--id", "env-job", "--stay")
+	_, line := printedTrust(t, p.Out.String())
+	addKnownHost(t, c, line)
+	got := c.SSH(r.target("env-job"), 0, "env").Stdout
+	if !strings.Contains(got, "JOB_SETTING=kept") {
+		t.Errorf("session env lacks the job's JOB_SETTING=kept:\n%s", got)
+	}
+	for name, value := range secrets {
+		firstLine, _, _ := strings.Cut(value, "\n")
+		if strings.Contains(got, name+"=") || strings.Contains(got, firstLine) {
+			t.Errorf("session env shows %s:\n%s", name, got)
+		}
+	}
+	if strings.Contains(got, "CONVERGE_AUTHORIZED_KEYS_DATA=") || strings.Contains(got, "PRIVATE KEY") {
+		t.Errorf("session env shows key data or a private key:\n%s", got)
+	}
+}
