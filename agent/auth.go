@@ -13,9 +13,22 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/gliderlabs/ssh"
 	gossh "golang.org/x/crypto/ssh"
+)
+
+const (
+	// maxAuthTries bounds the failed authentication attempts of one SSH
+	// connection, as sshd's MaxAuthTries; x/crypto/ssh then disconnects.
+	// Refused key offers count only once there have been as many again
+	// (x/crypto's rule), so a user with several keys in an ssh-agent
+	// still gets in.
+	maxAuthTries = 6
+	// failedPasswordDelay is how long a wrong password keeps its
+	// connection waiting for the refusal.
+	failedPasswordDelay = time.Second
 )
 
 // authorizer decides who may log in: the server's SSH user name with a key
@@ -224,15 +237,24 @@ func (a *authorizer) publicKey(ctx ssh.Context, key ssh.PublicKey) bool {
 	return false
 }
 
+// passwordOK checks a password. A refusal comes after
+// failedPasswordDelay, which holds up this connection's next try only: with
+// maxAuthTries per connection, guessing costs a second per password.
 func (a *authorizer) passwordOK(ctx ssh.Context, pw string) bool {
-	if !a.userOK(ctx) {
-		return false
-	}
-	if a.password == "" || subtle.ConstantTimeCompare([]byte(pw), []byte(a.password)) != 1 {
+	ok := a.userOK(ctx)
+	if ok && (a.password == "" || subtle.ConstantTimeCompare([]byte(pw), []byte(a.password)) != 1) {
 		a.log.Warn("login refused: wrong password", "user", ctx.User())
-		return false
+		ok = false
 	}
-	return true
+	if !ok {
+		t := time.NewTimer(failedPasswordDelay)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+	}
+	return ok
 }
 
 func (a *authorizer) userOK(ctx ssh.Context) bool {
