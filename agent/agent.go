@@ -35,10 +35,13 @@ type Config struct {
 	// ID is the rendezvous ID. Default: a random, readable one.
 	ID string
 	// Dir is the working directory of sessions, and where .authorized_keys
-	// is read from. Default: the current directory.
+	// is read from when no other key source is given. Default: the current
+	// directory.
 	Dir string
-	// AuthorizedKeysFiles are read in addition to Dir/.authorized_keys, and
-	// re-read when they change.
+	// AuthorizedKeysFiles are read at each login. When any of
+	// AuthorizedKeysFiles, AuthorizedKeys and AuthorizedKeysURLs is set,
+	// Dir/.authorized_keys is read only if listed here: Dir is usually a
+	// checkout, which a pull request can change.
 	AuthorizedKeysFiles []string
 	// AuthorizedKeys holds authorized_keys lines given directly (for CI
 	// secrets in an environment variable).

@@ -13,9 +13,22 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/gliderlabs/ssh"
 	gossh "golang.org/x/crypto/ssh"
+)
+
+const (
+	// maxAuthTries bounds the failed authentication attempts of one SSH
+	// connection, as sshd's MaxAuthTries; x/crypto/ssh then disconnects.
+	// Refused key offers count only once there have been as many again
+	// (x/crypto's rule), so a user with several keys in an ssh-agent
+	// still gets in.
+	maxAuthTries = 6
+	// failedPasswordDelay is how long a wrong password keeps its
+	// connection waiting for the refusal.
+	failedPasswordDelay = time.Second
 )
 
 // authorizer decides who may log in: the server's SSH user name with a key
@@ -37,28 +50,60 @@ type fileKeys struct {
 	keys []gossh.PublicKey
 }
 
-// newAuthorizer gathers the keys of cfg: Dir/.authorized_keys and
-// AuthorizedKeysFiles (read at each login), AuthorizedKeys, and the keys
-// at AuthorizedKeysURLs (fetched now). It fails when a source given
-// explicitly is unusable, or when nobody could log in at all.
+// newAuthorizer gathers the keys of cfg: AuthorizedKeysFiles (read at
+// each login), AuthorizedKeys, and the keys at AuthorizedKeysURLs (fetched
+// now). Dir/.authorized_keys is read at each login too, but only when none
+// of those is given: the directory is usually the checkout, where anyone
+// who can open a pull request can add a key. It logs each source with its
+// number of keys. It fails when a source given explicitly is unusable, or
+// when nobody could log in at all.
 func newAuthorizer(cfg Config, log *slog.Logger, user func() string) (*authorizer, error) {
 	a := &authorizer{
 		log:      log,
 		user:     user,
-		files:    append([]string{filepath.Join(cfg.Dir, ".authorized_keys")}, cfg.AuthorizedKeysFiles...),
+		files:    cfg.AuthorizedKeysFiles,
 		password: cfg.Password,
 		cache:    make(map[string]fileKeys),
+	}
+	dirFile := filepath.Join(cfg.Dir, ".authorized_keys")
+	explicit := len(cfg.AuthorizedKeysFiles) > 0 || cfg.AuthorizedKeys != "" || len(cfg.AuthorizedKeysURLs) > 0
+	if !explicit {
+		a.files = []string{dirFile}
 	}
 	for _, f := range cfg.AuthorizedKeysFiles {
 		if _, err := os.Stat(f); err != nil {
 			return nil, fmt.Errorf("authorized keys file: %w (check the --authorized-keys path)", err)
 		}
 	}
+	if err := a.addStatic(cfg); err != nil {
+		return nil, err
+	}
+	for _, f := range a.files {
+		log.Info("authorized keys", "from", f, "keys", len(a.fileKeys(f)), "reread", "at each login")
+	}
+	if explicit && !a.reads(dirFile) {
+		if _, err := os.Stat(dirFile); err == nil {
+			log.Warn("ignoring .authorized_keys in the working directory: other key sources are given; name it with --authorized-keys to use it too", "file", dirFile)
+		}
+	}
+	if a.password != "" {
+		log.Info("password logins allowed")
+	}
+	if !a.configured() {
+		return nil, noLoginError(explicit, dirFile)
+	}
+	return a, nil
+}
+
+// addStatic adds the keys given directly and fetched from URLs, logging
+// each source.
+func (a *authorizer) addStatic(cfg Config) error {
 	if cfg.AuthorizedKeys != "" {
 		keys, err := parseAuthorizedKeys("authorized keys data (--authorized-keys-data)", []byte(cfg.AuthorizedKeys))
 		if err != nil {
-			return nil, err
+			return err
 		}
+		a.log.Info("authorized keys", "from", "--authorized-keys-data", "keys", len(keys))
 		a.static = append(a.static, keys...)
 	}
 	for _, u := range cfg.AuthorizedKeysURLs {
@@ -66,23 +111,39 @@ func newAuthorizer(cfg Config, log *slog.Logger, user func() string) (*authorize
 		keys, err := fetchAuthorizedKeys(ctx, cfg.HTTPClient, u)
 		cancel()
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if len(keys) == 0 {
-			log.Warn("authorized keys URL lists no keys", "url", u)
+			a.log.Warn("authorized keys URL lists no keys", "url", u)
 		}
-		log.Info("fetched authorized keys", "url", u, "keys", len(keys))
+		a.log.Info("authorized keys", "from", u, "keys", len(keys))
 		a.static = append(a.static, keys...)
 	}
-	if !a.configured() {
-		return nil, fmt.Errorf("nobody could log in: no keys in %s\n"+
-			"Add the public key of each user who may connect, for example:\n"+
-			"  echo \"$(cat ~/.ssh/id_ed25519.pub)\" >> %s\n"+
-			"or pass --authorized-keys FILE, --authorized-keys-url https://github.com/USER.keys,\n"+
-			"or set CONVERGE_AUTHORIZED_KEYS to authorized_keys lines (e.g. from a CI secret)",
-			a.files[0], a.files[0])
+	return nil
+}
+
+// reads reports whether file is among the files read at each login.
+func (a *authorizer) reads(file string) bool {
+	for _, f := range a.files {
+		if abs, err := filepath.Abs(f); err == nil && abs == file {
+			return true
+		}
 	}
-	return a, nil
+	return false
+}
+
+// noLoginError says how to let somebody in.
+func noLoginError(explicit bool, dirFile string) error {
+	if explicit {
+		return fmt.Errorf("nobody could log in: the key sources given hold no keys\n"+
+			"Add keys to them, or name %s with --authorized-keys to use it too", dirFile)
+	}
+	return fmt.Errorf("nobody could log in: no keys in %s\n"+
+		"Add the public key of each user who may connect, for example:\n"+
+		"  echo \"$(cat ~/.ssh/id_ed25519.pub)\" >> %s\n"+
+		"or pass --authorized-keys FILE, --authorized-keys-url https://github.com/USER.keys,\n"+
+		"or set CONVERGE_AUTHORIZED_KEYS to authorized_keys lines (e.g. from a CI secret)",
+		dirFile, dirFile)
 }
 
 // parseAuthorizedKeys parses authorized_keys content. Bad lines are
@@ -122,32 +183,38 @@ func parseAuthorizedKeys(name string, data []byte) ([]gossh.PublicKey, error) {
 // working.
 func (a *authorizer) keys() []gossh.PublicKey {
 	out := append([]gossh.PublicKey(nil), a.static...)
-	a.mu.Lock()
-	defer a.mu.Unlock()
 	for _, f := range a.files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			if !errors.Is(err, fs.ErrNotExist) {
-				a.log.Warn("cannot read authorized keys", "file", f, "error", err)
-			}
-			delete(a.cache, f)
-			continue
-		}
-		c, ok := a.cache[f]
-		if !ok || !bytes.Equal(c.data, data) {
-			ks, err := parseAuthorizedKeys(f, data)
-			if err != nil { // once per change of the file
-				a.log.Warn("skipping bad authorized keys lines", "error", err)
-			}
-			if ok {
-				a.log.Info("authorized keys changed", "file", f, "keys", len(ks))
-			}
-			c = fileKeys{data: data, keys: ks}
-			a.cache[f] = c
-		}
-		out = append(out, c.keys...)
+		out = append(out, a.fileKeys(f)...)
 	}
 	return out
+}
+
+// fileKeys returns the keys in file f now, parsing it again only when its
+// content changed. A missing file holds no keys.
+func (a *authorizer) fileKeys(f string) []gossh.PublicKey {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	data, err := os.ReadFile(f)
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			a.log.Warn("cannot read authorized keys", "file", f, "error", err)
+		}
+		delete(a.cache, f)
+		return nil
+	}
+	c, ok := a.cache[f]
+	if !ok || !bytes.Equal(c.data, data) {
+		ks, err := parseAuthorizedKeys(f, data)
+		if err != nil { // once per change of the file
+			a.log.Warn("skipping bad authorized keys lines", "error", err)
+		}
+		if ok {
+			a.log.Info("authorized keys changed", "file", f, "keys", len(ks))
+		}
+		c = fileKeys{data: data, keys: ks}
+		a.cache[f] = c
+	}
+	return c.keys
 }
 
 // configured reports whether any way to log in exists right now.
@@ -170,15 +237,24 @@ func (a *authorizer) publicKey(ctx ssh.Context, key ssh.PublicKey) bool {
 	return false
 }
 
+// passwordOK checks a password. A refusal comes after
+// failedPasswordDelay, which holds up this connection's next try only: with
+// maxAuthTries per connection, guessing costs a second per password.
 func (a *authorizer) passwordOK(ctx ssh.Context, pw string) bool {
-	if !a.userOK(ctx) {
-		return false
-	}
-	if a.password == "" || subtle.ConstantTimeCompare([]byte(pw), []byte(a.password)) != 1 {
+	ok := a.userOK(ctx)
+	if ok && (a.password == "" || subtle.ConstantTimeCompare([]byte(pw), []byte(a.password)) != 1) {
 		a.log.Warn("login refused: wrong password", "user", ctx.User())
-		return false
+		ok = false
 	}
-	return true
+	if !ok {
+		t := time.NewTimer(failedPasswordDelay)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+	}
+	return ok
 }
 
 func (a *authorizer) userOK(ctx ssh.Context) bool {

@@ -207,8 +207,8 @@ func TestFetchAuthorizedKeys(t *testing.T) {
 		t.Errorf("slow server: error %v, want no answer within", err)
 	}
 	for _, bad := range []string{"ftp://example.com/u.keys", "github.com/u.keys", "https://"} {
-		if _, err := fetchAuthorizedKeys(context.Background(), nil, bad); err == nil || !strings.Contains(err.Error(), "give an http(s) URL") {
-			t.Errorf("%q: error %v, want give an http(s) URL", bad, err)
+		if _, err := fetchAuthorizedKeys(context.Background(), nil, bad); err == nil || !strings.Contains(err.Error(), "give an https URL") {
+			t.Errorf("%q: error %v, want give an https URL", bad, err)
 		}
 	}
 }
@@ -253,5 +253,121 @@ func TestLoadHostKey(t *testing.T) {
 	}
 	if _, err := loadHostKey(filepath.Join(t.TempDir(), "none"), nil); err == nil {
 		t.Error("missing host key file: no error")
+	}
+}
+
+// TestDirKeysNeedNaming: .authorized_keys in the working directory (often
+// the checkout, where a pull request can add a key) is read only when no
+// other key source is given, or when it is named among the files.
+func TestDirKeysNeedNaming(t *testing.T) {
+	dir := t.TempDir()
+	dk, dirLine := newKey(t, "committed")
+	ek, explicitLine := newKey(t, "explicit")
+	dirFile := filepath.Join(dir, ".authorized_keys")
+	os.WriteFile(dirFile, []byte(dirLine+"\n"), 0o600)
+	extra := filepath.Join(t.TempDir(), "keys")
+	os.WriteFile(extra, []byte(explicitLine+"\n"), 0o600)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, explicitLine+"\n")
+	}))
+	defer srv.Close()
+	fd, fe := gossh.FingerprintSHA256(dk.PublicKey()), gossh.FingerprintSHA256(ek.PublicKey())
+
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want []string
+	}{
+		{"no other source", Config{}, []string{fd}},
+		{"password only", Config{Password: "pw"}, []string{fd}},
+		{"--authorized-keys", Config{AuthorizedKeysFiles: []string{extra}}, []string{fe}},
+		{"--authorized-keys-data", Config{AuthorizedKeys: explicitLine}, []string{fe}},
+		{"--authorized-keys-url", Config{AuthorizedKeysURLs: []string{srv.URL + "/u.keys"}}, []string{fe}},
+		{"named with --authorized-keys", Config{AuthorizedKeys: explicitLine, AuthorizedKeysFiles: []string{dirFile}}, []string{fe, fd}},
+	} {
+		tc.cfg.Dir = dir
+		var logs strings.Builder
+		a, err := newAuthorizer(tc.cfg, slog.New(slog.NewTextHandler(&logs, nil)), func() string { return "u" })
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+			continue
+		}
+		if got := fingerprints(a.keys()); strings.Join(got, " ") != strings.Join(tc.want, " ") {
+			t.Errorf("%s: keys %v, want %v", tc.name, got, tc.want)
+		}
+		// Every source in use is logged with its number of keys.
+		if n := strings.Count(logs.String(), "msg=\"authorized keys\""); n != len(tc.want) {
+			t.Errorf("%s: %d lines logging a key source, want %d:\n%s", tc.name, n, len(tc.want), logs.String())
+		}
+		if len(tc.want) == 1 && tc.want[0] == fe && !strings.Contains(logs.String(), "ignoring .authorized_keys in the working directory") {
+			t.Errorf("%s: log does not say %s is ignored:\n%s", tc.name, dirFile, logs.String())
+		}
+	}
+}
+
+// TestKeysURLRule: keys come over https; plain http only from loopback
+// hosts (for tests), never from a name that merely starts like one.
+func TestKeysURLRule(t *testing.T) {
+	for _, tc := range []struct {
+		url     string
+		wantErr string
+	}{
+		{"https://github.com/u.keys", ""},
+		{"https://127.0.0.1:8443/u.keys", ""},
+		{"http://127.0.0.1:8080/u.keys", ""},
+		{"http://127.9.8.7/u.keys", ""},
+		{"http://[::1]:8080/u.keys", ""},
+		{"http://localhost:8080/u.keys", ""},
+		{"http://LocalHost/u.keys", ""},
+		{"http://github.com/u.keys", "plain http"},
+		{"http://10.0.0.1/u.keys", "plain http"},
+		{"http://0.0.0.0/u.keys", "plain http"},
+		{"http://localhost.example.com/u.keys", "plain http"},
+		{"http://127.0.0.1.nip.io/u.keys", "plain http"},
+		{"http://[::2]/u.keys", "plain http"},
+		{"ftp://github.com/u.keys", "give an https URL"},
+		{"github.com/u.keys", "give an https URL"},
+		{"https://", "give an https URL"},
+	} {
+		err := checkKeysURL(tc.url)
+		if (err == nil) != (tc.wantErr == "") || (err != nil && !strings.Contains(err.Error(), tc.wantErr)) {
+			t.Errorf("checkKeysURL(%q) = %v, want error containing %q", tc.url, err, tc.wantErr)
+		}
+	}
+	// The rule holds before anything is fetched.
+	if _, err := fetchAuthorizedKeys(context.Background(), nil, "http://example.com/u.keys"); err == nil || !strings.Contains(err.Error(), "use https://") {
+		t.Errorf("fetch over plain http: error %v, want one saying use https://", err)
+	}
+}
+
+// TestFetchRefusesDowngrade: a redirect from https to http is refused,
+// even to a loopback host, with an error naming both URLs; https to https
+// is followed.
+func TestFetchRefusesDowngrade(t *testing.T) {
+	_, line := newKey(t, "")
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, line+"\n")
+	}))
+	defer plain.Close()
+	var tlsURL string
+	tls := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/down.keys":
+			http.Redirect(w, r, plain.URL+"/u.keys", http.StatusFound)
+		case "/moved.keys":
+			http.Redirect(w, r, tlsURL+"/u.keys", http.StatusMovedPermanently)
+		default:
+			io.WriteString(w, line+"\n")
+		}
+	}))
+	defer tls.Close()
+	tlsURL = tls.URL
+
+	keys, err := fetchAuthorizedKeys(context.Background(), tls.Client(), tls.URL+"/down.keys")
+	if err == nil || !strings.Contains(err.Error(), "from https to http") || !strings.Contains(err.Error(), plain.URL+"/u.keys") {
+		t.Errorf("https redirected to http: %d keys, error %v; want a refusal naming the http URL", len(keys), err)
+	}
+	if keys, err := fetchAuthorizedKeys(context.Background(), tls.Client(), tls.URL+"/moved.keys"); err != nil || len(keys) != 1 {
+		t.Errorf("https redirected to https: %d keys, error %v; want 1 key", len(keys), err)
 	}
 }

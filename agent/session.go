@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"strings"
 
 	"github.com/gliderlabs/ssh"
 )
@@ -57,13 +59,41 @@ func (a *Agent) command(s ssh.Session) *exec.Cmd {
 		}
 	}
 	cmd.Dir = a.cfg.Dir
-	env := append(os.Environ(), s.Environ()...)
+	env := append(withoutSecrets(os.Environ()), s.Environ()...)
 	env = append(env, "agentdir="+a.cfg.Dir)
 	if pty, _, ok := s.Pty(); ok && pty.Term != "" {
 		env = append(env, "TERM="+pty.Term)
 	}
 	cmd.Env = env
 	return cmd
+}
+
+// agentSecrets are the environment variables through which a job hands
+// the agent its secrets (cmd/agent reads them as flag twins): the
+// password, the host's private key, and the key sources, whose URLs may
+// carry tokens. Sessions must not see them: whoever logs in could reuse
+// the password or impersonate the host with its key.
+var agentSecrets = []string{
+	"CONVERGE_PASSWORD",
+	"CONVERGE_HOST_KEY",
+	"CONVERGE_AUTHORIZED_KEYS",
+	"CONVERGE_AUTHORIZED_KEYS_DATA",
+	"CONVERGE_AUTHORIZED_KEYS_URL",
+}
+
+// withoutSecrets returns env (KEY=value entries) without agentSecrets.
+// Names compare case-insensitively, as Windows does. It is the one place
+// where every session's environment (shell, command, on every platform)
+// leaves the agent's behind.
+func withoutSecrets(env []string) []string {
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		name, _, _ := strings.Cut(kv, "=")
+		if !slices.ContainsFunc(agentSecrets, func(s string) bool { return strings.EqualFold(s, name) }) {
+			out = append(out, kv)
+		}
+	}
+	return out
 }
 
 // resolveShell finds the program for sessions: name as a path or looked

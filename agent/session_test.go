@@ -21,3 +21,11 @@ func TestResolveShell(t *testing.T) {
 		t.Errorf("unknown shell: error %v, want one saying what to give", err)
 	}
 }
+
+func TestWithoutSecrets(t *testing.T) {
+	in := []string{"PATH=/bin", "CONVERGE_PASSWORD=pw", "converge_host_key=pem", "CONVERGE_ID=job", "CONVERGE_PASSWORDS=kept", "=C:=C:\\", "CONVERGE_AUTHORIZED_KEYS_DATA=ssh-ed25519 AAAA"}
+	want := "PATH=/bin CONVERGE_ID=job CONVERGE_PASSWORDS=kept =C:=C:\\"
+	if got := strings.Join(withoutSecrets(in), " "); got != want {
+		t.Errorf("withoutSecrets(%q) = %q, want %q", in, got, want)
+	}
+}

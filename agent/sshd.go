@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/gliderlabs/ssh"
+	gossh "golang.org/x/crypto/ssh"
 )
 
 // handshakeTimeout bounds an SSH handshake: neither x/crypto/ssh nor
@@ -33,6 +34,10 @@ func (a *Agent) newSSHServer() *ssh.Server {
 		RequestHandlers: map[string]ssh.RequestHandler{
 			"tcpip-forward":        a.fwd.tcpipForward,
 			"cancel-tcpip-forward": a.fwd.tcpipForward,
+		},
+		// Explicit rather than x/crypto's default, which it matches.
+		ServerConfigCallback: func(ssh.Context) *gossh.ServerConfig {
+			return &gossh.ServerConfig{MaxAuthTries: maxAuthTries}
 		},
 		ConnCallback: func(ctx ssh.Context, conn net.Conn) net.Conn {
 			// Close the connection if the handshake has not finished in

@@ -28,10 +28,13 @@ The Converge agent runs inside a CI job. It connects out to the Converge
 server (it never listens), registers a rendezvous ID, and serves an SSH
 server - shells, commands, sftp and scp - to users who connect to that ID.
 
-Users log in with the server's user name and a key from .authorized_keys in
-the current directory (re-read when it changes), --authorized-keys,
---authorized-keys-data (or CONVERGE_AUTHORIZED_KEYS) or --authorized-keys-url.
-A password is accepted only when CONVERGE_PASSWORD is set.
+Users log in with the server's user name and a key from --authorized-keys,
+--authorized-keys-data (or CONVERGE_AUTHORIZED_KEYS) or --authorized-keys-url;
+with none of these, from .authorized_keys in the current directory (re-read
+when it changes). When any of them is given, .authorized_keys is read only if
+named with --authorized-keys: the directory is usually the checkout, where a
+pull request could add a key. A password is accepted only when
+CONVERGE_PASSWORD is set. The agent logs each key source it uses at start.
 
 The agent never keeps the job busy by accident: it exits when nobody logs in
 before --connect-timeout (status 0, or --no-login-status), when the last user logs out (status 0),
@@ -64,10 +67,10 @@ In the background:
 	)
 	f := cmd.Flags
 	f.StringVar(&cfg.ID, "id", "", "rendezvous `ID` users connect to (letters, digits, . _ -); random when empty")
-	f.StringVar(&cfg.Dir, "dir", "", "working directory of sessions and of .authorized_keys (default: the current directory)")
-	f.Var(&keyFiles, "authorized-keys", "authorized_keys `FILE` to read as well; repeatable")
+	f.StringVar(&cfg.Dir, "dir", "", "working directory of sessions, and of .authorized_keys when no other key source is given (default: the current directory)")
+	f.Var(&keyFiles, "authorized-keys", "authorized_keys `FILE` to read at each login; repeatable; any key source turns off .authorized_keys in --dir unless named here (--authorized-keys .authorized_keys)")
 	f.StringVar(&cfg.AuthorizedKeys, "authorized-keys-data", "", "authorized_keys lines given directly, for CI secrets: set it through the environment (CONVERGE_AUTHORIZED_KEYS holding key lines works too)")
-	f.Var(&keyURLs, "authorized-keys-url", "fetch authorized_keys lines from `URL` at start, e.g. https://github.com/USER.keys; repeatable; a failed fetch stops the agent")
+	f.Var(&keyURLs, "authorized-keys-url", "fetch authorized_keys lines from `URL` at start, e.g. https://github.com/USER.keys; https only (plain http only to loopback hosts), no redirect to http; repeatable; a failed fetch stops the agent")
 	f.StringVar(&cfg.HostKeyFile, "host-key", "", "SSH host key `FILE` (OpenSSH private key), or the key's PEM text itself (for CONVERGE_HOST_KEY from a CI secret); a fresh ed25519 key per run when empty")
 	f.StringVar(&cfg.Shell, "shell", "", "`PROGRAM` for sessions and commands (default: $SHELL, else bash, else sh; on Windows powershell, or cmd)")
 	f.DurationVar(&cfg.Lifetime.ConnectTimeout, "connect-timeout", 10*time.Minute, "exit if nobody logs in within this `duration`, so the job goes on (0: wait forever); see --no-login-status")

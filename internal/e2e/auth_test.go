@@ -83,7 +83,12 @@ func TestRefusedLogins(t *testing.T) {
 func TestHostKeyFingerprint(t *testing.T) {
 	r := startServer(t)
 	c := sshtest.New(t)
-	a := startAgent(t, r, "fp-job", nil, func(cfg *agent.Config) { cfg.AuthorizedKeys = c.PublicKey })
+	more := filepath.Join(t.TempDir(), "more_keys") // read at each login
+	os.WriteFile(more, nil, 0o600)
+	a := startAgent(t, r, "fp-job", nil, func(cfg *agent.Config) {
+		cfg.AuthorizedKeys = c.PublicKey
+		cfg.AuthorizedKeysFiles = []string{more}
+	})
 	tgt := r.target("fp-job")
 	fp, line := printedTrust(t, a.Out.String())
 
@@ -108,7 +113,7 @@ func TestHostKeyFingerprint(t *testing.T) {
 	// A user who pastes the printed line verifies the key with strict checking.
 	u := sshtest.New(t)
 	addKnownHost(t, u, line)
-	os.WriteFile(filepath.Join(a.Dir, ".authorized_keys"), []byte(u.PublicKey+"\n"), 0o600)
+	os.WriteFile(more, []byte(u.PublicKey+"\n"), 0o600)
 	u.SSH(tgt, 0, "true")
 }
 
@@ -284,5 +289,111 @@ func TestPasswordLogin(t *testing.T) {
 		if code != tc.want {
 			t.Errorf("password %q: exit %d, want %d; output %q", tc.password, code, tc.want, out)
 		}
+	}
+}
+
+// TestCommittedKeyIgnored: with --authorized-keys-url, a key in the
+// checkout's .authorized_keys (one a pull request could add) does not get
+// in, unless the file is named with --authorized-keys. The agent logs each
+// key source it uses.
+func TestCommittedKeyIgnored(t *testing.T) {
+	r := startServer(t)
+	owner, committer := sshtest.New(t), sshtest.New(t)
+	keys := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		io.WriteString(w, owner.PublicKey+"\n")
+	}))
+	defer keys.Close()
+	for _, tc := range []struct {
+		id    string
+		named bool
+	}{{"url-only-job", false}, {"url-and-named-job", true}} {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, ".authorized_keys"), []byte(committer.PublicKey+"\n"), 0o600)
+		args := []string{"--id", tc.id, "--stay", "--authorized-keys-url", keys.URL + "/owner.keys"}
+		if tc.named {
+			args = append(args, "--authorized-keys", ".authorized_keys")
+		}
+		p := startAgentBinary(t, r, dir, nil, args...)
+		_, line := printedTrust(t, p.Out.String())
+		tgt := r.target(tc.id)
+		addKnownHost(t, owner, line)
+		addKnownHost(t, committer, line)
+		owner.SSH(tgt, 0, "true")
+		want := 255
+		if tc.named {
+			want = 0
+		}
+		if res := committer.Run("ssh", tgt, "", tgt.Dest(), "true"); res.Code != want {
+			t.Errorf("%s: committed key: exit %d, want %d; stderr %q", tc.id, res.Code, want, res.Stderr)
+		}
+		logs := p.Err.String()
+		sources := []string{keys.URL + "/owner.keys"}
+		if tc.named {
+			sources = append(sources, ".authorized_keys")
+		} else if !strings.Contains(logs, "ignoring") {
+			t.Errorf("%s: the log does not say the directory's .authorized_keys is ignored:\n%s", tc.id, logs)
+		}
+		for _, s := range sources {
+			if !logged(logs, `msg="authorized keys"`, "from="+s+" ", "keys=1") {
+				t.Errorf("%s: the log lacks the key source %s with keys=1:\n%s", tc.id, s, logs)
+			}
+		}
+	}
+}
+
+// logged reports whether one line of logs holds every part.
+func logged(logs string, parts ...string) bool {
+	for _, l := range strings.Split(logs, "\n") {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(l, p)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
+}
+
+// TestSessionEnvHidesSecrets: a session's environment lacks the agent's
+// secrets (password, host key, key sources) that the job gave the agent
+// through CONVERGE_* variables, and keeps the rest.
+func TestSessionEnvHidesSecrets(t *testing.T) {
+	r := startServer(t)
+	c := sshtest.New(t)
+	keys := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		io.WriteString(w, c.PublicKey+"\n")
+	}))
+	defer keys.Close()
+	hostKey := filepath.Join(t.TempDir(), "host_key")
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", hostKey).CombinedOutput(); err != nil {
+		t.Fatalf("ssh-keygen: %v\n%s", err, out)
+	}
+	pemData, _ := os.ReadFile(hostKey)
+	secrets := map[string]string{
+		"CONVERGE_PASSWORD":            "hunter2-not-for-sessions",
+		"CONVERGE_HOST_KEY":            string(pemData),
+		"CONVERGE_AUTHORIZED_KEYS":     c.PublicKey,
+		"CONVERGE_AUTHORIZED_KEYS_URL": keys.URL + "/u.keys?token=url-token-not-for-sessions",
+	}
+	env := []string{"JOB_SETTING=kept"}
+	for k, v := range secrets {
+		env = append(env, k+"="+v)
+	}
+	p := startAgentBinary(t, r, t.TempDir(), env, "--id", "env-job", "--stay")
+	_, line := printedTrust(t, p.Out.String())
+	addKnownHost(t, c, line)
+	got := c.SSH(r.target("env-job"), 0, "env").Stdout
+	if !strings.Contains(got, "JOB_SETTING=kept") {
+		t.Errorf("session env lacks the job's JOB_SETTING=kept:\n%s", got)
+	}
+	for name, value := range secrets {
+		firstLine, _, _ := strings.Cut(value, "\n")
+		if strings.Contains(got, name+"=") || strings.Contains(got, firstLine) {
+			t.Errorf("session env shows %s:\n%s", name, got)
+		}
+	}
+	if strings.Contains(got, "CONVERGE_AUTHORIZED_KEYS_DATA=") || strings.Contains(got, "PRIVATE KEY") {
+		t.Errorf("session env shows key data or a private key:\n%s", got)
 	}
 }
