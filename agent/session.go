@@ -17,7 +17,7 @@ import (
 // started ends with it (see run).
 func (a *Agent) handleSession(s ssh.Session) {
 	log := a.log.With("user", s.User(), "session", shortSession(s))
-	defer a.life.attach(s)()
+	defer a.life.Attach(s)()
 	cmd := a.command(s)
 	log.Info("session started", "command", s.RawCommand(), "pty", hasPty(s))
 	code, err := a.run(s, cmd)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/converge-ci/converge/agent"
+	"github.com/converge-ci/converge/agent/lifetime"
 	"github.com/converge-ci/converge/internal/cli"
 )
 
@@ -118,7 +119,7 @@ In the background:
 	cfg.Version = cli.Version
 	a, err := agent.New(cfg)
 	if err != nil {
-		cli.Fatal("agent", err, agent.ExitUsage)
+		cli.Fatal("agent", err, lifetime.ExitUsage)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -128,8 +129,8 @@ In the background:
 	}
 	if err := a.Run(ctx); err != nil {
 		stop()
-		code := agent.ExitStatus(err)
-		if errors.Is(err, agent.ErrNoLogin) {
+		code := lifetime.ExitStatus(err)
+		if errors.Is(err, lifetime.ErrNoLogin) {
 			code = noLogin
 		}
 		cli.Fatal("agent", err, code)
@@ -141,7 +142,7 @@ In the background:
 func runDetached(ctx context.Context, positional int, dir string) {
 	exe, err := os.Executable()
 	if err != nil {
-		cli.Fatal("agent", fmt.Errorf("find this program to run it in the background: %w", err), agent.ExitFailed)
+		cli.Fatal("agent", fmt.Errorf("find this program to run it in the background: %w", err), lifetime.ExitFailed)
 	}
 	// The same command line, with --detach=false before the positional
 	// arguments (and before a "--" that ends the flags).
@@ -155,10 +156,10 @@ func runDetached(ctx context.Context, positional int, dir string) {
 		dir = "."
 	}
 	if dir, err = filepath.Abs(dir); err != nil {
-		cli.Fatal("agent", err, agent.ExitFailed)
+		cli.Fatal("agent", err, lifetime.ExitFailed)
 	}
-	if err := agent.Detach(ctx, exe, child, dir, os.Stdout); err != nil {
-		code := agent.ExitFailed
+	if err := lifetime.Detach(ctx, exe, child, dir, os.Stdout); err != nil {
+		code := lifetime.ExitFailed
 		var ee *exec.ExitError
 		if errors.As(err, &ee) && ee.ExitCode() > 0 {
 			code = ee.ExitCode()
@@ -182,23 +183,23 @@ included), 1 when there is no agent state in DIR or the agent failed.`
 		if errors.Is(err, cli.ErrExit) {
 			return
 		}
-		os.Exit(agent.ExitUsage)
+		os.Exit(lifetime.ExitUsage)
 	}
 	if cmd.Flags.NArg() > 0 {
-		cli.Fatal("agent wait", errors.New("unexpected arguments; see agent wait --help"), agent.ExitUsage)
+		cli.Fatal("agent wait", errors.New("unexpected arguments; see agent wait --help"), lifetime.ExitUsage)
 	}
 	if dir == "" {
 		dir = "."
 	}
 	dir, err := filepath.Abs(dir)
 	if err != nil {
-		cli.Fatal("agent wait", err, agent.ExitFailed)
+		cli.Fatal("agent wait", err, lifetime.ExitFailed)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := agent.Wait(ctx, dir, os.Stdout); err != nil {
+	if err := lifetime.Wait(ctx, dir, os.Stdout); err != nil {
 		stop()
-		cli.Fatal("agent wait", err, agent.ExitFailed)
+		cli.Fatal("agent wait", err, lifetime.ExitFailed)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/converge-ci/converge/agent"
+	"github.com/converge-ci/converge/agent/lifetime"
 	"github.com/converge-ci/converge/internal/sshtest"
 	"github.com/converge-ci/converge/server"
 )
@@ -200,7 +201,7 @@ func runAgent(t *testing.T, r *relay, id string, c *sshtest.Client) *browserAgen
 	a, err := agent.New(agent.Config{
 		Server: r.URL, ID: id, Dir: t.TempDir(), Out: out,
 		AuthorizedKeys: c.PublicKey,
-		Lifetime:       agent.Lifetime{ExitOnLastLogout: true, Expiry: time.Hour},
+		Lifetime:       lifetime.Config{ExitOnLastLogout: true, Expiry: time.Hour},
 		Logger:         testLogger(t).With("side", "agent"),
 	})
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/converge-ci/converge/agent"
+	"github.com/converge-ci/converge/agent/lifetime"
 	"github.com/converge-ci/converge/internal/sshtest"
 	"github.com/converge-ci/converge/server"
 )
@@ -120,7 +121,7 @@ func (p *agentProc) running() bool {
 // agentState reads the state file the agent keeps in dir.
 func agentState(t *testing.T, dir string) map[string]any {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(dir, agent.StateDir, "agent.json"))
+	b, err := os.ReadFile(filepath.Join(dir, lifetime.StateDir, "agent.json"))
 	if err != nil {
 		t.Fatalf("read the agent's state: %v", err)
 	}
@@ -143,8 +144,8 @@ func TestLifetimeNoLogin(t *testing.T) {
 	}
 	t.Setenv("CONVERGE_NO_LOGIN_STATUS", "3")
 	p := startAgentProc(t, r, "nologin-job", c)
-	if code := p.exit(); code != agent.ExitNoLogin {
-		t.Fatalf("exit status %d, want %d (nobody logged in, --no-login-status 3)", code, agent.ExitNoLogin)
+	if code := p.exit(); code != lifetime.ExitNoLogin {
+		t.Fatalf("exit status %d, want %d (nobody logged in, --no-login-status 3)", code, lifetime.ExitNoLogin)
 	}
 	if !strings.Contains(p.out.String(), "nobody logged in within 1s (--connect-timeout)") {
 		t.Errorf("the agent did not say why it exited:\n%s", p.out)
@@ -170,7 +171,7 @@ func TestLifetimeFlagErrors(t *testing.T) {
 		cmd.Dir = dir
 		out, err := cmd.CombinedOutput()
 		ee, ok := err.(*exec.ExitError)
-		if !ok || ee.ExitCode() != agent.ExitUsage || !strings.Contains(string(out), tc.want) {
+		if !ok || ee.ExitCode() != lifetime.ExitUsage || !strings.Contains(string(out), tc.want) {
 			t.Errorf("agent %q: %v, output %q; want exit 2 mentioning %q", tc.args, err, out, tc.want)
 		}
 	}
@@ -404,7 +405,7 @@ func TestLifetimeStatusOnSessionsPage(t *testing.T) {
 	r := startServer(t, func(cfg *server.Config) { cfg.SessionsPassword = "pw" })
 	c := sshtest.New(t)
 	startAgent(t, r, "status-job", c, func(cfg *agent.Config) {
-		cfg.Lifetime = agent.Lifetime{ConnectTimeout: time.Hour, Expiry: 2 * time.Hour}
+		cfg.Lifetime = lifetime.Config{ConnectTimeout: time.Hour, Expiry: 2 * time.Hour}
 	})
 	page := func() (users int, expiry time.Time) {
 		t.Helper()
