@@ -34,6 +34,28 @@ func hasPty(s ssh.Session) bool {
 	return ok
 }
 
+// followWindow calls resize with each window change the client sends on
+// winCh, until winCh closes or the returned stop is called (stop waits
+// for the goroutine that follows it to end).
+func followWindow(winCh <-chan ssh.Window, resize func(ssh.Window)) (stop func()) {
+	stopCh, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case w, ok := <-winCh:
+				if !ok {
+					return
+				}
+				resize(w)
+			case <-stopCh:
+				return
+			}
+		}
+	}()
+	return func() { close(stopCh); <-done }
+}
+
 func shortSession(s ssh.Session) string {
 	id := s.Context().SessionID()
 	if len(id) > 8 {
