@@ -313,41 +313,8 @@ func TestLifetimeDetachAndWait(t *testing.T) {
 	r := startServer(t)
 	c := sshtest.New(t)
 
-	detach := func(id string) string {
-		t.Helper()
-		dir := t.TempDir()
-		if err := os.WriteFile(filepath.Join(dir, ".authorized_keys"), []byte(c.PublicKey+"\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		cmd := exec.Command(bin("agent"), "--detach", "--connect-timeout", "60s", "--id", id, r.URL)
-		cmd.Dir = dir
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("agent --detach: %v\n%s", err, out)
-		}
-		pid := int(agentState(t, dir)["pid"].(float64))
-		t.Cleanup(func() {
-			if proc, err := os.FindProcess(pid); err == nil {
-				proc.Kill()
-			}
-		})
-		for _, want := range []string{"registered", "ssh ", "agent wait"} {
-			if !strings.Contains(string(out), want) {
-				t.Errorf("agent --detach printed no %q:\n%s", want, out)
-			}
-		}
-		trustPrinted(t, c, id, string(out))
-		return dir
-	}
-	wait := func(dir string) (string, error) {
-		cmd := exec.Command(bin("agent"), "wait")
-		cmd.Dir = dir
-		out, err := cmd.CombinedOutput()
-		return string(out), err
-	}
-
 	// Someone is connected: wait returns only after they leave.
-	dir := detach("detach-busy")
+	dir := detachAgent(t, r, "detach-busy", c)
 	tgt := r.target("detach-busy")
 	sess := c.Command(context.Background(), "ssh", tgt, tgt.Dest(), "echo in; read line; echo out")
 	stdin, err := sess.StdinPipe()
@@ -363,7 +330,7 @@ func TestLifetimeDetachAndWait(t *testing.T) {
 		err error
 	}
 	waited := make(chan result, 1)
-	go func() { o, err := wait(dir); waited <- result{o, err} }()
+	go func() { o, err := agentWait(dir); waited <- result{o, err} }()
 	waitFor(t, "agent wait to see the user", func() bool { return agentState(t, dir)["waiting"] == true })
 	select {
 	case res := <-waited:
@@ -383,8 +350,8 @@ func TestLifetimeDetachAndWait(t *testing.T) {
 	}
 
 	// Nobody connected: wait ends the agent and returns at once.
-	dir = detach("detach-idle")
-	o, err := wait(dir)
+	dir = detachAgent(t, r, "detach-idle", c)
+	o, err := agentWait(dir)
 	if err != nil || !strings.Contains(o, "nobody was connected") {
 		t.Errorf("agent wait on an unused agent: %v\n%s", err, o)
 	}
@@ -393,10 +360,49 @@ func TestLifetimeDetachAndWait(t *testing.T) {
 	}
 
 	// No agent ever ran here: wait says so.
-	o, err = wait(t.TempDir())
+	o, err = agentWait(t.TempDir())
 	if err == nil || !strings.Contains(o, "no agent has run in") {
 		t.Errorf("agent wait without an agent: %v\n%s", err, o)
 	}
+}
+
+// detachAgent runs `agent --detach --id id URL` in a fresh directory
+// whose .authorized_keys holds c's key, checks what it printed, makes c
+// trust the host key it printed, and returns the directory. The agent
+// runs on in the background until the test ends.
+func detachAgent(t *testing.T, r *relay, id string, c *sshtest.Client) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, ".authorized_keys"), []byte(c.PublicKey+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin("agent"), "--detach", "--connect-timeout", "60s", "--id", id, r.URL)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("agent --detach: %v\n%s", err, out)
+	}
+	pid := int(agentState(t, dir)["pid"].(float64))
+	t.Cleanup(func() {
+		if proc, err := os.FindProcess(pid); err == nil {
+			proc.Kill()
+		}
+	})
+	for _, want := range []string{"registered", "ssh ", "agent wait"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("agent --detach printed no %q:\n%s", want, out)
+		}
+	}
+	trustPrinted(t, c, id, string(out))
+	return dir
+}
+
+// agentWait runs `agent wait` in dir and returns what it printed.
+func agentWait(dir string) (string, error) {
+	cmd := exec.Command(bin("agent"), "wait")
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	return string(out), err
 }
 
 // TestLifetimeStatusOnSessionsPage: the agent reports its expiry and
