@@ -1,7 +1,8 @@
 // Package agent is the CI-side program of Converge: it dials out to the
 // rendezvous server, registers a rendezvous ID, and serves an embedded SSH
 // server (shells, commands, SFTP) on the client streams the server sends
-// its way. It never listens on a socket.
+// its way. It never listens on a socket. How long it runs (expiry, .hold,
+// the last logout, `agent wait`) is package agent/lifetime's to decide.
 package agent
 
 import (
@@ -22,6 +23,7 @@ import (
 	"github.com/gliderlabs/ssh"
 	gossh "golang.org/x/crypto/ssh"
 
+	"github.com/converge-ci/converge/agent/lifetime"
 	"github.com/converge-ci/converge/internal/resume"
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
@@ -72,7 +74,7 @@ type Config struct {
 	// client to reconnect after a drop. Default 2 minutes.
 	ResumeWindow time.Duration
 	// Lifetime bounds how long Run runs. Zero: until ctx ends.
-	Lifetime Lifetime
+	Lifetime lifetime.Config
 	// StateFile makes the agent record its state in Dir/.converge for
 	// `agent wait` and --detach, and follow wait's request. False: no files.
 	StateFile bool
@@ -125,7 +127,7 @@ type Agent struct {
 	signer gossh.Signer
 	srv    *ssh.Server
 	ln     *streamListener
-	life   *lifetime
+	life   *lifetime.Lifetime
 
 	user   atomic.Pointer[string] // SSH user name, learned from the server
 	secret string                 // registration secret; control loop only
@@ -160,12 +162,12 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.fwd = &forwarder{agent: a}
 	a.srv = a.newSSHServer()
-	var state *stateFile
+	var state *lifetime.StateFile
 	if cfg.StateFile {
-		state = newStateFile(cfg.Dir, cfg.ID, cfg.Server, a.log)
+		state = lifetime.NewStateFile(cfg.Dir, cfg.ID, cfg.Server, a.log)
 	}
-	a.life = newLifetime(cfg.Lifetime, cfg.Dir, a.log, state)
-	a.life.hook(a.srv)
+	a.life = lifetime.New(cfg.Lifetime, cfg.Dir, a.log, state)
+	a.life.Hook(a.srv)
 	return a, nil
 }
 
@@ -183,15 +185,16 @@ func (a *Agent) sshUser() string {
 // refuses the agent, or Config.Lifetime ends it. It reconnects by itself
 // when the link drops. Open sessions are told why they end, then closed.
 // It returns nil when the agent ended normally (ctx, last logout, expiry)
-// and ErrNoLogin when nobody logged in in time; see ExitStatus.
+// and an error wrapping lifetime.ErrNoLogin when nobody logged in in time;
+// see lifetime.ExitStatus.
 func (a *Agent) Run(ctx context.Context) error {
-	ctx, life := a.life.start(ctx)
+	ctx, life := a.life.Start(ctx)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- a.srv.Serve(a.ln) }()
 
 	err := a.connectLoop(ctx)
 
-	err = life.end(err)
+	err = life.End(err)
 	a.ln.Close()
 	a.srv.Close()
 	<-serveErr
@@ -200,7 +203,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.resumed.Shutdown(2 * time.Second)
 	a.streams.Wait()
 	a.fwd.wg.Wait()
-	return life.exit(err)
+	return life.Exit(err)
 }
 
 // Serve serves the agent's SSH server on ln directly, bypassing the relay.

@@ -113,7 +113,7 @@ func (a *Agent) control(ctx context.Context, announce bool) (connected bool, err
 	} else {
 		a.log.Info("reconnected to server")
 	}
-	defer a.life.report(ctx, func(ctx context.Context, st wire.Status) error {
+	defer a.life.Report(ctx, func(ctx context.Context, st wire.Status) error {
 		return a.send(ctx, c, wire.Message{Type: wire.TypeStatus, Status: &st})
 	})()
 

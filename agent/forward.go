@@ -206,8 +206,8 @@ func (f *forwarder) acceptForwarded(ctx context.Context, conn *gossh.ServerConn,
 			}
 			go gossh.DiscardRequests(reqs) // ends when the channel closes
 			// What the user's side sends counts as activity, as on the
-			// channels users open (lifetime_ssh.go).
-			joinChannel(ctx, activeChannel{Channel: ch, l: f.agent.life}, c.(*net.TCPConn))
+			// channels users open (lifetime.Lifetime.Hook).
+			joinChannel(ctx, f.agent.life.WatchInput(ch), c.(*net.TCPConn))
 		}()
 	}
 }

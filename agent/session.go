@@ -19,7 +19,7 @@ import (
 // started ends with it (see run).
 func (a *Agent) handleSession(s ssh.Session) {
 	log := a.log.With("user", s.User(), "session", shortSession(s))
-	defer a.life.attach(s)()
+	defer a.life.Attach(s)()
 	cmd := a.command(s)
 	log.Info("session started", "command", s.RawCommand(), "pty", hasPty(s))
 	code, err := a.run(s, cmd)
@@ -34,6 +34,28 @@ func (a *Agent) handleSession(s ssh.Session) {
 func hasPty(s ssh.Session) bool {
 	_, _, ok := s.Pty()
 	return ok
+}
+
+// followWindow calls resize with each window change the client sends on
+// winCh, until winCh closes or the returned stop is called (stop waits
+// for the goroutine that follows it to end).
+func followWindow(winCh <-chan ssh.Window, resize func(ssh.Window)) (stop func()) {
+	stopCh, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case w, ok := <-winCh:
+				if !ok {
+					return
+				}
+				resize(w)
+			case <-stopCh:
+				return
+			}
+		}
+	}()
+	return func() { close(stopCh); <-done }
 }
 
 func shortSession(s ssh.Session) string {

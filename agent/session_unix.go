@@ -92,96 +92,116 @@ func (a *Agent) run(s ssh.Session, cmd *exec.Cmd) (int, error) {
 		defer stop()
 		cmd.Env = append(cmd.Env, "SSH_AUTH_SOCK="+sock)
 	}
+	start := startPipes
+	if hasPty(s) {
+		start = startPty
+	}
+	drain, release, err := start(s, cmd)
+	if err != nil {
+		return 255, err
+	}
+	defer release()
+	sid := cmd.Process.Pid // the command leads a session of its own
+	defer forwardSignals(s, sid)()
 
-	ptyReq, winCh, isPty := s.Pty()
-	var drain func() // waits for the last output, after the processes end
-	if isPty {
-		f, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: uint16(ptyReq.Window.Height), Cols: uint16(ptyReq.Window.Width)})
-		if err != nil {
-			return 255, fmt.Errorf("start shell with pty: %w", err)
-		}
-		// The terminal follows the client's window until the session ends.
-		stopResize, resized := make(chan struct{}), make(chan struct{})
-		go func() {
-			defer close(resized)
-			for {
-				select {
-				case w, ok := <-winCh:
-					if !ok {
-						return
-					}
-					pty.Setsize(f, &pty.Winsize{Rows: uint16(w.Height), Cols: uint16(w.Width)})
-				case <-stopResize:
-					return
-				}
-			}
-		}()
-		defer func() { close(stopResize); <-resized; f.Close() }()
-		go io.Copy(f, s) // ends when the session or the pty closes
-		output := make(chan struct{})
-		go func() { io.Copy(s, f); close(output) }()
-		drain = func() {
-			// The copy ends when the last holder of the terminal is gone.
-			select {
-			case <-output:
-			case <-time.After(killGrace):
-			}
-		}
-	} else {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-		// Our own pipes, so that Wait returns when the command exits even
-		// if a background child still holds stdout; the copies drain once
-		// the session's processes are gone.
-		stdinR, stdinW, err := os.Pipe()
-		if err != nil {
-			return 255, err
-		}
-		outR, outW, err := os.Pipe()
-		if err != nil {
-			stdinR.Close()
-			stdinW.Close()
-			return 255, err
-		}
-		errR, errW, err := os.Pipe()
-		if err != nil {
-			stdinR.Close()
-			stdinW.Close()
-			outR.Close()
-			outW.Close()
-			return 255, err
-		}
-		cmd.Stdin, cmd.Stdout, cmd.Stderr = stdinR, outW, errW
-		err = cmd.Start()
-		stdinR.Close()
-		outW.Close()
-		errW.Close()
-		if err != nil {
-			stdinW.Close()
-			outR.Close()
-			errR.Close()
-			return 255, fmt.Errorf("start command: %w", err)
-		}
-		defer stdinW.Close()                               // unblocks the stdin copy if the client still sends
-		go func() { io.Copy(stdinW, s); stdinW.Close() }() // ends with the session or the command's stdin
-		var copies sync.WaitGroup
-		copies.Add(2)
-		go func() { defer copies.Done(); io.Copy(s, outR); outR.Close() }()
-		go func() { defer copies.Done(); io.Copy(s.Stderr(), errR); errR.Close() }()
-		drain = func() {
-			copied := make(chan struct{})
-			go func() { copies.Wait(); close(copied) }()
-			select {
-			case <-copied:
-			case <-time.After(killGrace):
-				outR.Close()
-				errR.Close()
-				<-copied
-			}
+	err = waitCommand(s, cmd, sid)
+
+	if ended, kept := endSession(sid); ended+kept > 0 {
+		a.log.Info("session left processes behind", "ended", ended, "kept_nohup", kept)
+	}
+	drain()
+	reportSignal(s, err)
+	return exitCode(err)
+}
+
+// startPty starts cmd on a new terminal, sized and resized like the
+// client's window, as the leader of a session with that terminal as its
+// controlling one, and copies between the terminal and s. drain waits (at
+// most killGrace) for the last output once the session's processes are
+// gone; release stops following the window and closes the terminal.
+func startPty(s ssh.Session, cmd *exec.Cmd) (drain, release func(), err error) {
+	ptyReq, winCh, _ := s.Pty()
+	f, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: uint16(ptyReq.Window.Height), Cols: uint16(ptyReq.Window.Width)})
+	if err != nil {
+		return nil, nil, fmt.Errorf("start shell with pty: %w", err)
+	}
+	stopResize := followWindow(winCh, func(w ssh.Window) {
+		pty.Setsize(f, &pty.Winsize{Rows: uint16(w.Height), Cols: uint16(w.Width)})
+	})
+	go io.Copy(f, s) // ends when the session or the pty closes
+	output := make(chan struct{})
+	go func() { io.Copy(s, f); close(output) }()
+	drain = func() {
+		// The copy ends when the last holder of the terminal is gone.
+		select {
+		case <-output:
+		case <-time.After(killGrace):
 		}
 	}
-	sid := cmd.Process.Pid // the command leads a session of its own
+	return drain, func() { stopResize(); f.Close() }, nil
+}
 
-	// Signals the client sends go to the command's process group.
+// startPipes starts cmd without a terminal, as the leader of a session of
+// its own, with our own pipes for stdin, stdout and stderr, so that Wait
+// returns when the command exits even if a background child still holds
+// stdout; the copies drain once the session's processes are gone. drain
+// waits for them (at most killGrace, then cuts them); release closes the
+// command's stdin, which unblocks the stdin copy if the client still
+// sends.
+func startPipes(s ssh.Session, cmd *exec.Cmd) (drain, release func(), err error) {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	stdinR, stdinW, err := os.Pipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		stdinR.Close()
+		stdinW.Close()
+		return nil, nil, err
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		stdinR.Close()
+		stdinW.Close()
+		outR.Close()
+		outW.Close()
+		return nil, nil, err
+	}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdinR, outW, errW
+	err = cmd.Start()
+	stdinR.Close()
+	outW.Close()
+	errW.Close()
+	if err != nil {
+		stdinW.Close()
+		outR.Close()
+		errR.Close()
+		return nil, nil, fmt.Errorf("start command: %w", err)
+	}
+	go func() { io.Copy(stdinW, s); stdinW.Close() }() // ends with the session or the command's stdin
+	var copies sync.WaitGroup
+	copies.Add(2)
+	go func() { defer copies.Done(); io.Copy(s, outR); outR.Close() }()
+	go func() { defer copies.Done(); io.Copy(s.Stderr(), errR); errR.Close() }()
+	drain = func() {
+		copied := make(chan struct{})
+		go func() { copies.Wait(); close(copied) }()
+		select {
+		case <-copied:
+		case <-time.After(killGrace):
+			outR.Close()
+			errR.Close()
+			<-copied
+		}
+	}
+	return drain, func() { stdinW.Close() }, nil
+}
+
+// forwardSignals sends the signals the client asks for to the process
+// group of sid, the command's, until the returned stop is called (stop
+// waits for the forwarding goroutine to end).
+func forwardSignals(s ssh.Session, sid int) (stop func()) {
 	// sigs is never closed: gliderlabs may still replay buffered signals
 	// into it after Signals(nil).
 	sigs := make(chan ssh.Signal, 4)
@@ -202,32 +222,32 @@ func (a *Agent) run(s ssh.Session, cmd *exec.Cmd) (int, error) {
 			}
 		}
 	}()
-	defer func() { s.Signals(nil); close(stopSigs); <-sigDone }()
+	return func() { s.Signals(nil); close(stopSigs); <-sigDone }
+}
 
+// waitCommand waits for cmd, which leads session sid, and returns what
+// cmd.Wait returned. When the client leaves first, it hangs up the
+// session, as a terminal would, and kills the command's process group if
+// the command has not exited within killGrace.
+func waitCommand(s ssh.Session, cmd *exec.Cmd, sid int) error {
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	var err error
 	select {
-	case err = <-done:
+	case err := <-done:
+		return err
 	case <-s.Context().Done():
-		// The client left: hang up the session, as a terminal would.
-		signalSession(sid, syscall.SIGHUP)
-		select {
-		case err = <-done:
-		case <-time.After(killGrace):
-			syscall.Kill(-sid, syscall.SIGKILL) // the command's own group
-			err = <-done
-			if err == nil {
-				err = errors.New("killed after the client left")
-			}
-		}
 	}
-	if ended, kept := endSession(sid); ended+kept > 0 {
-		a.log.Info("session left processes behind", "ended", ended, "kept_nohup", kept)
+	signalSession(sid, syscall.SIGHUP)
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(killGrace):
 	}
-	drain()
-	reportSignal(s, err)
-	return exitCode(err)
+	syscall.Kill(-sid, syscall.SIGKILL) // the command's own group
+	if err := <-done; err != nil {
+		return err
+	}
+	return errors.New("killed after the client left")
 }
 
 // sessionProc is a live process of a session.

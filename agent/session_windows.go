@@ -68,6 +68,12 @@ func (a *Agent) run(s ssh.Session, cmd *exec.Cmd) (int, error) {
 	if ptyReq, winCh, isPty := s.Pty(); isPty {
 		return a.runConPTY(s, cmd, job, ptyReq, winCh)
 	}
+	return runPipes(s, cmd, job)
+}
+
+// runPipes runs cmd without a terminal, its output going straight to s,
+// and ends the processes of job when the client leaves first.
+func runPipes(s ssh.Session, cmd *exec.Cmd, job windows.Handle) (int, error) {
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return 255, err
@@ -111,22 +117,7 @@ func (a *Agent) runConPTY(s ssh.Session, cmd *exec.Cmd, job windows.Handle, ptyR
 	defer windows.CloseHandle(proc)
 	windows.AssignProcessToJobObject(job, proc)
 
-	stopResize, resized := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(resized)
-		for {
-			select {
-			case win, ok := <-winCh:
-				if !ok {
-					return
-				}
-				cpty.Resize(win.Width, win.Height)
-			case <-stopResize:
-				return
-			}
-		}
-	}()
-	defer func() { close(stopResize); <-resized }()
+	defer followWindow(winCh, func(win ssh.Window) { cpty.Resize(win.Width, win.Height) })()
 	go io.Copy(cpty, s) // ends when the session or the console closes
 	output := make(chan struct{})
 	go func() { io.Copy(s, cpty); close(output) }()

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/converge-ci/converge/agent"
+	"github.com/converge-ci/converge/agent/lifetime"
 	"github.com/converge-ci/converge/internal/cli"
 )
 
@@ -23,6 +24,49 @@ func main() {
 		waitMain(os.Args[2:])
 		return
 	}
+	cmd, o := newCommand()
+	// CONVERGE_AUTHORIZED_KEYS is the twin of --authorized-keys (files),
+	// but a CI secret by that name usually holds the key lines themselves:
+	// pass those on as CONVERGE_AUTHORIZED_KEYS_DATA (which --detach's
+	// background agent inherits too).
+	if v := os.Getenv("CONVERGE_AUTHORIZED_KEYS"); holdsKeyLines(v) {
+		os.Setenv("CONVERGE_AUTHORIZED_KEYS_DATA", strings.TrimSpace(os.Getenv("CONVERGE_AUTHORIZED_KEYS_DATA")+"\n"+v))
+		os.Unsetenv("CONVERGE_AUTHORIZED_KEYS")
+	}
+	if err := cmd.Parse(os.Args[1:]); err != nil {
+		if errors.Is(err, cli.ErrExit) {
+			return
+		}
+		os.Exit(2)
+	}
+	f := cmd.Flags
+	switch f.NArg() {
+	case 1:
+		o.cfg.Server = f.Arg(0)
+	case 0:
+		cli.Fatal("agent", errors.New("missing server URL, e.g. agent --id myjob wss://converge.example.com; see agent --help"), 2)
+	default:
+		cli.Fatal("agent", errors.New("too many arguments: give one server URL; see agent --help"), 2)
+	}
+	run(o, f.NArg())
+}
+
+// options is the agent's command line: the agent's Config, and what only
+// the command uses.
+type options struct {
+	cfg       agent.Config
+	keyFiles  cli.StringList
+	keyURLs   cli.StringList
+	logFormat string
+	verbose   bool
+	stay      bool
+	detach    bool
+	noLogin   int // exit status when nobody logged in
+}
+
+// newCommand defines the agent command, its help and its flags, which
+// fill the returned options.
+func newCommand() (*cli.Command, *options) {
 	cmd := cli.New("agent", "agent [flags] ws[s]://host[:port]\n       agent wait [--dir DIR]", `
 The Converge agent runs inside a CI job. It connects out to the Converge
 server (it never listens), registers a rendezvous ID, and serves an SSH
@@ -55,65 +99,44 @@ In the background:
   ./agent --detach --id myjob wss://converge.example.com
   make test            # the job's own steps
   ./agent wait         # returns at once unless someone is connected`
-	var (
-		cfg       agent.Config
-		keyFiles  cli.StringList
-		keyURLs   cli.StringList
-		logFormat string
-		verbose   bool
-		stay      bool
-		detach    bool
-		noLogin   int
-	)
+	o := &options{}
+	cfg := &o.cfg
 	f := cmd.Flags
 	f.StringVar(&cfg.ID, "id", "", "rendezvous `ID` users connect to (letters, digits, . _ -); random when empty")
 	f.StringVar(&cfg.Dir, "dir", "", "working directory of sessions, and of .authorized_keys when no other key source is given (default: the current directory)")
-	f.Var(&keyFiles, "authorized-keys", "authorized_keys `FILE` to read at each login; repeatable; any key source turns off .authorized_keys in --dir unless named here (--authorized-keys .authorized_keys)")
+	f.Var(&o.keyFiles, "authorized-keys", "authorized_keys `FILE` to read at each login; repeatable; any key source turns off .authorized_keys in --dir unless named here (--authorized-keys .authorized_keys)")
 	f.StringVar(&cfg.AuthorizedKeys, "authorized-keys-data", "", "authorized_keys lines given directly, for CI secrets: set it through the environment (CONVERGE_AUTHORIZED_KEYS holding key lines works too)")
-	f.Var(&keyURLs, "authorized-keys-url", "fetch authorized_keys lines from `URL` at start, e.g. https://github.com/USER.keys; https only (plain http only to loopback hosts), no redirect to http; repeatable; a failed fetch stops the agent")
+	f.Var(&o.keyURLs, "authorized-keys-url", "fetch authorized_keys lines from `URL` at start, e.g. https://github.com/USER.keys; https only (plain http only to loopback hosts), no redirect to http; repeatable; a failed fetch stops the agent")
 	f.StringVar(&cfg.HostKeyFile, "host-key", "", "SSH host key `FILE` (OpenSSH private key), or the key's PEM text itself (for CONVERGE_HOST_KEY from a CI secret); a fresh ed25519 key per run when empty")
 	f.StringVar(&cfg.Shell, "shell", "", "`PROGRAM` for sessions and commands (default: $SHELL, else bash, else sh; on Windows powershell, or cmd)")
 	f.DurationVar(&cfg.Lifetime.ConnectTimeout, "connect-timeout", 10*time.Minute, "exit if nobody logs in within this `duration`, so the job goes on (0: wait forever); see --no-login-status")
-	f.IntVar(&noLogin, "no-login-status", 0, "exit `status` when nobody logged in before --connect-timeout: 0 lets the job go on; 3, say, lets a script tell it apart")
+	f.IntVar(&o.noLogin, "no-login-status", 0, "exit `status` when nobody logged in before --connect-timeout: 0 lets the job go on; 3, say, lets a script tell it apart")
 	f.DurationVar(&cfg.Lifetime.Expiry, "expiry", 30*time.Minute, "end sessions this `duration` after the last input from a user; also what touching .hold adds (0: never)")
 	f.DurationVar(&cfg.Lifetime.WarnBefore, "warn-before", 5*time.Minute, "warn in open shells this `duration` before the expiry, at most half of --expiry (0: no warnings)")
 	f.DurationVar(&cfg.Lifetime.MaxSession, "max-session", 0, "hard cap on the time from the first login, whatever the input or .hold (0: no cap)")
-	f.BoolVar(&stay, "stay", false, "keep running after the last user logs out, until the expiry (default: exit with status 0)")
-	f.BoolVar(&detach, "detach", false, "run in the background once registered, logging to .converge/agent.log; end the job with \"agent wait\"")
+	f.BoolVar(&o.stay, "stay", false, "keep running after the last user logs out, until the expiry (default: exit with status 0)")
+	f.BoolVar(&o.detach, "detach", false, "run in the background once registered, logging to .converge/agent.log; end the job with \"agent wait\"")
 	f.DurationVar(&cfg.ResumeWindow, "resume-window", 2*time.Minute, "how long a user's resumable session waits for the user to reconnect after a drop before it is closed")
-	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
-	f.BoolVar(&verbose, "verbose", false, "log debug messages")
-	// CONVERGE_AUTHORIZED_KEYS is the twin of --authorized-keys (files),
-	// but a CI secret by that name usually holds the key lines themselves:
-	// pass those on as CONVERGE_AUTHORIZED_KEYS_DATA (which --detach's
-	// background agent inherits too).
-	if v := os.Getenv("CONVERGE_AUTHORIZED_KEYS"); holdsKeyLines(v) {
-		os.Setenv("CONVERGE_AUTHORIZED_KEYS_DATA", strings.TrimSpace(os.Getenv("CONVERGE_AUTHORIZED_KEYS_DATA")+"\n"+v))
-		os.Unsetenv("CONVERGE_AUTHORIZED_KEYS")
-	}
-	if err := cmd.Parse(os.Args[1:]); err != nil {
-		if errors.Is(err, cli.ErrExit) {
-			return
-		}
-		os.Exit(2)
-	}
-	switch f.NArg() {
-	case 1:
-		cfg.Server = f.Arg(0)
-	case 0:
-		cli.Fatal("agent", errors.New("missing server URL, e.g. agent --id myjob wss://converge.example.com; see agent --help"), 2)
-	default:
-		cli.Fatal("agent", errors.New("too many arguments: give one server URL; see agent --help"), 2)
-	}
-	cfg.AuthorizedKeysFiles = keyFiles
-	cfg.AuthorizedKeysURLs = keyURLs
+	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	f.BoolVar(&o.verbose, "verbose", false, "log debug messages")
+	return cmd, o
+}
+
+// run completes the Config from o and runs the agent until it ends, or,
+// with --detach, starts it again in the background (positional is the
+// number of arguments after the flags). On failure it exits with the
+// agent's status.
+func run(o *options, positional int) {
+	cfg := o.cfg
+	cfg.AuthorizedKeysFiles = o.keyFiles
+	cfg.AuthorizedKeysURLs = o.keyURLs
 	if strings.HasPrefix(strings.TrimSpace(cfg.HostKeyFile), "-----BEGIN") {
 		cfg.HostKeyPEM, cfg.HostKeyFile = []byte(cfg.HostKeyFile), ""
 	}
-	cfg.Lifetime.ExitOnLastLogout = !stay
+	cfg.Lifetime.ExitOnLastLogout = !o.stay
 	cfg.StateFile = true
 	cfg.Password = os.Getenv("CONVERGE_PASSWORD")
-	log, err := cli.Logger(os.Stderr, logFormat, verbose)
+	log, err := cli.Logger(os.Stderr, o.logFormat, o.verbose)
 	if err != nil {
 		cli.Fatal("agent", err, 2)
 	}
@@ -121,19 +144,19 @@ In the background:
 	cfg.Version = cli.Version
 	a, err := agent.New(cfg)
 	if err != nil {
-		cli.Fatal("agent", err, agent.ExitUsage)
+		cli.Fatal("agent", err, lifetime.ExitUsage)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if detach {
-		runDetached(ctx, f.NArg(), cfg.Dir)
+	if o.detach {
+		runDetached(ctx, positional, cfg.Dir)
 		return
 	}
 	if err := a.Run(ctx); err != nil {
 		stop()
-		code := agent.ExitStatus(err)
-		if errors.Is(err, agent.ErrNoLogin) {
-			code = noLogin
+		code := lifetime.ExitStatus(err)
+		if errors.Is(err, lifetime.ErrNoLogin) {
+			code = o.noLogin
 		}
 		cli.Fatal("agent", err, code)
 	}
@@ -144,7 +167,7 @@ In the background:
 func runDetached(ctx context.Context, positional int, dir string) {
 	exe, err := os.Executable()
 	if err != nil {
-		cli.Fatal("agent", fmt.Errorf("find this program to run it in the background: %w", err), agent.ExitFailed)
+		cli.Fatal("agent", fmt.Errorf("find this program to run it in the background: %w", err), lifetime.ExitFailed)
 	}
 	// The same command line, with --detach=false before the positional
 	// arguments (and before a "--" that ends the flags).
@@ -158,10 +181,10 @@ func runDetached(ctx context.Context, positional int, dir string) {
 		dir = "."
 	}
 	if dir, err = filepath.Abs(dir); err != nil {
-		cli.Fatal("agent", err, agent.ExitFailed)
+		cli.Fatal("agent", err, lifetime.ExitFailed)
 	}
-	if err := agent.Detach(ctx, exe, child, dir, os.Stdout); err != nil {
-		code := agent.ExitFailed
+	if err := lifetime.Detach(ctx, exe, child, dir, os.Stdout); err != nil {
+		code := lifetime.ExitFailed
 		var ee *exec.ExitError
 		if errors.As(err, &ee) && ee.ExitCode() > 0 {
 			code = ee.ExitCode()
@@ -185,23 +208,23 @@ included), 1 when there is no agent state in DIR or the agent failed.`
 		if errors.Is(err, cli.ErrExit) {
 			return
 		}
-		os.Exit(agent.ExitUsage)
+		os.Exit(lifetime.ExitUsage)
 	}
 	if cmd.Flags.NArg() > 0 {
-		cli.Fatal("agent wait", errors.New("unexpected arguments; see agent wait --help"), agent.ExitUsage)
+		cli.Fatal("agent wait", errors.New("unexpected arguments; see agent wait --help"), lifetime.ExitUsage)
 	}
 	if dir == "" {
 		dir = "."
 	}
 	dir, err := filepath.Abs(dir)
 	if err != nil {
-		cli.Fatal("agent wait", err, agent.ExitFailed)
+		cli.Fatal("agent wait", err, lifetime.ExitFailed)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := agent.Wait(ctx, dir, os.Stdout); err != nil {
+	if err := lifetime.Wait(ctx, dir, os.Stdout); err != nil {
 		stop()
-		cli.Fatal("agent wait", err, agent.ExitFailed)
+		cli.Fatal("agent wait", err, lifetime.ExitFailed)
 	}
 }
 

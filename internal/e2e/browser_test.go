@@ -14,6 +14,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/converge-ci/converge/agent"
+	"github.com/converge-ci/converge/agent/lifetime"
 	"github.com/converge-ci/converge/internal/sshtest"
 	"github.com/converge-ci/converge/server"
 )
@@ -97,25 +98,7 @@ func TestBrowserPages(t *testing.T) {
 	r := startServer(t, func(c *server.Config) { c.SessionsPassword = password })
 	ctx := browser(t)
 
-	// The usage page, and its ID form (plain HTML, no script).
-	do(t, ctx, "usage page",
-		chromedp.Navigate(r.HTTP+"/"),
-		chromedp.WaitVisible(chromedp.CSS("#ci-linux")),
-		chromedp.SetValue(chromedp.CSS("#id"), "from-form"),
-		chromedp.Submit(chromedp.CSS("#id")),
-		chromedp.WaitVisible(chromedp.CSS(`input[value="from-form"]`)),
-	)
-	linux, ssh, config := text(t, ctx, "#ci-linux"), text(t, ctx, "#ssh-cmd"), text(t, ctx, "#ssh-config-snippet")
-	for _, c := range []struct{ name, got, want string }{
-		{"CI download", linux, "curl -fsSLo agent " + r.HTTP + "/static/agent\n"},
-		{"CI run", linux, "./agent --id from-form " + r.URL},
-		{"ssh", ssh, `ssh -oProxyCommand="wsproxy ` + r.URL + `/client/from-form" -oHostKeyAlias=from-form ` + r.User + "@localhost"},
-		{"ssh config", config, "ProxyCommand wsproxy " + r.URL + "/client/%n"},
-	} {
-		if !strings.Contains(c.got, c.want) {
-			t.Errorf("%s recipe in the browser:\n%s\nwant it to contain:\n%s", c.name, c.got, c.want)
-		}
-	}
+	checkUsagePage(t, ctx, r)
 
 	// The sessions view, with the credential a user would type.
 	auth := "Basic " + base64.StdEncoding.EncodeToString([]byte("anyone:"+password))
@@ -187,6 +170,30 @@ func TestBrowserPages(t *testing.T) {
 	}
 }
 
+// checkUsagePage submits the usage page's ID form (plain HTML, no
+// script) and checks that the recipes carry r's address and that ID.
+func checkUsagePage(t *testing.T, ctx context.Context, r *relay) {
+	t.Helper()
+	do(t, ctx, "usage page",
+		chromedp.Navigate(r.HTTP+"/"),
+		chromedp.WaitVisible(chromedp.CSS("#ci-linux")),
+		chromedp.SetValue(chromedp.CSS("#id"), "from-form"),
+		chromedp.Submit(chromedp.CSS("#id")),
+		chromedp.WaitVisible(chromedp.CSS(`input[value="from-form"]`)),
+	)
+	linux, ssh, config := text(t, ctx, "#ci-linux"), text(t, ctx, "#ssh-cmd"), text(t, ctx, "#ssh-config-snippet")
+	for _, c := range []struct{ name, got, want string }{
+		{"CI download", linux, "curl -fsSLo agent " + r.HTTP + "/static/agent\n"},
+		{"CI run", linux, "./agent --id from-form " + r.URL},
+		{"ssh", ssh, `ssh -oProxyCommand="wsproxy ` + r.URL + `/client/from-form" -oHostKeyAlias=from-form ` + r.User + "@localhost"},
+		{"ssh config", config, "ProxyCommand wsproxy " + r.URL + "/client/%n"},
+	} {
+		if !strings.Contains(c.got, c.want) {
+			t.Errorf("%s recipe in the browser:\n%s\nwant it to contain:\n%s", c.name, c.got, c.want)
+		}
+	}
+}
+
 // browserAgent is an agent run for the browser test.
 type browserAgent struct {
 	done <-chan error // Run's result, once it returns
@@ -200,7 +207,7 @@ func runAgent(t *testing.T, r *relay, id string, c *sshtest.Client) *browserAgen
 	a, err := agent.New(agent.Config{
 		Server: r.URL, ID: id, Dir: t.TempDir(), Out: out,
 		AuthorizedKeys: c.PublicKey,
-		Lifetime:       agent.Lifetime{ExitOnLastLogout: true, Expiry: time.Hour},
+		Lifetime:       lifetime.Config{ExitOnLastLogout: true, Expiry: time.Hour},
 		Logger:         testLogger(t).With("side", "agent"),
 	})
 	if err != nil {

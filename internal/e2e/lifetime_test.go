@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/converge-ci/converge/agent"
+	"github.com/converge-ci/converge/agent/lifetime"
 	"github.com/converge-ci/converge/internal/sshtest"
 	"github.com/converge-ci/converge/server"
 )
@@ -120,7 +121,7 @@ func (p *agentProc) running() bool {
 // agentState reads the state file the agent keeps in dir.
 func agentState(t *testing.T, dir string) map[string]any {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(dir, agent.StateDir, "agent.json"))
+	b, err := os.ReadFile(filepath.Join(dir, lifetime.StateDir, "agent.json"))
 	if err != nil {
 		t.Fatalf("read the agent's state: %v", err)
 	}
@@ -143,8 +144,8 @@ func TestLifetimeNoLogin(t *testing.T) {
 	}
 	t.Setenv("CONVERGE_NO_LOGIN_STATUS", "3")
 	p := startAgentProc(t, r, "nologin-job", c)
-	if code := p.exit(); code != agent.ExitNoLogin {
-		t.Fatalf("exit status %d, want %d (nobody logged in, --no-login-status 3)", code, agent.ExitNoLogin)
+	if code := p.exit(); code != lifetime.ExitNoLogin {
+		t.Fatalf("exit status %d, want %d (nobody logged in, --no-login-status 3)", code, lifetime.ExitNoLogin)
 	}
 	if !strings.Contains(p.out.String(), "nobody logged in within 1s (--connect-timeout)") {
 		t.Errorf("the agent did not say why it exited:\n%s", p.out)
@@ -170,7 +171,7 @@ func TestLifetimeFlagErrors(t *testing.T) {
 		cmd.Dir = dir
 		out, err := cmd.CombinedOutput()
 		ee, ok := err.(*exec.ExitError)
-		if !ok || ee.ExitCode() != agent.ExitUsage || !strings.Contains(string(out), tc.want) {
+		if !ok || ee.ExitCode() != lifetime.ExitUsage || !strings.Contains(string(out), tc.want) {
 			t.Errorf("agent %q: %v, output %q; want exit 2 mentioning %q", tc.args, err, out, tc.want)
 		}
 	}
@@ -312,41 +313,8 @@ func TestLifetimeDetachAndWait(t *testing.T) {
 	r := startServer(t)
 	c := sshtest.New(t)
 
-	detach := func(id string) string {
-		t.Helper()
-		dir := t.TempDir()
-		if err := os.WriteFile(filepath.Join(dir, ".authorized_keys"), []byte(c.PublicKey+"\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		cmd := exec.Command(bin("agent"), "--detach", "--connect-timeout", "60s", "--id", id, r.URL)
-		cmd.Dir = dir
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("agent --detach: %v\n%s", err, out)
-		}
-		pid := int(agentState(t, dir)["pid"].(float64))
-		t.Cleanup(func() {
-			if proc, err := os.FindProcess(pid); err == nil {
-				proc.Kill()
-			}
-		})
-		for _, want := range []string{"registered", "ssh ", "agent wait"} {
-			if !strings.Contains(string(out), want) {
-				t.Errorf("agent --detach printed no %q:\n%s", want, out)
-			}
-		}
-		trustPrinted(t, c, id, string(out))
-		return dir
-	}
-	wait := func(dir string) (string, error) {
-		cmd := exec.Command(bin("agent"), "wait")
-		cmd.Dir = dir
-		out, err := cmd.CombinedOutput()
-		return string(out), err
-	}
-
 	// Someone is connected: wait returns only after they leave.
-	dir := detach("detach-busy")
+	dir := detachAgent(t, r, "detach-busy", c)
 	tgt := r.target("detach-busy")
 	sess := c.Command(context.Background(), "ssh", tgt, tgt.Dest(), "echo in; read line; echo out")
 	stdin, err := sess.StdinPipe()
@@ -362,7 +330,7 @@ func TestLifetimeDetachAndWait(t *testing.T) {
 		err error
 	}
 	waited := make(chan result, 1)
-	go func() { o, err := wait(dir); waited <- result{o, err} }()
+	go func() { o, err := agentWait(dir); waited <- result{o, err} }()
 	waitFor(t, "agent wait to see the user", func() bool { return agentState(t, dir)["waiting"] == true })
 	select {
 	case res := <-waited:
@@ -382,8 +350,8 @@ func TestLifetimeDetachAndWait(t *testing.T) {
 	}
 
 	// Nobody connected: wait ends the agent and returns at once.
-	dir = detach("detach-idle")
-	o, err := wait(dir)
+	dir = detachAgent(t, r, "detach-idle", c)
+	o, err := agentWait(dir)
 	if err != nil || !strings.Contains(o, "nobody was connected") {
 		t.Errorf("agent wait on an unused agent: %v\n%s", err, o)
 	}
@@ -392,10 +360,49 @@ func TestLifetimeDetachAndWait(t *testing.T) {
 	}
 
 	// No agent ever ran here: wait says so.
-	o, err = wait(t.TempDir())
+	o, err = agentWait(t.TempDir())
 	if err == nil || !strings.Contains(o, "no agent has run in") {
 		t.Errorf("agent wait without an agent: %v\n%s", err, o)
 	}
+}
+
+// detachAgent runs `agent --detach --id id URL` in a fresh directory
+// whose .authorized_keys holds c's key, checks what it printed, makes c
+// trust the host key it printed, and returns the directory. The agent
+// runs on in the background until the test ends.
+func detachAgent(t *testing.T, r *relay, id string, c *sshtest.Client) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, ".authorized_keys"), []byte(c.PublicKey+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin("agent"), "--detach", "--connect-timeout", "60s", "--id", id, r.URL)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("agent --detach: %v\n%s", err, out)
+	}
+	pid := int(agentState(t, dir)["pid"].(float64))
+	t.Cleanup(func() {
+		if proc, err := os.FindProcess(pid); err == nil {
+			proc.Kill()
+		}
+	})
+	for _, want := range []string{"registered", "ssh ", "agent wait"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("agent --detach printed no %q:\n%s", want, out)
+		}
+	}
+	trustPrinted(t, c, id, string(out))
+	return dir
+}
+
+// agentWait runs `agent wait` in dir and returns what it printed.
+func agentWait(dir string) (string, error) {
+	cmd := exec.Command(bin("agent"), "wait")
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	return string(out), err
 }
 
 // TestLifetimeStatusOnSessionsPage: the agent reports its expiry and
@@ -404,7 +411,7 @@ func TestLifetimeStatusOnSessionsPage(t *testing.T) {
 	r := startServer(t, func(cfg *server.Config) { cfg.SessionsPassword = "pw" })
 	c := sshtest.New(t)
 	startAgent(t, r, "status-job", c, func(cfg *agent.Config) {
-		cfg.Lifetime = agent.Lifetime{ConnectTimeout: time.Hour, Expiry: 2 * time.Hour}
+		cfg.Lifetime = lifetime.Config{ConnectTimeout: time.Hour, Expiry: 2 * time.Hour}
 	})
 	page := func() (users int, expiry time.Time) {
 		t.Helper()

@@ -1,4 +1,18 @@
-package agent
+// Package lifetime decides how long a Converge agent runs, so that it
+// never keeps a CI runner busy by accident: a deadline to the first login,
+// an idle expiry extended by user input and by the mtime of .hold, a hard
+// cap, and the end at the last logout. It tells open shells what is coming
+// (a banner at login, warnings before the deadline, the reason at the end),
+// keeps the state file that `agent wait` and `agent --detach` read, and
+// maps how the agent ended to its exit status.
+//
+// It hooks into the agent's SSH server (gliderlabs/ssh) to see logins and
+// input, but it is not the agent: it does not dial the server, serve
+// streams or run sessions, and it never imports package agent. The agent
+// creates a Lifetime with New, Hooks its SSH server, Attaches each session,
+// Reports the status over its control connection, and brackets its run
+// with Start, Run.End and Run.Exit.
+package lifetime
 
 import (
 	"errors"
@@ -6,18 +20,18 @@ import (
 	"time"
 )
 
-// Lifetime bounds how long an agent runs, so that it never keeps a CI
-// runner busy by accident. The zero value never ends the agent by itself
-// (for embedding and tests); cmd/agent sets the defaults users get.
+// Config bounds how long an agent runs. The zero value never ends the
+// agent by itself (for embedding and tests); cmd/agent sets the defaults
+// users get.
 //
 // The deadline is computed, never stored: before the first login it is
-// the start plus ConnectTimeout; after it, the last user input (or login,
+// the Start plus ConnectTimeout; after it, the last user input (or login,
 // or logout) plus Expiry. The modification time of Dir/.hold plus Expiry
 // extends either, so `touch .hold` extends and a future mtime extends
 // further. MaxSession caps it all, .hold included.
-type Lifetime struct {
-	// ConnectTimeout is the deadline to the first login, counted from the
-	// start of Run. Nobody logged in by then: Run returns ErrNoLogin.
+type Config struct {
+	// ConnectTimeout is the deadline to the first login, counted from
+	// Start. Nobody logged in by then: Run.End returns ErrNoLogin.
 	// Zero: wait forever.
 	ConnectTimeout time.Duration
 	// Expiry is the idle window while users are logged in: sessions end
@@ -37,7 +51,7 @@ type Lifetime struct {
 }
 
 // Validate rejects negative durations.
-func (l Lifetime) Validate() error {
+func (l Config) Validate() error {
 	for _, d := range []struct {
 		name string
 		v    time.Duration
@@ -51,15 +65,16 @@ func (l Lifetime) Validate() error {
 
 // warnBefore is WarnBefore, at most half of Expiry, so that a warning
 // never follows every pause in typing.
-func (l Lifetime) warnBefore() time.Duration {
+func (l Config) warnBefore() time.Duration {
 	if l.Expiry > 0 && l.WarnBefore > l.Expiry/2 {
 		return l.Expiry / 2
 	}
 	return l.WarnBefore
 }
 
-// ErrNoLogin is what Run returns when nobody logged in before the
-// connect timeout (or before a .hold given before any login ran out).
+// ErrNoLogin is what Run.End returns (wrapped) when nobody logged in
+// before the connect timeout (or before a .hold given before any login ran
+// out).
 var ErrNoLogin = errors.New("nobody logged in")
 
 // Exit statuses of the agent command, documented in the README.
@@ -77,7 +92,9 @@ const (
 	ExitNoLogin = 3
 )
 
-// ExitStatus maps what Run returned to the agent command's exit status.
+// ExitStatus maps what the agent's Run returned (Run.End's error, or one
+// of its own) to the agent command's exit status: ExitOK for nil,
+// ExitNoLogin for an error wrapping ErrNoLogin, ExitFailed for any other.
 func ExitStatus(err error) int {
 	switch {
 	case err == nil:
@@ -107,8 +124,8 @@ func (k endKind) String() string {
 // lifeState is the lifetime's state machine. It holds no clock: every
 // question takes the current time, so tests can ask about any instant.
 type lifeState struct {
-	cfg        Lifetime
-	start      time.Time // start of Run
+	cfg        Config
+	start      time.Time // when Start was called
 	firstLogin time.Time // zero until someone logs in
 	users      int       // logged-in connections now
 	logins     int       // logins so far

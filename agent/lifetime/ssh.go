@@ -1,4 +1,4 @@
-package agent
+package lifetime
 
 import (
 	"maps"
@@ -10,11 +10,13 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 )
 
-// hook connects the lifetime to srv: a successful authentication counts
+// Hook connects the lifetime to srv: a successful authentication counts
 // as a login until the connection closes, and every byte a user sends on
 // any channel (keystrokes, stdin, SFTP requests, forwarded data) counts as
-// input. Call it after the server's handlers are set; it wraps them.
-func (l *lifetime) hook(srv *ssh.Server) {
+// input. Call it after the server's handlers are set, before it serves;
+// it wraps them (srv.ChannelHandlers, or gliderlabs' defaults when nil,
+// and srv.ServerConfigCallback).
+func (l *Lifetime) Hook(srv *ssh.Server) {
 	base := srv.ServerConfigCallback
 	srv.ServerConfigCallback = func(ctx ssh.Context) *gossh.ServerConfig {
 		cfg := &gossh.ServerConfig{}
@@ -50,7 +52,7 @@ func (l *lifetime) hook(srv *ssh.Server) {
 // activeNewChannel accepts channels whose reads count as user input.
 type activeNewChannel struct {
 	gossh.NewChannel
-	l *lifetime
+	l *Lifetime
 }
 
 func (c activeNewChannel) Accept() (gossh.Channel, <-chan *gossh.Request, error) {
@@ -61,9 +63,16 @@ func (c activeNewChannel) Accept() (gossh.Channel, <-chan *gossh.Request, error)
 	return activeChannel{Channel: ch, l: c.l}, reqs, nil
 }
 
+// WatchInput returns ch with every read from it counted as user input,
+// for channels the agent opens towards the user itself (remote port
+// forwards), which Hook does not see. Closing it closes ch.
+func (l *Lifetime) WatchInput(ch gossh.Channel) gossh.Channel {
+	return activeChannel{Channel: ch, l: l}
+}
+
 type activeChannel struct {
 	gossh.Channel
-	l *lifetime
+	l *Lifetime
 }
 
 func (c activeChannel) Read(p []byte) (int, error) {
@@ -76,7 +85,7 @@ func (c activeChannel) Read(p []byte) (int, error) {
 
 // liveSession is an open shell or command the lifetime may talk to.
 type liveSession struct {
-	l   *lifetime
+	l   *Lifetime
 	s   ssh.Session
 	pty bool
 
@@ -85,10 +94,11 @@ type liveSession struct {
 	said chan struct{} // closed when the last write started has finished
 }
 
-// attach registers s for warnings and the closing message, and prints the
-// banner into interactive shells. Call the returned func when the session
-// handler ends.
-func (l *lifetime) attach(s ssh.Session) (detach func()) {
+// Attach registers s for warnings and the closing message, and prints the
+// banner into interactive shells. Call the returned detach when the
+// session handler ends; Run.Exit waits for that. Once the lifetime has
+// begun to end, Attach does nothing and detach is a no-op.
+func (l *Lifetime) Attach(s ssh.Session) (detach func()) {
 	_, _, pty := s.Pty()
 	ls := &liveSession{l: l, s: s, pty: pty}
 	l.mu.Lock()

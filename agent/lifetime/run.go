@@ -1,4 +1,4 @@
-package agent
+package lifetime
 
 import (
 	"context"
@@ -18,17 +18,20 @@ import (
 // request. Touching .hold takes effect within it.
 const holdPoll = time.Second
 
-// HoldFile is the name of the hold file in the agent's directory.
+// HoldFile is the name of the hold file in the agent's directory: its
+// mtime plus Config.Expiry keeps the agent up. A missing file holds
+// nothing; a future mtime holds longer.
 const HoldFile = ".hold"
 
-// lifetime runs the state machine of lifeState against the clock, the
+// Lifetime runs the state machine (lifeState) against the clock, the
 // SSH server's logins and input, and the files in the agent's directory.
-// It tells open shells what is coming and decides when Run ends.
-type lifetime struct {
-	cfg   Lifetime
+// It tells open shells what is coming and decides when the agent ends.
+// Its methods are safe for concurrent use; Start is called once.
+type Lifetime struct {
+	cfg   Config
 	dir   string
 	log   *slog.Logger
-	state *stateFile // nil: no state file
+	state *StateFile // nil: no state file
 
 	wake chan struct{} // logins and logouts wake the loop; buffered 1
 
@@ -42,8 +45,12 @@ type lifetime struct {
 	handlers sync.WaitGroup // attached session handlers and their writers
 }
 
-func newLifetime(cfg Lifetime, dir string, log *slog.Logger, state *stateFile) *lifetime {
-	return &lifetime{
+// New prepares the lifetime of an agent whose directory is dir (where
+// .hold is read). cfg must have passed Validate. With a nil state, no
+// files are written and `agent wait` cannot follow the agent. Nothing
+// runs before Start.
+func New(cfg Config, dir string, log *slog.Logger, state *StateFile) *Lifetime {
+	return &Lifetime{
 		cfg:      cfg,
 		dir:      dir,
 		log:      log,
@@ -55,7 +62,7 @@ func newLifetime(cfg Lifetime, dir string, log *slog.Logger, state *stateFile) *
 	}
 }
 
-func (l *lifetime) poke() {
+func (l *Lifetime) poke() {
 	select {
 	case l.wake <- struct{}{}:
 	default:
@@ -63,7 +70,7 @@ func (l *lifetime) poke() {
 }
 
 // login counts a logged-in connection until ctx (the connection's) ends.
-func (l *lifetime) login(ctx context.Context) {
+func (l *Lifetime) login(ctx context.Context) {
 	l.mu.Lock()
 	now := time.Now()
 	if l.st.firstLogin.IsZero() {
@@ -85,31 +92,33 @@ func (l *lifetime) login(ctx context.Context) {
 
 // activity records input from a user. It is called for every read from
 // a user's channel, so it only takes the lock.
-func (l *lifetime) activity() {
+func (l *Lifetime) activity() {
 	l.mu.Lock()
 	l.st.active = time.Now()
 	l.mu.Unlock()
 }
 
-// lifeRun is one Run of the lifetime, from start to exit.
-type lifeRun struct {
-	l         *lifetime
-	cancel    context.CancelFunc      // ends Run's connection loop
+// Run is the running lifetime, from Start to End and Exit.
+type Run struct {
+	l         *Lifetime
+	cancel    context.CancelFunc      // ends the agent's connection loop
 	stopWatch context.CancelCauseFunc // ends the watcher early
 	done      chan struct{}           // closed when the watcher has ended
 	reason    endKind                 // why the lifetime ended; set by the watcher
 	told      bool                    // sessions were told why they end
 }
 
-// errLoopEnded stops the watcher when Run's connection loop ended by
-// itself (the server refused the agent).
+// errLoopEnded stops the watcher when the agent's connection loop ended
+// by itself (the server refused the agent).
 var errLoopEnded = errors.New("connection loop ended")
 
-// start begins the lifetime at the start of Run. The returned context is
-// for Run's connection loop, and the client streams it carries: it ends
-// after ctx ends or the lifetime is over, and after open sessions were
-// told why (their streams must live until then).
-func (l *lifetime) start(ctx context.Context) (context.Context, *lifeRun) {
+// Start begins the lifetime, at the start of the agent's run, and starts
+// the goroutine that watches it (End stops and waits for it). The
+// returned context is for the agent's connection loop, and the client
+// streams it carries: it ends after ctx ends or the lifetime is over, and
+// only after open sessions were told why (their streams must live until
+// then). Call Start once.
+func (l *Lifetime) Start(ctx context.Context) (context.Context, *Run) {
 	l.mu.Lock()
 	l.st.start = time.Now()
 	deadline := l.st.deadline()
@@ -128,7 +137,7 @@ func (l *lifetime) start(ctx context.Context) (context.Context, *lifeRun) {
 		"login_by", loginBy, "expiry", l.cfg.Expiry, "max_session", l.cfg.MaxSession, "last_logout", lastLogout)
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	watchCtx, stopWatch := context.WithCancelCause(ctx)
-	r := &lifeRun{l: l, cancel: cancel, stopWatch: stopWatch, done: make(chan struct{})}
+	r := &Run{l: l, cancel: cancel, stopWatch: stopWatch, done: make(chan struct{})}
 	go func() {
 		defer close(r.done)
 		r.reason = l.loop(watchCtx)
@@ -141,7 +150,7 @@ func (l *lifetime) start(ctx context.Context) (context.Context, *lifeRun) {
 }
 
 // loop runs until the lifetime ends (returning why) or ctx ends (endNone).
-func (l *lifetime) loop(ctx context.Context) endKind {
+func (l *Lifetime) loop(ctx context.Context) endKind {
 	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
@@ -186,7 +195,7 @@ func (l *lifetime) loop(ctx context.Context) endKind {
 }
 
 // shellsLocked lists the open interactive sessions.
-func (l *lifetime) shellsLocked() []*liveSession {
+func (l *Lifetime) shellsLocked() []*liveSession {
 	var out []*liveSession
 	for s := range l.sessions {
 		if s.pty {
@@ -197,7 +206,7 @@ func (l *lifetime) shellsLocked() []*liveSession {
 }
 
 // readHold returns the mtime of .hold, or zero when there is none.
-func (l *lifetime) readHold() time.Time {
+func (l *Lifetime) readHold() time.Time {
 	st, err := os.Stat(filepath.Join(l.dir, HoldFile))
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
@@ -208,104 +217,13 @@ func (l *lifetime) readHold() time.Time {
 	return st.ModTime()
 }
 
-// snapshot is the lifetime's state for the server and the state file.
-func (l *lifetime) snapshot() (wire.Status, stateSnapshot) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.statusLocked(), stateSnapshot{
-		Sessions:  l.st.users,
-		Logins:    l.st.logins,
-		Expiry:    l.st.deadline().Round(0),
-		HeldUntil: l.st.heldUntil().Round(0),
-		Waiting:   l.st.jobDone,
-	}
-}
-
-func (l *lifetime) statusLocked() wire.Status {
-	// Whole seconds: input moves the deadline all the time, and nobody
-	// needs the server told about every keystroke.
-	return wire.Status{Expiry: l.st.deadline().Round(0).Truncate(time.Second), Sessions: l.st.users}
-}
-
-// Status is what the server is told about the lifetime.
-func (l *lifetime) Status() wire.Status {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.statusLocked()
-}
-
-// publish tells watchers (the control connection) and the state file
-// about a changed status. Only the loop and the exit path call it.
-func (l *lifetime) publish() {
-	st, snap := l.snapshot()
-	l.mu.Lock()
-	if st != l.status {
-		l.status = st
-		close(l.changed)
-		l.changed = make(chan struct{})
-	}
-	l.mu.Unlock()
-	if l.state != nil {
-		l.state.update(snap)
-	}
-}
-
-// watch returns the current status and a channel closed when it changes.
-func (l *lifetime) watch() (wire.Status, <-chan struct{}) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.statusLocked(), l.changed
-}
-
-// report sends the status with send now and whenever it changes, until
-// the returned stop is called (stop waits for the sender to end). A send
-// error ends the reports: the connection it used is gone.
-func (l *lifetime) report(ctx context.Context, send func(context.Context, wire.Status) error) (stop func()) {
-	if l.state != nil {
-		l.state.registered()
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		var last *wire.Status
-		for {
-			st, changed := l.watch()
-			if last == nil || worthReporting(*last, st) {
-				if err := send(ctx, st); err != nil {
-					return
-				}
-				last = &st
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-changed:
-			}
-		}
-	}()
-	return func() { cancel(); <-done }
-}
-
-// statusGrain is how far the expiry must move before the server is told:
-// while users type it moves all the time, and a page showing it does not
-// need every second.
-const statusGrain = 10 * time.Second
-
-// worthReporting reports whether next differs enough from last, the
-// status the server has.
-func worthReporting(last, next wire.Status) bool {
-	if last.Sessions != next.Sessions || last.Expiry.IsZero() != next.Expiry.IsZero() {
-		return true
-	}
-	d := next.Expiry.Sub(last.Expiry)
-	return d >= statusGrain || d <= -statusGrain
-}
-
-// end finishes the lifetime after Run's connection loop returned err and
-// returns what Run returns. Open sessions have been told why they end,
-// and ended; the caller then closes the SSH server.
-func (r *lifeRun) end(err error) error {
+// End finishes the lifetime after the agent's connection loop returned
+// err, and returns what the agent's Run should return: err, or, when the
+// lifetime ended because nobody logged in and err is nil, an error
+// wrapping ErrNoLogin. Open sessions have then been told why they end (at
+// most a few seconds' wait for their clients to hang up), and ended; the
+// caller closes the SSH server next, then calls Exit.
+func (r *Run) End(err error) error {
 	r.stopWatch(errLoopEnded)
 	<-r.done
 	if !r.told {
@@ -320,7 +238,7 @@ func (r *lifeRun) end(err error) error {
 
 // tell writes into every open session why it ends, ends it, and waits a
 // moment for the words to be delivered and the clients to hang up.
-func (r *lifeRun) tell(err error) {
+func (r *Run) tell(err error) {
 	r.told = true
 	l := r.l
 	var msg string
@@ -373,9 +291,10 @@ func (r *lifeRun) tell(err error) {
 	}
 }
 
-// exit waits (bounded) for session handlers to end after the SSH server
-// closed their connections, and records the outcome in the state file.
-func (r *lifeRun) exit(err error) error {
+// Exit waits (at most 5 seconds) for attached session handlers to end
+// after the SSH server closed their connections, records the outcome in
+// the state file, and returns err unchanged. Call it once, after End.
+func (r *Run) Exit(err error) error {
 	l := r.l
 	done := make(chan struct{})
 	go func() { l.handlers.Wait(); close(done) }()

@@ -1,4 +1,4 @@
-package agent
+package lifetime
 
 import (
 	"fmt"
@@ -46,7 +46,7 @@ func human(d time.Duration) string {
 }
 
 // bannerLocked is the text shown in an interactive session at login.
-func (l *lifetime) bannerLocked(now time.Time) string {
+func (l *Lifetime) bannerLocked(now time.Time) string {
 	return banner(&l.st, now, runtime.GOOS)
 }
 
@@ -82,7 +82,7 @@ func banner(s *lifeState, now time.Time, goos string) string {
 }
 
 // warningLocked is the warning shown in open shells with left to go.
-func (l *lifetime) warningLocked(now time.Time, left time.Duration) string {
+func (l *Lifetime) warningLocked(now time.Time, left time.Duration) string {
 	return warning(&l.st, now, left, runtime.GOOS)
 }
 

@@ -1,4 +1,4 @@
-package agent
+package lifetime
 
 import (
 	"encoding/json"
@@ -12,7 +12,7 @@ import (
 	"time"
 )
 
-// The agent's files for `agent wait` and --detach live in Dir/.converge:
+// The agent's files for `agent wait` and --detach live in dir/.converge:
 //
 //	agent.json  the state: pid, whether registered, sessions, expiry, and at
 //	            the end the exit status and why (written atomically)
@@ -23,6 +23,7 @@ import (
 // Files rather than a socket: the agent never listens, and files work the
 // same on every OS and survive the agent for `agent wait` to read.
 const (
+	// StateDir is the directory of these files, in the agent's directory.
 	StateDir         = ".converge"
 	stateName        = "agent.json"
 	logName          = "agent.log"
@@ -53,8 +54,11 @@ type stateSnapshot struct {
 	Waiting   bool      `json:"waiting"` // `agent wait` asked the agent to end when unused
 }
 
-// stateFile writes agent.json. Its methods are safe for concurrent use.
-type stateFile struct {
+// StateFile writes agent.json for `agent wait` and --detach, and reads
+// wait's request. Its methods are safe for concurrent use. A file that
+// cannot be written is logged, never fatal: the agent runs on, and only
+// `agent wait` cannot follow it.
+type StateFile struct {
 	dir string // Dir/.converge
 	log *slog.Logger
 
@@ -63,8 +67,11 @@ type stateFile struct {
 	written bool
 }
 
-func newStateFile(agentDir, id, server string, log *slog.Logger) *stateFile {
-	return &stateFile{
+// NewStateFile prepares the state file of the agent with ID id, registered
+// with server, whose directory is agentDir. It writes nothing until the
+// Lifetime given it starts.
+func NewStateFile(agentDir, id, server string, log *slog.Logger) *StateFile {
+	return &StateFile{
 		dir: filepath.Join(agentDir, StateDir),
 		log: log,
 		st:  agentState{Version: stateFileVersion, PID: os.Getpid(), ID: id, Server: server},
@@ -73,7 +80,7 @@ func newStateFile(agentDir, id, server string, log *slog.Logger) *stateFile {
 
 // begin records a fresh start, dropping a wait request left by an earlier
 // run in the same directory.
-func (f *stateFile) begin() {
+func (f *StateFile) begin() {
 	if err := os.MkdirAll(f.dir, 0o755); err != nil {
 		f.log.Warn("cannot create the state directory; `agent wait` will not find this agent", "error", err)
 		return
@@ -90,7 +97,7 @@ func (f *stateFile) begin() {
 	f.writeLocked()
 }
 
-func (f *stateFile) registered() {
+func (f *StateFile) registered() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if !f.st.Registered {
@@ -99,7 +106,7 @@ func (f *stateFile) registered() {
 	}
 }
 
-func (f *stateFile) update(s stateSnapshot) {
+func (f *StateFile) update(s stateSnapshot) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s.Expiry = s.Expiry.Truncate(time.Second)
@@ -110,7 +117,7 @@ func (f *stateFile) update(s stateSnapshot) {
 	}
 }
 
-func (f *stateFile) exit(status int, reason string) {
+func (f *StateFile) exit(status int, reason string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.st.Exited, f.st.ExitStatus, f.st.Reason = true, status, reason
@@ -119,12 +126,12 @@ func (f *stateFile) exit(status int, reason string) {
 
 // waitRequested reports whether `agent wait` has asked the agent to end
 // when unused.
-func (f *stateFile) waitRequested() bool {
+func (f *StateFile) waitRequested() bool {
 	_, err := os.Stat(filepath.Join(f.dir, waitRequestName))
 	return err == nil
 }
 
-func (f *stateFile) writeLocked() {
+func (f *StateFile) writeLocked() {
 	b, err := json.MarshalIndent(f.st, "", "  ")
 	if err != nil {
 		f.log.Warn("cannot encode the state file", "error", err)
