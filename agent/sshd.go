@@ -51,5 +51,6 @@ func (a *Agent) newSSHServer() *ssh.Server {
 		srv.PasswordHandler = a.auth.passwordOK
 	}
 	srv.AddHostKey(a.signer)
+	confirmLogins(srv)
 	return srv
 }
