@@ -369,13 +369,19 @@ func (c *Conn) writeLoop(w io.Writer, stop <-chan struct{}) error {
 			return err
 		}
 		c.mu.Lock()
-		if ack > c.ackSent {
-			c.ackSent = ack
-			if c.ackSent == c.consumed {
-				c.ackDue = time.Time{}
-			}
-			c.broadcast()
+		c.sentLocked(ack)
+	}
+}
+
+// sentLocked records that a frame carrying acknowledgement ack (0 for
+// other frames) is on the wire.
+func (c *Conn) sentLocked(ack uint64) {
+	if ack > c.ackSent {
+		c.ackSent = ack
+		if c.ackSent == c.consumed {
+			c.ackDue = time.Time{}
 		}
+		c.broadcast()
 	}
 }
 
