@@ -56,5 +56,6 @@ func (a *Agent) newSSHServer() *ssh.Server {
 		srv.PasswordHandler = a.auth.passwordOK
 	}
 	srv.AddHostKey(a.signer)
+	confirmLogins(srv)
 	return srv
 }

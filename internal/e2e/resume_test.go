@@ -5,21 +5,27 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/converge-ci/converge/agent"
 	"github.com/converge-ci/converge/internal/faultproxy"
+	"github.com/converge-ci/converge/internal/resume"
 	"github.com/converge-ci/converge/internal/sshtest"
+	"github.com/converge-ci/converge/internal/wsconn"
 )
 
 // serverProc is the real converge binary, which a test can kill -9 and
@@ -331,4 +337,72 @@ func freePort(t *testing.T) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// knockResumable plays someone who knows an ID but has no key: it starts
+// a resumable session at url, waits for the agent's answer, and drops the
+// link. It reports whether the agent took the session.
+func knockResumable(t *testing.T, url string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	c, err := wsconn.Dial(ctx, url, wsconn.Options{Subprotocols: []string{resume.Protocol}})
+	if err != nil {
+		t.Errorf("knock: %v", err)
+		return false
+	}
+	if c.Subprotocol() != resume.Protocol {
+		c.CloseNow()
+		t.Errorf("knock: the agent does not offer %s", resume.Protocol)
+		return false
+	}
+	noRedial := func(context.Context) (io.ReadWriteCloser, error) { return nil, errors.New("no redial") }
+	rc, err := resume.Dial(resume.WebSocket(c, wsconn.PingInterval, wsconn.PingTimeout), noRedial,
+		resume.Config{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return false // refused
+	}
+	rc.Abort() // drops the link, no goodbye
+	<-rc.Done()
+	return true
+}
+
+// TestResumeKnocksDoNotLockOut (issue 10, finding 2): someone who knows an
+// ID but has no key starts more resumable sessions than the agent holds
+// and drops each link once the agent has answered. Users must still log
+// in right after, through wsproxy with resumable and with plain streams,
+// and a resumable session must still survive a cut link.
+func TestResumeKnocksDoNotLockOut(t *testing.T) {
+	r := newResumeRig(t, "knocked")
+	url := "ws://" + r.srv.addr + "/client/knocked"
+	var taken atomic.Int32
+	var wg sync.WaitGroup
+	jobs := make(chan struct{})
+	for range 8 {
+		wg.Go(func() {
+			for range jobs {
+				if knockResumable(t, url) {
+					taken.Add(1)
+				}
+			}
+		})
+	}
+	for range 300 { // more than the agent's 256 sessions
+		jobs <- struct{}{}
+	}
+	close(jobs)
+	wg.Wait()
+	t.Logf("the agent took %d of 300 sessions", taken.Load())
+
+	echo := startEcho(t, r.c, r.tgt)
+	if n := r.clientProxy.Cut(); n == 0 {
+		t.Fatal("no connection to cut")
+	}
+	echo.roundTrip()
+	echo.finish()
+
+	plain := r.tgt
+	plain.ProxyCommand = bin("wsproxy") + " --no-resume ws://" + r.clientProxy.Addr() + "/client/knocked"
+	if got := r.c.SSH(plain, 0, "echo plain"); strings.TrimSpace(got.Stdout) != "plain" {
+		t.Errorf("plain stream after the knocks: stdout %q, want plain", got.Stdout)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 )
@@ -12,14 +13,23 @@ import (
 // for each new client and hands a reconnecting client's link to the
 // session it names. It owns the sessions' goroutines; Close aborts them
 // and waits.
+//
+// Sessions start unconfirmed (see Conn.Confirm) and are counted apart from
+// confirmed ones: at most Config.MaxUnconfirmed of them, the oldest ended
+// when a new one would exceed that. Ending the oldest rather than refusing
+// the newest keeps the door open to a real user while someone who cannot
+// log in holds idle links: to push a user out they must start
+// MaxUnconfirmed sessions while that user logs in.
 type Acceptor struct {
 	cfg Config
 	log *slog.Logger
 
-	mu       sync.Mutex
-	sessions map[[TokenLen]byte]*Conn
-	closed   bool
-	wg       sync.WaitGroup
+	mu          sync.Mutex
+	sessions    map[[TokenLen]byte]*Conn // every live session, by token
+	unconfirmed []*Conn                  // the unconfirmed sessions, oldest first
+	confirmed   int                      // the confirmed sessions
+	closed      bool
+	wg          sync.WaitGroup
 }
 
 // NewAcceptor returns an Acceptor whose sessions use cfg.
@@ -62,14 +72,19 @@ func (a *Acceptor) Attach(link io.ReadWriteCloser) (*Conn, error) {
 			a.mu.Unlock()
 			return nil, a.refuse(link, fmt.Errorf("%w: session token already in use", ErrProtocol))
 		}
-		if len(a.sessions) >= a.cfg.MaxSessions {
+		if a.confirmed >= a.cfg.MaxSessions {
 			a.mu.Unlock()
 			return nil, a.refuse(link, fmt.Errorf("the agent already holds %d sessions; close some and retry", a.cfg.MaxSessions))
+		}
+		if len(a.unconfirmed) >= a.cfg.MaxUnconfirmed {
+			a.evictLocked()
 		}
 		c := newConn(a.cfg, h.token, false)
 		c.attach = make(chan attachment)
 		c.onDone = func() { a.remove(c) }
+		c.onConfirm = func() { a.confirm(c) }
 		a.sessions[h.token] = c
+		a.unconfirmed = append(a.unconfirmed, c)
 		a.wg.Add(1)
 		a.mu.Unlock()
 		go func() {
@@ -104,11 +119,43 @@ func (a *Acceptor) refuse(link io.ReadWriteCloser, err error) error {
 	return err
 }
 
+// evictLocked ends the oldest unconfirmed session to make room for a new
+// one. Call with a.mu held.
+func (a *Acceptor) evictLocked() {
+	old := a.unconfirmed[0]
+	a.unconfirmed = slices.Delete(a.unconfirmed, 0, 1)
+	delete(a.sessions, old.token)
+	a.log.Info("too many sessions waiting for a login; ending the oldest", "max", a.cfg.MaxUnconfirmed)
+	old.fail(fmt.Errorf("%w: %d newer sessions were waiting for a login", ErrUnconfirmed, a.cfg.MaxUnconfirmed))
+}
+
+// confirm moves c to the confirmed sessions, if it is still unconfirmed
+// and live.
+func (a *Acceptor) confirm(c *Conn) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	i := slices.Index(a.unconfirmed, c)
+	if i < 0 {
+		return
+	}
+	a.unconfirmed = slices.Delete(a.unconfirmed, i, i+1)
+	a.confirmed++
+	c.mu.Lock()
+	c.confirmed = true
+	c.mu.Unlock()
+}
+
 func (a *Acceptor) remove(c *Conn) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.sessions[c.token] == c {
-		delete(a.sessions, c.token)
+	if a.sessions[c.token] != c {
+		return // evicted
+	}
+	delete(a.sessions, c.token)
+	if i := slices.Index(a.unconfirmed, c); i >= 0 {
+		a.unconfirmed = slices.Delete(a.unconfirmed, i, i+1)
+	} else {
+		a.confirmed--
 	}
 }
 

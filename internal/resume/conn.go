@@ -8,7 +8,10 @@
 // A Conn is a net.Conn. The client end makes one with Dial; the server end
 // (the agent) gets new sessions from an Acceptor, which also matches a
 // reconnecting client to its existing session by the session token in its
-// hello. Links are plain byte streams (io.ReadWriteCloser): WebSocket
+// hello. A server-end session waits out a dropped link only once the
+// stream inside has authenticated its peer and said so (Conn.Confirm), so
+// that someone who can reach the server end but cannot log in cannot fill
+// its sessions. Links are plain byte streams (io.ReadWriteCloser): WebSocket
 // adapts a WebSocket, tests use in-memory pipes. The relay between the two
 // ends copies bytes and never needs this package.
 //
@@ -49,6 +52,9 @@ var (
 	ErrPeerGone = errors.New("resume: the other end ended the session")
 	// ErrAborted: Abort was called or the owner shut down.
 	ErrAborted = errors.New("resume: session aborted")
+	// ErrUnconfirmed: a server-end session ended before Confirm, because
+	// its link dropped or newer unconfirmed sessions took its place.
+	ErrUnconfirmed = errors.New("resume: session ended before it was confirmed")
 	// errPeerClosed: Write after the peer closed its end.
 	errPeerClosed = errors.New("resume: the other end closed the stream")
 )
@@ -71,10 +77,16 @@ type Config struct {
 	// acknowledgement is sent; Buffer/8 consumed bytes are acknowledged at
 	// once. Default 10ms.
 	AckDelay time.Duration
-	// MaxSessions bounds the live sessions of an Acceptor, so that
-	// abandoned sessions waiting out their window hold bounded memory
-	// (each at most 2×Buffer). Default 256.
+	// MaxSessions bounds the confirmed sessions of an Acceptor (see
+	// Conn.Confirm), so that abandoned sessions waiting out their window
+	// hold bounded memory (each at most 2×Buffer): a new session is
+	// refused while this many are confirmed. Default 256.
 	MaxSessions int
+	// MaxUnconfirmed bounds the sessions of an Acceptor that are not yet
+	// confirmed: a new session beyond it ends the oldest unconfirmed one.
+	// An Acceptor holds at most MaxSessions+MaxUnconfirmed sessions.
+	// Default 32.
+	MaxUnconfirmed int
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -101,6 +113,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxSessions <= 0 {
 		c.MaxSessions = 256
+	}
+	if c.MaxUnconfirmed <= 0 {
+		c.MaxUnconfirmed = 32
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -129,6 +144,7 @@ type Conn struct {
 	abortCtx    context.Context // ends on Abort
 	abortCancel context.CancelFunc
 	onDone      func()
+	onConfirm   func() // server end: tells the Acceptor
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced on every change of state
@@ -148,7 +164,10 @@ type Conn struct {
 	closed   bool      // Close called; a FIN follows outEnd
 	closedAt time.Time
 	err      error // why the session ended
-	rdl, wdl time.Time
+	// confirmed: the stream inside authenticated its peer, so a dropped
+	// link is waited for (always true on the client end). See Confirm.
+	confirmed bool
+	rdl, wdl  time.Time
 
 	done chan struct{}
 }
@@ -163,13 +182,14 @@ type attachment struct {
 
 func newConn(cfg Config, token [TokenLen]byte, client bool) *Conn {
 	c := &Conn{
-		cfg:     cfg,
-		token:   token,
-		client:  client,
-		changed: make(chan struct{}),
-		done:    make(chan struct{}),
-		out:     ring{max: cfg.Buffer},
-		in:      ring{max: cfg.Buffer},
+		cfg:       cfg,
+		token:     token,
+		client:    client,
+		confirmed: client,
+		changed:   make(chan struct{}),
+		done:      make(chan struct{}),
+		out:       ring{max: cfg.Buffer},
+		in:        ring{max: cfg.Buffer},
 	}
 	c.abortCtx, c.abortCancel = context.WithCancel(context.Background())
 	side := "server"
@@ -300,6 +320,28 @@ func (c *Conn) Close() error {
 // Abort ends the session at once, without delivering what is pending.
 func (c *Conn) Abort() {
 	c.abortCancel()
+}
+
+// Confirm tells the server end that the stream it carries has
+// authenticated its peer; the agent calls it once an SSH login succeeds.
+// Until then the session is unconfirmed: it ends as soon as its link
+// drops instead of waiting the window for the client to come back, it
+// lingers after Close at most Config.HandshakeTimeout, and its Acceptor
+// ends the oldest unconfirmed sessions beyond Config.MaxUnconfirmed. So
+// whoever can reach the server end but cannot log in cannot hold its
+// resume slots. Client ends are born confirmed; Confirm on a client end,
+// on an ended session, or twice, does nothing.
+func (c *Conn) Confirm() {
+	if c.onConfirm != nil {
+		c.onConfirm()
+	}
+}
+
+// isConfirmed reports whether a dropped link is worth waiting for.
+func (c *Conn) isConfirmed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.confirmed
 }
 
 // Done is closed when the session has ended: after a graceful finish, an

@@ -360,3 +360,98 @@ func TestRandomDrops(t *testing.T) {
 		})
 	}
 }
+
+// TestKnocksDoNotLockOut (issue 10, finding 2): someone who knows an ID
+// but cannot log in starts more new sessions than the acceptor holds and
+// drops each link at once. Sessions whose stream never authenticated must
+// not hold a slot for the window: a real user still gets a session, and
+// it still resumes after a drop.
+func TestKnocksDoNotLockOut(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := testConfig()
+		w := newWorld(t, cfg)
+		for range 300 { // more than the default MaxSessions (256)
+			w.knock(false)
+		}
+		c, s := w.dial(cfg)
+		w.cut()
+		exchange(t, c, s, randomBytes(300<<10, 21), randomBytes(200<<10, 22))
+	})
+}
+
+// TestUnconfirmedEndsWithLink: a session nobody confirmed ends on both
+// ends as soon as its link drops; the window is only for confirmed ones.
+func TestUnconfirmedEndsWithLink(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := testConfig()
+		w := newWorld(t, cfg)
+		w.unconfirmed = true
+		c, s := w.dial(cfg)
+		w.cut()
+		synctest.Wait() // no time passes
+		if !s.over() || !c.over() {
+			t.Fatal("an unconfirmed session outlived its link")
+		}
+		if err := s.Err(); !errors.Is(err, ErrUnconfirmed) {
+			t.Errorf("server end: %v, want ErrUnconfirmed", err)
+		}
+		if err := c.Err(); !errors.Is(err, ErrPeerGone) {
+			t.Errorf("client end: %v, want ErrPeerGone (no such session)", err)
+		}
+		if n := w.acc.Len(); n != 0 {
+			t.Errorf("acceptor holds %d sessions, want 0", n)
+		}
+	})
+}
+
+// TestUnconfirmedCap: links held open by someone who cannot log in take
+// at most MaxUnconfirmed slots. A new session ends the oldest unconfirmed
+// one instead of being refused, and confirmed sessions are never ended
+// to make room.
+func TestUnconfirmedCap(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := testConfig()
+		cfg.MaxSessions, cfg.MaxUnconfirmed = 3, 4
+		w := newWorld(t, cfg)
+		var idle []*Conn
+		for range cfg.MaxUnconfirmed {
+			idle = append(idle, w.knock(true))
+		}
+		c, s := w.dial(cfg) // a real user, confirmed at once
+		<-idle[0].Done()
+		if err := idle[0].Err(); !errors.Is(err, ErrUnconfirmed) {
+			t.Errorf("oldest idle session ended with %v, want ErrUnconfirmed", err)
+		}
+		for i := range 3 * cfg.MaxUnconfirmed {
+			if k := w.knock(true); k == nil {
+				t.Fatalf("knock %d refused; want the oldest unconfirmed session ended instead", i)
+			}
+		}
+		if n, most := w.acc.Len(), cfg.MaxSessions+cfg.MaxUnconfirmed; n > most {
+			t.Errorf("acceptor holds %d sessions, want at most %d", n, most)
+		}
+		w.cut() // the confirmed session still resumes
+		exchange(t, c, s, randomBytes(100<<10, 31), randomBytes(100<<10, 32))
+	})
+}
+
+// TestUnconfirmedLingerIsShort: an unconfirmed session closed by the
+// server end (a failed login) whose peer never reads the end of the stream
+// lingers the handshake timeout, not the window.
+func TestUnconfirmedLingerIsShort(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := testConfig()
+		w := newWorld(t, cfg)
+		w.unconfirmed = true
+		_, s := w.dial(cfg)
+		s.Close()
+		time.Sleep(10*time.Second + time.Second) // the default HandshakeTimeout, and a bit
+		synctest.Wait()
+		if !s.over() {
+			t.Fatalf("an unconfirmed closed session still lingers after the handshake timeout (window %v)", cfg.Window)
+		}
+		if err := s.Err(); !errors.Is(err, ErrExpired) {
+			t.Errorf("Err = %v, want ErrExpired", err)
+		}
+	})
+}

@@ -160,6 +160,7 @@ func (c *Conn) supervise(l io.ReadWriteCloser, fr *frameReader, att *attachment)
 		}
 	}()
 	for {
+		var lost error // why the last link (or its handshake) failed
 		if att != nil {
 			if err := c.serverHello(*att); err != nil {
 				att.link.Close()
@@ -167,7 +168,7 @@ func (c *Conn) supervise(l io.ReadWriteCloser, fr *frameReader, att *attachment)
 					c.fail(err)
 					return
 				}
-				c.log.Info("resume handshake failed", "error", err)
+				lost = fmt.Errorf("resume handshake: %w", err)
 			} else {
 				l, fr = att.link, att.fr
 			}
@@ -190,8 +191,15 @@ func (c *Conn) supervise(l io.ReadWriteCloser, fr *frameReader, att *attachment)
 				att = next
 				continue
 			}
-			c.log.Info("link lost; resuming", "error", err)
+			lost = err
 		}
+		if !c.isConfirmed() {
+			// Nobody logged in on this stream: waiting the window for it
+			// would let anyone who can reach us fill our slots.
+			c.fail(fmt.Errorf("%w: its link failed: %v", ErrUnconfirmed, lost))
+			return
+		}
+		c.log.Info("link lost; resuming", "error", lost)
 		var err error
 		if c.client {
 			l, fr, err = c.redialLoop()
@@ -265,18 +273,22 @@ func (c *Conn) runLink(l io.ReadWriteCloser, fr *frameReader) (*attachment, erro
 		wg.Wait()
 	}()
 	var linger <-chan time.Time // set once the session is closed
+	lingerFor := c.cfg.Window
 	for {
 		c.mu.Lock()
 		if c.finishedLocked() {
 			c.failLocked(errFinished)
 		}
-		ended, ch, closed, closedAt := c.err != nil, c.changed, c.closed, c.closedAt
+		ended, ch, closed, closedAt, confirmed := c.err != nil, c.changed, c.closed, c.closedAt, c.confirmed
 		c.mu.Unlock()
 		if ended {
 			return nil, nil
 		}
 		if closed && linger == nil {
-			t := time.NewTimer(time.Until(closedAt.Add(c.cfg.Window)))
+			if !confirmed {
+				lingerFor = min(lingerFor, c.cfg.HandshakeTimeout)
+			}
+			t := time.NewTimer(time.Until(closedAt.Add(lingerFor)))
 			defer t.Stop()
 			linger = t.C
 		}
@@ -291,7 +303,7 @@ func (c *Conn) runLink(l io.ReadWriteCloser, fr *frameReader) (*attachment, erro
 			c.fail(ErrAborted)
 			return nil, nil
 		case <-linger:
-			c.fail(fmt.Errorf("%w: the other end did not acknowledge the end of the stream within %v", ErrExpired, c.cfg.Window))
+			c.fail(fmt.Errorf("%w: the other end did not acknowledge the end of the stream within %v", ErrExpired, lingerFor))
 			return nil, nil
 		}
 	}
@@ -357,13 +369,19 @@ func (c *Conn) writeLoop(w io.Writer, stop <-chan struct{}) error {
 			return err
 		}
 		c.mu.Lock()
-		if ack > c.ackSent {
-			c.ackSent = ack
-			if c.ackSent == c.consumed {
-				c.ackDue = time.Time{}
-			}
-			c.broadcast()
+		c.sentLocked(ack)
+	}
+}
+
+// sentLocked records that a frame carrying acknowledgement ack (0 for
+// other frames) is on the wire.
+func (c *Conn) sentLocked(ack uint64) {
+	if ack > c.ackSent {
+		c.ackSent = ack
+		if c.ackSent == c.consumed {
+			c.ackDue = time.Time{}
 		}
+		c.broadcast()
 	}
 }
 

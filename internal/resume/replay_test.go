@@ -34,13 +34,20 @@ func (p *rawPeer) hello(isNew bool, received uint64) {
 	p.send(h)
 }
 
-// attach connects a new link to acc and returns the server's hello.
+// attach connects a new link to acc and returns the server's hello. A new
+// session is confirmed, so that it resumes.
 func (p *rawPeer) attach(acc *Acceptor, isNew bool, received uint64) (*Conn, frame) {
 	p.t.Helper()
 	a, b := net.Pipe()
 	p.conn, p.fr = a, newFrameReader(a)
 	got := make(chan *Conn, 1)
-	go func() { c, _ := acc.Attach(b); got <- c }()
+	go func() {
+		c, _ := acc.Attach(b)
+		if c != nil {
+			c.Confirm()
+		}
+		got <- c
+	}()
 	p.hello(isNew, received)
 	f, err := p.fr.read()
 	if err != nil {

@@ -3,6 +3,7 @@ package resume
 import (
 	"bytes"
 	"context"
+	crand "crypto/rand"
 	"errors"
 	"io"
 	"log/slog"
@@ -65,18 +66,20 @@ func (f *faultLink) Read(p []byte) (int, error) {
 
 // world connects client ends to an Acceptor over in-memory pipes. budgets
 // lists the byte budget of each link in turn (-1: unlimited); links past
-// the list are unlimited. down makes redial fail.
+// the list are unlimited. down makes redial fail. New sessions are
+// confirmed on the server end unless unconfirmed is set.
 type world struct {
 	t   *testing.T
 	acc *Acceptor
 
-	mu       sync.Mutex
-	budgets  []int
-	links    int
-	down     bool
-	current  *faultLink
-	wg       sync.WaitGroup
-	accepted chan *Conn
+	mu          sync.Mutex
+	budgets     []int
+	links       int
+	down        bool
+	unconfirmed bool
+	current     *faultLink
+	wg          sync.WaitGroup
+	accepted    chan *Conn
 }
 
 func newWorld(t *testing.T, cfg Config, budgets ...int) *world {
@@ -109,6 +112,12 @@ func (w *world) link(ctx context.Context) (io.ReadWriteCloser, error) {
 		defer w.wg.Done()
 		c, err := w.acc.Attach(b)
 		if c != nil {
+			// As the agent does once SSH has logged the user in; here
+			// before any byte after the hellos crosses, so that links the
+			// tests cut are resumed.
+			if !w.unconfirmed {
+				c.Confirm()
+			}
 			w.accepted <- c
 		}
 		_ = err
@@ -204,4 +213,41 @@ func firstDiff(a, b []byte) int {
 		}
 	}
 	return min(len(a), len(b))
+}
+
+// knock plays someone who can reach the server end but cannot log in: it
+// starts a new session, reads the answer (a hello, or a refusal) and,
+// unless keep is set, drops the link. It returns the server end of the
+// session (nil if refused), which is served as the SSH server serves a
+// stream that never logs in: read until it fails, then closed.
+func (w *world) knock(keep bool) *Conn {
+	w.t.Helper()
+	a, b := net.Pipe()
+	got := make(chan *Conn, 1)
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		c, _ := w.acc.Attach(b)
+		got <- c
+		if c != nil {
+			io.Copy(io.Discard, c)
+			c.Close()
+		}
+	}()
+	var token [TokenLen]byte
+	crand.Read(token[:])
+	if _, err := a.Write(appendFrame(nil, frame{typ: frameHello, flags: flagNew, token: token, window: MinBuffer})); err != nil {
+		w.t.Fatalf("knock: send hello: %v", err)
+	}
+	if _, err := newFrameReader(a).read(); err != nil {
+		w.t.Fatalf("knock: read answer: %v", err)
+	}
+	if keep {
+		w.wg.Add(1)
+		go func() { defer w.wg.Done(); io.Copy(io.Discard, a) }()
+		w.t.Cleanup(func() { a.Close() })
+	} else {
+		a.Close()
+	}
+	return <-got
 }
