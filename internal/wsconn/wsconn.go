@@ -135,7 +135,9 @@ func ParseURL(rawURL string) (*url.URL, error) {
 
 // Accept upgrades an HTTP request to a WebSocket with our conventions:
 // compression off, the given subprotocols, and a read limit of 1 MiB.
-// Browsers never reach these endpoints, so no origin check applies.
+// It does not check the Origin header (coder/websocket's check knows
+// nothing of reverse proxies): the caller must, before accepting, as the
+// server does for its endpoints.
 func Accept(w http.ResponseWriter, r *http.Request, subprotocols ...string) (*websocket.Conn, error) {
 	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{
 		Subprotocols:       subprotocols,
