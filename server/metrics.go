@@ -37,6 +37,8 @@ const (
 	reasonShuttingDown     = "shutting_down"
 	reasonAgentLimit       = "agent_limit"  // too many agents from one address
 	reasonStreamLimit      = "stream_limit" // too many client streams from one address
+
+	reasonForeignOrigin = "foreign_origin" // a web page served elsewhere, through a visitor's browser
 )
 
 // newMetrics registers the metrics; agents reports the number of connected
@@ -69,10 +71,10 @@ func newMetrics(version string, agents func() int) *metrics {
 	m.toAgent = bytes.WithLabelValues("to_agent")
 	m.toClient = bytes.WithLabelValues("to_client")
 	// Initialise the refusal series so that rate() works from the first scrape.
-	for _, r := range []string{reasonIDInUse, reasonIDReserved, reasonBadRequest, reasonShuttingDown, reasonAgentLimit} {
+	for _, r := range []string{reasonIDInUse, reasonIDReserved, reasonBadRequest, reasonShuttingDown, reasonAgentLimit, reasonForeignOrigin} {
 		m.refusals.WithLabelValues(endpointAgent, r)
 	}
-	for _, r := range []string{reasonUnknownID, reasonAgentUnavailable, reasonBadRequest, reasonShuttingDown, reasonStreamLimit} {
+	for _, r := range []string{reasonUnknownID, reasonAgentUnavailable, reasonBadRequest, reasonShuttingDown, reasonStreamLimit, reasonForeignOrigin} {
 		m.refusals.WithLabelValues(endpointClient, r)
 	}
 	m.reg.MustRegister(

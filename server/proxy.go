@@ -61,9 +61,14 @@ func peer(r *http.Request) string {
 
 // publicOrigin is the scheme ("http" or "https") and host[:port] users
 // reach this server by: the connection's own, or what a trusted proxy
-// forwarded.
+// forwarded. The host always passes validHost, so it is safe to show in
+// pages and commands: a Host header that does not is replaced by the
+// address the connection reached (see localHost).
 func (s *Server) publicOrigin(r *http.Request) (scheme, host string) {
 	scheme, host = "http", r.Host
+	if !validHost(host) {
+		host = localHost(r)
+	}
 	if r.TLS != nil {
 		scheme = "https"
 	}
@@ -77,6 +82,23 @@ func (s *Server) publicOrigin(r *http.Request) (scheme, host string) {
 		host = h
 	}
 	return scheme, host
+}
+
+// localHost is the address r's connection reached, as host:port, for a
+// request whose Host header cannot be shown (missing, as HTTP/1.0 allows,
+// or junk). It is a real address of this server that the client could
+// reach, so recipes built on it still work where the address is routable,
+// and anyone can see it is not the name they typed. Without one (a handler
+// not behind net/http's server) it is "converge.invalid", a name that
+// cannot resolve (RFC 2606).
+func localHost(r *http.Request) string {
+	if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+		if ap, err := netip.ParseAddrPort(a.String()); err == nil {
+			// Without a zone: "%" has no place in a URL's host.
+			return netip.AddrPortFrom(ap.Addr().WithZone(""), ap.Port()).String()
+		}
+	}
+	return "converge.invalid"
 }
 
 // remoteAddr is the client's address for logs and limits: the TCP peer,

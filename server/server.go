@@ -165,9 +165,12 @@ func (s *Server) Handler() http.Handler { return s.mux }
 
 func (s *Server) routes() {
 	s.mux = http.NewServeMux()
-	s.mux.HandleFunc("GET "+wire.AgentPattern, s.handleAgent)
+	// Web pages elsewhere may not register agents or open client streams
+	// through their visitors' browsers. (The stream endpoint needs a token
+	// that only the agent learns.)
+	s.mux.HandleFunc("GET "+wire.AgentPattern, s.sameOrigin(endpointAgent, s.handleAgent))
 	s.mux.HandleFunc("GET "+wire.StreamPattern, s.handleStream)
-	s.mux.HandleFunc("GET "+wire.ClientPattern, s.handleClient)
+	s.mux.HandleFunc("GET "+wire.ClientPattern, s.sameOrigin(endpointClient, s.handleClient))
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, "ok")

@@ -9,7 +9,8 @@ import (
 )
 
 // NetConn returns c as a net.Conn carrying binary messages (see
-// websocket.NetConn for reads, writes and deadlines). While it is open it
+// websocket.NetConn for reads, writes and deadlines). It removes c's read
+// limit: messages of any size are read piece by piece. While it is open it
 // pings the peer every PingInterval so that proxies and load balancers do
 // not cut it when idle; an unanswered ping is not treated as death (see
 // Keepalive). Close stops the pings, closes c, and waits for the pinger.

@@ -1,7 +1,8 @@
 // Package wsconn holds Converge's WebSocket conventions on top of
 // github.com/coder/websocket: how we dial and accept (explicit subprotocols,
-// compression off, deliberate read limits), how refusals before the upgrade
-// become readable errors, close codes, and keepalive pings.
+// compression off, read limits left to what each connection carries), how
+// refusals before the upgrade become readable errors, close codes, and
+// keepalive pings.
 //
 // It is not a protocol of its own: the bytes carried are the caller's.
 package wsconn
@@ -62,7 +63,8 @@ type Options struct {
 
 // Dial opens a WebSocket to rawURL (ws:// or wss://). When the server
 // refuses the upgrade, the error is a *RefusedError carrying its message.
-// The returned connection has compression off and a read limit of 1 MiB.
+// The returned connection has compression off; its read limit is the
+// caller's to choose (see Accept).
 func Dial(ctx context.Context, rawURL string, opts Options) (*websocket.Conn, error) {
 	if err := CheckURL(rawURL); err != nil {
 		return nil, err
@@ -83,7 +85,6 @@ func Dial(ctx context.Context, rawURL string, opts Options) (*websocket.Conn, er
 		}
 		return nil, fmt.Errorf("connect to %s: %w", rawURL, err)
 	}
-	c.SetReadLimit(1 << 20)
 	return c, nil
 }
 
@@ -134,8 +135,18 @@ func ParseURL(rawURL string) (*url.URL, error) {
 }
 
 // Accept upgrades an HTTP request to a WebSocket with our conventions:
-// compression off, the given subprotocols, and a read limit of 1 MiB.
-// Browsers never reach these endpoints, so no origin check applies.
+// compression off and the given subprotocols. It does not check the
+// Origin header (coder/websocket's check knows nothing of reverse
+// proxies): the caller must, before accepting, as the server does for its
+// endpoints.
+//
+// The read limit is the caller's to choose, for what the connection
+// carries: control connections set wire.MaxMessageSize; streams are read
+// through NetConn (ours or coder/websocket's), which removes the limit,
+// and rightly so: it reads a message piece by piece into the caller's
+// buffer, so a message's size costs no memory, and a limit would only
+// break a client tool that writes large messages. Until the caller
+// chooses, coder/websocket's default of 32 KiB applies to Read and Reader.
 func Accept(w http.ResponseWriter, r *http.Request, subprotocols ...string) (*websocket.Conn, error) {
 	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{
 		Subprotocols:       subprotocols,
@@ -145,7 +156,6 @@ func Accept(w http.ResponseWriter, r *http.Request, subprotocols ...string) (*we
 	if err != nil {
 		return nil, err
 	}
-	c.SetReadLimit(1 << 20)
 	return c, nil
 }
 
