@@ -6,12 +6,15 @@ import (
 	"sync"
 )
 
-// Default limits per remote address. CI runners behind one NAT share an
-// address, so the agent limit is generous; a user rarely needs more than a
-// few dozen simultaneous streams.
+// Default limits. CI runners behind one NAT share an address, so the
+// agent limit per address is generous; a user rarely needs more than a few
+// dozen simultaneous streams. A reservation costs a few hundred bytes:
+// 10,000 are a few MB, and far more than the agents that drop and come
+// back within one grace period on a busy server.
 const (
 	DefaultMaxAgentsPerAddr  = 100
 	DefaultMaxStreamsPerAddr = 256
+	DefaultMaxReservations   = 10000
 )
 
 // addrLimiter counts what each remote address holds open against a limit,

@@ -35,12 +35,18 @@ type Config struct {
 	// StreamTimeout bounds how long a client waits for its agent to dial
 	// back. Default 15s.
 	StreamTimeout time.Duration
-	// Grace keeps the ID of an agent whose link dropped reserved for it.
+	// Grace keeps the ID of an agent whose link dropped reserved for it;
+	// only agents that completed their hello and welcome leave one.
 	// Default 5m; negative disables.
 	Grace time.Duration
-	// MaxAgentsPerAddr bounds the agents connected from one remote address.
+	// MaxAgentsPerAddr bounds the agents connected from one remote address,
+	// plus the IDs reserved for agents that were connected from it.
 	// Default DefaultMaxAgentsPerAddr; negative: unlimited.
 	MaxAgentsPerAddr int
+	// MaxReservations bounds the IDs kept reserved, in all, for agents
+	// whose link dropped; when full, a new reservation drops the oldest.
+	// Default DefaultMaxReservations; negative: unlimited.
+	MaxReservations int
 	// MaxStreamsPerAddr bounds the client streams open from one remote
 	// address. Default DefaultMaxStreamsPerAddr; negative: unlimited.
 	MaxStreamsPerAddr int
@@ -87,6 +93,7 @@ func (c *Config) Validate() error {
 		c.Grace = 5 * time.Minute
 	}
 	c.MaxAgentsPerAddr = limitDefault(c.MaxAgentsPerAddr, DefaultMaxAgentsPerAddr)
+	c.MaxReservations = limitDefault(c.MaxReservations, DefaultMaxReservations)
 	c.MaxStreamsPerAddr = limitDefault(c.MaxStreamsPerAddr, DefaultMaxStreamsPerAddr)
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = 10 * time.Second
@@ -123,8 +130,8 @@ type Server struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	agentLimit, streamLimit *addrLimiter
-	authFails               *failLimiter // wrong sessions-view passwords
+	streamLimit *addrLimiter
+	authFails   *failLimiter // wrong sessions-view passwords
 
 	conns   *conns   // hijacked WebSockets, for the drain
 	pending *pending // clients waiting for their agent's stream
@@ -142,13 +149,16 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		cfg:     cfg,
-		log:     cfg.Logger.With("component", "server"),
-		reg:     newMemRegistry(cfg.Grace, time.Now),
+		cfg: cfg,
+		log: cfg.Logger.With("component", "server"),
+		reg: newMemRegistry(registryLimits{
+			grace:       cfg.Grace,
+			perAddr:     cfg.MaxAgentsPerAddr,
+			maxReserved: cfg.MaxReservations,
+		}, time.Now),
 		conns:   newConns(),
 		pending: newPending(),
 
-		agentLimit:  newAddrLimiter("agents", cfg.MaxAgentsPerAddr),
 		streamLimit: newAddrLimiter("client streams", cfg.MaxStreamsPerAddr),
 		authFails:   newFailLimiter(10, time.Minute, time.Now),
 	}
