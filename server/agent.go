@@ -90,9 +90,9 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 	var limit *limitError
 	switch {
 	case errors.As(err, &limit):
-		s.log.Info("agent refused", "id", id, "remote", a.remote, "reason", reasonAgentLimit)
-		s.metrics.refused(endpointAgent, reasonAgentLimit)
-		http.Error(w, limit.Error(), http.StatusTooManyRequests)
+		s.log.Info("agent refused", "id", id, "remote", a.remote, "reason", limit.reason)
+		s.metrics.refused(endpointAgent, limit.reason)
+		limit.refuse(w)
 		return
 	case errors.Is(err, ErrIDInUse):
 		s.log.Info("agent refused", "id", id, "remote", a.remote, "reason", reasonIDInUse)

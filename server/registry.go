@@ -3,7 +3,6 @@ package server
 import (
 	"crypto/subtle"
 	"errors"
-	"fmt"
 	"sort"
 	"sync"
 	"time"
@@ -40,7 +39,8 @@ type Registry interface {
 	// link is dead but not yet noticed).
 	//
 	// Errors: ErrIDInUse and ErrIDReserved, or a *limitError when a's
-	// remote address, or the server, holds as many agents as allowed.
+	// address group (see addrGroup), or the server, holds as many agents
+	// as allowed.
 	Register(id, secret string, a *agentConn) (newSecret string, old *agentConn, err error)
 	// Confirm records that a, holding id, completed its hello and welcome:
 	// from now on its ID stays reserved for it when it drops. A
@@ -59,15 +59,16 @@ type Registry interface {
 // registryLimits bound what a memRegistry holds.
 type registryLimits struct {
 	grace       time.Duration // how long an ID stays reserved; <= 0: never
-	perAddr     int           // agents plus reservations charged to one address; <= 0: unlimited
+	perAddr     int           // agents plus reservations charged to one address group; <= 0: unlimited
+	maxAgents   int           // agents connected (welcomed or not) in all; <= 0: unlimited
 	maxReserved int           // reservations in all; <= 0: unlimited
 }
 
 // memRegistry is the in-memory Registry.
 //
-// Every entry is charged to one remote address: a connected agent to its
-// own, a reservation to the address of the agent that left it; the
-// per-address limit counts both. The grace period is one constant, so
+// Every entry is charged to one address group (see addrGroup): a
+// connected agent to its own, a reservation to that of the agent that
+// left it; the per-address limit counts both. The grace period is one constant, so
 // reservations expire in the order they were made: they wait in a FIFO
 // queue, expired ones are dropped from its front when the registry
 // changes, and, when maxReserved are held, making one drops the oldest.
@@ -79,7 +80,8 @@ type memRegistry struct {
 
 	mu       sync.Mutex
 	entries  map[string]*entry
-	charged  map[string]int // entries charged per remote address
+	charged  map[string]int // entries charged per address group
+	agents   int            // entries an agent holds
 	queue    []*reservation // oldest first; may hold ended ones
 	reserved int            // live reservations: entries whose res is set
 }
@@ -97,9 +99,9 @@ type entry struct {
 }
 
 type reservation struct {
-	id     string
-	remote string    // address of the agent that left it; charged while agent is nil
-	until  time.Time // when it expires
+	id    string
+	group string    // address group of the agent that left it; charged while no agent holds the ID
+	until time.Time // when it expires
 }
 
 func newMemRegistry(limits registryLimits, now func() time.Time) *memRegistry {
@@ -121,12 +123,16 @@ func (r *memRegistry) Register(id, secret string, a *agentConn) (string, *agentC
 		return "", nil, ErrIDReserved
 	}
 	// Taking over an entry frees its charge.
-	freed := ""
+	group, freed := addrGroup(a.remote), ""
 	if e != nil {
 		freed = r.chargedTo(e)
 	}
-	if max := r.limits.perAddr; max > 0 && freed != a.remote && r.charged[a.remote] >= max {
-		return "", nil, &limitError{what: "agents", addr: a.remote, limit: max, reserved: r.limits.grace > 0}
+	if max := r.limits.perAddr; max > 0 && freed != group && r.charged[group] >= max {
+		return "", nil, &limitError{what: "agents", reason: reasonAgentLimit, addr: group, limit: max, reserved: r.limits.grace > 0}
+	}
+	newAgent := e == nil || e.agent == nil
+	if max := r.limits.maxAgents; max > 0 && newAgent && r.agents >= max {
+		return "", nil, &limitError{what: "agents", reason: reasonServerFull, limit: max}
 	}
 	if e == nil {
 		if secret == "" {
@@ -141,11 +147,14 @@ func (r *memRegistry) Register(id, secret string, a *agentConn) (string, *agentC
 	// or Unregister restores it. A displaced confirmed agent had earned
 	// one: it is kept likewise.
 	old := e.agent
-	if old != nil && e.confirmed {
-		e.res = r.reserve(id, old.remote)
+	if old != nil && e.confirmed && r.limits.grace > 0 {
+		e.res = r.reserve(id, addrGroup(old.remote))
 	}
 	e.agent, e.confirmed = a, false
-	r.charged[a.remote]++
+	r.charged[group]++
+	if newAgent {
+		r.agents++
+	}
 	return e.secret, old, nil
 }
 
@@ -169,27 +178,28 @@ func (r *memRegistry) Unregister(id string, a *agentConn) {
 	if e == nil || e.agent != a {
 		return
 	}
-	r.uncharge(a.remote)
+	r.uncharge(addrGroup(a.remote))
+	r.agents--
 	e.agent = nil
 	if e.confirmed && r.limits.grace > 0 {
-		e.res = r.reserve(id, a.remote)
+		e.res = r.reserve(id, addrGroup(a.remote))
 	}
 	if e.res == nil {
 		delete(r.entries, id)
 		return
 	}
-	r.charged[e.res.remote]++
+	r.charged[e.res.group]++
 }
 
-// reserve queues a new reservation of id for an agent that was at remote,
+// reserve queues a new reservation of id for an agent that was in group,
 // dropping the oldest reservation when maxReserved are held. The caller
 // points id's entry at it, and charges it while no agent holds the ID;
 // r.mu is held.
-func (r *memRegistry) reserve(id, remote string) *reservation {
+func (r *memRegistry) reserve(id, group string) *reservation {
 	for max := r.limits.maxReserved; max > 0 && r.reserved >= max && len(r.queue) > 0; {
 		r.pop()
 	}
-	res := &reservation{id: id, remote: remote, until: r.now().Add(r.limits.grace)}
+	res := &reservation{id: id, group: group, until: r.now().Add(r.limits.grace)}
 	r.queue = append(r.queue, res)
 	r.reserved++
 	return res
@@ -228,24 +238,24 @@ func (r *memRegistry) pop() {
 	r.reserved--
 	if e.agent == nil {
 		delete(r.entries, res.id)
-		r.uncharge(res.remote)
+		r.uncharge(res.group)
 	}
 }
 
-// chargedTo is the address e is charged to; r.mu is held.
+// chargedTo is the address group e is charged to; r.mu is held.
 func (r *memRegistry) chargedTo(e *entry) string {
 	if e.agent != nil {
-		return e.agent.remote
+		return addrGroup(e.agent.remote)
 	}
-	return e.res.remote
+	return e.res.group
 }
 
-func (r *memRegistry) uncharge(remote string) {
-	if r.charged[remote] <= 1 {
-		delete(r.charged, remote)
+func (r *memRegistry) uncharge(group string) {
+	if r.charged[group] <= 1 {
+		delete(r.charged, group)
 		return
 	}
-	r.charged[remote]--
+	r.charged[group]--
 }
 
 func (r *memRegistry) Lookup(id string) *agentConn {
@@ -268,21 +278,4 @@ func (r *memRegistry) Agents() []*agentConn {
 	r.mu.Unlock()
 	sort.Slice(list, func(i, j int) bool { return list[i].id < list[j].id })
 	return list
-}
-
-// limitError refuses a registration or a client stream over a limit. Its
-// message tells the user what happened and what to do.
-type limitError struct {
-	what     string // "agents", "client streams"
-	addr     string // the remote address over its limit
-	limit    int
-	reserved bool // reservations count against the limit
-}
-
-func (e *limitError) Error() string {
-	msg := fmt.Sprintf("too many %s from %s (limit %d", e.what, e.addr, e.limit)
-	if e.reserved {
-		msg += ", counting IDs kept for agents that dropped recently"
-	}
-	return msg + "); close some, or ask the server's operator to raise the limit"
 }

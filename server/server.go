@@ -49,7 +49,16 @@ type Config struct {
 	MaxReservations int
 	// MaxStreamsPerAddr bounds the client streams open from one remote
 	// address. Default DefaultMaxStreamsPerAddr; negative: unlimited.
+	//
+	// Per-address limits count an IPv6 address by its /64.
 	MaxStreamsPerAddr int
+	// MaxAgents bounds the agents connected in all, registered or saying
+	// hello; beyond it agents are refused with 503 and retry. Default
+	// DefaultMaxAgents; negative: unlimited.
+	MaxAgents int
+	// MaxStreams bounds the client streams open in all; beyond it clients
+	// are refused with 503. Default DefaultMaxStreams; negative: unlimited.
+	MaxStreams int
 	// DrainTimeout bounds graceful shutdown. Default 10s.
 	DrainTimeout time.Duration
 	// Logger defaults to slog.Default().
@@ -95,6 +104,8 @@ func (c *Config) Validate() error {
 	c.MaxAgentsPerAddr = limitDefault(c.MaxAgentsPerAddr, DefaultMaxAgentsPerAddr)
 	c.MaxReservations = limitDefault(c.MaxReservations, DefaultMaxReservations)
 	c.MaxStreamsPerAddr = limitDefault(c.MaxStreamsPerAddr, DefaultMaxStreamsPerAddr)
+	c.MaxAgents = limitDefault(c.MaxAgents, DefaultMaxAgents)
+	c.MaxStreams = limitDefault(c.MaxStreams, DefaultMaxStreams)
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = 10 * time.Second
 	}
@@ -154,12 +165,13 @@ func New(cfg Config) (*Server, error) {
 		reg: newMemRegistry(registryLimits{
 			grace:       cfg.Grace,
 			perAddr:     cfg.MaxAgentsPerAddr,
+			maxAgents:   cfg.MaxAgents,
 			maxReserved: cfg.MaxReservations,
 		}, time.Now),
 		conns:   newConns(),
 		pending: newPending(),
 
-		streamLimit: newAddrLimiter("client streams", cfg.MaxStreamsPerAddr),
+		streamLimit: newAddrLimiter("client streams", reasonStreamLimit, cfg.MaxStreamsPerAddr, cfg.MaxStreams),
 		authFails:   newFailLimiter(10, time.Minute, time.Now),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
