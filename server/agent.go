@@ -69,7 +69,8 @@ func (a *agentConn) send(ctx context.Context, m wire.Message) error {
 
 // handleAgent is GET /agent/{id}: an agent's control connection. The ID is
 // claimed before the upgrade, so refusals are plain HTTP errors the agent
-// can print.
+// can print; it is confirmed once the agent has said hello and been
+// welcomed (see Registry).
 func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	if err := wire.ValidID(id); err != nil {
@@ -85,15 +86,14 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 	}
 	a := &agentConn{id: id, remote: s.remoteAddr(r), since: time.Now(), welcomed: make(chan struct{})}
 	a.touch()
-	if !s.agentLimit.acquire(a.remote) {
-		s.log.Info("agent refused", "id", id, "remote", a.remote, "reason", reasonAgentLimit)
-		s.metrics.refused(endpointAgent, reasonAgentLimit)
-		s.agentLimit.refuse(w, a.remote)
-		return
-	}
-	defer s.agentLimit.release(a.remote)
 	secret, old, err := s.reg.Register(id, presented, a)
+	var limit *limitError
 	switch {
+	case errors.As(err, &limit):
+		s.log.Info("agent refused", "id", id, "remote", a.remote, "reason", limit.reason)
+		s.metrics.refused(endpointAgent, limit.reason)
+		limit.refuse(w)
+		return
 	case errors.Is(err, ErrIDInUse):
 		s.log.Info("agent refused", "id", id, "remote", a.remote, "reason", reasonIDInUse)
 		s.metrics.refused(endpointAgent, reasonIDInUse)
@@ -165,6 +165,7 @@ func (s *Server) serveAgent(a *agentConn, secret string) error {
 	if err != nil {
 		return fmt.Errorf("send welcome: %w", err)
 	}
+	s.reg.Confirm(a.id, a) // only now does a drop leave a reservation
 	s.metrics.registrations.Inc()
 	s.changes.notify()
 	s.log.Info("agent connected", "id", a.id, "remote", a.remote, "hostname", a.info.Hostname, "os", a.info.OS, "version", m.Hello.Version)

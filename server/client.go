@@ -33,10 +33,10 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	remote := s.remoteAddr(r)
-	if !s.streamLimit.acquire(remote) {
-		s.log.Info("client refused", "id", id, "remote", remote, "reason", reasonStreamLimit)
-		s.metrics.refused(endpointClient, reasonStreamLimit)
-		s.streamLimit.refuse(w, remote)
+	if limit := s.streamLimit.acquire(remote); limit != nil {
+		s.log.Info("client refused", "id", id, "remote", remote, "reason", limit.reason)
+		s.metrics.refused(endpointClient, limit.reason)
+		limit.refuse(w)
 		return
 	}
 	defer s.streamLimit.release(remote)

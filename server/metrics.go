@@ -35,8 +35,9 @@ const (
 	reasonUnknownID        = "unknown_id"
 	reasonAgentUnavailable = "agent_unavailable"
 	reasonShuttingDown     = "shutting_down"
-	reasonAgentLimit       = "agent_limit"  // too many agents from one address
-	reasonStreamLimit      = "stream_limit" // too many client streams from one address
+	reasonAgentLimit       = "agent_limit"  // too many agents from one address (IPv6: one /64)
+	reasonStreamLimit      = "stream_limit" // too many client streams from one address (IPv6: one /64)
+	reasonServerFull       = "server_full"  // the server holds its most agents, or client streams
 
 	reasonForeignOrigin = "foreign_origin" // a web page served elsewhere, through a visitor's browser
 )
@@ -71,10 +72,10 @@ func newMetrics(version string, agents func() int) *metrics {
 	m.toAgent = bytes.WithLabelValues("to_agent")
 	m.toClient = bytes.WithLabelValues("to_client")
 	// Initialise the refusal series so that rate() works from the first scrape.
-	for _, r := range []string{reasonIDInUse, reasonIDReserved, reasonBadRequest, reasonShuttingDown, reasonAgentLimit, reasonForeignOrigin} {
+	for _, r := range []string{reasonIDInUse, reasonIDReserved, reasonBadRequest, reasonShuttingDown, reasonAgentLimit, reasonServerFull, reasonForeignOrigin} {
 		m.refusals.WithLabelValues(endpointAgent, r)
 	}
-	for _, r := range []string{reasonUnknownID, reasonAgentUnavailable, reasonBadRequest, reasonShuttingDown, reasonStreamLimit, reasonForeignOrigin} {
+	for _, r := range []string{reasonUnknownID, reasonAgentUnavailable, reasonBadRequest, reasonShuttingDown, reasonStreamLimit, reasonServerFull, reasonForeignOrigin} {
 		m.refusals.WithLabelValues(endpointClient, r)
 	}
 	m.reg.MustRegister(

@@ -35,15 +35,30 @@ type Config struct {
 	// StreamTimeout bounds how long a client waits for its agent to dial
 	// back. Default 15s.
 	StreamTimeout time.Duration
-	// Grace keeps the ID of an agent whose link dropped reserved for it.
+	// Grace keeps the ID of an agent whose link dropped reserved for it;
+	// only agents that completed their hello and welcome leave one.
 	// Default 5m; negative disables.
 	Grace time.Duration
-	// MaxAgentsPerAddr bounds the agents connected from one remote address.
+	// MaxAgentsPerAddr bounds the agents connected from one remote address,
+	// plus the IDs reserved for agents that were connected from it.
 	// Default DefaultMaxAgentsPerAddr; negative: unlimited.
 	MaxAgentsPerAddr int
+	// MaxReservations bounds the IDs kept reserved, in all, for agents
+	// whose link dropped; when full, a new reservation drops the oldest.
+	// Default DefaultMaxReservations; negative: unlimited.
+	MaxReservations int
 	// MaxStreamsPerAddr bounds the client streams open from one remote
 	// address. Default DefaultMaxStreamsPerAddr; negative: unlimited.
+	//
+	// Per-address limits count an IPv6 address by its /64.
 	MaxStreamsPerAddr int
+	// MaxAgents bounds the agents connected in all, registered or saying
+	// hello; beyond it agents are refused with 503 and retry. Default
+	// DefaultMaxAgents; negative: unlimited.
+	MaxAgents int
+	// MaxStreams bounds the client streams open in all; beyond it clients
+	// are refused with 503. Default DefaultMaxStreams; negative: unlimited.
+	MaxStreams int
 	// DrainTimeout bounds graceful shutdown. Default 10s.
 	DrainTimeout time.Duration
 	// Logger defaults to slog.Default().
@@ -87,7 +102,10 @@ func (c *Config) Validate() error {
 		c.Grace = 5 * time.Minute
 	}
 	c.MaxAgentsPerAddr = limitDefault(c.MaxAgentsPerAddr, DefaultMaxAgentsPerAddr)
+	c.MaxReservations = limitDefault(c.MaxReservations, DefaultMaxReservations)
 	c.MaxStreamsPerAddr = limitDefault(c.MaxStreamsPerAddr, DefaultMaxStreamsPerAddr)
+	c.MaxAgents = limitDefault(c.MaxAgents, DefaultMaxAgents)
+	c.MaxStreams = limitDefault(c.MaxStreams, DefaultMaxStreams)
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = 10 * time.Second
 	}
@@ -123,8 +141,8 @@ type Server struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	agentLimit, streamLimit *addrLimiter
-	authFails               *failLimiter // wrong sessions-view passwords
+	streamLimit *addrLimiter
+	authFails   *failLimiter // wrong sessions-view passwords
 
 	conns   *conns   // hijacked WebSockets, for the drain
 	pending *pending // clients waiting for their agent's stream
@@ -142,14 +160,18 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		cfg:     cfg,
-		log:     cfg.Logger.With("component", "server"),
-		reg:     newMemRegistry(cfg.Grace, time.Now),
+		cfg: cfg,
+		log: cfg.Logger.With("component", "server"),
+		reg: newMemRegistry(registryLimits{
+			grace:       cfg.Grace,
+			perAddr:     cfg.MaxAgentsPerAddr,
+			maxAgents:   cfg.MaxAgents,
+			maxReserved: cfg.MaxReservations,
+		}, time.Now),
 		conns:   newConns(),
 		pending: newPending(),
 
-		agentLimit:  newAddrLimiter("agents", cfg.MaxAgentsPerAddr),
-		streamLimit: newAddrLimiter("client streams", cfg.MaxStreamsPerAddr),
+		streamLimit: newAddrLimiter("client streams", reasonStreamLimit, cfg.MaxStreamsPerAddr, cfg.MaxStreams),
 		authFails:   newFailLimiter(10, time.Minute, time.Now),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())

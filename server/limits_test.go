@@ -1,0 +1,122 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/converge-ci/converge/internal/wire"
+	"github.com/converge-ci/converge/internal/wsconn"
+)
+
+// TestAgentLimitGroupsIPv6By64: one host holds a whole /64, so the
+// per-address limit counts the /64, not each address in it (issue 10,
+// finding 8).
+func TestAgentLimitGroupsIPv6By64(t *testing.T) {
+	r := runServer(t, func(c *Config) {
+		c.MaxAgentsPerAddr = 1
+		c.TrustedProxies = []string{"127.0.0.1"} // so the test can say where it comes from
+	})
+	from := func(addr string) http.Header { return http.Header{"X-Forwarded-For": {addr}} }
+	registerAgent(t, r.ws(), "first", from("2001:db8:1:2::a"))
+	_, err := dialControl(t, r.ws(), "second", from("2001:db8:1:2:ffff::b"))
+	wantRefused(t, err, http.StatusTooManyRequests, "2001:db8:1:2::/64")
+	registerAgent(t, r.ws(), "next-64", from("2001:db8:1:3::a"))
+	registerAgent(t, r.ws(), "v4", from("192.0.2.1"))
+	_, err = dialControl(t, r.ws(), "v4-mapped", from("::ffff:192.0.2.1"))
+	wantRefused(t, err, http.StatusTooManyRequests, "192.0.2.1")
+}
+
+func TestAddrGroup(t *testing.T) {
+	for _, tc := range []struct{ addr, want string }{
+		{"192.0.2.1", "192.0.2.1"},
+		{"192.0.2.2", "192.0.2.2"}, // IPv4: each address its own
+		{"::ffff:192.0.2.1", "192.0.2.1"},
+		{"2001:db8:1:2::1", "2001:db8:1:2::/64"},
+		{"2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"},
+		{"2001:db8:1:3::1", "2001:db8:1:3::/64"},
+		{"2001:DB8:1:2::1", "2001:db8:1:2::/64"},
+		{"fe80::1%eth0", "fe80::/64"},
+		{"::1", "::/64"},
+		{"not-an-ip", "not-an-ip"},
+	} {
+		if got := addrGroup(tc.addr); got != tc.want {
+			t.Errorf("addrGroup(%q) = %q, want %q", tc.addr, got, tc.want)
+		}
+	}
+}
+
+func TestAddrLimiter(t *testing.T) {
+	l := newAddrLimiter("client streams", reasonStreamLimit, 2, 3)
+	for _, addr := range []string{"2001:db8::1", "2001:db8::2"} {
+		if err := l.acquire(addr); err != nil {
+			t.Fatalf("acquire(%s): %v", addr, err)
+		}
+	}
+	err := l.acquire("2001:db8::3")
+	if err == nil || err.reason != reasonStreamLimit || err.addr != "2001:db8::/64" {
+		t.Fatalf("third from one /64 over a limit of 2: %+v; want refused for the /64", err)
+	}
+	if err := l.acquire("192.0.2.1"); err != nil {
+		t.Fatalf("acquire(192.0.2.1): %v", err)
+	}
+	err = l.acquire("192.0.2.2")
+	if err == nil || err.reason != reasonServerFull || err.addr != "" {
+		t.Fatalf("fourth in all over a cap of 3: %+v; want refused as full", err)
+	}
+	l.release("2001:db8::1") // another address of the same /64 frees the slot
+	if err := l.acquire("192.0.2.2"); err != nil {
+		t.Fatalf("after a release, acquire: %v", err)
+	}
+	for _, addr := range []string{"2001:db8::2", "192.0.2.1", "192.0.2.2"} {
+		l.release(addr)
+	}
+	if len(l.n) != 0 || l.sum != 0 {
+		t.Errorf("after every release: %v, sum %d; want nothing held", l.n, l.sum)
+	}
+}
+
+func TestRegistryCapsAgents(t *testing.T) {
+	r, _ := newTestRegistry(registryLimits{grace: time.Minute, maxAgents: 2})
+	a, secret := join(t, r, "a", "", "192.0.2.1")
+	join(t, r, "b", "", "192.0.2.2")
+	var limit *limitError
+	if _, _, err := r.Register("c", "", &agentConn{id: "c", remote: "192.0.2.3"}); !errors.As(err, &limit) || limit.reason != reasonServerFull {
+		t.Fatalf("third agent over a cap of 2: %v; want a server_full limitError", err)
+	}
+	// Replacing a connected agent adds none.
+	a2, _ := join(t, r, "a", secret, "192.0.2.1")
+	r.Unregister("a", a)
+	// A reservation is no connected agent: it makes room.
+	r.Unregister("a", a2)
+	join(t, r, "c", "", "192.0.2.3")
+}
+
+// TestServerCaps: beyond --max-agents and --max-streams the server
+// refuses with 503 and counts the refusal as server_full.
+func TestServerCaps(t *testing.T) {
+	r := runServer(t, func(c *Config) { c.MaxAgents = 1; c.MaxStreams = 1 })
+	a := dialAgent(t, r.ws(), "only", wire.Info{})
+	_, err := dialControl(t, r.ws(), "another", nil)
+	wantRefused(t, err, http.StatusServiceUnavailable, "as many agents as it allows (1)")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := wsconn.Dial(ctx, r.ws()+"/client/only", wsconn.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	a.echoStream(t, r.ws())
+	_, err = wsconn.Dial(ctx, r.ws()+"/client/only", wsconn.Options{})
+	wantRefused(t, err, http.StatusServiceUnavailable, "as many client streams as it allows (1)")
+
+	m := scrape(t, r.http())
+	for _, endpoint := range []string{endpointAgent, endpointClient} {
+		if got := value(t, m, "converge_refusals_total", "endpoint", endpoint, "reason", reasonServerFull); got != 1 {
+			t.Errorf("refusals{endpoint=%s,reason=server_full} = %v, want 1", endpoint, got)
+		}
+	}
+}
