@@ -132,6 +132,9 @@ type Agent struct {
 	user   atomic.Pointer[string] // SSH user name, learned from the server
 	secret string                 // registration secret; control loop only
 
+	children *children // the processes the agent waits for itself
+	pid1     bool      // reap orphans while Run runs: true when PID 1
+
 	streams sync.WaitGroup   // stream dials in flight
 	resumed *resume.Acceptor // resumable client streams
 	fwd     *forwarder       // port forwards (ssh -L, -R)
@@ -143,7 +146,8 @@ func New(cfg Config) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger.With("component", "agent", "id", cfg.ID), ln: newStreamListener()}
+	a := &Agent{cfg: cfg, log: cfg.Logger.With("component", "agent", "id", cfg.ID), ln: newStreamListener(),
+		children: newChildren(), pid1: os.Getpid() == 1}
 	signer, err := loadHostKey(cfg.HostKeyFile, cfg.HostKeyPEM)
 	if err != nil {
 		return nil, err
@@ -188,6 +192,8 @@ func (a *Agent) sshUser() string {
 // and an error wrapping lifetime.ErrNoLogin when nobody logged in in time;
 // see lifetime.ExitStatus.
 func (a *Agent) Run(ctx context.Context) error {
+	stopReaper := a.reapWhilePID1(ctx)
+	defer stopReaper()
 	ctx, life := a.life.Start(ctx)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- a.srv.Serve(a.ln) }()

@@ -31,8 +31,8 @@ const (
 
 // connectLoop keeps a control connection up until ctx ends, for as long as
 // the agent lives. A refusal by the server (HTTP 4xx: bad ID, ID in use) is
-// final, except 429 (a limit that may clear); anything else is retried
-// with backoff.
+// final, except 429 (a limit that may clear), and so is a welcome the agent
+// cannot accept (errBadWelcome); anything else is retried with backoff.
 func (a *Agent) connectLoop(ctx context.Context) error {
 	backoff := backoffMin
 	announced := false
@@ -48,6 +48,9 @@ func (a *Agent) connectLoop(ctx context.Context) error {
 		if re := finalRefusal(err); re != nil {
 			return fmt.Errorf("server refused agent: %s", re.Message)
 		}
+		if errors.Is(err, errBadWelcome) {
+			return err
+		}
 		d := jitter(backoff)
 		a.log.Warn("connection to server lost; reconnecting", "error", err, "in", d.Round(time.Millisecond))
 		t := time.NewTimer(d)
@@ -60,6 +63,13 @@ func (a *Agent) connectLoop(ctx context.Context) error {
 		backoff = min(backoff*2, backoffMax)
 	}
 }
+
+// errBadWelcome: the server answered the hello with a welcome that
+// decodes to no valid message, such as one whose ssh_user is not a user
+// name by wire.ValidUser (the agent prints it in the job log). The server
+// is not a Converge server of a version this agent speaks, or it
+// misbehaves; asking again would get the same answer, so the agent stops.
+var errBadWelcome = errors.New("the server's welcome is invalid (is the URL that of a Converge server, of a version this agent speaks?)")
 
 // finalRefusal returns err's refusal if retrying cannot help: the server
 // answered 4xx (bad ID, ID in use or reserved), except 429 (a limit that
@@ -100,6 +110,9 @@ func (a *Agent) control(ctx context.Context, announce bool) (connected bool, err
 	rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	m, err := readControl(rctx, c)
 	cancel()
+	if errors.Is(err, wire.ErrInvalid) {
+		return false, fmt.Errorf("%w: %s", errBadWelcome, wsconn.Sanitize(err.Error()))
+	}
 	if err != nil {
 		return false, fmt.Errorf("read welcome: %w", err)
 	}

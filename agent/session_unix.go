@@ -96,7 +96,14 @@ func (a *Agent) run(s ssh.Session, cmd *exec.Cmd) (int, error) {
 	if hasPty(s) {
 		start = startPty
 	}
-	drain, release, err := start(s, cmd)
+	var drain, release func()
+	err := a.children.start(func() (int, error) {
+		var err error
+		if drain, release, err = start(s, cmd); err != nil {
+			return 0, err
+		}
+		return cmd.Process.Pid, nil
+	})
 	if err != nil {
 		return 255, err
 	}
@@ -105,6 +112,7 @@ func (a *Agent) run(s ssh.Session, cmd *exec.Cmd) (int, error) {
 	defer forwardSignals(s, sid)()
 
 	err = waitCommand(s, cmd, sid)
+	a.children.forget(sid)
 
 	if ended, kept := endSession(sid); ended+kept > 0 {
 		a.log.Info("session left processes behind", "ended", ended, "kept_nohup", kept)

@@ -89,7 +89,7 @@ func (c *Config) Validate() error {
 	if c.SSHUser == "" {
 		c.SSHUser = "converge"
 	}
-	if err := validUser(c.SSHUser); err != nil {
+	if err := wire.ValidUser(c.SSHUser); err != nil {
 		return err
 	}
 	if c.StreamTimeout == 0 {
@@ -116,18 +116,6 @@ func (c *Config) Validate() error {
 		c.Version = "dev"
 	}
 	return c.validateFront()
-}
-
-func validUser(u string) error {
-	if len(u) > 32 {
-		return fmt.Errorf("ssh user %q is longer than 32 characters", u)
-	}
-	for i, c := range u {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
-			return fmt.Errorf("ssh user %q has %q at position %d; use letters, digits, '.', '_' and '-'", u, c, i+1)
-		}
-	}
-	return nil
 }
 
 // Server is the rendezvous server. Create it with New, start it with Run.

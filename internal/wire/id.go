@@ -34,6 +34,29 @@ func idChar(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-'
 }
 
+// MaxUserLength bounds the SSH user name.
+const MaxUserLength = 32
+
+// ValidUser reports whether u may be the SSH user name clients log in
+// with: 1 to 32 characters from letters, digits, '.', '_' and '-'. The
+// server checks its configuration with it, and the agent the name the
+// server's welcome carries: the agent prints that name in the job log, next
+// to the host key users verify, so it must not carry anything else.
+func ValidUser(u string) error {
+	if u == "" {
+		return fmt.Errorf("ssh user is empty")
+	}
+	if len(u) > MaxUserLength {
+		return fmt.Errorf("ssh user is %d characters long, at most %d are allowed", len(u), MaxUserLength)
+	}
+	for i := 0; i < len(u); i++ {
+		if !idChar(u[i]) {
+			return fmt.Errorf("ssh user %q has %q at position %d; use letters, digits, '.', '_' and '-'", u, u[i], i+1)
+		}
+	}
+	return nil
+}
+
 // TokenLength is the length of a token in hex digits (128 bits).
 const TokenLength = 32
 

@@ -75,7 +75,7 @@ type Status struct {
 	Sessions int       `json:"sessions"`
 }
 
-// Welcome accepts a registration.
+// Welcome accepts a registration. SSHUser is valid by ValidUser.
 type Welcome struct {
 	SSHUser string `json:"ssh_user"`
 	Secret  string `json:"secret"`
@@ -147,6 +147,9 @@ func (m Message) Validate() error {
 		if ok {
 			if err := ValidToken(m.Welcome.Secret); err != nil {
 				return fmt.Errorf("%w: welcome secret: %v", ErrInvalid, err)
+			}
+			if err := ValidUser(m.Welcome.SSHUser); err != nil {
+				return fmt.Errorf("%w: welcome ssh_user: %v", ErrInvalid, err)
 			}
 		}
 	case TypeStatus:

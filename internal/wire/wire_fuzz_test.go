@@ -19,6 +19,7 @@ func FuzzDecodeStrict(f *testing.F) {
 		`{"type":"hello","hello":{"version":"1.0","protocols":["converge.resume.v1"],"info":{"status":{"sessions":1}}}}`,
 		`{"type":"hello","hello":{"version":"1.0","secret":"` + tok + `","info":{"status":{"sessions":1}}}}`,
 		`{"type":"welcome","welcome":{"ssh_user":"converge","secret":"` + tok + `"}}`,
+		`{"type":"welcome","welcome":{"ssh_user":"conv\u001b[2K\r\nFORGED","secret":"` + tok + `"}}`,
 		`{"type":"status","status":{"expiry":"2026-01-02T03:04:05Z","sessions":2}}`,
 		`{"type":"dial","dial":{"token":"` + tok + `","protocol":"converge.resume.v1"}}`,
 		`{"type":"dial","dial":{"token":"` + tok + `"}}`,

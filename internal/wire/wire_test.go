@@ -41,6 +41,9 @@ func TestDecodeRejects(t *testing.T) {
 		`{"type":"dial","dial":{"token":"short"}}`,
 		`{"type":"dial","dial":{"token":"` + strings.ToUpper(tok) + `"}}`,
 		`{"type":"welcome","welcome":{"ssh_user":"u","secret":""}}`,
+		`{"type":"welcome","welcome":{"ssh_user":"","secret":"` + tok + `"}}`,
+		`{"type":"welcome","welcome":{"ssh_user":"u\u001b[2K\nHost key: forged","secret":"` + tok + `"}}`,
+		`{"type":"welcome","welcome":{"ssh_user":"` + strings.Repeat("u", MaxUserLength+1) + `","secret":"` + tok + `"}}`,
 		`{"type":"hello","hello":{"version":"x","secret":"` + tok + `","info":{"status":{"sessions":0}}}}`, // the secret travels in SecretHeader
 		`{"type":"status","status":{"sessions":-1}}`,
 		`{"type":"nope","status":{"sessions":1}}`,
@@ -53,6 +56,28 @@ func TestDecodeRejects(t *testing.T) {
 			t.Errorf("Decode(%.80q) = %+v, want error", in, m)
 		} else if !errors.Is(err, ErrInvalid) {
 			t.Errorf("Decode(%.80q) error %v does not wrap ErrInvalid", in, err)
+		}
+	}
+}
+
+func TestValidUser(t *testing.T) {
+	for _, tc := range []struct {
+		user string
+		ok   bool
+	}{
+		{"converge", true},
+		{"ci-user_1.x", true},
+		{strings.Repeat("u", MaxUserLength), true},
+		{strings.Repeat("u", MaxUserLength+1), false},
+		{"", false},
+		{"a b", false},
+		{"u\n", false},
+		{"u\x1b[31m", false},
+		{"us\u00e9r", false},
+		{"u@h", false},
+	} {
+		if err := ValidUser(tc.user); (err == nil) != tc.ok {
+			t.Errorf("ValidUser(%q) = %v, want ok %v", tc.user, err, tc.ok)
 		}
 	}
 }

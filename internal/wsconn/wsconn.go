@@ -1,8 +1,8 @@
 // Package wsconn holds Converge's WebSocket conventions on top of
 // github.com/coder/websocket: how we dial and accept (explicit subprotocols,
 // compression off, read limits left to what each connection carries), how
-// refusals before the upgrade become readable errors, close codes, and
-// keepalive pings.
+// refusals before the upgrade become readable errors (with the server's
+// text made safe to print, see Sanitize), close codes, and keepalive pings.
 //
 // It is not a protocol of its own: the bytes carried are the caller's.
 package wsconn
@@ -16,7 +16,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"strings"
 	"time"
 
 	"github.com/coder/websocket"
@@ -38,7 +37,8 @@ const (
 )
 
 // RefusedError is a handshake the server answered with an HTTP status
-// instead of an upgrade. Message is the server's explanation.
+// instead of an upgrade. Message is the server's explanation, passed
+// through Sanitize: one line, safe to print.
 type RefusedError struct {
 	URL     string
 	Status  int
@@ -102,7 +102,7 @@ func refused(rawURL string, resp *http.Response) error {
 	if resp.Body != nil {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
 		resp.Body.Close()
-		msg = strings.TrimSpace(string(b))
+		msg = Sanitize(string(b))
 	}
 	return &RefusedError{URL: rawURL, Status: resp.StatusCode, Message: msg}
 }
