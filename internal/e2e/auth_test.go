@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 
 	"github.com/converge-ci/converge/agent"
@@ -112,56 +111,6 @@ func TestHostKeyFingerprint(t *testing.T) {
 	u.SSH(tgt, 0, "true")
 }
 
-// agentProcess is the real agent binary running against a relay.
-type agentProcess struct {
-	Out *syncBuffer // stdout: instructions for users
-	Err *syncBuffer // stderr: logs
-}
-
-// startAgentBinary runs the agent command in dir with env and args, and
-// waits until it has registered with r.
-func startAgentBinary(t *testing.T, r *relay, dir string, env []string, args ...string) *agentProcess {
-	t.Helper()
-	p := &agentProcess{Out: &syncBuffer{}, Err: &syncBuffer{}}
-	cmd := exec.Command(bin("agent"), append(args, r.URL)...)
-	cmd.Dir = dir
-	cmd.Env = append(cleanEnv(), env...)
-	cmd.Stdout, cmd.Stderr = p.Out, p.Err
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		<-exited
-		if t.Failed() {
-			t.Logf("agent stdout:\n%s\nagent stderr:\n%s", p.Out, p.Err)
-		}
-	})
-	waitFor(t, "agent registration", func() bool {
-		select {
-		case <-exited:
-			t.Fatalf("agent exited: %s%s", p.Out, p.Err)
-		default:
-		}
-		return strings.Contains(p.Out.String(), "registered")
-	})
-	return p
-}
-
-// cleanEnv is the test's environment without CONVERGE_ variables, so a
-// developer's settings do not leak into the agent under test.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "CONVERGE_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
-
 // TestAgentKeySources runs the agent binary with keys from a URL, from
 // CONVERGE_AUTHORIZED_KEYS and a host key from CONVERGE_HOST_KEY; users
 // trust it through the printed known_hosts line.
@@ -188,7 +137,7 @@ func TestAgentKeySources(t *testing.T) {
 	}
 	wantFP := printedFingerprint.FindString(string(out))
 
-	p := startAgentBinary(t, r, t.TempDir(),
+	p := runAgentBinary(t, r, t.TempDir(),
 		[]string{"CONVERGE_AUTHORIZED_KEYS=" + fromEnv.PublicKey, "CONVERGE_HOST_KEY=" + string(pemData)},
 		"--id", "keys-job", "--stay", "--authorized-keys-url", keys.URL+"/someone.keys")
 	fp, line := printedTrust(t, p.Out.String())
@@ -215,7 +164,7 @@ func TestAgentKeySources(t *testing.T) {
 	}
 	strangerFP := printedFingerprint.FindString(string(out))
 	waitFor(t, "the refused login in the agent's log", func() bool {
-		for _, l := range strings.Split(p.Err.String(), "\n") {
+		for _, l := range strings.Split(p.All.String(), "\n") {
 			if strings.Contains(l, "login refused") && strings.Contains(l, strangerFP) {
 				return true
 			}

@@ -128,7 +128,16 @@ func TestAgentReappearsAfterServerRestart(t *testing.T) {
 	srv := newRestartableServer(t)
 	p := newProxy(t, srv.Addr())
 	c := sshtest.New(t)
-	a := startAgent(t, viaProxy(p), "phoenix", c)
+	registered := make(chan struct{}, 10)
+	a := startAgent(t, viaProxy(p), "phoenix", c, func(cfg *agent.Config) {
+		cfg.OnRegistered = func() {
+			select {
+			case registered <- struct{}{}:
+			default:
+			}
+		}
+	})
+	<-registered // startAgent returned: the first registration was signalled
 	tgt := viaProxy(p).target("phoenix")
 	c.SSH(tgt, 0, "true")
 
@@ -137,6 +146,11 @@ func TestAgentReappearsAfterServerRestart(t *testing.T) {
 	p.Retarget(srv.Addr())
 	p.Cut() // what is left of the old server's connections
 	waitFor(t, "agent back on the restarted server", func() bool { return clientStatus("http://"+srv.Addr(), "phoenix") != http.StatusNotFound })
+	select {
+	case <-registered:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the agent is back on the restarted server, but OnRegistered was not called again")
+	}
 	if got := c.SSH(tgt, 0, "echo back"); strings.TrimSpace(got.Stdout) != "back" {
 		t.Errorf("after restart: stdout %q, want back", got.Stdout)
 	}
