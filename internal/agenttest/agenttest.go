@@ -70,9 +70,6 @@ func Start(t testing.TB, cfg agent.Config) *Agent {
 	return r
 }
 
-// Done is closed when Run has returned.
-func (r *Agent) Done() <-chan struct{} { return r.done }
-
 // Wait waits for Run to return and returns its result.
 func (r *Agent) Wait() error {
 	<-r.done
