@@ -49,6 +49,7 @@ func addKnownHost(t *testing.T, c *sshtest.Client, line string) {
 // key are all refused (gliderlabs lets everyone in when no auth handler is
 // set; this guards that trap).
 func TestRefusedLogins(t *testing.T) {
+	t.Parallel()
 	r := startServer(t)
 	c := sshtest.New(t)
 	a := startAgent(t, r, "guarded-job", c)
@@ -80,6 +81,7 @@ func TestRefusedLogins(t *testing.T) {
 // TestHostKeyFingerprint: what the agent prints is what ssh records when
 // it meets the host, and the printed known_hosts line lets ssh verify.
 func TestHostKeyFingerprint(t *testing.T) {
+	t.Parallel()
 	r := startServer(t)
 	c := sshtest.New(t)
 	a := startAgent(t, r, "fp-job", nil, func(cfg *agent.Config) { cfg.AuthorizedKeys = c.PublicKey })
@@ -115,6 +117,7 @@ func TestHostKeyFingerprint(t *testing.T) {
 // CONVERGE_AUTHORIZED_KEYS and a host key from CONVERGE_HOST_KEY; users
 // trust it through the printed known_hosts line.
 func TestAgentKeySources(t *testing.T) {
+	t.Parallel()
 	r := startServer(t)
 	fromURL, fromEnv := sshtest.New(t), sshtest.New(t)
 	keys := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
@@ -176,6 +179,7 @@ func TestAgentKeySources(t *testing.T) {
 // TestAgentRefusesToStart: with no way to log in, or a key URL that
 // fails, the agent binary stops at once with a message saying what to do.
 func TestAgentRefusesToStart(t *testing.T) {
+	t.Parallel()
 	missing := httptest.NewServer(http.NotFoundHandler())
 	defer missing.Close()
 	for _, tc := range []struct {
@@ -204,6 +208,7 @@ func TestAgentRefusesToStart(t *testing.T) {
 // TestPasswordLogin: a password works only when configured, and only the
 // right one. OpenSSH reads it from an askpass program.
 func TestPasswordLogin(t *testing.T) {
+	t.Parallel()
 	r := startServer(t)
 	c := sshtest.New(t)
 	a := startAgent(t, r, "pw-job", nil, func(cfg *agent.Config) { cfg.Password = "correct horse" })

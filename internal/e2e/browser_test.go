@@ -93,6 +93,7 @@ func text(t *testing.T, ctx context.Context, css string) string {
 // recipes carry this server's address, and the sessions view shows an
 // agent arriving and leaving without the page being reloaded.
 func TestBrowserPages(t *testing.T) {
+	t.Parallel()
 	const password = "correct horse"
 	r := startServer(t, func(c *server.Config) { c.SessionsPassword = password })
 	ctx := browser(t)

@@ -91,6 +91,7 @@ func TestLifetimeNoLogin(t *testing.T) {
 
 // TestLifetimeFlagErrors: bad lifetime durations are usage errors.
 func TestLifetimeFlagErrors(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, ".authorized_keys"), []byte("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl x\n"), 0o600)
 	for _, tc := range []struct {
@@ -336,6 +337,7 @@ func TestLifetimeDetachAndWait(t *testing.T) {
 // TestLifetimeStatusOnSessionsPage: the agent reports its expiry and
 // number of logged-in users to the server, which shows them.
 func TestLifetimeStatusOnSessionsPage(t *testing.T) {
+	t.Parallel()
 	r := startServer(t, func(cfg *server.Config) { cfg.SessionsPassword = "pw" })
 	c := sshtest.New(t)
 	startAgent(t, r, "status-job", c, func(cfg *agent.Config) {

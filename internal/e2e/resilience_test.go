@@ -125,6 +125,7 @@ func deadAddr(t *testing.T) string {
 }
 
 func TestAgentReappearsAfterServerRestart(t *testing.T) {
+	t.Parallel()
 	srv := newRestartableServer(t)
 	p := newProxy(t, srv.Addr())
 	c := sshtest.New(t)
@@ -160,6 +161,7 @@ func TestAgentReappearsAfterServerRestart(t *testing.T) {
 }
 
 func TestImpostorRefusedDuringGrace(t *testing.T) {
+	t.Parallel()
 	r := startServer(t)
 	p := newProxy(t, r.Addr)
 	c := sshtest.New(t)
@@ -200,6 +202,7 @@ func TestImpostorRefusedDuringGrace(t *testing.T) {
 }
 
 func TestLimitsPerAddress(t *testing.T) {
+	t.Parallel()
 	r := startServer(t, func(cfg *server.Config) { cfg.MaxAgentsPerAddr = 1; cfg.MaxStreamsPerAddr = 1 })
 	c := sshtest.New(t)
 	startAgent(t, r, "limited", c)
@@ -234,6 +237,7 @@ func TestLimitsPerAddress(t *testing.T) {
 // a server host name only the proxy can resolve: registration succeeds only
 // if the agent goes through the proxy, for ws:// as for http://.
 func TestAgentHonoursHTTPProxy(t *testing.T) {
+	t.Parallel()
 	r := startServer(t)
 	c := sshtest.New(t)
 	proxy := startForwardProxy(t, map[string]string{"converge.invalid:80": r.Addr})
