@@ -78,6 +78,13 @@ type Config struct {
 	// StateFile makes the agent record its state in Dir/.converge for
 	// `agent wait` and --detach, and follow wait's request. False: no files.
 	StateFile bool
+	// OnRegistered, if set, is called each time the server welcomes the
+	// agent: on the first registration, after Out has the instructions,
+	// and again on every re-registration after the link dropped (a server
+	// restart, say). It runs on Run's control goroutine, which serves no
+	// client until it returns, so it must not block. Nil: nothing is
+	// called.
+	OnRegistered func()
 }
 
 // Validate checks c and fills defaults.

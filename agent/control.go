@@ -129,6 +129,9 @@ func (a *Agent) control(ctx context.Context, announce bool) (connected bool, err
 	defer a.life.Report(ctx, func(ctx context.Context, st wire.Status) error {
 		return a.send(ctx, c, wire.Message{Type: wire.TypeStatus, Status: &st})
 	})()
+	if a.cfg.OnRegistered != nil {
+		a.cfg.OnRegistered()
+	}
 
 	// Keepalive: a missing pong means the link is dead, whatever TCP says.
 	kctx, stopKeepalive := context.WithCancel(ctx)

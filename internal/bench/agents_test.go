@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -38,12 +39,14 @@ func startIdleAgents(t *testing.T, srv *serverProc, n int, c *sshtest.Client) (s
 	// handshakes at once.
 	const batch = 100
 	for i := 0; i < n; i += batch {
-		var regs []*registered
+		registered := make(chan struct{}, batch)
+		started := 0
 		for j := i; j < min(n, i+batch); j++ {
-			reg := newRegistered()
+			var once sync.Once
 			a, err := agent.New(agent.Config{
-				Server: srv.URL(), ID: fmt.Sprintf("idle-%04d", j), Dir: dir, Out: reg,
-				Logger: slog.New(slog.DiscardHandler),
+				Server: srv.URL(), ID: fmt.Sprintf("idle-%04d", j), Dir: dir, Out: io.Discard,
+				Logger:       slog.New(slog.DiscardHandler),
+				OnRegistered: func() { once.Do(func() { registered <- struct{}{} }) },
 			})
 			if err != nil {
 				stop()
@@ -56,18 +59,18 @@ func startIdleAgents(t *testing.T, srv *serverProc, n int, c *sshtest.Client) (s
 					failed <- err
 				}
 			}()
-			regs = append(regs, reg)
+			started++
 		}
 		timeout := time.After(60 * time.Second)
-		for _, r := range regs {
+		for range started {
 			select {
-			case <-r.done:
+			case <-registered:
 			case err := <-failed:
 				stop()
 				t.Fatalf("an idle agent failed: %v\n%s", err, srv.log.tail())
 			case <-timeout:
 				stop()
-				t.Fatalf("agents %d..%d did not all register within 60s\n%s", i, i+len(regs)-1, srv.log.tail())
+				t.Fatalf("agents %d..%d did not all register within 60s\n%s", i, i+started-1, srv.log.tail())
 			}
 		}
 	}

@@ -2,8 +2,8 @@ package bench
 
 import (
 	"bytes"
-	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/converge-ci/converge/agent"
+	"github.com/converge-ci/converge/internal/agenttest"
 	"github.com/converge-ci/converge/internal/sshtest"
 )
 
@@ -49,6 +50,8 @@ func startServer(t testing.TB, flags ...string) *serverProc {
 		case err := <-done:
 			if err != nil {
 				t.Errorf("converge exited: %v\n%s", err, s.log.tail())
+			} else if t.Failed() {
+				t.Logf("converge logged:\n%s", s.log.tail())
 			}
 		case <-time.After(20 * time.Second):
 			s.cmd.Process.Kill()
@@ -143,28 +146,10 @@ func startAgent(t testing.TB, s *serverProc, id string, c *sshtest.Client) *benc
 	if err := os.WriteFile(filepath.Join(dir, ".authorized_keys"), []byte(c.PublicKey+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	reg := newRegistered()
-	a, err := agent.New(agent.Config{
-		Server: s.URL(), ID: id, Dir: dir, Out: reg,
+	a := agenttest.Start(t, agent.Config{
+		Server: s.URL(), ID: id, Dir: dir, Out: io.Discard,
 		Logger: slog.New(slog.DiscardHandler),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent: %v", err)
-		}
-	})
-	select {
-	case <-reg.done:
-	case <-time.After(20 * time.Second):
-		t.Fatalf("agent %s did not register within 20s\n%s", id, s.log.tail())
-	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -174,20 +159,5 @@ func startAgent(t testing.TB, s *serverProc, id string, c *sshtest.Client) *benc
 	go func() { defer close(served); a.Serve(ln) }()
 	t.Cleanup(func() { ln.Close(); <-served }) // runs before the agent stops
 	c.Trust(id, a.HostKey())
-	return &benchAgent{Agent: a, Dir: dir, Direct: ln.Addr().String()}
-}
-
-// registered is an agent's output; done closes once it says it registered.
-type registered struct {
-	once sync.Once
-	done chan struct{}
-}
-
-func newRegistered() *registered { return &registered{done: make(chan struct{})} }
-
-func (r *registered) Write(p []byte) (int, error) {
-	if bytes.Contains(p, []byte("registered")) {
-		r.once.Do(func() { close(r.done) })
-	}
-	return len(p), nil
+	return &benchAgent{Agent: a.Agent, Dir: dir, Direct: ln.Addr().String()}
 }

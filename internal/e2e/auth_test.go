@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 
 	"github.com/converge-ci/converge/agent"
@@ -50,6 +49,7 @@ func addKnownHost(t *testing.T, c *sshtest.Client, line string) {
 // key are all refused (gliderlabs lets everyone in when no auth handler is
 // set; this guards that trap).
 func TestRefusedLogins(t *testing.T) {
+	t.Parallel()
 	r := startServer(t)
 	c := sshtest.New(t)
 	a := startAgent(t, r, "guarded-job", c)
@@ -81,6 +81,7 @@ func TestRefusedLogins(t *testing.T) {
 // TestHostKeyFingerprint: what the agent prints is what ssh records when
 // it meets the host, and the printed known_hosts line lets ssh verify.
 func TestHostKeyFingerprint(t *testing.T) {
+	t.Parallel()
 	r := startServer(t)
 	c := sshtest.New(t)
 	more := filepath.Join(t.TempDir(), "more_keys") // read at each login
@@ -117,60 +118,11 @@ func TestHostKeyFingerprint(t *testing.T) {
 	u.SSH(tgt, 0, "true")
 }
 
-// agentProcess is the real agent binary running against a relay.
-type agentProcess struct {
-	Out *syncBuffer // stdout: instructions for users
-	Err *syncBuffer // stderr: logs
-}
-
-// startAgentBinary runs the agent command in dir with env and args, and
-// waits until it has registered with r.
-func startAgentBinary(t *testing.T, r *relay, dir string, env []string, args ...string) *agentProcess {
-	t.Helper()
-	p := &agentProcess{Out: &syncBuffer{}, Err: &syncBuffer{}}
-	cmd := exec.Command(bin("agent"), append(args, r.URL)...)
-	cmd.Dir = dir
-	cmd.Env = append(cleanEnv(), env...)
-	cmd.Stdout, cmd.Stderr = p.Out, p.Err
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		<-exited
-		if t.Failed() {
-			t.Logf("agent stdout:\n%s\nagent stderr:\n%s", p.Out, p.Err)
-		}
-	})
-	waitFor(t, "agent registration", func() bool {
-		select {
-		case <-exited:
-			t.Fatalf("agent exited: %s%s", p.Out, p.Err)
-		default:
-		}
-		return strings.Contains(p.Out.String(), "registered")
-	})
-	return p
-}
-
-// cleanEnv is the test's environment without CONVERGE_ variables, so a
-// developer's settings do not leak into the agent under test.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "CONVERGE_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
-
 // TestAgentKeySources runs the agent binary with keys from a URL, from
 // CONVERGE_AUTHORIZED_KEYS and a host key from CONVERGE_HOST_KEY; users
 // trust it through the printed known_hosts line.
 func TestAgentKeySources(t *testing.T) {
+	t.Parallel()
 	r := startServer(t)
 	fromURL, fromEnv := sshtest.New(t), sshtest.New(t)
 	keys := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
@@ -193,7 +145,7 @@ func TestAgentKeySources(t *testing.T) {
 	}
 	wantFP := printedFingerprint.FindString(string(out))
 
-	p := startAgentBinary(t, r, t.TempDir(),
+	p := runAgentBinary(t, r, t.TempDir(),
 		[]string{"CONVERGE_AUTHORIZED_KEYS=" + fromEnv.PublicKey, "CONVERGE_HOST_KEY=" + string(pemData)},
 		"--id", "keys-job", "--stay", "--authorized-keys-url", keys.URL+"/someone.keys")
 	fp, line := printedTrust(t, p.Out.String())
@@ -220,7 +172,7 @@ func TestAgentKeySources(t *testing.T) {
 	}
 	strangerFP := printedFingerprint.FindString(string(out))
 	waitFor(t, "the refused login in the agent's log", func() bool {
-		for _, l := range strings.Split(p.Err.String(), "\n") {
+		for _, l := range strings.Split(p.All.String(), "\n") {
 			if strings.Contains(l, "login refused") && strings.Contains(l, strangerFP) {
 				return true
 			}
@@ -232,6 +184,7 @@ func TestAgentKeySources(t *testing.T) {
 // TestAgentRefusesToStart: with no way to log in, or a key URL that
 // fails, the agent binary stops at once with a message saying what to do.
 func TestAgentRefusesToStart(t *testing.T) {
+	t.Parallel()
 	missing := httptest.NewServer(http.NotFoundHandler())
 	defer missing.Close()
 	for _, tc := range []struct {
@@ -260,6 +213,7 @@ func TestAgentRefusesToStart(t *testing.T) {
 // TestPasswordLogin: a password works only when configured, and only the
 // right one. OpenSSH reads it from an askpass program.
 func TestPasswordLogin(t *testing.T) {
+	t.Parallel()
 	r := startServer(t)
 	c := sshtest.New(t)
 	a := startAgent(t, r, "pw-job", nil, func(cfg *agent.Config) { cfg.Password = "correct horse" })
@@ -313,7 +267,7 @@ func TestCommittedKeyIgnored(t *testing.T) {
 		if tc.named {
 			args = append(args, "--authorized-keys", ".authorized_keys")
 		}
-		p := startAgentBinary(t, r, dir, nil, args...)
+		p := runAgentBinary(t, r, dir, nil, args...)
 		_, line := printedTrust(t, p.Out.String())
 		tgt := r.target(tc.id)
 		addKnownHost(t, owner, line)
@@ -326,7 +280,7 @@ func TestCommittedKeyIgnored(t *testing.T) {
 		if res := committer.Run("ssh", tgt, "", tgt.Dest(), "true"); res.Code != want {
 			t.Errorf("%s: committed key: exit %d, want %d; stderr %q", tc.id, res.Code, want, res.Stderr)
 		}
-		logs := p.Err.String()
+		logs := p.All.String()
 		sources := []string{keys.URL + "/owner.keys"}
 		if tc.named {
 			sources = append(sources, ".authorized_keys")
@@ -380,7 +334,7 @@ func TestSessionEnvHidesSecrets(t *testing.T) {
 	for k, v := range secrets {
 		env = append(env, k+"="+v)
 	}
-	p := startAgentBinary(t, r, t.TempDir(), env, "--id", "env-job", "--stay")
+	p := runAgentBinary(t, r, t.TempDir(), env, "--id", "env-job", "--stay")
 	_, line := printedTrust(t, p.Out.String())
 	addKnownHost(t, c, line)
 	got := c.SSH(r.target("env-job"), 0, "env").Stdout

@@ -94,6 +94,7 @@ func text(t *testing.T, ctx context.Context, css string) string {
 // recipes carry this server's address, and the sessions view shows an
 // agent arriving and leaving without the page being reloaded.
 func TestBrowserPages(t *testing.T) {
+	t.Parallel()
 	const password = "correct horse"
 	r := startServer(t, func(c *server.Config) { c.SessionsPassword = password })
 	ctx := browser(t)
@@ -121,7 +122,10 @@ func TestBrowserPages(t *testing.T) {
 	get(t, ctx, "mark the page", chromedp.Evaluate[bool](`window.convergeTestMark = "same page"; true`))
 
 	c := sshtest.New(t)
-	ag := runAgent(t, r, "browser-agent", c)
+	// The agent lets c in, and exits when its last user logs out.
+	ag := startAgent(t, r, "browser-agent", c, func(cfg *agent.Config) {
+		cfg.Lifetime = agent.Lifetime{ExitOnLastLogout: true, Expiry: time.Hour}
+	})
 	do(t, ctx, "agent appears live", chromedp.WaitVisible(chromedp.CSS(`#agents tr[data-id="browser-agent"]`)))
 	row := text(t, ctx, `#agents tr[data-id="browser-agent"]`)
 	host, _ := os.Hostname()
@@ -158,7 +162,7 @@ func TestBrowserPages(t *testing.T) {
 	if err := login.Wait(); err != nil {
 		t.Errorf("ssh: %v", err)
 	}
-	if err := <-ag.done; err != nil {
+	if err := ag.Wait(); err != nil {
 		t.Errorf("agent after the last logout: %v, want a clean exit", err)
 	}
 	do(t, ctx, "agent leaves live",
@@ -192,32 +196,4 @@ func checkUsagePage(t *testing.T, ctx context.Context, r *relay) {
 			t.Errorf("%s recipe in the browser:\n%s\nwant it to contain:\n%s", c.name, c.got, c.want)
 		}
 	}
-}
-
-// browserAgent is an agent run for the browser test.
-type browserAgent struct {
-	done <-chan error // Run's result, once it returns
-}
-
-// runAgent runs an agent that lets c in and exits when its last user logs
-// out, and waits for its registration.
-func runAgent(t *testing.T, r *relay, id string, c *sshtest.Client) *browserAgent {
-	t.Helper()
-	out := &syncBuffer{}
-	a, err := agent.New(agent.Config{
-		Server: r.URL, ID: id, Dir: t.TempDir(), Out: out,
-		AuthorizedKeys: c.PublicKey,
-		Lifetime:       lifetime.Config{ExitOnLastLogout: true, Expiry: time.Hour},
-		Logger:         testLogger(t).With("side", "agent"),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	waitFor(t, "agent registration", func() bool { return strings.Contains(out.String(), "registered") })
-	c.Trust(id, a.HostKey())
-	return &browserAgent{done: done}
 }

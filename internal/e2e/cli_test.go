@@ -10,6 +10,7 @@ import (
 
 // TestHelpAndVersion: every command explains itself and names its version.
 func TestHelpAndVersion(t *testing.T) {
+	t.Parallel()
 	for _, name := range []string{"converge", "agent", "wsproxy", "tcptows"} {
 		out, err := exec.Command(bin(name), "--help").CombinedOutput()
 		if err != nil {
@@ -28,6 +29,7 @@ func TestHelpAndVersion(t *testing.T) {
 // TestAgentUsageErrors: mistakes on the agent's command line get a clear
 // message and exit status 2, never a crash.
 func TestAgentUsageErrors(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, ".authorized_keys"), []byte("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl x\n"), 0o600)
 	for _, tc := range []struct {

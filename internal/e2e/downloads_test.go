@@ -26,6 +26,7 @@ import (
 // the page shows, the executable format and architecture, and that the
 // Linux one runs.
 func TestDownloads(t *testing.T) {
+	t.Parallel()
 	if runtime.GOOS != "linux" {
 		t.Skip("the suite's agent binary is built for the host; this test expects Linux")
 	}

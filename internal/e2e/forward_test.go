@@ -82,6 +82,7 @@ func background(t *testing.T, cmd *exec.Cmd) {
 
 // TestLocalForward: ssh -L reaches a service inside the job.
 func TestLocalForward(t *testing.T) {
+	t.Parallel()
 	r := startServer(t)
 	c := sshtest.New(t)
 	startAgent(t, r, "lfwd-job", c)
@@ -149,6 +150,7 @@ var allocatedPort = regexp.MustCompile(`Allocated port (\d+) for remote forward`
 // TestRemoteForward: ssh -R makes the user's service reachable inside the
 // job, on loopback, for as long as the connection lasts.
 func TestRemoteForward(t *testing.T) {
+	t.Parallel()
 	r := startServer(t)
 	c := sshtest.New(t)
 	startAgent(t, r, "rfwd-job", c)

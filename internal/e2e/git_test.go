@@ -22,6 +22,7 @@ func shellQuote(args []string) string {
 // TestGitOverSSH: git clone and git push of a repository in the agent's
 // directory, with ssh through the ProxyCommand.
 func TestGitOverSSH(t *testing.T) {
+	t.Parallel()
 	r := startServer(t)
 	c := sshtest.New(t)
 	a := startAgent(t, r, "git-job", c)

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/converge-ci/converge/agent"
+	"github.com/converge-ci/converge/internal/agenttest"
 	"github.com/converge-ci/converge/internal/sshtest"
 	"github.com/converge-ci/converge/internal/testlog"
 	"github.com/converge-ci/converge/server"
@@ -86,7 +87,7 @@ func startServer(t testing.TB, mods ...func(*server.Config)) *relay {
 
 // runningAgent is an agent in this process.
 type runningAgent struct {
-	*agent.Agent
+	*agenttest.Agent
 	Dir string
 	Out *syncBuffer // what the agent printed for users
 }
@@ -95,35 +96,112 @@ type runningAgent struct {
 // .authorized_keys in a fresh directory, and waits until it is registered.
 func startAgent(t testing.TB, r *relay, id string, c *sshtest.Client, mods ...func(*agent.Config)) *runningAgent {
 	t.Helper()
+	dir := keyDir(t, c)
+	out := &syncBuffer{}
+	cfg := agent.Config{Server: r.URL, ID: id, Dir: dir, Out: out, Logger: testLogger(t).With("side", "agent")}
+	for _, m := range mods {
+		m(&cfg)
+	}
+	a := agenttest.Start(t, cfg)
+	if c != nil {
+		c.Trust(id, a.HostKey())
+	}
+	return &runningAgent{Agent: a, Dir: dir, Out: out}
+}
+
+// keyDir is a fresh directory whose .authorized_keys holds c's key, or
+// nothing when c is nil.
+func keyDir(t testing.TB, c *sshtest.Client) string {
+	t.Helper()
 	dir := t.TempDir()
 	if c != nil {
 		if err := os.WriteFile(filepath.Join(dir, ".authorized_keys"), []byte(c.PublicKey+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	out := &syncBuffer{}
-	cfg := agent.Config{Server: r.URL, ID: id, Dir: dir, Out: out, Logger: testLogger(t).With("side", "agent")}
-	for _, m := range mods {
-		m(&cfg)
-	}
-	a, err := agent.New(cfg)
-	if err != nil {
+	return dir
+}
+
+// agentProc is the agent binary running as its own process: its exit
+// status and what it prints are the contract users see.
+type agentProc struct {
+	t    *testing.T
+	Dir  string
+	cmd  *exec.Cmd
+	Out  *syncBuffer // stdout: the instructions for users
+	All  *syncBuffer // stdout and stderr, interleaved
+	done chan struct{}
+	code int // exit status, once done is closed
+}
+
+// runAgentBinary runs `agent args... URL` against r in dir, with the
+// test's environment less its CONVERGE_ variables, plus env. It waits
+// until the agent prints that it registered: for the binary, its output
+// is the signal. When the test ends the agent is killed if still running.
+func runAgentBinary(t *testing.T, r *relay, dir string, env []string, args ...string) *agentProc {
+	t.Helper()
+	p := &agentProc{t: t, Dir: dir, Out: &syncBuffer{}, All: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(bin("agent"), append(args, r.URL)...)
+	p.cmd.Dir = dir
+	p.cmd.Env = append(cleanEnv(), env...)
+	p.cmd.Stdout, p.cmd.Stderr = io.MultiWriter(p.Out, p.All), p.All
+	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
+	go func() {
+		p.cmd.Wait()
+		p.code = p.cmd.ProcessState.ExitCode()
+		close(p.done)
+	}()
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent: %v", err)
+		if p.running() {
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("agent output:\n%s", p.All)
 		}
 	})
-	waitFor(t, "agent registration", func() bool { return strings.Contains(out.String(), "registered") })
-	if c != nil {
-		c.Trust(id, a.HostKey())
+	waitFor(t, "agent registration", func() bool {
+		if !p.running() {
+			t.Fatalf("agent exited with %d before registering:\n%s", p.code, p.All)
+		}
+		return strings.Contains(p.Out.String(), "registered")
+	})
+	return p
+}
+
+// exit waits for the agent to exit by itself and returns its status.
+func (p *agentProc) exit() int {
+	p.t.Helper()
+	select {
+	case <-p.done:
+		return p.code
+	case <-time.After(30 * time.Second):
+		p.t.Fatalf("the agent did not exit by itself:\n%s", p.All)
 	}
-	return &runningAgent{Agent: a, Dir: dir, Out: out}
+	return -1
+}
+
+func (p *agentProc) running() bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// cleanEnv is the test's environment without CONVERGE_ variables, so a
+// developer's settings do not leak into the agent under test.
+func cleanEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "CONVERGE_") {
+			env = append(env, kv)
+		}
+	}
+	return env
 }
 
 // target is how c reaches agent id through r with wsproxy.

@@ -10,6 +10,7 @@ import (
 // speak SSH or SFTP, or take part in resumable streams: it links none of
 // those packages.
 func TestServerIsABitPipe(t *testing.T) {
+	t.Parallel()
 	deps := goListDeps(t, "../../cmd/converge")
 	for _, banned := range []string{
 		"golang.org/x/crypto/ssh",
@@ -28,6 +29,7 @@ func TestServerIsABitPipe(t *testing.T) {
 // server, and the server never imports them; the agent's lifetime never
 // imports the agent (the agent imports it).
 func TestImportsFlowOneWay(t *testing.T) {
+	t.Parallel()
 	for pkg, banned := range map[string][]string{
 		"../../agent":          {"github.com/converge-ci/converge/server", "github.com/converge-ci/converge/wsproxy"},
 		"../../agent/lifetime": {"github.com/converge-ci/converge/agent", "github.com/converge-ci/converge/server", "github.com/converge-ci/converge/wsproxy"},

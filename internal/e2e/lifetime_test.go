@@ -24,57 +24,13 @@ import (
 // The session lifetime, end to end: the real agent binary (exit statuses
 // are part of the contract), real ssh, durations of a few seconds.
 
-// agentProc is the agent binary running in a fresh directory.
-type agentProc struct {
-	t    *testing.T
-	Dir  string
-	cmd  *exec.Cmd
-	out  *syncBuffer // stdout and stderr
-	done chan struct{}
-	code int
-}
-
 // startAgentProc runs `agent args... --id id URL` in a fresh directory
 // whose .authorized_keys holds c's key, waits for it to register, and
 // makes c trust the host key it printed.
 func startAgentProc(t *testing.T, r *relay, id string, c *sshtest.Client, args ...string) *agentProc {
 	t.Helper()
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, ".authorized_keys"), []byte(c.PublicKey+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p := &agentProc{t: t, Dir: dir, out: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(bin("agent"), append(args, "--id", id, r.URL)...)
-	p.cmd.Dir = dir
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		p.cmd.Wait()
-		p.code = p.cmd.ProcessState.ExitCode()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			p.cmd.Process.Kill()
-			<-p.done
-		}
-		if t.Failed() {
-			t.Logf("agent output:\n%s", p.out)
-		}
-	})
-	waitFor(t, "agent registration", func() bool {
-		select {
-		case <-p.done:
-			t.Fatalf("agent exited with %d before registering:\n%s", p.code, p.out)
-		default:
-		}
-		return strings.Contains(p.out.String(), "registered")
-	})
-	trustPrinted(t, c, id, p.out.String())
+	p := runAgentBinary(t, r, keyDir(t, c), nil, append(args, "--id", id)...)
+	trustPrinted(t, c, id, p.Out.String())
 	return p
 }
 
@@ -97,27 +53,6 @@ func trustPrinted(t *testing.T, c *sshtest.Client, id, printed string) {
 	t.Fatalf("the agent printed no known_hosts line for %s:\n%s", id, printed)
 }
 
-// exit waits for the agent to exit by itself and returns its status.
-func (p *agentProc) exit() int {
-	p.t.Helper()
-	select {
-	case <-p.done:
-		return p.code
-	case <-time.After(30 * time.Second):
-		p.t.Fatalf("the agent did not exit by itself:\n%s", p.out)
-	}
-	return -1
-}
-
-func (p *agentProc) running() bool {
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
-	}
-}
-
 // agentState reads the state file the agent keeps in dir.
 func agentState(t *testing.T, dir string) map[string]any {
 	t.Helper()
@@ -138,17 +73,17 @@ func agentState(t *testing.T, dir string) map[string]any {
 func TestLifetimeNoLogin(t *testing.T) {
 	r := startServer(t)
 	c := sshtest.New(t)
-	t.Setenv("CONVERGE_CONNECT_TIMEOUT", "1s") // the flag's environment twin
-	if code := startAgentProc(t, r, "nologin-default", c).exit(); code != 0 {
+	env := []string{"CONVERGE_CONNECT_TIMEOUT=1s"} // the flag's environment twin
+	if code := runAgentBinary(t, r, keyDir(t, c), env, "--id", "nologin-default").exit(); code != 0 {
 		t.Fatalf("exit status %d, want 0 (nobody logged in, default)", code)
 	}
-	t.Setenv("CONVERGE_NO_LOGIN_STATUS", "3")
-	p := startAgentProc(t, r, "nologin-job", c)
+	env = append(env, "CONVERGE_NO_LOGIN_STATUS=3")
+	p := runAgentBinary(t, r, keyDir(t, c), env, "--id", "nologin-job")
 	if code := p.exit(); code != lifetime.ExitNoLogin {
 		t.Fatalf("exit status %d, want %d (nobody logged in, --no-login-status 3)", code, lifetime.ExitNoLogin)
 	}
-	if !strings.Contains(p.out.String(), "nobody logged in within 1s (--connect-timeout)") {
-		t.Errorf("the agent did not say why it exited:\n%s", p.out)
+	if !strings.Contains(p.All.String(), "nobody logged in within 1s (--connect-timeout)") {
+		t.Errorf("the agent did not say why it exited:\n%s", p.All)
 	}
 	if st := agentState(t, p.Dir); st["exited"] != true || st["exit_status"] != float64(3) {
 		t.Errorf("state file %v: want exited with status 3", st)
@@ -157,6 +92,7 @@ func TestLifetimeNoLogin(t *testing.T) {
 
 // TestLifetimeFlagErrors: bad lifetime durations are usage errors.
 func TestLifetimeFlagErrors(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, ".authorized_keys"), []byte("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl x\n"), 0o600)
 	for _, tc := range []struct {
@@ -408,6 +344,7 @@ func agentWait(dir string) (string, error) {
 // TestLifetimeStatusOnSessionsPage: the agent reports its expiry and
 // number of logged-in users to the server, which shows them.
 func TestLifetimeStatusOnSessionsPage(t *testing.T) {
+	t.Parallel()
 	r := startServer(t, func(cfg *server.Config) { cfg.SessionsPassword = "pw" })
 	c := sshtest.New(t)
 	startAgent(t, r, "status-job", c, func(cfg *agent.Config) {

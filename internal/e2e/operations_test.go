@@ -36,6 +36,7 @@ import (
 // the test's certificate through SSL_CERT_FILE, as Go programs do) and ssh
 // runs through it.
 func TestTLSEndToEnd(t *testing.T) {
+	t.Parallel()
 	certFile, keyFile := selfSignedCert(t)
 	r := startServer(t, func(c *server.Config) { c.TLSCertFile, c.TLSKeyFile = certFile, keyFile })
 	wss := "wss://" + r.Addr
@@ -84,6 +85,7 @@ func TestTLSEndToEnd(t *testing.T) {
 // the environment, JSON logs; on SIGTERM it tells a connected agent with
 // close 1001 and exits 0.
 func TestSIGTERM(t *testing.T) {
+	t.Parallel()
 	cmd := exec.Command(bin("converge"), "--addr", "127.0.0.1:0", "--log-format", "json")
 	cmd.Env = append(os.Environ(), "CONVERGE_SESSIONS_PASSWORD=from-env", "CONVERGE_SSH_USER=envuser", "CONVERGE_DRAIN_TIMEOUT=1m")
 	stderr, err := cmd.StderrPipe()

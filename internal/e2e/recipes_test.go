@@ -21,6 +21,7 @@ import (
 // agent's printed line, and the page's config block), and checks they
 // reach the agent.
 func TestUsageRecipesWork(t *testing.T) {
+	t.Parallel()
 	r := startServer(t)
 	c := sshtest.New(t)
 	const id = "recipe-job"

@@ -21,6 +21,7 @@ import (
 )
 
 func TestExecExitCodes(t *testing.T) {
+	t.Parallel()
 	r := startServer(t)
 	c := sshtest.New(t)
 	a := startAgent(t, r, "exec-job", c)
@@ -45,6 +46,7 @@ func TestExecExitCodes(t *testing.T) {
 }
 
 func TestSFTPRoundTrip(t *testing.T) {
+	t.Parallel()
 	r := startServer(t)
 	c := sshtest.New(t)
 	a := startAgent(t, r, "sftp-job", c)
@@ -79,6 +81,7 @@ func TestSFTPRoundTrip(t *testing.T) {
 }
 
 func TestSCP(t *testing.T) {
+	t.Parallel()
 	r := startServer(t)
 	c := sshtest.New(t)
 	a := startAgent(t, r, "scp-job", c)
@@ -103,6 +106,7 @@ func TestSCP(t *testing.T) {
 }
 
 func TestConcurrentSessions(t *testing.T) {
+	t.Parallel()
 	r := startServer(t)
 	c := sshtest.New(t)
 	startAgent(t, r, "busy-job", c)
@@ -123,6 +127,7 @@ func TestConcurrentSessions(t *testing.T) {
 }
 
 func TestTCPToWS(t *testing.T) {
+	t.Parallel()
 	r := startServer(t)
 	c := sshtest.New(t)
 	startAgent(t, r, "tcp-job", c)
@@ -195,6 +200,7 @@ func TestUnknownID(t *testing.T) {
 }
 
 func TestDuplicateID(t *testing.T) {
+	t.Parallel()
 	r := startServer(t)
 	c := sshtest.New(t)
 	startAgent(t, r, "dup-job", c)
@@ -216,6 +222,7 @@ func TestDuplicateID(t *testing.T) {
 }
 
 func TestBadServerURLs(t *testing.T) {
+	t.Parallel()
 	for _, args := range [][]string{
 		{"http://localhost:1/client/x"},
 		{"ws://localhost:1/agent/x"},

@@ -125,10 +125,20 @@ func deadAddr(t *testing.T) string {
 }
 
 func TestAgentReappearsAfterServerRestart(t *testing.T) {
+	t.Parallel()
 	srv := newRestartableServer(t)
 	p := newProxy(t, srv.Addr())
 	c := sshtest.New(t)
-	a := startAgent(t, viaProxy(p), "phoenix", c)
+	registered := make(chan struct{}, 10)
+	a := startAgent(t, viaProxy(p), "phoenix", c, func(cfg *agent.Config) {
+		cfg.OnRegistered = func() {
+			select {
+			case registered <- struct{}{}:
+			default:
+			}
+		}
+	})
+	<-registered // startAgent returned: the first registration was signalled
 	tgt := viaProxy(p).target("phoenix")
 	c.SSH(tgt, 0, "true")
 
@@ -137,6 +147,11 @@ func TestAgentReappearsAfterServerRestart(t *testing.T) {
 	p.Retarget(srv.Addr())
 	p.Cut() // what is left of the old server's connections
 	waitFor(t, "agent back on the restarted server", func() bool { return clientStatus("http://"+srv.Addr(), "phoenix") != http.StatusNotFound })
+	select {
+	case <-registered:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the agent is back on the restarted server, but OnRegistered was not called again")
+	}
 	if got := c.SSH(tgt, 0, "echo back"); strings.TrimSpace(got.Stdout) != "back" {
 		t.Errorf("after restart: stdout %q, want back", got.Stdout)
 	}
@@ -146,6 +161,7 @@ func TestAgentReappearsAfterServerRestart(t *testing.T) {
 }
 
 func TestImpostorRefusedDuringGrace(t *testing.T) {
+	t.Parallel()
 	r := startServer(t)
 	p := newProxy(t, r.Addr)
 	c := sshtest.New(t)
@@ -186,6 +202,7 @@ func TestImpostorRefusedDuringGrace(t *testing.T) {
 }
 
 func TestLimitsPerAddress(t *testing.T) {
+	t.Parallel()
 	r := startServer(t, func(cfg *server.Config) { cfg.MaxAgentsPerAddr = 1; cfg.MaxStreamsPerAddr = 1 })
 	c := sshtest.New(t)
 	startAgent(t, r, "limited", c)
@@ -220,6 +237,7 @@ func TestLimitsPerAddress(t *testing.T) {
 // a server host name only the proxy can resolve: registration succeeds only
 // if the agent goes through the proxy, for ws:// as for http://.
 func TestAgentHonoursHTTPProxy(t *testing.T) {
+	t.Parallel()
 	r := startServer(t)
 	c := sshtest.New(t)
 	proxy := startForwardProxy(t, map[string]string{"converge.invalid:80": r.Addr})

@@ -190,6 +190,7 @@ func (e *echoSession) finish() {
 // interactive echo session through the relay while the fault strikes
 // mid-transfer: both must finish byte-exact, with no retry by the user.
 func TestSessionsSurviveFaults(t *testing.T) {
+	t.Parallel()
 	data := make([]byte, 64<<20)
 	rand.Read(data)
 	local := filepath.Join(t.TempDir(), "payload.bin")
@@ -258,6 +259,7 @@ func firstDifference(a, b []byte) int {
 // TestNoResumeFallsBack: with --no-resume, or against an agent stream
 // without the subprotocol, wsproxy still works as a plain pipe.
 func TestNoResumeFallsBack(t *testing.T) {
+	t.Parallel()
 	r := startServer(t)
 	c := sshtest.New(t)
 	startAgent(t, r, "plain-job", c)
@@ -273,6 +275,7 @@ func TestNoResumeFallsBack(t *testing.T) {
 // ends the session. (If this passes for the wrong reason, the resume tests
 // prove nothing.)
 func TestPlainStreamDiesWithItsLink(t *testing.T) {
+	t.Parallel()
 	srv := startServerProc(t)
 	p := newProxy(t, srv.addr)
 	c := sshtest.New(t)
@@ -303,6 +306,7 @@ func TestPlainStreamDiesWithItsLink(t *testing.T) {
 // TestTCPToWSResumes: tcptows asks for resumable streams too; an ssh
 // session through its port survives cuts of its WebSocket.
 func TestTCPToWSResumes(t *testing.T) {
+	t.Parallel()
 	r := newResumeRig(t, "tcp-resume")
 	port := freePort(t)
 	ctx, cancel := context.WithCancel(context.Background())

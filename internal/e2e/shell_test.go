@@ -175,6 +175,7 @@ func TestPTYShell(t *testing.T) {
 // TestPTYClientLeaves: when the client disappears, the session's
 // processes are hung up.
 func TestPTYClientLeaves(t *testing.T) {
+	t.Parallel()
 	r := startServer(t)
 	c := sshtest.New(t)
 	startAgent(t, r, "leave-job", c)
@@ -189,6 +190,7 @@ func TestPTYClientLeaves(t *testing.T) {
 // TestExecWithPTY: ssh -tt with a command gets a terminal, TERM and the
 // command's exit status.
 func TestExecWithPTY(t *testing.T) {
+	t.Parallel()
 	r := startServer(t)
 	c := sshtest.New(t)
 	startAgent(t, r, "ttyexec-job", c)
@@ -210,6 +212,7 @@ func TestExecWithPTY(t *testing.T) {
 // TestExecSignalAndLeftovers: a command killed by a signal reports
 // 128+signal, as shells do; background children of a command end with it.
 func TestExecSignalAndLeftovers(t *testing.T) {
+	t.Parallel()
 	r := startServer(t)
 	c := sshtest.New(t)
 	startAgent(t, r, "sig-job", c)

@@ -7,38 +7,15 @@ import (
 	"io"
 	"net"
 	"testing"
-)
 
-// tcpPair returns the two ends of a loopback TCP connection.
-func tcpPair(t testing.TB) (net.Conn, net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		accepted <- c
-	}()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := <-accepted
-	if s == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { c.Close(); s.Close() })
-	return c, s
-}
+	"github.com/converge-ci/converge/internal/testnet"
+)
 
 // TestSpliceCopiesBothWays joins two connections, sends data each way and
 // checks every byte arrives and the counts match.
 func TestSpliceCopiesBothWays(t *testing.T) {
-	userEnd, a := tcpPair(t)
-	b, agentEnd := tcpPair(t)
+	userEnd, a := testnet.TCPPair(t)
+	b, agentEnd := testnet.TCPPair(t)
 	done := make(chan Result, 1)
 	go func() { done <- Splice(a, b) }()
 
@@ -88,8 +65,8 @@ type failing struct {
 func (f failing) Read([]byte) (int, error) { return 0, f.err }
 
 func TestSpliceReportsFirstError(t *testing.T) {
-	_, a := tcpPair(t)
-	b, _ := tcpPair(t)
+	_, a := testnet.TCPPair(t)
+	b, _ := testnet.TCPPair(t)
 	boom := errors.New("boom")
 	res := Splice(failing{a, boom}, b)
 	if !errors.Is(res.Err, boom) {
@@ -102,13 +79,13 @@ func TestSpliceReportsFirstError(t *testing.T) {
 func BenchmarkSplice(b *testing.B) {
 	buf := make([]byte, 1<<20)
 	b.Run("splice", func(b *testing.B) {
-		src, a := tcpPair(b)
-		c, dst := tcpPair(b)
+		src, a := testnet.TCPPair(b)
+		c, dst := testnet.TCPPair(b)
 		go Splice(a, c)
 		run(b, src, dst, buf)
 	})
 	b.Run("direct", func(b *testing.B) {
-		src, dst := tcpPair(b)
+		src, dst := testnet.TCPPair(b)
 		run(b, src, dst, buf)
 	})
 }

@@ -9,37 +9,14 @@ import (
 	"sync"
 	"testing"
 	"time"
-)
 
-// tcpPair returns the two ends of a loopback TCP connection.
-func tcpPair(t *testing.T) (net.Conn, net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		accepted <- c
-	}()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := <-accepted
-	if s == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { c.Close(); s.Close() })
-	return c, s
-}
+	"github.com/converge-ci/converge/internal/testnet"
+)
 
 // TestBatchConnKeepsOrder: many writes of odd sizes, more than batchLimit
 // in all, arrive complete and in order.
 func TestBatchConnKeepsOrder(t *testing.T) {
-	raw, peer := tcpPair(t)
+	raw, peer := testnet.TCPPair(t)
 	b := newBatchConn(raw)
 	data := make([]byte, 3*batchLimit+12345)
 	rand.Read(data)
@@ -72,7 +49,7 @@ func TestBatchConnKeepsOrder(t *testing.T) {
 // once the socket and batchLimit are full, rather than queueing without
 // bound; reading releases it.
 func TestBatchConnBackpressure(t *testing.T) {
-	raw, peer := tcpPair(t)
+	raw, peer := testnet.TCPPair(t)
 	b := newBatchConn(raw)
 	defer b.Close()
 	var (
@@ -119,7 +96,7 @@ func TestBatchConnBackpressure(t *testing.T) {
 
 // TestBatchConnWriteError: once the connection fails, Write says so.
 func TestBatchConnWriteError(t *testing.T) {
-	raw, peer := tcpPair(t)
+	raw, peer := testnet.TCPPair(t)
 	b := newBatchConn(raw)
 	defer b.Close()
 	peer.(*net.TCPConn).SetLinger(0)
@@ -141,7 +118,7 @@ func TestBatchConnWriteError(t *testing.T) {
 func TestBatchConnCloseStuckPeer(t *testing.T) {
 	defer func(d time.Duration) { closeFlushTimeout = d }(closeFlushTimeout)
 	closeFlushTimeout = 100 * time.Millisecond
-	raw, _ := tcpPair(t)
+	raw, _ := testnet.TCPPair(t)
 	b := newBatchConn(raw)
 	stopped := make(chan struct{})
 	go func() {
