@@ -124,7 +124,7 @@ func TestBrowserPages(t *testing.T) {
 	c := sshtest.New(t)
 	// The agent lets c in, and exits when its last user logs out.
 	ag := startAgent(t, r, "browser-agent", c, func(cfg *agent.Config) {
-		cfg.Lifetime = agent.Lifetime{ExitOnLastLogout: true, Expiry: time.Hour}
+		cfg.Lifetime = lifetime.Config{ExitOnLastLogout: true, Expiry: time.Hour}
 	})
 	do(t, ctx, "agent appears live", chromedp.WaitVisible(chromedp.CSS(`#agents tr[data-id="browser-agent"]`)))
 	row := text(t, ctx, `#agents tr[data-id="browser-agent"]`)
