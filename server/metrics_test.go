@@ -3,6 +3,8 @@ package server
 import (
 	"bytes"
 	"context"
+	"io"
+	"net"
 	"net/http"
 	"testing"
 	"time"
@@ -68,22 +70,15 @@ next:
 func TestMetrics(t *testing.T) {
 	r := runServer(t)
 	before := scrape(t, r.http())
-	for _, tc := range []struct {
-		name   string
-		labels []string
-	}{
-		{"converge_agents_connected", nil},
-		{"converge_client_streams_open", nil},
-		{"converge_agent_registrations_total", nil},
-		{"converge_relayed_bytes_total", []string{"direction", "to_agent"}},
-		{"converge_relayed_bytes_total", []string{"direction", "to_client"}},
-		{"converge_refusals_total", []string{"endpoint", "client", "reason", "unknown_id"}},
-		{"converge_stream_setup_seconds", nil},
-	} {
-		if v := value(t, before, tc.name, tc.labels...); v != 0 {
-			t.Errorf("fresh server: %s%v = %v, want 0", tc.name, tc.labels, v)
-		}
-	}
+	checkMetrics(t, "fresh server", before, []metricWant{
+		{"converge_agents_connected", nil, 0},
+		{"converge_client_streams_open", nil, 0},
+		{"converge_agent_registrations_total", nil, 0},
+		{"converge_relayed_bytes_total", []string{"direction", "to_agent"}, 0},
+		{"converge_relayed_bytes_total", []string{"direction", "to_client"}, 0},
+		{"converge_refusals_total", []string{"endpoint", "client", "reason", "unknown_id"}, 0},
+		{"converge_stream_setup_seconds", nil, 0},
+	})
 
 	a := dialAgent(t, r.ws(), "metrics-1", wire.Info{Hostname: "h"})
 	// Refusals: a second agent for the same ID, a client for an unknown ID.
@@ -105,18 +100,7 @@ func TestMetrics(t *testing.T) {
 	}
 	<-dialed
 	nc := websocket.NetConn(ctx, c, websocket.MessageBinary)
-	msg := bytes.Repeat([]byte("x"), 1000)
-	if _, err := nc.Write(msg); err != nil {
-		t.Fatal(err)
-	}
-	back := make([]byte, len(msg))
-	for n := 0; n < len(back); {
-		k, err := nc.Read(back[n:])
-		if err != nil {
-			t.Fatal(err)
-		}
-		n += k
-	}
+	echoRoundTrip(t, nc, 1000)
 
 	// The server counts a write to the client when it returns, which may be
 	// just after the client read the bytes.
@@ -124,11 +108,7 @@ func TestMetrics(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	during := scrape(t, r.http())
-	for _, tc := range []struct {
-		name   string
-		labels []string
-		want   float64
-	}{
+	checkMetrics(t, "one agent, one stream", during, []metricWant{
 		{"converge_agents_connected", nil, 1},
 		{"converge_client_streams_open", nil, 1},
 		{"converge_agent_registrations_total", nil, 1},
@@ -137,11 +117,7 @@ func TestMetrics(t *testing.T) {
 		{"converge_refusals_total", []string{"endpoint", "agent", "reason", "id_in_use"}, 1},
 		{"converge_refusals_total", []string{"endpoint", "client", "reason", "unknown_id"}, 1},
 		{"converge_stream_setup_seconds", nil, 1},
-	} {
-		if v := value(t, during, tc.name, tc.labels...); v != tc.want {
-			t.Errorf("%s%v = %v, want %v", tc.name, tc.labels, v, tc.want)
-		}
-	}
+	})
 	if v := value(t, during, "converge_build_info", "version", "dev"); v != 1 {
 		t.Errorf("converge_build_info = %v", v)
 	}
@@ -161,5 +137,33 @@ func TestMetrics(t *testing.T) {
 	}
 	if code, _, _ := get(t, r.http()+"/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz = %d", code)
+	}
+}
+
+// metricWant is one series and the value a test expects of it.
+type metricWant struct {
+	name   string
+	labels []string
+	want   float64
+}
+
+// checkMetrics reports every series in wants whose value in m differs.
+func checkMetrics(t *testing.T, when string, m map[string]*dto.MetricFamily, wants []metricWant) {
+	t.Helper()
+	for _, w := range wants {
+		if v := value(t, m, w.name, w.labels...); v != w.want {
+			t.Errorf("%s: %s%v = %v, want %v", when, w.name, w.labels, v, w.want)
+		}
+	}
+}
+
+// echoRoundTrip writes n bytes to nc and reads n bytes back.
+func echoRoundTrip(t *testing.T, nc net.Conn, n int) {
+	t.Helper()
+	if _, err := nc.Write(bytes.Repeat([]byte("x"), n)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(nc, make([]byte, n)); err != nil {
+		t.Fatal(err)
 	}
 }
