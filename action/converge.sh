@@ -6,6 +6,7 @@
 #                      summary; then, unless detached, wait until it ends
 #   converge.sh post   with detached: true, `agent wait`: end the agent at
 #                      once if nobody is connected, else wait for them
+#                      (and end an agent main left behind when it failed)
 #
 # action/run.js runs it with the inputs as INPUT_SERVER, INPUT_ID,
 # INPUT_LIMIT_ACCESS_TO_ACTOR, INPUT_AUTHORIZED_KEYS, INPUT_DETACHED,
@@ -239,8 +240,13 @@ alive() {
 	kill -0 "$1" 2>/dev/null
 }
 
+# post waits for a detached agent; it also ends an agent that main left
+# running when it failed or was cancelled while following it.
 post() {
-	if [ "${STATE_detached:-}" != true ] || [ -z "${STATE_agent:-}" ]; then
+	if [ -z "${STATE_agent:-}" ]; then
+		return 0
+	fi
+	if [ "${STATE_detached:-}" != true ] && grep -q '"exited": true' "${STATE_dir:-.}/.converge/agent.json" 2>/dev/null; then
 		return 0
 	fi
 	# A helper for debugging must not fail the job: say so, and go on.
