@@ -62,6 +62,9 @@ type ghJob struct {
 // keys server at keysURL (GITHUB_SERVER_URL).
 func newJob(t *testing.T, keysURL string) *ghJob {
 	t.Helper()
+	if _, err := exec.LookPath("node"); err != nil {
+		t.Fatalf("node not found (%v): install nodejs, as .ci/run does; the Action's steps run on Node", err)
+	}
 	files := t.TempDir()
 	j := &ghJob{t: t, meta: readAction(t), workspace: t.TempDir(), files: map[string]string{}}
 	for _, f := range []string{"GITHUB_STEP_SUMMARY", "GITHUB_OUTPUT", "GITHUB_STATE"} {
