@@ -13,8 +13,15 @@ import (
 	"github.com/converge-ci/converge/server"
 )
 
+// defaultAddr is where the server listens unless told otherwise.
+const defaultAddr = ":8000"
+
 func main() {
-	cmd := cli.New("converge", "converge [flags]", `
+	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
+		healthcheckMain(os.Args[2:])
+		return
+	}
+	cmd := cli.New("converge", "converge [flags]\n       converge healthcheck [--url URL]", `
 Converge is the rendezvous server: agents in CI jobs connect to it, users
 reach an agent through it by its ID, and it pipes the encrypted SSH bytes
 between them without being able to read them. It also serves the usage
@@ -24,14 +31,15 @@ page with copy-paste commands and the downloads.`)
   converge --addr :443 --tls-cert fullchain.pem --tls-key key.pem
   CONVERGE_SESSIONS_PASSWORD=... converge --trusted-proxy 10.0.0.0/8
 Then open http://localhost:8000 for the recipes. /metrics serves
-Prometheus metrics, /healthz answers ok while the server runs.`
+Prometheus metrics, /healthz answers ok while the server runs;
+"converge healthcheck" asks it (for container health checks).`
 	var (
 		cfg       server.Config
 		logFormat string
 		verbose   bool
 	)
 	f := cmd.Flags
-	f.StringVar(&cfg.Addr, "addr", ":8000", "address to listen on, HOST:PORT")
+	f.StringVar(&cfg.Addr, "addr", defaultAddr, "address to listen on, HOST:PORT")
 	f.StringVar(&cfg.SSHUser, "ssh-user", "converge", "the user name clients log in to agents with; agents learn it when they register")
 	f.DurationVar(&cfg.Grace, "grace", 0, "how long the ID of an agent whose link dropped stays reserved for it (default 5m)")
 	f.IntVar(&cfg.MaxAgentsPerAddr, "max-agents-per-addr", server.DefaultMaxAgentsPerAddr, "most agents connected at once from one remote address (an IPv6 address counts as its /64), counting IDs reserved for agents that dropped from it; CI runners behind one NAT share an address (negative: unlimited)")

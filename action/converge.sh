@@ -1,0 +1,263 @@
+#!/usr/bin/env bash
+# converge.sh is the GitHub Action of action.yml, one step at a time:
+#
+#   converge.sh main   download the agent from the Converge server, start
+#                      it, print how to connect and write it to the job
+#                      summary; then, unless detached, wait until it ends
+#   converge.sh post   with detached: true, `agent wait`: end the agent at
+#                      once if nobody is connected, else wait for them
+#                      (and end an agent main left behind when it failed)
+#
+# action/run.js runs it with the inputs as INPUT_SERVER, INPUT_ID,
+# INPUT_LIMIT_ACCESS_TO_ACTOR, INPUT_AUTHORIZED_KEYS, INPUT_DETACHED,
+# INPUT_CONNECT_TIMEOUT and INPUT_EXPIRY, and what GitHub sets:
+# GITHUB_SERVER_URL and GITHUB_ACTOR (the actor's keys are at
+# $GITHUB_SERVER_URL/$GITHUB_ACTOR.keys, on github.com and on GitHub
+# Enterprise Server alike; tests point GITHUB_SERVER_URL at a loopback
+# server), GITHUB_RUN_ID and GITHUB_RUN_ATTEMPT (the default ID),
+# GITHUB_WORKSPACE, RUNNER_TEMP, RUNNER_OS, RUNNER_ARCH, and the files
+# GITHUB_STEP_SUMMARY, GITHUB_OUTPUT and GITHUB_STATE. The post step gets
+# what main saved as STATE_agent, STATE_dir and STATE_detached.
+#
+# Bash 3.2 (macOS) and Git Bash (Windows) run it too: no ${x,,}, no
+# associative arrays, no mapfile.
+set -euo pipefail
+
+die() {
+	echo "::error title=Converge::$*"
+	exit 1
+}
+
+is_true() {
+	case $1 in true | True | TRUE | yes | 1) return 0 ;; esac
+	return 1
+}
+
+# dist_name prints the agent's file name under the server's /static/dist/
+# for a runner's RUNNER_OS and RUNNER_ARCH.
+dist_name() {
+	local os arch ext=
+	case $1 in
+	Linux) os=linux ;;
+	macOS) os=darwin ;;
+	Windows) os=windows ext=.exe ;;
+	*) return 1 ;;
+	esac
+	case $2 in
+	X64) arch=amd64 ;;
+	ARM64) arch=arm64 ;;
+	*) return 1 ;;
+	esac
+	# The server has no Windows arm64 agent; Windows on Arm runs amd64 programs.
+	if [ "$os" = windows ]; then arch=amd64; fi
+	echo "agent-$os-$arch$ext"
+}
+
+# server_urls sets http_base (pages and downloads) and ws_base (what the
+# agent dials) from the server input, given as https://, wss://, http://,
+# ws:// or a bare host (https).
+server_urls() {
+	local s=${1%/}
+	case $s in
+	https://*) http_base=$s ws_base=wss://${s#https://} ;;
+	http://*) http_base=$s ws_base=ws://${s#http://} ;;
+	wss://*) ws_base=$s http_base=https://${s#wss://} ;;
+	ws://*) ws_base=$s http_base=http://${s#ws://} ;;
+	*://*) return 1 ;;
+	*) http_base=https://$s ws_base=wss://$s ;;
+	esac
+}
+
+# trim prints $1 without leading and trailing white space.
+trim() {
+	local s=$1
+	s=${s#"${s%%[![:space:]]*}"}
+	s=${s%"${s##*[![:space:]]}"}
+	printf '%s' "$s"
+}
+
+random_hex() {
+	od -An -tx1 -N12 /dev/urandom | tr -d ' \n'
+}
+
+# prepare_dir makes the agent's state directory, .converge in the
+# workspace, invisible to git, so that a job that checks for a clean
+# checkout is not upset by it.
+prepare_dir() {
+	mkdir -p "$1/.converge"
+	echo '*' >"$1/.converge/.gitignore"
+}
+
+main() {
+	local server id name tmp agent dir out
+	server=$(trim "${INPUT_SERVER:-}")
+	id=$(trim "${INPUT_ID:-}")
+	: "${GITHUB_STEP_SUMMARY:=/dev/null}" "${GITHUB_OUTPUT:=/dev/null}" "${GITHUB_STATE:=/dev/null}"
+	[ -n "$server" ] || die "the server input is required, e.g. with: server: https://converge.example.com"
+	server_urls "$server" || die "server: $server is not an https:// (or wss://) URL"
+	name=$(dist_name "${RUNNER_OS:-}" "${RUNNER_ARCH:-}") ||
+		die "there is no Converge agent for a ${RUNNER_OS:-?} ${RUNNER_ARCH:-?} runner (there are for Linux and macOS on X64 and ARM64, and Windows)"
+	tmp=${RUNNER_TEMP:-${TMPDIR:-/tmp}}/converge
+	mkdir -p "$tmp"
+	agent=$tmp/$name
+	echo "Downloading the agent from $http_base/static/dist/$name"
+	curl -fsSL --retry 3 --connect-timeout 30 -o "$agent" "$http_base/static/dist/$name" ||
+		die "could not download the agent from $http_base/static/dist/$name: is the server input right, and was the server built with make dist?"
+	chmod 755 "$agent"
+
+	id=${id:-gh-${GITHUB_RUN_ID:-0}-${GITHUB_RUN_ATTEMPT:-1}-$(random_hex)}
+	dir=${GITHUB_WORKSPACE:-$PWD}
+	agent_args "$id" "$dir"
+	prepare_dir "$dir"
+	out=$tmp/agent-start.txt
+	# The agent registers, prints how to connect, and goes on in the
+	# background; main then either returns or follows it.
+	"$agent" "${args[@]}" "$ws_base" | tee "$out" || die "the agent did not start; its output is above"
+	{
+		echo "agent=$agent"
+		echo "dir=$dir"
+		echo "detached=$detached"
+	} >>"$GITHUB_STATE"
+	report "$id" "$out"
+	if [ "$detached" = true ]; then
+		echo "The job goes on; at its end the post step waits while someone is connected."
+		return 0
+	fi
+	follow "$dir"
+}
+
+# agent_args sets args (the agent's flags) and detached from the inputs.
+agent_args() {
+	detached=false
+	if is_true "${INPUT_DETACHED:-false}"; then detached=true; fi
+	args=(--detach --id "$1" --dir "$2")
+	local keys=
+	if is_true "${INPUT_LIMIT_ACCESS_TO_ACTOR:-true}"; then
+		[ -n "${GITHUB_ACTOR:-}" ] || die "limit-access-to-actor needs GITHUB_ACTOR, which GitHub sets"
+		args+=(--authorized-keys-url "${GITHUB_SERVER_URL:-https://github.com}/$GITHUB_ACTOR.keys")
+		keys=yes
+	fi
+	if [ -n "${INPUT_AUTHORIZED_KEYS:-}" ]; then
+		# Through the environment, as a CI secret should, not on the command line.
+		CONVERGE_AUTHORIZED_KEYS_DATA=$(printf '%s\n%s' "${CONVERGE_AUTHORIZED_KEYS_DATA:-}" "$INPUT_AUTHORIZED_KEYS")
+		export CONVERGE_AUTHORIZED_KEYS_DATA
+		keys=yes
+	fi
+	if [ -z "$keys" ] && [ -z "${CONVERGE_AUTHORIZED_KEYS:-}${CONVERGE_AUTHORIZED_KEYS_DATA:-}${CONVERGE_AUTHORIZED_KEYS_URL:-}${CONVERGE_PASSWORD:-}" ]; then
+		# Else the agent would read .authorized_keys in the checkout, where a pull request could add a key.
+		die "nobody could log in: keep limit-access-to-actor: true, or give authorized-keys"
+	fi
+	local v
+	v=$(trim "${INPUT_CONNECT_TIMEOUT:-}")
+	if [ -n "$v" ]; then args+=(--connect-timeout "$v"); fi
+	v=$(trim "${INPUT_EXPIRY:-}")
+	if [ -n "$v" ]; then args+=(--expiry "$v"); fi
+}
+
+# report picks the commands out of what the agent printed (file $2) and
+# writes them to the job summary and the step's outputs.
+report() {
+	local id=$1 ssh known fp browser
+	ssh=$(awk '/^ *ssh +-oProxyCommand=/ { sub(/^ *ssh +/, "ssh "); print; exit }' "$2")
+	known=$(awk -v id="$id" '$1 == id && $2 ~ /^(ssh-|ecdsa-)/ { print $1 " " $2 " " $3; exit }' "$2")
+	fp=$(awk '$1 == "Host" && $2 == "key:" { print $3; exit }' "$2")
+	# A browser link, once the agent prints one: an http(s) URL outside log lines.
+	browser=$(awk '!/^time=/ && !/^[{]/ && match($0, /https?:[/][/][^ "<>]+/) { print substr($0, RSTART, RLENGTH); exit }' "$2")
+	if [ -z "$ssh" ] || [ -z "$known" ]; then
+		die "the agent's output above lacks the ssh command or the known_hosts line"
+	fi
+	echo "id=$id" >>"$GITHUB_OUTPUT"
+	echo "ssh-command=$ssh" >>"$GITHUB_OUTPUT"
+	summary "$id" "$ssh" "$known" "$fp" "$browser" >>"$GITHUB_STEP_SUMMARY"
+}
+
+summary() {
+	local fence='```'
+	echo "### Converge: a shell into this job"
+	echo
+	echo "Trust this job's host key (${4:-see the log}) once, so ssh can check it is this job you reach:"
+	echo
+	echo "${fence}sh"
+	echo "echo '$3' >> ~/.ssh/known_hosts"
+	echo "$fence"
+	echo
+	echo "Then connect; \`wsproxy\` is on the server's [downloads page]($http_base/downloads):"
+	echo
+	echo "${fence}sh"
+	echo "$2"
+	echo "$fence"
+	echo
+	if [ -n "$5" ]; then
+		echo "Or in a browser: <$5>"
+		echo
+	fi
+	echo "sftp and scp take the same options. ID \`$1\`; who may log in: $(who_may)."
+	if [ "$detached" = true ]; then
+		echo "The job went on: at its end it waits while someone is connected."
+	else
+		echo "The step waited until the session ended."
+	fi
+	echo
+}
+
+who_may() {
+	local w=
+	if is_true "${INPUT_LIMIT_ACCESS_TO_ACTOR:-true}"; then w="the keys of @$GITHUB_ACTOR"; fi
+	if [ -n "${INPUT_AUTHORIZED_KEYS:-}" ]; then w="${w:+$w and }the authorized-keys input"; fi
+	echo "${w:-the keys given through CONVERGE_* variables}"
+}
+
+# follow shows the log of the agent running in $1 until it ends, and
+# returns its exit status.
+follow() {
+	local state=$1/.converge/agent.json log=$1/.converge/agent.log chunk pid status reason seen
+	chunk=$(dirname "$log")/follow.txt
+	seen=$(($(wc -c <"$log")))
+	echo "This step waits until the session ends (detached: true lets the job go on)."
+	while ! grep -q '"exited": true' "$state"; do
+		pid=$(sed -n 's/^ *"pid": \([0-9]*\).*/\1/p' "$state")
+		if ! alive "$pid" && ! grep -q '"exited": true' "$state"; then
+			die "the agent (pid $pid) ended without saying why; see its log above"
+		fi
+		tail -c "+$((seen + 1))" "$log" >"$chunk"
+		cat "$chunk"
+		seen=$((seen + $(wc -c <"$chunk")))
+		sleep 1
+	done
+	tail -c "+$((seen + 1))" "$log"
+	status=$(sed -n 's/^ *"exit_status": \([0-9]*\).*/\1/p' "$state")
+	reason=$(sed -n 's/^ *"reason": "\(.*\)",*$/\1/p' "$state")
+	echo "The agent ended: $reason (exit status $status)."
+	[ "$status" = 0 ] || die "the agent failed: see its log above"
+}
+
+alive() {
+	if [ "${RUNNER_OS:-}" = Windows ]; then
+		# Git Bash's kill knows only its own processes; ask Windows.
+		MSYS_NO_PATHCONV=1 MSYS2_ARG_CONV_EXCL='*' tasklist.exe /FI "PID eq $1" /NH 2>/dev/null | grep -qw "$1"
+		return
+	fi
+	kill -0 "$1" 2>/dev/null
+}
+
+# post waits for a detached agent; it also ends an agent that main left
+# running when it failed or was cancelled while following it.
+post() {
+	if [ -z "${STATE_agent:-}" ]; then
+		return 0
+	fi
+	if [ "${STATE_detached:-}" != true ] && grep -q '"exited": true' "${STATE_dir:-.}/.converge/agent.json" 2>/dev/null; then
+		return 0
+	fi
+	# A helper for debugging must not fail the job: say so, and go on.
+	"$STATE_agent" wait --dir "${STATE_dir:-.}" || echo "::warning title=Converge::agent wait failed; see above"
+}
+
+case ${1:-} in
+main) main ;;
+post) post ;;
+*)
+	echo "usage: $0 main|post" >&2
+	exit 2
+	;;
+esac

@@ -1,0 +1,385 @@
+package deploytest
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// The GitHub Action, run as a GitHub runner runs a node action: `node
+// action/main.js` with the inputs as INPUT_* variables (defaults from
+// action.yml for those not given), the run's GITHUB_* and RUNNER_*
+// variables, the summary, output and state files; then `node
+// action/post.js` with the saved state as STATE_* variables. The actor's
+// keys come from a loopback server standing in for GITHUB_SERVER_URL.
+
+// actionMeta is what the tests read of action.yml.
+type actionMeta struct {
+	Inputs map[string]struct {
+		Required bool   `yaml:"required"`
+		Default  string `yaml:"default"`
+	} `yaml:"inputs"`
+	Outputs map[string]any `yaml:"outputs"`
+	Runs    struct {
+		Using  string `yaml:"using"`
+		Main   string `yaml:"main"`
+		Post   string `yaml:"post"`
+		PostIf string `yaml:"post-if"`
+	} `yaml:"runs"`
+}
+
+func readAction(t *testing.T) actionMeta {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repoRoot, "action.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m actionMeta
+	if err := yaml.Unmarshal(b, &m); err != nil {
+		t.Fatalf("action.yml: %v", err)
+	}
+	return m
+}
+
+// ghJob is one GitHub Actions job on this machine.
+type ghJob struct {
+	t         *testing.T
+	meta      actionMeta
+	workspace string
+	files     map[string]string // GITHUB_STEP_SUMMARY etc. → path
+	vars      map[string]string // what GitHub sets besides inputs and files
+}
+
+// newJob prepares a job started by octocat, whose keys are served by the
+// keys server at keysURL (GITHUB_SERVER_URL).
+func newJob(t *testing.T, keysURL string) *ghJob {
+	t.Helper()
+	if _, err := exec.LookPath("node"); err != nil {
+		t.Fatalf("node not found (%v): install nodejs, as .ci/run does; the Action's steps run on Node", err)
+	}
+	files := t.TempDir()
+	j := &ghJob{t: t, meta: readAction(t), workspace: t.TempDir(), files: map[string]string{}}
+	for _, f := range []string{"GITHUB_STEP_SUMMARY", "GITHUB_OUTPUT", "GITHUB_STATE"} {
+		j.files[f] = filepath.Join(files, strings.ToLower(f))
+		if err := os.WriteFile(j.files[f], nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j.vars = map[string]string{
+		"CI": "true", "GITHUB_ACTIONS": "true",
+		"GITHUB_ACTOR": "octocat", "GITHUB_SERVER_URL": keysURL,
+		"GITHUB_RUN_ID": "4242", "GITHUB_RUN_ATTEMPT": "2", "GITHUB_REPOSITORY": "octo/repo",
+		"GITHUB_WORKSPACE": j.workspace, "RUNNER_TEMP": t.TempDir(),
+		"HOME": t.TempDir(), "PATH": os.Getenv("PATH"),
+	}
+	j.vars["RUNNER_OS"] = map[string]string{"linux": "Linux", "darwin": "macOS", "windows": "Windows"}[runtime.GOOS]
+	j.vars["RUNNER_ARCH"] = map[string]string{"amd64": "X64", "arm64": "ARM64"}[runtime.GOARCH]
+	t.Cleanup(j.stopAgent)
+	return j
+}
+
+// step returns `node action/<main|post>.js` as the runner starts it.
+func (j *ghJob) step(which string, inputs map[string]string) *exec.Cmd {
+	script := map[string]string{"main": j.meta.Runs.Main, "post": j.meta.Runs.Post}[which]
+	cmd := exec.Command("node", filepath.Join(repoRoot, script))
+	cmd.Dir = j.workspace
+	for k, v := range j.vars {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	for k, v := range j.files {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	for name, in := range j.meta.Inputs {
+		v, ok := inputs[name]
+		if !ok {
+			v = in.Default
+		}
+		cmd.Env = append(cmd.Env, "INPUT_"+strings.ToUpper(strings.ReplaceAll(name, " ", "_"))+"="+v)
+	}
+	if which == "post" {
+		for k, v := range j.keyValues("GITHUB_STATE") {
+			cmd.Env = append(cmd.Env, "STATE_"+k+"="+v)
+		}
+	}
+	return cmd
+}
+
+// run runs a step to its end and returns its output; it fails the test if
+// the step fails.
+func (j *ghJob) run(which string, inputs map[string]string) string {
+	j.t.Helper()
+	out, err := j.step(which, inputs).CombinedOutput()
+	if err != nil {
+		j.t.Fatalf("%s step: %v\n%s", which, err, out)
+	}
+	return string(out)
+}
+
+// keyValues reads a GITHUB_OUTPUT or GITHUB_STATE file (name=value lines).
+func (j *ghJob) keyValues(file string) map[string]string {
+	j.t.Helper()
+	b, err := os.ReadFile(j.files[file])
+	if err != nil {
+		j.t.Fatal(err)
+	}
+	m := map[string]string{}
+	for line := range strings.Lines(string(b)) {
+		if k, v, ok := strings.Cut(strings.TrimSuffix(line, "\n"), "="); ok {
+			m[k] = v
+		}
+	}
+	return m
+}
+
+func (j *ghJob) summary() string {
+	j.t.Helper()
+	b, err := os.ReadFile(j.files["GITHUB_STEP_SUMMARY"])
+	if err != nil {
+		j.t.Fatal(err)
+	}
+	return string(b)
+}
+
+// agentState reads the state file of the agent the action started.
+func (j *ghJob) agentState() map[string]any {
+	j.t.Helper()
+	b, err := os.ReadFile(filepath.Join(j.workspace, ".converge", "agent.json"))
+	if err != nil {
+		j.t.Fatal(err)
+	}
+	var st map[string]any
+	if err := json.Unmarshal(b, &st); err != nil {
+		j.t.Fatal(err)
+	}
+	return st
+}
+
+// stopAgent kills the agent the action left in the background, if any.
+func (j *ghJob) stopAgent() {
+	b, err := os.ReadFile(filepath.Join(j.workspace, ".converge", "agent.json"))
+	if err != nil {
+		return
+	}
+	var st struct{ PID int }
+	if json.Unmarshal(b, &st) == nil && st.PID > 0 {
+		if p, err := os.FindProcess(st.PID); err == nil {
+			p.Kill()
+		}
+	}
+	if j.t.Failed() {
+		log, _ := os.ReadFile(filepath.Join(j.workspace, ".converge", "agent.log"))
+		j.t.Logf("agent log:\n%s", log)
+	}
+}
+
+// fromSummary picks the commands the summary shows: the line that adds the
+// host key to known_hosts and the ssh command.
+func fromSummary(t *testing.T, sum string) (trust, ssh string) {
+	t.Helper()
+	for line := range strings.Lines(sum) {
+		line = strings.TrimSpace(line)
+		switch {
+		case strings.HasPrefix(line, "echo '") && strings.HasSuffix(line, ">> ~/.ssh/known_hosts"):
+			trust = line
+		case strings.HasPrefix(line, "ssh -oProxyCommand="):
+			ssh = line
+		}
+	}
+	if trust == "" || ssh == "" {
+		t.Fatalf("the job summary lacks the known_hosts or the ssh command:\n%s", sum)
+	}
+	return trust, ssh
+}
+
+// TestActionMetadata: action.yml declares what the issue asks for and
+// runs plain Node files that load nothing but Node's own modules.
+func TestActionMetadata(t *testing.T) {
+	m := readAction(t)
+	var inputs []string
+	for name := range m.Inputs {
+		inputs = append(inputs, name)
+	}
+	slices.Sort(inputs)
+	want := []string{"authorized-keys", "connect-timeout", "detached", "expiry", "id", "limit-access-to-actor", "server"}
+	if !slices.Equal(inputs, want) {
+		t.Errorf("inputs %v, want %v", inputs, want)
+	}
+	if !m.Inputs["server"].Required || m.Inputs["limit-access-to-actor"].Default != "true" || m.Inputs["detached"].Default != "false" {
+		t.Errorf("server must be required, limit-access-to-actor default true, detached default false: %+v", m.Inputs)
+	}
+	if _, ok := m.Outputs["id"]; !ok || len(m.Outputs) != 2 {
+		t.Errorf("outputs %v, want id and ssh-command", m.Outputs)
+	}
+	if _, ok := m.Outputs["ssh-command"]; !ok {
+		t.Errorf("outputs %v, want id and ssh-command", m.Outputs)
+	}
+	if m.Runs.Using != "node24" || m.Runs.PostIf != "always()" {
+		t.Errorf("runs: %+v, want node24 with post-if always()", m.Runs)
+	}
+	require := regexp.MustCompile(`require\(\s*'([^']*)'\s*\)`)
+	for _, f := range []string{m.Runs.Main, m.Runs.Post, "action/run.js"} {
+		b, err := os.ReadFile(filepath.Join(repoRoot, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range require.FindAllStringSubmatch(string(b), -1) {
+			if !strings.HasPrefix(r[1], "node:") && !strings.HasPrefix(r[1], "./") {
+				t.Errorf("%s requires %q: only node: modules and the action's own files may be loaded", f, r[1])
+			}
+		}
+	}
+}
+
+// TestActionDetached: with detached: true the main step downloads the
+// agent from the server, starts it and returns; the summary's commands
+// log in with the actor's key and verify the host key; the post step then
+// waits while the user is connected and returns when they log out.
+func TestActionDetached(t *testing.T) {
+	u := newUser(t)
+	r := startServer(t, agentDist(t))
+	j := newJob(t, keysServer(t, map[string]string{"octocat": u.PublicKey}))
+	out := j.run("main", map[string]string{"server": r.HTTP + "/", "detached": "true"})
+
+	outputs := j.keyValues("GITHUB_OUTPUT")
+	if !regexp.MustCompile(`^gh-4242-2-[0-9a-f]{24}$`).MatchString(outputs["id"]) {
+		t.Errorf("default id %q: want gh-RUN_ID-RUN_ATTEMPT- and 24 random hex digits", outputs["id"])
+	}
+	sum := j.summary()
+	trust, ssh := fromSummary(t, sum)
+	if outputs["ssh-command"] != ssh {
+		t.Errorf("output ssh-command %q, but the summary shows %q", outputs["ssh-command"], ssh)
+	}
+	for _, want := range []string{"-oProxyCommand=", "registered", "agent wait"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the step's log lacks %q:\n%s", want, out)
+		}
+	}
+	for _, want := range []string{r.HTTP + "/downloads", "@octocat", outputs["id"]} {
+		if !strings.Contains(sum, want) {
+			t.Errorf("the summary lacks %q:\n%s", want, sum)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(j.workspace, ".converge", ".gitignore")); err != nil || string(b) != "*\n" {
+		t.Errorf(".converge/.gitignore: %q, %v; want * so the checkout stays clean", b, err)
+	}
+
+	u.shell(trust)
+	s := u.hold(ssh)
+	if !strings.Contains(s.p.out.String(), j.workspace) {
+		t.Errorf("the session did not start in the workspace %s:\n%s", j.workspace, s.p.out)
+	}
+	post := start(t, j.step("post", map[string]string{"server": r.HTTP, "detached": "true"}))
+	waitFor(t, "the post step to ask the agent to end when unused", func() bool { return j.agentState()["waiting"] == true })
+	waitFor(t, "the post step to say it waits", func() bool { return strings.Contains(post.out.String(), "1 user(s) connected") })
+	if post.exited() {
+		t.Fatalf("the post step returned while a user was connected:\n%s", post.out)
+	}
+	s.end(t)
+	if err := post.wait(t); err != nil || !strings.Contains(post.out.String(), "the last user logged out") {
+		t.Errorf("post step after the logout: %v\n%s", err, post.out)
+	}
+}
+
+// TestActionDetachedUnused: nobody connects, so the post step ends the
+// agent and returns at once.
+func TestActionDetachedUnused(t *testing.T) {
+	u := newUser(t)
+	r := startServer(t, agentDist(t))
+	j := newJob(t, keysServer(t, map[string]string{"octocat": u.PublicKey}))
+	j.run("main", map[string]string{"server": r.HTTP, "detached": "true", "id": "unused-job"})
+	out := j.run("post", map[string]string{"server": r.HTTP, "detached": "true", "id": "unused-job"})
+	if !strings.Contains(out, "nobody was connected") {
+		t.Errorf("post step output:\n%s", out)
+	}
+	if st := j.agentState(); st["exited"] != true || st["exit_status"] != float64(0) {
+		t.Errorf("agent state %v: want exited with 0", st)
+	}
+}
+
+// TestActionForeground: by default the main step waits until the session
+// ends; keys come from the authorized-keys input alone, the actor's are
+// not fetched (the keys server knows nobody, which would stop the agent),
+// and the post step does nothing.
+func TestActionForeground(t *testing.T) {
+	u := newUser(t)
+	r := startServer(t, agentDist(t))
+	j := newJob(t, keysServer(t, nil))
+	inputs := map[string]string{
+		"server": r.HTTP, "id": "fg-job", "limit-access-to-actor": "false",
+		"authorized-keys": u.PublicKey, "connect-timeout": "2m", "expiry": "10m",
+	}
+	main := start(t, j.step("main", inputs))
+	waitFor(t, "the summary", func() bool {
+		if main.exited() {
+			t.Fatalf("the main step ended before anyone connected: %v\n%s", main.err, main.out)
+		}
+		return strings.Contains(j.summary(), "ssh -oProxyCommand")
+	})
+	trust, ssh := fromSummary(t, j.summary())
+	if !strings.Contains(ssh, "-oHostKeyAlias=fg-job") {
+		t.Errorf("ssh command %q: want the id input fg-job", ssh)
+	}
+	u.shell(trust)
+	if got := u.run(ssh, "echo hello from the job"); !strings.Contains(got, "hello from the job") {
+		t.Errorf("ssh printed %q", got)
+	}
+	if err := main.wait(t); err != nil || !strings.Contains(main.out.String(), "the last user logged out") {
+		t.Errorf("main step after the logout: %v\n%s", err, main.out)
+	}
+	if out := j.run("post", inputs); strings.TrimSpace(out) != "" {
+		t.Errorf("post step of a step that was not detached printed:\n%s", out)
+	}
+}
+
+// TestActionPlatforms: each runner's RUNNER_OS and RUNNER_ARCH get the
+// agent built for them from the server's /static/dist/ (files that only
+// look like those executables here, so the step then fails to run them),
+// and runners without an agent are told so.
+func TestActionPlatforms(t *testing.T) {
+	dist := map[string][]byte{}
+	for _, name := range []string{"agent-linux-amd64", "agent-linux-arm64", "agent-darwin-amd64", "agent-darwin-arm64", "agent-windows-amd64.exe"} {
+		magic := map[string]string{"linux": "\x7fELF", "darwin": "\xcf\xfa\xed\xfe", "windows": "MZ"}[strings.Split(name, "-")[1]]
+		dist[name] = []byte(magic + "\x00" + name)
+	}
+	delete(dist, hostAgent) // the host's own agent would run: the tests above do that
+	r := startServer(t, dist)
+	for _, tc := range []struct{ os, arch, want string }{
+		{"Linux", "X64", "agent-linux-amd64"},
+		{"Linux", "ARM64", "agent-linux-arm64"},
+		{"macOS", "X64", "agent-darwin-amd64"},
+		{"macOS", "ARM64", "agent-darwin-arm64"},
+		{"Windows", "X64", "agent-windows-amd64.exe"},
+		{"Windows", "ARM64", "agent-windows-amd64.exe"},
+		{"Linux", "X86", ""},
+		{"Linux", "ARM", ""},
+	} {
+		if dist[tc.want] == nil && tc.want != "" {
+			continue
+		}
+		j := newJob(t, keysServer(t, nil))
+		j.vars["RUNNER_OS"], j.vars["RUNNER_ARCH"] = tc.os, tc.arch
+		out, err := j.step("main", map[string]string{"server": r.HTTP}).CombinedOutput()
+		if err == nil {
+			t.Errorf("%s %s: the step succeeded with an agent that cannot run here:\n%s", tc.os, tc.arch, out)
+			continue
+		}
+		if tc.want == "" {
+			if !strings.Contains(string(out), "no Converge agent for a "+tc.os+" "+tc.arch+" runner") {
+				t.Errorf("%s %s: output does not say there is no agent:\n%s", tc.os, tc.arch, out)
+			}
+			continue
+		}
+		got, err := os.ReadFile(filepath.Join(j.vars["RUNNER_TEMP"], "converge", tc.want))
+		if err != nil || string(got) != string(dist[tc.want]) {
+			t.Errorf("%s %s: downloaded %q (%v), want %s from the server\n%s", tc.os, tc.arch, got, err, tc.want, out)
+		}
+	}
+}
