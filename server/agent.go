@@ -33,7 +33,7 @@ type agentConn struct {
 	// that either the displacer sees ready and closes ws, or serveAgent
 	// sees displaced and ends.
 	displaced atomic.Bool
-	issued    atomic.Int64 // unix nanoseconds its latest token was signed; 0 before its welcome
+	issued    atomic.Int64 // unix nanoseconds its latest token was signed; 0 until its welcome is sent
 
 	mu        sync.Mutex
 	info      wire.Info
@@ -92,7 +92,7 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 	}
 	a := &agentConn{id: id, remote: s.remoteAddr(r), since: time.Now(), welcomed: make(chan struct{})}
 	a.touch()
-	c := s.claim(id, presented, a)
+	c := s.claimFor(id, presented, a.remote)
 	a.tenure = c.tenure
 	old, err := s.reg.Register(id, c, a)
 	var limit *limitError
@@ -172,17 +172,18 @@ func (s *Server) displace(old, a *agentConn) <-chan struct{} {
 	return closed
 }
 
-// claim is what an agent asking for id shows: the tenure its secret
-// proves, or else a fresh one. A secret that proves nothing (signed with
-// another key, expired, forged) is no reason to refuse: the ID may be free.
-func (s *Server) claim(id, secret string, a *agentConn) claim {
+// claimFor is what an agent at remote asking for id shows: the tenure its
+// secret proves, or else a fresh one. A secret that proves nothing (signed
+// with another key, expired, forged) is no reason to refuse: the ID may be
+// free.
+func (s *Server) claimFor(id, secret, remote string) claim {
 	now := time.Now()
 	if secret != "" {
 		c, err := s.tokens.verify(id, secret, now)
 		if err == nil {
 			return c
 		}
-		s.log.Info("agent secret proves nothing", "id", id, "remote", a.remote, "error", err)
+		s.log.Info("agent secret proves nothing", "id", id, "remote", remote, "error", err)
 	}
 	return claim{tenure: newTenure(now)}
 }
@@ -208,6 +209,7 @@ func (s *Server) serveAgent(a *agentConn) error {
 	// welcome tells its users it is registered, and they must find it.
 	a.ready.Store(true)
 	if a.displaced.Load() {
+		close(a.welcomed)
 		a.ws.Close(wsconn.CodeReplaced, "replaced by another connection for this ID")
 		return errors.New("replaced before its welcome")
 	}

@@ -219,3 +219,30 @@ func TestTokensRefreshed(t *testing.T) {
 		t.Error("the refresh was not recorded")
 	}
 }
+
+// TestDisplacedBeforeHelloGetsNoWelcome: a holder displaced between its
+// upgrade and its hello is closed with 4001 when it says hello, and is
+// never welcomed (it would believe it holds the ID).
+func TestDisplacedBeforeHelloGetsNoWelcome(t *testing.T) {
+	key := strings.Repeat("a5", 32)
+	withKey := func(c *Config) { c.ClusterKey = key }
+	before := runServer(t, withKey)
+	first, welcome := registerAgent(t, before.ws(), "victim", nil)
+	first.CloseNow()
+	if err := before.shutdown(); err != nil {
+		t.Fatal(err)
+	}
+
+	r := runServer(t, withKey)
+	slow, err := dialControl(t, r.ws(), "victim", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	registerAgent(t, r.ws(), "victim", http.Header{wire.SecretHeader: {welcome.Secret}})
+	(&fakeAgent{id: "victim", ws: slow}).send(t, wire.Message{Type: wire.TypeHello, Hello: &wire.Hello{Version: "test"}})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, b, err := slow.Read(ctx); websocket.CloseStatus(err) != wsconn.CodeReplaced {
+		t.Fatalf("the displaced holder read %q, %v; want close %d (replaced)", b, err, wsconn.CodeReplaced)
+	}
+}

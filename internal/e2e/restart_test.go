@@ -198,7 +198,9 @@ func TestAgentRetriesConflictAfterRestart(t *testing.T) {
 	base := "http://" + srv.Addr()
 	other := holdID(t, "ws://"+srv.Addr(), "taken")
 	p.Retarget(srv.Addr())
-	waitFor(t, "the agent to be refused with 409", func() bool { return metric(t, base, `converge_refusals_total{endpoint="agent",reason="id_in_use"}`) >= 1 })
+	waitFor(t, "the agent to be refused with 409", func() bool {
+		return metric(t, base, `converge_refusals_total{endpoint="agent",reason="id_in_use"}`) >= 1
+	})
 	other.CloseNow()
 	// The other's ID stays reserved for it for the grace period: nobody
 	// holds it meanwhile, then the agent does.
