@@ -29,13 +29,23 @@ const (
 	backoffMax = 4 * time.Second
 )
 
+// reclaimWindow is how long an agent whose link dropped keeps trying to
+// take its ID back while the server answers 409: another agent holds the
+// ID, which a server that cannot check this agent's secret (restarted
+// with another key, say) may have let in, and which then loses the ID
+// once the other goes. It is the server's default --grace: after it the
+// ID is no longer this agent's anyway.
+const reclaimWindow = 5 * time.Minute
+
 // connectLoop keeps a control connection up until ctx ends, for as long as
 // the agent lives. A refusal by the server (HTTP 4xx: bad ID, ID in use) is
-// final, except 429 (a limit that may clear), and so is a welcome the agent
-// cannot accept (errBadWelcome); anything else is retried with backoff.
+// final, except 429 (a limit that may clear) and, for reclaimWindow after
+// a registered link dropped, 409; so is a welcome the agent cannot accept
+// (errBadWelcome); anything else is retried with backoff.
 func (a *Agent) connectLoop(ctx context.Context) error {
 	backoff := backoffMin
 	announced := false
+	var lost time.Time // when the last registered link ended; zero before the first
 	for {
 		connected, err := a.control(ctx, !announced)
 		if ctx.Err() != nil {
@@ -44,15 +54,21 @@ func (a *Agent) connectLoop(ctx context.Context) error {
 		if connected {
 			announced = true
 			backoff = backoffMin
-		}
-		if re := finalRefusal(err); re != nil {
-			return fmt.Errorf("server refused agent: %s", re.Message)
+			lost = time.Now()
 		}
 		if errors.Is(err, errBadWelcome) {
 			return err
 		}
 		d := jitter(backoff)
-		a.log.Warn("connection to server lost; reconnecting", "error", err, "in", d.Round(time.Millisecond))
+		if re := finalRefusal(err); re != nil {
+			if !reclaiming(re, lost, time.Now()) {
+				return refused(re, lost)
+			}
+			a.log.Warn("server says another agent holds this ID; retrying to take it back", "refusal", re.Message,
+				"in", d.Round(time.Millisecond), "giving_up_in", time.Until(lost.Add(reclaimWindow)).Round(time.Second))
+		} else {
+			a.log.Warn("connection to server lost; reconnecting", "error", err, "in", d.Round(time.Millisecond))
+		}
 		t := time.NewTimer(d)
 		select {
 		case <-ctx.Done():
@@ -80,6 +96,23 @@ func finalRefusal(err error) *wsconn.RefusedError {
 		return re
 	}
 	return nil
+}
+
+// reclaiming reports whether refusal re is still worth retrying at now:
+// a 409 to an agent that was registered until lost (zero: never), within
+// reclaimWindow of it. A first registration's 409 is final: the ID is
+// someone else's.
+func reclaiming(re *wsconn.RefusedError, lost, now time.Time) bool {
+	return re.Status == http.StatusConflict && !lost.IsZero() && now.Sub(lost) < reclaimWindow
+}
+
+// refused is the error that ends the agent on refusal re; lost as for
+// reclaiming.
+func refused(re *wsconn.RefusedError, lost time.Time) error {
+	if re.Status == http.StatusConflict && !lost.IsZero() {
+		return fmt.Errorf("server refused agent: %s (tried for %v to take the ID back after the link dropped)", re.Message, reclaimWindow)
+	}
+	return fmt.Errorf("server refused agent: %s", re.Message)
 }
 
 // jitter returns a wait between half of backoff and backoff, at random.
@@ -154,6 +187,8 @@ func (a *Agent) control(ctx context.Context, announce bool) (connected bool, err
 			return true, err
 		}
 		switch m.Type {
+		case wire.TypeWelcome: // a fresh secret: the server re-signs it every so often
+			a.secret = m.Welcome.Secret
 		case wire.TypeDial:
 			a.streams.Add(1)
 			go func() {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -42,5 +43,33 @@ func TestBackoffStaysLow(t *testing.T) {
 	}
 	if b != backoffMax || backoffMax > 5*time.Second {
 		t.Errorf("backoff settles at %v (cap %v); want a cap of a few seconds", b, backoffMax)
+	}
+}
+
+// TestReclaiming: a 409 is worth retrying only for an agent that was
+// registered, within reclaimWindow of losing its link; every other
+// refusal stays final.
+func TestReclaiming(t *testing.T) {
+	lost := time.Unix(1000, 0)
+	conflict := &wsconn.RefusedError{Status: http.StatusConflict, Message: "in use"}
+	for _, tc := range []struct {
+		re   *wsconn.RefusedError
+		lost time.Time
+		at   time.Duration // after lost
+		want bool
+	}{
+		{conflict, lost, time.Second, true},
+		{conflict, lost, reclaimWindow - time.Second, true},
+		{conflict, lost, reclaimWindow, false},
+		{conflict, time.Time{}, time.Second, false}, // first registration
+		{&wsconn.RefusedError{Status: http.StatusBadRequest}, lost, time.Second, false},
+		{&wsconn.RefusedError{Status: http.StatusForbidden}, lost, time.Second, false},
+	} {
+		if got := reclaiming(tc.re, tc.lost, lost.Add(tc.at)); got != tc.want {
+			t.Errorf("reclaiming(%d, lost %v, %v later) = %v, want %v", tc.re.Status, tc.lost, tc.at, got, tc.want)
+		}
+	}
+	if err := refused(conflict, lost); !strings.Contains(err.Error(), "in use") || !strings.Contains(err.Error(), "take the ID back") {
+		t.Errorf("giving up says %q; want the server's reason and that the agent tried to take the ID back", err)
 	}
 }

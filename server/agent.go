@@ -28,6 +28,12 @@ type agentConn struct {
 	// other messages wait for it, so the agent always reads welcome first.
 	welcomed chan struct{}
 	streams  atomic.Int64 // client streams relayed now
+	tenure   tenure       // of the ID, which its tokens prove
+	// displaced: another agent took the ID; set before ready is read, so
+	// that either the displacer sees ready and closes ws, or serveAgent
+	// sees displaced and ends.
+	displaced atomic.Bool
+	issued    atomic.Int64 // unix nanoseconds its latest token was signed; 0 until its welcome is sent
 
 	mu        sync.Mutex
 	info      wire.Info
@@ -86,7 +92,9 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 	}
 	a := &agentConn{id: id, remote: s.remoteAddr(r), since: time.Now(), welcomed: make(chan struct{})}
 	a.touch()
-	secret, old, err := s.reg.Register(id, presented, a)
+	c := s.claimFor(id, presented, a.remote)
+	a.tenure = c.tenure
+	old, err := s.reg.Register(id, c, a)
 	var limit *limitError
 	switch {
 	case errors.As(err, &limit):
@@ -95,12 +103,12 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 		limit.refuse(w)
 		return
 	case errors.Is(err, ErrIDInUse):
-		s.log.Info("agent refused", "id", id, "remote", a.remote, "reason", reasonIDInUse)
+		s.log.Info("agent refused", "id", id, "remote", a.remote, "reason", reasonIDInUse, "proven", c.proven)
 		s.metrics.refused(endpointAgent, reasonIDInUse)
 		http.Error(w, fmt.Sprintf("rendezvous ID %q is already used by a connected agent; choose another --id", id), http.StatusConflict)
 		return
 	case errors.Is(err, ErrIDReserved):
-		s.log.Info("agent refused", "id", id, "remote", a.remote, "reason", reasonIDReserved)
+		s.log.Info("agent refused", "id", id, "remote", a.remote, "reason", reasonIDReserved, "proven", c.proven)
 		s.metrics.refused(endpointAgent, reasonIDReserved)
 		http.Error(w, fmt.Sprintf("rendezvous ID %q is reserved for an agent that is reconnecting; choose another --id", id), http.StatusConflict)
 		return
@@ -108,8 +116,9 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
 	}
-	if old != nil && old.ready.Load() {
-		old.ws.Close(wsconn.CodeReplaced, "replaced by a new connection of the same agent")
+	if old != nil {
+		closed := s.displace(old, a)
+		defer func() { <-closed }()
 	}
 	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
 		Subprotocols:       []string{wire.ControlProtocol},
@@ -135,14 +144,53 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 	defer s.reg.Unregister(id, a)
 
 	log := s.log.With("id", id, "remote", a.remote)
-	err = s.serveAgent(a, secret)
+	err = s.serveAgent(a)
 	log.Info("agent disconnected", "duration", time.Since(a.since).Round(time.Second), "reason", errString(err))
 	ws.CloseNow()
 }
 
+// displace closes old, the holder of the ID a took, with close 4001. The
+// closing handshake waits for old's peer, up to 5 s, and must not delay
+// a's registration, so it runs on; the returned channel is closed when it
+// is done.
+func (s *Server) displace(old, a *agentConn) <-chan struct{} {
+	reason := "replaced by a new connection of the same agent"
+	if old.tenure != a.tenure {
+		reason = "replaced by the agent that proved the ID is its own"
+		s.log.Warn("agent took its ID back from another holder", "id", a.id, "remote", a.remote, "holder_remote", old.remote)
+	}
+	closed := make(chan struct{})
+	old.displaced.Store(true)
+	if !old.ready.Load() {
+		close(closed)
+		return closed
+	}
+	go func() {
+		defer close(closed)
+		old.ws.Close(wsconn.CodeReplaced, reason)
+	}()
+	return closed
+}
+
+// claimFor is what an agent at remote asking for id shows: the tenure its
+// secret proves, or else a fresh one. A secret that proves nothing (signed
+// with another key, expired, forged) is no reason to refuse: the ID may be
+// free.
+func (s *Server) claimFor(id, secret, remote string) claim {
+	now := time.Now()
+	if secret != "" {
+		c, err := s.tokens.verify(id, secret, now)
+		if err == nil {
+			return c
+		}
+		s.log.Info("agent secret proves nothing", "id", id, "remote", remote, "error", err)
+	}
+	return claim{tenure: newTenure(now)}
+}
+
 // serveAgent runs the control protocol: hello, welcome, then status updates
 // until the connection ends.
-func (s *Server) serveAgent(a *agentConn, secret string) error {
+func (s *Server) serveAgent(a *agentConn) error {
 	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
 	m, err := s.readControl(ctx, a)
 	cancel()
@@ -160,7 +208,12 @@ func (s *Server) serveAgent(a *agentConn, secret string) error {
 	// Ready before the welcome is written: an agent that has read its
 	// welcome tells its users it is registered, and they must find it.
 	a.ready.Store(true)
-	err = a.send(s.ctx, wire.Message{Type: wire.TypeWelcome, Welcome: &wire.Welcome{SSHUser: s.cfg.SSHUser, Secret: secret}})
+	if a.displaced.Load() {
+		close(a.welcomed)
+		a.ws.Close(wsconn.CodeReplaced, "replaced by another connection for this ID")
+		return errors.New("replaced before its welcome")
+	}
+	err = s.welcome(s.ctx, a)
 	close(a.welcomed)
 	if err != nil {
 		return fmt.Errorf("send welcome: %w", err)
@@ -185,6 +238,15 @@ func (s *Server) serveAgent(a *agentConn, secret string) error {
 			return fmt.Errorf("unexpected %q message", m.Type)
 		}
 	}
+}
+
+// welcome sends a its welcome, with a freshly signed token; sent again,
+// it refreshes the token (see refreshTokens).
+func (s *Server) welcome(ctx context.Context, a *agentConn) error {
+	now := time.Now()
+	secret := s.tokens.sign(a.id, a.tenure, now)
+	a.issued.Store(now.UnixNano()) // before the agent can read it
+	return a.send(ctx, wire.Message{Type: wire.TypeWelcome, Welcome: &wire.Welcome{SSHUser: s.cfg.SSHUser, Secret: secret}})
 }
 
 func (s *Server) readControl(ctx context.Context, a *agentConn) (wire.Message, error) {

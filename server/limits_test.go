@@ -80,18 +80,18 @@ func TestAddrLimiter(t *testing.T) {
 
 func TestRegistryCapsAgents(t *testing.T) {
 	r, _ := newTestRegistry(registryLimits{grace: time.Minute, maxAgents: 2})
-	a, secret := join(t, r, "a", "", "192.0.2.1")
-	join(t, r, "b", "", "192.0.2.2")
+	a, held := join(t, r, "a", unproven(), "192.0.2.1")
+	join(t, r, "b", unproven(), "192.0.2.2")
 	var limit *limitError
-	if _, _, err := r.Register("c", "", &agentConn{id: "c", remote: "192.0.2.3"}); !errors.As(err, &limit) || limit.reason != reasonServerFull {
+	if _, err := r.Register("c", unproven(), &agentConn{id: "c", remote: "192.0.2.3"}); !errors.As(err, &limit) || limit.reason != reasonServerFull {
 		t.Fatalf("third agent over a cap of 2: %v; want a server_full limitError", err)
 	}
 	// Replacing a connected agent adds none.
-	a2, _ := join(t, r, "a", secret, "192.0.2.1")
+	a2, _ := join(t, r, "a", proof(held), "192.0.2.1")
 	r.Unregister("a", a)
 	// A reservation is no connected agent: it makes room.
 	r.Unregister("a", a2)
-	join(t, r, "c", "", "192.0.2.3")
+	join(t, r, "c", unproven(), "192.0.2.3")
 }
 
 // TestServerCaps: beyond --max-agents and --max-streams the server

@@ -72,6 +72,18 @@ func watchChanges(t testing.TB, s *Server) <-chan struct{} {
 	return notices
 }
 
+// waitUntil polls cond until it holds, failing the test after 10 s.
+func waitUntil(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func wantRefused(t testing.TB, err error, status int, says string) {
 	t.Helper()
 	var re *wsconn.RefusedError
@@ -112,8 +124,125 @@ func TestReservationsCountAgainstAddrLimit(t *testing.T) {
 
 	hdr := http.Header{wire.SecretHeader: {welcome.Secret}}
 	back, again := registerAgent(t, r.ws(), "first", hdr)
-	if again.Secret != welcome.Secret {
-		t.Errorf("back with secret: got secret %q, want %q", again.Secret, welcome.Secret)
+	was, _ := r.tokens.verify("first", welcome.Secret, time.Now())
+	if now, err := r.tokens.verify("first", again.Secret, time.Now()); err != nil || now != was {
+		t.Errorf("back with its secret: new secret proves %+v, %v; want the same tenure %+v", now, err, was)
 	}
 	back.CloseNow()
+}
+
+// TestRestartedServerGivesIDBack is the restart race (issue 11) at the
+// handler: a server restarted with the same key forgot its agents; a
+// rogue asking first gets the ID, and loses it, with close 4001, as soon
+// as the agent presents its secret. From then on the ID is the agent's,
+// connected or reserved, whatever the rogue presents.
+func TestRestartedServerGivesIDBack(t *testing.T) {
+	key := strings.Repeat("5a", 32)
+	withKey := func(c *Config) { c.ClusterKey = key }
+	before := runServer(t, withKey)
+	first, welcome := registerAgent(t, before.ws(), "victim", nil)
+	first.CloseNow()
+	if err := before.shutdown(); err != nil {
+		t.Fatal(err)
+	}
+
+	r := runServer(t, withKey)
+	rogue, rogueWelcome := registerAgent(t, r.ws(), "victim", nil)
+	agent, _ := registerAgent(t, r.ws(), "victim", http.Header{wire.SecretHeader: {welcome.Secret}})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, _, err := rogue.Read(ctx); websocket.CloseStatus(err) != wsconn.CodeReplaced {
+		t.Fatalf("the rogue's connection ended with %v; want close %d (replaced)", err, wsconn.CodeReplaced)
+	}
+	rogueTries := map[string]http.Header{
+		"no secret":       nil,
+		"a forged secret": {wire.SecretHeader: {strings.Repeat("0", 32)}},
+		"its own secret":  {wire.SecretHeader: {rogueWelcome.Secret}},
+	}
+	for what, hdr := range rogueTries {
+		_, err := dialControl(t, r.ws(), "victim", hdr)
+		var re *wsconn.RefusedError
+		if !errors.As(err, &re) || re.Status != http.StatusConflict || !strings.Contains(re.Message, "already used") {
+			t.Errorf("rogue with %s while the agent is connected: %v; want 409 saying already used", what, err)
+		}
+	}
+	agent.CloseNow() // the agent's link drops: its ID stays reserved for it
+	waitUntil(t, "the server to notice the agent left", func() bool { return r.reg.Lookup("victim") == nil })
+	for what, hdr := range rogueTries {
+		_, err := dialControl(t, r.ws(), "victim", hdr)
+		var re *wsconn.RefusedError
+		if !errors.As(err, &re) || re.Status != http.StatusConflict || !strings.Contains(re.Message, "reserved") {
+			t.Errorf("rogue with %s while the ID is reserved: %v; want 409 saying reserved", what, err)
+		}
+	}
+	back, _ := registerAgent(t, r.ws(), "victim", http.Header{wire.SecretHeader: {welcome.Secret}})
+	back.CloseNow()
+}
+
+// TestForeignSecretOnFreeID: a secret this server cannot verify (another
+// key, say) is no reason to refuse a free ID; the agent gets a fresh one.
+func TestForeignSecretOnFreeID(t *testing.T) {
+	r := runServer(t)
+	other := newTokens([]byte(strings.Repeat("k", 32)), time.Minute)
+	foreign := other.sign("newcomer", newTenure(time.Now()), time.Now())
+	c, welcome := registerAgent(t, r.ws(), "newcomer", http.Header{wire.SecretHeader: {foreign}})
+	if welcome.Secret == foreign {
+		t.Error("the server handed back a secret it cannot verify")
+	}
+	if _, err := r.tokens.verify("newcomer", welcome.Secret, time.Now()); err != nil {
+		t.Errorf("the fresh secret: %v", err)
+	}
+	c.CloseNow()
+}
+
+// TestTokensRefreshed: a connected agent gets a freshly signed secret of
+// the same tenure in a new welcome, so its secret outlives a long link.
+func TestTokensRefreshed(t *testing.T) {
+	r := runServer(t)
+	c, welcome := registerAgent(t, r.ws(), "long-lived", nil)
+	first, err := r.tokens.verify("long-lived", welcome.Secret, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := r.reg.Lookup("long-lived")
+	issued := a.issued.Load()
+	r.refreshTokens(context.Background(), time.Now().Add(tokenRefresh))
+	m := (&fakeAgent{id: "long-lived", ws: c}).read(t)
+	if m.Type != wire.TypeWelcome {
+		t.Fatalf("got %q, want a welcome with a fresh secret", m.Type)
+	}
+	again, err := r.tokens.verify("long-lived", m.Welcome.Secret, time.Now())
+	if err != nil || again.tenure != first.tenure || m.Welcome.SSHUser != welcome.SSHUser {
+		t.Errorf("refreshed welcome %+v proves %+v, %v; want the tenure %+v and user %q", m.Welcome, again, err, first.tenure, welcome.SSHUser)
+	}
+	if a.issued.Load() <= issued {
+		t.Error("the refresh was not recorded")
+	}
+}
+
+// TestDisplacedBeforeHelloGetsNoWelcome: a holder displaced between its
+// upgrade and its hello is closed with 4001 when it says hello, and is
+// never welcomed (it would believe it holds the ID).
+func TestDisplacedBeforeHelloGetsNoWelcome(t *testing.T) {
+	key := strings.Repeat("a5", 32)
+	withKey := func(c *Config) { c.ClusterKey = key }
+	before := runServer(t, withKey)
+	first, welcome := registerAgent(t, before.ws(), "victim", nil)
+	first.CloseNow()
+	if err := before.shutdown(); err != nil {
+		t.Fatal(err)
+	}
+
+	r := runServer(t, withKey)
+	slow, err := dialControl(t, r.ws(), "victim", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	registerAgent(t, r.ws(), "victim", http.Header{wire.SecretHeader: {welcome.Secret}})
+	(&fakeAgent{id: "victim", ws: slow}).send(t, wire.Message{Type: wire.TypeHello, Hello: &wire.Hello{Version: "test"}})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, b, err := slow.Read(ctx); websocket.CloseStatus(err) != wsconn.CodeReplaced {
+		t.Fatalf("the displaced holder read %q, %v; want close %d (replaced)", b, err, wsconn.CodeReplaced)
+	}
 }

@@ -1,13 +1,10 @@
 package server
 
 import (
-	"crypto/subtle"
 	"errors"
 	"sort"
 	"sync"
 	"time"
-
-	"github.com/converge-ci/converge/internal/wire"
 )
 
 // Registration errors.
@@ -15,9 +12,20 @@ var (
 	// ErrIDInUse: a connected agent holds the ID.
 	ErrIDInUse = errors.New("ID is in use by a connected agent")
 	// ErrIDReserved: the agent holding the ID lost its link recently and the
-	// ID is kept for it; only that agent (proving it with its secret) may take it.
+	// ID is kept for it; only that agent (proving it with its token) may take it.
 	ErrIDReserved = errors.New("ID is reserved for an agent that is reconnecting")
 )
+
+// A claim is what an agent asking for an ID shows for itself.
+type claim struct {
+	// tenure is the one the agent's token proves, when proven; else a
+	// fresh one, which begins if the claim succeeds.
+	tenure tenure
+	// proven: the agent presented a valid token for this ID (see tokens),
+	// signed at issued (Unix seconds).
+	proven bool
+	issued uint32
+}
 
 // Registry maps rendezvous IDs to connected agents, and keeps the ID of an
 // agent whose link dropped reserved for it for a grace period. It is an
@@ -30,25 +38,39 @@ var (
 // records that the agent completed its hello and got its welcome. Only a
 // confirmed agent leaves a reservation when it goes: claims cost an
 // attacker nothing, reservations cost a completed handshake.
+//
+// Who gets an ID is decided by tenures (see tenure), which agents prove
+// with tokens that any server holding the key verifies. A registry
+// remembers every tenure since its epoch (an in-memory one: since the
+// server started), so that one that forgot (a restarted server) still
+// decides right:
+//   - An unproven claim gets a free ID, and nothing else.
+//   - A proven claim takes the ID from its own tenure: the same agent
+//     back, its old link dead but maybe not yet noticed.
+//   - A proven claim of another tenure takes the ID only if the registry
+//     may have forgotten it (its token was signed at or before the epoch)
+//     and the holder has no better right: it proved nothing (after a
+//     restart, whoever asked first), or it proved a younger tenure (one
+//     that began while this one was forgotten). A tenure signed since the
+//     epoch that no longer holds the ID ended here: its reservation
+//     expired or an older tenure took the ID, and its token is no key.
 type Registry interface {
-	// Register makes a the holder of id. secret is what the agent presented
-	// ("" on first registration); Register returns the secret the agent must
-	// present to take the ID back after losing its link. A holder, connected
-	// or reserved, is replaced only when the right secret is presented; a
-	// connected one is then returned as old, for the caller to close (its
-	// link is dead but not yet noticed).
+	// Register makes a, claiming c, the holder of id, or refuses it. A
+	// connected holder it takes the ID from is returned as old, for the
+	// caller to close.
 	//
 	// Errors: ErrIDInUse and ErrIDReserved, or a *limitError when a's
 	// address group (see addrGroup), or the server, holds as many agents
 	// as allowed.
-	Register(id, secret string, a *agentConn) (newSecret string, old *agentConn, err error)
+	Register(id string, c claim, a *agentConn) (old *agentConn, err error)
 	// Confirm records that a, holding id, completed its hello and welcome:
 	// from now on its ID stays reserved for it when it drops. A
-	// reservation a took over by proving its secret is spent.
+	// reservation a took over is spent.
 	Confirm(id string, a *agentConn)
 	// Unregister removes a if it still holds id. A confirmed a leaves id
-	// reserved for the grace period. An unconfirmed a leaves what it found:
-	// the reservation it took over, if it took one, as it was; else nothing.
+	// reserved for its tenure for the grace period. An unconfirmed a
+	// leaves what it found: the reservation it took over, if it took one,
+	// as it was; else nothing.
 	Unregister(id string, a *agentConn)
 	// Lookup returns the connected agent holding id, or nil.
 	Lookup(id string) *agentConn
@@ -77,6 +99,7 @@ type registryLimits struct {
 type memRegistry struct {
 	limits registryLimits
 	now    func() time.Time
+	epoch  uint32 // Unix seconds it was made at: it knows every tenure since (see Registry)
 
 	mu       sync.Mutex
 	entries  map[string]*entry
@@ -88,7 +111,9 @@ type memRegistry struct {
 
 type entry struct {
 	agent  *agentConn // nil while only reserved
-	secret string
+	tenure tenure     // agent's; while only reserved, see res
+	// proven: agent proved its tenure with a token.
+	proven bool
 	// confirmed: agent completed its hello and welcome.
 	confirmed bool
 	// res is the reservation of the ID: while agent is nil, the one that
@@ -99,28 +124,26 @@ type entry struct {
 }
 
 type reservation struct {
-	id    string
-	group string    // address group of the agent that left it; charged while no agent holds the ID
-	until time.Time // when it expires
+	id     string
+	tenure tenure    // of the agent it is kept for
+	group  string    // address group of the agent that left it; charged while no agent holds the ID
+	until  time.Time // when it expires
 }
 
 func newMemRegistry(limits registryLimits, now func() time.Time) *memRegistry {
-	return &memRegistry{limits: limits, now: now, entries: make(map[string]*entry), charged: make(map[string]int)}
+	return &memRegistry{limits: limits, now: now, epoch: unixSeconds(now()), entries: make(map[string]*entry), charged: make(map[string]int)}
 }
 
-func (r *memRegistry) Register(id, secret string, a *agentConn) (string, *agentConn, error) {
+func (r *memRegistry) Register(id string, c claim, a *agentConn) (*agentConn, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.expire()
 	e := r.entries[id]
-	proven := e != nil && secret != "" && subtle.ConstantTimeCompare([]byte(secret), []byte(e.secret)) == 1
-	switch {
-	case e == nil:
-	case proven:
-	case e.agent != nil:
-		return "", nil, ErrIDInUse
-	default:
-		return "", nil, ErrIDReserved
+	if e != nil && !e.yields(c, r.epoch) {
+		if e.agent != nil {
+			return nil, ErrIDInUse
+		}
+		return nil, ErrIDReserved
 	}
 	// Taking over an entry frees its charge.
 	group, freed := addrGroup(a.remote), ""
@@ -128,17 +151,14 @@ func (r *memRegistry) Register(id, secret string, a *agentConn) (string, *agentC
 		freed = r.chargedTo(e)
 	}
 	if max := r.limits.perAddr; max > 0 && freed != group && r.charged[group] >= max {
-		return "", nil, &limitError{what: "agents", reason: reasonAgentLimit, addr: group, limit: max, reserved: r.limits.grace > 0}
+		return nil, &limitError{what: "agents", reason: reasonAgentLimit, addr: group, limit: max, reserved: r.limits.grace > 0}
 	}
 	newAgent := e == nil || e.agent == nil
 	if max := r.limits.maxAgents; max > 0 && newAgent && r.agents >= max {
-		return "", nil, &limitError{what: "agents", reason: reasonServerFull, limit: max}
+		return nil, &limitError{what: "agents", reason: reasonServerFull, limit: max}
 	}
 	if e == nil {
-		if secret == "" {
-			secret = wire.NewToken()
-		}
-		e = &entry{secret: secret}
+		e = &entry{}
 		r.entries[id] = e
 	} else {
 		r.uncharge(freed)
@@ -148,14 +168,33 @@ func (r *memRegistry) Register(id, secret string, a *agentConn) (string, *agentC
 	// one: it is kept likewise.
 	old := e.agent
 	if old != nil && e.confirmed && r.limits.grace > 0 {
-		e.res = r.reserve(id, addrGroup(old.remote))
+		e.res = r.reserve(id, e.tenure, addrGroup(old.remote))
 	}
-	e.agent, e.confirmed = a, false
+	e.agent, e.tenure, e.proven, e.confirmed = a, c.tenure, c.proven, false
 	r.charged[group]++
 	if newAgent {
 		r.agents++
 	}
-	return e.secret, old, nil
+	return old, nil
+}
+
+// yields reports whether claim c takes the ID from e's holder, for a
+// registry that remembers every tenure since epoch (see Registry). A
+// reservation is held for an agent that was welcomed, so its tenure has a
+// token out there: it counts as proven.
+func (e *entry) yields(c claim, epoch uint32) bool {
+	if !c.proven {
+		return false
+	}
+	held, proven := e.tenure, e.proven
+	if e.agent == nil {
+		held, proven = e.res.tenure, true
+	}
+	if c.tenure == held {
+		return true
+	}
+	forgotten := c.issued <= epoch
+	return forgotten && (!proven || c.tenure.before(held))
 }
 
 func (r *memRegistry) Confirm(id string, a *agentConn) {
@@ -182,7 +221,7 @@ func (r *memRegistry) Unregister(id string, a *agentConn) {
 	r.agents--
 	e.agent = nil
 	if e.confirmed && r.limits.grace > 0 {
-		e.res = r.reserve(id, addrGroup(a.remote))
+		e.res = r.reserve(id, e.tenure, addrGroup(a.remote))
 	}
 	if e.res == nil {
 		delete(r.entries, id)
@@ -191,15 +230,15 @@ func (r *memRegistry) Unregister(id string, a *agentConn) {
 	r.charged[e.res.group]++
 }
 
-// reserve queues a new reservation of id for an agent that was in group,
-// dropping the oldest reservation when maxReserved are held. The caller
+// reserve queues a new reservation of id for tenure t, whose agent was in
+// group, dropping the oldest reservation when maxReserved are held. The caller
 // points id's entry at it, and charges it while no agent holds the ID;
 // r.mu is held.
-func (r *memRegistry) reserve(id, group string) *reservation {
+func (r *memRegistry) reserve(id string, t tenure, group string) *reservation {
 	for max := r.limits.maxReserved; max > 0 && r.reserved >= max && len(r.queue) > 0; {
 		r.pop()
 	}
-	res := &reservation{id: id, group: group, until: r.now().Add(r.limits.grace)}
+	res := &reservation{id: id, tenure: t, group: group, until: r.now().Add(r.limits.grace)}
 	r.queue = append(r.queue, res)
 	r.reserved++
 	return res

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -17,17 +18,32 @@ func newTestRegistry(limits registryLimits) (*memRegistry, *fakeClock) {
 	return newMemRegistry(limits, clk.now), clk
 }
 
+// tenures hands out distinct tenures, each younger than the last, all
+// begun since test registries were made (at 1000).
+var tenures atomic.Uint32
+
+// unproven is the claim of an agent with no token: a fresh tenure.
+func unproven() claim { return claim{tenure: tenure{since: 1000 + tenures.Add(1)}} }
+
+// proof is the claim of an agent presenting a valid token for t, signed
+// since the registry was made.
+func proof(t tenure) claim { return claim{tenure: t, proven: true, issued: max(t.since, 1001)} }
+
+// oldProof is the claim of an agent presenting a valid token for t signed
+// before the registry was made (before a restart): the registry may have
+// forgotten t.
+func oldProof(t tenure) claim { return claim{tenure: t, proven: true, issued: 1000} }
+
 // join registers and confirms a new agent from remote as id, as a whole
-// hello/welcome does, and returns it with its secret.
-func join(t *testing.T, r Registry, id, secret, remote string) (*agentConn, string) {
+// hello/welcome does, and returns it with its tenure.
+func join(t *testing.T, r Registry, id string, c claim, remote string) (*agentConn, tenure) {
 	t.Helper()
-	a := &agentConn{id: id, remote: remote}
-	s, _, err := r.Register(id, secret, a)
-	if err != nil {
+	a := &agentConn{id: id, remote: remote, tenure: c.tenure}
+	if _, err := r.Register(id, c, a); err != nil {
 		t.Fatalf("Register(%q) from %s: %v", id, remote, err)
 	}
 	r.Confirm(id, a)
-	return a, s
+	return a, c.tenure
 }
 
 // free reports whether a stranger may take id now; if so, it leaves it
@@ -35,7 +51,7 @@ func join(t *testing.T, r Registry, id, secret, remote string) (*agentConn, stri
 func free(t *testing.T, r Registry, id string) bool {
 	t.Helper()
 	a := &agentConn{id: id, remote: "stranger"}
-	_, _, err := r.Register(id, "", a)
+	_, err := r.Register(id, unproven(), a)
 	if err == nil {
 		r.Unregister(id, a)
 		return true
@@ -50,26 +66,26 @@ func TestRegistry(t *testing.T) {
 	r, clk := newTestRegistry(registryLimits{grace: 5 * time.Minute})
 	a1, a2, a3 := &agentConn{id: "job"}, &agentConn{id: "job"}, &agentConn{id: "job"}
 
-	secret, old, err := r.Register("job", "", a1)
-	if err != nil || secret == "" || old != nil {
-		t.Fatalf("first Register = %q, %v, %v; want a secret", secret, old, err)
+	first := unproven()
+	if old, err := r.Register("job", first, a1); err != nil || old != nil {
+		t.Fatalf("first Register = %v, %v; want no old agent, no error", old, err)
 	}
 	r.Confirm("job", a1)
 	if got := r.Lookup("job"); got != a1 {
 		t.Fatalf("Lookup = %p, want a1 %p", got, a1)
 	}
-	// A second agent without the secret is refused while a1 is connected.
-	if _, _, err := r.Register("job", "", a2); !errors.Is(err, ErrIDInUse) {
+	// A second agent without proof is refused while a1 is connected.
+	if _, err := r.Register("job", unproven(), a2); !errors.Is(err, ErrIDInUse) {
 		t.Fatalf("duplicate Register err = %v, want ErrIDInUse", err)
 	}
-	if _, _, err := r.Register("job", "0123456789abcdef0123456789abcdef", a2); !errors.Is(err, ErrIDInUse) {
-		t.Fatalf("Register with a wrong secret err = %v, want ErrIDInUse", err)
+	// So is one proving a younger tenure.
+	if _, err := r.Register("job", proof(unproven().tenure), a2); !errors.Is(err, ErrIDInUse) {
+		t.Fatalf("Register proving a younger tenure err = %v, want ErrIDInUse", err)
 	}
 	// The same agent reconnecting before its old link was noticed dead
 	// replaces it and gets the old connection back to close.
-	s2, old, err := r.Register("job", secret, a2)
-	if err != nil || old != a1 || s2 != secret {
-		t.Fatalf("re-Register = %q, %p, %v; want same secret and old a1", s2, old, err)
+	if old, err := r.Register("job", proof(first.tenure), a2); err != nil || old != a1 {
+		t.Fatalf("re-Register = %p, %v; want old a1", old, err)
 	}
 	r.Confirm("job", a2)
 	// The stale connection unregistering must not remove the new one.
@@ -83,30 +99,101 @@ func TestRegistry(t *testing.T) {
 		t.Fatalf("Lookup after Unregister = %p, want nil", got)
 	}
 	clk.t = clk.t.Add(4 * time.Minute)
-	if _, _, err := r.Register("job", "", a3); !errors.Is(err, ErrIDReserved) {
+	if _, err := r.Register("job", unproven(), a3); !errors.Is(err, ErrIDReserved) {
 		t.Fatalf("Register during grace err = %v, want ErrIDReserved", err)
 	}
-	if _, _, err := r.Register("job", secret, a3); err != nil {
+	if _, err := r.Register("job", proof(first.tenure), a3); err != nil {
 		t.Fatalf("owner Register during grace: %v", err)
 	}
 	r.Confirm("job", a3)
 	r.Unregister("job", a3)
-	// After the grace period anyone may take it, with a new secret.
+	// After the grace period anyone may take it.
 	clk.t = clk.t.Add(6 * time.Minute)
-	s4, _, err := r.Register("job", "", a1)
-	if err != nil || s4 == secret {
-		t.Fatalf("Register after grace = %q, %v; want a fresh secret", s4, err)
+	if _, err := r.Register("job", unproven(), a1); err != nil {
+		t.Fatalf("Register after grace: %v", err)
 	}
 }
 
-func TestRegistryAdoptsSecretAfterRestart(t *testing.T) {
-	// A restarted server knows nothing; an agent presenting its old secret
-	// keeps it, so it can come back again later.
+// TestRegistryProvenBeatsUnprovenHolder is the restart race (issue 11): a
+// restarted server's registry is empty, a rogue asking first gets the
+// ID, and the agent proving its tenure takes it back; from then on the ID
+// is the agent's, connected or reserved, whatever the rogue shows.
+func TestRegistryProvenBeatsUnprovenHolder(t *testing.T) {
 	r, _ := newTestRegistry(registryLimits{grace: time.Minute})
-	const old = "0123456789abcdef0123456789abcdef"
-	s, _, err := r.Register("job", old, &agentConn{})
-	if err != nil || s != old {
-		t.Fatalf("Register = %q, %v; want %q", s, err, old)
+	own := tenure{since: 900} // the agent's, from before the restart
+	rogue, rogueTenure := join(t, r, "victim", unproven(), "198.51.100.66")
+
+	agent := &agentConn{id: "victim", remote: "192.0.2.1", tenure: own}
+	if old, err := r.Register("victim", oldProof(own), agent); err != nil || old != rogue {
+		t.Fatalf("proven agent against the rogue = %p, %v; want the rogue back to close", old, err)
+	}
+	r.Confirm("victim", agent)
+	r.Unregister("victim", rogue) // its handler ends
+	for _, c := range []claim{unproven(), proof(rogueTenure)} {
+		if _, err := r.Register("victim", c, &agentConn{id: "victim", remote: "198.51.100.66"}); !errors.Is(err, ErrIDInUse) {
+			t.Fatalf("rogue back with %+v while the agent is connected: %v; want ErrIDInUse", c, err)
+		}
+	}
+	r.Unregister("victim", agent) // its link drops
+	for _, c := range []claim{unproven(), proof(rogueTenure)} {
+		if _, err := r.Register("victim", c, &agentConn{id: "victim", remote: "198.51.100.66"}); !errors.Is(err, ErrIDReserved) {
+			t.Fatalf("rogue back with %+v while the ID is reserved for the agent: %v; want ErrIDReserved", c, err)
+		}
+	}
+	join(t, r, "victim", proof(own), "192.0.2.1")
+}
+
+// TestRegistryEndedTenureIsNoKey: a tenure that lost the ID here (its
+// reservation expired, another took the ID) proves nothing against the
+// next holder, though its token is still valid.
+func TestRegistryEndedTenureIsNoKey(t *testing.T) {
+	r, clk := newTestRegistry(registryLimits{grace: time.Minute})
+	a, first := join(t, r, "job", unproven(), "192.0.2.1")
+	r.Unregister("job", a)
+	clk.t = clk.t.Add(time.Minute)
+	join(t, r, "job", unproven(), "192.0.2.2")
+	if _, err := r.Register("job", proof(first), &agentConn{id: "job", remote: "192.0.2.1"}); !errors.Is(err, ErrIDInUse) {
+		t.Fatalf("the first tenure back after its reservation expired: %v; want ErrIDInUse", err)
+	}
+}
+
+// TestRegistryOlderTenureWins: a proven claim the registry may have
+// forgotten takes the ID from a younger tenure, connected or reserved (it
+// began while the older one was forgotten), and from a connected holder
+// that proved nothing; a younger or same-second tenure is refused, and so
+// is a claim the registry remembers.
+func TestRegistryOlderTenureWins(t *testing.T) {
+	older, younger := tenure{since: 500, nonce: 1}, tenure{since: 600, nonce: 1}
+	sameSecond := tenure{since: 600, nonce: 2}
+	for _, tc := range []struct {
+		name      string
+		holder    claim
+		connected bool
+		claim     claim
+		want      error
+	}{
+		{"older over younger, connected", oldProof(younger), true, oldProof(older), nil},
+		{"older over younger, reserved", oldProof(younger), false, oldProof(older), nil},
+		{"older over a fresh tenure, reserved", unproven(), false, oldProof(older), nil},
+		{"younger over older, connected", oldProof(older), true, oldProof(younger), ErrIDInUse},
+		{"younger over older, reserved", oldProof(older), false, oldProof(younger), ErrIDReserved},
+		{"same second, another nonce", oldProof(younger), true, oldProof(sameSecond), ErrIDInUse},
+		{"younger over an unproven holder", claim{tenure: older}, true, oldProof(younger), nil},
+		{"remembered over an unproven holder", unproven(), true, proof(older), ErrIDInUse},
+		{"remembered older over younger, reserved", oldProof(younger), false, proof(older), ErrIDReserved},
+		{"unproven over an unproven holder", unproven(), true, unproven(), ErrIDInUse},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, _ := newTestRegistry(registryLimits{grace: time.Minute})
+			h, _ := join(t, r, "job", tc.holder, "192.0.2.1")
+			if !tc.connected {
+				r.Unregister("job", h)
+			}
+			_, err := r.Register("job", tc.claim, &agentConn{id: "job", remote: "192.0.2.2", tenure: tc.claim.tenure})
+			if !errors.Is(err, tc.want) || (tc.want == nil) != (err == nil) {
+				t.Fatalf("holder %+v (connected %v), claim %+v: got %v, want %v", tc.holder, tc.connected, tc.claim, err, tc.want)
+			}
+		})
 	}
 }
 
@@ -117,7 +204,7 @@ func TestRegistryUnconfirmedLeavesNothing(t *testing.T) {
 	for i := range 10 {
 		id := fmt.Sprint("squat-", i)
 		a := &agentConn{id: id, remote: "198.51.100.7"}
-		if _, _, err := r.Register(id, "", a); err != nil {
+		if _, err := r.Register(id, unproven(), a); err != nil {
 			t.Fatalf("claim %d: %v", i, err)
 		}
 		r.Unregister(id, a)
@@ -131,15 +218,15 @@ func TestRegistryUnconfirmedLeavesNothing(t *testing.T) {
 }
 
 // TestRegistryProvenClaimKeepsReservation: an agent that proves its
-// secret and drops before its welcome leaves its reservation as it was,
+// tenure and drops before its welcome leaves its reservation as it was,
 // expiring when it would have.
 func TestRegistryProvenClaimKeepsReservation(t *testing.T) {
 	r, clk := newTestRegistry(registryLimits{grace: time.Minute})
-	a, secret := join(t, r, "job", "", "192.0.2.1")
+	a, held := join(t, r, "job", unproven(), "192.0.2.1")
 	r.Unregister("job", a) // reserved until +1m
 	clk.t = clk.t.Add(40 * time.Second)
 	b := &agentConn{id: "job", remote: "192.0.2.2"}
-	if _, _, err := r.Register("job", secret, b); err != nil {
+	if _, err := r.Register("job", proof(held), b); err != nil {
 		t.Fatalf("proven claim: %v", err)
 	}
 	r.Unregister("job", b) // before its welcome
@@ -157,9 +244,9 @@ func TestRegistryProvenClaimKeepsReservation(t *testing.T) {
 // welcome.
 func TestRegistryDisplacedAgentKeepsReservation(t *testing.T) {
 	r, _ := newTestRegistry(registryLimits{grace: time.Minute})
-	a, secret := join(t, r, "job", "", "192.0.2.1")
+	a, held := join(t, r, "job", unproven(), "192.0.2.1")
 	b := &agentConn{id: "job", remote: "192.0.2.1"}
-	if _, old, err := r.Register("job", secret, b); err != nil || old != a {
+	if old, err := r.Register("job", proof(held), b); err != nil || old != a {
 		t.Fatalf("proven claim = %p, %v; want old a", old, err)
 	}
 	r.Unregister("job", a) // the old handler ends: nothing of it is left
@@ -168,7 +255,7 @@ func TestRegistryDisplacedAgentKeepsReservation(t *testing.T) {
 		t.Fatal("the displaced agent's ID was freed by a claim that dropped before its welcome")
 	}
 	c := &agentConn{id: "job", remote: "192.0.2.1"}
-	if _, _, err := r.Register("job", secret, c); err != nil {
+	if _, err := r.Register("job", proof(held), c); err != nil {
 		t.Fatalf("owner back: %v", err)
 	}
 }
@@ -179,20 +266,20 @@ func TestRegistryDisplacedAgentKeepsReservation(t *testing.T) {
 func TestRegistryChargesReservationsToTheirAddress(t *testing.T) {
 	const home, away = "192.0.2.1", "198.51.100.1"
 	r, clk := newTestRegistry(registryLimits{grace: time.Minute, perAddr: 2})
-	a, secretA := join(t, r, "a", "", home)
-	b, secretB := join(t, r, "b", "", home)
+	a, tenureA := join(t, r, "a", unproven(), home)
+	b, tenureB := join(t, r, "b", unproven(), home)
 	r.Unregister("a", a)
 	r.Unregister("b", b)
 	var limit *limitError
-	if _, _, err := r.Register("c", "", &agentConn{id: "c", remote: home}); !errors.As(err, &limit) || limit.addr != home || limit.limit != 2 {
+	if _, err := r.Register("c", unproven(), &agentConn{id: "c", remote: home}); !errors.As(err, &limit) || limit.addr != home || limit.limit != 2 {
 		t.Fatalf("third from %s with two reservations: %v; want a limitError for it", home, err)
 	}
 	// Coming back from the same address moves the charge: allowed at the limit.
-	a2, _ := join(t, r, "a", secretA, home)
+	a2, _ := join(t, r, "a", proof(tenureA), home)
 	// From another address at its own limit: refused, the reservation stays.
-	join(t, r, "x", "", away)
-	join(t, r, "y", "", away)
-	if _, _, err := r.Register("b", secretB, &agentConn{id: "b", remote: away}); !errors.As(err, &limit) || limit.addr != away {
+	join(t, r, "x", unproven(), away)
+	join(t, r, "y", unproven(), away)
+	if _, err := r.Register("b", proof(tenureB), &agentConn{id: "b", remote: away}); !errors.As(err, &limit) || limit.addr != away {
 		t.Fatalf("b back from full %s: %v; want a limitError", away, err)
 	}
 	if free(t, r, "b") {
@@ -200,7 +287,7 @@ func TestRegistryChargesReservationsToTheirAddress(t *testing.T) {
 	}
 	r.Unregister("a", a2)
 	clk.t = clk.t.Add(time.Minute)
-	if _, _, err := r.Register("c", "", &agentConn{id: "c", remote: home}); err != nil {
+	if _, err := r.Register("c", unproven(), &agentConn{id: "c", remote: home}); err != nil {
 		t.Fatalf("after the reservations expired, Register from %s: %v", home, err)
 	}
 	if got := r.charged[home]; got != 1 {
@@ -214,7 +301,7 @@ func TestRegistryCapsReservations(t *testing.T) {
 	r, clk := newTestRegistry(registryLimits{grace: time.Minute, maxReserved: 3})
 	for i := range 4 {
 		id := fmt.Sprint("job-", i)
-		a, _ := join(t, r, id, "", fmt.Sprint("192.0.2.", i))
+		a, _ := join(t, r, id, unproven(), fmt.Sprint("192.0.2.", i))
 		r.Unregister(id, a)
 		clk.t = clk.t.Add(time.Second)
 	}
@@ -235,19 +322,19 @@ func TestRegistryExpiresWithoutScanning(t *testing.T) {
 	r, clk := newTestRegistry(registryLimits{grace: time.Minute})
 	for i := range 100 {
 		id := fmt.Sprint("job-", i)
-		a, _ := join(t, r, id, "", "192.0.2.1")
+		a, _ := join(t, r, id, unproven(), "192.0.2.1")
 		r.Unregister(id, a)
 	}
 	clk.t = clk.t.Add(2 * time.Minute)
-	join(t, r, "fresh", "", "192.0.2.1")
+	join(t, r, "fresh", unproven(), "192.0.2.1")
 	if len(r.entries) != 1 || len(r.queue) != 0 || r.reserved != 0 {
 		t.Fatalf("after reservations expired: %d entries, %d queued, %d reserved; want 1, 0, 0", len(r.entries), len(r.queue), r.reserved)
 	}
 	// One agent dropping and coming back 10,000 times within the grace.
-	a, secret := join(t, r, "flappy", "", "192.0.2.1")
+	a, held := join(t, r, "flappy", unproven(), "192.0.2.1")
 	for range 10000 {
 		r.Unregister("flappy", a)
-		a, _ = join(t, r, "flappy", secret, "192.0.2.1")
+		a, _ = join(t, r, "flappy", proof(held), "192.0.2.1")
 	}
 	if len(r.queue) > 100 {
 		t.Errorf("queue holds %d reservations for one live one; ended ones must not pile up", len(r.queue))
@@ -256,9 +343,9 @@ func TestRegistryExpiresWithoutScanning(t *testing.T) {
 
 func TestRegistryNoGrace(t *testing.T) {
 	r, _ := newTestRegistry(registryLimits{grace: -1})
-	a, _ := join(t, r, "job", "", "192.0.2.1")
+	a, _ := join(t, r, "job", unproven(), "192.0.2.1")
 	r.Unregister("job", a)
-	if _, _, err := r.Register("job", "", &agentConn{}); err != nil {
+	if _, err := r.Register("job", unproven(), &agentConn{}); err != nil {
 		t.Fatalf("with grace off, Register after Unregister: %v", err)
 	}
 }
@@ -272,7 +359,7 @@ func TestRegistryConcurrentClaims(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, _, err := r.Register("race", "", &agentConn{}); err == nil {
+			if _, err := r.Register("race", unproven(), &agentConn{}); err == nil {
 				mu.Lock()
 				wins++
 				mu.Unlock()

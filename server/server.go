@@ -9,6 +9,7 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/converge-ci/converge/internal/wire"
@@ -59,6 +61,20 @@ type Config struct {
 	// MaxStreams bounds the client streams open in all; beyond it clients
 	// are refused with 503. Default DefaultMaxStreams; negative: unlimited.
 	MaxStreams int
+	// ClusterKey signs agents' registration secrets (see docs/protocol.md):
+	// the key all replicas of one service share, so that any of them, or
+	// this server after a restart, checks an agent's claim to its ID
+	// without remembering it. At least 32 bytes written as hex or base64
+	// (`openssl rand -hex 32`). Default "": the key kept in StateDir.
+	ClusterKey string
+	// StateDir keeps this server's own key (file server.key, mode 0600,
+	// in a directory made with mode 0700) when ClusterKey is empty: made
+	// once, then reused, so that a restarted server still knows its
+	// agents. Default "": a key made at start and kept in memory only, so
+	// after a restart agents register as new and anyone may claim their
+	// IDs first (tests, embedding). The converge command defaults it to
+	// DefaultStateDir.
+	StateDir string
 	// DrainTimeout bounds graceful shutdown. Default 10s.
 	DrainTimeout time.Duration
 	// Logger defaults to slog.Default().
@@ -106,6 +122,11 @@ func (c *Config) Validate() error {
 	c.MaxStreamsPerAddr = limitDefault(c.MaxStreamsPerAddr, DefaultMaxStreamsPerAddr)
 	c.MaxAgents = limitDefault(c.MaxAgents, DefaultMaxAgents)
 	c.MaxStreams = limitDefault(c.MaxStreams, DefaultMaxStreams)
+	if c.ClusterKey != "" {
+		if _, err := parseKey(c.ClusterKey); err != nil {
+			return fmt.Errorf("cluster key (CONVERGE_CLUSTER_KEY): %w", err)
+		}
+	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = 10 * time.Second
 	}
@@ -128,6 +149,8 @@ type Server struct {
 	// ctx bounds every relayed connection; cancelled at the end of a drain.
 	ctx    context.Context
 	cancel context.CancelFunc
+
+	tokens *tokens // signs and verifies agents' registration secrets
 
 	streamLimit *addrLimiter
 	authFails   *failLimiter // wrong sessions-view passwords
@@ -163,11 +186,41 @@ func New(cfg Config) (*Server, error) {
 		authFails:   newFailLimiter(10, time.Minute, time.Now),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	key, err := s.loadKey()
+	if err != nil {
+		return nil, err
+	}
+	s.tokens = newTokens(key, cfg.Grace)
 	if err := s.setupFront(); err != nil {
 		return nil, err
 	}
 	s.routes()
 	return s, nil
+}
+
+// loadKey returns the key that signs agents' secrets (see Config.ClusterKey
+// and Config.StateDir) and logs where it comes from.
+func (s *Server) loadKey() ([]byte, error) {
+	switch {
+	case s.cfg.ClusterKey != "":
+		key, err := parseKey(s.cfg.ClusterKey)
+		if err != nil {
+			return nil, fmt.Errorf("cluster key (CONVERGE_CLUSTER_KEY): %w", err)
+		}
+		s.log.Info("server key from the cluster key", "key_id", keyID(key))
+		return key, nil
+	case s.cfg.StateDir != "":
+		key, created, err := loadKey(s.cfg.StateDir)
+		if err != nil {
+			return nil, err
+		}
+		s.log.Info("server key kept in the state directory", "dir", s.cfg.StateDir, "created", created, "key_id", keyID(key))
+		return key, nil
+	}
+	key := make([]byte, minKeyBytes)
+	rand.Read(key)
+	s.log.Info("server key in memory only: after a restart, agents register as new", "key_id", keyID(key))
+	return key, nil
 }
 
 // Handler returns the server's HTTP handler.
@@ -251,8 +304,9 @@ func (s *Server) drain(ctx context.Context) {
 	s.conns.wait()
 }
 
-// sweep closes agents whose keepalive pings stopped. Agents ping every
-// wsconn.PingInterval; three missed intervals mean the link is dead.
+// sweep closes agents whose keepalive pings stopped, and refreshes the
+// tokens of the others. Agents ping every wsconn.PingInterval; three
+// missed intervals mean the link is dead.
 func (s *Server) sweep(ctx context.Context) {
 	t := time.NewTicker(15 * time.Second)
 	defer t.Stop()
@@ -267,6 +321,32 @@ func (s *Server) sweep(ctx context.Context) {
 					a.ws.CloseNow()
 				}
 			}
+			s.refreshTokens(ctx, now)
 		}
 	}
+}
+
+// refreshTokens sends every welcomed agent whose token was signed
+// tokenRefresh ago or earlier a fresh one, in a welcome message, so that
+// its token stays valid for the grace period after its link drops however
+// long the link lived. It returns when every send has ended; a send that
+// cannot complete within 10 s closes its connection.
+func (s *Server) refreshTokens(ctx context.Context, now time.Time) {
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 32) // sends at once
+	for _, a := range s.reg.Agents() {
+		issued := a.issued.Load()
+		if issued == 0 || now.Sub(time.Unix(0, issued)) < tokenRefresh {
+			continue
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := s.welcome(ctx, a); err != nil {
+				s.log.Debug("token refresh failed", "id", a.id, "remote", a.remote, "error", err)
+			}
+		}()
+	}
+	wg.Wait()
 }

@@ -241,7 +241,7 @@ func TestAgentsEventFraming(t *testing.T) {
 		Hostname: "x\r\nevent: hijack\rdata: <script>alert(1)</script>\nid: 9",
 		CI:       map[string]string{"JOB\r": "\rretry: 1"},
 	}}
-	if _, _, err := s.reg.Register(a.id, "", a); err != nil {
+	if _, err := s.reg.Register(a.id, unproven(), a); err != nil {
 		t.Fatal(err)
 	}
 	a.ready.Store(true)

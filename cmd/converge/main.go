@@ -32,12 +32,20 @@ page with copy-paste commands and the downloads.`)
   CONVERGE_SESSIONS_PASSWORD=... converge --trusted-proxy 10.0.0.0/8
 Then open http://localhost:8000 for the recipes. /metrics serves
 Prometheus metrics, /healthz answers ok while the server runs;
-"converge healthcheck" asks it (for container health checks).`
+"converge healthcheck" asks it (for container health checks).
+
+Agents' secrets are signed with a key, so that a restarted server, or any
+replica sharing the key, checks an agent's claim to its ID. A single server
+makes its key once and keeps it in --state-dir. Replicas share one:
+CONVERGE_CLUSTER_KEY, at least 32 bytes as hex or base64 (make one with
+openssl rand -hex 32), set in the environment only; it overrides
+--state-dir.`
 	var (
 		cfg       server.Config
 		logFormat string
 		verbose   bool
 	)
+	stateDir, stateDirErr := server.DefaultStateDir()
 	f := cmd.Flags
 	f.StringVar(&cfg.Addr, "addr", defaultAddr, "address to listen on, HOST:PORT")
 	f.StringVar(&cfg.SSHUser, "ssh-user", "converge", "the user name clients log in to agents with; agents learn it when they register")
@@ -51,6 +59,7 @@ Prometheus metrics, /healthz answers ok while the server runs;
 	f.StringVar(&cfg.TLSKeyFile, "tls-key", "", "TLS private key `FILE` (PEM) for --tls-cert")
 	f.Var((*cli.StringList)(&cfg.TrustedProxies), "trusted-proxy", "`ADDR` or CIDR of a reverse proxy whose X-Forwarded-Proto/Host/For headers are believed; repeatable, or comma-separated. Default none: the headers are ignored, since anyone could send them")
 	f.StringVar(&cfg.SessionsPassword, "sessions-password", "", "enable the live sessions view at /sessions behind HTTP basic auth with this `PASSWORD` (any user name); off when empty, because it lists the IDs that reach agents. Prefer the environment variable to keep it out of ps")
+	f.StringVar(&cfg.StateDir, "state-dir", stateDir, "`DIR` to keep the server's key in (file server.key, made once, mode 0600), so that a restarted server still checks its agents' secrets and gives their IDs back to them; unused when CONVERGE_CLUSTER_KEY is set")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 10*time.Second, "on SIGTERM, how long to wait for relayed connections to end after telling agents and clients to reconnect")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.BoolVar(&verbose, "verbose", false, "log debug messages")
@@ -69,6 +78,13 @@ Prometheus metrics, /healthz answers ok while the server runs;
 	}
 	cfg.Logger = log
 	cfg.Version = cli.Version
+	cfg.ClusterKey = os.Getenv("CONVERGE_CLUSTER_KEY")
+	if cfg.ClusterKey == "" && cfg.StateDir == "" {
+		if stateDirErr == nil {
+			stateDirErr = errors.New("--state-dir is empty: name a directory to keep the server key in, or set CONVERGE_CLUSTER_KEY")
+		}
+		cli.Fatal("converge", stateDirErr, 2)
+	}
 	srv, err := server.New(cfg)
 	if err != nil {
 		cli.Fatal("converge", err, 2)

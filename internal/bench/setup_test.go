@@ -36,7 +36,7 @@ type serverProc struct {
 func startServer(t testing.TB, flags ...string) *serverProc {
 	t.Helper()
 	s := &serverProc{User: "bench", log: &lineLog{addr: make(chan string, 1)}}
-	s.cmd = exec.Command(bin("converge"), append([]string{"--addr", "127.0.0.1:0", "--ssh-user", s.User}, flags...)...)
+	s.cmd = exec.Command(bin("converge"), append([]string{"--addr", "127.0.0.1:0", "--ssh-user", s.User, "--state-dir", t.TempDir()}, flags...)...)
 	s.cmd.Stdout = s.log
 	s.cmd.Stderr = s.log
 	if err := s.cmd.Start(); err != nil {

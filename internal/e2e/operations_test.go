@@ -86,7 +86,7 @@ func TestTLSEndToEnd(t *testing.T) {
 // close 1001 and exits 0.
 func TestSIGTERM(t *testing.T) {
 	t.Parallel()
-	cmd := exec.Command(bin("converge"), "--addr", "127.0.0.1:0", "--log-format", "json")
+	cmd := exec.Command(bin("converge"), "--addr", "127.0.0.1:0", "--log-format", "json", "--state-dir", t.TempDir())
 	cmd.Env = append(os.Environ(), "CONVERGE_SESSIONS_PASSWORD=from-env", "CONVERGE_SSH_USER=envuser", "CONVERGE_DRAIN_TIMEOUT=1m")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

@@ -39,10 +39,14 @@ type serverProc struct {
 
 var listeningRE = regexp.MustCompile(`msg=listening .*addr=(\S+)`)
 
-func startServerProc(t *testing.T) *serverProc {
+// startServerProc runs converge on 127.0.0.1:0 with a state directory of
+// its own; args add to or override that (the last of a flag given twice
+// counts).
+func startServerProc(t *testing.T, args ...string) *serverProc {
 	t.Helper()
 	logs := &syncBuffer{}
-	cmd := exec.Command(bin("converge"), "--addr", "127.0.0.1:0", "--ssh-user", "ciuser")
+	args = append([]string{"--addr", "127.0.0.1:0", "--ssh-user", "ciuser", "--state-dir", t.TempDir()}, args...)
+	cmd := exec.Command(bin("converge"), args...)
 	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -82,11 +86,13 @@ type resumeRig struct {
 	agent       *runningAgent
 	c           *sshtest.Client
 	tgt         sshtest.Target
+	state       string // the server's state directory, kept across restarts
 }
 
 func newResumeRig(t *testing.T, id string) *resumeRig {
-	srv := startServerProc(t)
-	r := &resumeRig{t: t, srv: srv, c: sshtest.New(t)}
+	state := t.TempDir()
+	srv := startServerProc(t, "--state-dir", state)
+	r := &resumeRig{t: t, srv: srv, c: sshtest.New(t), state: state}
 	r.agentProxy = newProxy(t, srv.addr)
 	r.clientProxy = newProxy(t, srv.addr)
 	r.agent = startAgent(t, viaProxy(r.agentProxy), id, r.c, func(cfg *agent.Config) { cfg.ResumeWindow = time.Minute })
@@ -99,7 +105,7 @@ func newResumeRig(t *testing.T, id string) *resumeRig {
 func (r *resumeRig) restartServer() {
 	r.t.Helper()
 	r.srv.kill()
-	r.srv = startServerProc(r.t)
+	r.srv = startServerProc(r.t, "--state-dir", r.state)
 	r.agentProxy.Retarget(r.srv.addr)
 	r.clientProxy.Retarget(r.srv.addr)
 	r.agentProxy.Cut()

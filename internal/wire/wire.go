@@ -75,7 +75,10 @@ type Status struct {
 	Sessions int       `json:"sessions"`
 }
 
-// Welcome accepts a registration. SSHUser is valid by ValidUser.
+// Welcome accepts a registration; SSHUser is valid by ValidUser. The
+// server sends it again while the agent is connected, with a freshly
+// signed Secret of the same hold on the ID: the agent presents the latest
+// one when it re-registers.
 type Welcome struct {
 	SSHUser string `json:"ssh_user"`
 	Secret  string `json:"secret"`
