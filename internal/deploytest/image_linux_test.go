@@ -61,8 +61,10 @@ func TestContainerImage(t *testing.T) {
 		uid, gid = os.Getuid(), os.Getgid()
 	}
 
+	stateDir := checkStateDir(t, root, img, imgUID)
 	srv := runFromImage(t, root, img, uid, gid, img.Config.Entrypoint,
-		"CONVERGE_ADDR=127.0.0.1:0", "CONVERGE_SSH_USER=imguser")
+		"CONVERGE_ADDR=127.0.0.1:0", "CONVERGE_SSH_USER=imguser",
+		"CONVERGE_STATE_DIR="+stateDir) // the image's, inside the exported root
 	var addr string
 	waitFor(t, "the server in the image to listen", func() bool {
 		if srv.exited() {
@@ -110,6 +112,30 @@ func TestContainerImage(t *testing.T) {
 	}
 }
 
+// checkStateDir checks that the image names a state directory that its
+// user owns, and returns that directory inside the exported root.
+func checkStateDir(t *testing.T, root string, img image, uid int) string {
+	t.Helper()
+	var dir string
+	for _, e := range img.Config.Env {
+		if v, ok := strings.CutPrefix(e, "CONVERGE_STATE_DIR="); ok {
+			dir = v
+		}
+	}
+	if !filepath.IsAbs(dir) {
+		t.Fatalf("the image's environment %q: want CONVERGE_STATE_DIR, an absolute path", img.Config.Env)
+	}
+	inRoot := filepath.Join(root, dir)
+	fi, err := os.Stat(inRoot)
+	if err != nil {
+		t.Fatalf("the image's state directory: %v", err)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); os.Getuid() == 0 && (!ok || int(st.Uid) != uid) {
+		t.Errorf("the image's state directory %s is not owned by the image's user %d", dir, uid)
+	}
+	return inRoot
+}
+
 // imageContext makes the build context: the Containerfile's last stage on
 // a build stage that provides what it copies, and the files it copies
 // from the context.
@@ -130,7 +156,7 @@ func imageContext(t *testing.T) string {
 		certs = []byte("# no CA certificates on the machine that ran the test\n")
 	}
 	write(t, filepath.Join(dir, "ca-certificates.crt"), certs)
-	for _, f := range []string{"passwd", "group"} {
+	for _, f := range []string{"passwd", "group", "state/README.txt"} {
 		b, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "container", f))
 		if err != nil {
 			t.Fatal(err)
@@ -229,7 +255,9 @@ func exportImage(t *testing.T, tag string) string {
 		path := filepath.Join(root, filepath.Clean("/"+h.Name))
 		switch h.Typeflag {
 		case tar.TypeDir:
-			err = os.MkdirAll(path, 0o755)
+			if err = os.MkdirAll(path, 0o755); err == nil && os.Getuid() == 0 {
+				err = os.Lchown(path, h.Uid, h.Gid) // as root, keep the owners the image gives
+			}
 		case tar.TypeReg:
 			var b []byte
 			if b, err = io.ReadAll(tr); err == nil {
