@@ -68,6 +68,7 @@ func jitter(backoff time.Duration) time.Duration {
 // requests until it ends. connected reports whether it was welcomed.
 func (a *agent) control(ctx context.Context) (connected bool, err error) {
 	a.f.update(func(s *Stats) { s.Attempts++ })
+	dialled := time.Now()
 	hdr := http.Header{}
 	if a.secret != "" {
 		hdr.Set(wire.SecretHeader, a.secret)
@@ -98,7 +99,7 @@ func (a *agent) control(ctx context.Context) (connected bool, err error) {
 	}
 	presented := a.secret
 	a.secret = m.Welcome.Secret
-	a.epoch = a.f.welcomed(a.epoch, presented != "" && presented != a.secret)
+	a.epoch = a.f.welcomed(a.epoch, dialled, presented != "" && presented != a.secret)
 	defer a.f.update(func(s *Stats) { s.Connected-- })
 	if err := send(ctx, c, wire.Message{Type: wire.TypeStatus, Status: &info.Status}); err != nil {
 		return true, fmt.Errorf("send status: %w", err)

@@ -81,10 +81,10 @@ type Fleet struct {
 
 	mu      sync.Mutex
 	stats   Stats
-	epoch   int             // of the last Mark
-	mark    time.Time       // of the last Mark
-	back    []time.Duration // since the mark, of each agent's first welcome after it
-	changed chan struct{}   // closed and replaced at every change of stats
+	epoch   int           // of the last Mark
+	mark    time.Time     // of the last Mark
+	back    []Return      // of each agent's first welcome since the mark
+	changed chan struct{} // closed and replaced at every change of stats
 }
 
 // Start returns a fleet of no agents yet for cfg; Add starts them. Stop
@@ -153,7 +153,11 @@ func (f *Fleet) Add(n int) error {
 }
 
 // ID is the rendezvous ID of agent i.
-func (f *Fleet) ID(i int) string { return fmt.Sprintf("%s-%05d", f.cfg.Prefix, i) }
+func (f *Fleet) ID(i int) string { return ID(f.cfg.Prefix, i) }
+
+// ID is the rendezvous ID of agent i of a fleet whose Config.Prefix is
+// prefix.
+func ID(prefix string, i int) string { return fmt.Sprintf("%s-%05d", prefix, i) }
 
 // Stop ends every agent, closing its connections, and waits for them.
 func (f *Fleet) Stop() {
@@ -183,12 +187,20 @@ func (f *Fleet) Mark() time.Time {
 	return f.mark
 }
 
-// Back returns, for each agent welcomed since the last Mark, how long
-// after the Mark its first welcome came, in the order they came.
-func (f *Fleet) Back() []time.Duration {
+// Return is how an agent came back after a Mark: when it started the
+// attempt that got it in and when it was welcomed, both from the Mark.
+// How far apart the attempts are is what the backoff and jitter did; how
+// far apart the welcomes, what the server could take.
+type Return struct {
+	Dialled, Welcomed time.Duration
+}
+
+// Back returns how each agent welcomed since the last Mark first came
+// back, in the order they did.
+func (f *Fleet) Back() []Return {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return append([]time.Duration(nil), f.back...)
+	return append([]Return(nil), f.back...)
 }
 
 // Wait blocks until ok holds for the fleet's Stats, checked at every
@@ -219,9 +231,10 @@ func (f *Fleet) update(change func(*Stats)) {
 	f.changed = make(chan struct{})
 }
 
-// welcomed records an agent's registration; epoch is the Mark the agent
-// was last counted back in, which it returns updated.
-func (f *Fleet) welcomed(epoch int, newSecret bool) int {
+// welcomed records an agent's registration by an attempt started at
+// dialled; epoch is the Mark the agent was last counted back in, which it
+// returns updated.
+func (f *Fleet) welcomed(epoch int, dialled time.Time, newSecret bool) int {
 	now := time.Now()
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -232,7 +245,7 @@ func (f *Fleet) welcomed(epoch int, newSecret bool) int {
 	}
 	if epoch != f.epoch {
 		epoch = f.epoch
-		f.back = append(f.back, now.Sub(f.mark))
+		f.back = append(f.back, Return{Dialled: dialled.Sub(f.mark), Welcomed: now.Sub(f.mark)})
 		f.stats.Back++
 	}
 	close(f.changed)

@@ -74,7 +74,13 @@ func TestFleetReturnsAfterServerRestart(t *testing.T) {
 		t.Errorf("after the restart %d agents gave up and %d got a new secret; want none (last error: %s)", s.GaveUp, s.NewSecret, s.LastError)
 	}
 	echo(t, addr, f.ID(n-1))
-	back := f.Back()
+	var back []time.Duration
+	for _, r := range f.Back() {
+		if r.Dialled > r.Welcomed {
+			t.Errorf("an agent was welcomed %v after the mark by an attempt started later, %v after it", r.Welcomed, r.Dialled)
+		}
+		back = append(back, r.Welcomed)
+	}
 	slices.Sort(back)
 	t.Logf("%d agents back after the restart: half within %v, all within %v; %d attempts, %d failed (last: %s)",
 		len(back), back[len(back)/2].Round(time.Millisecond), back[len(back)-1].Round(time.Millisecond), s.Attempts, s.Failures, s.LastError)
