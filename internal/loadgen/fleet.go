@@ -133,12 +133,20 @@ func newClient(local netip.Addr) *http.Client {
 // Add starts n more agents. It fails, starting none, when this process
 // may not open enough file descriptors for them (see cli.RaiseFileLimit).
 func (f *Fleet) Add(n int) error {
-	f.mu.Lock()
-	first := f.stats.Agents
-	f.mu.Unlock()
-	need := uint64(first + n + 256) // a control connection each, and headroom
-	if limit, _ := cli.RaiseFileLimit(); limit > 0 && limit < need {
-		return fmt.Errorf("%d agents need about %d file descriptors and this process may open %d: raise the limit (ulimit -n)", first+n, need, limit)
+	limit, _ := cli.RaiseFileLimit()
+	var first int
+	var err error
+	f.update(func(s *Stats) {
+		first = s.Agents
+		// A control connection each, and headroom.
+		if need := uint64(first + n + 256); limit > 0 && limit < need {
+			err = fmt.Errorf("%d agents need about %d file descriptors and this process may open %d: raise the limit (ulimit -n)", first+n, need, limit)
+			return
+		}
+		s.Agents += n
+	})
+	if err != nil {
+		return err
 	}
 	for i := first; i < first+n; i++ {
 		a := &agent{f: f, id: f.ID(i), n: i, client: f.clients[i%len(f.clients)]}
@@ -148,7 +156,6 @@ func (f *Fleet) Add(n int) error {
 			a.run(f.ctx)
 		}()
 	}
-	f.update(func(s *Stats) { s.Agents += n })
 	return nil
 }
 
