@@ -223,6 +223,22 @@ func (s *Server) loadKey() ([]byte, error) {
 	return key, nil
 }
 
+// fileHeadroom is what the server holds besides agents and streams: its
+// listener, its standard streams, and connections still in their HTTP
+// request (pages, refused handshakes).
+const fileHeadroom = 256
+
+// MaxFiles is how many file descriptors the server may hold at its caps:
+// one per agent (MaxAgents), two per client stream (MaxStreams: the
+// client's and the agent's dial-back), and some headroom. It is 0 when
+// either cap is off, and so bounds nothing.
+func (s *Server) MaxFiles() int {
+	if s.cfg.MaxAgents < 0 || s.cfg.MaxStreams < 0 {
+		return 0
+	}
+	return s.cfg.MaxAgents + 2*s.cfg.MaxStreams + fileHeadroom
+}
+
 // Handler returns the server's HTTP handler.
 func (s *Server) Handler() http.Handler { return s.mux }
 

@@ -89,6 +89,9 @@ openssl rand -hex 32), set in the environment only; it overrides
 	if err != nil {
 		cli.Fatal("converge", err, 2)
 	}
+	// One descriptor per agent, two per client stream: see the README's
+	// Server operations for what to set.
+	cli.CheckFileLimit(log, srv.MaxFiles())
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := srv.Run(ctx); err != nil {

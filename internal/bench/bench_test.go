@@ -23,7 +23,7 @@ type config struct {
 	reps    int           // runs of each throughput measurement
 	echo    int           // echo round trips at 0 ms
 	rtt     time.Duration // added round trip of the second pass; 0 skips it
-	agents  int           // idle agents for the memory measurement; 0 skips it
+	scale   scaleConfig   // many agents: memory, lookups, restarts; 0 agents skips them
 	ciphers []string      // ciphers to compare (direct, ssh cat); none skips
 }
 
@@ -34,16 +34,38 @@ func TestBenchTable(t *testing.T) {
 	}
 	start := time.Now()
 	cfg := config{
-		size:   int64(*flagSize) << 20,
-		reps:   *flagReps,
-		echo:   *flagEcho,
-		rtt:    *flagRTT,
-		agents: *flagAgents,
+		size:  int64(*flagSize) << 20,
+		reps:  *flagReps,
+		echo:  *flagEcho,
+		rtt:   *flagRTT,
+		scale: scaleConfig{agents: *flagAgents, real: *flagRealAgents, window: time.Second, outage: *flagOutage},
 	}
 	if *flagCipher {
 		cfg.ciphers = []string{"aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes128-ctr"}
 	}
 	tb := run(t, cfg)
+	tb.notes = append(tb.notes, fmt.Sprintf("The whole run took %v; load average at the end %s.", time.Since(start).Round(time.Second), loadavg()))
+	out := tb.String()
+	fmt.Print("\n" + out)
+	if *flagOut != "" {
+		if err := os.WriteFile(*flagOut, []byte(out), 0o644); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// TestBenchAgents prints only the many-agents part of the table: server
+// memory per idle agent, lookups, and the restart herd.
+func TestBenchAgents(t *testing.T) {
+	if !*flagTable {
+		t.Skip("the benchmark table runs with -bench-table (make bench-agents)")
+	}
+	if *flagAgents <= 0 {
+		t.Skip("no agents: -bench-agents is 0")
+	}
+	start := time.Now()
+	tb := &table{header: machine()}
+	scale(t, tb, scaleConfig{agents: *flagAgents, real: *flagRealAgents, window: time.Second, outage: *flagOutage}, sshtest.New(t))
 	tb.notes = append(tb.notes, fmt.Sprintf("The whole run took %v; load average at the end %s.", time.Since(start).Round(time.Second), loadavg()))
 	out := tb.String()
 	fmt.Print("\n" + out)
@@ -66,7 +88,7 @@ func TestBenchSmoke(t *testing.T) {
 		reps:    1,
 		echo:    5,
 		rtt:     4 * time.Millisecond,
-		agents:  3,
+		scale:   scaleConfig{agents: 20, real: 3, window: 200 * time.Millisecond, outage: 500 * time.Millisecond},
 		ciphers: []string{"aes128-gcm@openssh.com"},
 	})
 	out := tb.String()
@@ -80,7 +102,7 @@ func TestBenchSmoke(t *testing.T) {
 			}
 		}
 	}
-	for _, want := range []string{"0 ms", "4 ms", "Ciphers", "Server memory"} {
+	for _, want := range []string{"0 ms", "4 ms", "Ciphers", "Server memory", "Lookups", "Restart at once", "Restart after"} {
 		if !strings.Contains(strings.Join(titles, "\n"), want) {
 			t.Errorf("no section about %q in:\n%s", want, out)
 		}
@@ -133,8 +155,8 @@ func run(t *testing.T, cfg config) *table {
 		direct := sshtest.Target{User: srv.User, Alias: "bench", Port: port(t, ag.Direct)}
 		ciphers(t, tb, cfg, c, direct)
 	}
-	if cfg.agents > 0 {
-		memory(t, tb, cfg.agents, c)
+	if cfg.scale.agents > 0 {
+		scale(t, tb, cfg.scale, c)
 	}
 	tb.notes = append(tb.notes,
 		"relay = OpenSSH client → wsproxy (ProxyCommand) → converge (its own process) → the agent's dial-back WebSocket → agent (in the harness process); direct = OpenSSH client → loopback TCP → the same agent's SSH server (agent.Serve).",
@@ -299,32 +321,6 @@ func ciphers(t *testing.T, tb *table, cfg config, c *sshtest.Client, direct ssht
 		t.Logf("cipher %s: %s", name, mibps(cfg.size, m))
 	}
 	tb.notes = append(tb.notes, "With no -c, this OpenSSH client and the agent negotiate "+def+" (the client takes its first preference the agent supports).")
-}
-
-// memory connects n idle agents to a fresh server process and reports how
-// much its resident memory grew.
-func memory(t *testing.T, tb *table, n int, c *sshtest.Client) {
-	t.Logf("connecting %d agents", n)
-	// All the agents come from 127.0.0.1: lift the per-address limit.
-	srv := startServer(t, "--max-agents-per-addr=-1")
-	before, err := srv.rssKiB()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stop := startIdleAgents(t, srv, n, c)
-	defer stop()
-	time.Sleep(2 * time.Second) // let the connections settle into idleness (not a synchronisation)
-	after, err := srv.rssKiB()
-	if err != nil {
-		t.Fatal(err)
-	}
-	per := float64(after-before) / float64(n)
-	s := tb.add(fmt.Sprintf("Server memory: converge's resident set (VmRSS from /proc) with %d idle agents connected", n), "value", "", "")
-	s.add(row{what: "RSS before agents", a: fmt.Sprintf("%d KiB", before), comp: "-"})
-	s.add(row{what: fmt.Sprintf("RSS with %d agents", n), a: fmt.Sprintf("%d KiB", after), comp: "-"})
-	s.add(row{what: "per idle agent", a: fmt.Sprintf("%.1f KiB", per), comp: "-", target: "<= 64 KiB", verdict: verdict(per <= 64)})
-	tb.notes = append(tb.notes, fmt.Sprintf("Memory: %d real agents (agent.New + Run, in the harness process) hold their control WebSocket to a fresh converge process; the figure is its VmRSS growth divided by %d: user-space memory including garbage not yet collected, not kernel socket buffers.", n, n))
-	t.Logf("memory: %d KiB -> %d KiB with %d agents: %.1f KiB each", before, after, n, per)
 }
 
 func writeRandom(t *testing.T, path string, size int64) {

@@ -11,21 +11,26 @@ import (
 )
 
 var (
-	flagTable  = flag.Bool("bench-table", false, "run the full benchmark table (make bench); without it TestBenchTable skips")
-	flagBin    = flag.String("bench-bin", "", "directory holding the converge and wsproxy binaries to measure (make bench passes bin/); default: build them")
-	flagSize   = flag.Int("bench-size", 256, "size of the transferred file in MiB")
-	flagReps   = flag.Int("bench-reps", 3, "runs of each throughput measurement; the table shows the median")
-	flagEcho   = flag.Int("bench-echo", 1000, "echo round trips per path at 0 ms (fewer at the added round trip)")
-	flagRTT    = flag.Duration("bench-rtt", 50*time.Millisecond, "added round trip of the second table (0 skips it)")
-	flagAgents = flag.Int("bench-agents", 1000, "idle agents connected for the memory measurement (0 skips it)")
-	flagCipher = flag.Bool("bench-ciphers", true, "compare the SSH ciphers")
-	flagOut    = flag.String("bench-out", "", "also write the table to this file")
+	flagTable      = flag.Bool("bench-table", false, "run the full benchmark table (make bench); without it TestBenchTable skips")
+	flagBin        = flag.String("bench-bin", "", "directory holding the converge and wsproxy binaries to measure (make bench passes bin/); default: build them")
+	flagSize       = flag.Int("bench-size", 256, "size of the transferred file in MiB")
+	flagReps       = flag.Int("bench-reps", 3, "runs of each throughput measurement; the table shows the median")
+	flagEcho       = flag.Int("bench-echo", 1000, "echo round trips per path at 0 ms (fewer at the added round trip)")
+	flagRTT        = flag.Duration("bench-rtt", 50*time.Millisecond, "added round trip of the second table (0 skips it)")
+	flagAgents     = flag.Int("bench-agents", 10000, "synthetic agents (internal/loadgen) for the server memory, lookup and restart rows (0 skips them); needs a file descriptor limit above it (ulimit -n)")
+	flagOutage     = flag.Duration("bench-outage", 5*time.Second, "how long the server stays down in the second restart of the many-agents rows")
+	flagRealAgents = flag.Int("bench-real-agents", 1000, "real agents for the reference of the memory row (0 skips it)")
+	flagCipher     = flag.Bool("bench-ciphers", true, "compare the SSH ciphers")
+	flagOut        = flag.String("bench-out", "", "also write the table to this file")
 )
 
 // binDir holds converge and wsproxy.
 var binDir string
 
 func TestMain(m *testing.M) {
+	if mode := os.Getenv(clientEnv); mode != "" {
+		os.Exit(runClient(mode)) // this binary is a client of the many-agents rows (probe_test.go)
+	}
 	flag.Parse()
 	binDir = *flagBin
 	if binDir == "" {

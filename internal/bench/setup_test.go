@@ -25,46 +25,79 @@ import (
 // memory can be read from /proc and its CPU is not shared with the
 // harness's goroutines.
 type serverProc struct {
-	cmd  *exec.Cmd
-	Addr string // 127.0.0.1:PORT
-	User string
-	log  *lineLog
+	flags   []string
+	cmd     *exec.Cmd
+	Addr    string // 127.0.0.1:PORT
+	User    string
+	log     *lineLog
+	stopped bool
 }
 
 // startServer runs converge on 127.0.0.1:0 with extra flags until the
 // test ends and waits until it listens.
 func startServer(t testing.TB, flags ...string) *serverProc {
 	t.Helper()
-	s := &serverProc{User: "bench", log: &lineLog{addr: make(chan string, 1)}}
-	s.cmd = exec.Command(bin("converge"), append([]string{"--addr", "127.0.0.1:0", "--ssh-user", s.User, "--state-dir", t.TempDir()}, flags...)...)
+	// One state directory for every start: a restarted server keeps its key.
+	s := &serverProc{User: "bench", flags: append([]string{"--state-dir", t.TempDir()}, flags...)}
+	s.start(t, "127.0.0.1:0")
+	t.Cleanup(func() { s.stop(t) })
+	return s
+}
+
+// start runs converge on addr and waits until it listens.
+func (s *serverProc) start(t testing.TB, addr string) {
+	t.Helper()
+	s.log = &lineLog{addr: make(chan string, 1)}
+	s.cmd = exec.Command(bin("converge"), append([]string{"--addr", addr, "--ssh-user", s.User}, s.flags...)...)
 	s.cmd.Stdout = s.log
 	s.cmd.Stderr = s.log
 	if err := s.cmd.Start(); err != nil {
 		t.Fatalf("start converge: %v", err)
 	}
-	t.Cleanup(func() {
-		s.cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan error, 1)
-		go func() { done <- s.cmd.Wait() }()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("converge exited: %v\n%s", err, s.log.tail())
-			} else if t.Failed() {
-				t.Logf("converge logged:\n%s", s.log.tail())
-			}
-		case <-time.After(20 * time.Second):
-			s.cmd.Process.Kill()
-			<-done
-			t.Errorf("converge did not stop within 20s of SIGTERM\n%s", s.log.tail())
-		}
-	})
 	select {
 	case s.Addr = <-s.log.addr:
 	case <-time.After(20 * time.Second):
+		s.cmd.Process.Kill()
+		s.cmd.Wait()
 		t.Fatalf("converge did not report its address within 20s\n%s", s.log.tail())
 	}
-	return s
+}
+
+// stop ends the server with SIGTERM, as an operator would, and waits for
+// its drain; it does nothing the second time.
+func (s *serverProc) stop(t testing.TB) {
+	if s.stopped {
+		return
+	}
+	s.stopped = true
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- s.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("converge exited: %v\n%s", err, s.log.tail())
+		}
+	case <-time.After(20 * time.Second):
+		s.cmd.Process.Kill()
+		<-done
+		t.Errorf("converge did not stop within 20s of SIGTERM\n%s", s.log.tail())
+	}
+}
+
+// restart kills the server with SIGKILL, a crash with no drain, and
+// starts a new one on the same address once the old one has been gone
+// for outage. It returns when the new one listens, with how long the old
+// one took to be gone.
+func (s *serverProc) restart(t testing.TB, outage time.Duration) (gone time.Duration) {
+	t.Helper()
+	start := time.Now()
+	s.cmd.Process.Kill()
+	s.cmd.Wait() // "signal: killed"
+	gone = time.Since(start)
+	time.Sleep(outage) // the outage itself (not a synchronisation)
+	s.start(t, s.Addr)
+	return gone
 }
 
 // URL is the server's base WebSocket URL.
