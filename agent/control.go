@@ -24,9 +24,18 @@ import (
 // step. The cap is low on purpose: after a server restart every agent is
 // back within backoffMax of the server being up, and a refused TCP connect
 // costs the server next to nothing.
+//
+// The first attempt after a registered link ended is spread evenly over
+// reconnectSpread instead: when a server restarts, all its agents lose
+// their links at once, and without the spread they would return within
+// 125 ms of each other and hold up the clients behind them (measured with
+// 10,000 agents: client p99 169 ms with the old schedule, see
+// docs/design.md). A link that blips costs its agent half of it on
+// average; resumable sessions do not notice.
 const (
-	backoffMin = 250 * time.Millisecond
-	backoffMax = 4 * time.Second
+	backoffMin      = 250 * time.Millisecond
+	backoffMax      = 4 * time.Second
+	reconnectSpread = 2 * time.Second
 )
 
 // reclaimWindow is how long an agent whose link dropped keeps trying to
@@ -60,6 +69,9 @@ func (a *Agent) connectLoop(ctx context.Context) error {
 			return err
 		}
 		d := jitter(backoff)
+		if connected {
+			d = rand.N(reconnectSpread + 1)
+		}
 		if re := finalRefusal(err); re != nil {
 			if !reclaiming(re, lost, time.Now()) {
 				return refused(re, lost)

@@ -38,8 +38,10 @@ func (a *agent) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
+		wait := jitter(backoff)
 		if connected {
 			backoff = a.f.cfg.BackoffMin
+			wait = rand.N(a.f.cfg.ReconnectSpread + 1) // as the agent spreads its first attempt after a drop
 		} else {
 			final := finalRefusal(err)
 			a.f.failed(a.id, err, final)
@@ -47,7 +49,7 @@ func (a *agent) run(ctx context.Context) {
 				return
 			}
 		}
-		t := time.NewTimer(jitter(backoff))
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -97,9 +99,8 @@ func (a *agent) control(ctx context.Context) (connected bool, err error) {
 	if m.Type != wire.TypeWelcome {
 		return false, fmt.Errorf("server sent %q instead of welcome", m.Type)
 	}
-	presented := a.secret
 	a.secret = m.Welcome.Secret
-	a.epoch = a.f.welcomed(a.epoch, dialled, presented != "" && presented != a.secret)
+	a.epoch = a.f.welcomed(a.epoch, dialled)
 	defer a.f.update(func(s *Stats) { s.Connected-- })
 	if err := send(ctx, c, wire.Message{Type: wire.TypeStatus, Status: &info.Status}); err != nil {
 		return true, fmt.Errorf("send status: %w", err)

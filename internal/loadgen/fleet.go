@@ -34,6 +34,9 @@ import (
 const (
 	DefaultBackoffMin = 250 * time.Millisecond
 	DefaultBackoffMax = 4 * time.Second
+	// DefaultReconnectSpread is the agent's spread of its first attempt
+	// after a registered link ended.
+	DefaultReconnectSpread = 2 * time.Second
 )
 
 // Config of a Fleet.
@@ -51,6 +54,10 @@ type Config struct {
 	// BackoffMin and BackoffMax bound the reconnect backoff. Default
 	// DefaultBackoffMin and DefaultBackoffMax, the agent's.
 	BackoffMin, BackoffMax time.Duration
+	// ReconnectSpread spreads the first attempt after a welcomed link
+	// ended evenly over [0, ReconnectSpread]. Default
+	// DefaultReconnectSpread, the agent's.
+	ReconnectSpread time.Duration
 	// Logger receives each agent's failures at debug level. Default: none.
 	Logger *slog.Logger
 }
@@ -64,7 +71,6 @@ type Stats struct {
 	Attempts  int64  // control connections tried
 	Failures  int64  // attempts that ended before a welcome: refused, unreachable, timed out
 	GaveUp    int    // agents that stopped on a final refusal
-	NewSecret int64  // re-registrations welcomed with another secret than the one presented
 	Streams   int64  // dial requests answered with a stream
 	LastError string // the latest failure, for messages
 }
@@ -98,6 +104,9 @@ func Start(cfg Config) (*Fleet, error) {
 	}
 	if cfg.BackoffMin <= 0 {
 		cfg.BackoffMin = DefaultBackoffMin
+	}
+	if cfg.ReconnectSpread <= 0 {
+		cfg.ReconnectSpread = DefaultReconnectSpread
 	}
 	if cfg.BackoffMax <= 0 {
 		cfg.BackoffMax = DefaultBackoffMax
@@ -241,15 +250,12 @@ func (f *Fleet) update(change func(*Stats)) {
 // welcomed records an agent's registration by an attempt started at
 // dialled; epoch is the Mark the agent was last counted back in, which it
 // returns updated.
-func (f *Fleet) welcomed(epoch int, dialled time.Time, newSecret bool) int {
+func (f *Fleet) welcomed(epoch int, dialled time.Time) int {
 	now := time.Now()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.stats.Connected++
 	f.stats.Welcomes++
-	if newSecret {
-		f.stats.NewSecret++
-	}
 	if epoch != f.epoch {
 		epoch = f.epoch
 		f.back = append(f.back, Return{Dialled: dialled.Sub(f.mark), Welcomed: now.Sub(f.mark)})
