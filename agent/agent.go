@@ -32,7 +32,9 @@ import (
 // Config of an agent. Validate fills defaults.
 type Config struct {
 	// Server is the rendezvous server's base URL, ws://host[:port] or
-	// wss://host[:port], optionally with a path prefix. Required.
+	// wss://host[:port], optionally with a path prefix (wss://host/converge
+	// for a server under a sub-path): every endpoint's path is appended
+	// to it. Required.
 	Server string
 	// ID is the rendezvous ID. Default: a random, readable one.
 	ID string
@@ -95,6 +97,11 @@ func (c *Config) Validate() error {
 	c.Server = strings.TrimRight(c.Server, "/")
 	if err := wsconn.CheckURL(c.Server); err != nil {
 		return err
+	}
+	// The endpoints' paths are appended to Server, so a path prefix
+	// (wss://host/converge) is kept, and a query or fragment would break them.
+	if strings.ContainsAny(c.Server, "?#") {
+		return fmt.Errorf("bad URL %q: a server URL has no ?query or #fragment; give ws[s]://host[:port][/path]", c.Server)
 	}
 	if c.ID == "" {
 		c.ID = wire.NewID()

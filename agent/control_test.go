@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
 )
 
@@ -71,5 +72,31 @@ func TestReclaiming(t *testing.T) {
 	}
 	if err := refused(conflict, lost); !strings.Contains(err.Error(), "in use") || !strings.Contains(err.Error(), "take the ID back") {
 		t.Errorf("giving up says %q; want the server's reason and that the agent tried to take the ID back", err)
+	}
+}
+
+// TestServerURLKeepsItsPath: a server under a sub-path is given as
+// wss://host/converge[/]; the agent keeps the path, to which it appends
+// the endpoints' paths, and refuses what appending would break.
+func TestServerURLKeepsItsPath(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"wss://example.com", "wss://example.com"},
+		{"wss://example.com/converge", "wss://example.com/converge"},
+		{"wss://example.com/converge/", "wss://example.com/converge"},
+		{"ws://127.0.0.1:8080/a/b//", "ws://127.0.0.1:8080/a/b"},
+		{"wss://example.com/converge?x=1", ""},
+		{"wss://example.com/converge#top", ""},
+		{"wss://example.com/?", ""},
+	} {
+		c := Config{Server: tc.in, Dir: t.TempDir()}
+		err := c.Validate()
+		switch {
+		case tc.want == "" && err == nil:
+			t.Errorf("Server %q: accepted as %q, want refused", tc.in, c.Server)
+		case tc.want != "" && err != nil:
+			t.Errorf("Server %q: %v", tc.in, err)
+		case tc.want != "" && c.Server+wire.AgentPath("job") != tc.want+"/agent/job":
+			t.Errorf("Server %q: agent dials %q, want %q", tc.in, c.Server+wire.AgentPath("job"), tc.want+"/agent/job")
+		}
 	}
 }

@@ -3,6 +3,7 @@ package server
 import (
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/converge-ci/converge/static"
@@ -17,6 +18,11 @@ func (c *Config) validateFront() error {
 	if _, err := parseProxies(c.TrustedProxies); err != nil {
 		return err
 	}
+	base, err := cleanPrefix(c.BasePath)
+	if err != nil {
+		return fmt.Errorf("bad base path %q: %w", c.BasePath, err)
+	}
+	c.BasePath = base
 	if c.Dist == nil {
 		c.Dist = static.Dist
 	}

@@ -28,14 +28,15 @@ func (s *Server) site() templates.Site {
 }
 
 // bases are this server's HTTP and WebSocket base URLs as the user reached
-// it.
+// it, with the path prefix its routes are under: "https://host/converge".
 func (s *Server) bases(r *http.Request) (base, wsBase string) {
 	scheme, host := s.publicOrigin(r)
+	prefix := s.publicPrefix(r)
 	ws := "ws"
 	if scheme == "https" {
 		ws = "wss"
 	}
-	return scheme + "://" + host, ws + "://" + host
+	return scheme + "://" + host + prefix, ws + "://" + host + prefix
 }
 
 // handleUsage is GET /: the usage page. ?id= chooses the rendezvous ID
@@ -84,10 +85,11 @@ func (s *Server) handleDist(w http.ResponseWriter, r *http.Request) {
 }
 
 // render writes a page, buffered so that a failure yields a clean error
-// rather than half a page.
+// rather than half a page. Its links are under the request's public
+// prefix.
 func (s *Server) render(w http.ResponseWriter, r *http.Request, status int, c templ.Component) {
 	var buf bytes.Buffer
-	if err := c.Render(r.Context(), &buf); err != nil {
+	if err := c.Render(templates.WithPrefix(r.Context(), s.publicPrefix(r)), &buf); err != nil {
 		s.log.Error("render page", "path", r.URL.Path, "error", err)
 		http.Error(w, "page failed to render; see the server log", http.StatusInternalServerError)
 		return

@@ -87,8 +87,17 @@ type Config struct {
 	TLSCertFile, TLSKeyFile string
 	// TrustedProxies are addresses or CIDR prefixes of reverse proxies
 	// whose X-Forwarded-Proto, -Host and -For headers are believed.
-	// Default none: the headers are ignored.
+	// Default none: the headers are ignored. From them X-Forwarded-Prefix
+	// is believed too (see BasePath).
 	TrustedProxies []string
+	// BasePath serves everything under this path prefix, "/converge" for
+	// https://example.com/converge/: incoming paths must start with it and
+	// it is stripped from them (so a proxy that forwards paths unchanged
+	// works), and the pages' links and recipes include it. A trusted
+	// proxy that strips a prefix itself says so with X-Forwarded-Prefix
+	// instead; the two add up. Validate normalises it ("/converge/" is
+	// "/converge"). Default "": served at the root.
+	BasePath string
 	// SessionsPassword enables the sessions view (/sessions) behind HTTP
 	// basic auth with this password and any user name. Default "": off.
 	SessionsPassword string
@@ -145,6 +154,8 @@ type Server struct {
 	log *slog.Logger
 	reg Registry
 	mux *http.ServeMux
+	// handler is mux under the base path: what is served.
+	handler http.Handler
 
 	// ctx bounds every relayed connection; cancelled at the end of a drain.
 	ctx    context.Context
@@ -240,7 +251,7 @@ func (s *Server) MaxFiles() int {
 }
 
 // Handler returns the server's HTTP handler.
-func (s *Server) Handler() http.Handler { return s.mux }
+func (s *Server) Handler() http.Handler { return s.handler }
 
 func (s *Server) routes() {
 	s.mux = http.NewServeMux()
@@ -255,6 +266,7 @@ func (s *Server) routes() {
 		fmt.Fprintln(w, "ok")
 	})
 	s.pageRoutes()
+	s.handler = s.underBasePath(s.mux)
 }
 
 // Run serves until ctx ends, then drains: it stops accepting, tells every
@@ -270,7 +282,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}
 	hs := &http.Server{
-		Handler:           s.mux,
+		Handler:           s.handler,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    16 << 10,

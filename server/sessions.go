@@ -71,7 +71,7 @@ func (s *Server) handleSessions(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.render(w, r, http.StatusOK, templates.Sessions(templates.SessionsData{
-		Site: s.site(), Sessions: s.snapshot(), Events: "/sessions/events",
+		Site: s.site(), Sessions: s.snapshot(), Events: s.publicPrefix(r) + "/sessions/events",
 	}))
 }
 

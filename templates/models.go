@@ -14,8 +14,8 @@ type Site struct {
 // UsageData fills the usage page's recipes.
 type UsageData struct {
 	Site
-	Base      string // this server's HTTP base URL: "https://relay.example.com"
-	WSBase    string // its WebSocket twin: "wss://relay.example.com"
+	Base      string // this server's HTTP base URL: "https://relay.example.com[/prefix]"
+	WSBase    string // its WebSocket twin: "wss://relay.example.com[/prefix]"
 	User      string // SSH user name (--ssh-user)
 	ID        string // the rendezvous ID filled into the recipes
 	Downloads bool   // the server embeds the binaries
@@ -63,7 +63,7 @@ type Hint struct{ Key, Value string }
 type SessionsData struct {
 	Site
 	Sessions []Session
-	Events   string // URL of the event stream
+	Events   string // URL of the event stream, with the server's path prefix
 }
 
 func stamp(t time.Time) string {

@@ -30,6 +30,7 @@ page with copy-paste commands and the downloads.`)
   converge --addr :8000 --ssh-user converge
   converge --addr :443 --tls-cert fullchain.pem --tls-key key.pem
   CONVERGE_SESSIONS_PASSWORD=... converge --trusted-proxy 10.0.0.0/8
+  converge --base-path /converge     # at https://example.com/converge/
 Then open http://localhost:8000 for the recipes. /metrics serves
 Prometheus metrics, /healthz answers ok while the server runs;
 "converge healthcheck" asks it (for container health checks).
@@ -57,7 +58,8 @@ openssl rand -hex 32), set in the environment only; it overrides
 	f.IntVar(&cfg.MaxStreamsPerAddr, "max-streams-per-addr", server.DefaultMaxStreamsPerAddr, "most client streams open at once from one remote address (an IPv6 address counts as its /64) (negative: unlimited)")
 	f.StringVar(&cfg.TLSCertFile, "tls-cert", "", "TLS certificate `FILE` (PEM, with chain): serve https and wss directly; needs --tls-key. Without it the server speaks plain HTTP, for use behind a TLS proxy")
 	f.StringVar(&cfg.TLSKeyFile, "tls-key", "", "TLS private key `FILE` (PEM) for --tls-cert")
-	f.Var((*cli.StringList)(&cfg.TrustedProxies), "trusted-proxy", "`ADDR` or CIDR of a reverse proxy whose X-Forwarded-Proto/Host/For headers are believed; repeatable, or comma-separated. Default none: the headers are ignored, since anyone could send them")
+	f.Var((*cli.StringList)(&cfg.TrustedProxies), "trusted-proxy", "`ADDR` or CIDR of a reverse proxy whose X-Forwarded-Proto/Host/For/Prefix headers are believed; repeatable, or comma-separated. Default none: the headers are ignored, since anyone could send them")
+	f.StringVar(&cfg.BasePath, "base-path", "", "serve under this `PATH` prefix, e.g. /converge for https://example.com/converge/, behind a proxy that forwards paths unchanged: the server strips it from requests and puts it in every link and recipe. Default none: served at the root. A trusted proxy that strips the prefix itself sends X-Forwarded-Prefix instead (see deploy/nginx-converge.conf)")
 	f.StringVar(&cfg.SessionsPassword, "sessions-password", "", "enable the live sessions view at /sessions behind HTTP basic auth with this `PASSWORD` (any user name); off when empty, because it lists the IDs that reach agents. Prefer the environment variable to keep it out of ps")
 	f.StringVar(&cfg.StateDir, "state-dir", stateDir, "`DIR` to keep the server's key in (file server.key, made once, mode 0600), so that a restarted server still checks its agents' secrets and gives their IDs back to them; unused when CONVERGE_CLUSTER_KEY is set")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 10*time.Second, "on SIGTERM, how long to wait for relayed connections to end after telling agents and clients to reconnect")
