@@ -25,6 +25,13 @@ page with copy-paste commands and the downloads.`)
   CONVERGE_SESSIONS_PASSWORD=... converge --trusted-proxy 10.0.0.0/8
 Then open http://localhost:8000 for the recipes. /metrics serves
 Prometheus metrics, /healthz answers ok while the server runs.`
+	cmd.VersionDetail = func() string {
+		sums, err := server.TerminalSums()
+		if err != nil {
+			return "browser terminal: " + err.Error() + "\n"
+		}
+		return "SHA-256 of the browser terminal's files (what browsers run; compare with a release):\n" + sums
+	}
 	var (
 		cfg       server.Config
 		logFormat string
