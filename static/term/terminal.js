@@ -19,6 +19,18 @@
   var generation = 0;   // counts connections
   var pin = pinFromFragment();
   var shown = false;    // the first output after load has been timed
+  var term, fit;        // xterm.js, once its script has run
+
+  // This script runs first, before xterm.js is even parsed, to start what
+  // takes longest at once: compiling the client and loading the key.
+  performance.mark("converge:script");
+  var compiled = WebAssembly.compileStreaming(fetch(app.getAttribute("data-wasm")));
+  compiled.then(function () { performance.mark("converge:compiled"); });
+  var keyReady = loadKey().then(function (k) { browserKey = k; performance.mark("converge:key-ready"); }, function (e) {
+    keyProblem = e.message;
+    $("browser-key").textContent = "(none: " + e.message + ")";
+  });
+  document.addEventListener("DOMContentLoaded", start); // after the other deferred scripts
 
   function setState(state, text) {
     app.setAttribute("data-state", state);
@@ -44,27 +56,29 @@
   }
 
   // The terminal.
-  var term = new Terminal({
-    cursorBlink: true, scrollback: 5000, allowProposedApi: false,
-    fontFamily: 'ui-monospace, "SFMono-Regular", Menlo, Consolas, "Liberation Mono", monospace',
-  });
-  var fit = new FitAddon.FitAddon();
-  term.loadAddon(fit);
-  term.open($("term"));
-  fit.fit();
-  new ResizeObserver(function () { fit.fit(); }).observe($("term"));
-  term.onResize(function (size) { if (handle) handle.resize(size.cols, size.rows); });
-  term.onData(function (data) { if (handle) handle.write(data); });
-  term.attachCustomKeyEventHandler(function (ev) {
-    var copy = ev.type === "keydown" && ev.key.toLowerCase() === "c" &&
-      ((ev.ctrlKey && ev.shiftKey) || (ev.metaKey && !ev.ctrlKey));
-    if (copy && term.hasSelection() && navigator.clipboard) {
-      navigator.clipboard.writeText(term.getSelection());
-      ev.preventDefault();
-      return false;
-    }
-    return true;
-  });
+  function openTerminal() {
+    term = new Terminal({
+      cursorBlink: true, scrollback: 5000, allowProposedApi: false,
+      fontFamily: 'ui-monospace, "SFMono-Regular", Menlo, Consolas, "Liberation Mono", monospace',
+    });
+    fit = new FitAddon.FitAddon();
+    term.loadAddon(fit);
+    term.open($("term"));
+    fit.fit();
+    new ResizeObserver(function () { fit.fit(); }).observe($("term"));
+    term.onResize(function (size) { if (handle) handle.resize(size.cols, size.rows); });
+    term.onData(function (data) { if (handle) handle.write(data); });
+    term.attachCustomKeyEventHandler(function (ev) {
+      var copy = ev.type === "keydown" && ev.key.toLowerCase() === "c" &&
+        ((ev.ctrlKey && ev.shiftKey) || (ev.metaKey && !ev.ctrlKey));
+      if (copy && term.hasSelection() && navigator.clipboard) {
+        navigator.clipboard.writeText(term.getSelection());
+        ev.preventDefault();
+        return false;
+      }
+      return true;
+    });
+  }
 
   // The browser's key: made once, non-extractable, kept in IndexedDB.
   function idb(mode, fn) {
@@ -113,6 +127,7 @@
     $("verify").hidden = true;
     help.hidden = true;
     setState("connecting", "Connecting…");
+    performance.mark("converge:connect");
     var gen = ++generation;
     // Callbacks of a connection replaced since are ignored.
     function current(fn) {
@@ -134,6 +149,7 @@
 
   function onState(state, detail) {
     if (state === "open") {
+      performance.mark("converge:open");
       setState("open", detail === "resumable" ? "Connected; a dropped network only pauses the session" : "Connected");
       login.open = false;
       term.focus();
@@ -217,25 +233,29 @@
     if (document.visibilityState === "visible" && handle) handle.check();
   });
 
-  // Start: the key and the WebAssembly client load side by side; then
-  // connect at once.
-  var keyReady = loadKey().then(function (k) { browserKey = k; }, function (e) {
-    keyProblem = e.message;
-    $("browser-key").textContent = "(none: " + e.message + ")";
-  });
-  window.convergeWebtermReady = function (a) {
-    api = a;
-    keyReady.then(function () {
-      if (browserKey) {
-        $("browser-key").textContent = api.keyLine(browserKey.publicKey, "converge-browser@" + location.host);
-      }
-      connect();
+  // Start the client once xterm.js and wasm_exec.js have run; it calls
+  // convergeWebtermReady, and the page connects at once.
+  function start() {
+    performance.mark("converge:start");
+    openTerminal();
+    performance.mark("converge:terminal");
+    window.convergeWebtermReady = function (a) {
+      performance.mark("converge:client-ready");
+      api = a;
+      keyReady.then(function () {
+        if (browserKey) {
+          $("browser-key").textContent = api.keyLine(browserKey.publicKey, "converge-browser@" + location.host);
+        }
+        connect();
+      });
+    };
+    var go = new Go();
+    compiled.then(function (module) {
+      return WebAssembly.instantiate(module, go.importObject);
+    }).then(function (instance) {
+      go.run(instance);
+    }).catch(function (e) {
+      setState("error", "The terminal could not start: " + e.message);
     });
-  };
-  var go = new Go();
-  WebAssembly.instantiateStreaming(fetch(app.getAttribute("data-wasm")), go.importObject).then(function (r) {
-    go.run(r.instance);
-  }).catch(function (e) {
-    setState("error", "The terminal could not start: " + e.message);
-  });
+  }
 })();
