@@ -376,7 +376,8 @@ func (p *termPage) sttySize(tag string) string {
 	return m[len(m)-1][0]
 }
 
-// TestTerminalResize: the PTY follows the browser window's size.
+// TestTerminalResize: the PTY follows the browser window's size; the
+// shell's end is shown.
 func TestTerminalResize(t *testing.T) {
 	r := startServer(t, withTerminal)
 	a := startAgent(t, r, "resize-job", sshtest.New(t))
@@ -401,6 +402,14 @@ func TestTerminalResize(t *testing.T) {
 		t.Errorf("stty size %q after the shrink, but xterm.js shows %d rows", after, now)
 	}
 	t.Logf("stty size %s, then %s", before, after)
+
+	// The session's end is shown, with a way to start another.
+	p.typeLine("exit 7")
+	p.waitState("ended")
+	p.waitScreen("Session ended: exit status 7")
+	if st, btn := p.text("#status"), p.text("#connect"); !strings.Contains(st, "exit status 7") || btn != "New session" {
+		t.Errorf("after exit 7: status %q, button %q", st, btn)
+	}
 }
 
 // TestTerminalSurvivesServerKill: kill -9 and restart the server while a
