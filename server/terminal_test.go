@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"compress/gzip"
+	"context"
 	"io/fs"
 	"net/http"
 	"regexp"
@@ -11,6 +12,7 @@ import (
 	"testing/fstest"
 
 	"github.com/converge-ci/converge/static"
+	"github.com/converge-ci/converge/templates"
 )
 
 // termFS is the embedded terminal's files without the WebAssembly client
@@ -179,5 +181,23 @@ func TestTerminalSumsPublished(t *testing.T) {
 	}
 	if !strings.Contains(sums, sum(js)+"  /static/term/terminal.js\n") {
 		t.Errorf("TerminalSums:\n%s\nlacks terminal.js's", sums)
+	}
+}
+
+// TestTerminalLinks: the usage page and the sessions view link to the
+// terminal for an ID (the sessions view without a pin: a fingerprint
+// the server reports is no check against the server).
+func TestTerminalLinks(t *testing.T) {
+	s := newTestServer(t)
+	page := serve(s, "GET", "/?id=job-7", "192.0.2.7:1", nil).Body.String()
+	if !strings.Contains(page, `id="terminal-link" href="/terminal/job-7"`) {
+		t.Errorf("usage page lacks the terminal link for job-7")
+	}
+	var b strings.Builder
+	if err := templates.SessionRows([]templates.Session{{ID: "job-8", Fingerprint: "SHA256:x"}}).Render(context.Background(), &b); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), `href="/terminal/job-8"`) {
+		t.Errorf("sessions row lacks the terminal link:\n%s", b.String())
 	}
 }

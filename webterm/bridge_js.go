@@ -55,13 +55,14 @@ func keyLine(_ js.Value, args []js.Value) any {
 	return line
 }
 
-// handle is one connection attempt and, once logged in, its session.
+// handle is one connection attempt and, once logged in, its session. The
+// page owns it: close cancels everything it runs. Its functions are
+// released once the page has been told the end (it then drops the handle).
 type handle struct {
 	opts   js.Value
 	ctx    context.Context
 	cancel context.CancelFunc
 	funcs  []js.Func
-	wg     sync.WaitGroup
 
 	mu      sync.Mutex
 	sess    *Session
@@ -75,8 +76,7 @@ type handle struct {
 func newHandle(opts js.Value) *handle {
 	h := &handle{opts: opts, wake: make(chan struct{}, 1)}
 	h.ctx, h.cancel = context.WithCancel(context.Background())
-	h.wg.Add(1)
-	go func() { defer h.wg.Done(); h.run() }()
+	go h.run()
 	return h
 }
 
@@ -143,6 +143,7 @@ func (h *handle) end(kind, message, detail string) {
 
 // run connects, pumps the session, and reports how it ended.
 func (h *handle) run() {
+	defer h.release()
 	defer h.cancel()
 	cfg, err := h.config()
 	if err != nil {
@@ -154,21 +155,32 @@ func (h *handle) run() {
 		h.end(endOf(err))
 		return
 	}
-	defer sess.Close()
 	h.mu.Lock()
 	h.sess = sess
 	h.mu.Unlock()
 	stop := context.AfterFunc(h.ctx, func() { sess.Close() })
-	defer stop()
 	mode := "plain"
 	if sess.Resumable() {
 		mode = "resumable"
 	}
 	h.call("onState", "open", mode)
-	h.wg.Add(1)
-	go func() { defer h.wg.Done(); h.pumpInput(sess) }()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); h.pumpInput(sess) }()
 	h.pumpOutput(sess)
-	h.end(endOf(exitReason(sess.Wait(), h.ctx.Err())))
+	why := exitReason(sess.Wait(), h.ctx.Err())
+	stop()
+	h.cancel() // ends pumpInput
+	wg.Wait()
+	sess.Close()
+	h.end(endOf(why))
+}
+
+// release frees the handle's functions; the page no longer calls them.
+func (h *handle) release() {
+	for _, f := range h.funcs {
+		f.Release()
+	}
 }
 
 // config turns the page's options into a Config.
@@ -229,7 +241,6 @@ func (h *handle) pumpOutput(sess *Session) {
 		}
 		return nil
 	})
-	defer done.Release()
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := sess.Read(buf)
@@ -238,10 +249,11 @@ func (h *handle) pumpOutput(sess *Session) {
 			select {
 			case <-taken:
 			case <-h.ctx.Done():
-				return
+				return // xterm.js may still call done: keep it
 			}
 		}
 		if err != nil {
+			done.Release()
 			return
 		}
 	}
@@ -274,15 +286,26 @@ func (h *handle) pumpInput(sess *Session) {
 // errClosed: the page closed the handle.
 var errClosed = errors.New("closed by the page")
 
+// lostError: the connection ended the session, not the shell.
+type lostError struct{ err error }
+
+func (e *lostError) Error() string { return "the connection ended: " + e.err.Error() }
+
 // exitReason is why a session ended, as endOf understands it.
 func exitReason(err, ctxErr error) error {
-	if ctxErr != nil {
+	var (
+		exit *ssh.ExitError
+		miss *ssh.ExitMissingError
+	)
+	switch {
+	case ctxErr != nil:
 		return errClosed
+	case err == nil:
+		return &ssh.ExitError{} // status 0
+	case errors.As(err, &exit), errors.As(err, &miss):
+		return err
 	}
-	if err == nil {
-		return &ssh.ExitError{}
-	}
-	return err
+	return &lostError{err}
 }
 
 // endOf is how the page is told an attempt or a session ended: a kind it
@@ -296,13 +319,15 @@ func exitReason(err, ctxErr error) error {
 //	exit        the shell ended; detail: its exit status
 //	lost        the connection ended the session
 //	closed      the page closed it
-//	failed      anything else
+//	failed      anything else (a malformed pin, a key the browser
+//	            would not use)
 func endOf(err error) (kind, message, detail string) {
 	var (
 		hk   *HostKeyError
 		ae   *AuthError
 		pe   *PassphraseError
 		de   *DialError
+		lost *lostError
 		exit *ssh.ExitError
 		miss *ssh.ExitMissingError
 	)
@@ -330,6 +355,8 @@ func endOf(err error) (kind, message, detail string) {
 		return "exit", "the shell ended with exit status " + st, st
 	case errors.As(err, &miss):
 		return "exit", "the shell ended without an exit status", ""
+	case errors.As(err, &lost):
+		return "lost", lost.Error(), ""
 	}
-	return "lost", "the connection ended: " + err.Error(), ""
+	return "failed", err.Error(), ""
 }
