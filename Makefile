@@ -7,12 +7,20 @@ CMDS    := converge agent wsproxy tcptows
 # Downloadable binaries, embedded into the server by `make dist`.
 DIST_PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64
 
-.PHONY: all build run test check generate vet bench bench-agents dist clean
+.PHONY: all build wasm run test check generate vet bench bench-agents dist clean
 
 all: build
 
-build:
+build: wasm
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ $(addprefix ./cmd/,$(CMDS))
+
+# wasm builds the browser terminal's SSH client (cmd/webterm) into
+# static/term/, gzipped, with the wasm_exec.js of the same Go; the server
+# embeds both. The sums of what browsers run: converge --version.
+wasm:
+	GOOS=js GOARCH=wasm $(GO) build -trimpath -ldflags '-s -w' -o bin/webterm.wasm ./cmd/webterm
+	gzip -9n < bin/webterm.wasm > static/term/webterm.wasm.gz
+	cp "$$($(GO) env GOROOT)/lib/wasm/wasm_exec.js" static/term/wasm_exec.js
 
 run: build
 	./bin/converge --addr :8000
@@ -53,7 +61,7 @@ bench-agents: build
 	$(GO) test -count=1 -timeout 20m -run '^TestBenchAgents$$' ./internal/bench -v -bench-table \
 		-bench-bin=$(CURDIR)/bin
 
-dist:
+dist: wasm
 	@for p in $(DIST_PLATFORMS); do \
 		os=$${p%/*}; arch=$${p#*/}; ext=; [ $$os = windows ] && ext=.exe; \
 		for c in agent wsproxy tcptows; do \
@@ -65,5 +73,5 @@ dist:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/converge ./cmd/converge
 
 clean:
-	rm -rf bin
+	rm -rf bin static/term/webterm.wasm.gz
 	find static/dist -type f ! -name README.txt -delete

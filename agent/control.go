@@ -320,6 +320,8 @@ Connect:
   sftp -oProxyCommand="wsproxy %s" -oHostKeyAlias=%s %s@localhost
   or:  tcptows 10000 %s
        ssh -p 10000 -oHostKeyAlias=%s %s@localhost
+  or in a browser: %s
 `, id, a.cfg.Server, gossh.FingerprintSHA256(key), knownHostsLine(id, key),
-		client, id, user, client, id, user, client, id, user)
+		client, id, user, client, id, user, client, id, user,
+		"http"+a.cfg.Server[2:]+"/terminal/"+id+"#fp="+gossh.FingerprintSHA256(key))
 }

@@ -26,11 +26,15 @@ func (c *Config) validateFront() error {
 	if c.Dist == nil {
 		c.Dist = static.Dist
 	}
+	if c.Term == nil {
+		c.Term = static.Term
+	}
 	return nil
 }
 
 // setupFront loads what the front needs once, at start: the TLS key pair,
-// the trusted proxies, the downloads' checksums, the metrics.
+// the trusted proxies, the downloads' and the terminal's checksums, the
+// metrics.
 func (s *Server) setupFront() error {
 	var err error
 	if s.proxies, err = parseProxies(s.cfg.TrustedProxies); err != nil {
@@ -49,6 +53,9 @@ func (s *Server) setupFront() error {
 		}
 	}
 	if s.dist, err = newCatalogue(s.cfg.Dist); err != nil {
+		return err
+	}
+	if s.term, err = newTerminal(s.cfg.Term, static.Xterm); err != nil {
 		return err
 	}
 	s.changes = newChanges(maxWatchers)

@@ -24,7 +24,8 @@ func newTestServer(t testing.TB, mods ...func(*Config)) *Server {
 	t.Helper()
 	// No downloads unless a test gives some: the embedded ones depend on
 	// whether `make dist` ran in this checkout.
-	cfg := Config{SSHUser: "ciuser", Logger: testLog(t), Dist: fstest.MapFS{}}
+	// Likewise the browser terminal's client exists only after `make build`.
+	cfg := Config{SSHUser: "ciuser", Logger: testLog(t), Dist: fstest.MapFS{}, Term: termFS(t, nil)}
 	for _, m := range mods {
 		m(&cfg)
 	}

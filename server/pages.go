@@ -18,6 +18,9 @@ func (s *Server) pageRoutes() {
 	s.mux.HandleFunc("GET /downloads", s.handleDownloads)
 	s.mux.HandleFunc("GET /static/{name}", s.handleStatic)
 	s.mux.HandleFunc("GET /static/dist/{name}", s.handleDist)
+	s.mux.HandleFunc("GET /terminal/{id}", s.handleTerminal)
+	s.mux.HandleFunc("GET "+termPrefix+"{name}", s.term.serve)
+	s.mux.HandleFunc("GET "+xtermPrefix+"{name}", s.term.serve)
 	s.mux.HandleFunc("GET /sessions", s.handleSessions)
 	s.mux.HandleFunc("GET /sessions/events", s.handleSessionEvents)
 	s.mux.Handle("GET /metrics", s.metrics.handler())
@@ -59,7 +62,7 @@ func (s *Server) handleDownloads(w http.ResponseWriter, r *http.Request) {
 	base, _ := s.bases(r)
 	rows, missing := s.dist.views(base)
 	s.render(w, r, http.StatusOK, templates.Downloads(templates.DownloadsData{
-		Site: s.site(), Rows: rows, Missing: missing,
+		Site: s.site(), Rows: rows, Missing: missing, Terminal: s.term.views(),
 	}))
 }
 
@@ -98,7 +101,9 @@ func (s *Server) render(w http.ResponseWriter, r *http.Request, status int, c te
 	h.Set("Content-Type", "text/html; charset=utf-8")
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Referrer-Policy", "no-referrer")
-	h.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+	if h.Get("Content-Security-Policy") == "" { // the terminal page sets its own
+		h.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+	}
 	if strings.HasPrefix(r.URL.Path, "/sessions") {
 		h.Set("Cache-Control", "no-store") // it lists capabilities
 	} else {

@@ -104,6 +104,10 @@ type Config struct {
 	// Dist holds the downloadable binaries (see package static). Default
 	// static.Dist, the ones embedded by `make dist`.
 	Dist fs.FS
+	// Term holds the browser terminal's files (see package static).
+	// Default static.Term, which has the WebAssembly client only in a
+	// server built by `make build`; without it /terminal/ID says so.
+	Term fs.FS
 }
 
 // Validate checks c and fills in defaults.
@@ -174,6 +178,7 @@ type Server struct {
 	metrics *metrics
 	changes *changes   // agent set and status changes, for the sessions view
 	dist    *catalogue // downloadable binaries
+	term    *terminal  // the browser terminal's files
 }
 
 // New returns a Server for cfg (validated by New).

@@ -35,8 +35,36 @@ type Download struct {
 // DownloadsData fills the downloads page.
 type DownloadsData struct {
 	Site
-	Rows    []Download
-	Missing []string // expected files this server lacks
+	Rows     []Download
+	Missing  []string // expected files this server lacks
+	Terminal []Asset  // the files the browser terminal runs
+}
+
+// Asset is one file the browser terminal runs, with the size and SHA-256
+// of what the browser runs (the wasm decompressed).
+type Asset struct {
+	Path   string // URL path: /static/term/webterm.wasm
+	Size   int64
+	SHA256 string // hex
+}
+
+// TerminalAssets are the URLs, with their content's version, of what the
+// terminal page loads. Wasm is "" when the server was built without the
+// terminal.
+type TerminalAssets struct {
+	XtermCSS, XtermJS, FitJS string
+	WasmExec, Script, Style  string
+	Wasm                     string
+}
+
+// TerminalData fills the browser terminal page.
+type TerminalData struct {
+	Site
+	ID     string
+	User   string // SSH user name (--ssh-user)
+	Base   string // this server's HTTP base URL
+	Client string // the WebSocket URL of /client/ID
+	Assets TerminalAssets
 }
 
 // Session is one connected agent on the sessions page. Everything but
@@ -65,6 +93,9 @@ type SessionsData struct {
 	Sessions []Session
 	Events   string // URL of the event stream, with the server's path prefix
 }
+
+// wide reports whether a page uses the full width of the window.
+func wide(active string) bool { return active == "sessions" || active == "terminal" }
 
 func stamp(t time.Time) string {
 	if t.IsZero() {

@@ -41,6 +41,13 @@ makes its key once and keeps it in --state-dir. Replicas share one:
 CONVERGE_CLUSTER_KEY, at least 32 bytes as hex or base64 (make one with
 openssl rand -hex 32), set in the environment only; it overrides
 --state-dir.`
+	cmd.VersionDetail = func() string {
+		sums, err := server.TerminalSums()
+		if err != nil {
+			return "browser terminal: " + err.Error() + "\n"
+		}
+		return "SHA-256 of the browser terminal's files (what browsers run; compare with a release):\n" + sums
+	}
 	var (
 		cfg       server.Config
 		logFormat string

@@ -23,6 +23,9 @@ type Command struct {
 	Summary string // a paragraph on what it does
 	Footer  string // examples and notes, after the flags
 	Flags   *flag.FlagSet
+	// VersionDetail, when set, adds lines after the version that
+	// --version prints (the server's sums of what browsers run).
+	VersionDetail func() string
 }
 
 // New returns a Command with an empty flag set that already knows
@@ -56,6 +59,9 @@ func (c *Command) Parse(args []string) error {
 	}
 	if c.Flags.Lookup("version").Value.String() == "true" {
 		fmt.Fprintf(c.Flags.Output(), "%s %s\n", c.Name, Version)
+		if c.VersionDetail != nil {
+			fmt.Fprint(c.Flags.Output(), c.VersionDetail())
+		}
 		return ErrExit
 	}
 	set := map[string]bool{}

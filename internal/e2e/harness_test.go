@@ -31,7 +31,14 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	cmd := exec.Command("go", "build", "-o", dir+"/", "../../cmd/converge", "../../cmd/agent", "../../cmd/wsproxy", "../../cmd/tcptows")
+	// The browser terminal's client, which converge embeds: an overlay
+	// puts it into the build without touching the checkout.
+	overlay, err := buildTerminal(dir)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build the browser terminal: %v\n", err)
+		os.Exit(1)
+	}
+	cmd := exec.Command("go", "build", "-overlay", overlay, "-o", dir+"/", "../../cmd/converge", "../../cmd/agent", "../../cmd/wsproxy", "../../cmd/tcptows")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "build commands: %v\n%s", err, out)

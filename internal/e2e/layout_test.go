@@ -25,8 +25,9 @@ func TestServerIsABitPipe(t *testing.T) {
 	}
 }
 
-// TestImportsFlowOneWay: the agent and the client tools never import the
-// server, and the server never imports them; the agent's lifetime never
+// TestImportsFlowOneWay: the agent and the client tools (the browser
+// terminal's included) never import the server, and the server never
+// imports them; the agent's lifetime never
 // imports the agent (the agent imports it).
 func TestImportsFlowOneWay(t *testing.T) {
 	t.Parallel()
@@ -35,6 +36,7 @@ func TestImportsFlowOneWay(t *testing.T) {
 		"../../agent/lifetime": {"github.com/converge-ci/converge/agent", "github.com/converge-ci/converge/server", "github.com/converge-ci/converge/wsproxy"},
 		"../../wsproxy":        {"github.com/converge-ci/converge/server", "github.com/converge-ci/converge/agent"},
 		"../../server":         {"github.com/converge-ci/converge/agent", "github.com/converge-ci/converge/wsproxy"},
+		"../../webterm":        {"github.com/converge-ci/converge/server", "github.com/converge-ci/converge/agent", "github.com/converge-ci/converge/wsproxy"},
 	} {
 		deps := goListDeps(t, pkg)
 		for _, b := range banned {

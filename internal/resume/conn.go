@@ -12,7 +12,9 @@
 // stream inside has authenticated its peer and said so (Conn.Confirm), so
 // that someone who can reach the server end but cannot log in cannot fill
 // its sessions. Links are plain byte streams (io.ReadWriteCloser): WebSocket
-// adapts a WebSocket, tests use in-memory pipes. The relay between the two
+// adapts a WebSocket, tests use in-memory pipes. WebSocket is left out of
+// js/wasm builds (coder/websocket's browser side lacks what it needs); the
+// browser terminal (package webterm) adapts the browser's WebSocket itself. The relay between the two
 // ends copies bytes and never needs this package.
 //
 // It is not a security layer: the session token keeps honest clients
