@@ -126,13 +126,7 @@ func run(t *testing.T, cfg config) *table {
 		rtts = append(rtts, cfg.rtt)
 	}
 	for _, rtt := range rtts {
-		relayAddr, directAddr := srv.Addr, ag.Direct
-		if rtt > 0 {
-			relayAddr = startDelayProxy(t, srv.Addr, rtt/2).Addr()
-			directAddr = startDelayProxy(t, ag.Direct, rtt/2).Addr()
-		}
-		relay := sshtest.Target{User: srv.User, Alias: "bench", ProxyCommand: bin("wsproxy") + " ws://" + relayAddr + "/client/bench"}
-		direct := sshtest.Target{User: srv.User, Alias: "bench", Port: port(t, directAddr)}
+		relayAddr, relay, direct := paths(t, srv, ag, "bench", rtt)
 		t.Logf("measuring at %s added round trip", msLabel(rtt))
 		s := tb.add(fmt.Sprintf("%s added round trip: relay (ssh → wsproxy → converge → agent) vs direct (ssh → TCP → same agent)", msLabel(rtt)),
 			"relay", "direct", "relay/direct")
@@ -151,6 +145,9 @@ func run(t *testing.T, cfg config) *table {
 		tb.notes = append(tb.notes, "This wsproxy has no --no-resume flag, so there are no resume on/off rows.")
 	}
 
+	if cfg.rtt > 0 {
+		halfway(t, tb, cfg, c, srv)
+	}
 	if len(cfg.ciphers) > 0 {
 		direct := sshtest.Target{User: srv.User, Alias: "bench", Port: port(t, ag.Direct)}
 		ciphers(t, tb, cfg, c, direct)
@@ -224,8 +221,7 @@ func compare(t *testing.T, s, cs *section, cfg config, c *sshtest.Client, srv *s
 	s.add(row{what: "echo round trip, p99", a: ms(rp), b: ms(dp), comp: diff(rp - dp)})
 	t.Logf("%s echo: relay %s (p99 %s), direct %s (p99 %s)", msLabel(rtt), ms(rm), ms(rp), ms(dm), ms(dp))
 
-	a, b := pair(t, cfg.reps, func() (time.Duration, error) { return connect(c, relay) }, func() (time.Duration, error) { return connect(c, direct) })
-	s.add(row{what: "connect: fresh `ssh host true`", a: ms(a), b: ms(b), comp: diff(a - b)})
+	connectRow(t, s, "connect: fresh `ssh host true`", cfg.reps, c, relay, direct)
 }
 
 // compareResume fills s with relay throughput with and without resumable
