@@ -58,6 +58,15 @@ type Options struct {
 	ResumeWindow time.Duration
 	// Logger reports reconnects. Default slog.Default().
 	Logger *slog.Logger
+	// Released, when set, is called by Stdio once the relay between the
+	// user's side and the agent has ended, with the relay's error (nil
+	// for a normal end), before a resumable stream lingers (at most 5 s)
+	// to tell the agent that the session is over. The wsproxy command
+	// reports the error there and lets go of its standard error, so that
+	// a program waiting for the end of that stream (one capturing ssh's
+	// stderr, which ssh passes on to its ProxyCommand) is not held up by
+	// the farewell. Nil: nothing is called.
+	Released func(err error)
 }
 
 // lingerTimeout bounds how long a finished resumable stream waits to tell
@@ -128,6 +137,9 @@ func Stdio(ctx context.Context, t Target, in io.ReadCloser, out io.WriteCloser, 
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	res := splice.Splice(stdio{in, out}, conn)
+	if opts.Released != nil {
+		opts.Released(res.Err)
+	}
 	finish(conn)
 	return res.Err
 }
