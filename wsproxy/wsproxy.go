@@ -77,7 +77,10 @@ const lingerTimeout = 5 * time.Second
 // refusal (unknown ID) is a *wsconn.RefusedError with the server's reason;
 // the first connection is never retried. When the agent offers it, the
 // stream is resumable (a *resume.Conn): after a drop it reconnects by
-// itself within opts.ResumeWindow.
+// itself within opts.ResumeWindow. Dial does not wait for the agent's
+// answer to a resumable stream (see resume.DialEarly): an agent that
+// refuses it ends the stream, and its reason is the error of the first
+// Read.
 func Dial(ctx context.Context, t Target, opts Options) (net.Conn, error) {
 	if t.url == "" {
 		return nil, errNoTarget
@@ -109,7 +112,10 @@ func Dial(ctx context.Context, t Target, opts Options) (net.Conn, error) {
 		}
 		return resume.WebSocket(c, wsconn.PingInterval, wsconn.PingTimeout), nil
 	}
-	rc, err := resume.Dial(resume.WebSocket(c, wsconn.PingInterval, wsconn.PingTimeout), redial,
+	// Early: ssh's first bytes leave behind the hello, not a round trip
+	// after it; a refusal by the agent then ends the stream instead of
+	// failing Dial.
+	rc, err := resume.DialEarly(resume.WebSocket(c, wsconn.PingInterval, wsconn.PingTimeout), redial,
 		resume.Config{Window: opts.ResumeWindow, Logger: log.With("url", t.url)})
 	if err != nil {
 		return nil, err
