@@ -48,14 +48,15 @@ func connectRow(t *testing.T, s *section, what string, reps int, c *sshtest.Clie
 // round trips then cost both paths the same, and what is left is the
 // relay's: the client's upgrade, and whatever the agent's stream costs
 // on its leg.
+//
+// The rows: the first connection to a fresh agent (the agent dials back
+// for it and only then opens an idle stream for the next), the usual
+// case (a client spliced to an idle stream), and the same against a
+// converge with --stream-pool 0 (a dial-back for every client).
 func halfway(t *testing.T, tb *table, cfg config, c *sshtest.Client, srv *serverProc) {
-	leg := cfg.rtt / 4 // one way, on each leg
-	const id = "far"
-	ag := startAgentVia(t, "ws://"+startDelayProxy(t, srv.Addr, leg).Addr(), srv.User, id, c)
-	relay := sshtest.Target{User: srv.User, Alias: id, ProxyCommand: bin("wsproxy") + " ws://" + startDelayProxy(t, srv.Addr, leg).Addr() + "/client/" + id}
-	direct := sshtest.Target{User: srv.User, Alias: id, Port: port(t, startDelayProxy(t, ag.Direct, cfg.rtt/2).Addr())}
 	s := tb.add(fmt.Sprintf("%s round trip with the server halfway: relay (client %s from converge, converge %s from the agent) vs direct (%s)",
 		msLabel(cfg.rtt), msLabel(cfg.rtt/2), msLabel(cfg.rtt/2), msLabel(cfg.rtt)), "relay", "direct", "relay-direct")
+	relay, direct := halfwayPaths(t, cfg.rtt, c, srv, "far")
 	first, err := connect(c, relay)
 	if err != nil {
 		t.Fatal(err)
@@ -63,6 +64,21 @@ func halfway(t *testing.T, tb *table, cfg config, c *sshtest.Client, srv *server
 	s.add(row{what: "first `ssh host true` to a fresh agent, one run", a: ms(first), b: "-", comp: "-"})
 	t.Logf("halfway: first connection %s", ms(first))
 	connectRow(t, s, "connect: fresh `ssh host true`", cfg.reps, c, relay, direct)
+
+	nopool := startServer(t, "--stream-pool", "0")
+	relay, direct = halfwayPaths(t, cfg.rtt, c, nopool, "far-nopool")
+	connectRow(t, s, "  the same, converge --stream-pool 0", cfg.reps, c, relay, direct)
+}
+
+// halfwayPaths registers agent id with srv across a delay proxy of half
+// of rtt, and returns the relay and direct targets for it: the client
+// half of rtt from srv, direct all of it from the agent.
+func halfwayPaths(t *testing.T, rtt time.Duration, c *sshtest.Client, srv *serverProc, id string) (relay, direct sshtest.Target) {
+	leg := rtt / 4 // one way, on each leg
+	ag := startAgentVia(t, "ws://"+startDelayProxy(t, srv.Addr, leg).Addr(), srv.User, id, c)
+	relay = sshtest.Target{User: srv.User, Alias: id, ProxyCommand: bin("wsproxy") + " ws://" + startDelayProxy(t, srv.Addr, leg).Addr() + "/client/" + id}
+	direct = sshtest.Target{User: srv.User, Alias: id, Port: port(t, startDelayProxy(t, ag.Direct, rtt/2).Addr())}
+	return relay, direct
 }
 
 // TestBenchConnect prints only the connect rows: a fresh `ssh host true`
