@@ -27,9 +27,9 @@ import (
 func (a *Agent) poolStream(idle, ctx context.Context, token string) {
 	c, err := a.openStream(idle, token)
 	if err != nil {
-		if idle.Err() == nil {
-			a.log.Info("cannot open an idle stream", "error", err)
-		}
+		// The server grants another when it needs one; a client never
+		// waits for this stream (it would be dialled back).
+		a.log.Debug("cannot open an idle stream", "error", err)
 		return
 	}
 	protocol, err := awaitAssign(idle, c)

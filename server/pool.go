@@ -64,7 +64,7 @@ type streamPool struct {
 	idle   []*pooledStream     // oldest first
 	losses int                 // idle streams lost in a row; delays the next grant
 	retry  *time.Timer         // a delayed fill after a loss
-	sends  sync.WaitGroup      // grants being sent
+	sends  sync.WaitGroup      // grants being sent, idle streams being closed
 }
 
 // pooledStream is one idle stream. Its handler (hold) reads it while it
@@ -124,14 +124,17 @@ func (p *streamPool) want(s *Server, a *agentConn) {
 
 // empty closes the idle streams of a pool whose agent had no client for
 // keep, voids its grants, and stops refilling it until the next client.
+// The closing handshakes run on goroutines that close waits for.
 func (p *streamPool) empty() {
 	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return
+	}
 	p.active = false
 	p.tokens = nil
-	idle := slices.Clone(p.idle)
-	p.mu.Unlock()
-	for _, ps := range idle {
-		ps.ws.Close(websocket.StatusNormalClosure, "no client for a while") // its hold drops it
+	for _, ps := range p.idle {
+		p.sends.Go(func() { ps.ws.Close(websocket.StatusNormalClosure, "no client for a while") }) // its hold drops it
 	}
 }
 
@@ -250,7 +253,8 @@ func (p *streamPool) lostLocked(s *Server, a *agentConn, ps *pooledStream) {
 
 // close ends the pool with its control connection: idle streams are
 // closed, grants not yet used are void, and it waits for grants being
-// sent.
+// sent and closes begun by empty. Timers that fire after it find the pool
+// closed and do nothing.
 func (p *streamPool) close() {
 	if p == nil {
 		return
