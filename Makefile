@@ -7,7 +7,7 @@ CMDS    := converge agent wsproxy tcptows
 # Downloadable binaries, embedded into the server by `make dist`.
 DIST_PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64
 
-.PHONY: all build wasm run test check generate vet bench bench-agents dist clean
+.PHONY: all build wasm run test check generate vet bench bench-agents bench-connect dist clean
 
 all: build
 
@@ -59,6 +59,12 @@ bench: build
 # agents, memory, lookups, restarts. Needs `ulimit -n` above 10,300.
 bench-agents: build
 	$(GO) test -count=1 -timeout 20m -run '^TestBenchAgents$$' ./internal/bench -v -bench-table \
+		-bench-bin=$(CURDIR)/bin
+
+# bench-connect prints only the connect rows (~15 s): a fresh `ssh host
+# true`, relay against direct, at 0 ms, 50 ms, and with the server halfway.
+bench-connect: build
+	$(GO) test -count=1 -timeout 5m -run '^TestBenchConnect$$' ./internal/bench -v -bench-table \
 		-bench-bin=$(CURDIR)/bin
 
 dist: wasm

@@ -75,6 +75,11 @@ type Config struct {
 	// ResumeWindow is how long a resumable client stream waits for its
 	// client to reconnect after a drop. Default 2 minutes.
 	ResumeWindow time.Duration
+	// NoStreamPool makes the agent speak control protocol v1 only, as
+	// agents did before stream pools: the server then asks it to dial
+	// back for every client and never for idle streams. Default false:
+	// the agent keeps the idle streams a server that pools asks for.
+	NoStreamPool bool
 	// Lifetime bounds how long Run runs. Zero: until ctx ends.
 	Lifetime lifetime.Config
 	// StateFile makes the agent record its state in Dir/.converge for

@@ -141,7 +141,11 @@ func (a *Agent) control(ctx context.Context, announce bool) (connected bool, err
 		hdr.Set(wire.SecretHeader, a.secret)
 	}
 	dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	c, err := wsconn.Dial(dctx, a.cfg.Server+wire.AgentPath(a.cfg.ID), wsconn.Options{Subprotocols: []string{wire.ControlProtocol}, Header: hdr})
+	protocols := []string{wire.ControlProtocolV2, wire.ControlProtocol} // v2: stream pools
+	if a.cfg.NoStreamPool {
+		protocols = []string{wire.ControlProtocol}
+	}
+	c, err := wsconn.Dial(dctx, a.cfg.Server+wire.AgentPath(a.cfg.ID), wsconn.Options{Subprotocols: protocols, Header: hdr})
 	cancel()
 	if err != nil {
 		return false, err
@@ -190,22 +194,38 @@ func (a *Agent) control(ctx context.Context, announce bool) (connected bool, err
 	}()
 	defer func() { stopKeepalive(); <-kdone }()
 
+	return true, a.serveControl(ctx, c, c.Subprotocol() == wire.ControlProtocolV2)
+}
+
+// serveControl reads the server's messages on control connection c until
+// it ends. pooling: the server speaks control v2, so it may ask for idle
+// streams (wire.Pool); they end with c, unless a client was assigned to
+// them by then.
+func (a *Agent) serveControl(ctx context.Context, c *websocket.Conn, pooling bool) error {
+	idle, endIdle := context.WithCancel(ctx)
+	defer endIdle()
 	for {
 		m, err := readControl(ctx, c)
 		if err != nil {
 			if ctx.Err() != nil {
 				c.Close(websocket.StatusNormalClosure, "agent stopping")
 			}
-			return true, err
+			return err
 		}
-		switch m.Type {
-		case wire.TypeWelcome: // a fresh secret: the server re-signs it every so often
+		switch {
+		case m.Type == wire.TypeWelcome: // a fresh secret: the server re-signs it every so often
 			a.secret = m.Welcome.Secret
-		case wire.TypeDial:
+		case m.Type == wire.TypeDial:
 			a.streams.Add(1)
 			go func() {
 				defer a.streams.Done()
 				a.dialStream(ctx, *m.Dial)
+			}()
+		case m.Type == wire.TypePool && pooling:
+			a.streams.Add(1)
+			go func() {
+				defer a.streams.Done()
+				a.poolStream(idle, ctx, m.Pool.Token)
 			}()
 		default:
 			a.log.Warn("ignoring unexpected control message", "type", m.Type)
@@ -216,14 +236,27 @@ func (a *Agent) control(ctx context.Context, announce bool) (connected bool, err
 // dialStream opens the stream connection a waiting client needs and hands
 // it to the SSH server.
 func (a *Agent) dialStream(ctx context.Context, d wire.Dial) {
-	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	c, err := wsconn.Dial(dctx, a.cfg.Server+wire.StreamPath(a.cfg.ID, d.Token), wsconn.Options{Subprotocols: []string{wire.StreamProtocol}})
-	cancel()
+	c, err := a.openStream(ctx, d.Token)
 	if err != nil {
 		a.log.Warn("cannot open stream for a client", "error", err)
 		return
 	}
-	if d.Protocol != resume.Protocol {
+	a.serveStream(ctx, c, d.Protocol)
+}
+
+// openStream dials the server's stream endpoint with token, which the
+// server gave over the control connection (in a dial or a pool message).
+func (a *Agent) openStream(ctx context.Context, token string) (*websocket.Conn, error) {
+	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	return wsconn.Dial(dctx, a.cfg.Server+wire.StreamPath(a.cfg.ID, token), wsconn.Options{Subprotocols: []string{wire.StreamProtocol}})
+}
+
+// serveStream hands c, a stream to one client who negotiated protocol
+// with the server, to the SSH server: at once for a raw stream, through
+// the resume layer for a resumable one.
+func (a *Agent) serveStream(ctx context.Context, c *websocket.Conn, protocol string) {
+	if protocol != resume.Protocol {
 		a.ln.deliver(wsconn.NetConn(ctx, c))
 		return
 	}

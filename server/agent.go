@@ -35,6 +35,10 @@ type agentConn struct {
 	displaced atomic.Bool
 	issued    atomic.Int64 // unix nanoseconds its latest token was signed; 0 until its welcome is sent
 
+	// pool holds the agent's idle streams when it speaks control v2 and
+	// the server pools; nil otherwise. Set before ready.
+	pool *streamPool
+
 	mu        sync.Mutex
 	info      wire.Info
 	protocols []string
@@ -120,8 +124,12 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 		closed := s.displace(old, a)
 		defer func() { <-closed }()
 	}
+	protocols := []string{wire.ControlProtocol}
+	if s.poolSize() > 0 {
+		protocols = []string{wire.ControlProtocolV2, wire.ControlProtocol} // ours first: v2 when the agent offers it
+	}
 	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
-		Subprotocols:       []string{wire.ControlProtocol},
+		Subprotocols:       protocols,
 		InsecureSkipVerify: true, // the Origin was checked before registration (sameOrigin)
 		CompressionMode:    websocket.CompressionDisabled,
 		OnPingReceived:     func(context.Context, []byte) bool { a.touch(); return true },
@@ -131,6 +139,9 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.ws = ws
+	if ws.Subprotocol() == wire.ControlProtocolV2 {
+		a.pool = newStreamPool(s.poolSize(), s.cfg.poolKeep, s.metrics.poolIdle)
+	}
 	ws.SetReadLimit(wire.MaxMessageSize)
 	release, ok := s.conns.add(ws)
 	if !ok {
@@ -142,6 +153,7 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 	defer release()
 	defer s.changes.notify() // after Unregister: watchers see it gone
 	defer s.reg.Unregister(id, a)
+	defer a.pool.close()
 
 	log := s.log.With("id", id, "remote", a.remote)
 	err = s.serveAgent(a)

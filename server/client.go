@@ -60,28 +60,29 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 
 	log := s.log.With("id", id, "remote", remote)
 	start := time.Now()
-	ac, err := s.requestStream(a, c.Subprotocol())
+	ac, err := s.streamFor(a, c.Subprotocol())
 	if err != nil {
 		log.Info("client refused", "reason", reasonAgentUnavailable, "error", err)
 		s.metrics.refused(endpointClient, reasonAgentUnavailable)
 		c.Close(websocket.StatusTryAgainLater, "agent did not answer: "+err.Error())
 		return
 	}
-	releaseStream, ok := s.conns.add(ac)
+	releaseStream, ok := s.conns.add(ac.ws)
 	if !ok { // the drain began while the stream came in, and closed c
-		ac.Close(websocket.StatusGoingAway, "server shutting down")
+		ac.ws.Close(websocket.StatusGoingAway, "server shutting down")
 		return
 	}
 	defer releaseStream()
 	setup := time.Since(start)
-	log.Info("client connected", "protocol", c.Subprotocol(), "setup", setup.Round(time.Microsecond))
+	log.Info("client connected", "protocol", c.Subprotocol(), "stream", ac.source(), "setup", setup.Round(time.Microsecond))
+	s.metrics.agentStreams.WithLabelValues(ac.source()).Inc()
 	defer s.streamOpen(a, setup)()
 
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()
 	// CleanReads: never forward the masked tail of a frame cut in the middle.
 	res := splice.Splice(s.metrics.counted(wsconn.CleanReads(websocket.NetConn(ctx, c, websocket.MessageBinary))),
-		wsconn.CleanReads(websocket.NetConn(ctx, ac, websocket.MessageBinary)))
+		wsconn.CleanReads(ac.netConn(ctx)))
 	log.Info("client disconnected", "duration", time.Since(start).Round(time.Millisecond),
 		"bytes_to_agent", res.AToB, "bytes_to_client", res.BToA, "reason", errString(res.Err))
 }
@@ -106,8 +107,9 @@ func (s *Server) requestStream(a *agentConn, protocol string) (*websocket.Conn, 
 }
 
 // handleStream is GET /agent/{id}/stream/{token}: an agent dialling back
-// for a waiting client. The token, given only to the agent over its
-// control connection, authorises it.
+// for a waiting client, or opening an idle stream for its pool (see
+// servePooled). The token, given only to the agent over its control
+// connection, authorises it.
 func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 	id, token := r.PathValue("id"), r.PathValue("token")
 	if wire.ValidID(id) != nil || wire.ValidToken(token) != nil {
@@ -115,6 +117,9 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !s.pending.waiting(id, token) {
+		if s.servePooled(w, r, id, token) {
+			return
+		}
 		http.Error(w, "no client is waiting for this stream (it may have given up)", http.StatusNotFound)
 		return
 	}

@@ -121,24 +121,26 @@ func TestServerCaps(t *testing.T) {
 	}
 }
 
-// TestMaxFiles: the descriptors the caps allow are one per agent and two
-// per stream, plus headroom; with a cap off nothing is bounded.
+// TestMaxFiles: the descriptors the caps allow are one per agent and one
+// per idle stream of its pool, and two per stream, plus headroom; with a
+// cap off nothing is bounded.
 func TestMaxFiles(t *testing.T) {
 	for _, tc := range []struct {
-		agents, streams int
-		want            int
+		agents, streams, pool int
+		want                  int
 	}{
-		{0, 0, DefaultMaxAgents + 2*DefaultMaxStreams + fileHeadroom},
-		{10000, 1000, 12000 + fileHeadroom},
-		{-1, 1000, 0},
-		{10000, -1, 0},
+		{0, 0, 0, DefaultMaxAgents*(1+DefaultStreamPool) + 2*DefaultMaxStreams + fileHeadroom},
+		{10000, 1000, -1, 12000 + fileHeadroom},
+		{10000, 1000, 2, 32000 + fileHeadroom},
+		{-1, 1000, 0, 0},
+		{10000, -1, 0, 0},
 	} {
-		s, err := New(Config{MaxAgents: tc.agents, MaxStreams: tc.streams})
+		s, err := New(Config{MaxAgents: tc.agents, MaxStreams: tc.streams, StreamPool: tc.pool})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if got := s.MaxFiles(); got != tc.want {
-			t.Errorf("MaxFiles() with --max-agents %d --max-streams %d = %d, want %d", tc.agents, tc.streams, got, tc.want)
+			t.Errorf("MaxFiles() with --max-agents %d --max-streams %d --stream-pool %d = %d, want %d", tc.agents, tc.streams, tc.pool, got, tc.want)
 		}
 	}
 }

@@ -21,6 +21,8 @@ type metrics struct {
 	registrations prometheus.Counter
 	refusals      *prometheus.CounterVec
 	setup         prometheus.Histogram
+	agentStreams  *prometheus.CounterVec // by source: pool, dial
+	poolIdle      prometheus.Gauge
 }
 
 // Refusal endpoints and reasons, as labels of converge_refusals_total and
@@ -65,6 +67,16 @@ func newMetrics(version string, agents func() int) *metrics {
 			Buckets: []float64{.002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}),
 	}
+	m.agentStreams = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "converge_agent_streams_total",
+		Help: "Agents' streams spliced to clients, by source: pool (idle, opened before the client came) or dial (dialled back for the client).",
+	}, []string{"source"})
+	m.agentStreams.WithLabelValues("pool")
+	m.agentStreams.WithLabelValues("dial")
+	m.poolIdle = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "converge_pooled_streams_idle",
+		Help: "Idle streams agents keep open for their next clients (see --stream-pool).",
+	})
 	bytes := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "converge_relayed_bytes_total",
 		Help: "Bytes relayed between clients and agents, by direction (to_agent, to_client).",
@@ -79,7 +91,7 @@ func newMetrics(version string, agents func() int) *metrics {
 		m.refusals.WithLabelValues(endpointClient, r)
 	}
 	m.reg.MustRegister(
-		m.streamsOpen, bytes, m.registrations, m.refusals, m.setup,
+		m.streamsOpen, bytes, m.registrations, m.refusals, m.setup, m.agentStreams, m.poolIdle,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "converge_agents_connected",
 			Help: "Agents with a registered control connection.",

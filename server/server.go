@@ -37,6 +37,16 @@ type Config struct {
 	// StreamTimeout bounds how long a client waits for its agent to dial
 	// back. Default 15s.
 	StreamTimeout time.Duration
+	// StreamPool is how many idle streams an agent that speaks control v2
+	// keeps open for its next clients once one has connected (see
+	// streamPool), so that a client is spliced at once instead of waiting
+	// for a dial-back. Each costs a file descriptor and about 20 KiB while
+	// idle. At most MaxStreamPool. Default DefaultStreamPool; negative: no
+	// pools, agents dial back for every client.
+	StreamPool int
+	// poolKeep is how long a pool stays full after its agent's last
+	// client (tests shorten it). Default poolKeep.
+	poolKeep time.Duration
 	// Grace keeps the ID of an agent whose link dropped reserved for it;
 	// only agents that completed their hello and welcome leave one.
 	// Default 5m; negative disables.
@@ -129,6 +139,15 @@ func (c *Config) Validate() error {
 	}
 	if c.Grace == 0 {
 		c.Grace = 5 * time.Minute
+	}
+	if c.StreamPool == 0 {
+		c.StreamPool = DefaultStreamPool
+	}
+	if c.poolKeep <= 0 {
+		c.poolKeep = poolKeep
+	}
+	if c.StreamPool > MaxStreamPool {
+		return fmt.Errorf("stream pool of %d per agent: at most %d (each costs the server a file descriptor)", c.StreamPool, MaxStreamPool)
 	}
 	c.MaxAgentsPerAddr = limitDefault(c.MaxAgentsPerAddr, DefaultMaxAgentsPerAddr)
 	c.MaxReservations = limitDefault(c.MaxReservations, DefaultMaxReservations)
@@ -245,15 +264,19 @@ func (s *Server) loadKey() ([]byte, error) {
 const fileHeadroom = 256
 
 // MaxFiles is how many file descriptors the server may hold at its caps:
-// one per agent (MaxAgents), two per client stream (MaxStreams: the
-// client's and the agent's dial-back), and some headroom. It is 0 when
-// either cap is off, and so bounds nothing.
+// one per agent (MaxAgents) and one per idle stream in its pool
+// (StreamPool), two per client stream (MaxStreams: the client's and the
+// agent's stream), and some headroom. It is 0 when either cap is off,
+// and so bounds nothing.
 func (s *Server) MaxFiles() int {
 	if s.cfg.MaxAgents < 0 || s.cfg.MaxStreams < 0 {
 		return 0
 	}
-	return s.cfg.MaxAgents + 2*s.cfg.MaxStreams + fileHeadroom
+	return s.cfg.MaxAgents*(1+s.poolSize()) + 2*s.cfg.MaxStreams + fileHeadroom
 }
+
+// poolSize is the idle streams each agent keeps; 0 with pools off.
+func (s *Server) poolSize() int { return max(s.cfg.StreamPool, 0) }
 
 // Handler returns the server's HTTP handler.
 func (s *Server) Handler() http.Handler { return s.handler }

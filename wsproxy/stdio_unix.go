@@ -6,6 +6,7 @@ import (
 	"os"
 	"syscall"
 
+	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 )
 
@@ -24,4 +25,18 @@ func pollable(fd int, name string) *os.File {
 		syscall.SetNonblock(fd, true) // on failure the file still works, only uninterruptibly
 	}
 	return os.NewFile(uintptr(fd), name)
+}
+
+// ReleaseStderr points the process's standard error at the null device,
+// so that a program waiting for the end of the stderr this process
+// inherited (one capturing ssh's stderr, which ssh passes on to its
+// ProxyCommand) no longer waits for this process. Later writes to stderr
+// are lost.
+func ReleaseStderr() {
+	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		return // keep the old stderr: late, but not lost
+	}
+	defer null.Close()
+	unix.Dup2(int(null.Fd()), 2)
 }

@@ -58,6 +58,15 @@ type Options struct {
 	ResumeWindow time.Duration
 	// Logger reports reconnects. Default slog.Default().
 	Logger *slog.Logger
+	// Released, when set, is called by Stdio once the relay between the
+	// user's side and the agent has ended, with the relay's error (nil
+	// for a normal end), before a resumable stream lingers (at most 5 s)
+	// to tell the agent that the session is over. The wsproxy command
+	// reports the error there and lets go of its standard error, so that
+	// a program waiting for the end of that stream (one capturing ssh's
+	// stderr, which ssh passes on to its ProxyCommand) is not held up by
+	// the farewell. Nil: nothing is called.
+	Released func(err error)
 }
 
 // lingerTimeout bounds how long a finished resumable stream waits to tell
@@ -68,7 +77,10 @@ const lingerTimeout = 5 * time.Second
 // refusal (unknown ID) is a *wsconn.RefusedError with the server's reason;
 // the first connection is never retried. When the agent offers it, the
 // stream is resumable (a *resume.Conn): after a drop it reconnects by
-// itself within opts.ResumeWindow.
+// itself within opts.ResumeWindow. Dial does not wait for the agent's
+// answer to a resumable stream (see resume.DialEarly): an agent that
+// refuses it ends the stream, and its reason is the error of the first
+// Read.
 func Dial(ctx context.Context, t Target, opts Options) (net.Conn, error) {
 	if t.url == "" {
 		return nil, errNoTarget
@@ -100,7 +112,10 @@ func Dial(ctx context.Context, t Target, opts Options) (net.Conn, error) {
 		}
 		return resume.WebSocket(c, wsconn.PingInterval, wsconn.PingTimeout), nil
 	}
-	rc, err := resume.Dial(resume.WebSocket(c, wsconn.PingInterval, wsconn.PingTimeout), redial,
+	// Early: ssh's first bytes leave behind the hello, not a round trip
+	// after it; a refusal by the agent then ends the stream instead of
+	// failing Dial.
+	rc, err := resume.DialEarly(resume.WebSocket(c, wsconn.PingInterval, wsconn.PingTimeout), redial,
 		resume.Config{Window: opts.ResumeWindow, Logger: log.With("url", t.url)})
 	if err != nil {
 		return nil, err
@@ -128,6 +143,9 @@ func Stdio(ctx context.Context, t Target, in io.ReadCloser, out io.WriteCloser, 
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	res := splice.Splice(stdio{in, out}, conn)
+	if opts.Released != nil {
+		opts.Released(res.Err)
+	}
 	finish(conn)
 	return res.Err
 }

@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -55,8 +56,22 @@ ssh client and the agent.`)
 		level = slog.LevelDebug
 	}
 	opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	// Once ssh is done with us, a resumable stream still lingers to tell
+	// the agent; report now and let go of the stderr ssh gave us, or a
+	// program capturing ssh's stderr waits for the farewell too.
+	released := false
+	opts.Released = func(err error) {
+		released = true
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "wsproxy: %v\n", err)
+		}
+		wsproxy.ReleaseStderr()
+	}
 	in, out := wsproxy.OpenStdio()
 	if err := wsproxy.Stdio(ctx, target, in, out, opts); err != nil {
+		if released {
+			os.Exit(1) // reported
+		}
 		cli.Fatal("wsproxy", err, 1)
 	}
 }

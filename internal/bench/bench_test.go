@@ -126,13 +126,7 @@ func run(t *testing.T, cfg config) *table {
 		rtts = append(rtts, cfg.rtt)
 	}
 	for _, rtt := range rtts {
-		relayAddr, directAddr := srv.Addr, ag.Direct
-		if rtt > 0 {
-			relayAddr = startDelayProxy(t, srv.Addr, rtt/2).Addr()
-			directAddr = startDelayProxy(t, ag.Direct, rtt/2).Addr()
-		}
-		relay := sshtest.Target{User: srv.User, Alias: "bench", ProxyCommand: bin("wsproxy") + " ws://" + relayAddr + "/client/bench"}
-		direct := sshtest.Target{User: srv.User, Alias: "bench", Port: port(t, directAddr)}
+		relayAddr, relay, direct := paths(t, srv, ag, "bench", rtt)
 		t.Logf("measuring at %s added round trip", msLabel(rtt))
 		s := tb.add(fmt.Sprintf("%s added round trip: relay (ssh → wsproxy → converge → agent) vs direct (ssh → TCP → same agent)", msLabel(rtt)),
 			"relay", "direct", "relay/direct")
@@ -151,6 +145,9 @@ func run(t *testing.T, cfg config) *table {
 		tb.notes = append(tb.notes, "This wsproxy has no --no-resume flag, so there are no resume on/off rows.")
 	}
 
+	if cfg.rtt > 0 {
+		halfway(t, tb, cfg, c, srv)
+	}
 	if len(cfg.ciphers) > 0 {
 		direct := sshtest.Target{User: srv.User, Alias: "bench", Port: port(t, ag.Direct)}
 		ciphers(t, tb, cfg, c, direct)
@@ -164,7 +161,8 @@ func run(t *testing.T, cfg config) *table {
 		"Echo: one `ssh host cat` session, single 31-byte lines written and read back one at a time; overhead = relay median - direct median.",
 		"CPU: user + system time of converge and wsproxy (from /proc), of the ssh master and the ssh/sftp clients, and of the harness process, which runs the agent. Everything runs on this one machine: where its cores are busy (see the load average), a transfer is bound by CPU and the relay/direct throughput ratio tends to direct CPU / relay CPU; with the relay on its own machine, as deployed, its CPU is not taken from ssh and the agent.",
 		"connect: the direct path is the slower one at 0 ms: OpenSSH turns Nagle's algorithm off only after the key exchange, so over TCP two handshake messages each wait about 40 ms for a delayed ACK (seen with strace -r); through a ProxyCommand pipe they do not. tcptows users see the TCP figure.",
-		"Added round trip: a userland proxy holds each chunk for half the round trip in each direction without limiting bandwidth, between the client and converge (relay) and between the client and the agent's listener (direct); the agent-to-server link is not delayed. The proxies run in the harness process, so at the added round trip its CPU (the agent column) includes them, on both paths.",
+		"Added round trip: a userland proxy holds each chunk for half the round trip in each direction without limiting bandwidth, and connects onward a round trip after accepting (what a TCP handshake costs), between the client and converge (relay) and between the client and the agent's listener (direct); the agent-to-server link is not delayed, except in the halfway section, where converge sits between client and agent with half the round trip on each side. The proxies run in the harness process, so at the added round trip its CPU (the agent column) includes them, on both paths.",
+		"Connect target: at most 60 ms more than direct, one 50 ms round trip (the WebSocket upgrade, before which a client may not send) and a little. The halfway section's first row is an agent's first connection, dialled back; later ones take the idle stream the agent keeps once it has had a client (--stream-pool).",
 	)
 	return tb
 }
@@ -224,8 +222,7 @@ func compare(t *testing.T, s, cs *section, cfg config, c *sshtest.Client, srv *s
 	s.add(row{what: "echo round trip, p99", a: ms(rp), b: ms(dp), comp: diff(rp - dp)})
 	t.Logf("%s echo: relay %s (p99 %s), direct %s (p99 %s)", msLabel(rtt), ms(rm), ms(rp), ms(dm), ms(dp))
 
-	a, b := pair(t, cfg.reps, func() (time.Duration, error) { return connect(c, relay) }, func() (time.Duration, error) { return connect(c, direct) })
-	s.add(row{what: "connect: fresh `ssh host true`", a: ms(a), b: ms(b), comp: diff(a - b)})
+	connectRow(t, s, "connect: fresh `ssh host true`", cfg.reps, c, relay, direct)
 }
 
 // compareResume fills s with relay throughput with and without resumable

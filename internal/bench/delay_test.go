@@ -17,6 +17,12 @@ import (
 // the endpoints manage, and only the bytes in flight (bandwidth × delay)
 // wait in memory, as on a long network path. Unlike netem it needs no
 // privileges and runs wherever the tests run.
+//
+// A new connection costs a round trip before its first byte moves, as a
+// TCP handshake does on a real path: the proxy accepts at once (the
+// kernel does), but connects to the target and starts relaying only a
+// round trip later, so the dialler's first bytes arrive after one and a
+// half round trips and the target's after one.
 type delayProxy struct {
 	ln     net.Listener
 	target string
@@ -88,6 +94,7 @@ func (p *delayProxy) serve() {
 		go func() {
 			defer p.wg.Done()
 			defer p.untrack(c)
+			time.Sleep(2 * p.delay) // the handshake's round trip (simulated, not a synchronisation)
 			u, err := net.Dial("tcp", p.target)
 			if err != nil {
 				return

@@ -175,19 +175,26 @@ type benchAgent struct {
 // with s and serves its SSH server directly on a loopback listener too.
 func startAgent(t testing.TB, s *serverProc, id string, c *sshtest.Client) *benchAgent {
 	t.Helper()
+	return startAgentVia(t, s.URL(), s.User, id, c)
+}
+
+// startAgentVia is startAgent with the agent dialling url, the server's
+// base URL or a delay proxy in front of it, and expecting SSH user user.
+func startAgentVia(t testing.TB, url, user, id string, c *sshtest.Client) *benchAgent {
+	t.Helper()
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, ".authorized_keys"), []byte(c.PublicKey+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	a := agenttest.Start(t, agent.Config{
-		Server: s.URL(), ID: id, Dir: dir, Out: io.Discard,
+		Server: url, ID: id, Dir: dir, Out: io.Discard,
 		Logger: slog.New(slog.DiscardHandler),
 	})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.SetSSHUser(s.User)
+	a.SetSSHUser(user)
 	served := make(chan struct{})
 	go func() { defer close(served); a.Serve(ln) }()
 	t.Cleanup(func() { ln.Close(); <-served }) // runs before the agent stops

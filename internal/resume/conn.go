@@ -5,7 +5,9 @@
 // two exchange how much each has received, and each replays from there.
 // The stream inside (SSH) sees a pause, never a lost or repeated byte.
 //
-// A Conn is a net.Conn. The client end makes one with Dial; the server end
+// A Conn is a net.Conn. The client end makes one with Dial, or with
+// DialEarly, which sends the first bytes behind its hello instead of a
+// round trip after it; the server end
 // (the agent) gets new sessions from an Acceptor, which also matches a
 // reconnecting client to its existing session by the session token in its
 // hello. A server-end session waits out a dropped link only once the
@@ -147,6 +149,10 @@ type Conn struct {
 	abortCancel context.CancelFunc
 	onDone      func()
 	onConfirm   func() // server end: tells the Acceptor
+	// answered is closed when the server end answers a new session's
+	// hello (client end); earlyTimer ends the session if it does not.
+	answered   chan struct{}
+	earlyTimer *time.Timer
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced on every change of state
@@ -169,7 +175,10 @@ type Conn struct {
 	// confirmed: the stream inside authenticated its peer, so a dropped
 	// link is waited for (always true on the client end). See Confirm.
 	confirmed bool
-	rdl, wdl  time.Time
+	// early: a client end that started a session with DialEarly and has
+	// not read the server end's answer yet.
+	early    bool
+	rdl, wdl time.Time
 
 	done chan struct{}
 }
@@ -438,6 +447,9 @@ func (c *Conn) failLocked(err error) {
 
 // handleLocked applies one frame received on the current link.
 func (c *Conn) handleLocked(f frame) error {
+	if c.early && f.typ != frameHello && f.typ != frameError {
+		return fmt.Errorf("%w: %q frame before the answer to the hello", ErrProtocol, f.typ)
+	}
 	switch f.typ {
 	case frameData:
 		end := f.offset + uint64(len(f.data))
@@ -494,6 +506,9 @@ func (c *Conn) handleLocked(f frame) error {
 	case frameError:
 		return fmt.Errorf("%w: %s", ErrPeerGone, f.data)
 	case frameHello:
+		if c.early {
+			return c.answeredLocked(f)
+		}
 		return fmt.Errorf("%w: hello in the middle of a link", ErrProtocol)
 	}
 	return nil

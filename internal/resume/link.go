@@ -17,12 +17,41 @@ const (
 	redialMax = 2 * time.Second
 )
 
+// earlyWindow is what a client end sends on a new session before the
+// server end has answered: enough for what a protocol says first (SSH's
+// version and key exchange offer fit many times over), and below any
+// window a server end announces (MinBuffer), so that nothing sent early
+// can overrun it.
+const earlyWindow = MaxPayload
+
 // Dial starts a new session over link, a freshly connected byte stream to
 // the server end. After a drop, redial is called (with backoff, within
 // Config.Window) for a new link to the same server end; its context ends
 // when the attempt should be abandoned. Dial returns once the server end
 // has answered, or an error (and closes link).
 func Dial(link io.ReadWriteCloser, redial func(context.Context) (io.ReadWriteCloser, error), cfg Config) (*Conn, error) {
+	c, err := DialEarly(link, redial, cfg)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-c.answered:
+		return c, nil
+	case <-c.done:
+		return nil, fmt.Errorf("start resumable session: %w", c.Err())
+	}
+}
+
+// DialEarly is Dial without the wait for the server end's answer: it
+// returns once its hello is written, and what the caller writes goes out
+// at once behind it, up to earlyWindow bytes before the answer, so that
+// the stream inside starts a round trip sooner. The server end reads the
+// hello first and the early bytes after it on the same link, and answers
+// before anything else; nothing is sent twice. If the answer is a
+// refusal, or the link fails or stays silent for Config.HandshakeTimeout
+// before it comes, the session ends (there is nothing to resume yet):
+// Read and Write return why, and Err says it once Done is closed.
+func DialEarly(link io.ReadWriteCloser, redial func(context.Context) (io.ReadWriteCloser, error), cfg Config) (*Conn, error) {
 	if err := cfg.Validate(); err != nil {
 		link.Close()
 		return nil, err
@@ -31,13 +60,55 @@ func Dial(link io.ReadWriteCloser, redial func(context.Context) (io.ReadWriteClo
 	crand.Read(token[:])
 	c := newConn(cfg, token, true)
 	c.redial = redial
-	fr, err := c.clientHello(link, true)
+	c.early = true
+	c.answered = make(chan struct{})
+	c.peerWin = earlyWindow
+	c.mu.Lock()
+	h := c.helloLocked(true)
+	c.mu.Unlock()
+	err := bounded(link, cfg.HandshakeTimeout, func() error {
+		_, err := link.Write(appendFrame(nil, h))
+		return err
+	})
 	if err != nil {
 		link.Close()
-		return nil, fmt.Errorf("start resumable session: %w", err)
+		return nil, fmt.Errorf("start resumable session: send hello: %w", err)
 	}
-	go c.supervise(link, fr, nil)
+	c.earlyTimer = time.AfterFunc(cfg.HandshakeTimeout, func() {
+		c.mu.Lock()
+		silent := c.early
+		if silent {
+			c.failLocked(fmt.Errorf("resume: the other end did not answer within %v", cfg.HandshakeTimeout))
+		}
+		c.mu.Unlock()
+		if silent {
+			link.Close()
+		}
+	})
+	go c.supervise(link, newFrameReader(link), nil)
 	return c, nil
+}
+
+// answeredLocked applies the server end's answer to the hello of a new
+// session (see DialEarly). It arrives on the first link before any other
+// frame, and what this end sent before it went down the same link behind
+// the hello, so the cursor stays where it is: nothing is sent again.
+func (c *Conn) answeredLocked(h frame) error {
+	switch {
+	case h.token != c.token:
+		return fmt.Errorf("%w: hello for another session", ErrProtocol)
+	case h.offset != 0:
+		return fmt.Errorf("%w: the other end of a new session reports %d bytes received", ErrProtocol, h.offset)
+	}
+	cursor := c.cursor
+	if err := c.resumeFromLocked(h); err != nil {
+		return err
+	}
+	c.cursor = cursor
+	c.early = false
+	c.earlyTimer.Stop()
+	close(c.answered)
+	return nil
 }
 
 // bounded closes l if fn has not returned within d, so that reads and
@@ -89,12 +160,13 @@ func (c *Conn) resumeFromLocked(h frame) error {
 	return nil
 }
 
-// clientHello sends this end's hello on l and applies the server end's.
-func (c *Conn) clientHello(l io.ReadWriteCloser, isNew bool) (*frameReader, error) {
+// clientHello sends this end's hello on l, a new link for a session that
+// lost its last one, and applies the server end's answer.
+func (c *Conn) clientHello(l io.ReadWriteCloser) (*frameReader, error) {
 	fr := newFrameReader(l)
 	err := bounded(l, c.cfg.HandshakeTimeout, func() error {
 		c.mu.Lock()
-		h := c.helloLocked(isNew)
+		h := c.helloLocked(false)
 		c.mu.Unlock()
 		if _, err := l.Write(appendFrame(nil, h)); err != nil {
 			return fmt.Errorf("send hello: %w", err)
@@ -193,6 +265,10 @@ func (c *Conn) supervise(l io.ReadWriteCloser, fr *frameReader, att *attachment)
 			}
 			lost = err
 		}
+		if c.unanswered() {
+			c.fail(fmt.Errorf("resume: the link failed before the other end answered: %w", lost))
+			return
+		}
 		if !c.isConfirmed() {
 			// Nobody logged in on this stream: waiting the window for it
 			// would let anyone who can reach us fill our slots.
@@ -214,6 +290,14 @@ func (c *Conn) supervise(l io.ReadWriteCloser, fr *frameReader, att *attachment)
 			c.log.Info("resumed")
 		}
 	}
+}
+
+// unanswered reports whether a new session's first link has not brought
+// the server end's answer (see DialEarly).
+func (c *Conn) unanswered() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.early
 }
 
 // finished reports whether the session ended gracefully.
@@ -400,7 +484,7 @@ func (c *Conn) redialLoop() (io.ReadWriteCloser, *frameReader, error) {
 		cancel()
 		if err == nil {
 			var fr *frameReader
-			fr, err = c.clientHello(l, false)
+			fr, err = c.clientHello(l)
 			if err == nil {
 				return l, fr, nil
 			}

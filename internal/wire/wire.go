@@ -21,6 +21,13 @@ import (
 const (
 	// ControlProtocol is the agent's control connection (GET /agent/{id}).
 	ControlProtocol = "converge.control.v1"
+	// ControlProtocolV2 is ControlProtocol plus stream pools: the server
+	// may send Pool messages, and the agent then keeps an idle stream
+	// open for each, which the server assigns to a client with an Assign
+	// message (see Pool). An agent that pools offers both, V2 first; a
+	// server that pools picks V2, any other ControlProtocol, and the two
+	// then speak v1: a dial-back per client.
+	ControlProtocolV2 = "converge.control.v2"
 	// StreamProtocol is an agent's dial-back connection carrying one client
 	// stream (GET /agent/{id}/stream/{token}). Its binary messages carry the
 	// client's bytes unchanged.
@@ -36,6 +43,8 @@ const (
 	TypeWelcome = "welcome" // server → agent, reply to hello
 	TypeStatus  = "status"  // agent → server, whenever expiry or sessions change
 	TypeDial    = "dial"    // server → agent: a client waits; dial back a stream
+	TypePool    = "pool"    // server → agent (v2): open an idle stream for the pool
+	TypeAssign  = "assign"  // server → agent (v2), first on an idle stream: a client is spliced to it
 )
 
 // Message is one control message. Exactly the field named by Type is set.
@@ -45,6 +54,8 @@ type Message struct {
 	Welcome *Welcome `json:"welcome,omitempty"`
 	Status  *Status  `json:"status,omitempty"`
 	Dial    *Dial    `json:"dial,omitempty"`
+	Pool    *Pool    `json:"pool,omitempty"`
+	Assign  *Assign  `json:"assign,omitempty"`
 }
 
 // Hello introduces an agent. It carries no secret: an agent re-registering
@@ -91,6 +102,23 @@ type Dial struct {
 	Protocol string `json:"protocol,omitempty"`
 }
 
+// Pool asks the agent, over its control connection, to open a stream
+// with Token (GET /agent/{id}/stream/{token}, like a Dial's) before any
+// client asks, and to keep it open, idle, until the server sends an
+// Assign on it or the control connection ends. Only a server that picked
+// ControlProtocolV2 sends it.
+type Pool struct {
+	Token string `json:"token"`
+}
+
+// Assign is the first message, a text message, that the server sends on
+// an idle stream of the pool: a client is now spliced to it. Protocol is
+// the stream subprotocol the client negotiated ("" for raw), as in Dial.
+// The client's bytes follow as binary messages.
+type Assign struct {
+	Protocol string `json:"protocol,omitempty"`
+}
+
 // ErrInvalid wraps every decoding and validation failure.
 var ErrInvalid = errors.New("invalid control message")
 
@@ -133,7 +161,7 @@ func Decode(b []byte) (Message, error) {
 // its fields are well formed.
 func (m Message) Validate() error {
 	set := 0
-	for _, p := range []bool{m.Hello != nil, m.Welcome != nil, m.Status != nil, m.Dial != nil} {
+	for _, p := range []bool{m.Hello != nil, m.Welcome != nil, m.Status != nil, m.Dial != nil, m.Pool != nil, m.Assign != nil} {
 		if p {
 			set++
 		}
@@ -167,6 +195,15 @@ func (m Message) Validate() error {
 				return fmt.Errorf("%w: dial token: %v", ErrInvalid, err)
 			}
 		}
+	case TypePool:
+		ok = m.Pool != nil
+		if ok {
+			if err := ValidToken(m.Pool.Token); err != nil {
+				return fmt.Errorf("%w: pool token: %v", ErrInvalid, err)
+			}
+		}
+	case TypeAssign:
+		ok = m.Assign != nil
 	default:
 		return fmt.Errorf("%w: unknown type %q", ErrInvalid, m.Type)
 	}

@@ -13,6 +13,9 @@ func TestRoundTrip(t *testing.T) {
 		{Type: TypeWelcome, Welcome: &Welcome{SSHUser: "u", Secret: NewToken()}},
 		{Type: TypeStatus, Status: &Status{Expiry: time.Unix(1700000000, 0).UTC(), Sessions: 1}},
 		{Type: TypeDial, Dial: &Dial{Token: NewToken(), Protocol: "x"}},
+		{Type: TypePool, Pool: &Pool{Token: NewToken()}},
+		{Type: TypeAssign, Assign: &Assign{Protocol: "converge.resume.v1"}},
+		{Type: TypeAssign, Assign: &Assign{}},
 	}
 	for _, m := range msgs {
 		b, err := Encode(m)
@@ -50,6 +53,11 @@ func TestDecodeRejects(t *testing.T) {
 		`{"type":"status","status":{"sessions":1},"dial":{"token":"` + tok + `"}}`,
 		`{"type":"status","status":{"sessions":1},"extra":1}`,
 		`{"type":"status","status":{"sessions":1}} {}`,
+		`{"type":"pool","pool":{"token":"short"}}`,
+		`{"type":"pool","pool":{}}`,
+		`{"type":"pool","assign":{}}`,
+		`{"type":"assign","assign":{"protocol":"x","token":"` + tok + `"}}`,
+		`{"type":"assign","pool":{"token":"` + tok + `"}}`,
 		`{"type":"status","status":{"sessions":1,"x":` + strings.Repeat("1", MaxMessageSize) + `}}`,
 	} {
 		if m, err := Decode([]byte(in)); err == nil {
@@ -122,6 +130,8 @@ func FuzzDecode(f *testing.F) {
 		`{"type":"status","status":{"expiry":"2026-01-02T03:04:05Z","sessions":3}}`,
 		`{"type":"dial","dial":{"token":"` + tok + `","protocol":"converge.resume.v1"}}`,
 		`{"type":"dial"}`,
+		`{"type":"pool","pool":{"token":"` + tok + `"}}`,
+		`{"type":"assign","assign":{"protocol":"converge.resume.v1"}}`,
 		`[]`,
 		"\x00\xff",
 	} {

@@ -1,0 +1,104 @@
+package agent
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/converge-ci/converge/internal/wire"
+	"github.com/converge-ci/converge/internal/wsconn"
+)
+
+// idleStreamPair returns an idle stream as the agent holds it and the
+// server's end of it, over a real WebSocket on 127.0.0.1.
+func idleStreamPair(t *testing.T) (agentEnd, serverEnd *websocket.Conn) {
+	t.Helper()
+	accepted := make(chan *websocket.Conn, 1)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if c, err := wsconn.Accept(w, r, wire.StreamProtocol); err == nil {
+			accepted <- c
+		}
+	})}
+	served := make(chan struct{})
+	go func() { defer close(served); srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close(); <-served })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	agentEnd, err = wsconn.Dial(ctx, "ws://"+ln.Addr().String()+"/agent/x/stream/t", wsconn.Options{Subprotocols: []string{wire.StreamProtocol}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverEnd = <-accepted
+	t.Cleanup(func() { agentEnd.CloseNow(); serverEnd.CloseNow() })
+	return agentEnd, serverEnd
+}
+
+// TestAwaitAssign: an idle stream is served once the server assigns a
+// client to it, with the protocol the assignment names; anything else
+// first on it is refused with close code 4002.
+func TestAwaitAssign(t *testing.T) {
+	assign, _ := wire.Encode(wire.Message{Type: wire.TypeAssign, Assign: &wire.Assign{Protocol: "converge.resume.v1"}})
+	dial, _ := wire.Encode(wire.Message{Type: wire.TypeDial, Dial: &wire.Dial{Token: wire.NewToken()}})
+	for _, tc := range []struct {
+		name     string
+		typ      websocket.MessageType
+		msg      []byte
+		protocol string // "" with ok false: refused
+		ok       bool
+	}{
+		{"assignment", websocket.MessageText, assign, "converge.resume.v1", true},
+		{"client bytes before the assignment", websocket.MessageBinary, []byte("SSH-2.0-x\r\n"), "", false},
+		{"another message", websocket.MessageText, dial, "", false},
+		{"garbage", websocket.MessageText, []byte("{"), "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			agentEnd, serverEnd := idleStreamPair(t)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := serverEnd.Write(ctx, tc.typ, tc.msg); err != nil {
+				t.Fatal(err)
+			}
+			read := make(chan error, 1) // the server reads its end, as it does while a stream is idle
+			go func() { _, _, err := serverEnd.Read(ctx); read <- err }()
+			got, err := awaitAssign(ctx, agentEnd)
+			if tc.ok {
+				if err != nil || got != tc.protocol {
+					t.Fatalf("awaitAssign = %q, %v; want %q", got, err, tc.protocol)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("awaitAssign = %q, want an error", got)
+			}
+			if err := <-read; websocket.CloseStatus(err) != wsconn.CodeRefused {
+				t.Errorf("the server's end read %v, want close 4002", err)
+			}
+		})
+	}
+}
+
+// TestAwaitAssignEndsWithControl: an idle stream belongs to its control
+// connection; when that ends (ctx), the wait ends and the stream closes.
+func TestAwaitAssignEndsWithControl(t *testing.T) {
+	agentEnd, serverEnd := idleStreamPair(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { _, err := awaitAssign(ctx, agentEnd); done <- err }()
+	cancel()
+	if err := <-done; err == nil {
+		t.Fatal("awaitAssign returned no error when its control connection ended")
+	}
+	rctx, rcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer rcancel()
+	if _, _, err := serverEnd.Read(rctx); err == nil {
+		t.Error("the server's end is still open")
+	}
+}
