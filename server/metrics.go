@@ -21,6 +21,8 @@ type metrics struct {
 	registrations prometheus.Counter
 	refusals      *prometheus.CounterVec
 	setup         prometheus.Histogram
+	forwarded     *prometheus.CounterVec // by kind: client, stream
+	forwardedOpen prometheus.Gauge
 }
 
 // Refusal endpoints and reasons, as labels of converge_refusals_total and
@@ -65,6 +67,14 @@ func newMetrics(version string, agents func() int) *metrics {
 			Buckets: []float64{.002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}),
 	}
+	m.forwarded = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "converge_forwarded_streams_total",
+		Help: "Streams this replica forwarded to the replica holding their agent, by kind (client, stream: an agent's dial-back).",
+	}, []string{"kind"})
+	m.forwardedOpen = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "converge_forwarded_streams_open",
+		Help: "Streams this replica forwards to another now.",
+	})
 	bytes := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "converge_relayed_bytes_total",
 		Help: "Bytes relayed between clients and agents, by direction (to_agent, to_client).",
@@ -79,7 +89,7 @@ func newMetrics(version string, agents func() int) *metrics {
 		m.refusals.WithLabelValues(endpointClient, r)
 	}
 	m.reg.MustRegister(
-		m.streamsOpen, bytes, m.registrations, m.refusals, m.setup,
+		m.streamsOpen, bytes, m.registrations, m.refusals, m.setup, m.forwarded, m.forwardedOpen,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "converge_agents_connected",
 			Help: "Agents with a registered control connection.",
