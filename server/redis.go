@@ -78,7 +78,7 @@ func openRedis(ctx context.Context, rawURL string) (*redis.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--redis: %w (want redis://[:PASSWORD@]HOST:PORT/DB, rediss:// for TLS, or unix:///PATH)", err)
 	}
-	opt.Protocol = 2          // RESP2: what every Redis and Valkey speaks
+	opt.Protocol = 2           // RESP2: what every Redis and Valkey speaks
 	opt.DisableIdentity = true // no CLIENT SETINFO: older servers refuse it
 	rdb := redis.NewClient(opt)
 	ctx, cancel := context.WithTimeout(ctx, redisTimeout)
