@@ -25,6 +25,7 @@ type config struct {
 	rtt     time.Duration // added round trip of the second pass; 0 skips it
 	agents  int           // idle agents for the memory measurement; 0 skips it
 	ciphers []string      // ciphers to compare (direct, ssh cat); none skips
+	cluster bool          // measure forwarding between replicas and the Redis registry
 }
 
 // TestBenchTable is `make bench`: the full table, printed to stdout.
@@ -34,11 +35,12 @@ func TestBenchTable(t *testing.T) {
 	}
 	start := time.Now()
 	cfg := config{
-		size:   int64(*flagSize) << 20,
-		reps:   *flagReps,
-		echo:   *flagEcho,
-		rtt:    *flagRTT,
-		agents: *flagAgents,
+		size:    int64(*flagSize) << 20,
+		reps:    *flagReps,
+		echo:    *flagEcho,
+		rtt:     *flagRTT,
+		agents:  *flagAgents,
+		cluster: *flagCluster,
 	}
 	if *flagCipher {
 		cfg.ciphers = []string{"aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes128-ctr"}
@@ -68,6 +70,7 @@ func TestBenchSmoke(t *testing.T) {
 		rtt:     4 * time.Millisecond,
 		agents:  3,
 		ciphers: []string{"aes128-gcm@openssh.com"},
+		cluster: true,
 	})
 	out := tb.String()
 	t.Log("\n" + out)
@@ -80,7 +83,7 @@ func TestBenchSmoke(t *testing.T) {
 			}
 		}
 	}
-	for _, want := range []string{"0 ms", "4 ms", "Ciphers", "Server memory"} {
+	for _, want := range []string{"0 ms", "4 ms", "Ciphers", "Server memory", "Cluster"} {
 		if !strings.Contains(strings.Join(titles, "\n"), want) {
 			t.Errorf("no section about %q in:\n%s", want, out)
 		}
@@ -135,6 +138,9 @@ func run(t *testing.T, cfg config) *table {
 	}
 	if cfg.agents > 0 {
 		memory(t, tb, cfg.agents, c)
+	}
+	if cfg.cluster {
+		cluster(t, tb, cfg, c)
 	}
 	tb.notes = append(tb.notes,
 		"relay = OpenSSH client → wsproxy (ProxyCommand) → converge (its own process) → the agent's dial-back WebSocket → agent (in the harness process); direct = OpenSSH client → loopback TCP → the same agent's SSH server (agent.Serve).",
