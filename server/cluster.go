@@ -141,7 +141,8 @@ func (s *Server) drainDelay() {
 }
 
 // viewMaxAge is how long a read of the other replicas' sessions serves
-// every watcher of the sessions view.
+// every watcher of the sessions view, unless another replica says its
+// sessions changed.
 const viewMaxAge = 250 * time.Millisecond
 
 // advertiseURL checks and normalises --advertise: http(s) or ws(s), a
@@ -270,7 +271,7 @@ func (c *cluster) listen(ctx context.Context, resync chan<- struct{}) {
 			case resync <- struct{}{}:
 			default:
 			}
-			c.s.changes.notifyWatchers()
+			c.othersChanged()
 		case *redis.Message:
 			c.event(m.Payload)
 		}
@@ -283,8 +284,17 @@ func (c *cluster) event(payload string) {
 	case len(f) == 4 && f[0] == "lost" && f[1] == c.self:
 		c.reg.lose(f[3], f[2])
 	case len(f) == 2 && f[0] == "changed" && f[1] != c.self:
-		c.s.changes.notifyWatchers()
+		c.othersChanged()
 	}
+}
+
+// othersChanged makes the next read of the other replicas' sessions go
+// to Redis, and tells the watchers.
+func (c *cluster) othersChanged() {
+	c.mu.Lock()
+	c.viewAt = time.Time{}
+	c.mu.Unlock()
+	c.s.changes.notifyWatchers()
 }
 
 // changed asks the publisher to write this replica's sessions.

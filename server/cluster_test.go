@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"strconv"
@@ -162,4 +163,68 @@ func dialAgentOffering(t testing.TB, wsBase, id string, info wire.Info, protocol
 		t.Fatalf("agent %s: got %q, want welcome", id, m.Type)
 	}
 	return a
+}
+
+func TestAdvertiseURL(t *testing.T) {
+	for _, tc := range []struct{ in, want, port string }{
+		{"http://10.0.0.5:8001", "ws://10.0.0.5:8001", ""},
+		{"https://replica-1.internal/", "wss://replica-1.internal", ""},
+		{"ws://10.0.0.5:8001/converge/", "ws://10.0.0.5:8001/converge", ""},
+		{"http://127.0.0.1:0", "ws://127.0.0.1:0", ""},
+		{"ftp://10.0.0.5", "", ""},
+		{"10.0.0.5:8001", "", ""},
+		{"http://user:pw@10.0.0.5", "", ""},
+		{"http://10.0.0.5/?x=1", "", ""},
+		{"http://", "", ""},
+	} {
+		got, err := advertiseURL(tc.in)
+		if got != tc.want || (err == nil) != (tc.want != "") {
+			t.Errorf("advertiseURL(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+	}
+	if got := withPort("ws://127.0.0.1:0", "41234"); got != "ws://127.0.0.1:41234" {
+		t.Errorf("withPort = %q", got)
+	}
+	if got := withPort("ws://10.0.0.5:8001", "41234"); got != "ws://10.0.0.5:8001" {
+		t.Errorf("withPort changed an explicit port: %q", got)
+	}
+}
+
+// TestClusterConfig: --redis needs --advertise and the cluster key;
+// --advertise alone is a mistake; the drain delay defaults per mode.
+func TestClusterConfig(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  Config
+		want string // in the error; "" for none
+	}{
+		{Config{Redis: "redis://127.0.0.1:1/0", ClusterKey: testClusterKey}, "--advertise"},
+		{Config{Redis: "redis://127.0.0.1:1/0", Advertise: "http://127.0.0.1:1"}, "CONVERGE_CLUSTER_KEY"},
+		{Config{Advertise: "http://127.0.0.1:1"}, "--redis"},
+		{Config{Redis: "redis://127.0.0.1:1/0", Advertise: "tcp://x", ClusterKey: testClusterKey}, "--advertise"},
+	} {
+		err := tc.cfg.Validate()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Validate(%+v) = %v; want an error naming %s", tc.cfg, err, tc.want)
+		}
+	}
+	single := Config{}
+	replica := Config{Redis: "redis://127.0.0.1:1/0", Advertise: "http://127.0.0.1:1", ClusterKey: testClusterKey}
+	if err := errors.Join(single.Validate(), replica.Validate()); err != nil {
+		t.Fatal(err)
+	}
+	if single.DrainDelay != 0 || replica.DrainDelay != DefaultClusterDrainDelay {
+		t.Errorf("drain delay: single %v, replica %v; want 0 and %v", single.DrainDelay, replica.DrainDelay, DefaultClusterDrainDelay)
+	}
+}
+
+// TestClusterSessionsViewLive: a watcher of one replica's sessions view
+// sees agents come and go on another.
+func TestClusterSessionsViewLive(t *testing.T) {
+	reps, _ := runReplicas(t, 2)
+	ev := openEvents(t, reps[1].http(), "pw")
+	ag := dialAgentOffering(t, reps[0].ws(), "elsewhere", wire.Info{Hostname: "far-away-host"})
+	ev.until(t, "far-away-host")
+	ag.ws.Close(websocket.StatusNormalClosure, "bye")
+	for strings.Contains(ev.next(t), "far-away-host") {
+	}
 }

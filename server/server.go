@@ -1,6 +1,8 @@
 // Package server is the Converge rendezvous server: a registry of connected
 // agents, the WebSocket endpoints agents and clients reach, the splice that
-// joins them, and the web pages.
+// joins them, and the web pages. Several servers can run as replicas of
+// one service: their registry is then shared in Redis, and a replica
+// forwards clients of agents another holds to it (cluster.go).
 //
 // It is a bit pipe. It never links an SSH library and never sees anything
 // but the ciphertext of the SSH sessions it relays, plus what agents say
