@@ -337,6 +337,7 @@ func (c *cluster) publishLoop(ctx context.Context) {
 
 func (c *cluster) publish(ctx context.Context) error {
 	rows := make(map[string]string)
+	conns := make(map[string]string)
 	for _, v := range c.s.localSessions() {
 		c.reg.mu.Lock()
 		h := c.reg.local[v.ID]
@@ -348,13 +349,13 @@ func (c *cluster) publish(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		rows[v.ID] = string(b)
+		rows[v.ID], conns[v.ID] = string(b), h.conn
 	}
 	c.mu.Lock()
 	var set []any
 	for id, row := range rows {
 		if c.published[id] != row {
-			set = append(set, id, row)
+			set = append(set, id, conns[id], row)
 		}
 	}
 	var gone []string
@@ -364,16 +365,16 @@ func (c *cluster) publish(ctx context.Context) error {
 		}
 	}
 	c.mu.Unlock()
+	// Rows of agents that left are removed by the registry script with
+	// their entries, and rows are written only for holders (op rows).
+	if len(set) > 0 {
+		if _, err := c.reg.run("rows", set...); err != nil {
+			return err
+		}
+	}
 	ctx, cancel := context.WithTimeout(ctx, redisTimeout)
 	defer cancel()
-	pipe := c.rdb.Pipeline()
-	if len(set) > 0 {
-		pipe.HSet(ctx, redisKeySessions, set...)
-	}
-	// Rows of agents that left are removed by the registry script with
-	// their entries; one still here belongs to a newer holder.
-	pipe.Publish(ctx, redisEvents, "changed\t"+c.self)
-	if _, err := pipe.Exec(ctx); err != nil {
+	if err := c.rdb.Publish(ctx, redisEvents, "changed\t"+c.self).Err(); err != nil {
 		return err
 	}
 	c.mu.Lock()

@@ -252,5 +252,19 @@ elseif op == 'refresh' then
     end
   end
   return out
+elseif op == 'rows' then
+  -- then per agent: id, conn, row. Writes each sessions view row only
+  -- while its agent holds the ID, so that a row written as its agent
+  -- leaves is not left behind.
+  local n = 0
+  for i = 9, #ARGV, 3 do
+    local id, conn = ARGV[i], ARGV[i + 1]
+    local e = get(id)
+    if e and e.o == self and e.c == conn then
+      redis.call('HSET', K_SESS, id, ARGV[i + 2])
+      n = n + 1
+    end
+  end
+  return n
 end
 return redis.error_reply('unknown registry operation ' .. tostring(op))
