@@ -39,6 +39,7 @@ func cluster(t *testing.T, tb *table, cfg config, c *sshtest.Client) {
 			return sshtest.Target{User: s.User, Alias: "bench", ProxyCommand: bin("wsproxy") + " " + s.URL() + "/client/bench"}
 		}
 		fwd, local := openSession(t, c, target(other)), openSession(t, c, target(holder))
+		fwd.server, local.server = other.cmd.Process.Pid, holder.cmd.Process.Pid // the forwarding replica; the holder
 		s := tb.add("Cluster, 0 ms: a stream forwarded by a replica to the one holding the agent vs served by the holder (one Redis, two replicas)",
 			"forwarded", "local", "fwd/local")
 		size := cfg.size
@@ -50,10 +51,17 @@ func cluster(t *testing.T, tb *table, cfg config, c *sshtest.Client) {
 			{"sftp get " + mib, func(x *session) (time.Duration, error) { return x.sftpGet("big.bin", size) }},
 			{"ssh cat " + mib, func(x *session) (time.Duration, error) { return x.sshCat("big.bin", size) }},
 		} {
-			a, b := pair(t, cfg.reps, func() (time.Duration, error) { return op.do(fwd) }, func() (time.Duration, error) { return op.do(local) })
+			var fc, lc cost
+			a, b := pair(t, cfg.reps, costed(fwd, op.do, &fc), costed(local, op.do, &lc))
 			r := speedRatio(a, b)
 			s.add(row{what: op.name, a: mibps(size, a), b: mibps(size, b), comp: fmt.Sprintf("%.2f", r), target: ">= 0.9", verdict: verdict(r >= 0.9)})
-			t.Logf("cluster %s: forwarded %s, local %s, ratio %.2f", op.name, mibps(size, a), mibps(size, b), r)
+			per := perMiB(cfg)
+			cr := "-" // too little CPU to tell (the smoke test)
+			if lc.server > 0 {
+				cr = fmt.Sprintf("%.2f", float64(fc.server)/float64(lc.server))
+			}
+			s.add(row{what: "  CPU per MiB: forwarding replica vs holder", a: per(fc.server), b: per(lc.server), comp: cr})
+			t.Logf("cluster %s: forwarded %s, local %s, ratio %.2f; CPU/MiB forwarding replica %s, holder relaying %s", op.name, mibps(size, a), mibps(size, b), r, per(fc.server), per(lc.server))
 		}
 		a, b := pair(t, cfg.reps, func() (time.Duration, error) { return connect(c, target(other)) }, func() (time.Duration, error) { return connect(c, target(holder)) })
 		s.add(row{what: "connect: fresh `ssh host true`", a: ms(a), b: ms(b), comp: diff(a - b)})
@@ -68,7 +76,7 @@ func cluster(t *testing.T, tb *table, cfg config, c *sshtest.Client) {
 		reg.add(row{what: "register: upgrade, hello, welcome", a: ms(rr), b: ms(mr), comp: diff(rr - mr)})
 		reg.add(row{what: "look up: GET /client/ID, no upgrade", a: ms(rl), b: ms(ml), comp: diff(rl - ml)})
 		tb.notes = append(tb.notes,
-			"Cluster: the forwarded path is OpenSSH → wsproxy → replica B → replica A (which holds the agent) → agent; local is OpenSSH → wsproxy → replica A → agent. All on this machine, Redis on a Unix socket.",
+			"Cluster: the forwarded path is OpenSSH → wsproxy → replica B → replica A (which holds the agent) → agent; local is OpenSSH → wsproxy → replica A → agent. All on this machine, Redis on a Unix socket. The CPU row compares B's CPU on the forwarded path with A's on the local one: forwarding adds a process that costs about as much as a relay, and where the cores are busy the throughput ratio follows.",
 			fmt.Sprintf("Registry cost: %d bare agents (WebSocket, hello, welcome) registered one at a time with a replica on Redis and with a single server, then as many GET /client/ID (no upgrade: the handler looks the ID up, then refuses the request), over one keep-alive connection; the difference is what Redis costs per operation.", n))
 	})
 }
