@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"sort"
 	"strconv"
@@ -101,6 +102,11 @@ type redisRegistry struct {
 	// another replica's agent took; it closes it.
 	lost func(*agentConn)
 
+	// stripes order the registrations and unregistrations of one ID on
+	// this replica: the script's decision and the local record of it are
+	// one step (striped by ID, so that IDs do not wait for each other).
+	stripes [64]sync.Mutex
+
 	mu      sync.Mutex
 	local   map[string]*holding // the agents this replica holds, by ID
 	joining int                 // registrations of agents new here in flight
@@ -142,7 +148,17 @@ func boolInt(b bool) int {
 	return 0
 }
 
+// stripe is the lock that orders id's changes on this replica.
+func (r *redisRegistry) stripe(id string) *sync.Mutex {
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	return &r.stripes[h.Sum32()%uint32(len(r.stripes))]
+}
+
 func (r *redisRegistry) Register(id string, c claim, a *agentConn) (*agentConn, error) {
+	st := r.stripe(id)
+	st.Lock()
+	defer st.Unlock()
 	r.mu.Lock()
 	if max := r.limits.maxAgents; max > 0 && r.local[id] == nil && len(r.local)+r.joining >= max {
 		r.mu.Unlock()
@@ -220,6 +236,9 @@ func (r *redisRegistry) Confirm(id string, a *agentConn) {
 }
 
 func (r *redisRegistry) Unregister(id string, a *agentConn) {
+	st := r.stripe(id)
+	st.Lock()
+	defer st.Unlock()
 	h := r.holder(id, a)
 	if h == nil {
 		return
@@ -330,8 +349,9 @@ type refreshItem struct {
 	args []any
 }
 
-// forgetGone unregisters again the items whose agents left while their
-// refresh ran: the refresh may have claimed their IDs back.
+// forgetGone unregisters again the items no longer held here when their
+// refresh ended (a "lost" event came meanwhile): the refresh may have
+// claimed their IDs back.
 func (r *redisRegistry) forgetGone(items []refreshItem) {
 	for _, it := range items {
 		r.mu.Lock()
@@ -351,6 +371,12 @@ func (r *redisRegistry) forgetGone(items []refreshItem) {
 // It returns Redis's epoch, and whether it changed since the last
 // refresh (Redis lost its data).
 func (r *redisRegistry) refresh() (epoch int64, changed bool, err error) {
+	// No registration or unregistration here interleaves with a refresh:
+	// what it sends is what the replica holds while it runs.
+	for i := range r.stripes {
+		r.stripes[i].Lock()
+		defer r.stripes[i].Unlock()
+	}
 	r.mu.Lock()
 	items := make([]refreshItem, 0, len(r.local))
 	for id, h := range r.local {
