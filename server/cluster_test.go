@@ -88,6 +88,13 @@ func TestClusterForwardsClientsAndStreams(t *testing.T) {
 		t.Errorf("b forwarded %v streams, want 1", got)
 	}
 
+	// The holder's refusals pass through unchanged: a request that is no
+	// WebSocket handshake gets the same answer from both replicas.
+	codeA, _, bodyA := get(t, a.http()+"/client/far")
+	codeB, _, bodyB := get(t, b.http()+"/client/far")
+	if codeA == http.StatusSwitchingProtocols || codeB != codeA || bodyB != bodyA {
+		t.Errorf("no handshake: holder %d %q, forwarded %d %q; want the holder's refusal passed through", codeA, bodyA, codeB, bodyB)
+	}
 	// Unknown IDs are 404 on every replica, with the owner's words.
 	for _, r := range reps {
 		if code, _, body := get(t, r.http()+"/client/nobody"); code != http.StatusNotFound || !strings.Contains(body, "nobody") {

@@ -7,26 +7,21 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/coder/websocket"
-
-	"github.com/converge-ci/converge/internal/splice"
-	"github.com/converge-ci/converge/internal/wire"
-	"github.com/converge-ci/converge/internal/wsconn"
 )
 
 // Forwarding: a replica that gets a client (/client/ID), or an agent's
-// dial-back stream, for an agent another replica holds dials that
-// replica's advertise URL with the same request, one WebSocket per
-// stream, and splices the two. The owner answers it as it would the
-// client itself (so refusals pass through unchanged, and the agent's
-// subprotocol choice comes back to be accepted with). A forwarded
-// request carries forwardHeader, signed with the cluster key; the owner
+// dial-back stream, for an agent another replica holds passes the
+// request's WebSocket handshake on to that replica's advertise URL, and
+// once the holder has answered 101, splices the two TCP connections (see
+// tunnel.go). The WebSocket is then the client's own, end to end with the
+// holder: its key, its subprotocol choice (resumable or not), its pings
+// and close frames; this replica copies bytes without parsing frames. A
+// refusal from the holder passes to the client unchanged. A forwarded
+// request carries forwardHeader, signed with the cluster key; the holder
 // believes the client address in it (for its per-address limits) and
 // never forwards it again: one hop, whatever the registry says by then.
 const (
@@ -35,7 +30,8 @@ const (
 	// forwardSkew bounds how old (or how far in the future) a forwarded
 	// request's signature may be: replays are possible only that long.
 	forwardSkew = 30 * time.Second
-	// forwardDialTimeout bounds the handshake with the owner.
+	// forwardDialTimeout bounds the connection and handshake with the
+	// holder.
 	forwardDialTimeout = 10 * time.Second
 
 	forwardClient = "client"
@@ -121,82 +117,4 @@ func (s *Server) forwardStream(w http.ResponseWriter, r *http.Request, id, token
 	}
 	s.forward(w, r, forwardStream, id, token, owner, addr)
 	return true
-}
-
-// dial opens a forwarded request of kind to owner for id (and token),
-// on behalf of the client at addr, offering protocols.
-func (c *cluster) dial(owner, kind, id, token, addr string, protocols []string) (*websocket.Conn, error) {
-	path := wire.ClientPath(id)
-	if kind == forwardStream {
-		path = wire.StreamPath(id, token)
-	}
-	ms := time.Now().UnixMilli()
-	h := http.Header{}
-	h.Set(forwardHeader, fmt.Sprintf("v1 %d %s %s", ms, addr, forwardMAC(c.s.tokens.key, kind, id, token, ms, addr)))
-	ctx, cancel := context.WithTimeout(c.s.ctx, forwardDialTimeout)
-	defer cancel()
-	return wsconn.Dial(ctx, owner+path, wsconn.Options{Subprotocols: protocols, Header: h, HTTPClient: wsconn.DirectClient})
-}
-
-// forward relays r, a request of kind for id (and token) from the
-// client at remote, to owner, the replica holding the agent.
-func (s *Server) forward(w http.ResponseWriter, r *http.Request, kind, id, token, owner, remote string) {
-	endpoint := endpointClient
-	if kind == forwardStream {
-		endpoint = endpointAgent
-	}
-	log := s.log.With("id", id, "remote", remote, "owner", owner, "forward", kind)
-	start := time.Now()
-	up, err := s.cluster.dial(owner, kind, id, token, remote, websocketProtocols(r))
-	var re *wsconn.RefusedError
-	switch {
-	case errors.As(err, &re): // the owner's answer, as it gave it
-		log.Info("forwarded request refused by the owner", "status", re.Status, "reason", re.Message)
-		http.Error(w, re.Message, re.Status)
-		return
-	case err != nil:
-		log.Warn("cannot reach the replica holding the agent", "error", err)
-		s.metrics.refused(endpoint, reasonAgentUnavailable)
-		http.Error(w, fmt.Sprintf("the server holding agent %q cannot be reached; retry in a few seconds", id), http.StatusServiceUnavailable)
-		return
-	}
-	var protocols []string
-	if p := up.Subprotocol(); p != "" {
-		protocols = []string{p}
-	}
-	c, err := wsconn.Accept(w, r, protocols...)
-	if err != nil {
-		up.Close(websocket.StatusGoingAway, "the client's upgrade failed")
-		return
-	}
-	s.spliceForwarded(c, up, kind, log, start)
-}
-
-// spliceForwarded relays between c, the connection forwarded, and up,
-// the owner's, until either ends.
-func (s *Server) spliceForwarded(c, up *websocket.Conn, kind string, log *slog.Logger, start time.Time) {
-	release, ok := s.conns.add(c)
-	if !ok {
-		c.Close(websocket.StatusGoingAway, "server shutting down")
-		up.Close(websocket.StatusGoingAway, "server shutting down")
-		return
-	}
-	defer release()
-	releaseUp, ok := s.conns.add(up)
-	if !ok {
-		up.Close(websocket.StatusGoingAway, "server shutting down")
-		return
-	}
-	defer releaseUp()
-	s.metrics.forwarded.WithLabelValues(kind).Inc()
-	s.metrics.forwardedOpen.Inc()
-	defer s.metrics.forwardedOpen.Dec()
-	log.Info("forwarded", "protocol", c.Subprotocol(), "setup", time.Since(start).Round(time.Microsecond))
-
-	ctx, cancel := context.WithCancel(s.ctx)
-	defer cancel()
-	res := splice.Splice(wsconn.CleanReads(websocket.NetConn(ctx, c, websocket.MessageBinary)),
-		wsconn.CleanReads(websocket.NetConn(ctx, up, websocket.MessageBinary)))
-	log.Info("forward ended", "duration", time.Since(start).Round(time.Millisecond),
-		"bytes_in", res.AToB, "bytes_out", res.BToA, "reason", errString(res.Err))
 }

@@ -322,7 +322,7 @@ func (r *redisRegistry) owner(ctx context.Context, id string) (owner, conn strin
 func (r *redisRegistry) route(ctx context.Context, id string) (local *agentConn, owner string) {
 	o, conn, err := r.owner(ctx, id)
 	if err != nil {
-		r.log.Warn("registry lookup failed; serving local agents only", "id", id, "error", err)
+		r.log.Debug("registry lookup failed; serving local agents only", "id", id, "error", err) // the refresh loop warns once
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
