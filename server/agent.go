@@ -94,6 +94,11 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "malformed agent secret", http.StatusBadRequest)
 		return
 	}
+	if s.draining.Load() { // agents go to another replica, or come back once this one has restarted
+		s.metrics.refused(endpointAgent, reasonShuttingDown)
+		http.Error(w, "server shutting down; reconnect shortly", http.StatusServiceUnavailable)
+		return
+	}
 	a := &agentConn{id: id, remote: s.remoteAddr(r), since: time.Now(), welcomed: make(chan struct{})}
 	a.touch()
 	c := s.claimFor(id, presented, a.remote)
@@ -115,6 +120,10 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 		s.log.Info("agent refused", "id", id, "remote", a.remote, "reason", reasonIDReserved, "proven", c.proven)
 		s.metrics.refused(endpointAgent, reasonIDReserved)
 		http.Error(w, fmt.Sprintf("rendezvous ID %q is reserved for an agent that is reconnecting; choose another --id", id), http.StatusConflict)
+		return
+	case errors.Is(err, errRegistryUnavailable):
+		s.log.Warn("agent refused", "id", id, "remote", a.remote, "error", err)
+		http.Error(w, "the server cannot reach its registry; retry shortly", http.StatusServiceUnavailable)
 		return
 	case err != nil:
 		http.Error(w, err.Error(), http.StatusInternalServerError)

@@ -25,14 +25,24 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	a := s.reg.Lookup(id)
-	if a == nil || !a.ready.Load() {
-		s.log.Info("client refused", "id", id, "remote", s.remoteAddr(r), "reason", reasonUnknownID)
+	remote := s.remoteAddr(r)
+	fwdAddr, forwarded, err := s.forwardedFrom(r, forwardClient, id, "")
+	if err != nil {
+		s.log.Warn("client refused", "id", id, "remote", remote, "reason", reasonBadRequest, "error", err)
+		s.metrics.refused(endpointClient, reasonBadRequest)
+		http.Error(w, err.Error(), http.StatusForbidden)
+		return
+	}
+	if forwarded {
+		remote = fwdAddr
+	}
+	a, owner := s.route(r.Context(), id, forwarded)
+	if owner == "" && (a == nil || !a.ready.Load()) {
+		s.log.Info("client refused", "id", id, "remote", remote, "reason", reasonUnknownID)
 		s.metrics.refused(endpointClient, reasonUnknownID)
 		http.Error(w, fmt.Sprintf("no agent is connected with ID %q; check the ID the agent printed", id), http.StatusNotFound)
 		return
 	}
-	remote := s.remoteAddr(r)
 	if limit := s.streamLimit.acquire(remote); limit != nil {
 		s.log.Info("client refused", "id", id, "remote", remote, "reason", limit.reason)
 		s.metrics.refused(endpointClient, limit.reason)
@@ -40,6 +50,10 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.streamLimit.release(remote)
+	if owner != "" {
+		s.forward(w, r, forwardClient, id, "", owner, remote)
+		return
+	}
 	var protocols []string
 	for _, p := range websocketProtocols(r) {
 		if a.offers(p) {
@@ -117,7 +131,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !s.pending.waiting(id, token) {
-		if s.servePooled(w, r, id, token) {
+		if s.servePooled(w, r, id, token) || s.forwardStream(w, r, id, token) {
 			return
 		}
 		http.Error(w, "no client is waiting for this stream (it may have given up)", http.StatusNotFound)

@@ -23,6 +23,8 @@ type metrics struct {
 	setup         prometheus.Histogram
 	agentStreams  *prometheus.CounterVec // by source: pool, dial
 	poolIdle      prometheus.Gauge
+	forwarded     *prometheus.CounterVec // by kind: client, stream
+	forwardedOpen prometheus.Gauge
 }
 
 // Refusal endpoints and reasons, as labels of converge_refusals_total and
@@ -77,6 +79,14 @@ func newMetrics(version string, agents func() int) *metrics {
 		Name: "converge_pooled_streams_idle",
 		Help: "Idle streams agents keep open for their next clients (see --stream-pool).",
 	})
+	m.forwarded = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "converge_forwarded_streams_total",
+		Help: "Streams this replica forwarded to the replica holding their agent, by kind (client, stream: an agent's dial-back).",
+	}, []string{"kind"})
+	m.forwardedOpen = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "converge_forwarded_streams_open",
+		Help: "Streams this replica forwards to another now.",
+	})
 	bytes := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "converge_relayed_bytes_total",
 		Help: "Bytes relayed between clients and agents, by direction (to_agent, to_client).",
@@ -91,7 +101,7 @@ func newMetrics(version string, agents func() int) *metrics {
 		m.refusals.WithLabelValues(endpointClient, r)
 	}
 	m.reg.MustRegister(
-		m.streamsOpen, bytes, m.registrations, m.refusals, m.setup, m.agentStreams, m.poolIdle,
+		m.streamsOpen, bytes, m.registrations, m.refusals, m.setup, m.agentStreams, m.poolIdle, m.forwarded, m.forwardedOpen,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "converge_agents_connected",
 			Help: "Agents with a registered control connection.",

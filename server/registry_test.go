@@ -63,7 +63,10 @@ func free(t *testing.T, r Registry, id string) bool {
 }
 
 func TestRegistry(t *testing.T) {
-	r, clk := newTestRegistry(registryLimits{grace: 5 * time.Minute})
+	eachRegistry(t, registryLimits{grace: 5 * time.Minute}, testRegistry)
+}
+
+func testRegistry(t *testing.T, r Registry, clk *fakeClock) {
 	a1, a2, a3 := &agentConn{id: "job"}, &agentConn{id: "job"}, &agentConn{id: "job"}
 
 	first := unproven()
@@ -119,7 +122,10 @@ func TestRegistry(t *testing.T) {
 // ID, and the agent proving its tenure takes it back; from then on the ID
 // is the agent's, connected or reserved, whatever the rogue shows.
 func TestRegistryProvenBeatsUnprovenHolder(t *testing.T) {
-	r, _ := newTestRegistry(registryLimits{grace: time.Minute})
+	eachRegistry(t, registryLimits{grace: time.Minute}, testRegistryProvenBeatsUnprovenHolder)
+}
+
+func testRegistryProvenBeatsUnprovenHolder(t *testing.T, r Registry, _ *fakeClock) {
 	own := tenure{since: 900} // the agent's, from before the restart
 	rogue, rogueTenure := join(t, r, "victim", unproven(), "198.51.100.66")
 
@@ -147,7 +153,10 @@ func TestRegistryProvenBeatsUnprovenHolder(t *testing.T) {
 // reservation expired, another took the ID) proves nothing against the
 // next holder, though its token is still valid.
 func TestRegistryEndedTenureIsNoKey(t *testing.T) {
-	r, clk := newTestRegistry(registryLimits{grace: time.Minute})
+	eachRegistry(t, registryLimits{grace: time.Minute}, testRegistryEndedTenureIsNoKey)
+}
+
+func testRegistryEndedTenureIsNoKey(t *testing.T, r Registry, clk *fakeClock) {
 	a, first := join(t, r, "job", unproven(), "192.0.2.1")
 	r.Unregister("job", a)
 	clk.t = clk.t.Add(time.Minute)
@@ -184,15 +193,16 @@ func TestRegistryOlderTenureWins(t *testing.T) {
 		{"unproven over an unproven holder", unproven(), true, unproven(), ErrIDInUse},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r, _ := newTestRegistry(registryLimits{grace: time.Minute})
-			h, _ := join(t, r, "job", tc.holder, "192.0.2.1")
-			if !tc.connected {
-				r.Unregister("job", h)
-			}
-			_, err := r.Register("job", tc.claim, &agentConn{id: "job", remote: "192.0.2.2", tenure: tc.claim.tenure})
-			if !errors.Is(err, tc.want) || (tc.want == nil) != (err == nil) {
-				t.Fatalf("holder %+v (connected %v), claim %+v: got %v, want %v", tc.holder, tc.connected, tc.claim, err, tc.want)
-			}
+			eachRegistry(t, registryLimits{grace: time.Minute}, func(t *testing.T, r Registry, _ *fakeClock) {
+				h, _ := join(t, r, "job", tc.holder, "192.0.2.1")
+				if !tc.connected {
+					r.Unregister("job", h)
+				}
+				_, err := r.Register("job", tc.claim, &agentConn{id: "job", remote: "192.0.2.2", tenure: tc.claim.tenure})
+				if !errors.Is(err, tc.want) || (tc.want == nil) != (err == nil) {
+					t.Fatalf("holder %+v (connected %v), claim %+v: got %v, want %v", tc.holder, tc.connected, tc.claim, err, tc.want)
+				}
+			})
 		})
 	}
 }
@@ -200,7 +210,10 @@ func TestRegistryOlderTenureWins(t *testing.T) {
 // TestRegistryUnconfirmedLeavesNothing: a claim whose agent never
 // completed its hello leaves no reservation (issue 10, finding 1).
 func TestRegistryUnconfirmedLeavesNothing(t *testing.T) {
-	r, _ := newTestRegistry(registryLimits{grace: time.Minute, perAddr: 2})
+	eachRegistry(t, registryLimits{grace: time.Minute, perAddr: 2}, testRegistryUnconfirmedLeavesNothing)
+}
+
+func testRegistryUnconfirmedLeavesNothing(t *testing.T, r Registry, _ *fakeClock) {
 	for i := range 10 {
 		id := fmt.Sprint("squat-", i)
 		a := &agentConn{id: id, remote: "198.51.100.7"}
@@ -212,8 +225,8 @@ func TestRegistryUnconfirmedLeavesNothing(t *testing.T) {
 			t.Fatalf("%s is still held after a claim that never said hello", id)
 		}
 	}
-	if len(r.entries) != 0 || len(r.charged) != 0 || r.reserved != 0 {
-		t.Errorf("after unconfirmed claims: %d entries, %d addresses charged, %d reserved; want none", len(r.entries), len(r.charged), r.reserved)
+	if st := statsOf(t, r); st.entries != 0 || len(st.charged) != 0 || st.reserved != 0 {
+		t.Errorf("after unconfirmed claims: %d entries, %d addresses charged, %d reserved; want none", st.entries, len(st.charged), st.reserved)
 	}
 }
 
@@ -221,7 +234,10 @@ func TestRegistryUnconfirmedLeavesNothing(t *testing.T) {
 // tenure and drops before its welcome leaves its reservation as it was,
 // expiring when it would have.
 func TestRegistryProvenClaimKeepsReservation(t *testing.T) {
-	r, clk := newTestRegistry(registryLimits{grace: time.Minute})
+	eachRegistry(t, registryLimits{grace: time.Minute}, testRegistryProvenClaimKeepsReservation)
+}
+
+func testRegistryProvenClaimKeepsReservation(t *testing.T, r Registry, clk *fakeClock) {
 	a, held := join(t, r, "job", unproven(), "192.0.2.1")
 	r.Unregister("job", a) // reserved until +1m
 	clk.t = clk.t.Add(40 * time.Second)
@@ -243,7 +259,10 @@ func TestRegistryProvenClaimKeepsReservation(t *testing.T) {
 // by a proven claim keeps its ID reserved if the claim drops before its
 // welcome.
 func TestRegistryDisplacedAgentKeepsReservation(t *testing.T) {
-	r, _ := newTestRegistry(registryLimits{grace: time.Minute})
+	eachRegistry(t, registryLimits{grace: time.Minute}, testRegistryDisplacedAgentKeepsReservation)
+}
+
+func testRegistryDisplacedAgentKeepsReservation(t *testing.T, r Registry, _ *fakeClock) {
 	a, held := join(t, r, "job", unproven(), "192.0.2.1")
 	b := &agentConn{id: "job", remote: "192.0.2.1"}
 	if old, err := r.Register("job", proof(held), b); err != nil || old != a {
@@ -264,8 +283,11 @@ func TestRegistryDisplacedAgentKeepsReservation(t *testing.T) {
 // connected agents and the reservations they left, at the address that
 // held the agent; taking a reservation back moves its charge.
 func TestRegistryChargesReservationsToTheirAddress(t *testing.T) {
+	eachRegistry(t, registryLimits{grace: time.Minute, perAddr: 2}, testRegistryChargesReservationsToTheirAddress)
+}
+
+func testRegistryChargesReservationsToTheirAddress(t *testing.T, r Registry, clk *fakeClock) {
 	const home, away = "192.0.2.1", "198.51.100.1"
-	r, clk := newTestRegistry(registryLimits{grace: time.Minute, perAddr: 2})
 	a, tenureA := join(t, r, "a", unproven(), home)
 	b, tenureB := join(t, r, "b", unproven(), home)
 	r.Unregister("a", a)
@@ -290,7 +312,7 @@ func TestRegistryChargesReservationsToTheirAddress(t *testing.T) {
 	if _, err := r.Register("c", unproven(), &agentConn{id: "c", remote: home}); err != nil {
 		t.Fatalf("after the reservations expired, Register from %s: %v", home, err)
 	}
-	if got := r.charged[home]; got != 1 {
+	if got := statsOf(t, r).charged[home]; got != 1 {
 		t.Errorf("%s is charged %d, want 1", home, got)
 	}
 }
@@ -298,7 +320,10 @@ func TestRegistryChargesReservationsToTheirAddress(t *testing.T) {
 // TestRegistryCapsReservations: when maxReserved are held, a new
 // reservation drops the oldest.
 func TestRegistryCapsReservations(t *testing.T) {
-	r, clk := newTestRegistry(registryLimits{grace: time.Minute, maxReserved: 3})
+	eachRegistry(t, registryLimits{grace: time.Minute, maxReserved: 3}, testRegistryCapsReservations)
+}
+
+func testRegistryCapsReservations(t *testing.T, r Registry, clk *fakeClock) {
 	for i := range 4 {
 		id := fmt.Sprint("job-", i)
 		a, _ := join(t, r, id, unproven(), fmt.Sprint("192.0.2.", i))
@@ -310,8 +335,8 @@ func TestRegistryCapsReservations(t *testing.T) {
 			t.Errorf("job-%d free = %v, want %v (the oldest of 4 reservations over a cap of 3 is dropped)", i, got, want)
 		}
 	}
-	if r.reserved != 3 || len(r.charged) != 3 {
-		t.Errorf("%d reserved, %d addresses charged; want 3 and 3", r.reserved, len(r.charged))
+	if st := statsOf(t, r); st.reserved != 3 || len(st.charged) != 3 {
+		t.Errorf("%d reserved, %d addresses charged; want 3 and 3", st.reserved, len(st.charged))
 	}
 }
 
@@ -342,16 +367,22 @@ func TestRegistryExpiresWithoutScanning(t *testing.T) {
 }
 
 func TestRegistryNoGrace(t *testing.T) {
-	r, _ := newTestRegistry(registryLimits{grace: -1})
+	eachRegistry(t, registryLimits{grace: -1}, testRegistryNoGrace)
+}
+
+func testRegistryNoGrace(t *testing.T, r Registry, _ *fakeClock) {
 	a, _ := join(t, r, "job", unproven(), "192.0.2.1")
 	r.Unregister("job", a)
-	if _, err := r.Register("job", unproven(), &agentConn{}); err != nil {
+	if _, err := r.Register("job", unproven(), &agentConn{id: "job"}); err != nil {
 		t.Fatalf("with grace off, Register after Unregister: %v", err)
 	}
 }
 
 func TestRegistryConcurrentClaims(t *testing.T) {
-	r, _ := newTestRegistry(registryLimits{grace: time.Minute})
+	eachRegistry(t, registryLimits{grace: time.Minute}, testRegistryConcurrentClaims)
+}
+
+func testRegistryConcurrentClaims(t *testing.T, r Registry, _ *fakeClock) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	wins := 0
@@ -359,7 +390,7 @@ func TestRegistryConcurrentClaims(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, err := r.Register("race", unproven(), &agentConn{}); err == nil {
+			if _, err := r.Register("race", unproven(), &agentConn{id: "race"}); err == nil {
 				mu.Lock()
 				wins++
 				mu.Unlock()

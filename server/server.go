@@ -1,6 +1,8 @@
 // Package server is the Converge rendezvous server: a registry of connected
 // agents, the WebSocket endpoints agents and clients reach, the splice that
-// joins them, and the web pages.
+// joins them, and the web pages. Several servers can run as replicas of
+// one service: their registry is then shared in Redis, and a replica
+// forwards clients of agents another holds to it (cluster.go).
 //
 // It is a bit pipe. It never links an SSH library and never sees anything
 // but the ciphertext of the SSH sessions it relays, plus what agents say
@@ -18,6 +20,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/converge-ci/converge/internal/wire"
@@ -87,6 +90,23 @@ type Config struct {
 	StateDir string
 	// DrainTimeout bounds graceful shutdown. Default 10s.
 	DrainTimeout time.Duration
+	// DrainDelay is how long, on shutdown, /healthz answers 503 (and new
+	// agents are refused with 503) before agents are released and
+	// connections closed: time for a load balancer's health checks to
+	// send new connections elsewhere. Default 0 for a single server;
+	// DefaultClusterDrainDelay with Redis. Negative: none.
+	DrainDelay time.Duration
+
+	// Redis, when set, makes this server a replica of a cluster that
+	// shares its registry in this Redis (or Valkey): redis://[:PASSWORD@]
+	// HOST:PORT/DB, rediss:// for TLS, unix:///PATH. Needs Advertise and
+	// ClusterKey. Default "": a single server, registry in memory.
+	Redis string
+	// Advertise is the URL other replicas reach this one by
+	// (http://HOST:PORT, https, ws or wss; a path for a server under a
+	// sub-path), to forward clients of the agents it holds. Port 0 means
+	// the port it listens on. Required with Redis.
+	Advertise string
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Version is reported to agents and shown on pages.
@@ -162,6 +182,9 @@ func (c *Config) Validate() error {
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = 10 * time.Second
 	}
+	if err := c.validateCluster(); err != nil {
+		return err
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -185,6 +208,9 @@ type Server struct {
 	cancel context.CancelFunc
 
 	tokens *tokens // signs and verifies agents' registration secrets
+
+	cluster  *cluster    // nil for a single server
+	draining atomic.Bool // shutting down: /healthz says so
 
 	streamLimit *addrLimiter
 	authFails   *failLimiter // wrong sessions-view passwords
@@ -227,6 +253,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.tokens = newTokens(key, cfg.Grace)
 	if err := s.setupFront(); err != nil {
+		return nil, err
+	}
+	if err := s.setupCluster(); err != nil {
 		return nil, err
 	}
 	s.routes()
@@ -291,6 +320,11 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET "+wire.ClientPattern, s.sameOrigin(endpointClient, s.handleClient))
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if s.draining.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, "draining")
+			return
+		}
 		fmt.Fprintln(w, "ok")
 	})
 	s.pageRoutes()
@@ -327,6 +361,9 @@ func (s *Server) Run(ctx context.Context) error {
 	sweepCtx, stopSweep := context.WithCancel(context.Background())
 	go func() { defer close(sweepDone); s.sweep(sweepCtx) }()
 	defer func() { stopSweep(); <-sweepDone }()
+	if s.cluster != nil {
+		defer s.cluster.start(ln.Addr())()
+	}
 
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
@@ -337,6 +374,8 @@ func (s *Server) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 
+	s.draining.Store(true)
+	s.drainDelay()
 	s.log.Info("draining", "timeout", s.cfg.DrainTimeout)
 	dctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
 	defer cancel()
@@ -353,6 +392,9 @@ func (s *Server) Run(ctx context.Context) error {
 // drain closes every hijacked WebSocket with 1001 and waits for the
 // relays, until ctx ends; then it cuts what is left and waits for that.
 func (s *Server) drain(ctx context.Context) {
+	if s.cluster != nil {
+		s.cluster.tunnels.close()
+	}
 	if left := s.conns.drain(ctx, "server shutting down; reconnect shortly"); left > 0 {
 		s.log.Warn("drain deadline reached; cutting remaining connections", "left", left)
 	}

@@ -71,12 +71,24 @@ func (s *Server) handleSessions(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.render(w, r, http.StatusOK, templates.Sessions(templates.SessionsData{
-		Site: s.site(), Sessions: s.snapshot(), Events: s.publicPrefix(r) + "/sessions/events",
+		Site: s.site(), Sessions: s.snapshot(r.Context()), Events: s.publicPrefix(r) + "/sessions/events",
 	}))
 }
 
-// snapshot describes the connected agents for the page.
-func (s *Server) snapshot() []templates.Session {
+// snapshot describes the connected agents for the page: this server's,
+// and in a cluster every replica's, ordered by ID.
+func (s *Server) snapshot(ctx context.Context) []templates.Session {
+	out := s.localSessions()
+	if s.cluster == nil {
+		return out
+	}
+	out = append(out, s.cluster.remoteSessions(ctx)...)
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// localSessions describes the agents connected to this server.
+func (s *Server) localSessions() []templates.Session {
 	var out []templates.Session
 	for _, a := range s.reg.Agents() {
 		if !a.ready.Load() {
@@ -166,7 +178,7 @@ func (s *Server) handleSessionEvents(w http.ResponseWriter, r *http.Request) {
 // agentsEvent renders the table body as one "agents" event.
 func (s *Server) agentsEvent(ctx context.Context) []byte {
 	var html bytes.Buffer
-	if err := templates.SessionRows(s.snapshot()).Render(ctx, &html); err != nil {
+	if err := templates.SessionRows(s.snapshot(ctx)).Render(ctx, &html); err != nil {
 		return []byte(fmt.Sprintf(": render failed: %v\n\n", strings.ReplaceAll(err.Error(), "\n", " ")))
 	}
 	var ev bytes.Buffer

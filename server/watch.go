@@ -12,6 +12,9 @@ import (
 // bound. Notifying never blocks, so a slow browser cannot slow a relay.
 type changes struct {
 	max int // most watchers at once
+	// local, when set, is called on each local change (a cluster
+	// publishes them); it must not block. Set before use.
+	local func()
 
 	mu       sync.Mutex
 	watchers map[chan struct{}]struct{}
@@ -25,8 +28,18 @@ func newChanges(max int) *changes {
 	return &changes{max: max, watchers: make(map[chan struct{}]struct{})}
 }
 
-// notify tells every watcher that something changed.
+// notify tells every watcher, and the local hook, that something
+// changed here.
 func (c *changes) notify() {
+	if c.local != nil {
+		c.local()
+	}
+	c.notifyWatchers()
+}
+
+// notifyWatchers tells every watcher that something changed elsewhere
+// (on another replica).
+func (c *changes) notifyWatchers() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for ch := range c.watchers {

@@ -41,7 +41,13 @@ replica sharing the key, checks an agent's claim to its ID. A single server
 makes its key once and keeps it in --state-dir. Replicas share one:
 CONVERGE_CLUSTER_KEY, at least 32 bytes as hex or base64 (make one with
 openssl rand -hex 32), set in the environment only; it overrides
---state-dir.`
+--state-dir.
+
+Several replicas behind a load balancer share their registry in Redis:
+  CONVERGE_CLUSTER_KEY=... converge --addr :8001 --redis redis://127.0.0.1:6379/0 \
+    --advertise http://10.0.0.5:8001
+A replica forwards clients of agents another holds to it; see the README,
+"Running several servers".`
 	cmd.VersionDetail = func() string {
 		sums, err := server.TerminalSums()
 		if err != nil {
@@ -73,6 +79,9 @@ openssl rand -hex 32), set in the environment only; it overrides
 	f.StringVar(&cfg.SessionsPassword, "sessions-password", "", "enable the live sessions view at /sessions behind HTTP basic auth with this `PASSWORD` (any user name); off when empty, because it lists the IDs that reach agents. Prefer the environment variable to keep it out of ps")
 	f.StringVar(&cfg.StateDir, "state-dir", stateDir, "`DIR` to keep the server's key in (file server.key, made once, mode 0600), so that a restarted server still checks its agents' secrets and gives their IDs back to them; unused when CONVERGE_CLUSTER_KEY is set")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 10*time.Second, "on SIGTERM, how long to wait for relayed connections to end after telling agents and clients to reconnect")
+	f.DurationVar(&cfg.DrainDelay, "drain-delay", 0, "on SIGTERM, how long /healthz answers 503 (and new agents are refused) before agents are released and connections closed, so that a load balancer sends them elsewhere first (default 0; 5s with --redis; negative: none)")
+	f.StringVar(&cfg.Redis, "redis", "", "`URL` of the Redis (or Valkey) that replicas of one service share their registry in: redis://[:PASSWORD@]HOST:PORT/DB, rediss:// for TLS, unix:///PATH. Needs --advertise and CONVERGE_CLUSTER_KEY. Prefer the environment variable when it holds a password. Default none: a single server")
+	f.StringVar(&cfg.Advertise, "advertise", "", "`URL` other replicas reach this one by, to forward clients of the agents it holds, as http://HOST:PORT (https when it serves TLS); port 0 means the port it listens on. Required with --redis")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.BoolVar(&verbose, "verbose", false, "log debug messages")
 	if err := cmd.Parse(os.Args[1:]); err != nil {

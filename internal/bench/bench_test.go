@@ -25,6 +25,7 @@ type config struct {
 	rtt     time.Duration // added round trip of the second pass; 0 skips it
 	scale   scaleConfig   // many agents: memory, lookups, restarts; 0 agents skips them
 	ciphers []string      // ciphers to compare (direct, ssh cat); none skips
+	cluster bool          // measure forwarding between replicas and the Redis registry
 }
 
 // TestBenchTable is `make bench`: the full table, printed to stdout.
@@ -34,11 +35,12 @@ func TestBenchTable(t *testing.T) {
 	}
 	start := time.Now()
 	cfg := config{
-		size:  int64(*flagSize) << 20,
-		reps:  *flagReps,
-		echo:  *flagEcho,
-		rtt:   *flagRTT,
-		scale: scaleConfig{agents: *flagAgents, real: *flagRealAgents, window: time.Second, outage: *flagOutage},
+		size:    int64(*flagSize) << 20,
+		reps:    *flagReps,
+		echo:    *flagEcho,
+		rtt:     *flagRTT,
+		cluster: *flagCluster,
+		scale:   scaleConfig{agents: *flagAgents, real: *flagRealAgents, window: time.Second, outage: *flagOutage},
 	}
 	if *flagCipher {
 		cfg.ciphers = []string{"aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes128-ctr"}
@@ -90,6 +92,7 @@ func TestBenchSmoke(t *testing.T) {
 		rtt:     4 * time.Millisecond,
 		scale:   scaleConfig{agents: 20, real: 3, window: 200 * time.Millisecond, outage: 500 * time.Millisecond},
 		ciphers: []string{"aes128-gcm@openssh.com"},
+		cluster: true,
 	})
 	out := tb.String()
 	t.Log("\n" + out)
@@ -102,7 +105,7 @@ func TestBenchSmoke(t *testing.T) {
 			}
 		}
 	}
-	for _, want := range []string{"0 ms", "4 ms", "Ciphers", "Server memory", "Lookups", "Restart at once", "Restart after"} {
+	for _, want := range []string{"0 ms", "4 ms", "Ciphers", "Server memory", "Lookups", "Restart at once", "Restart after", "Cluster"} {
 		if !strings.Contains(strings.Join(titles, "\n"), want) {
 			t.Errorf("no section about %q in:\n%s", want, out)
 		}
@@ -154,6 +157,9 @@ func run(t *testing.T, cfg config) *table {
 	}
 	if cfg.scale.agents > 0 {
 		scale(t, tb, cfg.scale, c)
+	}
+	if cfg.cluster {
+		cluster(t, tb, cfg, c)
 	}
 	tb.notes = append(tb.notes,
 		"relay = OpenSSH client → wsproxy (ProxyCommand) → converge (its own process) → the agent's dial-back WebSocket → agent (in the harness process); direct = OpenSSH client → loopback TCP → the same agent's SSH server (agent.Serve).",

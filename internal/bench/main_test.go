@@ -21,6 +21,7 @@ var (
 	flagOutage     = flag.Duration("bench-outage", 5*time.Second, "how long the server stays down in the second restart of the many-agents rows")
 	flagRealAgents = flag.Int("bench-real-agents", 1000, "real agents for the reference of the memory row (0 skips it)")
 	flagCipher     = flag.Bool("bench-ciphers", true, "compare the SSH ciphers")
+	flagCluster    = flag.Bool("bench-cluster", true, "measure a stream forwarded between two replicas, and the Redis registry (needs redis-server)")
 	flagOut        = flag.String("bench-out", "", "also write the table to this file")
 )
 

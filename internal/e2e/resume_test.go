@@ -44,9 +44,17 @@ var listeningRE = regexp.MustCompile(`msg=listening .*addr=(\S+)`)
 // counts).
 func startServerProc(t *testing.T, args ...string) *serverProc {
 	t.Helper()
+	return startServerProcEnv(t, nil, args...)
+}
+
+// startServerProcEnv is startServerProc with env added to the
+// environment.
+func startServerProcEnv(t *testing.T, env []string, args ...string) *serverProc {
+	t.Helper()
 	logs := &syncBuffer{}
 	args = append([]string{"--addr", "127.0.0.1:0", "--ssh-user", "ciuser", "--state-dir", t.TempDir()}, args...)
 	cmd := exec.Command(bin("converge"), args...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

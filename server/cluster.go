@@ -1,0 +1,423 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/converge-ci/converge/internal/wsconn"
+	"github.com/converge-ci/converge/templates"
+)
+
+// cluster is what a replica adds to the server when it shares a Redis
+// with others (Config.Redis): the shared registry (redis.go), forwarding
+// of clients and streams to the replica that holds their agent
+// (forward.go), and the sessions view of every replica's agents.
+type cluster struct {
+	s    *Server
+	log  *slog.Logger
+	rdb  *redis.Client
+	reg  *redisRegistry
+	self string // this replica's advertise URL, ws:// or wss://
+
+	kick    chan struct{} // local changes to publish; capacity 1
+	tunnels *tunnels      // forwarded connections
+
+	mu        sync.Mutex
+	published map[string]string // ID -> the sessions row last written for it
+	view      []templates.Session
+	viewAt    time.Time
+}
+
+// DefaultClusterDrainDelay is Config.DrainDelay's default with Redis:
+// long enough for a load balancer checking /healthz every 2 s to see two
+// failures.
+const DefaultClusterDrainDelay = 5 * time.Second
+
+// validateCluster checks the Config fields of a replica.
+func (c *Config) validateCluster() error {
+	if c.Redis == "" {
+		if c.Advertise != "" {
+			return errors.New("--advertise is for replicas sharing a registry: give --redis too")
+		}
+		c.DrainDelay = max(c.DrainDelay, 0)
+		return nil
+	}
+	if c.Advertise == "" {
+		return errors.New("--redis needs --advertise: the URL other replicas reach this one by, as http://HOST:PORT")
+	}
+	if _, err := advertiseURL(c.Advertise); err != nil {
+		return err
+	}
+	if c.ClusterKey == "" {
+		return errors.New("--redis needs CONVERGE_CLUSTER_KEY, the same on every replica, so that each checks the secrets the others signed (make one with `openssl rand -hex 32`)")
+	}
+	if c.DrainDelay == 0 {
+		c.DrainDelay = DefaultClusterDrainDelay
+	}
+	c.DrainDelay = max(c.DrainDelay, 0)
+	return nil
+}
+
+// setupCluster connects a replica to its Redis; a single server has
+// nothing to set up.
+func (s *Server) setupCluster() error {
+	if s.cfg.Redis == "" {
+		return nil
+	}
+	self, err := advertiseURL(s.cfg.Advertise)
+	if err != nil {
+		return err
+	}
+	rdb, err := openRedis(context.Background(), s.cfg.Redis)
+	if err != nil {
+		return err
+	}
+	s.cluster = newCluster(s, rdb, self)
+	s.reg = s.cluster.reg
+	s.changes.local = s.cluster.changed
+	return nil
+}
+
+// start runs the replica's part of the cluster, for a server listening
+// on addr, until the returned function is called; that waits for it and
+// closes the Redis client.
+func (c *cluster) start(addr net.Addr) (stop func()) {
+	if tcp, ok := addr.(*net.TCPAddr); ok {
+		c.self = withPort(c.self, strconv.Itoa(tcp.Port))
+		c.reg.self = c.self
+	}
+	c.log = c.s.log.With("replica", c.self)
+	c.reg.log = c.log
+	c.log.Info("replica of a cluster", "redis", c.rdb.Options().Addr, "db", c.rdb.Options().DB, "drain_delay", c.s.cfg.DrainDelay)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); c.run(ctx) }()
+	return func() {
+		cancel()
+		<-done
+		c.rdb.Close()
+	}
+}
+
+// drainDelay is the first step of a shutdown, once /healthz answers 503:
+// it waits DrainDelay for load balancers to notice, then a replica
+// releases its agents (close 1001) so that they register again at once,
+// elsewhere; their streams here stay until the drain closes them.
+func (s *Server) drainDelay() {
+	if d := s.cfg.DrainDelay; d > 0 {
+		s.log.Info("draining: /healthz answers 503 before agents are released", "delay", d)
+		t := time.NewTimer(d)
+		<-t.C
+	}
+	if s.cluster == nil {
+		return
+	}
+	var wg sync.WaitGroup
+	n := 0
+	for _, a := range s.cluster.reg.Agents() {
+		if !a.ready.Load() {
+			continue
+		}
+		n++
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.ws.Close(websocket.StatusGoingAway, "server shutting down; reconnect shortly")
+		}()
+	}
+	wg.Wait()
+	s.log.Info("agents released to other replicas", "agents", n)
+}
+
+// viewMaxAge is how long a read of the other replicas' sessions serves
+// every watcher of the sessions view, unless another replica says its
+// sessions changed.
+const viewMaxAge = 250 * time.Millisecond
+
+// advertiseURL checks and normalises --advertise: http(s) or ws(s), a
+// host, maybe a path (a server under a sub-path); no query, no user.
+// It returns the ws:// or wss:// form, without a trailing slash.
+func advertiseURL(raw string) (string, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", fmt.Errorf("--advertise %q: %w", raw, err)
+	}
+	switch u.Scheme {
+	case "http", "ws":
+		u.Scheme = "ws"
+	case "https", "wss":
+		u.Scheme = "wss"
+	default:
+		return "", fmt.Errorf("--advertise %q: give the URL other replicas reach this one by, as http://HOST:PORT (or https, ws, wss)", raw)
+	}
+	if u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" || strings.ContainsAny(raw, " \t\n") {
+		return "", fmt.Errorf("--advertise %q: want scheme://HOST:PORT[/PATH] and nothing else", raw)
+	}
+	return strings.TrimSuffix(u.String(), "/"), nil
+}
+
+// withPort replaces port 0 in advertise (ws://HOST:0) with port: a
+// replica listening on port 0 (tests) advertises the port it got.
+func withPort(advertise string, port string) string {
+	u, err := url.Parse(advertise)
+	if err != nil || u.Port() != "0" {
+		return advertise
+	}
+	u.Host = strings.TrimSuffix(u.Host, ":0") + ":" + port
+	return u.String()
+}
+
+func newCluster(s *Server, rdb *redis.Client, self string) *cluster {
+	log := s.log.With("replica", self)
+	c := &cluster{s: s, log: log, rdb: rdb, self: self, kick: make(chan struct{}, 1), tunnels: newTunnels(), published: make(map[string]string)}
+	c.reg = newRedisRegistry(rdb, self, registryLimits{
+		grace:       s.cfg.Grace,
+		perAddr:     s.cfg.MaxAgentsPerAddr,
+		maxAgents:   s.cfg.MaxAgents,
+		maxReserved: s.cfg.MaxReservations,
+	}, time.Now, log)
+	c.reg.lost = c.closeLost
+	return c
+}
+
+// closeLost closes a, an agent here whose ID another replica's agent
+// took, as a displaced holder is closed.
+func (c *cluster) closeLost(a *agentConn) {
+	a.displaced.Store(true)
+	if a.ready.Load() {
+		go a.ws.Close(wsconn.CodeReplaced, "replaced by another connection for this ID, on another server")
+	}
+}
+
+// run keeps the replica's part of the cluster going until ctx ends:
+// lease refreshes, events from other replicas, publishing this
+// replica's sessions.
+func (c *cluster) run(ctx context.Context) {
+	resync := make(chan struct{}, 1)
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() { defer wg.Done(); c.refreshLoop(ctx, resync) }()
+	go func() { defer wg.Done(); c.listen(ctx, resync) }()
+	go func() { defer wg.Done(); c.publishLoop(ctx) }()
+	wg.Wait()
+}
+
+// refreshLoop refreshes the leases every leaseRefresh, and at once when
+// the event subscription (re)connects, as it does after Redis restarts.
+func (c *cluster) refreshLoop(ctx context.Context, resync <-chan struct{}) {
+	t := time.NewTicker(leaseRefresh)
+	defer t.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-resync:
+		}
+		_, changed, err := c.reg.refresh()
+		switch {
+		case err != nil && !failing:
+			c.log.Warn("cannot refresh agents' leases; local agents keep working, other replicas cannot find them", "error", err)
+		case err == nil && failing:
+			c.log.Info("registry reachable again")
+		}
+		failing = err != nil
+		if changed {
+			c.log.Warn("Redis lost its data (new epoch); this replica's agents are registered again")
+			c.mu.Lock()
+			clear(c.published)
+			c.mu.Unlock()
+			c.changed()
+		}
+	}
+}
+
+// listen handles events from other replicas: an agent here lost its ID,
+// or the sessions view changed.
+func (c *cluster) listen(ctx context.Context, resync chan<- struct{}) {
+	ps := c.rdb.Subscribe(ctx, redisEvents)
+	defer ps.Close()
+	defer context.AfterFunc(ctx, func() { ps.Close() })() // Receive does not watch ctx
+	for {
+		msg, err := ps.Receive(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			t := time.NewTimer(time.Second) // go-redis reconnects on the next Receive
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			continue
+		}
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			select {
+			case resync <- struct{}{}:
+			default:
+			}
+			c.othersChanged()
+		case *redis.Message:
+			c.event(m.Payload)
+		}
+	}
+}
+
+func (c *cluster) event(payload string) {
+	f := strings.Split(payload, "\t")
+	switch {
+	case len(f) == 4 && f[0] == "lost" && f[1] == c.self:
+		c.reg.lose(f[3], f[2])
+	case len(f) == 2 && f[0] == "changed" && f[1] != c.self:
+		c.othersChanged()
+	}
+}
+
+// othersChanged makes the next read of the other replicas' sessions go
+// to Redis, and tells the watchers.
+func (c *cluster) othersChanged() {
+	c.mu.Lock()
+	c.viewAt = time.Time{}
+	c.mu.Unlock()
+	c.s.changes.notifyWatchers()
+}
+
+// changed asks the publisher to write this replica's sessions.
+func (c *cluster) changed() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// sessionRow is a sessions view row in Redis, with the holder it was
+// written for, so that readers skip rows of holders that are gone.
+type sessionRow struct {
+	Owner   string            `json:"owner"`
+	Conn    string            `json:"conn"`
+	Session templates.Session `json:"session"`
+}
+
+// publishLoop writes this replica's changed sessions rows to Redis and
+// tells the other replicas, at most every eventMinInterval.
+func (c *cluster) publishLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.kick:
+		}
+		if err := c.publish(ctx); err != nil {
+			c.log.Debug("cannot publish sessions", "error", err)
+		}
+		t := time.NewTimer(eventMinInterval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (c *cluster) publish(ctx context.Context) error {
+	rows := make(map[string]string)
+	conns := make(map[string]string)
+	for _, v := range c.s.localSessions() {
+		c.reg.mu.Lock()
+		h := c.reg.local[v.ID]
+		c.reg.mu.Unlock()
+		if h == nil {
+			continue
+		}
+		b, err := json.Marshal(sessionRow{Owner: c.self, Conn: h.conn, Session: v})
+		if err != nil {
+			return err
+		}
+		rows[v.ID], conns[v.ID] = string(b), h.conn
+	}
+	c.mu.Lock()
+	var set []any
+	for id, row := range rows {
+		if c.published[id] != row {
+			set = append(set, id, conns[id], row)
+		}
+	}
+	var gone []string
+	for id := range c.published {
+		if _, ok := rows[id]; !ok {
+			gone = append(gone, id)
+		}
+	}
+	c.mu.Unlock()
+	// Rows of agents that left are removed by the registry script with
+	// their entries, and rows are written only for holders (op rows).
+	if len(set) > 0 {
+		if _, err := c.reg.run("rows", set...); err != nil {
+			return err
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, redisTimeout)
+	defer cancel()
+	if err := c.rdb.Publish(ctx, redisEvents, "changed\t"+c.self).Err(); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	for id, row := range rows {
+		c.published[id] = row
+	}
+	for _, id := range gone {
+		delete(c.published, id)
+	}
+	c.mu.Unlock()
+	return nil
+}
+
+// remoteSessions are the other replicas' agents, for the sessions view:
+// rows whose holder still holds its ID, read at most every viewMaxAge.
+func (c *cluster) remoteSessions(ctx context.Context) []templates.Session {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if time.Since(c.viewAt) < viewMaxAge {
+		return c.view
+	}
+	ctx, cancel := context.WithTimeout(ctx, redisTimeout)
+	defer cancel()
+	rows, err1 := c.rdb.HGetAll(ctx, redisKeySessions).Result()
+	ids, err2 := c.rdb.HGetAll(ctx, redisKeyIDs).Result()
+	if err := errors.Join(err1, err2); err != nil {
+		c.log.Warn("cannot read the other replicas' sessions", "error", err)
+		return c.view
+	}
+	now := time.Now().UnixMilli()
+	var out []templates.Session
+	for id, raw := range rows {
+		var row sessionRow
+		var e regEntry
+		if json.Unmarshal([]byte(raw), &row) != nil || json.Unmarshal([]byte(ids[id]), &e) != nil {
+			continue
+		}
+		if row.Owner == c.self || e.Owner != row.Owner || e.Conn != row.Conn || int64(e.Lease) <= now {
+			continue
+		}
+		out = append(out, row.Session)
+	}
+	c.view, c.viewAt = out, time.Now()
+	return out
+}

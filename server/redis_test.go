@@ -1,0 +1,243 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/converge-ci/converge/internal/redistest"
+)
+
+// eachRegistry runs test against the in-memory registry and against the
+// Redis one, on miniredis (which runs the Lua script) and on a real
+// redis-server, each with limits and a fake clock at Unix 1000 s, when
+// the registry was made.
+func eachRegistry(t *testing.T, limits registryLimits, test func(t *testing.T, r Registry, clk *fakeClock)) {
+	t.Run("memory", func(t *testing.T) {
+		r, clk := newTestRegistry(limits)
+		test(t, r, clk)
+	})
+	t.Run("redis", func(t *testing.T) {
+		clk := &fakeClock{t: time.Unix(1000, 0)}
+		r := newTestRedisRegistry(t, miniRedis(t), "ws://replica-1", limits, clk)
+		test(t, r, clk)
+	})
+	t.Run("redis-server", func(t *testing.T) {
+		clk := &fakeClock{t: time.Unix(1000, 0)}
+		r := newTestRedisRegistry(t, redistest.Start(t).Client(), "ws://replica-1", limits, clk)
+		test(t, r, clk)
+	})
+}
+
+// miniRedis is a client of a fresh miniredis for the test.
+func miniRedis(t testing.TB) *redis.Client {
+	m := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: m.Addr(), Protocol: 2, DisableIdentity: true})
+	t.Cleanup(func() { rdb.Close() })
+	return rdb
+}
+
+// newTestRedisRegistry is replica self's registry on rdb; the agents it
+// closes for losing their IDs are recorded in the returned registry's lost
+// hook by the caller when needed.
+func newTestRedisRegistry(t testing.TB, rdb *redis.Client, self string, limits registryLimits, clk *fakeClock) *redisRegistry {
+	return newRedisRegistry(rdb, self, limits, clk.now, testLog(t).With("replica", self))
+}
+
+// registryStats are a registry's totals, whichever its kind.
+type registryStats struct {
+	entries, reserved int
+	charged           map[string]int
+}
+
+func statsOf(t *testing.T, r Registry) registryStats {
+	t.Helper()
+	switch r := r.(type) {
+	case *memRegistry:
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		st := registryStats{entries: len(r.entries), reserved: r.reserved, charged: make(map[string]int)}
+		for g, n := range r.charged {
+			st.charged[g] = n
+		}
+		return st
+	case *redisRegistry:
+		ctx := context.Background()
+		entries, err1 := r.rdb.HLen(ctx, redisKeyIDs).Result()
+		reserved, err2 := r.rdb.ZCard(ctx, redisKeyRes).Result()
+		charged, err3 := r.rdb.HGetAll(ctx, redisKeyCharged).Result()
+		if err := errors.Join(err1, err2, err3); err != nil {
+			t.Fatal(err)
+		}
+		st := registryStats{entries: int(entries), reserved: int(reserved), charged: make(map[string]int)}
+		for g, n := range charged {
+			st.charged[g], _ = strconv.Atoi(n)
+		}
+		return st
+	}
+	t.Fatalf("unknown registry %T", r)
+	return registryStats{}
+}
+
+// replicas are n registries of one cluster on one Redis, sharing clk;
+// lost[i] receives the agents replica i closed for losing their IDs.
+func replicas(t *testing.T, n int, limits registryLimits) (rs []*redisRegistry, lost []chan *agentConn, clk *fakeClock, rdb *redis.Client) {
+	clk = &fakeClock{t: time.Unix(1000, 0)}
+	rdb = miniRedis(t)
+	for i := range n {
+		r := newTestRedisRegistry(t, rdb, fmt.Sprintf("ws://replica-%d", i), limits, clk)
+		ch := make(chan *agentConn, 100)
+		r.lost = func(a *agentConn) { ch <- a }
+		rs, lost = append(rs, r), append(lost, ch)
+	}
+	return rs, lost, clk, rdb
+}
+
+// TestRedisRegistryRaceAcrossReplicas: agents racing for one ID on
+// different replicas: exactly one wins.
+func TestRedisRegistryRaceAcrossReplicas(t *testing.T) {
+	rs, _, _, _ := replicas(t, 3, registryLimits{grace: time.Minute})
+	var wins sync.Map
+	var wg sync.WaitGroup
+	for i := range 30 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rs[i%len(rs)]
+			if _, err := r.Register("race", unproven(), &agentConn{id: "race", remote: fmt.Sprint("192.0.2.", i)}); err == nil {
+				wins.Store(i, r.self)
+			} else if !errors.Is(err, ErrIDInUse) {
+				t.Errorf("claim %d: %v; want success or ErrIDInUse", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	n := 0
+	wins.Range(func(any, any) bool { n++; return true })
+	if n != 1 {
+		t.Fatalf("%d agents registered the same ID across replicas, want exactly 1", n)
+	}
+}
+
+// TestRedisRegistryHandover: an agent that reconnects to another replica
+// with its token takes its ID there; the first replica learns it lost
+// the ID (refresh) and closes its stale connection; lookups from every
+// replica point at the new owner.
+func TestRedisRegistryHandover(t *testing.T) {
+	rs, lost, _, _ := replicas(t, 2, registryLimits{grace: time.Minute})
+	a, held := join(t, rs[0], "job", unproven(), "192.0.2.1")
+	a.tenure = held
+	for _, r := range rs {
+		if _, owner := r.route(context.Background(), "job"); r == rs[1] && owner != rs[0].self {
+			t.Fatalf("replica 1 routes job to %q, want %q", owner, rs[0].self)
+		}
+	}
+	b := &agentConn{id: "job", remote: "192.0.2.1", tenure: held}
+	if old, err := rs[1].Register("job", proof(held), b); err != nil || old != nil {
+		t.Fatalf("the agent back on replica 1 = %p, %v; want no local old agent, no error", old, err)
+	}
+	rs[1].Confirm("job", b)
+	if _, _, err := rs[0].refresh(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-lost[0]:
+		if got != a {
+			t.Fatalf("replica 0 closed %p, want its stale agent %p", got, a)
+		}
+	default:
+		t.Fatal("replica 0's refresh did not find that its agent lost the ID")
+	}
+	if local, owner := rs[0].route(context.Background(), "job"); local != nil || owner != rs[1].self {
+		t.Fatalf("replica 0 routes job to %p, %q; want replica 1", local, owner)
+	}
+	if local, _ := rs[1].route(context.Background(), "job"); local != b {
+		t.Fatalf("replica 1 routes job to %p, want its agent %p", local, b)
+	}
+	// The stale connection's handler ends: it must not free b's ID.
+	rs[0].Unregister("job", a)
+	if local, _ := rs[1].route(context.Background(), "job"); local != b {
+		t.Fatal("the stale holder's Unregister removed the new holder")
+	}
+}
+
+// TestRedisRegistryDeadReplica: a replica that stops refreshing loses
+// its agents when their leases end: confirmed ones leave reservations
+// that only their tenures may take, unconfirmed ones leave nothing.
+func TestRedisRegistryDeadReplica(t *testing.T) {
+	rs, _, clk, _ := replicas(t, 2, registryLimits{grace: time.Minute})
+	_, held := join(t, rs[0], "welcomed", unproven(), "192.0.2.1")
+	if _, err := rs[0].Register("hello-only", unproven(), &agentConn{id: "hello-only", remote: "192.0.2.1"}); err != nil {
+		t.Fatal(err)
+	}
+	clk.t = clk.t.Add(leaseTime)
+	if _, owner := rs[1].route(context.Background(), "welcomed"); owner != "" {
+		t.Fatalf("a dead replica's lease ran out, yet welcomed is routed to %q", owner)
+	}
+	if !free(t, rs[1], "hello-only") {
+		t.Error("an unconfirmed agent of a dead replica still holds its ID after its lease")
+	}
+	if free(t, rs[1], "welcomed") {
+		t.Error("a welcomed agent of a dead replica left no reservation")
+	}
+	join(t, rs[1], "welcomed", proof(held), "192.0.2.1")
+}
+
+// TestRedisRegistryRefill: Redis restarts empty. Until the owners'
+// next refresh, a rogue may take an ID; the refresh claims the IDs back
+// with the agents' tokens (signed before the new epoch), the rogue's
+// replica learns it lost, and every ID has one owner.
+func TestRedisRegistryRefill(t *testing.T) {
+	rs, lost, clk, rdb := replicas(t, 2, registryLimits{grace: time.Minute})
+	var agents []*agentConn
+	for i := range 5 {
+		id := fmt.Sprint("job-", i)
+		a, held := join(t, rs[0], id, unproven(), "192.0.2.1")
+		a.tenure = held
+		a.issued.Store(clk.t.UnixNano())
+		agents = append(agents, a)
+	}
+	if _, _, err := rs[0].refresh(); err != nil {
+		t.Fatal(err)
+	}
+	clk.t = clk.t.Add(10 * time.Second)
+	if err := rdb.FlushAll(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	rogue, _ := join(t, rs[1], "job-0", unproven(), "198.51.100.66")
+	if _, changed, err := rs[0].refresh(); err != nil || !changed {
+		t.Fatalf("refresh after Redis lost its data: changed %v, %v; want the epoch changed", changed, err)
+	}
+	if _, _, err := rs[1].refresh(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-lost[1]:
+		if got != rogue {
+			t.Fatalf("replica 1 closed %p, want the rogue %p", got, rogue)
+		}
+	default:
+		t.Fatal("the rogue kept the ID it took while Redis was empty")
+	}
+	if len(lost[0]) != 0 {
+		t.Fatalf("replica 0 lost %d agents in the refill", len(lost[0]))
+	}
+	for i, a := range agents {
+		for _, r := range rs {
+			local, owner := r.route(context.Background(), a.id)
+			if (r == rs[0] && local != a) || (r == rs[1] && owner != rs[0].self) {
+				t.Errorf("agent %d: replica %s routes to %p, %q; want replica 0's agent", i, r.self, local, owner)
+			}
+		}
+	}
+	if st := statsOf(t, rs[0]); st.entries != 5 || st.charged["192.0.2.1"] != 5 || len(st.charged) != 1 {
+		t.Errorf("after the refill: %+v; want 5 entries charged to 192.0.2.1", st)
+	}
+}

@@ -1,0 +1,206 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/converge-ci/converge/internal/splice"
+	"github.com/converge-ci/converge/internal/wire"
+)
+
+// handshakeHeaders are the request headers of a WebSocket handshake,
+// passed to the holder as the client sent them.
+var handshakeHeaders = []string{"Upgrade", "Connection", "Sec-Websocket-Key", "Sec-Websocket-Version",
+	"Sec-Websocket-Protocol", "Sec-Websocket-Extensions"}
+
+// dialOwner sends r's handshake, as a request of kind for id (and token)
+// on behalf of the client at addr, to owner (ws:// or wss://, maybe with
+// a path), and reads the answer. The connection and reader are the
+// caller's to close and read; bytes after the answer are in br.
+func (c *cluster) dialOwner(ctx context.Context, r *http.Request, owner, kind, id, token, addr string) (conn net.Conn, br *bufio.Reader, resp *http.Response, err error) {
+	u, err := url.Parse(owner)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	path := u.Path + wire.ClientPath(id)
+	if kind == forwardStream {
+		path = u.Path + wire.StreamPath(id, token)
+	}
+	scheme, port := "http", "80"
+	if u.Scheme == "wss" {
+		scheme, port = "https", "443"
+	}
+	if u.Port() != "" {
+		port = u.Port()
+	}
+	req, err := http.NewRequest(http.MethodGet, scheme+"://"+u.Host+path, nil)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	for _, h := range handshakeHeaders {
+		for _, v := range r.Header.Values(h) {
+			req.Header.Add(h, v)
+		}
+	}
+	ms := time.Now().UnixMilli()
+	req.Header.Set(forwardHeader, fmt.Sprintf("v1 %d %s %s", ms, addr, forwardMAC(c.s.tokens.key, kind, id, token, ms, addr)))
+
+	ctx, cancel := context.WithTimeout(ctx, forwardDialTimeout)
+	defer cancel()
+	d := net.Dialer{KeepAlive: 30 * time.Second}
+	conn, err = d.DialContext(ctx, "tcp", net.JoinHostPort(u.Hostname(), port))
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) }) // bound the handshake
+	defer stop()
+	if scheme == "https" {
+		tc := tls.Client(conn, &tls.Config{ServerName: u.Hostname(), NextProtos: []string{"http/1.1"}})
+		if err := tc.HandshakeContext(ctx); err != nil {
+			conn.Close()
+			return nil, nil, nil, err
+		}
+		conn = tc
+	}
+	br = bufio.NewReader(conn)
+	if err = req.Write(conn); err == nil {
+		resp, err = http.ReadResponse(br, req)
+	}
+	if !stop() || err != nil {
+		conn.Close()
+		return nil, nil, nil, fmt.Errorf("handshake with %s: %w", owner, errOr(err, ctx.Err()))
+	}
+	return conn, br, resp, nil
+}
+
+func errOr(err, other error) error {
+	if err != nil {
+		return err
+	}
+	return other
+}
+
+// forward passes r, a request of kind for id (and token) from the client
+// at remote, to owner, the replica holding the agent, and relays the
+// connection once the holder accepts it.
+func (s *Server) forward(w http.ResponseWriter, r *http.Request, kind, id, token, owner, remote string) {
+	endpoint := endpointClient
+	if kind == forwardStream {
+		endpoint = endpointAgent
+	}
+	log := s.log.With("id", id, "remote", remote, "owner", owner, "forward", kind)
+	start := time.Now()
+	up, br, resp, err := s.cluster.dialOwner(s.ctx, r, owner, kind, id, token, remote)
+	if err != nil {
+		log.Warn("cannot reach the replica holding the agent", "error", err)
+		s.metrics.refused(endpoint, reasonAgentUnavailable)
+		http.Error(w, fmt.Sprintf("the server holding agent %q cannot be reached; retry in a few seconds", id), http.StatusServiceUnavailable)
+		return
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols { // the holder's answer, as it gave it
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		up.Close()
+		log.Info("forwarded request refused by the holder", "status", resp.StatusCode)
+		w.Header().Set("Content-Type", resp.Header.Get("Content-Type"))
+		w.WriteHeader(resp.StatusCode)
+		w.Write(body)
+		return
+	}
+	client, cbuf, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		up.Close()
+		return
+	}
+	cbuf.WriteString("HTTP/1.1 101 Switching Protocols\r\n")
+	resp.Header.Write(cbuf)
+	cbuf.WriteString("\r\n")
+	if err := cbuf.Flush(); err != nil {
+		client.Close()
+		up.Close()
+		return
+	}
+	s.tunnel(&bufferedConn{client, cbuf.Reader}, &bufferedConn{up, br}, kind, log, start)
+}
+
+// bufferedConn is a connection whose first bytes were read into r.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (b *bufferedConn) Read(p []byte) (int, error) { return b.r.Read(p) }
+
+// tunnel relays between c, the client's connection, and up, the
+// holder's, until either ends or the server drains.
+func (s *Server) tunnel(c, up net.Conn, kind string, log *slog.Logger, start time.Time) {
+	release, ok := s.cluster.tunnels.add(c, up)
+	if !ok {
+		c.Close()
+		up.Close()
+		return
+	}
+	defer release()
+	s.metrics.forwarded.WithLabelValues(kind).Inc()
+	s.metrics.forwardedOpen.Inc()
+	defer s.metrics.forwardedOpen.Dec()
+	log.Info("forwarded", "setup", time.Since(start).Round(time.Microsecond))
+	res := splice.Splice(c, up)
+	log.Info("forward ended", "duration", time.Since(start).Round(time.Millisecond),
+		"bytes_in", res.AToB, "bytes_out", res.BToA, "reason", errString(res.Err))
+}
+
+// tunnels are the forwarded connections a replica relays. They carry
+// the client's WebSocket end to end, so the drain cannot close them with
+// 1001 as it does its own: it cuts them, and resumable clients come back
+// through another replica.
+type tunnels struct {
+	mu      sync.Mutex
+	live    map[net.Conn]struct{}
+	closing bool
+	wg      sync.WaitGroup
+}
+
+func newTunnels() *tunnels { return &tunnels{live: make(map[net.Conn]struct{})} }
+
+// add holds the connections of one tunnel until release; it reports
+// false, holding nothing, once the drain has begun.
+func (t *tunnels) add(conns ...net.Conn) (release func(), ok bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closing {
+		return nil, false
+	}
+	for _, c := range conns {
+		t.live[c] = struct{}{}
+	}
+	t.wg.Add(1)
+	return func() {
+		t.mu.Lock()
+		for _, c := range conns {
+			delete(t.live, c)
+		}
+		t.mu.Unlock()
+		t.wg.Done()
+	}, true
+}
+
+// close refuses new tunnels, cuts the live ones and waits for their
+// relays to end.
+func (t *tunnels) close() {
+	t.mu.Lock()
+	t.closing = true
+	for c := range t.live {
+		c.Close()
+	}
+	t.mu.Unlock()
+	t.wg.Wait()
+}
