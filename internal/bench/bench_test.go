@@ -103,6 +103,7 @@ func run(t *testing.T, cfg config) *table {
 	if cfg.rtt > 0 {
 		rtts = append(rtts, cfg.rtt)
 	}
+	var relayCPUs []relayCPU
 	for _, rtt := range rtts {
 		relayAddr, directAddr := srv.Addr, ag.Direct
 		if rtt > 0 {
@@ -116,7 +117,7 @@ func run(t *testing.T, cfg config) *table {
 			"relay", "direct", "relay/direct")
 		cs := tb.add(fmt.Sprintf("%s added round trip: CPU time per MiB moved, all processes on the path (user + system, summed over the runs)", msLabel(rtt)),
 			"relay", "direct", "relay/direct")
-		compare(t, s, cs, cfg, c, srv, ag, relay, direct, rtt)
+		relayCPUs = append(relayCPUs, compare(t, s, cs, cfg, c, srv, ag, relay, direct, rtt))
 		if resume {
 			plain := relay
 			plain.ProxyCommand = bin("wsproxy") + " --no-resume ws://" + relayAddr + "/client/bench"
@@ -125,6 +126,7 @@ func run(t *testing.T, cfg config) *table {
 			compareResume(t, s, cfg, c, srv, relay, plain, rtt)
 		}
 	}
+	addRelayCPU(tb, rtts, relayCPUs)
 	if !resume {
 		tb.notes = append(tb.notes, "This wsproxy has no --no-resume flag, so there are no resume on/off rows.")
 	}
@@ -147,26 +149,17 @@ func run(t *testing.T, cfg config) *table {
 	return tb
 }
 
-// compare fills s with relay vs direct measurements.
-func compare(t *testing.T, s, cs *section, cfg config, c *sshtest.Client, srv *serverProc, ag *benchAgent, relay, direct sshtest.Target, rtt time.Duration) {
+// compare fills s with relay vs direct measurements and returns the
+// relay's own CPU over its transfers.
+func compare(t *testing.T, s, cs *section, cfg config, c *sshtest.Client, srv *serverProc, ag *benchAgent, relay, direct sshtest.Target, rtt time.Duration) relayCPU {
 	rs, ds := openSession(t, c, relay), openSession(t, c, direct)
 	rs.server = srv.cmd.Process.Pid
-	file := filepath.Join(ag.Dir, "big.bin")
 	size := cfg.size
-	mib := fmt.Sprintf("%d MiB", size>>20)
-	ops := []struct {
-		name string
-		do   func(*session) (time.Duration, error)
-	}{
-		{"sftp get " + mib, func(x *session) (time.Duration, error) { return x.sftpGet("big.bin", size) }},
-		{"sftp put " + mib, func(x *session) (time.Duration, error) {
-			return x.sftpPut(file, "up.bin", filepath.Join(ag.Dir, "up.bin"), size)
-		}},
-		{"ssh cat " + mib, func(x *session) (time.Duration, error) { return x.sshCat("big.bin", size) }},
-	}
-	for _, op := range ops {
+	var own relayCPU
+	for _, op := range transfers(size, ag.Dir) {
 		var rc, dc cost
 		a, b := pair(t, cfg.reps, costed(rs, op.do, &rc), costed(ds, op.do, &dc))
+		own.add(rc, size*int64(cfg.reps))
 		r := speedRatio(a, b)
 		s.add(row{what: op.name, a: mibps(size, a), b: mibps(size, b), comp: fmt.Sprintf("%.2f", r), target: ">= 0.8 (aim 0.9)", verdict: verdict(r >= 0.8)})
 		t.Logf("%s %s: relay %s, direct %s, ratio %.2f", msLabel(rtt), op.name, mibps(size, a), mibps(size, b), r)
@@ -204,6 +197,7 @@ func compare(t *testing.T, s, cs *section, cfg config, c *sshtest.Client, srv *s
 
 	a, b := pair(t, cfg.reps, func() (time.Duration, error) { return connect(c, relay) }, func() (time.Duration, error) { return connect(c, direct) })
 	s.add(row{what: "connect: fresh `ssh host true`", a: ms(a), b: ms(b), comp: diff(a - b)})
+	return own
 }
 
 // compareResume fills s with relay throughput with and without resumable
