@@ -257,9 +257,13 @@ func (c *Conn) runLink(l io.ReadWriteCloser, fr *frameReader) (*attachment, erro
 	stop := make(chan struct{})
 	errs := make(chan error, 2)
 	var wg sync.WaitGroup
+	var idle time.Duration // how long the writer may send nothing (0: no limit)
+	if k, ok := l.(interface{ idleAck() time.Duration }); ok {
+		idle = k.idleAck()
+	}
 	wg.Add(2)
 	go func() { defer wg.Done(); errs <- c.readLoop(fr) }()
-	go func() { defer wg.Done(); errs <- c.writeLoop(l, stop) }()
+	go func() { defer wg.Done(); errs <- c.writeLoop(l, stop, idle) }()
 	defer func() {
 		close(stop)
 		if c.finished() {
@@ -333,8 +337,12 @@ func (c *Conn) readLoop(fr *frameReader) error {
 	}
 }
 
-func (c *Conn) writeLoop(w io.Writer, stop <-chan struct{}) error {
+// writeLoop writes the session's frames to w until stop is closed or a
+// write fails. With idle set, it repeats the last acknowledgement whenever
+// it has written nothing for that long (a keepalive; see Stream).
+func (c *Conn) writeLoop(w io.Writer, stop <-chan struct{}, idle time.Duration) error {
 	buf := make([]byte, headerLen+maxBody)
+	lastWrite := time.Now()
 	c.mu.Lock()
 	for {
 		select {
@@ -344,6 +352,13 @@ func (c *Conn) writeLoop(w io.Writer, stop <-chan struct{}) error {
 		default:
 		}
 		b, ack, wait := c.nextFrameLocked(buf)
+		if b == nil && idle > 0 {
+			if left := time.Until(lastWrite.Add(idle)); left <= 0 {
+				b, ack = appendFrame(buf[:0], frame{typ: frameAck, offset: c.consumed}), c.consumed
+			} else if wait <= 0 || left < wait {
+				wait = left
+			}
+		}
 		if b == nil {
 			ch := c.changed
 			c.mu.Unlock()
@@ -368,6 +383,7 @@ func (c *Conn) writeLoop(w io.Writer, stop <-chan struct{}) error {
 		if _, err := w.Write(b); err != nil {
 			return err
 		}
+		lastWrite = time.Now()
 		c.mu.Lock()
 		c.sentLocked(ack)
 	}
