@@ -1,7 +1,6 @@
 package server
 
 import (
-	"net"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -104,31 +103,8 @@ func (m *metrics) refused(endpoint, reason string) {
 	m.refusals.WithLabelValues(endpoint, reason).Inc()
 }
 
-// counted wraps a client's side of a splice so the bytes it carries show
-// in converge_relayed_bytes_total as they flow, not only when the
-// connection ends: what the client sends goes to the agent, what is
-// written to it goes to the client.
-func (m *metrics) counted(client net.Conn) net.Conn {
-	return &countingConn{Conn: client, read: m.toAgent, written: m.toClient}
-}
-
-type countingConn struct {
-	net.Conn
-	read, written prometheus.Counter
-}
-
-func (c *countingConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	if n > 0 {
-		c.read.Add(float64(n))
-	}
-	return n, err
-}
-
-func (c *countingConn) Write(p []byte) (int, error) {
-	n, err := c.Conn.Write(p)
-	if n > 0 {
-		c.written.Add(float64(n))
-	}
-	return n, err
-}
+// countToAgent and countToClient add bytes a splice moved to
+// converge_relayed_bytes_total as they flow, not only when the stream
+// ends.
+func (m *metrics) countToAgent(n int64)  { m.toAgent.Add(float64(n)) }
+func (m *metrics) countToClient(n int64) { m.toClient.Add(float64(n)) }
