@@ -166,35 +166,6 @@ func (a *Agent) control(ctx context.Context, announce bool) (connected bool, err
 	}
 }
 
-// dialStream opens the stream connection a waiting client needs and hands
-// it to the SSH server.
-func (a *Agent) dialStream(ctx context.Context, d wire.Dial) {
-	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	c, err := wsconn.Dial(dctx, a.cfg.Server+wire.StreamPath(a.cfg.ID, d.Token), wsconn.Options{Subprotocols: []string{wire.StreamProtocol}})
-	cancel()
-	if err != nil {
-		a.log.Warn("cannot open stream for a client", "error", err)
-		return
-	}
-	if d.Protocol != resume.Protocol {
-		a.ln.deliver(wsconn.NetConn(ctx, c))
-		return
-	}
-	// A resumable stream: a new session is served once; a returning
-	// client's link joins its session, which the SSH server never sees.
-	link := resume.WebSocket(c, wsconn.PingInterval, wsconn.PingTimeout)
-	stop := context.AfterFunc(ctx, func() { link.Close() })
-	conn, err := a.resumed.Attach(link)
-	stop()
-	if err != nil {
-		a.log.Info("resumable stream refused", "error", err)
-		return
-	}
-	if conn != nil {
-		a.ln.deliver(conn)
-	}
-}
-
 func (a *Agent) send(ctx context.Context, c *websocket.Conn, m wire.Message) error {
 	b, err := wire.Encode(m)
 	if err != nil {
