@@ -146,8 +146,12 @@ type Conn struct {
 	onDone      func()
 	onConfirm   func() // server end: tells the Acceptor
 
-	mu      sync.Mutex
-	changed chan struct{} // closed and replaced on every change of state
+	mu sync.Mutex
+	// Who waits for what (see wake): Read and Write on changed, the link
+	// writer on kick, the link's supervisor on linkChanged.
+	changed     chan struct{} // closed and replaced when Read or Write may go on
+	kick        chan struct{} // buffered 1: the writer may have frames to send
+	linkChanged chan struct{} // closed and replaced when the session may have ended
 
 	out      ring
 	outBase  uint64 // offset of out's first byte: what the peer consumed
@@ -182,14 +186,16 @@ type attachment struct {
 
 func newConn(cfg Config, token [TokenLen]byte, client bool) *Conn {
 	c := &Conn{
-		cfg:       cfg,
-		token:     token,
-		client:    client,
-		confirmed: client,
-		changed:   make(chan struct{}),
-		done:      make(chan struct{}),
-		out:       ring{max: cfg.Buffer},
-		in:        ring{max: cfg.Buffer},
+		cfg:         cfg,
+		token:       token,
+		client:      client,
+		confirmed:   client,
+		changed:     make(chan struct{}),
+		kick:        make(chan struct{}, 1),
+		linkChanged: make(chan struct{}),
+		done:        make(chan struct{}),
+		out:         ring{max: cfg.Buffer},
+		in:          ring{max: cfg.Buffer},
 	}
 	c.abortCtx, c.abortCancel = context.WithCancel(context.Background())
 	side := "server"
@@ -200,10 +206,33 @@ func newConn(cfg Config, token [TokenLen]byte, client bool) *Conn {
 	return c
 }
 
-// broadcast wakes everyone waiting for a change. Call with mu held.
-func (c *Conn) broadcast() {
-	close(c.changed)
-	c.changed = make(chan struct{})
+// Whom wake wakes.
+const (
+	wakeIO     = 1 << iota // Read and Write waiting in waitLocked
+	wakeWriter             // the link writer (writeLoop)
+	wakeLink               // the link supervisor (runLink)
+	wakeAll    = wakeIO | wakeWriter | wakeLink
+)
+
+// wake tells the waiters in who that the state changed. Only those whose
+// condition may have changed are woken: a data frame wakes a reader, not
+// the writer or the supervisor, so moving bytes costs no needless
+// goroutine switches. Call with mu held.
+func (c *Conn) wake(who int) {
+	if who&wakeIO != 0 {
+		close(c.changed)
+		c.changed = make(chan struct{})
+	}
+	if who&wakeWriter != 0 {
+		select {
+		case c.kick <- struct{}{}:
+		default: // a kick is already pending
+		}
+	}
+	if who&wakeLink != 0 {
+		close(c.linkChanged)
+		c.linkChanged = make(chan struct{})
+	}
 }
 
 // waitLocked releases mu until something changes or deadline (if set)
@@ -261,12 +290,15 @@ func (c *Conn) Read(p []byte) (int, error) {
 // acknowledgement.
 func (c *Conn) consumedLocked(n uint64) {
 	c.consumed += n
+	due := c.ackDue
 	if c.consumed-c.ackSent >= uint64(c.cfg.Buffer/8) || c.closed || c.finIn {
 		c.ackDue = time.Now()
 	} else if c.ackDue.IsZero() {
 		c.ackDue = time.Now().Add(c.cfg.AckDelay)
 	}
-	c.broadcast()
+	if c.ackDue != due { // otherwise the writer already waits for it
+		c.wake(wakeWriter)
+	}
 }
 
 // Write buffers p for sending. See Conn for blocking.
@@ -289,7 +321,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 			c.outEnd += uint64(k)
 			n += k
 			p = p[k:]
-			c.broadcast()
+			c.wake(wakeWriter)
 			continue
 		}
 		if c.waitLocked(c.wdl) {
@@ -313,7 +345,7 @@ func (c *Conn) Close() error {
 	if c.consumed < c.inNext {
 		c.consumedLocked(c.inNext - c.consumed)
 	}
-	c.broadcast()
+	c.wake(wakeAll)
 	return nil
 }
 
@@ -384,7 +416,7 @@ func (c *Conn) SetDeadline(t time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.rdl, c.wdl = t, t
-	c.broadcast()
+	c.wake(wakeIO)
 	return nil
 }
 
@@ -393,7 +425,7 @@ func (c *Conn) SetReadDeadline(t time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.rdl = t
-	c.broadcast()
+	c.wake(wakeIO)
 	return nil
 }
 
@@ -402,7 +434,7 @@ func (c *Conn) SetWriteDeadline(t time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.wdl = t
-	c.broadcast()
+	c.wake(wakeIO)
 	return nil
 }
 
@@ -430,7 +462,7 @@ func (c *Conn) finishedLocked() bool {
 func (c *Conn) failLocked(err error) {
 	if c.err == nil {
 		c.err = err
-		c.broadcast()
+		c.wake(wakeAll)
 	}
 }
 
@@ -458,7 +490,7 @@ func (c *Conn) handleLocked(f frame) error {
 		}
 		c.in.write(fresh)
 		c.inNext += uint64(len(fresh))
-		c.broadcast()
+		c.wake(wakeIO)
 	case frameFin:
 		switch {
 		case c.finIn && f.offset+1 == c.inNext:
@@ -471,7 +503,7 @@ func (c *Conn) handleLocked(f frame) error {
 		if c.closed {
 			c.consumedLocked(1)
 		}
-		c.broadcast()
+		c.wake(wakeAll)
 	case frameAck:
 		limit := c.outEnd
 		if c.closed {
@@ -488,7 +520,7 @@ func (c *Conn) handleLocked(f frame) error {
 			c.out.discard(int(nb - c.outBase))
 			c.outBase = nb
 		}
-		c.broadcast()
+		c.wake(wakeAll)
 	case frameError:
 		return fmt.Errorf("%w: %s", ErrPeerGone, f.data)
 	case frameHello:

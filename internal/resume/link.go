@@ -85,7 +85,7 @@ func (c *Conn) resumeFromLocked(h frame) error {
 	}
 	c.cursor = h.offset
 	c.peerWin = int(min(h.window, 1<<30))
-	c.broadcast()
+	c.wake(wakeAll)
 	return nil
 }
 
@@ -283,7 +283,7 @@ func (c *Conn) runLink(l io.ReadWriteCloser, fr *frameReader) (*attachment, erro
 		if c.finishedLocked() {
 			c.failLocked(errFinished)
 		}
-		ended, ch, closed, closedAt, confirmed := c.err != nil, c.changed, c.closed, c.closedAt, c.confirmed
+		ended, ch, closed, closedAt, confirmed := c.err != nil, c.linkChanged, c.closed, c.closedAt, c.confirmed
 		c.mu.Unlock()
 		if ended {
 			return nil, nil
@@ -360,7 +360,7 @@ func (c *Conn) writeLoop(w io.Writer, stop <-chan struct{}, idle time.Duration) 
 			}
 		}
 		if b == nil {
-			ch := c.changed
+			ch := c.kick
 			c.mu.Unlock()
 			var t *time.Timer
 			var due <-chan time.Time
@@ -397,7 +397,7 @@ func (c *Conn) sentLocked(ack uint64) {
 		if c.ackSent == c.consumed {
 			c.ackDue = time.Time{}
 		}
-		c.broadcast()
+		c.wake(wakeAll)
 	}
 }
 
