@@ -84,13 +84,16 @@ func TestBenchRelayCPU(t *testing.T) {
 		x.server = srv.cmd.Process.Pid
 		var r relayCPU
 		for _, op := range transfers(cfg.size, ag.Dir) {
+			var o relayCPU
 			for range cfg.reps {
 				_, cs, err := x.withCPU(func() (time.Duration, error) { return op.do(x) })
 				if err != nil {
 					t.Fatal(err)
 				}
-				r.add(cs, cfg.size)
+				o.add(cs, cfg.size)
 			}
+			t.Logf("%s %s: converge %.2f ms/MiB, wsproxy %.2f ms/MiB", msLabel(rtt), op.name, o.perMiB(o.converge), o.perMiB(o.wsproxy))
+			r.converge, r.wsproxy, r.mib = r.converge+o.converge, r.wsproxy+o.wsproxy, r.mib+o.mib
 		}
 		t.Logf("%s: converge %.2f ms/MiB, wsproxy %.2f ms/MiB", msLabel(rtt), r.perMiB(r.converge), r.perMiB(r.wsproxy))
 		rs = append(rs, r)

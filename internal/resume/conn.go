@@ -74,8 +74,10 @@ type Config struct {
 	// Default 10s.
 	HandshakeTimeout time.Duration
 	// AckDelay is how long consumed bytes may wait before an
-	// acknowledgement is sent; Buffer/8 consumed bytes are acknowledged at
-	// once. Default 10ms.
+	// acknowledgement is sent; Buffer/4 consumed bytes are acknowledged at
+	// once. Acknowledgements only free the peer's buffer, which the
+	// quarter keeps from filling, so they can be lazy: each one costs a
+	// wake-up at both ends and in the relay. Default 50ms.
 	AckDelay time.Duration
 	// MaxSessions bounds the confirmed sessions of an Acceptor (see
 	// Conn.Confirm), so that abandoned sessions waiting out their window
@@ -109,7 +111,7 @@ func (c *Config) Validate() error {
 		c.HandshakeTimeout = 10 * time.Second
 	}
 	if c.AckDelay <= 0 {
-		c.AckDelay = 10 * time.Millisecond
+		c.AckDelay = 50 * time.Millisecond
 	}
 	if c.MaxSessions <= 0 {
 		c.MaxSessions = 256
@@ -291,7 +293,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 func (c *Conn) consumedLocked(n uint64) {
 	c.consumed += n
 	due := c.ackDue
-	if c.consumed-c.ackSent >= uint64(c.cfg.Buffer/8) || c.closed || c.finIn {
+	if c.consumed-c.ackSent >= uint64(c.cfg.Buffer/4) || c.closed || c.finIn {
 		c.ackDue = time.Now()
 	} else if c.ackDue.IsZero() {
 		c.ackDue = time.Now().Add(c.cfg.AckDelay)
@@ -536,7 +538,7 @@ func (c *Conn) handleLocked(f frame) error {
 // how long until a pending acknowledgement is due (0: wait for a change).
 func (c *Conn) nextFrameLocked(buf []byte) (b []byte, ack uint64, wait time.Duration) {
 	now := time.Now()
-	if c.consumed > c.ackSent && (c.consumed-c.ackSent >= uint64(c.cfg.Buffer/8) || !now.Before(c.ackDue)) {
+	if c.consumed > c.ackSent && (c.consumed-c.ackSent >= uint64(c.cfg.Buffer/4) || !now.Before(c.ackDue)) {
 		return appendFrame(buf[:0], frame{typ: frameAck, offset: c.consumed}), c.consumed, 0
 	}
 	if c.cursor < c.outBase {

@@ -36,7 +36,7 @@ func TestStreamKeepalive(t *testing.T) {
 				t.Fatalf("frame %d: %q %d, %v; want ack 12", i, f.typ, f.offset, err)
 			}
 		}
-		// The first ack is the real one (10 ms after the read), then one
+		// The first ack is the real one (50 ms after the read), then one
 		// keepalive every 20 s.
 		if d := time.Since(start); d < 40*time.Second || d > 41*time.Second {
 			t.Errorf("three acks took %v, want 40 s and the ack delay", d)
