@@ -24,6 +24,7 @@ type config struct {
 	echo    int           // echo round trips at 0 ms
 	rtt     time.Duration // added round trip of the second pass; 0 skips it
 	agents  int           // idle agents for the memory measurement; 0 skips it
+	streams int           // concurrent streams of the many-streams rows; 0 skips them
 	ciphers []string      // ciphers to compare (direct, ssh cat); none skips
 }
 
@@ -34,11 +35,12 @@ func TestBenchTable(t *testing.T) {
 	}
 	start := time.Now()
 	cfg := config{
-		size:   int64(*flagSize) << 20,
-		reps:   *flagReps,
-		echo:   *flagEcho,
-		rtt:    *flagRTT,
-		agents: *flagAgents,
+		size:    int64(*flagSize) << 20,
+		reps:    *flagReps,
+		echo:    *flagEcho,
+		rtt:     *flagRTT,
+		agents:  *flagAgents,
+		streams: *flagStreams,
 	}
 	if *flagCipher {
 		cfg.ciphers = []string{"aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes128-ctr"}
@@ -137,6 +139,9 @@ func run(t *testing.T, cfg config) *table {
 	}
 	if cfg.agents > 0 {
 		memory(t, tb, cfg.agents, c)
+	}
+	if cfg.streams > 0 {
+		manyStreams(t, tb, cfg.streams)
 	}
 	tb.notes = append(tb.notes,
 		"relay = OpenSSH client → wsproxy (ProxyCommand) → converge (its own process) → the agent's dial-back WebSocket → agent (in the harness process); direct = OpenSSH client → loopback TCP → the same agent's SSH server (agent.Serve).",

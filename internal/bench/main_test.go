@@ -11,15 +11,16 @@ import (
 )
 
 var (
-	flagTable  = flag.Bool("bench-table", false, "run the full benchmark table (make bench); without it TestBenchTable skips")
-	flagBin    = flag.String("bench-bin", "", "directory holding the converge and wsproxy binaries to measure (make bench passes bin/); default: build them")
-	flagSize   = flag.Int("bench-size", 256, "size of the transferred file in MiB")
-	flagReps   = flag.Int("bench-reps", 3, "runs of each throughput measurement; the table shows the median")
-	flagEcho   = flag.Int("bench-echo", 1000, "echo round trips per path at 0 ms (fewer at the added round trip)")
-	flagRTT    = flag.Duration("bench-rtt", 50*time.Millisecond, "added round trip of the second table (0 skips it)")
-	flagAgents = flag.Int("bench-agents", 1000, "idle agents connected for the memory measurement (0 skips it)")
-	flagCipher = flag.Bool("bench-ciphers", true, "compare the SSH ciphers")
-	flagOut    = flag.String("bench-out", "", "also write the table to this file")
+	flagTable   = flag.Bool("bench-table", false, "run the full benchmark table (make bench); without it TestBenchTable skips")
+	flagBin     = flag.String("bench-bin", "", "directory holding the converge and wsproxy binaries to measure (make bench passes bin/); default: build them")
+	flagSize    = flag.Int("bench-size", 256, "size of the transferred file in MiB")
+	flagReps    = flag.Int("bench-reps", 3, "runs of each throughput measurement; the table shows the median")
+	flagEcho    = flag.Int("bench-echo", 1000, "echo round trips per path at 0 ms (fewer at the added round trip)")
+	flagRTT     = flag.Duration("bench-rtt", 50*time.Millisecond, "added round trip of the second table (0 skips it)")
+	flagAgents  = flag.Int("bench-agents", 1000, "idle agents connected for the memory measurement (0 skips it)")
+	flagCipher  = flag.Bool("bench-ciphers", true, "compare the SSH ciphers")
+	flagStreams = flag.Int("bench-streams", 200, "concurrent streams for the many-streams rows (0 skips them)")
+	flagOut     = flag.String("bench-out", "", "also write the table to this file")
 )
 
 // binDir holds converge and wsproxy.
