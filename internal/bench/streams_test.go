@@ -63,10 +63,14 @@ func jain(xs []float64) float64 {
 // runStreams starts a source agent on srv, opens n streams through it,
 // waits until every one is open, then lets them all download size bytes
 // at once. A stream that has not finished by deadline (after the start)
-// has stalled.
-func runStreams(t testing.TB, srv *serverProc, n int, size int64, deadline time.Duration) streamsResult {
+// has stalled. Streams are wsproxy's default (resumable, raw stream legs),
+// or with plain set plain WebSocket streams, as other tools open.
+func runStreams(t testing.TB, srv *serverProc, n int, size int64, deadline time.Duration, plain bool) streamsResult {
 	t.Helper()
 	id := fmt.Sprintf("streams-%d", n)
+	if plain {
+		id += "-plain"
+	}
 	start := make(chan struct{}) // closed when every stream is open
 	stop := startSourceAgent(t, srv, id, size, start)
 	defer stop()
@@ -86,7 +90,7 @@ func runStreams(t testing.TB, srv *serverProc, n int, size int64, deadline time.
 	opened.Add(n)
 	for range n {
 		wg.Go(func() {
-			conn, err := wsproxy.Dial(ctx, target, wsproxy.Options{Logger: slog.New(slog.DiscardHandler)})
+			conn, err := wsproxy.Dial(ctx, target, wsproxy.Options{NoResume: plain, Logger: slog.New(slog.DiscardHandler)})
 			opened.Done()
 			if err != nil {
 				mu.Lock()
@@ -183,7 +187,14 @@ func startSourceAgent(t testing.TB, srv *serverProc, id string, size int64, star
 			if m.Type != wire.TypeDial {
 				continue
 			}
-			wg.Go(func() { serveSource(ctx, srv.URL()+wire.StreamPath(id, m.Dial.Token), acc, payload, size, start) })
+			wg.Go(func() {
+				url := srv.URL() + wire.StreamPath(id, m.Dial.Token)
+				if m.Dial.Protocol != resume.Protocol {
+					servePlain(ctx, url, payload, size, start)
+					return
+				}
+				serveSource(ctx, url, acc, payload, size, start)
+			})
 		}
 	})
 	return func() {
@@ -218,6 +229,25 @@ func serveSource(ctx context.Context, url string, acc *resume.Acceptor, payload 
 	}
 	conn.Confirm()
 	defer conn.Close()
+	send(ctx, conn, payload, size, start)
+}
+
+// servePlain dials one plain stream back as a WebSocket and writes size
+// bytes into it.
+func servePlain(ctx context.Context, url string, payload []byte, size int64, start <-chan struct{}) {
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	ws, err := wsconn.Dial(dctx, url, wsconn.Options{Subprotocols: []string{wire.StreamProtocol}})
+	cancel()
+	if err != nil {
+		return
+	}
+	conn := wsconn.NetConn(ctx, ws)
+	defer conn.Close()
+	send(ctx, conn, payload, size, start)
+}
+
+// send waits for start, then writes size bytes of payload to conn.
+func send(ctx context.Context, conn io.Writer, payload []byte, size int64, start <-chan struct{}) {
 	select {
 	case <-start:
 	case <-ctx.Done():
@@ -256,7 +286,7 @@ func addStreams(tb *table, r streamsResult) {
 func manyStreams(t *testing.T, tb *table, n int) {
 	t.Logf("running %d streams at once", n)
 	srv := startServer(t, "--max-streams-per-addr=-1")
-	r := runStreams(t, srv, n, streamSize, 5*time.Minute)
+	r := runStreams(t, srv, n, streamSize, 5*time.Minute, false)
 	if r.firstErr != nil {
 		t.Logf("many streams, first failure: %v", r.firstErr)
 	}
@@ -275,12 +305,15 @@ func TestBenchStreams(t *testing.T) {
 }
 
 // TestManyStreamsNoneStalls is the quick version that runs with every go
-// test: 50 streams of 256 KiB through one server at once must all finish.
-// It asserts completion within a generous deadline, never a speed.
+// test: 50 streams of 256 KiB through one server at once must all finish,
+// with wsproxy's default streams (raw legs) and with plain WebSockets. It
+// asserts completion within a generous deadline, never a speed.
 func TestManyStreamsNoneStalls(t *testing.T) {
 	srv := startServer(t, "--max-streams-per-addr=-1")
-	r := runStreams(t, srv, 50, 256<<10, 2*time.Minute)
-	if r.stalled > 0 || len(r.speeds) != r.n {
-		t.Fatalf("%d of %d streams stalled or failed (first: %v)", r.stalled, r.n, r.firstErr)
+	for _, plain := range []bool{false, true} {
+		r := runStreams(t, srv, 50, 256<<10, 2*time.Minute, plain)
+		if r.stalled > 0 || len(r.speeds) != r.n {
+			t.Fatalf("plain WebSockets %v: %d of %d streams stalled or failed (first: %v)", plain, r.stalled, r.n, r.firstErr)
+		}
 	}
 }
