@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -55,6 +56,12 @@ ssh client and the agent.`)
 		level = slog.LevelDebug
 	}
 	opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	// One stream needs one core. With more, the runtime hands each wake-up
+	// (a frame arrived, stdout has room) to another thread, which costs more
+	// than the work it wakes (docs/design.md, "What the relay costs").
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(1)
+	}
 	in, out := wsproxy.OpenStdio()
 	if err := wsproxy.Stdio(ctx, target, in, out, opts); err != nil {
 		cli.Fatal("wsproxy", err, 1)
