@@ -343,6 +343,9 @@ func (c *Conn) readLoop(fr *frameReader) error {
 func (c *Conn) writeLoop(w io.Writer, stop <-chan struct{}, idle time.Duration) error {
 	buf := make([]byte, headerLen+maxBody)
 	lastWrite := time.Now()
+	timer := time.NewTimer(time.Hour) // one timer for every wait, not one per wait
+	timer.Stop()
+	defer timer.Stop()
 	c.mu.Lock()
 	for {
 		select {
@@ -362,20 +365,17 @@ func (c *Conn) writeLoop(w io.Writer, stop <-chan struct{}, idle time.Duration) 
 		if b == nil {
 			ch := c.kick
 			c.mu.Unlock()
-			var t *time.Timer
 			var due <-chan time.Time
 			if wait > 0 {
-				t = time.NewTimer(wait)
-				due = t.C
+				timer.Reset(wait)
+				due = timer.C
 			}
 			select {
 			case <-ch:
 			case <-due:
 			case <-stop:
 			}
-			if t != nil {
-				t.Stop()
-			}
+			timer.Stop() // since Go 1.23 a stopped timer delivers nothing stale
 			c.mu.Lock()
 			continue
 		}
