@@ -155,13 +155,17 @@ type Conn struct {
 	kick        chan struct{} // buffered 1: the writer may have frames to send
 	linkChanged chan struct{} // closed and replaced when the session may have ended
 
-	out      ring
-	outBase  uint64 // offset of out's first byte: what the peer consumed
-	outEnd   uint64 // offset after the last byte written
-	acked    uint64 // highest acknowledgement received (outEnd+1 once the FIN is consumed)
-	cursor   uint64 // next offset to send on the current link
-	peerWin  int    // the peer's receive buffer
-	in       ring
+	out     ring
+	outBase uint64 // offset of out's first byte: what the peer consumed
+	outEnd  uint64 // offset after the last byte written
+	acked   uint64 // highest acknowledgement received (outEnd+1 once the FIN is consumed)
+	cursor  uint64 // next offset to send on the current link
+	peerWin int    // the peer's receive buffer
+	in      ring
+	// A Read waiting for bytes lends its buffer: data arriving while the
+	// ring is empty is copied straight into it, one copy instead of two.
+	lent     []byte // the waiting Read's buffer, or nil
+	lentN    int    // bytes received into lent, not yet consumed
 	inNext   uint64 // offset after the last byte (or FIN) received
 	consumed uint64 // bytes (and FIN) read, or dropped after Close
 	finIn    bool   // the peer's FIN was received (at inNext-1)
@@ -282,7 +286,20 @@ func (c *Conn) Read(p []byte) (int, error) {
 		case c.err != nil:
 			return 0, c.err
 		}
-		if c.waitLocked(c.rdl) {
+		lending := len(p) > 0 && c.lent == nil
+		if lending {
+			c.lent, c.lentN = p, 0
+		}
+		timedOut := c.waitLocked(c.rdl)
+		if lending {
+			n := c.lentN
+			c.lent, c.lentN = nil, 0
+			if n > 0 && !c.closed { // Close consumed (dropped) them already
+				c.consumedLocked(uint64(n))
+				return n, nil
+			}
+		}
+		if timedOut {
 			return 0, os.ErrDeadlineExceeded
 		}
 	}
@@ -487,8 +504,14 @@ func (c *Conn) handleLocked(f frame) error {
 			c.consumedLocked(uint64(len(fresh)))
 			return nil
 		}
-		if len(fresh) > c.in.free() {
-			return fmt.Errorf("%w: the peer sent %d bytes beyond the %d-byte window", ErrProtocol, len(fresh)-c.in.free(), c.cfg.Buffer)
+		if free := c.in.free() - c.lentN; len(fresh) > free {
+			return fmt.Errorf("%w: the peer sent %d bytes beyond the %d-byte window", ErrProtocol, len(fresh)-free, c.cfg.Buffer)
+		}
+		if c.lent != nil && c.in.len() == 0 { // in order: nothing older is waiting in the ring
+			k := copy(c.lent[c.lentN:], fresh)
+			c.lentN += k
+			c.inNext += uint64(k)
+			fresh = fresh[k:]
 		}
 		c.in.write(fresh)
 		c.inNext += uint64(len(fresh))
