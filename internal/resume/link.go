@@ -341,7 +341,7 @@ func (c *Conn) readLoop(fr *frameReader) error {
 // write fails. With idle set, it repeats the last acknowledgement whenever
 // it has written nothing for that long (a keepalive; see Stream).
 func (c *Conn) writeLoop(w io.Writer, stop <-chan struct{}, idle time.Duration) error {
-	buf := make([]byte, headerLen+maxBody)
+	buf := make([]byte, headerLen+maxBody) // grown for batches once a burst comes
 	lastWrite := time.Now()
 	timer := time.NewTimer(time.Hour) // one timer for every wait, not one per wait
 	timer.Stop()
@@ -354,7 +354,10 @@ func (c *Conn) writeLoop(w io.Writer, stop <-chan struct{}, idle time.Duration) 
 			return nil
 		default:
 		}
-		b, ack, wait := c.nextFrameLocked(buf)
+		if len(buf) < batchFrames*(headerLen+maxBody) && c.outEnd > c.cursor+MaxPayload {
+			buf = make([]byte, batchFrames*(headerLen+maxBody))
+		}
+		b, ack, wait := c.nextBatchLocked(buf)
 		if b == nil && idle > 0 {
 			if left := time.Until(lastWrite.Add(idle)); left <= 0 {
 				b, ack = appendFrame(buf[:0], frame{typ: frameAck, offset: c.consumed}), c.consumed
@@ -387,6 +390,27 @@ func (c *Conn) writeLoop(w io.Writer, stop <-chan struct{}, idle time.Duration) 
 		c.mu.Lock()
 		c.sentLocked(ack)
 	}
+}
+
+// batchFrames is how many frames one write to a link may carry. When the
+// stream's writer runs ahead of the link (a burst of SSH packets once the
+// peer opened its window), fewer and larger writes cost both ends and
+// the relay between them fewer system calls and wake-ups.
+const batchFrames = 4
+
+// nextBatchLocked encodes into buf the frames due that fit, as
+// nextFrameLocked does for one. An acknowledgement ends a batch, so that
+// it is not repeated.
+func (c *Conn) nextBatchLocked(buf []byte) (b []byte, ack uint64, wait time.Duration) {
+	b, ack, wait = c.nextFrameLocked(buf)
+	for b != nil && ack == 0 && cap(buf)-len(b) >= headerLen+maxBody {
+		f, a, _ := c.nextFrameLocked(buf[len(b):])
+		if f == nil {
+			break
+		}
+		b, ack = buf[:len(b)+len(f)], a
+	}
+	return b, ack, wait
 }
 
 // sentLocked records that a frame carrying acknowledgement ack (0 for
