@@ -210,13 +210,14 @@ func (c *conn) SetReadDeadline(t time.Time) error  { return c.tcp.SetReadDeadlin
 func (c *conn) SetWriteDeadline(t time.Time) error { return c.tcp.SetWriteDeadline(t) }
 
 // CloseWrite ends the sending direction after what was written, when the
-// stream runs without TLS; with TLS it does nothing (the caller then just
-// closes).
+// stream runs without TLS. With TLS it returns errors.ErrUnsupported and
+// does nothing (the TLS connection belongs to the HTTP transport); the
+// caller then just closes.
 func (c *conn) CloseWrite() error {
 	if tc, ok := c.tcp.(*net.TCPConn); ok && c.plain {
 		return tc.CloseWrite()
 	}
-	return nil
+	return errors.ErrUnsupported
 }
 
 // tune sets the liveness of a raw stream connection (see KeepaliveIdle).

@@ -50,5 +50,10 @@ func (l *streamLink) closeGracefully() {
 		return
 	}
 	l.Conn.SetReadDeadline(time.Now().Add(drainTimeout))
-	<-l.readEnded
+	t := time.NewTimer(drainTimeout) // in case the link reader has stopped reading
+	defer t.Stop()
+	select {
+	case <-l.readEnded:
+	case <-t.C:
+	}
 }
