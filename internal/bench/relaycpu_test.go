@@ -47,9 +47,9 @@ func addRelayCPU(tb *table, rtts []time.Duration, rs []relayCPU) {
 			f, cond = slowFactor, fmt.Sprintf(" (%.1f× the 0 ms target)", slowFactor)
 		}
 		c, w := r.perMiB(r.converge), r.perMiB(r.wsproxy)
-		s.add(row{what: "converge, " + msLabel(rtt), a: fmt.Sprintf("%.2f ms", c), comp: "-",
+		s.add(row{what: "converge, " + msLabel(rtt), a: fmt.Sprintf("%.3f ms", c), comp: "-",
 			target: fmt.Sprintf("<= %.2f ms%s", convergeTarget*f, cond), verdict: verdict(c <= convergeTarget*f)})
-		s.add(row{what: "wsproxy, " + msLabel(rtt), a: fmt.Sprintf("%.2f ms", w), comp: "-",
+		s.add(row{what: "wsproxy, " + msLabel(rtt), a: fmt.Sprintf("%.3f ms", w), comp: "-",
 			target: fmt.Sprintf("<= %.2f ms%s", wsproxyTarget*f, cond), verdict: verdict(w <= wsproxyTarget*f)})
 	}
 	tb.notes = append(tb.notes, "Relay CPU: user + system time of the converge and wsproxy processes (from /proc, 10 ms ticks) over every relay transfer of the throughput rows, divided by the MiB moved.")
