@@ -47,6 +47,10 @@ type Config struct {
 	// poolKeep is how long a pool stays full after its agent's last
 	// client (tests shorten it). Default poolKeep.
 	poolKeep time.Duration
+	// rawKeepalive is how long an idle raw stream of a pool may go
+	// without a byte from the server (tests shorten it). Default
+	// rawKeepalive.
+	rawKeepalive time.Duration
 	// Grace keeps the ID of an agent whose link dropped reserved for it;
 	// only agents that completed their hello and welcome leave one.
 	// Default 5m; negative disables.
@@ -145,6 +149,9 @@ func (c *Config) Validate() error {
 	}
 	if c.poolKeep <= 0 {
 		c.poolKeep = poolKeep
+	}
+	if c.rawKeepalive <= 0 {
+		c.rawKeepalive = rawKeepalive
 	}
 	if c.StreamPool > MaxStreamPool {
 		return fmt.Errorf("stream pool of %d per agent: at most %d (each costs the server a file descriptor)", c.StreamPool, MaxStreamPool)

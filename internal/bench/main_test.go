@@ -21,6 +21,7 @@ var (
 	flagOutage     = flag.Duration("bench-outage", 5*time.Second, "how long the server stays down in the second restart of the many-agents rows")
 	flagRealAgents = flag.Int("bench-real-agents", 1000, "real agents for the reference of the memory row (0 skips it)")
 	flagCipher     = flag.Bool("bench-ciphers", true, "compare the SSH ciphers")
+	flagStreams    = flag.Int("bench-streams", 200, "concurrent streams for the many-streams rows (0 skips them)")
 	flagOut        = flag.String("bench-out", "", "also write the table to this file")
 )
 
