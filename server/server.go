@@ -20,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/converge-ci/converge/internal/splice"
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
 )
@@ -272,14 +273,15 @@ const fileHeadroom = 256
 
 // MaxFiles is how many file descriptors the server may hold at its caps:
 // one per agent (MaxAgents) and one per idle stream in its pool
-// (StreamPool), two per client stream (MaxStreams: the client's and the
-// agent's stream), and some headroom. It is 0 when either cap is off,
-// and so bounds nothing.
+// (StreamPool); per client stream (MaxStreams) two, the client's and the
+// agent's leg, and on Linux four more for the pipes through which two raw
+// legs are spliced in the kernel (splice.ExtraFiles); and some headroom.
+// It is 0 when either cap is off, and so bounds nothing.
 func (s *Server) MaxFiles() int {
 	if s.cfg.MaxAgents < 0 || s.cfg.MaxStreams < 0 {
 		return 0
 	}
-	return s.cfg.MaxAgents*(1+s.poolSize()) + 2*s.cfg.MaxStreams + fileHeadroom
+	return s.cfg.MaxAgents*(1+s.poolSize()) + (2+splice.ExtraFiles)*s.cfg.MaxStreams + fileHeadroom
 }
 
 // poolSize is the idle streams each agent keeps; 0 with pools off.

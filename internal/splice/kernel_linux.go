@@ -10,6 +10,11 @@ import (
 // unprivileged processes (/proc/sys/fs/pipe-max-size).
 const pipeSize = 1 << 20
 
+// ExtraFiles is how many file descriptors Splice holds besides its two
+// streams' own: between two TCP connections, a pipe (two descriptors)
+// for each direction.
+const ExtraFiles = 4
+
 // kernelCopy moves bytes from src to dst through a pipe with splice(2),
 // so they never enter user space: socket → pipe, then pipe → socket. It
 // reports each piece written to count (if set), so byte counters move
