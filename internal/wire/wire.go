@@ -97,7 +97,8 @@ type Welcome struct {
 }
 
 // Dial asks the agent to open a stream connection for a waiting client.
-// Protocol is the stream subprotocol the client negotiated ("" for raw).
+// Protocol is the stream subprotocol the client negotiated ("" for a
+// plain stream).
 type Dial struct {
 	Token    string `json:"token"`
 	Protocol string `json:"protocol,omitempty"`
@@ -114,9 +115,9 @@ type Pool struct {
 
 // Assign is the first message that the server sends on an idle stream of
 // the pool: a client is now spliced to it. Protocol is the stream
-// subprotocol the client negotiated ("" for raw), as in Dial. On a
-// WebSocket it is a text message and the client's bytes follow as binary
-// messages; on a raw stream it is a record (AppendRecord) and the
+// subprotocol the client negotiated ("" for a plain stream), as in Dial.
+// On a WebSocket it is a text message and the client's bytes follow as
+// binary messages; on a raw stream it is a record (AppendRecord) and the
 // client's bytes follow unframed.
 type Assign struct {
 	Protocol string `json:"protocol,omitempty"`
