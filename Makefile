@@ -7,7 +7,7 @@ CMDS    := converge agent wsproxy tcptows
 # Downloadable binaries, embedded into the server by `make dist`.
 DIST_PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64
 
-.PHONY: all build wasm run test check generate vet bench bench-agents bench-connect dist clean
+.PHONY: all build wasm run test check generate vet bench bench-agents bench-connect bench-relay bench-streams dist clean
 
 all: build
 
@@ -65,6 +65,18 @@ bench-agents: build
 # true`, relay against direct, at 0 ms, 50 ms, and with the server halfway.
 bench-connect: build
 	$(GO) test -count=1 -timeout 5m -run '^TestBenchConnect$$' ./internal/bench -v -bench-table \
+		-bench-bin=$(CURDIR)/bin
+
+# bench-relay prints only the relay CPU rows (~2 min): converge's and
+# wsproxy's CPU per MiB over sftp get, sftp put and ssh cat, at 0 and 50 ms.
+bench-relay: build
+	$(GO) test -count=1 -timeout 10m -run '^TestBenchRelayCPU$$' ./internal/bench -v -bench-table \
+		-bench-bin=$(CURDIR)/bin -bench-size=128 -bench-reps=2
+
+# bench-streams prints only the many-streams rows (~1 min): 200 streams at
+# once through one converge, their spread and fairness.
+bench-streams: build
+	$(GO) test -count=1 -timeout 10m -run '^TestBenchStreams$$' ./internal/bench -v -bench-table \
 		-bench-bin=$(CURDIR)/bin
 
 dist: wasm

@@ -155,6 +155,7 @@ type Agent struct {
 	pid1     bool      // reap orphans while Run runs: true when PID 1
 
 	streams sync.WaitGroup   // stream dials in flight
+	dialer  streamDialer     // how stream dials reach the server
 	resumed *resume.Acceptor // resumable client streams
 	fwd     *forwarder       // port forwards (ssh -L, -R)
 }

@@ -233,48 +233,6 @@ func (a *Agent) serveControl(ctx context.Context, c *websocket.Conn, pooling boo
 	}
 }
 
-// dialStream opens the stream connection a waiting client needs and hands
-// it to the SSH server.
-func (a *Agent) dialStream(ctx context.Context, d wire.Dial) {
-	c, err := a.openStream(ctx, d.Token)
-	if err != nil {
-		a.log.Warn("cannot open stream for a client", "error", err)
-		return
-	}
-	a.serveStream(ctx, c, d.Protocol)
-}
-
-// openStream dials the server's stream endpoint with token, which the
-// server gave over the control connection (in a dial or a pool message).
-func (a *Agent) openStream(ctx context.Context, token string) (*websocket.Conn, error) {
-	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	return wsconn.Dial(dctx, a.cfg.Server+wire.StreamPath(a.cfg.ID, token), wsconn.Options{Subprotocols: []string{wire.StreamProtocol}})
-}
-
-// serveStream hands c, a stream to one client who negotiated protocol
-// with the server, to the SSH server: at once for a raw stream, through
-// the resume layer for a resumable one.
-func (a *Agent) serveStream(ctx context.Context, c *websocket.Conn, protocol string) {
-	if protocol != resume.Protocol {
-		a.ln.deliver(wsconn.NetConn(ctx, c))
-		return
-	}
-	// A resumable stream: a new session is served once; a returning
-	// client's link joins its session, which the SSH server never sees.
-	link := resume.WebSocket(c, wsconn.PingInterval, wsconn.PingTimeout)
-	stop := context.AfterFunc(ctx, func() { link.Close() })
-	conn, err := a.resumed.Attach(link)
-	stop()
-	if err != nil {
-		a.log.Info("resumable stream refused", "error", err)
-		return
-	}
-	if conn != nil {
-		a.ln.deliver(conn)
-	}
-}
-
 func (a *Agent) send(ctx context.Context, c *websocket.Conn, m wire.Message) error {
 	b, err := wire.Encode(m)
 	if err != nil {

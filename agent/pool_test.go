@@ -2,13 +2,17 @@ package agent
 
 import (
 	"context"
+	"errors"
+	"io"
 	"net"
 	"net/http"
+	"os"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
 
+	"github.com/converge-ci/converge/internal/testnet"
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
 )
@@ -101,4 +105,57 @@ func TestAwaitAssignEndsWithControl(t *testing.T) {
 	if _, _, err := serverEnd.Read(rctx); err == nil {
 		t.Error("the server's end is still open")
 	}
+}
+
+// TestAwaitAssignRaw: an idle raw stream is served once the server's
+// assignment record comes, after any keepalive records, and the bytes
+// behind the record are left for the stream; anything else first ends
+// the wait, as does the control connection's end.
+func TestAwaitAssignRaw(t *testing.T) {
+	assign, _ := wire.AppendRecord(nil, wire.Message{Type: wire.TypeAssign, Assign: &wire.Assign{Protocol: "converge.resume.v1"}})
+	dial, _ := wire.AppendRecord(nil, wire.Message{Type: wire.TypeDial, Dial: &wire.Dial{Token: wire.NewToken()}})
+	for _, tc := range []struct {
+		name string
+		sent []byte
+		ok   bool
+	}{
+		{"assignment", append(append(append([]byte{}, wire.Keepalive...), assign...), "SSH"...), true},
+		{"client bytes before the assignment", []byte("SSH-2.0-x\r\n"), false},
+		{"another message", dial, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			agentEnd, serverEnd := testnet.TCPPair(t)
+			if _, err := serverEnd.Write(tc.sent); err != nil {
+				t.Fatal(err)
+			}
+			got, err := awaitAssignRaw(context.Background(), agentEnd)
+			if !tc.ok {
+				if err == nil {
+					t.Fatalf("awaitAssignRaw = %q, want an error", got)
+				}
+				return
+			}
+			if err != nil || got != "converge.resume.v1" {
+				t.Fatalf("awaitAssignRaw = %q, %v; want converge.resume.v1", got, err)
+			}
+			rest := make([]byte, 3)
+			if _, err := io.ReadFull(agentEnd, rest); err != nil || string(rest) != "SSH" {
+				t.Errorf("after the assignment: %q, %v; want the stream's bytes", rest, err)
+			}
+		})
+	}
+	t.Run("control ends", func(t *testing.T) {
+		agentEnd, serverEnd := testnet.TCPPair(t)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { _, err := awaitAssignRaw(ctx, agentEnd); done <- err }()
+		cancel()
+		if err := <-done; err == nil {
+			t.Fatal("awaitAssignRaw returned no error when its control connection ended")
+		}
+		serverEnd.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := serverEnd.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("the server's end: %v, want closed", err)
+		}
+	})
 }

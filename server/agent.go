@@ -149,7 +149,7 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 	}
 	a.ws = ws
 	if ws.Subprotocol() == wire.ControlProtocolV2 {
-		a.pool = newStreamPool(s.poolSize(), s.cfg.poolKeep, s.metrics.poolIdle)
+		a.pool = newStreamPool(s.poolSize(), s.cfg.poolKeep, s.cfg.rawKeepalive, s.metrics.poolIdle)
 	}
 	ws.SetReadLimit(wire.MaxMessageSize)
 	release, ok := s.conns.add(ws)

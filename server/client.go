@@ -3,22 +3,28 @@ package server
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
 	"time"
 
 	"github.com/coder/websocket"
 
+	"github.com/converge-ci/converge/internal/rawstream"
 	"github.com/converge-ci/converge/internal/splice"
 	"github.com/converge-ci/converge/internal/wire"
-	"github.com/converge-ci/converge/internal/wsconn"
 )
 
 // handleClient is GET /client/{id}: a user's connection to an agent. It is
 // refused with 404 before the upgrade when no agent holds the ID. After the
-// upgrade, the agent is asked to dial back a stream connection and the two
-// are spliced; binary messages carry the SSH bytes unchanged both ways.
+// upgrade (to a WebSocket, or to a raw stream when asked, see leg), the
+// client is spliced to an idle stream of the agent's pool, or to one the
+// agent is asked to dial back; the SSH bytes pass unchanged both ways.
 func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
+	raw := rawstream.Requested(r)
+	if raw {
+		rawstream.Advertise(w) // refusals below are final, not a cue to retry as a WebSocket
+	}
 	id := r.PathValue("id")
 	if err := wire.ValidID(id); err != nil {
 		s.metrics.refused(endpointClient, reasonBadRequest)
@@ -54,77 +60,89 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 		s.forward(w, r, forwardClient, id, "", owner, remote)
 		return
 	}
-	var protocols []string
-	for _, p := range websocketProtocols(r) {
+	offered := websocketProtocols(r)
+	if raw {
+		offered = rawstream.Offered(r)
+	}
+	protocol := "" // the first the client offers that the agent does
+	for _, p := range offered {
 		if a.offers(p) {
-			protocols = append(protocols, p)
+			protocol = p
+			break
 		}
 	}
-	c, err := wsconn.Accept(w, r, protocols...)
+	cl, err := acceptLeg(w, r, protocol)
 	if err != nil {
 		return
 	}
-	release, ok := s.conns.add(c)
+	release, ok := s.conns.add(cl.held())
 	if !ok {
 		s.metrics.refused(endpointClient, reasonShuttingDown)
-		c.Close(websocket.StatusGoingAway, "server shutting down")
+		cl.refuse(websocket.StatusGoingAway, "server shutting down")
 		return
 	}
 	defer release()
+	s.relay(a, cl, protocol, s.log.With("id", id, "remote", remote))
+}
 
-	log := s.log.With("id", id, "remote", remote)
+// relay takes a stream of agent a for the client leg cl, which speaks
+// protocol (see streamFor), and splices the two until either ends.
+func (s *Server) relay(a *agentConn, cl leg, protocol string, log *slog.Logger) {
 	start := time.Now()
-	ac, err := s.streamFor(a, c.Subprotocol())
+	ag, err := s.streamFor(a, protocol)
 	if err != nil {
 		log.Info("client refused", "reason", reasonAgentUnavailable, "error", err)
 		s.metrics.refused(endpointClient, reasonAgentUnavailable)
-		c.Close(websocket.StatusTryAgainLater, "agent did not answer: "+err.Error())
+		cl.refuse(websocket.StatusTryAgainLater, "agent did not answer: "+err.Error())
 		return
 	}
-	releaseStream, ok := s.conns.add(ac.ws)
-	if !ok { // the drain began while the stream came in, and closed c
-		ac.ws.Close(websocket.StatusGoingAway, "server shutting down")
+	releaseStream, ok := s.conns.add(ag.held())
+	if !ok { // the drain began while the stream came in, and closed the client's leg
+		ag.refuse(websocket.StatusGoingAway, "server shutting down")
 		return
 	}
 	defer releaseStream()
 	setup := time.Since(start)
-	log.Info("client connected", "protocol", c.Subprotocol(), "stream", ac.source(), "setup", setup.Round(time.Microsecond))
-	s.metrics.agentStreams.WithLabelValues(ac.source()).Inc()
+	log.Info("client connected", "protocol", protocol, "stream", ag.source(), "legs", cl.kind()+"/"+ag.kind(),
+		"setup", setup.Round(time.Microsecond))
+	s.metrics.agentStreams.WithLabelValues(ag.source()).Inc()
+	s.metrics.streamLegs.WithLabelValues(cl.kind(), ag.kind()).Inc()
 	defer s.streamOpen(a, setup)()
 
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()
-	// CleanReads: never forward the masked tail of a frame cut in the middle.
-	res := splice.Splice(s.metrics.counted(wsconn.CleanReads(websocket.NetConn(ctx, c, websocket.MessageBinary))),
-		wsconn.CleanReads(ac.netConn(ctx)))
+	res := splice.Counted(cl.bytes(ctx), ag.bytes(ctx), s.metrics.countToAgent, s.metrics.countToClient)
 	log.Info("client disconnected", "duration", time.Since(start).Round(time.Millisecond),
 		"bytes_to_agent", res.AToB, "bytes_to_client", res.BToA, "reason", errString(res.Err))
 }
 
 // requestStream asks agent a to dial back for one client stream and waits
 // for it, at most StreamTimeout.
-func (s *Server) requestStream(a *agentConn, protocol string) (*websocket.Conn, error) {
+func (s *Server) requestStream(a *agentConn, protocol string) (leg, error) {
 	token, streams, stopWaiting := s.pending.expect(a.id)
 	defer stopWaiting()
 
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.StreamTimeout)
 	defer cancel()
 	if err := a.send(ctx, wire.Message{Type: wire.TypeDial, Dial: &wire.Dial{Token: token, Protocol: protocol}}); err != nil {
-		return nil, fmt.Errorf("ask agent to dial back: %w", err)
+		return leg{}, fmt.Errorf("ask agent to dial back: %w", err)
 	}
 	select {
 	case c := <-streams:
 		return c, nil
 	case <-ctx.Done():
-		return nil, fmt.Errorf("no stream from the agent within %v", s.cfg.StreamTimeout)
+		return leg{}, fmt.Errorf("no stream from the agent within %v", s.cfg.StreamTimeout)
 	}
 }
 
 // handleStream is GET /agent/{id}/stream/{token}: an agent dialling back
 // for a waiting client, or opening an idle stream for its pool (see
-// servePooled). The token, given only to the agent over its control
-// connection, authorises it.
+// servePooled), with a WebSocket or a raw stream. The token, given only
+// to the agent over its control connection, authorises it.
 func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
+	if rawstream.Requested(r) {
+		rawstream.Advertise(w)
+	}
 	id, token := r.PathValue("id"), r.PathValue("token")
 	if wire.ValidID(id) != nil || wire.ValidToken(token) != nil {
 		http.Error(w, "malformed stream request", http.StatusBadRequest)
@@ -137,18 +155,18 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "no client is waiting for this stream (it may have given up)", http.StatusNotFound)
 		return
 	}
-	c, err := wsconn.Accept(w, r, wire.StreamProtocol)
+	c, err := acceptLeg(w, r, wire.StreamProtocol)
 	if err != nil {
 		return
 	}
-	release, ok := s.conns.add(c)
+	release, ok := s.conns.add(c.held())
 	if !ok {
-		c.Close(websocket.StatusGoingAway, "server shutting down")
+		c.refuse(websocket.StatusGoingAway, "server shutting down")
 		return
 	}
 	defer release() // the client handler holds c itself once it has it
 	if !s.pending.deliver(id, token, c) {
-		c.Close(websocket.StatusTryAgainLater, "the client stopped waiting")
+		c.refuse(websocket.StatusTryAgainLater, "the client stopped waiting")
 	}
 }
 

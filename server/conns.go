@@ -7,31 +7,36 @@ import (
 	"github.com/coder/websocket"
 )
 
-// conns is the set of hijacked WebSockets the server holds (agents' control
-// connections, clients' connections, agents' stream connections) and the
-// count a drain waits on. http.Server.Shutdown neither sees nor waits for
-// hijacked connections; conns does.
+// conns is the set of hijacked connections the server holds (agents'
+// control WebSockets, and both legs of every client stream, WebSockets or
+// raw streams) and the count a drain waits on. http.Server.Shutdown
+// neither sees nor waits for hijacked connections; conns does.
 //
 // Holding a connection and counting it are one step under one lock (add),
 // so a drain either sees a connection, closes it and waits for its release,
 // or the add is refused: nothing slips in between.
 type conns struct {
 	mu       sync.Mutex
-	live     map[*websocket.Conn]int // holds per connection; a stream is held by two handlers in turn
-	n        int                     // holds not yet released, plus closes drain has not finished
+	live     map[closeNower]int // holds per connection; a stream is held by two handlers in turn
+	n        int                // holds not yet released, plus closes drain has not finished
 	draining bool
 	idle     chan struct{} // closed once draining and n is zero
 }
 
+// closeNower is a connection conns holds: a *websocket.Conn, which a
+// drain closes with 1001 (going away), or a raw stream leg (rawHeld),
+// which it can only close.
+type closeNower interface{ CloseNow() error }
+
 func newConns() *conns {
-	return &conns{live: make(map[*websocket.Conn]int), idle: make(chan struct{})}
+	return &conns{live: make(map[closeNower]int), idle: make(chan struct{})}
 }
 
 // add holds c until release is called. It reports false, holding nothing,
 // once a drain has started; release is then a no-op, so it may always be
 // deferred. release may be called more than once; only the first counts.
 // The same connection may be held more than once at a time.
-func (t *conns) add(c *websocket.Conn) (release func(), ok bool) {
+func (t *conns) add(c closeNower) (release func(), ok bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.draining {
@@ -43,7 +48,7 @@ func (t *conns) add(c *websocket.Conn) (release func(), ok bool) {
 	return func() { once.Do(func() { t.release(c) }) }, true
 }
 
-func (t *conns) release(c *websocket.Conn) {
+func (t *conns) release(c closeNower) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.live[c]--; t.live[c] <= 0 {
@@ -60,8 +65,8 @@ func (t *conns) done() {
 	}
 }
 
-// drain refuses further adds, closes every held connection with 1001
-// (going away) giving reason, and waits until every hold is released and
+// drain refuses further adds, closes every held connection (WebSockets
+// with 1001, going away, giving reason), and waits until every hold is released and
 // every close has finished, or until ctx ends. It returns how many
 // connections were still held when it returned: 0 when all were released.
 // A second drain only waits. After a drain, wait waits for the rest
@@ -73,7 +78,11 @@ func (t *conns) drain(ctx context.Context, reason string) (left int) {
 		for c := range t.live {
 			t.n++ // the close below, so that wait also waits for it
 			go func() {
-				c.Close(websocket.StatusGoingAway, reason)
+				if ws, ok := c.(*websocket.Conn); ok {
+					ws.Close(websocket.StatusGoingAway, reason)
+				} else {
+					c.CloseNow()
+				}
 				t.mu.Lock()
 				t.done()
 				t.mu.Unlock()

@@ -17,9 +17,11 @@ import (
 // Measured (RSS of the server process, idle connections on loopback): an
 // agent costs about 35 KB and one file descriptor; a client stream about
 // 70 KB, up to 200 KB once data has filled its two 64 KiB relay buffers,
-// and two descriptors. 20,000 agents and 10,000 streams are then 0.7 GB
-// plus 0.7 to 2 GB, and 40,000 descriptors: refusing beyond that with 503
-// beats being killed for memory with every session on board.
+// and two descriptors (six when two raw legs are spliced in the kernel,
+// through a pipe each way). 20,000 agents and 10,000 streams are then
+// 0.7 GB plus 0.7 to 2 GB, and up to 80,000 descriptors: refusing beyond
+// that with 503 beats being killed for memory with every session on
+// board.
 const (
 	DefaultMaxAgentsPerAddr  = 100
 	DefaultMaxStreamsPerAddr = 256

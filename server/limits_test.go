@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/converge-ci/converge/internal/splice"
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
 )
@@ -122,16 +123,16 @@ func TestServerCaps(t *testing.T) {
 }
 
 // TestMaxFiles: the descriptors the caps allow are one per agent and one
-// per idle stream of its pool, and two per stream, plus headroom; with a
-// cap off nothing is bounded.
+// per idle stream of its pool, and per stream two and the kernel splice's
+// pipes, plus headroom; with a cap off nothing is bounded.
 func TestMaxFiles(t *testing.T) {
 	for _, tc := range []struct {
 		agents, streams, pool int
 		want                  int
 	}{
-		{0, 0, 0, DefaultMaxAgents*(1+DefaultStreamPool) + 2*DefaultMaxStreams + fileHeadroom},
-		{10000, 1000, -1, 12000 + fileHeadroom},
-		{10000, 1000, 2, 32000 + fileHeadroom},
+		{0, 0, 0, DefaultMaxAgents*(1+DefaultStreamPool) + (2+splice.ExtraFiles)*DefaultMaxStreams + fileHeadroom},
+		{10000, 1000, -1, 10000 + (2+splice.ExtraFiles)*1000 + fileHeadroom},
+		{10000, 1000, 2, 30000 + (2+splice.ExtraFiles)*1000 + fileHeadroom},
 		{-1, 1000, 0, 0},
 		{10000, -1, 0, 0},
 	} {

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"net"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,6 +21,7 @@ type metrics struct {
 	refusals      *prometheus.CounterVec
 	setup         prometheus.Histogram
 	agentStreams  *prometheus.CounterVec // by source: pool, dial
+	streamLegs    *prometheus.CounterVec // by the client's and the agent's leg: raw, websocket
 	poolIdle      prometheus.Gauge
 	forwarded     *prometheus.CounterVec // by kind: client, stream
 	forwardedOpen prometheus.Gauge
@@ -75,6 +75,15 @@ func newMetrics(version string, agents func() int) *metrics {
 	}, []string{"source"})
 	m.agentStreams.WithLabelValues("pool")
 	m.agentStreams.WithLabelValues("dial")
+	m.streamLegs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "converge_stream_legs_total",
+		Help: "Client streams spliced, by the transport of the client's and of the agent's leg: raw (spliced in the kernel when both are) or websocket.",
+	}, []string{"client", "agent"})
+	for _, c := range []string{legRaw, legWebSocket} {
+		for _, a := range []string{legRaw, legWebSocket} {
+			m.streamLegs.WithLabelValues(c, a)
+		}
+	}
 	m.poolIdle = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "converge_pooled_streams_idle",
 		Help: "Idle streams agents keep open for their next clients (see --stream-pool).",
@@ -101,7 +110,7 @@ func newMetrics(version string, agents func() int) *metrics {
 		m.refusals.WithLabelValues(endpointClient, r)
 	}
 	m.reg.MustRegister(
-		m.streamsOpen, bytes, m.registrations, m.refusals, m.setup, m.agentStreams, m.poolIdle, m.forwarded, m.forwardedOpen,
+		m.streamsOpen, bytes, m.registrations, m.refusals, m.setup, m.agentStreams, m.streamLegs, m.poolIdle, m.forwarded, m.forwardedOpen,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "converge_agents_connected",
 			Help: "Agents with a registered control connection.",
@@ -126,31 +135,8 @@ func (m *metrics) refused(endpoint, reason string) {
 	m.refusals.WithLabelValues(endpoint, reason).Inc()
 }
 
-// counted wraps a client's side of a splice so the bytes it carries show
-// in converge_relayed_bytes_total as they flow, not only when the
-// connection ends: what the client sends goes to the agent, what is
-// written to it goes to the client.
-func (m *metrics) counted(client net.Conn) net.Conn {
-	return &countingConn{Conn: client, read: m.toAgent, written: m.toClient}
-}
-
-type countingConn struct {
-	net.Conn
-	read, written prometheus.Counter
-}
-
-func (c *countingConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	if n > 0 {
-		c.read.Add(float64(n))
-	}
-	return n, err
-}
-
-func (c *countingConn) Write(p []byte) (int, error) {
-	n, err := c.Conn.Write(p)
-	if n > 0 {
-		c.written.Add(float64(n))
-	}
-	return n, err
-}
+// countToAgent and countToClient add bytes a splice moved to
+// converge_relayed_bytes_total as they flow, not only when the stream
+// ends.
+func (m *metrics) countToAgent(n int64)  { m.toAgent.Add(float64(n)) }
+func (m *metrics) countToClient(n int64) { m.toClient.Add(float64(n)) }

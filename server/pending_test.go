@@ -10,10 +10,10 @@ import (
 )
 
 // received returns the stream waiting on streams, or nil if none is.
-func received(streams <-chan *websocket.Conn) *websocket.Conn {
+func received(streams <-chan leg) *websocket.Conn {
 	select {
 	case c := <-streams:
-		return c
+		return c.ws
 	default:
 		return nil
 	}
@@ -33,7 +33,7 @@ func TestPendingDeliver(t *testing.T) {
 	if !p.waiting("agent-1", token) {
 		t.Fatal("waiting(agent-1, token) = false before deliver, want true")
 	}
-	if !p.deliver("agent-1", token, s) {
+	if !p.deliver("agent-1", token, leg{ws: s}) {
 		t.Fatal("deliver(agent-1, token) = false, want true")
 	}
 	if got := received(streams); got != s {
@@ -66,13 +66,13 @@ func TestPendingWrongAgent(t *testing.T) {
 	if p.waiting("agent-2", token) {
 		t.Error("waiting(agent-2, agent-1's token) = true, want false")
 	}
-	if p.deliver("agent-2", token, s) {
+	if p.deliver("agent-2", token, leg{ws: s}) {
 		t.Fatal("deliver(agent-2, agent-1's token) = true, want false")
 	}
 	if got := received(streams); got != nil {
 		t.Fatal("a stream from the wrong agent arrived")
 	}
-	if !p.deliver("agent-1", token, s) {
+	if !p.deliver("agent-1", token, leg{ws: s}) {
 		t.Fatal("deliver(agent-1) after a wrong agent's try = false, want true (only the right agent spends a token)")
 	}
 }
@@ -89,10 +89,10 @@ func TestPendingDoubleDeliver(t *testing.T) {
 
 	token, streams, cancel := p.expect("agent-1")
 	defer cancel()
-	if !p.deliver("agent-1", token, s1) {
+	if !p.deliver("agent-1", token, leg{ws: s1}) {
 		t.Fatal("first deliver = false, want true")
 	}
-	if p.deliver("agent-1", token, s2) {
+	if p.deliver("agent-1", token, leg{ws: s2}) {
 		t.Fatal("second deliver with the same token = true, want false (single use)")
 	}
 	if got := received(streams); got != s1 {
@@ -115,7 +115,7 @@ func TestPendingDeliverAfterCancel(t *testing.T) {
 	if p.waiting("agent-1", token) {
 		t.Error("waiting after cancel = true, want false")
 	}
-	if p.deliver("agent-1", token, s) {
+	if p.deliver("agent-1", token, leg{ws: s}) {
 		t.Fatal("deliver after cancel = true, want false")
 	}
 	if got := received(streams); got != nil {
@@ -132,7 +132,7 @@ func TestPendingCancelClosesUnreceived(t *testing.T) {
 	defer peer.CloseNow()
 
 	token, _, cancel := p.expect("agent-1")
-	if !p.deliver("agent-1", token, s) {
+	if !p.deliver("agent-1", token, leg{ws: s}) {
 		t.Fatal("deliver = false, want true")
 	}
 	cancel()

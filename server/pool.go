@@ -3,9 +3,11 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -42,7 +44,18 @@ const (
 	// An idle stream costs the server about as much as an agent (~40 KiB
 	// and a descriptor), so only agents in use keep one.
 	poolKeep = 10 * time.Minute
+	// rawKeepalive: an idle raw stream, which has no pings, gets a
+	// keepalive record (wire.Keepalive) when the server has sent nothing
+	// on it for this long, so that proxies that cut idle connections
+	// keep it, as the agent's pings keep an idle WebSocket.
+	rawKeepalive = wsconn.PingInterval
+	// assignTimeout bounds the write of an assignment.
+	assignTimeout = 10 * time.Second
 )
+
+// errSpokeEarly: the agent sent bytes on an idle raw stream before its
+// assignment.
+var errSpokeEarly = errors.New("the agent sent bytes on an idle stream")
 
 // streamPool is one agent's pool of idle streams, for the life of its
 // control connection. It fills only once a client has connected to the
@@ -54,6 +67,7 @@ const (
 type streamPool struct {
 	size      int
 	keep      time.Duration
+	keepalive time.Duration    // on idle raw streams, see rawKeepalive
 	idleGauge prometheus.Gauge // converge_pooled_streams_idle
 
 	mu     sync.Mutex
@@ -67,26 +81,30 @@ type streamPool struct {
 	sends  sync.WaitGroup      // grants being sent, idle streams being closed
 }
 
-// pooledStream is one idle stream. Its handler (hold) reads it while it
-// is idle, which answers the agent's pings and notices its end; the
-// message that ends the wait goes to whoever took the stream.
+// pooledStream is one idle stream, a WebSocket or a raw stream. Its
+// handler (hold) reads it while it is idle, which answers the agent's
+// pings and notices its end; what ends the wait goes to whoever took the
+// stream.
 type pooledStream struct {
-	ws    *websocket.Conn
+	leg   leg
 	since time.Time
 	taken bool              // by a client; guarded by the pool's mu
 	first chan firstMessage // buffered 1: the idle read's result, once taken
 }
 
-// firstMessage is what ended an idle stream's wait: the start of the
-// agent's first message after the assignment, or an error.
+// firstMessage is what ended an idle stream's wait: on a WebSocket, the
+// start of the agent's first message after the assignment, or an error;
+// on a raw stream, nil once the read was stopped for the assignment, or
+// an error (the read is stopped before the assignment is written, so
+// nothing of the agent's is read in it).
 type firstMessage struct {
 	typ websocket.MessageType
 	r   io.Reader
 	err error
 }
 
-func newStreamPool(size int, keep time.Duration, idle prometheus.Gauge) *streamPool {
-	return &streamPool{size: size, keep: keep, idleGauge: idle}
+func newStreamPool(size int, keep, keepalive time.Duration, idle prometheus.Gauge) *streamPool {
+	return &streamPool{size: size, keep: keep, keepalive: keepalive, idleGauge: idle}
 }
 
 // granted reports whether token is a grant of p whose stream has not
@@ -134,7 +152,7 @@ func (p *streamPool) empty() {
 	p.active = false
 	p.tokens = nil
 	for _, ps := range p.idle {
-		p.sends.Go(func() { ps.ws.Close(websocket.StatusNormalClosure, "no client for a while") }) // its hold drops it
+		p.sends.Go(func() { ps.leg.refuse(websocket.StatusNormalClosure, "no client for a while") }) // its hold drops it
 	}
 }
 
@@ -163,43 +181,61 @@ func (p *streamPool) fillLocked(s *Server, a *agentConn) {
 	}
 }
 
-// take returns an idle stream for a client, or nil when there is none.
-// The newest is taken: the one least likely to have died unnoticed.
-func (p *streamPool) take() *pooledStream {
+// take returns an idle stream for a client that negotiated protocol, or
+// nil when there is none. The newest is taken: the one least likely to
+// have died unnoticed. A raw stream goes only to a client that speaks a
+// stream protocol (resumable streams, whose ends keep a raw leg busy): a
+// plain stream needs a WebSocket's pings to pass proxies that cut idle
+// connections, so it takes a WebSocket or is dialled back.
+func (p *streamPool) take(protocol string) *pooledStream {
 	if p == nil {
 		return nil
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if len(p.idle) == 0 || p.closed {
+	if p.closed {
 		return nil
 	}
-	ps := p.idle[len(p.idle)-1]
-	p.idle = p.idle[:len(p.idle)-1]
-	ps.taken = true
-	p.idleGauge.Dec()
-	return ps
+	for i := len(p.idle) - 1; i >= 0; i-- {
+		ps := p.idle[i]
+		if ps.leg.raw != nil && protocol == "" {
+			continue
+		}
+		p.idle = slices.Delete(p.idle, i, i+1)
+		ps.taken = true
+		if ps.leg.raw != nil {
+			ps.leg.raw.SetReadDeadline(time.Unix(1, 0)) // stops hold's idle read (see waitRaw)
+		}
+		p.idleGauge.Dec()
+		return ps
+	}
+	return nil
 }
 
 // hold keeps c, the agent's stream for token, idle in the pool until a
 // client takes it or it ends, and returns then; handleStream calls it
 // and holds c meanwhile. A stream that ends idle, or on which the agent
 // speaks before it was assigned, is closed and replaced (see lostLocked).
-func (p *streamPool) hold(s *Server, a *agentConn, token string, c *websocket.Conn) {
+func (p *streamPool) hold(s *Server, a *agentConn, token string, c leg) {
 	p.mu.Lock()
 	if _, ok := p.tokens[token]; !ok || p.closed {
 		p.mu.Unlock()
-		c.Close(wsconn.CodeRefused, "the pool this stream was for is gone")
+		c.refuse(wsconn.CodeRefused, "the pool this stream was for is gone")
 		return
 	}
 	delete(p.tokens, token)
-	ps := &pooledStream{ws: c, since: time.Now(), first: make(chan firstMessage, 1)}
+	ps := &pooledStream{leg: c, since: time.Now(), first: make(chan firstMessage, 1)}
 	p.idle = append(p.idle, ps)
 	p.idleGauge.Inc()
 	p.mu.Unlock()
 
-	c.SetReadLimit(-1) // as NetConn does: the relay reads messages piece by piece
-	typ, r, err := c.Reader(s.ctx)
+	var m firstMessage
+	if c.ws != nil {
+		c.ws.SetReadLimit(-1) // as NetConn does: the relay reads messages piece by piece
+		m.typ, m.r, m.err = c.ws.Reader(s.ctx)
+	} else {
+		m.err = p.waitRaw(ps)
+	}
 	p.mu.Lock()
 	taken := ps.taken
 	if !taken {
@@ -209,14 +245,48 @@ func (p *streamPool) hold(s *Server, a *agentConn, token string, c *websocket.Co
 	}
 	p.mu.Unlock()
 	if taken {
-		ps.first <- firstMessage{typ: typ, r: r, err: err}
+		ps.first <- m
 		return
 	}
-	if err == nil {
-		c.Close(wsconn.CodeRefused, "an idle stream must wait for its assignment")
+	if m.err == nil || errors.Is(m.err, errSpokeEarly) {
+		c.refuse(wsconn.CodeRefused, "an idle stream must wait for its assignment")
 		return
 	}
-	c.CloseNow()
+	c.closeNow()
+}
+
+// waitRaw reads ps, an idle raw stream, until a client takes it, and
+// sends a keepalive record whenever it has been quiet for p.keepalive.
+// It returns nil once ps is taken (take stops the read with a deadline in
+// the past, and only waitRaw sets one under the pool's lock while ps is
+// not taken), errSpokeEarly when the agent sends a byte, or why the
+// stream ended.
+func (p *streamPool) waitRaw(ps *pooledStream) error {
+	c := ps.leg.raw
+	var b [1]byte
+	for {
+		p.mu.Lock()
+		taken := ps.taken
+		if !taken {
+			c.SetReadDeadline(time.Now().Add(p.keepalive))
+		}
+		p.mu.Unlock()
+		if taken {
+			return nil
+		}
+		n, err := c.Read(b[:])
+		switch {
+		case n > 0:
+			return errSpokeEarly
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			c.SetWriteDeadline(time.Now().Add(assignTimeout))
+			if _, err := c.Write(wire.Keepalive); err != nil {
+				return fmt.Errorf("keep an idle stream: %w", err)
+			}
+		case err != nil:
+			return err
+		}
+	}
 }
 
 // lostLocked replaces ps, an idle stream that ended before a client took
@@ -272,7 +342,7 @@ func (p *streamPool) close() {
 	p.tokens = nil
 	p.mu.Unlock()
 	for _, ps := range idle {
-		ps.ws.CloseNow() // its hold returns and drops it
+		ps.leg.closeNow() // its hold returns and drops it
 	}
 	p.sends.Wait()
 }
@@ -284,13 +354,13 @@ func (s *Server) servePooled(w http.ResponseWriter, r *http.Request, id, token s
 	if a == nil || !a.ready.Load() || !a.pool.granted(token) { // ready: a.pool is set
 		return false
 	}
-	c, err := wsconn.Accept(w, r, wire.StreamProtocol)
+	c, err := acceptLeg(w, r, wire.StreamProtocol)
 	if err != nil {
 		return true
 	}
-	release, ok := s.conns.add(c)
+	release, ok := s.conns.add(c.held())
 	if !ok {
-		c.Close(websocket.StatusGoingAway, "server shutting down")
+		c.refuse(websocket.StatusGoingAway, "server shutting down")
 		return true
 	}
 	defer release() // a client that takes the stream holds it itself
@@ -301,7 +371,7 @@ func (s *Server) servePooled(w http.ResponseWriter, r *http.Request, id, token s
 // agentSide is the agent's end of one client connection: a stream taken
 // from the agent's pool, or one it dialled back for this client.
 type agentSide struct {
-	ws     *websocket.Conn
+	leg
 	pooled *pooledStream // nil: dialled back
 }
 
@@ -313,13 +383,14 @@ func (st agentSide) source() string {
 	return "dial"
 }
 
-// netConn is the stream as the relay reads and writes it.
-func (st agentSide) netConn(ctx context.Context) net.Conn {
-	nc := websocket.NetConn(ctx, st.ws, websocket.MessageBinary)
-	if st.pooled == nil {
-		return nc
+// bytes is the stream as the relay reads and writes it: a pooled
+// WebSocket starts with the message its idle read began.
+func (st agentSide) bytes(ctx context.Context) io.ReadWriteCloser {
+	if st.pooled == nil || st.ws == nil {
+		return st.leg.bytes(ctx)
 	}
-	return &pooledConn{Conn: nc, first: st.pooled.first}
+	// CleanReads: never forward the masked tail of a frame cut in the middle.
+	return wsconn.CleanReads(&pooledConn{Conn: websocket.NetConn(ctx, st.ws, websocket.MessageBinary), first: st.pooled.first})
 }
 
 // streamFor returns agent a's end for a client that negotiated protocol:
@@ -327,28 +398,44 @@ func (st agentSide) netConn(ctx context.Context) net.Conn {
 // or else a dial-back. Either way the pool is topped up afterwards.
 func (s *Server) streamFor(a *agentConn, protocol string) (agentSide, error) {
 	defer a.pool.want(s, a)
-	if ps := a.pool.take(); ps != nil {
+	if ps := a.pool.take(protocol); ps != nil {
 		err := ps.assign(s.ctx, protocol)
 		if err == nil {
-			return agentSide{ws: ps.ws, pooled: ps}, nil
+			return agentSide{leg: ps.leg, pooled: ps}, nil
 		}
-		ps.ws.CloseNow() // it died idle: nothing of the client's was sent, so dial back
+		ps.leg.closeNow() // it died idle: nothing of the client's was sent, so dial back
 		s.log.Debug("idle stream failed at assignment; dialling back", "id", a.id, "error", err)
 	}
-	ws, err := s.requestStream(a, protocol)
-	return agentSide{ws: ws}, err
+	l, err := s.requestStream(a, protocol)
+	return agentSide{leg: l}, err
 }
 
 // assign tells the agent that a client speaking protocol is now spliced
-// to ps.
+// to ps: a text message on a WebSocket; on a raw stream, once its idle
+// read has stopped, a record (wire.AppendRecord).
 func (ps *pooledStream) assign(ctx context.Context, protocol string) error {
-	b, err := wire.Encode(wire.Message{Type: wire.TypeAssign, Assign: &wire.Assign{Protocol: protocol}})
+	m := wire.Message{Type: wire.TypeAssign, Assign: &wire.Assign{Protocol: protocol}}
+	if ps.leg.ws != nil {
+		b, err := wire.Encode(m)
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(ctx, assignTimeout)
+		defer cancel()
+		return ps.leg.ws.Write(ctx, websocket.MessageText, b)
+	}
+	if first := <-ps.first; first.err != nil {
+		return first.err
+	}
+	b, err := wire.AppendRecord(nil, m)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	return ps.ws.Write(ctx, websocket.MessageText, b)
+	c := ps.leg.raw
+	c.SetDeadline(time.Now().Add(assignTimeout))
+	_, err = c.Write(b)
+	c.SetDeadline(time.Time{})
+	return err
 }
 
 // pooledConn is a pooled stream as the relay reads it: first the message

@@ -2,8 +2,11 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -15,7 +18,7 @@ import (
 
 // dialPoolingAgent is dialAgent for an agent that speaks control v2
 // (stream pools), as agents of this version do.
-func dialPoolingAgent(t *testing.T, wsBase, id string) *fakeAgent {
+func dialPoolingAgent(t *testing.T, wsBase, id string, protocols ...string) *fakeAgent {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -28,7 +31,7 @@ func dialPoolingAgent(t *testing.T, wsBase, id string) *fakeAgent {
 		t.Fatalf("control subprotocol %q, want %q", got, wire.ControlProtocolV2)
 	}
 	a := &fakeAgent{id: id, ws: c}
-	a.send(t, wire.Message{Type: wire.TypeHello, Hello: &wire.Hello{Version: "test"}})
+	a.send(t, wire.Message{Type: wire.TypeHello, Hello: &wire.Hello{Version: "test", Protocols: protocols}})
 	if m := a.read(t); m.Type != wire.TypeWelcome {
 		t.Fatalf("agent %s: got %q, want welcome", id, m.Type)
 	}
@@ -265,4 +268,93 @@ func TestPoolEmptiesWithoutClients(t *testing.T) {
 	a.echoStream(t, r.ws()) // a dial-back: fails on a pool message
 	check(t, next())
 	a.expect(t, wire.TypePool)
+}
+
+// openRawIdle opens the idle stream a pool message granted as a raw
+// stream, as the agent does, and returns it unread.
+func (a *fakeAgent) openRawIdle(t *testing.T, wsBase string, m wire.Message) net.Conn {
+	t.Helper()
+	c, proto := dialLeg(t, wsBase+"/agent/"+a.id+"/stream/"+m.Pool.Token, true, wire.StreamProtocol)
+	if proto != wire.StreamProtocol {
+		t.Fatalf("idle raw stream: protocol %q, want %q", proto, wire.StreamProtocol)
+	}
+	return c
+}
+
+// TestPoolRawStreams: an idle stream may be a raw stream. The server
+// keeps it open with keepalive records, assigns it with a record to a
+// client that speaks a stream protocol (here from a raw leg, so the two
+// are spliced in the kernel), and never to a plain client, which is
+// dialled back for a WebSocket instead.
+func TestPoolRawStreams(t *testing.T) {
+	const resumable = "converge.resume.v1"
+	r := runServer(t, func(c *Config) { c.rawKeepalive = 20 * time.Millisecond })
+	a := dialPoolingAgent(t, r.ws(), "rawpool", resumable)
+	first := goEchoClient(t, r, "rawpool", "first")
+	a.echoStream(t, r.ws())
+	check(t, first())
+	idle := a.openRawIdle(t, r.ws(), a.expect(t, wire.TypePool))
+	waitIdle(t, r, 1)
+
+	idle.SetReadDeadline(time.Now().Add(10 * time.Second))
+	ka := make([]byte, 4)
+	if _, err := io.ReadFull(idle, ka); err != nil || string(ka) != "\x00\x00\x00\x00" {
+		t.Fatalf("idle raw stream: read %q, %v; want two keepalive records", ka, err)
+	}
+
+	plain := goEchoClient(t, r, "rawpool", "plain") // takes no raw stream
+	a.echoStream(t, r.ws())                         // fails unless it is a dial
+	check(t, plain())
+
+	cl := make(chan net.Conn, 1)
+	go func() {
+		c, proto := dialLeg(t, r.ws()+"/client/rawpool", true, resumable)
+		if proto != resumable {
+			t.Errorf("client's protocol %q, want %q", proto, resumable)
+		}
+		cl <- c
+	}()
+	m, err := wire.ReadRecord(idle)
+	if err != nil || m.Type != wire.TypeAssign || m.Assign.Protocol != resumable {
+		t.Fatalf("idle raw stream: %+v, %v; want an assignment of %q", m, err, resumable)
+	}
+	idle.SetReadDeadline(time.Time{})
+	go io.Copy(idle, idle)
+	c := <-cl
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, "resumed"); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 7)
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "resumed" {
+		t.Fatalf("echo through the raw idle stream: %q, %v", got, err)
+	}
+	fams := scrape(t, r.http())
+	if got := value(t, fams, "converge_stream_legs_total", "client", "raw", "agent", "raw"); got != 1 {
+		t.Errorf("raw/raw streams: %v, want 1", got)
+	}
+	if got := value(t, fams, "converge_agent_streams_total", "source", "pool"); got != 1 {
+		t.Errorf("streams from the pool: %v, want 1", got)
+	}
+}
+
+// TestPoolRawStreamSpeaksEarly: an agent that sends bytes on an idle raw
+// stream before its assignment has it closed, and it is replaced.
+func TestPoolRawStreamSpeaksEarly(t *testing.T) {
+	r := runServer(t)
+	a := dialPoolingAgent(t, r.ws(), "chatty")
+	first := goEchoClient(t, r, "chatty", "first")
+	a.echoStream(t, r.ws())
+	check(t, first())
+	idle := a.openRawIdle(t, r.ws(), a.expect(t, wire.TypePool))
+	waitIdle(t, r, 1)
+	if _, err := io.WriteString(idle, "too soon"); err != nil {
+		t.Fatal(err)
+	}
+	idle.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(idle); errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("idle raw stream that spoke first: %v, want closed", err)
+	}
+	a.openRawIdle(t, r.ws(), a.expect(t, wire.TypePool))
+	waitIdle(t, r, 1)
 }

@@ -23,6 +23,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/converge-ci/converge/internal/splice"
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
 )
@@ -50,6 +51,10 @@ type Config struct {
 	// poolKeep is how long a pool stays full after its agent's last
 	// client (tests shorten it). Default poolKeep.
 	poolKeep time.Duration
+	// rawKeepalive is how long an idle raw stream of a pool may go
+	// without a byte from the server (tests shorten it). Default
+	// rawKeepalive.
+	rawKeepalive time.Duration
 	// Grace keeps the ID of an agent whose link dropped reserved for it;
 	// only agents that completed their hello and welcome leave one.
 	// Default 5m; negative disables.
@@ -165,6 +170,9 @@ func (c *Config) Validate() error {
 	}
 	if c.poolKeep <= 0 {
 		c.poolKeep = poolKeep
+	}
+	if c.rawKeepalive <= 0 {
+		c.rawKeepalive = rawKeepalive
 	}
 	if c.StreamPool > MaxStreamPool {
 		return fmt.Errorf("stream pool of %d per agent: at most %d (each costs the server a file descriptor)", c.StreamPool, MaxStreamPool)
@@ -294,14 +302,15 @@ const fileHeadroom = 256
 
 // MaxFiles is how many file descriptors the server may hold at its caps:
 // one per agent (MaxAgents) and one per idle stream in its pool
-// (StreamPool), two per client stream (MaxStreams: the client's and the
-// agent's stream), and some headroom. It is 0 when either cap is off,
-// and so bounds nothing.
+// (StreamPool); per client stream (MaxStreams) two, the client's and the
+// agent's leg, and on Linux four more for the pipes through which two raw
+// legs are spliced in the kernel (splice.ExtraFiles); and some headroom.
+// It is 0 when either cap is off, and so bounds nothing.
 func (s *Server) MaxFiles() int {
 	if s.cfg.MaxAgents < 0 || s.cfg.MaxStreams < 0 {
 		return 0
 	}
-	return s.cfg.MaxAgents*(1+s.poolSize()) + 2*s.cfg.MaxStreams + fileHeadroom
+	return s.cfg.MaxAgents*(1+s.poolSize()) + (2+splice.ExtraFiles)*s.cfg.MaxStreams + fileHeadroom
 }
 
 // poolSize is the idle streams each agent keeps; 0 with pools off.

@@ -13,14 +13,16 @@ import (
 	"sync"
 	"time"
 
+	"github.com/converge-ci/converge/internal/rawstream"
 	"github.com/converge-ci/converge/internal/splice"
 	"github.com/converge-ci/converge/internal/wire"
 )
 
-// handshakeHeaders are the request headers of a WebSocket handshake,
-// passed to the holder as the client sent them.
+// handshakeHeaders are the request headers of a WebSocket handshake, or
+// of an upgrade to a raw stream (see rawstream), passed to the holder as
+// the client sent them.
 var handshakeHeaders = []string{"Upgrade", "Connection", "Sec-Websocket-Key", "Sec-Websocket-Version",
-	"Sec-Websocket-Protocol", "Sec-Websocket-Extensions"}
+	"Sec-Websocket-Protocol", "Sec-Websocket-Extensions", rawstream.ProtocolHeader}
 
 // dialOwner sends r's handshake, as a request of kind for id (and token)
 // on behalf of the client at addr, to owner (ws:// or wss://, maybe with

@@ -23,6 +23,7 @@ func OpenStdio() (in, out *os.File) {
 func pollable(fd int, name string) *os.File {
 	if !term.IsTerminal(fd) {
 		syscall.SetNonblock(fd, true) // on failure the file still works, only uninterruptibly
+		growPipe(fd)
 	}
 	return os.NewFile(uintptr(fd), name)
 }

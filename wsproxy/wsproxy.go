@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/converge-ci/converge/internal/rawstream"
 	"github.com/converge-ci/converge/internal/resume"
 	"github.com/converge-ci/converge/internal/splice"
 	"github.com/converge-ci/converge/internal/wire"
@@ -80,47 +81,92 @@ const lingerTimeout = 5 * time.Second
 // itself within opts.ResumeWindow. Dial does not wait for the agent's
 // answer to a resumable stream (see resume.DialEarly): an agent that
 // refuses it ends the stream, and its reason is the error of the first
-// Read.
+// Read. A resumable stream's links are raw streams (internal/rawstream),
+// which the server splices in the kernel, when the server switches to
+// them; otherwise, and for plain streams, WebSockets.
 func Dial(ctx context.Context, t Target, opts Options) (net.Conn, error) {
 	if t.url == "" {
 		return nil, errNoTarget
 	}
-	var protocols []string
-	if !opts.NoResume {
-		protocols = []string{resume.Protocol}
+	if opts.NoResume {
+		c, err := wsconn.Dial(ctx, t.url, wsconn.Options{})
+		if err != nil {
+			return nil, err
+		}
+		// The stream outlives the dial context; Close ends it.
+		return wsconn.NetConn(context.Background(), c), nil
 	}
-	c, err := wsconn.Dial(ctx, t.url, wsconn.Options{Subprotocols: protocols})
+	d := &linkDialer{url: t.url}
+	link, resumable, err := d.dial(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if c.Subprotocol() != resume.Protocol {
-		// The stream outlives the dial context; Close ends it.
-		return wsconn.NetConn(context.Background(), c), nil
+	if !resumable {
+		return link.(net.Conn), nil
 	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.Default()
 	}
 	redial := func(ctx context.Context) (io.ReadWriteCloser, error) {
-		c, err := wsconn.Dial(ctx, t.url, wsconn.Options{Subprotocols: protocols})
+		link, resumable, err := d.dial(ctx)
 		if err != nil {
 			return nil, err
 		}
-		if c.Subprotocol() != resume.Protocol {
-			c.CloseNow()
+		if !resumable {
+			link.Close()
 			return nil, fmt.Errorf("the agent no longer offers resumable streams")
 		}
-		return resume.WebSocket(c, wsconn.PingInterval, wsconn.PingTimeout), nil
+		return link, nil
 	}
 	// Early: ssh's first bytes leave behind the hello, not a round trip
 	// after it; a refusal by the agent then ends the stream instead of
 	// failing Dial.
-	rc, err := resume.DialEarly(resume.WebSocket(c, wsconn.PingInterval, wsconn.PingTimeout), redial,
-		resume.Config{Window: opts.ResumeWindow, Logger: log.With("url", t.url)})
+	rc, err := resume.DialEarly(link, redial, resume.Config{Window: opts.ResumeWindow, Logger: log.With("url", t.url)})
 	if err != nil {
 		return nil, err
 	}
 	return rc, nil
+}
+
+// linkDialer dials the links of one stream that asks to be resumable.
+// Once the server has not switched to a raw stream, it dials WebSockets
+// only: the fallback costs a round trip, and an answer is not likely to
+// change within one stream.
+type linkDialer struct {
+	url    string
+	wsOnly bool // dial is called by one goroutine at a time
+}
+
+// dial opens a link: a resumable one (a raw stream, else a WebSocket),
+// or, when the agent does not offer resumable streams, a plain WebSocket
+// stream as a net.Conn.
+func (d *linkDialer) dial(ctx context.Context) (link io.ReadWriteCloser, resumable bool, err error) {
+	if !d.wsOnly {
+		c, proto, err := rawstream.Dial(ctx, d.url, []string{resume.Protocol}, rawstream.Options{})
+		switch {
+		case err == nil && proto == resume.Protocol:
+			return resume.Stream(c, wsconn.PingInterval), true, nil
+		case err == nil:
+			// A plain stream: a WebSocket's pings keep it open through
+			// proxies, which a raw stream cannot do for plain bytes.
+			c.Close()
+			d.wsOnly = true
+		case errors.Is(err, rawstream.ErrNotSwitched):
+			d.wsOnly = true
+		default:
+			return nil, false, err
+		}
+	}
+	c, err := wsconn.Dial(ctx, d.url, wsconn.Options{Subprotocols: []string{resume.Protocol}})
+	if err != nil {
+		return nil, false, err
+	}
+	if c.Subprotocol() != resume.Protocol {
+		// The stream outlives the dial context; Close ends it.
+		return wsconn.NetConn(context.Background(), c), false, nil
+	}
+	return resume.WebSocket(c, wsconn.PingInterval, wsconn.PingTimeout), true, nil
 }
 
 // finish waits, briefly, for a closed resumable stream to tell the agent

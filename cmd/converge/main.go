@@ -68,7 +68,7 @@ A replica forwards clients of agents another holds to it; see the README,
 	f.DurationVar(&cfg.Grace, "grace", 0, "how long the ID of an agent whose link dropped stays reserved for it (default 5m)")
 	f.IntVar(&cfg.MaxAgentsPerAddr, "max-agents-per-addr", server.DefaultMaxAgentsPerAddr, "most agents connected at once from one remote address (an IPv6 address counts as its /64), counting IDs reserved for agents that dropped from it; CI runners behind one NAT share an address (negative: unlimited)")
 	f.IntVar(&cfg.MaxAgents, "max-agents", server.DefaultMaxAgents, "most agents connected at once in all; beyond it agents are refused with 503 and retry. An agent costs the server about 35 KB of memory and one file descriptor, so the default is about 0.7 GB: refusing beats being killed for memory with every session on board (negative: unlimited)")
-	f.IntVar(&cfg.MaxStreams, "max-streams", server.DefaultMaxStreams, "most client streams open at once in all; beyond it clients are refused with 503. A stream costs the server about 70 KB of memory, up to 200 KB once busy (two 64 KiB relay buffers), and two file descriptors, so the default is 0.7 to 2 GB (negative: unlimited)")
+	f.IntVar(&cfg.MaxStreams, "max-streams", server.DefaultMaxStreams, "most client streams open at once in all; beyond it clients are refused with 503. A stream costs the server about 70 KB of memory, up to 200 KB once busy (two 64 KiB relay buffers), and two file descriptors (six on Linux when both legs are raw streams, spliced in the kernel through two pipes), so the default is 0.7 to 2 GB (negative: unlimited)")
 	f.IntVar(&streamPool, "stream-pool", server.DefaultStreamPool, fmt.Sprintf("idle streams each agent keeps open for its next clients once one has connected, so that a client is spliced at once instead of waiting for the agent to dial back (a notice, a TCP and TLS handshake and an upgrade on the agent's side of the path). Each costs a file descriptor and about 20 KB while idle; agents older than this server dial back for every client (0: off; at most %d)", server.MaxStreamPool))
 	f.IntVar(&cfg.MaxReservations, "max-reservations", server.DefaultMaxReservations, "most IDs kept reserved, in all, for agents whose link dropped (a few hundred bytes each); when full, a new reservation drops the oldest, since an agent comes back within seconds or not at all (negative: unlimited)")
 	f.IntVar(&cfg.MaxStreamsPerAddr, "max-streams-per-addr", server.DefaultMaxStreamsPerAddr, "most client streams open at once from one remote address (an IPv6 address counts as its /64) (negative: unlimited)")
@@ -114,8 +114,8 @@ A replica forwards clients of agents another holds to it; see the README,
 	if err != nil {
 		cli.Fatal("converge", err, 2)
 	}
-	// One descriptor per agent, two per client stream: see the README's
-	// Server operations for what to set.
+	// One descriptor per agent and per idle pooled stream, up to six per
+	// client stream: see the README's Server operations for what to set.
 	cli.CheckFileLimit(log, srv.MaxFiles())
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -56,6 +57,12 @@ ssh client and the agent.`)
 		level = slog.LevelDebug
 	}
 	opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	// One stream needs one core. With more, the runtime hands each wake-up
+	// (a frame arrived, stdout has room) to another thread, which costs more
+	// than the work it wakes (docs/design.md, "What the relay costs").
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(1)
+	}
 	// Once ssh is done with us, a resumable stream still lingers to tell
 	// the agent; report now and let go of the stderr ssh gave us, or a
 	// program capturing ssh's stderr waits for the farewell too.

@@ -24,6 +24,7 @@ type config struct {
 	echo    int           // echo round trips at 0 ms
 	rtt     time.Duration // added round trip of the second pass; 0 skips it
 	scale   scaleConfig   // many agents: memory, lookups, restarts; 0 agents skips them
+	streams int           // concurrent streams of the many-streams rows; 0 skips them
 	ciphers []string      // ciphers to compare (direct, ssh cat); none skips
 	cluster bool          // measure forwarding between replicas and the Redis registry
 }
@@ -41,6 +42,7 @@ func TestBenchTable(t *testing.T) {
 		rtt:     *flagRTT,
 		cluster: *flagCluster,
 		scale:   scaleConfig{agents: *flagAgents, real: *flagRealAgents, window: time.Second, outage: *flagOutage},
+		streams: *flagStreams,
 	}
 	if *flagCipher {
 		cfg.ciphers = []string{"aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes128-ctr"}
@@ -128,6 +130,7 @@ func run(t *testing.T, cfg config) *table {
 	if cfg.rtt > 0 {
 		rtts = append(rtts, cfg.rtt)
 	}
+	var relayCPUs []relayCPU
 	for _, rtt := range rtts {
 		relayAddr, relay, direct := paths(t, srv, ag, "bench", rtt)
 		t.Logf("measuring at %s added round trip", msLabel(rtt))
@@ -135,7 +138,7 @@ func run(t *testing.T, cfg config) *table {
 			"relay", "direct", "relay/direct")
 		cs := tb.add(fmt.Sprintf("%s added round trip: CPU time per MiB moved, all processes on the path (user + system, summed over the runs)", msLabel(rtt)),
 			"relay", "direct", "relay/direct")
-		compare(t, s, cs, cfg, c, srv, ag, relay, direct, rtt)
+		relayCPUs = append(relayCPUs, compare(t, s, cs, cfg, c, srv, ag, relay, direct, rtt))
 		if resume {
 			plain := relay
 			plain.ProxyCommand = bin("wsproxy") + " --no-resume ws://" + relayAddr + "/client/bench"
@@ -144,6 +147,7 @@ func run(t *testing.T, cfg config) *table {
 			compareResume(t, s, cfg, c, srv, relay, plain, rtt)
 		}
 	}
+	addRelayCPU(tb, rtts, relayCPUs)
 	if !resume {
 		tb.notes = append(tb.notes, "This wsproxy has no --no-resume flag, so there are no resume on/off rows.")
 	}
@@ -161,38 +165,32 @@ func run(t *testing.T, cfg config) *table {
 	if cfg.cluster {
 		cluster(t, tb, cfg, c)
 	}
+	if cfg.streams > 0 {
+		manyStreams(t, tb, cfg.streams)
+	}
 	tb.notes = append(tb.notes,
-		"relay = OpenSSH client → wsproxy (ProxyCommand) → converge (its own process) → the agent's dial-back WebSocket → agent (in the harness process); direct = OpenSSH client → loopback TCP → the same agent's SSH server (agent.Serve).",
+		"relay = OpenSSH client → wsproxy (ProxyCommand) → converge (its own process) → the agent's stream (dialled back, or from its pool; raw stream legs both sides, spliced in the kernel, except with --no-resume: WebSockets) → agent (in the harness process); direct = OpenSSH client → loopback TCP → the same agent's SSH server (agent.Serve).",
 		"Throughput: sftp get/put and ssh cat run over an already established SSH connection (OpenSSH ControlMaster), so they time the transfer, not the key exchange; the connect row times a whole fresh `ssh host true`. sftp get writes to a local file, sftp put to a file in the agent's directory, ssh cat to a pipe the harness counts.",
 		"Echo: one `ssh host cat` session, single 31-byte lines written and read back one at a time; overhead = relay median - direct median.",
 		"CPU: user + system time of converge and wsproxy (from /proc), of the ssh master and the ssh/sftp clients, and of the harness process, which runs the agent. Everything runs on this one machine: where its cores are busy (see the load average), a transfer is bound by CPU and the relay/direct throughput ratio tends to direct CPU / relay CPU; with the relay on its own machine, as deployed, its CPU is not taken from ssh and the agent.",
 		"connect: the direct path is the slower one at 0 ms: OpenSSH turns Nagle's algorithm off only after the key exchange, so over TCP two handshake messages each wait about 40 ms for a delayed ACK (seen with strace -r); through a ProxyCommand pipe they do not. tcptows users see the TCP figure.",
 		"Added round trip: a userland proxy holds each chunk for half the round trip in each direction without limiting bandwidth, and connects onward a round trip after accepting (what a TCP handshake costs), between the client and converge (relay) and between the client and the agent's listener (direct); the agent-to-server link is not delayed, except in the halfway section, where converge sits between client and agent with half the round trip on each side. The proxies run in the harness process, so at the added round trip its CPU (the agent column) includes them, on both paths.",
-		"Connect target: at most 60 ms more than direct, one 50 ms round trip (the WebSocket upgrade, before which a client may not send) and a little. The halfway section's first row is an agent's first connection, dialled back; later ones take the idle stream the agent keeps once it has had a client (--stream-pool).",
+		"Connect target: at most 60 ms more than direct, one 50 ms round trip (the upgrade, to a raw stream or a WebSocket, before which a client may not send) and a little. The halfway section's first row is an agent's first connection, dialled back; later ones take the idle stream the agent keeps once it has had a client (--stream-pool).",
 	)
 	return tb
 }
 
-// compare fills s with relay vs direct measurements.
-func compare(t *testing.T, s, cs *section, cfg config, c *sshtest.Client, srv *serverProc, ag *benchAgent, relay, direct sshtest.Target, rtt time.Duration) {
+// compare fills s with relay vs direct measurements and returns the
+// relay's own CPU over its transfers.
+func compare(t *testing.T, s, cs *section, cfg config, c *sshtest.Client, srv *serverProc, ag *benchAgent, relay, direct sshtest.Target, rtt time.Duration) relayCPU {
 	rs, ds := openSession(t, c, relay), openSession(t, c, direct)
 	rs.server = srv.cmd.Process.Pid
-	file := filepath.Join(ag.Dir, "big.bin")
 	size := cfg.size
-	mib := fmt.Sprintf("%d MiB", size>>20)
-	ops := []struct {
-		name string
-		do   func(*session) (time.Duration, error)
-	}{
-		{"sftp get " + mib, func(x *session) (time.Duration, error) { return x.sftpGet("big.bin", size) }},
-		{"sftp put " + mib, func(x *session) (time.Duration, error) {
-			return x.sftpPut(file, "up.bin", filepath.Join(ag.Dir, "up.bin"), size)
-		}},
-		{"ssh cat " + mib, func(x *session) (time.Duration, error) { return x.sshCat("big.bin", size) }},
-	}
-	for _, op := range ops {
+	var own relayCPU
+	for _, op := range transfers(size, ag.Dir) {
 		var rc, dc cost
 		a, b := pair(t, cfg.reps, costed(rs, op.do, &rc), costed(ds, op.do, &dc))
+		own.add(rc, size*int64(cfg.reps))
 		r := speedRatio(a, b)
 		s.add(row{what: op.name, a: mibps(size, a), b: mibps(size, b), comp: fmt.Sprintf("%.2f", r), target: ">= 0.8 (aim 0.9)", verdict: verdict(r >= 0.8)})
 		t.Logf("%s %s: relay %s, direct %s, ratio %.2f", msLabel(rtt), op.name, mibps(size, a), mibps(size, b), r)
@@ -229,6 +227,7 @@ func compare(t *testing.T, s, cs *section, cfg config, c *sshtest.Client, srv *s
 	t.Logf("%s echo: relay %s (p99 %s), direct %s (p99 %s)", msLabel(rtt), ms(rm), ms(rp), ms(dm), ms(dp))
 
 	connectRow(t, s, "connect: fresh `ssh host true`", cfg.reps, c, relay, direct)
+	return own
 }
 
 // compareResume fills s with relay throughput with and without resumable

@@ -22,6 +22,7 @@ var (
 	flagRealAgents = flag.Int("bench-real-agents", 1000, "real agents for the reference of the memory row (0 skips it)")
 	flagCipher     = flag.Bool("bench-ciphers", true, "compare the SSH ciphers")
 	flagCluster    = flag.Bool("bench-cluster", true, "measure a stream forwarded between two replicas, and the Redis registry (needs redis-server)")
+	flagStreams    = flag.Int("bench-streams", 200, "concurrent streams for the many-streams rows (0 skips them)")
 	flagOut        = flag.String("bench-out", "", "also write the table to this file")
 )
 

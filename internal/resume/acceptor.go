@@ -93,6 +93,16 @@ func (a *Acceptor) Attach(link io.ReadWriteCloser) (*Conn, error) {
 		}()
 		return c, nil
 	}
+	if i := slices.Index(a.unconfirmed, s); s != nil && i >= 0 {
+		// Nobody logged in on this session, so it ends with its first
+		// link, and a client coming back means that link is lost, even
+		// if this end has not noticed yet: end it now, as the link's drop
+		// would, rather than let the client's link replace it.
+		a.unconfirmed = slices.Delete(a.unconfirmed, i, i+1)
+		delete(a.sessions, s.token)
+		s.fail(fmt.Errorf("%w: its client reconnected", ErrUnconfirmed))
+		s = nil
+	}
 	a.mu.Unlock()
 	if s == nil {
 		return nil, a.refuse(link, fmt.Errorf("no such session: it expired, or the agent restarted; start a new connection"))

@@ -78,8 +78,10 @@ type Config struct {
 	// Default 10s.
 	HandshakeTimeout time.Duration
 	// AckDelay is how long consumed bytes may wait before an
-	// acknowledgement is sent; Buffer/8 consumed bytes are acknowledged at
-	// once. Default 10ms.
+	// acknowledgement is sent; Buffer/4 consumed bytes are acknowledged at
+	// once. Acknowledgements only free the peer's buffer, which the
+	// quarter keeps from filling, so they can be lazy: each one costs a
+	// wake-up at both ends and in the relay. Default 50ms.
 	AckDelay time.Duration
 	// MaxSessions bounds the confirmed sessions of an Acceptor (see
 	// Conn.Confirm), so that abandoned sessions waiting out their window
@@ -113,7 +115,7 @@ func (c *Config) Validate() error {
 		c.HandshakeTimeout = 10 * time.Second
 	}
 	if c.AckDelay <= 0 {
-		c.AckDelay = 10 * time.Millisecond
+		c.AckDelay = 50 * time.Millisecond
 	}
 	if c.MaxSessions <= 0 {
 		c.MaxSessions = 256
@@ -154,16 +156,24 @@ type Conn struct {
 	answered   chan struct{}
 	earlyTimer *time.Timer
 
-	mu      sync.Mutex
-	changed chan struct{} // closed and replaced on every change of state
+	mu sync.Mutex
+	// Who waits for what (see wake): Read and Write on changed, the link
+	// writer on kick, the link's supervisor on linkChanged.
+	changed     chan struct{} // closed and replaced when Read or Write may go on
+	kick        chan struct{} // buffered 1: the writer may have frames to send
+	linkChanged chan struct{} // closed and replaced when the session may have ended
 
-	out      ring
-	outBase  uint64 // offset of out's first byte: what the peer consumed
-	outEnd   uint64 // offset after the last byte written
-	acked    uint64 // highest acknowledgement received (outEnd+1 once the FIN is consumed)
-	cursor   uint64 // next offset to send on the current link
-	peerWin  int    // the peer's receive buffer
-	in       ring
+	out     ring
+	outBase uint64 // offset of out's first byte: what the peer consumed
+	outEnd  uint64 // offset after the last byte written
+	acked   uint64 // highest acknowledgement received (outEnd+1 once the FIN is consumed)
+	cursor  uint64 // next offset to send on the current link
+	peerWin int    // the peer's receive buffer
+	in      ring
+	// A Read waiting for bytes lends its buffer: data arriving while the
+	// ring is empty is copied straight into it, one copy instead of two.
+	lent     []byte // the waiting Read's buffer, or nil
+	lentN    int    // bytes received into lent, not yet consumed
 	inNext   uint64 // offset after the last byte (or FIN) received
 	consumed uint64 // bytes (and FIN) read, or dropped after Close
 	finIn    bool   // the peer's FIN was received (at inNext-1)
@@ -193,14 +203,16 @@ type attachment struct {
 
 func newConn(cfg Config, token [TokenLen]byte, client bool) *Conn {
 	c := &Conn{
-		cfg:       cfg,
-		token:     token,
-		client:    client,
-		confirmed: client,
-		changed:   make(chan struct{}),
-		done:      make(chan struct{}),
-		out:       ring{max: cfg.Buffer},
-		in:        ring{max: cfg.Buffer},
+		cfg:         cfg,
+		token:       token,
+		client:      client,
+		confirmed:   client,
+		changed:     make(chan struct{}),
+		kick:        make(chan struct{}, 1),
+		linkChanged: make(chan struct{}),
+		done:        make(chan struct{}),
+		out:         ring{max: cfg.Buffer},
+		in:          ring{max: cfg.Buffer},
 	}
 	c.abortCtx, c.abortCancel = context.WithCancel(context.Background())
 	side := "server"
@@ -211,10 +223,33 @@ func newConn(cfg Config, token [TokenLen]byte, client bool) *Conn {
 	return c
 }
 
-// broadcast wakes everyone waiting for a change. Call with mu held.
-func (c *Conn) broadcast() {
-	close(c.changed)
-	c.changed = make(chan struct{})
+// Whom wake wakes.
+const (
+	wakeIO     = 1 << iota // Read and Write waiting in waitLocked
+	wakeWriter             // the link writer (writeLoop)
+	wakeLink               // the link supervisor (runLink)
+	wakeAll    = wakeIO | wakeWriter | wakeLink
+)
+
+// wake tells the waiters in who that the state changed. Only those whose
+// condition may have changed are woken: a data frame wakes a reader, not
+// the writer or the supervisor, so moving bytes costs no needless
+// goroutine switches. Call with mu held.
+func (c *Conn) wake(who int) {
+	if who&wakeIO != 0 {
+		close(c.changed)
+		c.changed = make(chan struct{})
+	}
+	if who&wakeWriter != 0 {
+		select {
+		case c.kick <- struct{}{}:
+		default: // a kick is already pending
+		}
+	}
+	if who&wakeLink != 0 {
+		close(c.linkChanged)
+		c.linkChanged = make(chan struct{})
+	}
 }
 
 // waitLocked releases mu until something changes or deadline (if set)
@@ -262,7 +297,20 @@ func (c *Conn) Read(p []byte) (int, error) {
 		case c.err != nil:
 			return 0, c.err
 		}
-		if c.waitLocked(c.rdl) {
+		lending := len(p) > 0 && c.lent == nil
+		if lending {
+			c.lent, c.lentN = p, 0
+		}
+		timedOut := c.waitLocked(c.rdl)
+		if lending {
+			n := c.lentN
+			c.lent, c.lentN = nil, 0
+			if n > 0 && !c.closed { // Close consumed (dropped) them already
+				c.consumedLocked(uint64(n))
+				return n, nil
+			}
+		}
+		if timedOut {
 			return 0, os.ErrDeadlineExceeded
 		}
 	}
@@ -272,12 +320,15 @@ func (c *Conn) Read(p []byte) (int, error) {
 // acknowledgement.
 func (c *Conn) consumedLocked(n uint64) {
 	c.consumed += n
-	if c.consumed-c.ackSent >= uint64(c.cfg.Buffer/8) || c.closed || c.finIn {
+	due := c.ackDue
+	if c.consumed-c.ackSent >= uint64(c.cfg.Buffer/4) || c.closed || c.finIn {
 		c.ackDue = time.Now()
 	} else if c.ackDue.IsZero() {
 		c.ackDue = time.Now().Add(c.cfg.AckDelay)
 	}
-	c.broadcast()
+	if c.ackDue != due { // otherwise the writer already waits for it
+		c.wake(wakeWriter)
+	}
 }
 
 // Write buffers p for sending. See Conn for blocking.
@@ -300,7 +351,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 			c.outEnd += uint64(k)
 			n += k
 			p = p[k:]
-			c.broadcast()
+			c.wake(wakeWriter)
 			continue
 		}
 		if c.waitLocked(c.wdl) {
@@ -324,7 +375,7 @@ func (c *Conn) Close() error {
 	if c.consumed < c.inNext {
 		c.consumedLocked(c.inNext - c.consumed)
 	}
-	c.broadcast()
+	c.wake(wakeAll)
 	return nil
 }
 
@@ -395,7 +446,7 @@ func (c *Conn) SetDeadline(t time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.rdl, c.wdl = t, t
-	c.broadcast()
+	c.wake(wakeIO)
 	return nil
 }
 
@@ -404,7 +455,7 @@ func (c *Conn) SetReadDeadline(t time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.rdl = t
-	c.broadcast()
+	c.wake(wakeIO)
 	return nil
 }
 
@@ -413,7 +464,7 @@ func (c *Conn) SetWriteDeadline(t time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.wdl = t
-	c.broadcast()
+	c.wake(wakeIO)
 	return nil
 }
 
@@ -441,7 +492,7 @@ func (c *Conn) finishedLocked() bool {
 func (c *Conn) failLocked(err error) {
 	if c.err == nil {
 		c.err = err
-		c.broadcast()
+		c.wake(wakeAll)
 	}
 }
 
@@ -467,12 +518,18 @@ func (c *Conn) handleLocked(f frame) error {
 			c.consumedLocked(uint64(len(fresh)))
 			return nil
 		}
-		if len(fresh) > c.in.free() {
-			return fmt.Errorf("%w: the peer sent %d bytes beyond the %d-byte window", ErrProtocol, len(fresh)-c.in.free(), c.cfg.Buffer)
+		if free := c.in.free() - c.lentN; len(fresh) > free {
+			return fmt.Errorf("%w: the peer sent %d bytes beyond the %d-byte window", ErrProtocol, len(fresh)-free, c.cfg.Buffer)
+		}
+		if c.lent != nil && c.in.len() == 0 { // in order: nothing older is waiting in the ring
+			k := copy(c.lent[c.lentN:], fresh)
+			c.lentN += k
+			c.inNext += uint64(k)
+			fresh = fresh[k:]
 		}
 		c.in.write(fresh)
 		c.inNext += uint64(len(fresh))
-		c.broadcast()
+		c.wake(wakeIO)
 	case frameFin:
 		switch {
 		case c.finIn && f.offset+1 == c.inNext:
@@ -485,7 +542,7 @@ func (c *Conn) handleLocked(f frame) error {
 		if c.closed {
 			c.consumedLocked(1)
 		}
-		c.broadcast()
+		c.wake(wakeAll)
 	case frameAck:
 		limit := c.outEnd
 		if c.closed {
@@ -502,7 +559,7 @@ func (c *Conn) handleLocked(f frame) error {
 			c.out.discard(int(nb - c.outBase))
 			c.outBase = nb
 		}
-		c.broadcast()
+		c.wake(wakeAll)
 	case frameError:
 		return fmt.Errorf("%w: %s", ErrPeerGone, f.data)
 	case frameHello:
@@ -521,7 +578,7 @@ func (c *Conn) handleLocked(f frame) error {
 // how long until a pending acknowledgement is due (0: wait for a change).
 func (c *Conn) nextFrameLocked(buf []byte) (b []byte, ack uint64, wait time.Duration) {
 	now := time.Now()
-	if c.consumed > c.ackSent && (c.consumed-c.ackSent >= uint64(c.cfg.Buffer/8) || !now.Before(c.ackDue)) {
+	if c.consumed > c.ackSent && (c.consumed-c.ackSent >= uint64(c.cfg.Buffer/4) || !now.Before(c.ackDue)) {
 		return appendFrame(buf[:0], frame{typ: frameAck, offset: c.consumed}), c.consumed, 0
 	}
 	if c.cursor < c.outBase {

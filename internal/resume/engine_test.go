@@ -404,6 +404,42 @@ func TestUnconfirmedEndsWithLink(t *testing.T) {
 	})
 }
 
+// TestUnconfirmedEndsWhenItsClientReturns: a client that comes back for
+// an unconfirmed session before the server end has seen its link drop
+// (the link here is still open) ends the session as the drop would: its
+// new link is refused with "no such session", not swapped in. Whichever
+// side sees a cut first, the outcome is the same (see
+// TestUnconfirmedEndsWithLink).
+func TestUnconfirmedEndsWhenItsClientReturns(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := testConfig()
+		w := newWorld(t, cfg)
+		w.unconfirmed = true
+		c, s := w.dial(cfg)
+		a, b := net.Pipe()
+		defer a.Close()
+		refused := make(chan error, 1)
+		go func() { _, err := w.acc.Attach(b); refused <- err }()
+		if _, err := a.Write(appendFrame(nil, frame{typ: frameHello, token: c.token, window: MinBuffer})); err != nil {
+			t.Fatal(err)
+		}
+		f, err := newFrameReader(a).read()
+		if err != nil || f.typ != frameError || !strings.Contains(string(f.data), "no such session") {
+			t.Fatalf("answer to the returning client: %q %q, %v; want no such session", f.typ, f.data, err)
+		}
+		if err := <-refused; err == nil {
+			t.Error("Attach took the returning client's link")
+		}
+		<-s.Done()
+		if err := s.Err(); !errors.Is(err, ErrUnconfirmed) {
+			t.Errorf("server end: %v, want ErrUnconfirmed", err)
+		}
+		if n := w.acc.Len(); n != 0 {
+			t.Errorf("acceptor holds %d sessions, want 0", n)
+		}
+	})
+}
+
 // TestUnconfirmedCap: links held open by someone who cannot log in take
 // at most MaxUnconfirmed slots. A new session ends the oldest unconfirmed
 // one instead of being refused, and confirmed sessions are never ended

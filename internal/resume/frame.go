@@ -153,33 +153,41 @@ func decodeFrame(b []byte) (frame, []byte, error) {
 	return f, b[headerLen+n:], err
 }
 
-// frameReader reads frames from a byte stream with one reusable buffer, so
-// a peer can make it hold at most one maximal frame.
+// frameReader reads frames from a byte stream through one buffer that
+// holds a maximal frame, so a peer can make it hold at most that, and a
+// frame's body is parsed where it was read, never copied.
 type frameReader struct {
-	r   *bufio.Reader
-	buf []byte
+	r *bufio.Reader
 }
 
+// readBuffer is the frameReader's buffer: a maximal frame, rounded up to a
+// power of two so that a read takes more than one frame when more wait.
+const readBuffer = 128 << 10
+
 func newFrameReader(r io.Reader) *frameReader {
-	return &frameReader{r: bufio.NewReaderSize(r, 64<<10), buf: make([]byte, headerLen+maxBody)}
+	return &frameReader{r: bufio.NewReaderSize(r, readBuffer)}
 }
 
 // read returns the next frame; its data is valid until the next read.
 func (fr *frameReader) read() (frame, error) {
-	h := fr.buf[:headerLen]
-	if _, err := io.ReadFull(fr.r, h); err != nil {
+	h, err := fr.r.Peek(headerLen)
+	if err != nil {
+		if len(h) > 0 && err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
 		return frame{}, err
 	}
 	typ, n, err := checkHeader(h)
 	if err != nil {
 		return frame{}, err
 	}
-	body := fr.buf[headerLen : headerLen+n]
-	if _, err := io.ReadFull(fr.r, body); err != nil {
+	b, err := fr.r.Peek(headerLen + n)
+	if err != nil {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
 		return frame{}, err
 	}
-	return parseBody(typ, body)
+	fr.r.Discard(headerLen + n) // b stays valid until the next Peek
+	return parseBody(typ, b[headerLen:])
 }

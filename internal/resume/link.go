@@ -156,7 +156,7 @@ func (c *Conn) resumeFromLocked(h frame) error {
 	}
 	c.cursor = h.offset
 	c.peerWin = int(min(h.window, 1<<30))
-	c.broadcast()
+	c.wake(wakeAll)
 	return nil
 }
 
@@ -341,9 +341,13 @@ func (c *Conn) runLink(l io.ReadWriteCloser, fr *frameReader) (*attachment, erro
 	stop := make(chan struct{})
 	errs := make(chan error, 2)
 	var wg sync.WaitGroup
+	var idle time.Duration // how long the writer may send nothing (0: no limit)
+	if k, ok := l.(interface{ idleAck() time.Duration }); ok {
+		idle = k.idleAck()
+	}
 	wg.Add(2)
 	go func() { defer wg.Done(); errs <- c.readLoop(fr) }()
-	go func() { defer wg.Done(); errs <- c.writeLoop(l, stop) }()
+	go func() { defer wg.Done(); errs <- c.writeLoop(l, stop, idle) }()
 	defer func() {
 		close(stop)
 		if c.finished() {
@@ -363,7 +367,7 @@ func (c *Conn) runLink(l io.ReadWriteCloser, fr *frameReader) (*attachment, erro
 		if c.finishedLocked() {
 			c.failLocked(errFinished)
 		}
-		ended, ch, closed, closedAt, confirmed := c.err != nil, c.changed, c.closed, c.closedAt, c.confirmed
+		ended, ch, closed, closedAt, confirmed := c.err != nil, c.linkChanged, c.closed, c.closedAt, c.confirmed
 		c.mu.Unlock()
 		if ended {
 			return nil, nil
@@ -417,8 +421,15 @@ func (c *Conn) readLoop(fr *frameReader) error {
 	}
 }
 
-func (c *Conn) writeLoop(w io.Writer, stop <-chan struct{}) error {
-	buf := make([]byte, headerLen+maxBody)
+// writeLoop writes the session's frames to w until stop is closed or a
+// write fails. With idle set, it repeats the last acknowledgement whenever
+// it has written nothing for that long (a keepalive; see Stream).
+func (c *Conn) writeLoop(w io.Writer, stop <-chan struct{}, idle time.Duration) error {
+	buf := make([]byte, headerLen+maxBody) // grown for batches once a burst comes
+	lastWrite := time.Now()
+	timer := time.NewTimer(time.Hour) // one timer for every wait, not one per wait
+	timer.Stop()
+	defer timer.Stop()
 	c.mu.Lock()
 	for {
 		select {
@@ -427,24 +438,31 @@ func (c *Conn) writeLoop(w io.Writer, stop <-chan struct{}) error {
 			return nil
 		default:
 		}
-		b, ack, wait := c.nextFrameLocked(buf)
+		if len(buf) < batchFrames*(headerLen+maxBody) && c.outEnd > c.cursor+MaxPayload {
+			buf = make([]byte, batchFrames*(headerLen+maxBody))
+		}
+		b, ack, wait := c.nextBatchLocked(buf)
+		if b == nil && idle > 0 {
+			if left := time.Until(lastWrite.Add(idle)); left <= 0 {
+				b, ack = appendFrame(buf[:0], frame{typ: frameAck, offset: c.consumed}), c.consumed
+			} else if wait <= 0 || left < wait {
+				wait = left
+			}
+		}
 		if b == nil {
-			ch := c.changed
+			ch := c.kick
 			c.mu.Unlock()
-			var t *time.Timer
 			var due <-chan time.Time
 			if wait > 0 {
-				t = time.NewTimer(wait)
-				due = t.C
+				timer.Reset(wait)
+				due = timer.C
 			}
 			select {
 			case <-ch:
 			case <-due:
 			case <-stop:
 			}
-			if t != nil {
-				t.Stop()
-			}
+			timer.Stop() // since Go 1.23 a stopped timer delivers nothing stale
 			c.mu.Lock()
 			continue
 		}
@@ -452,9 +470,31 @@ func (c *Conn) writeLoop(w io.Writer, stop <-chan struct{}) error {
 		if _, err := w.Write(b); err != nil {
 			return err
 		}
+		lastWrite = time.Now()
 		c.mu.Lock()
 		c.sentLocked(ack)
 	}
+}
+
+// batchFrames is how many frames one write to a link may carry. When the
+// stream's writer runs ahead of the link (a burst of SSH packets once the
+// peer opened its window), fewer and larger writes cost both ends and
+// the relay between them fewer system calls and wake-ups.
+const batchFrames = 4
+
+// nextBatchLocked encodes into buf the frames due that fit, as
+// nextFrameLocked does for one. An acknowledgement ends a batch, so that
+// it is not repeated.
+func (c *Conn) nextBatchLocked(buf []byte) (b []byte, ack uint64, wait time.Duration) {
+	b, ack, wait = c.nextFrameLocked(buf)
+	for b != nil && ack == 0 && cap(buf)-len(b) >= headerLen+maxBody {
+		f, a, _ := c.nextFrameLocked(buf[len(b):])
+		if f == nil {
+			break
+		}
+		b, ack = buf[:len(b)+len(f)], a
+	}
+	return b, ack, wait
 }
 
 // sentLocked records that a frame carrying acknowledgement ack (0 for
@@ -465,7 +505,7 @@ func (c *Conn) sentLocked(ack uint64) {
 		if c.ackSent == c.consumed {
 			c.ackDue = time.Time{}
 		}
-		c.broadcast()
+		c.wake(wakeAll)
 	}
 }
 

@@ -202,3 +202,48 @@ func TestAckRepeatedOnNewLink(t *testing.T) {
 		s.Abort()
 	})
 }
+
+// TestReadLendsItsBuffer: bytes that arrive while a Read waits go straight
+// into its buffer, the rest to the ring, all in order, and count against
+// the window until read.
+func TestReadLendsItsBuffer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		acc, _ := NewAcceptor(testConfig())
+		defer acc.Close()
+		p := &rawPeer{t: t, token: [TokenLen]byte{9}}
+		s, _ := p.attach(acc, true, 0)
+		defer s.Abort()
+		got := make(chan string, 1)
+		go func() {
+			b := make([]byte, 10)
+			n, err := s.Read(b)
+			if err != nil {
+				t.Error(err)
+			}
+			got <- string(b[:n])
+		}()
+		synctest.Wait() // the Read waits, lending its 10 bytes
+		p.send(data(0, "0123456789abcdef"))
+		p.send(data(16, "ghij"))
+		if g := <-got; g != "0123456789" {
+			t.Fatalf("first Read: %q, want the first 10 bytes", g)
+		}
+		rest := make([]byte, 10)
+		if _, err := io.ReadFull(s, rest); err != nil || string(rest) != "abcdefghij" {
+			t.Fatalf("then: %q, %v; want the next 10 bytes in order", rest, err)
+		}
+		// The window still holds: MinBuffer bytes unread is the most.
+		for off := 0; off < MinBuffer; off += MaxPayload {
+			p.send(data(uint64(20+off), string(make([]byte, MaxPayload))))
+		}
+		synctest.Wait()
+		if s.over() {
+			t.Fatalf("a full window ended the session: %v", s.Err())
+		}
+		p.send(data(20+MinBuffer, "x"))
+		synctest.Wait()
+		if !s.over() {
+			t.Fatal("a byte beyond the window did not end the session")
+		}
+	})
+}

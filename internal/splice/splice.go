@@ -1,9 +1,11 @@
 // Package splice joins two byte streams: the one function every byte pipe
-// in Converge uses (server: client WebSocket ↔ agent WebSocket; wsproxy:
-// stdio ↔ WebSocket; tcptows: TCP ↔ WebSocket).
+// in Converge uses (server: client stream ↔ agent stream; wsproxy: stdio ↔
+// stream; tcptows: TCP ↔ stream).
 //
 // It never drops bytes: each direction is a blocking copy, so a slow reader
 // slows its writer (backpressure). It does not interpret what it carries.
+// Between two TCP connections on Linux the bytes move with splice(2) and
+// never enter user space (the server's raw streams, see internal/rawstream).
 package splice
 
 import (
@@ -29,18 +31,21 @@ type Result struct {
 // Splice copies a→b and b→a until either direction ends, then closes both
 // and waits for the other copy to stop. It returns when both copies have
 // returned, so no goroutine outlives it.
-func Splice(a, b io.ReadWriteCloser) Result {
+func Splice(a, b io.ReadWriteCloser) Result { return Counted(a, b, nil, nil) }
+
+// Counted is Splice that also reports the bytes each direction moves as
+// it moves them: aToB and bToA (either may be nil) are called with each
+// piece written, from the copy goroutine of their direction.
+func Counted(a, b io.ReadWriteCloser, aToB, bToA func(n int64)) Result {
 	var (
 		res  Result
 		wg   sync.WaitGroup
 		once sync.Once
 	)
-	copyDir := func(dst io.Writer, src io.Reader, n *int64) {
+	copyDir := func(dst io.Writer, src io.Reader, n *int64, count func(int64)) {
 		defer wg.Done()
-		buf := buffers.Get().(*[]byte)
 		var err error
-		*n, err = io.CopyBuffer(onlyWriter{dst}, onlyReader{src}, *buf)
-		buffers.Put(buf)
+		*n, err = copyStream(dst, src, count)
 		// The first direction to end decides: it closes both sides, so the
 		// other copy's blocked Read or Write returns, and its error is the
 		// one reported.
@@ -53,13 +58,45 @@ func Splice(a, b io.ReadWriteCloser) Result {
 		})
 	}
 	wg.Add(2)
-	go copyDir(b, a, &res.AToB)
-	go copyDir(a, b, &res.BToA)
+	go copyDir(b, a, &res.AToB, aToB)
+	go copyDir(a, b, &res.BToA, bToA)
 	wg.Wait()
 	return res
+}
+
+// copyStream copies src to dst until src ends or either fails, in the
+// kernel when both are TCP connections and the system can.
+func copyStream(dst io.Writer, src io.Reader, count func(int64)) (int64, error) {
+	if d, ok := dst.(*net.TCPConn); ok {
+		if s, ok := src.(*net.TCPConn); ok {
+			if n, handled, err := kernelCopy(d, s, count); handled {
+				return n, err
+			}
+		}
+	}
+	buf := buffers.Get().(*[]byte)
+	defer buffers.Put(buf)
+	var w io.Writer = onlyWriter{dst}
+	if count != nil {
+		w = countingWriter{dst, count}
+	}
+	return io.CopyBuffer(w, onlyReader{src}, *buf)
 }
 
 // onlyReader and onlyWriter hide ReadFrom/WriteTo so io.CopyBuffer uses our
 // pooled buffer instead of allocating its own.
 type onlyReader struct{ io.Reader }
 type onlyWriter struct{ io.Writer }
+
+type countingWriter struct {
+	w     io.Writer
+	count func(int64)
+}
+
+func (c countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	if n > 0 {
+		c.count(int64(n))
+	}
+	return n, err
+}

@@ -4,9 +4,10 @@
 // WebSocket endpoints: every side builds and matches them here.
 //
 // Messages are small JSON objects sent as WebSocket text messages, one message
-// per WebSocket message. Decode is the only parser of control bytes from the
-// network; it bounds sizes and rejects anything it does not understand. It is
-// not the stream protocol: SSH bytes never pass through this package.
+// per WebSocket message, or, on an idle stream that is a raw byte stream,
+// as records (ReadRecord). Decode is the only parser of control bytes from
+// the network; it bounds sizes and rejects anything it does not understand.
+// It is not the stream protocol: SSH bytes never pass through this package.
 package wire
 
 import (
@@ -96,7 +97,8 @@ type Welcome struct {
 }
 
 // Dial asks the agent to open a stream connection for a waiting client.
-// Protocol is the stream subprotocol the client negotiated ("" for raw).
+// Protocol is the stream subprotocol the client negotiated ("" for a
+// plain stream).
 type Dial struct {
 	Token    string `json:"token"`
 	Protocol string `json:"protocol,omitempty"`
@@ -111,10 +113,12 @@ type Pool struct {
 	Token string `json:"token"`
 }
 
-// Assign is the first message, a text message, that the server sends on
-// an idle stream of the pool: a client is now spliced to it. Protocol is
-// the stream subprotocol the client negotiated ("" for raw), as in Dial.
-// The client's bytes follow as binary messages.
+// Assign is the first message that the server sends on an idle stream of
+// the pool: a client is now spliced to it. Protocol is the stream
+// subprotocol the client negotiated ("" for a plain stream), as in Dial.
+// On a WebSocket it is a text message and the client's bytes follow as
+// binary messages; on a raw stream it is a record (AppendRecord) and the
+// client's bytes follow unframed.
 type Assign struct {
 	Protocol string `json:"protocol,omitempty"`
 }

@@ -81,7 +81,7 @@ func Dial(ctx context.Context, rawURL string, opts Options) (*websocket.Conn, er
 	})
 	if err != nil {
 		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
-			return nil, refused(rawURL, resp)
+			return nil, Refusal(rawURL, resp)
 		}
 		return nil, fmt.Errorf("connect to %s: %w", rawURL, err)
 	}
@@ -97,7 +97,10 @@ var defaultClient = &http.Client{
 	},
 }
 
-func refused(rawURL string, resp *http.Response) error {
+// Refusal makes the error for a handshake to rawURL that resp refused:
+// its status and the first line of its body, made safe to print. It
+// reads and closes the body.
+func Refusal(rawURL string, resp *http.Response) *RefusedError {
 	var msg string
 	if resp.Body != nil {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))

@@ -1,0 +1,165 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/converge-ci/converge/internal/rawstream"
+	"github.com/converge-ci/converge/internal/wire"
+	"github.com/converge-ci/converge/internal/wsconn"
+)
+
+// offering registers a fake agent that lists protocols in its hello.
+func offering(t *testing.T, wsBase, id string, protocols ...string) *fakeAgent {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := wsconn.Dial(ctx, wsBase+"/agent/"+id, wsconn.Options{Subprotocols: []string{wire.ControlProtocol}})
+	if err != nil {
+		t.Fatalf("agent %s: %v", id, err)
+	}
+	t.Cleanup(func() { c.CloseNow() })
+	a := &fakeAgent{id: id, ws: c}
+	a.send(t, wire.Message{Type: wire.TypeHello, Hello: &wire.Hello{Version: "test", Protocols: protocols}})
+	if m := a.read(t); m.Type != wire.TypeWelcome {
+		t.Fatalf("agent %s: got %q, want welcome", id, m.Type)
+	}
+	return a
+}
+
+// dialLeg opens one leg of a stream to url, raw or as a WebSocket, and
+// returns its bytes and the protocol the server chose.
+func dialLeg(t *testing.T, url string, raw bool, protocols ...string) (net.Conn, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if raw {
+		c, proto, err := rawstream.Dial(ctx, url, protocols, rawstream.Options{})
+		if err != nil {
+			t.Fatalf("raw dial %s: %v", url, err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c, proto
+	}
+	c, err := wsconn.Dial(ctx, url, wsconn.Options{Subprotocols: protocols})
+	if err != nil {
+		t.Fatalf("dial %s: %v", url, err)
+	}
+	nc := websocket.NetConn(context.Background(), c, websocket.MessageBinary)
+	t.Cleanup(func() { nc.Close() })
+	return nc, c.Subprotocol()
+}
+
+// TestLegs relays a stream for each mix of raw and WebSocket legs: the
+// protocol is negotiated the same way, bytes pass unchanged both ways and
+// show in the metrics.
+func TestLegs(t *testing.T) {
+	r := runServer(t)
+	for i, tc := range []struct{ client, agent bool }{{false, false}, {true, false}, {false, true}, {true, true}} {
+		t.Run(fmt.Sprintf("client raw %v, agent raw %v", tc.client, tc.agent), func(t *testing.T) {
+			id := fmt.Sprintf("legs-%d", i)
+			a := offering(t, r.ws(), id, "converge.resume.v1")
+			type result struct {
+				conn  net.Conn
+				proto string
+			}
+			client := make(chan result, 1)
+			go func() {
+				c, proto := dialLeg(t, r.ws()+"/client/"+id, tc.client, "other", "converge.resume.v1")
+				client <- result{c, proto}
+			}()
+			m := a.read(t)
+			if m.Type != wire.TypeDial || m.Dial.Protocol != "converge.resume.v1" {
+				t.Fatalf("agent got %+v, want a dial for converge.resume.v1", m)
+			}
+			ac, proto := dialLeg(t, r.ws()+"/agent/"+id+"/stream/"+m.Dial.Token, tc.agent, wire.StreamProtocol)
+			if proto != wire.StreamProtocol {
+				t.Errorf("agent's leg: protocol %q, want %q", proto, wire.StreamProtocol)
+			}
+			cl := <-client
+			if cl.proto != "converge.resume.v1" {
+				t.Errorf("client's leg: protocol %q, want converge.resume.v1", cl.proto)
+			}
+			before := value(t, scrape(t, r.http()), "converge_relayed_bytes_total", "direction", "to_agent")
+			up, down := strings.Repeat("u", 300<<10), strings.Repeat("d", 200<<10)
+			go io.WriteString(cl.conn, up)
+			go io.WriteString(ac, down)
+			for _, x := range []struct {
+				c    net.Conn
+				want string
+			}{{ac, up}, {cl.conn, down}} {
+				got := make([]byte, len(x.want))
+				if _, err := io.ReadFull(x.c, got); err != nil || string(got) != x.want {
+					t.Fatalf("read %d bytes: %v", len(x.want), err)
+				}
+			}
+			// The count follows the bytes, so wait for it.
+			for deadline := time.Now().Add(10 * time.Second); ; {
+				d := value(t, scrape(t, r.http()), "converge_relayed_bytes_total", "direction", "to_agent") - before
+				if d == float64(len(up)) {
+					break
+				}
+				if d > float64(len(up)) || time.Now().After(deadline) {
+					t.Fatalf("to_agent grew by %v, want %d", d, len(up))
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			cl.conn.Close()
+			if _, err := ac.Read(make([]byte, 1)); err == nil {
+				t.Error("the agent's leg stayed open after the client left")
+			}
+		})
+	}
+}
+
+// TestRawRefusalIsFinal: the server refuses a raw request as it refuses a
+// WebSocket, and says it speaks raw streams, so the client reports the
+// refusal instead of retrying as a WebSocket.
+func TestRawRefusalIsFinal(t *testing.T) {
+	r := runServer(t)
+	for _, path := range []string{"/client/nobody", "/agent/nobody/stream/" + strings.Repeat("a", 32)} {
+		_, _, err := rawstream.Dial(context.Background(), r.ws()+path, nil, rawstream.Options{})
+		var re *wsconn.RefusedError
+		if !errors.As(err, &re) || re.Status != http.StatusNotFound {
+			t.Errorf("%s: err = %v, want a 404 refusal", path, err)
+		}
+	}
+}
+
+// TestDrainClosesRawLegs: a drain closes raw legs too (they have no close
+// code to send) and does not wait for them to end by themselves.
+func TestDrainClosesRawLegs(t *testing.T) {
+	r := runServer(t)
+	a := offering(t, r.ws(), "drained")
+	client := make(chan net.Conn, 1)
+	go func() { c, _ := dialLeg(t, r.ws()+"/client/drained", true); client <- c }()
+	m := a.read(t)
+	go func() { // answer the drain's close handshake
+		for {
+			if _, _, err := a.ws.Read(context.Background()); err != nil {
+				return
+			}
+		}
+	}()
+	ac, _ := dialLeg(t, r.ws()+"/agent/drained/stream/"+m.Dial.Token, true, wire.StreamProtocol)
+	cl := <-client
+	if err := r.shutdown(); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	for name, c := range map[string]net.Conn{"client": cl, "agent": ac} {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("%s's leg after the drain: %v, want closed", name, err)
+		}
+	}
+}
