@@ -153,25 +153,6 @@ func TestClusterDrain(t *testing.T) {
 	}
 }
 
-// dialAgentOffering is dialAgent for an agent that offers clients the
-// stream subprotocols protocols.
-func dialAgentOffering(t testing.TB, wsBase, id string, info wire.Info, protocols ...string) *fakeAgent {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := wsconn.Dial(ctx, wsBase+"/agent/"+id, wsconn.Options{Subprotocols: []string{wire.ControlProtocol}})
-	if err != nil {
-		t.Fatalf("agent %s: %v", id, err)
-	}
-	t.Cleanup(func() { c.CloseNow() })
-	a := &fakeAgent{id: id, ws: c}
-	a.send(t, wire.Message{Type: wire.TypeHello, Hello: &wire.Hello{Version: "test", Info: info, Protocols: protocols}})
-	if m := a.read(t); m.Type != wire.TypeWelcome {
-		t.Fatalf("agent %s: got %q, want welcome", id, m.Type)
-	}
-	return a
-}
-
 func TestAdvertiseURL(t *testing.T) {
 	for _, tc := range []struct{ in, want, port string }{
 		{"http://10.0.0.5:8001", "ws://10.0.0.5:8001", ""},

@@ -83,23 +83,6 @@ type fakeAgent struct {
 	ws *websocket.Conn
 }
 
-func dialAgent(t testing.TB, wsBase, id string, info wire.Info) *fakeAgent {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := wsconn.Dial(ctx, wsBase+"/agent/"+id, wsconn.Options{Subprotocols: []string{wire.ControlProtocol}})
-	if err != nil {
-		t.Fatalf("agent %s: %v", id, err)
-	}
-	t.Cleanup(func() { c.CloseNow() })
-	a := &fakeAgent{id: id, ws: c}
-	a.send(t, wire.Message{Type: wire.TypeHello, Hello: &wire.Hello{Version: "test", Info: info}})
-	if m := a.read(t); m.Type != wire.TypeWelcome {
-		t.Fatalf("agent %s: got %q, want welcome", id, m.Type)
-	}
-	return a
-}
-
 func (a *fakeAgent) send(t testing.TB, m wire.Message) {
 	t.Helper()
 	b, err := wire.Encode(m)
@@ -175,4 +158,35 @@ func get(t testing.TB, url string, hdr ...string) (int, http.Header, string) {
 		t.Fatal(err)
 	}
 	return resp.StatusCode, resp.Header, string(b)
+}
+
+// dialAgent registers a fake agent for id that describes itself with info.
+func dialAgent(t testing.TB, wsBase, id string, info wire.Info) *fakeAgent {
+	t.Helper()
+	return dialAgentOffering(t, wsBase, id, info)
+}
+
+// offering registers a fake agent that lists protocols in its hello.
+func offering(t testing.TB, wsBase, id string, protocols ...string) *fakeAgent {
+	t.Helper()
+	return dialAgentOffering(t, wsBase, id, wire.Info{}, protocols...)
+}
+
+// dialAgentOffering registers a fake agent that describes itself with
+// info and offers clients the stream subprotocols protocols.
+func dialAgentOffering(t testing.TB, wsBase, id string, info wire.Info, protocols ...string) *fakeAgent {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := wsconn.Dial(ctx, wsBase+wire.AgentPath(id), wsconn.Options{Subprotocols: []string{wire.ControlProtocol}})
+	if err != nil {
+		t.Fatalf("agent %s: %v", id, err)
+	}
+	t.Cleanup(func() { c.CloseNow() })
+	a := &fakeAgent{id: id, ws: c}
+	a.send(t, wire.Message{Type: wire.TypeHello, Hello: &wire.Hello{Version: "test", Info: info, Protocols: protocols}})
+	if m := a.read(t); m.Type != wire.TypeWelcome {
+		t.Fatalf("agent %s: got %q, want welcome", id, m.Type)
+	}
+	return a
 }

@@ -19,24 +19,6 @@ import (
 	"github.com/converge-ci/converge/internal/wsconn"
 )
 
-// offering registers a fake agent that lists protocols in its hello.
-func offering(t *testing.T, wsBase, id string, protocols ...string) *fakeAgent {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := wsconn.Dial(ctx, wsBase+"/agent/"+id, wsconn.Options{Subprotocols: []string{wire.ControlProtocol}})
-	if err != nil {
-		t.Fatalf("agent %s: %v", id, err)
-	}
-	t.Cleanup(func() { c.CloseNow() })
-	a := &fakeAgent{id: id, ws: c}
-	a.send(t, wire.Message{Type: wire.TypeHello, Hello: &wire.Hello{Version: "test", Protocols: protocols}})
-	if m := a.read(t); m.Type != wire.TypeWelcome {
-		t.Fatalf("agent %s: got %q, want welcome", id, m.Type)
-	}
-	return a
-}
-
 // dialLeg opens one leg of a stream to url, raw or as a WebSocket, and
 // returns its bytes and the protocol the server chose.
 func dialLeg(t *testing.T, url string, raw bool, protocols ...string) (net.Conn, string) {
