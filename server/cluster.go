@@ -31,8 +31,7 @@ type cluster struct {
 	reg  *redisRegistry
 	self string // this replica's advertise URL, ws:// or wss://
 
-	kick    chan struct{} // local changes to publish; capacity 1
-	tunnels *tunnels      // forwarded connections
+	kick chan struct{} // local changes to publish; capacity 1
 
 	mu        sync.Mutex
 	published map[string]string // ID -> the sessions row last written for it
@@ -181,7 +180,7 @@ func withPort(advertise string, port string) string {
 
 func newCluster(s *Server, rdb *redis.Client, self string) *cluster {
 	log := s.log.With("replica", self)
-	c := &cluster{s: s, log: log, rdb: rdb, self: self, kick: make(chan struct{}, 1), tunnels: newTunnels(), published: make(map[string]string)}
+	c := &cluster{s: s, log: log, rdb: rdb, self: self, kick: make(chan struct{}, 1), published: make(map[string]string)}
 	c.reg = newRedisRegistry(rdb, self, registryLimits{
 		grace:       s.cfg.Grace,
 		perAddr:     s.cfg.MaxAgentsPerAddr,

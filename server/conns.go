@@ -8,8 +8,9 @@ import (
 )
 
 // conns is the set of hijacked connections the server holds (agents'
-// control WebSockets, and both legs of every client stream, WebSockets or
-// raw streams) and the count a drain waits on. http.Server.Shutdown
+// control WebSockets, both legs of every client stream, WebSockets or
+// raw streams, and the connections a replica forwards) and the count a
+// drain waits on. http.Server.Shutdown
 // neither sees nor waits for hijacked connections; conns does.
 //
 // Holding a connection and counting it are one step under one lock (add),

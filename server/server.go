@@ -401,9 +401,6 @@ func (s *Server) Run(ctx context.Context) error {
 // drain closes every hijacked WebSocket with 1001 and waits for the
 // relays, until ctx ends; then it cuts what is left and waits for that.
 func (s *Server) drain(ctx context.Context) {
-	if s.cluster != nil {
-		s.cluster.tunnels.close()
-	}
 	if left := s.conns.drain(ctx, "server shutting down; reconnect shortly"); left > 0 {
 		s.log.Warn("drain deadline reached; cutting remaining connections", "left", left)
 	}

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"sync"
 	"time"
 
 	"github.com/converge-ci/converge/internal/rawstream"
@@ -144,7 +143,7 @@ func (b *bufferedConn) Read(p []byte) (int, error) { return b.r.Read(p) }
 // tunnel relays between c, the client's connection, and up, the
 // holder's, until either ends or the server drains.
 func (s *Server) tunnel(c, up net.Conn, kind string, log *slog.Logger, start time.Time) {
-	release, ok := s.cluster.tunnels.add(c, up)
+	release, ok := s.conns.add(tunnelHeld{c, up})
 	if !ok {
 		c.Close()
 		up.Close()
@@ -160,49 +159,14 @@ func (s *Server) tunnel(c, up net.Conn, kind string, log *slog.Logger, start tim
 		"bytes_in", res.AToB, "bytes_out", res.BToA, "reason", errString(res.Err))
 }
 
-// tunnels are the forwarded connections a replica relays. They carry
-// the client's WebSocket end to end, so the drain cannot close them with
-// 1001 as it does its own: it cuts them, and resumable clients come back
-// through another replica.
-type tunnels struct {
-	mu      sync.Mutex
-	live    map[net.Conn]struct{}
-	closing bool
-	wg      sync.WaitGroup
-}
+// tunnelHeld lets the set of connections (conns) hold a forwarded
+// connection: both ends, client and holder. It carries the client's
+// WebSocket end to end, so a drain cannot close it with 1001 as it does
+// its own: it cuts it, and resumable clients come back through another
+// replica.
+type tunnelHeld struct{ c, up net.Conn }
 
-func newTunnels() *tunnels { return &tunnels{live: make(map[net.Conn]struct{})} }
-
-// add holds the connections of one tunnel until release; it reports
-// false, holding nothing, once the drain has begun.
-func (t *tunnels) add(conns ...net.Conn) (release func(), ok bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.closing {
-		return nil, false
-	}
-	for _, c := range conns {
-		t.live[c] = struct{}{}
-	}
-	t.wg.Add(1)
-	return func() {
-		t.mu.Lock()
-		for _, c := range conns {
-			delete(t.live, c)
-		}
-		t.mu.Unlock()
-		t.wg.Done()
-	}, true
-}
-
-// close refuses new tunnels, cuts the live ones and waits for their
-// relays to end.
-func (t *tunnels) close() {
-	t.mu.Lock()
-	t.closing = true
-	for c := range t.live {
-		c.Close()
-	}
-	t.mu.Unlock()
-	t.wg.Wait()
+func (t tunnelHeld) CloseNow() error {
+	t.up.Close()
+	return t.c.Close()
 }
