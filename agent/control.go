@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net/http"
 	"os"
 	"os/user"
@@ -17,25 +16,6 @@ import (
 	"github.com/converge-ci/converge/internal/resume"
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
-)
-
-// Reconnect backoff: doubling from backoffMin to backoffMax, each wait
-// jittered down by up to half so a fleet of agents does not reconnect in
-// step. The cap is low on purpose: after a server restart every agent is
-// back within backoffMax of the server being up, and a refused TCP connect
-// costs the server next to nothing.
-//
-// The first attempt after a registered link ended is spread evenly over
-// reconnectSpread instead: when a server restarts, all its agents lose
-// their links at once, and without the spread they would return within
-// 125 ms of each other and hold up the clients behind them (measured with
-// 10,000 agents: client p99 169 ms with the old schedule, see
-// docs/design.md). A link that blips costs its agent half of it on
-// average; resumable sessions do not notice.
-const (
-	backoffMin      = 250 * time.Millisecond
-	backoffMax      = 4 * time.Second
-	reconnectSpread = 2 * time.Second
 )
 
 // reclaimWindow is how long an agent whose link dropped keeps trying to
@@ -52,7 +32,7 @@ const reclaimWindow = 5 * time.Minute
 // a registered link dropped, 409; so is a welcome the agent cannot accept
 // (errBadWelcome); anything else is retried with backoff.
 func (a *Agent) connectLoop(ctx context.Context) error {
-	backoff := backoffMin
+	backoff := wire.ReconnectMin
 	announced := false
 	var lost time.Time // when the last registered link ended; zero before the first
 	for {
@@ -62,15 +42,15 @@ func (a *Agent) connectLoop(ctx context.Context) error {
 		}
 		if connected {
 			announced = true
-			backoff = backoffMin
+			backoff = wire.ReconnectMin
 			lost = time.Now()
 		}
 		if errors.Is(err, errBadWelcome) {
 			return err
 		}
-		d := jitter(backoff)
+		d := wire.Jitter(backoff)
 		if connected {
-			d = rand.N(reconnectSpread + 1)
+			d = wire.Spread(wire.ReconnectSpread)
 		}
 		if re := finalRefusal(err); re != nil {
 			if !reclaiming(re, lost, time.Now()) {
@@ -88,7 +68,7 @@ func (a *Agent) connectLoop(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		}
-		backoff = min(backoff*2, backoffMax)
+		backoff = min(backoff*2, wire.ReconnectMax)
 	}
 }
 
@@ -125,11 +105,6 @@ func refused(re *wsconn.RefusedError, lost time.Time) error {
 		return fmt.Errorf("server refused agent: %s (tried for %v to take the ID back after the link dropped)", re.Message, reclaimWindow)
 	}
 	return fmt.Errorf("server refused agent: %s", re.Message)
-}
-
-// jitter returns a wait between half of backoff and backoff, at random.
-func jitter(backoff time.Duration) time.Duration {
-	return backoff/2 + rand.N(backoff/2+1)
 }
 
 // control runs one control connection: register, then serve dial requests

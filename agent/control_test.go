@@ -32,18 +32,18 @@ func TestFinalRefusal(t *testing.T) {
 }
 
 // TestBackoffStaysLow: however long the server is away, an agent retries
-// at least every backoffMax, so it is back within seconds of the server.
+// at least every wire.ReconnectMax, so it is back within seconds of the server.
 func TestBackoffStaysLow(t *testing.T) {
-	b := backoffMin
+	b := wire.ReconnectMin
 	for attempt := range 50 {
-		d := jitter(b)
-		if d < b/2 || d > b || d > backoffMax {
-			t.Fatalf("attempt %d: waited %v with backoff %v; want between %v and %v, at most %v", attempt, d, b, b/2, b, backoffMax)
+		d := wire.Jitter(b)
+		if d < b/2 || d > b || d > wire.ReconnectMax {
+			t.Fatalf("attempt %d: waited %v with backoff %v; want between %v and %v, at most %v", attempt, d, b, b/2, b, wire.ReconnectMax)
 		}
-		b = min(b*2, backoffMax)
+		b = min(b*2, wire.ReconnectMax)
 	}
-	if b != backoffMax || backoffMax > 5*time.Second {
-		t.Errorf("backoff settles at %v (cap %v); want a cap of a few seconds", b, backoffMax)
+	if b != wire.ReconnectMax || wire.ReconnectMax > 5*time.Second {
+		t.Errorf("backoff settles at %v (cap %v); want a cap of a few seconds", b, wire.ReconnectMax)
 	}
 }
 

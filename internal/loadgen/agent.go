@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"time"
@@ -38,10 +37,10 @@ func (a *agent) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		wait := jitter(backoff)
+		wait := wire.Jitter(backoff)
 		if connected {
 			backoff = a.f.cfg.BackoffMin
-			wait = rand.N(a.f.cfg.ReconnectSpread + 1) // as the agent spreads its first attempt after a drop
+			wait = wire.Spread(a.f.cfg.ReconnectSpread) // as the agent spreads its first attempt after a drop
 		} else {
 			final := finalRefusal(err)
 			a.f.failed(a.id, err, final)
@@ -58,12 +57,6 @@ func (a *agent) run(ctx context.Context) {
 		}
 		backoff = min(backoff*2, a.f.cfg.BackoffMax)
 	}
-}
-
-// jitter returns a wait between half of backoff and backoff, at random,
-// as the agent's does.
-func jitter(backoff time.Duration) time.Duration {
-	return backoff/2 + rand.N(backoff/2+1)
 }
 
 // control runs one control connection: register, then answer dial

@@ -25,18 +25,16 @@ import (
 	"time"
 
 	"github.com/converge-ci/converge/internal/cli"
+	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
 )
 
-// The agent's reconnect backoff (agent/control.go backoffMin, backoffMax):
-// doubling from the first to the second, each wait jittered down by up
-// to half. Kept equal by hand: the fleet must reconnect as agents do.
+// The agent's reconnect schedule (see wire.ReconnectMin): the fleet
+// reconnects as agents do.
 const (
-	DefaultBackoffMin = 250 * time.Millisecond
-	DefaultBackoffMax = 4 * time.Second
-	// DefaultReconnectSpread is the agent's spread of its first attempt
-	// after a registered link ended.
-	DefaultReconnectSpread = 2 * time.Second
+	DefaultBackoffMin      = wire.ReconnectMin
+	DefaultBackoffMax      = wire.ReconnectMax
+	DefaultReconnectSpread = wire.ReconnectSpread
 )
 
 // Config of a Fleet.
