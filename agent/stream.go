@@ -33,14 +33,6 @@ type streamConn struct {
 	raw net.Conn
 }
 
-func (c streamConn) closeNow() {
-	if c.ws != nil {
-		c.ws.CloseNow()
-		return
-	}
-	c.raw.Close()
-}
-
 // dialStream opens the stream connection a waiting client needs and hands
 // it to the SSH server. A resumable stream's leg is a raw stream, which
 // the server splices in the kernel; plain streams keep WebSockets, whose
