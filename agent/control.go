@@ -128,11 +128,11 @@ func (a *Agent) control(ctx context.Context, announce bool) (connected bool, err
 	defer c.CloseNow()
 	c.SetReadLimit(wire.MaxMessageSize)
 
-	if err := a.send(ctx, c, wire.Message{Type: wire.TypeHello, Hello: &wire.Hello{Version: a.cfg.Version, Protocols: []string{resume.Protocol}, Info: a.info()}}); err != nil {
+	if err := wire.Send(ctx, c, wire.Message{Type: wire.TypeHello, Hello: &wire.Hello{Version: a.cfg.Version, Protocols: []string{resume.Protocol}, Info: a.info()}}); err != nil {
 		return false, fmt.Errorf("send hello: %w", err)
 	}
 	rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	m, err := readControl(rctx, c)
+	m, err := wire.Receive(rctx, c)
 	cancel()
 	if errors.Is(err, wire.ErrInvalid) {
 		return false, fmt.Errorf("%w: %s", errBadWelcome, wsconn.Sanitize(err.Error()))
@@ -151,7 +151,7 @@ func (a *Agent) control(ctx context.Context, announce bool) (connected bool, err
 		a.log.Info("reconnected to server")
 	}
 	defer a.life.Report(ctx, func(ctx context.Context, st wire.Status) error {
-		return a.send(ctx, c, wire.Message{Type: wire.TypeStatus, Status: &st})
+		return wire.Send(ctx, c, wire.Message{Type: wire.TypeStatus, Status: &st})
 	})()
 	if a.cfg.OnRegistered != nil {
 		a.cfg.OnRegistered()
@@ -180,7 +180,7 @@ func (a *Agent) serveControl(ctx context.Context, c *websocket.Conn, pooling boo
 	idle, endIdle := context.WithCancel(ctx)
 	defer endIdle()
 	for {
-		m, err := readControl(ctx, c)
+		m, err := wire.Receive(ctx, c)
 		if err != nil {
 			if ctx.Err() != nil {
 				c.Close(websocket.StatusNormalClosure, "agent stopping")
@@ -206,27 +206,6 @@ func (a *Agent) serveControl(ctx context.Context, c *websocket.Conn, pooling boo
 			a.log.Warn("ignoring unexpected control message", "type", m.Type)
 		}
 	}
-}
-
-func (a *Agent) send(ctx context.Context, c *websocket.Conn, m wire.Message) error {
-	b, err := wire.Encode(m)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	return c.Write(ctx, websocket.MessageText, b)
-}
-
-func readControl(ctx context.Context, c *websocket.Conn) (wire.Message, error) {
-	typ, b, err := c.Read(ctx)
-	if err != nil {
-		return wire.Message{}, err
-	}
-	if typ != websocket.MessageText {
-		return wire.Message{}, errors.New("binary control message")
-	}
-	return wire.Decode(b)
 }
 
 // info describes this agent to the server.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -80,11 +79,11 @@ func (a *agent) control(ctx context.Context) (connected bool, err error) {
 	c.SetReadLimit(wire.MaxMessageSize)
 
 	info := a.info()
-	if err := send(ctx, c, wire.Message{Type: wire.TypeHello, Hello: &wire.Hello{Version: "loadgen", Info: info}}); err != nil {
+	if err := wire.Send(ctx, c, wire.Message{Type: wire.TypeHello, Hello: &wire.Hello{Version: "loadgen", Info: info}}); err != nil {
 		return false, fmt.Errorf("send hello: %w", err)
 	}
 	rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	m, err := read(rctx, c)
+	m, err := wire.Receive(rctx, c)
 	cancel()
 	if err != nil {
 		return false, fmt.Errorf("read welcome: %w", err)
@@ -95,7 +94,7 @@ func (a *agent) control(ctx context.Context) (connected bool, err error) {
 	a.secret = m.Welcome.Secret
 	a.epoch = a.f.welcomed(a.epoch, dialled)
 	defer a.f.update(func(s *Stats) { s.Connected-- })
-	if err := send(ctx, c, wire.Message{Type: wire.TypeStatus, Status: &info.Status}); err != nil {
+	if err := wire.Send(ctx, c, wire.Message{Type: wire.TypeStatus, Status: &info.Status}); err != nil {
 		return true, fmt.Errorf("send status: %w", err)
 	}
 
@@ -108,7 +107,7 @@ func (a *agent) control(ctx context.Context) (connected bool, err error) {
 	defer func() { stopKeepalive(); <-kdone }()
 
 	for {
-		m, err := read(ctx, c)
+		m, err := wire.Receive(ctx, c)
 		if err != nil {
 			if ctx.Err() != nil {
 				c.Close(websocket.StatusNormalClosure, "agent stopping")
@@ -162,25 +161,4 @@ func (a *agent) info() wire.Info {
 		Fingerprint: "SHA256:" + base64.RawStdEncoding.EncodeToString(sum[:]),
 		Status:      wire.Status{Expiry: time.Now().Add(time.Hour).Truncate(time.Second)},
 	}
-}
-
-func send(ctx context.Context, c *websocket.Conn, m wire.Message) error {
-	b, err := wire.Encode(m)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	return c.Write(ctx, websocket.MessageText, b)
-}
-
-func read(ctx context.Context, c *websocket.Conn) (wire.Message, error) {
-	typ, b, err := c.Read(ctx)
-	if err != nil {
-		return wire.Message{}, err
-	}
-	if typ != websocket.MessageText {
-		return wire.Message{}, errors.New("binary control message")
-	}
-	return wire.Decode(b)
 }
