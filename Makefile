@@ -52,31 +52,31 @@ test: check vet build
 # bench measures bin/* (relay vs direct, ~5 min) and prints the table; it
 # also leaves it in bench-results.txt. See README "Benchmarks".
 bench: build
-	$(GO) test -count=1 -timeout 20m -run '^TestBenchTable$$' ./internal/bench -v -bench-table \
+	$(GO) test -count=1 -timeout 20m -run '^TestBenchTable$$' ./internal/test/bench -v -bench-table \
 		-bench-bin=$(CURDIR)/bin -bench-out=$(CURDIR)/bench-results.txt
 
 # bench-agents prints only the many-agents rows (~1 min): 10,000 synthetic
 # agents, memory, lookups, restarts. Needs `ulimit -n` above 10,300.
 bench-agents: build
-	$(GO) test -count=1 -timeout 20m -run '^TestBenchAgents$$' ./internal/bench -v -bench-table \
+	$(GO) test -count=1 -timeout 20m -run '^TestBenchAgents$$' ./internal/test/bench -v -bench-table \
 		-bench-bin=$(CURDIR)/bin
 
 # bench-connect prints only the connect rows (~15 s): a fresh `ssh host
 # true`, relay against direct, at 0 ms, 50 ms, and with the server halfway.
 bench-connect: build
-	$(GO) test -count=1 -timeout 5m -run '^TestBenchConnect$$' ./internal/bench -v -bench-table \
+	$(GO) test -count=1 -timeout 5m -run '^TestBenchConnect$$' ./internal/test/bench -v -bench-table \
 		-bench-bin=$(CURDIR)/bin
 
 # bench-relay prints only the relay CPU rows (~2 min): converge's and
 # wsproxy's CPU per MiB over sftp get, sftp put and ssh cat, at 0 and 50 ms.
 bench-relay: build
-	$(GO) test -count=1 -timeout 10m -run '^TestBenchRelayCPU$$' ./internal/bench -v -bench-table \
+	$(GO) test -count=1 -timeout 10m -run '^TestBenchRelayCPU$$' ./internal/test/bench -v -bench-table \
 		-bench-bin=$(CURDIR)/bin -bench-size=128 -bench-reps=2
 
 # bench-streams prints only the many-streams rows (~1 min): 200 streams at
 # once through one converge, their spread and fairness.
 bench-streams: build
-	$(GO) test -count=1 -timeout 10m -run '^TestBenchStreams$$' ./internal/bench -v -bench-table \
+	$(GO) test -count=1 -timeout 10m -run '^TestBenchStreams$$' ./internal/test/bench -v -bench-table \
 		-bench-bin=$(CURDIR)/bin
 
 dist: wasm

@@ -12,7 +12,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/converge-ci/converge/internal/redistest"
+	"github.com/converge-ci/converge/internal/test/redistest"
 )
 
 // eachRegistry runs test against the in-memory registry and against the

@@ -7,7 +7,7 @@ import (
 	"testing/synctest"
 	"time"
 
-	"github.com/converge-ci/converge/internal/testnet"
+	"github.com/converge-ci/converge/internal/test/testnet"
 )
 
 // TestStreamKeepalive: on an idle stream link the session repeats its

@@ -13,7 +13,7 @@ import (
 
 	"github.com/coder/websocket"
 
-	"github.com/converge-ci/converge/internal/faultproxy"
+	"github.com/converge-ci/converge/internal/test/faultproxy"
 )
 
 // TestWebSocketLinkDiesWithoutPong: a link whose network silently stops

@@ -8,7 +8,7 @@ import (
 	"net"
 	"testing"
 
-	"github.com/converge-ci/converge/internal/testnet"
+	"github.com/converge-ci/converge/internal/test/testnet"
 )
 
 // TestSpliceCopiesBothWays joins two connections, sends data each way and

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/converge-ci/converge/internal/testnet"
+	"github.com/converge-ci/converge/internal/test/testnet"
 )
 
 // TestBatchConnKeepsOrder: many writes of odd sizes, more than batchLimit
