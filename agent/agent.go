@@ -63,6 +63,9 @@ type Config struct {
 	// Default: $SHELL, else bash, else sh; on Windows PowerShell, else
 	// cmd.exe ("cmd" chooses cmd.exe).
 	Shell string
+	// SessionEnv is added (KEY=value) to every session's environment, after
+	// the agent's own less its secrets (see sshd.Config.Env). Nil: nothing.
+	SessionEnv []string
 	// HostKeyFile or HostKeyPEM supply the host key; default a fresh
 	// ed25519 key per run.
 	HostKeyFile string
@@ -154,6 +157,8 @@ type Agent struct {
 
 	pid1 bool // reap orphans while Run runs: true when PID 1
 
+	step *Breakpoint // `agent run`'s step; nil for a plain agent. Set before Run.
+
 	streams sync.WaitGroup   // stream dials in flight
 	dialer  streamDialer     // how stream dials reach the server
 	resumed *resume.Acceptor // resumable client streams
@@ -189,6 +194,7 @@ func New(cfg Config) (*Agent, error) {
 		HTTPClient:          cfg.HTTPClient,
 		Password:            cfg.Password,
 		Shell:               cfg.Shell,
+		Env:                 cfg.SessionEnv,
 		HostKey:             signer,
 		User:                a.sshUser,
 		Version:             cfg.Version,
