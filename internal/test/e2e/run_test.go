@@ -1,0 +1,182 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/converge-ci/converge/internal/test/sshtest"
+)
+
+// `agent run -- CMD` end to end: the real agent binary wrapping a real
+// command, the server counting registrations, real ssh into the failed
+// step.
+
+const registrations = "converge_agent_registrations_total"
+
+// startStep runs `agent run flags... URL -- command...` in dir with the
+// test's environment less its CONVERGE_ variables, plus env. It does not
+// wait for anything; see registered and exit.
+func startStep(t *testing.T, r *relay, dir string, env, flags []string, command ...string) *agentProc {
+	t.Helper()
+	p := &agentProc{t: t, Dir: dir, Out: &syncBuffer{}, All: &syncBuffer{}, done: make(chan struct{})}
+	args := append(append(append([]string{"run"}, flags...), r.URL, "--"), command...)
+	p.cmd = exec.Command(bin("agent"), args...)
+	p.cmd.Dir = dir
+	p.cmd.Env = append(cleanEnv(), env...)
+	p.cmd.Stdin = strings.NewReader("")
+	p.cmd.Stdout, p.cmd.Stderr = io.MultiWriter(p.Out, p.All), p.All
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		p.cmd.Wait()
+		p.code = p.cmd.ProcessState.ExitCode()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		if p.running() {
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("agent run output:\n%s", p.All)
+		}
+	})
+	return p
+}
+
+// registered waits until the agent registered, and makes c trust the
+// host key it printed for id.
+func (p *agentProc) registered(c *sshtest.Client, id string) {
+	p.t.Helper()
+	waitFor(p.t, "agent registration", func() bool {
+		if !p.running() {
+			p.t.Fatalf("agent run exited with %d before registering:\n%s", p.code, p.All)
+		}
+		return strings.Contains(p.Out.String(), "registered")
+	})
+	if c != nil {
+		trustPrinted(p.t, c, id, p.Out.String())
+	}
+}
+
+// TestRunPasses: a command that succeeds passes through: its output and
+// status are the step's, and the server never hears of the agent.
+func TestRunPasses(t *testing.T) {
+	t.Parallel()
+	r := startServer(t)
+	dir := t.TempDir()
+	p := startStep(t, r, dir, []string{"STEP_VAR=job-value"}, []string{"--id", "run-passes"},
+		"sh", "-c", `echo "out $STEP_VAR $(pwd)"; echo err >&2`)
+	if code := p.exit(); code != 0 {
+		t.Fatalf("exit status %d, want 0", code)
+	}
+	if want := "out job-value " + dir + "\n"; p.Out.String() != want {
+		t.Errorf("stdout %q, want %q (the command's, nothing else)", p.Out.String(), want)
+	}
+	if got := p.All.String(); strings.Count(got, "\n") != 2 || !strings.Contains(got, "err\n") {
+		t.Errorf("output %q, want the command's two lines only", got)
+	}
+	if n := metric(t, r.HTTP, registrations); n != 0 {
+		t.Errorf("%s = %v, want 0: a passing step makes no connection", registrations, n)
+	}
+}
+
+// TestRunFailureKeepsStatus: a failing command registers the agent, says
+// what failed; nobody connects, and the step ends with the command's
+// own status, whether a code or a signal.
+func TestRunFailureKeepsStatus(t *testing.T) {
+	t.Parallel()
+	r := startServer(t)
+	for _, tt := range []struct {
+		script string
+		want   int
+	}{
+		{"exit 1", 1},
+		{"exit 2", 2},
+		{"kill -INT $$", 130},
+		{"kill -KILL $$", 137},
+	} {
+		t.Run(fmt.Sprint(tt.want), func(t *testing.T) {
+			t.Parallel()
+			c := sshtest.New(t)
+			id := fmt.Sprint("run-status-", tt.want)
+			p := startStep(t, r, keyDir(t, c), []string{"CONVERGE_CONNECT_TIMEOUT=1s"}, []string{"--id", id}, "sh", "-c", tt.script)
+			p.registered(nil, id)
+			if code := p.exit(); code != tt.want {
+				t.Errorf("exit status %d, want %d", code, tt.want)
+			}
+			out := p.Out.String()
+			for _, want := range []string{
+				fmt.Sprintf("`%s` failed with exit status %d", tt.script, tt.want),
+				"ssh  -oProxyCommand=",
+				fmt.Sprintf("nobody connected in time; the step ends with `%s`'s exit status %d", tt.script, tt.want),
+			} {
+				if !strings.Contains(out, want) {
+					t.Errorf("output lacks %q:\n%s", want, out)
+				}
+			}
+		})
+	}
+}
+
+// TestRunShellIsTheStep: the shell of the person who connects to a failed
+// step starts in its directory, with its environment less the agent's
+// secrets, and the failed command in its history.
+func TestRunShellIsTheStep(t *testing.T) {
+	t.Parallel()
+	r := startServer(t)
+	c := sshtest.New(t)
+	dir := keyDir(t, c)
+	script := `test -f fixed || { echo "not fixed"; exit 2; }`
+	p := startStep(t, r, dir, []string{"STEP_VAR=job-value", "CONVERGE_PASSWORD=agent-secret"},
+		[]string{"--id", "run-shell", "--shell", "bash"}, "sh", "-c", script)
+	p.registered(c, "run-shell")
+	tgt := r.target("run-shell")
+	tm := startTerm(t, c, tgt, 120, 30) // logged in throughout: the last logout ends the wait
+	tm.waitScreen("[converge]")
+	tm.typeLine("history | tail -n 3 | sed 's/^ *[0-9]* *//'; echo history-$((40+2))")
+	tm.waitScreen("history-42")
+	if !strings.Contains(tm.screen(), "\n"+script+"\n") {
+		t.Errorf("the shell's history lacks the failed command %q:\n%s", script, tm.screen())
+	}
+	got := c.SSH(tgt, 0, `pwd; echo "var=$STEP_VAR pw=${CONVERGE_PASSWORD:-none}"`)
+	if want := dir + "\nvar=job-value pw=none\n"; got.Stdout != want {
+		t.Errorf("session: %q, want %q", got.Stdout, want)
+	}
+	tm.typeLine("exit")
+	tm.exitStatus()
+	if code := p.exit(); code != 2 {
+		t.Errorf("exit status %d after the last logout, want the command's 2", code)
+	}
+}
+
+// TestRunBreakBefore: with --break-before the agent registers before the
+// command runs; when nobody decides, it runs then, and its status is the
+// step's.
+func TestRunBreakBefore(t *testing.T) {
+	t.Parallel()
+	r := startServer(t)
+	c := sshtest.New(t)
+	dir := keyDir(t, c)
+	p := startStep(t, r, dir, []string{"CONVERGE_CONNECT_TIMEOUT=2s"}, []string{"--id", "run-break", "--break-before"},
+		"sh", "-c", "touch ran; exit 3")
+	p.registered(c, "run-break")
+	if _, err := os.Stat(filepath.Join(dir, "ran")); err == nil {
+		t.Fatal("the command ran before anyone could look")
+	}
+	if got := c.SSH(r.target("run-break"), 0, "ls ran 2>&1 || echo not-yet"); !strings.Contains(got.Stdout, "not-yet") {
+		t.Errorf("in the session: %q, want the command not run yet", got.Stdout)
+	}
+	if code := p.exit(); code != 3 {
+		t.Errorf("exit status %d, want 3 (the command, run once nobody decided)", code)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "ran")); err != nil {
+		t.Errorf("the command did not run after the break: %v", err)
+	}
+}
