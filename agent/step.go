@@ -120,24 +120,43 @@ func exitStatus(cmd *exec.Cmd, err error) (int, error) {
 }
 
 // commandLine shows args as one command line: the script itself for a
-// shell's -c (sh -c 'make test' is "make test"; PowerShell's -Command and
-// cmd's /c too), else each argument
-// quoted for a POSIX shell where it needs to be.
+// shell's -c, after any other options (sh -c 'make test' and bash -eo
+// pipefail -c 'make test' are "make test"; PowerShell's -Command and
+// cmd's /c too), else each argument quoted for a POSIX shell where it
+// needs to be.
 func commandLine(args []string) string {
-	if len(args) == 3 {
-		shell, flag := strings.TrimSuffix(strings.ToLower(filepath.Base(args[0])), ".exe"), strings.ToLower(args[1])
-		switch {
-		case flag == "-c" && strings.Contains(" sh bash dash zsh ksh ", " "+shell+" "),
-			(flag == "-command" || flag == "-c") && (shell == "pwsh" || shell == "powershell"),
-			flag == "/c" && shell == "cmd":
-			return args[2]
-		}
+	if script, ok := shellScript(args); ok {
+		return script
 	}
 	q := make([]string, len(args))
 	for i, a := range args {
 		q[i] = shellQuote(a)
 	}
 	return strings.Join(q, " ")
+}
+
+// shellScript returns the script args hand a shell, if they are a shell,
+// options, its flag for a script, and the script.
+func shellScript(args []string) (string, bool) {
+	n := len(args)
+	if n < 3 {
+		return "", false
+	}
+	for i, a := range args[1 : n-2] {
+		prev := args[i] // an option taking a name: -o pipefail, -eo pipefail, -O extglob
+		named := strings.HasPrefix(prev, "-") && (strings.HasSuffix(prev, "o") || strings.HasSuffix(prev, "O"))
+		if !strings.HasPrefix(a, "-") && !strings.HasPrefix(a, "/") && !named {
+			return "", false
+		}
+	}
+	shell, flag := strings.TrimSuffix(strings.ToLower(filepath.Base(args[0])), ".exe"), strings.ToLower(args[n-2])
+	switch {
+	case flag == "-c" && strings.Contains(" sh bash dash zsh ksh ", " "+shell+" "),
+		(flag == "-command" || flag == "-c") && (shell == "pwsh" || shell == "powershell"),
+		flag == "/c" && shell == "cmd":
+		return args[n-1], true
+	}
+	return "", false
 }
 
 func shellQuote(s string) string {
