@@ -99,7 +99,11 @@ func RunStep(ctx context.Context, cfg StepConfig) (int, error) {
 			"  converge retry (run it again)   converge pass   converge fail   converge extend 30m   converge status\n", b.step.shown(), code, b.step.dir)
 	}
 	err := b.wait(ctx, cfg)
-	return b.exit(ctx, cfg, err), err
+	code := b.exit(ctx, cfg, err)
+	if errors.Is(err, lifetime.ErrNoLogin) {
+		err = nil // no failure of the agent's: exit says so
+	}
+	return code, err
 }
 
 // wait starts the agent and runs it until it ends.
