@@ -380,7 +380,7 @@ func TestDocMetricsMatchServer(t *testing.T) {
 					}
 				}
 				if !served[n] && !notMetrics[n] {
-					t.Errorf("%s:%d: the docs name metric %s, which /metrics does not serve", file, pl.n, m[1])
+					t.Errorf("%s:%d: the docs name metric %s, which the server does not register", file, pl.n, m[1])
 				}
 			}
 		}
@@ -393,5 +393,37 @@ func TestDocMetricsMatchServer(t *testing.T) {
 		if !strings.Contains(string(table), "| `"+n) {
 			t.Errorf("/metrics serves %s, which the metrics table in docs/operations.md does not list", n)
 		}
+	}
+}
+
+// TestDocAgentIDsUnique checks the IDs that the README's and docs' command
+// blocks give agents: each must differ per run ($RANDOM) or per job and
+// retry ($CI_JOB_ID). A literal ID, or one shared by a run's attempts and
+// matrix jobs ($GITHUB_RUN_ID alone), meets the previous run's host key in
+// users' known_hosts ("REMOTE HOST IDENTIFICATION HAS CHANGED"), or an
+// agent that still holds it.
+func TestDocAgentIDsUnique(t *testing.T) {
+	t.Parallel()
+	id := regexp.MustCompile(`--id[ =]("[^"]*"|\S+)`)
+	fence := regexp.MustCompile("(?s)```[a-z]*\n(.*?)```")
+	checked := 0
+	for _, file := range docFiles(t) {
+		text, err := os.ReadFile(filepath.Join(repoRoot, file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, block := range fence.FindAllStringSubmatch(string(text), -1) {
+			for _, m := range id.FindAllStringSubmatch(block[1], -1) {
+				checked++
+				v := m[1]
+				unique := strings.Contains(v, "$RANDOM") || strings.Contains(v, "$CI_JOB_ID")
+				if !unique || (strings.Contains(v, "$GITHUB_RUN_ID") && !strings.Contains(v, "$GITHUB_RUN_ATTEMPT")) {
+					t.Errorf("%s: a command block starts an agent with --id %s: use an ID unique to the run and attempt (with $RANDOM, or $CI_JOB_ID), or none", file, v)
+				}
+			}
+		}
+	}
+	if checked < 3 {
+		t.Errorf("found only %d --id in command blocks: is the pattern still right?", checked)
 	}
 }
