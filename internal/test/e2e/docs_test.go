@@ -427,3 +427,20 @@ func TestDocAgentIDsUnique(t *testing.T) {
 		t.Errorf("found only %d --id in command blocks: is the pattern still right?", checked)
 	}
 }
+
+// TestDocGoVersion checks that the README's prerequisites name the Go
+// release that go.mod asks for.
+func TestDocGoVersion(t *testing.T) {
+	t.Parallel()
+	mod, err := os.ReadFile(filepath.Join(repoRoot, "go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^go (\S+)$`).FindStringSubmatch(string(mod))
+	if m == nil {
+		t.Fatal("go.mod has no go line")
+	}
+	if want := "Go " + m[1] + " or later"; !strings.Contains(readmeSection(t, "Before you start"), want) {
+		t.Errorf("the README's Before you start does not say %q, as go.mod's go line asks", want)
+	}
+}
