@@ -57,7 +57,7 @@ test: tools check vet build
 	$(GO) test -race -count=1 -timeout 8m ./...
 
 # bench measures bin/* (relay vs direct, ~5 min) and prints the table; it
-# also leaves it in bench-results.txt. See README "Benchmarks".
+# also leaves it in bench-results.txt. See docs/benchmarks.md.
 bench: build
 	$(GO) test -count=1 -timeout 20m -run '^TestBenchTable$$' ./internal/test/bench -v -bench-table \
 		-bench-bin=$(CURDIR)/bin -bench-out=$(CURDIR)/bench-results.txt
