@@ -25,6 +25,7 @@ func TestServerIsABitPipe(t *testing.T) {
 		"github.com/pkg/sftp",
 		"github.com/converge-ci/converge/internal/resume",
 		"github.com/converge-ci/converge/agent",
+		"github.com/converge-ci/converge/agent/sshd",
 	} {
 		if deps[banned] {
 			t.Errorf("cmd/converge links %s; the server must stay a bit pipe", banned)
@@ -35,12 +36,14 @@ func TestServerIsABitPipe(t *testing.T) {
 // TestImportsFlowOneWay: the agent and the client tools (the browser
 // terminal's included) never import the server, and the server never
 // imports them; the agent's lifetime never
-// imports the agent (the agent imports it).
+// imports the agent (the agent imports it), nor does the agent's SSH
+// server, which is handed its connections as a net.Listener.
 func TestImportsFlowOneWay(t *testing.T) {
 	t.Parallel()
 	for pkg, banned := range map[string][]string{
 		"../../../agent":          {"github.com/converge-ci/converge/server", "github.com/converge-ci/converge/wsproxy"},
 		"../../../agent/lifetime": {"github.com/converge-ci/converge/agent", "github.com/converge-ci/converge/server", "github.com/converge-ci/converge/wsproxy"},
+		"../../../agent/sshd":     {"github.com/converge-ci/converge/agent", "github.com/converge-ci/converge/agent/lifetime", "github.com/converge-ci/converge/server", "github.com/converge-ci/converge/wsproxy"},
 		"../../../wsproxy":        {"github.com/converge-ci/converge/server", "github.com/converge-ci/converge/agent"},
 		"../../../server":         {"github.com/converge-ci/converge/agent", "github.com/converge-ci/converge/wsproxy"},
 		"../../../webterm":        {"github.com/converge-ci/converge/server", "github.com/converge-ci/converge/agent", "github.com/converge-ci/converge/wsproxy"},

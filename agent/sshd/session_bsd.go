@@ -1,6 +1,6 @@
 //go:build !windows && !linux && !darwin
 
-package agent
+package sshd
 
 // sessionProcesses cannot list a session's processes here; the caller
 // still signals the session leader's process group.

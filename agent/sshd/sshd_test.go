@@ -1,4 +1,4 @@
-package agent
+package sshd
 
 import (
 	"net"
@@ -10,26 +10,25 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 )
 
-// serveDirect runs an agent's SSH server on 127.0.0.1:0, bypassing the
-// relay, with user name "u", until the test ends.
-func serveDirect(t *testing.T, cfg Config) (*Agent, string) {
+// serveDirect runs a Server on 127.0.0.1:0 with user name "u" until the
+// test ends.
+func serveDirect(t *testing.T, cfg Config) (*Server, string) {
 	t.Helper()
-	cfg.Server = "ws://127.0.0.1:1" // never dialled
 	cfg.Dir = t.TempDir()
 	cfg.Logger = quietLog()
-	a, err := New(cfg)
+	cfg.User = func() string { return "u" }
+	d, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.SetSSHUser("u")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan struct{})
-	go func() { a.Serve(ln); close(done) }()
-	t.Cleanup(func() { a.srv.Close(); <-done })
-	return a, ln.Addr().String()
+	go func() { d.Serve(ln); close(done) }()
+	t.Cleanup(func() { d.Close(); <-done; d.Wait() })
+	return d, ln.Addr().String()
 }
 
 // TestAuthAttemptsCapped: a client that offers many keys is disconnected

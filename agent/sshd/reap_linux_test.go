@@ -1,4 +1,4 @@
-package agent
+package sshd
 
 import (
 	"errors"
@@ -38,8 +38,7 @@ func TestReapOrphans(t *testing.T) {
 		default:
 		}
 	}
-	a.pid1 = true
-	t.Cleanup(a.reapWhilePID1(t.Context()))
+	t.Cleanup(a.ReapOrphans(t.Context()))
 
 	client, err := gossh.Dial("tcp", addr, &gossh.ClientConfig{
 		User: "u", Auth: []gossh.AuthMethod{gossh.PublicKeys(signer)}, HostKeyCallback: gossh.FixedHostKey(a.HostKey()),

@@ -1,4 +1,4 @@
-package agent
+package sshd
 
 import (
 	"os/exec"

@@ -1,9 +1,10 @@
-package agent
+package sshd
 
 import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"strconv"
 	"sync"
@@ -29,10 +30,11 @@ import (
 // forwardDialTimeout bounds dialling the target of an ssh -L connection.
 const forwardDialTimeout = 10 * time.Second
 
-// forwarder owns the goroutines of every forward, so the agent can wait for
-// them when it stops.
+// forwarder owns the goroutines of every forward, so the server can wait
+// for them when it stops.
 type forwarder struct {
-	agent *Agent
+	log   *slog.Logger
+	watch Watcher
 	wg    sync.WaitGroup
 }
 
@@ -56,7 +58,7 @@ func (f *forwarder) directTCPIP(_ *ssh.Server, _ *gossh.ServerConn, nc gossh.New
 // accepts the channel and joins the two until both directions end. A
 // target that cannot be reached rejects the channel with the reason.
 func (f *forwarder) dialAndJoin(ctx ssh.Context, nc gossh.NewChannel, network, addr string) {
-	log := f.agent.log.With("user", ctx.User(), "forward", "local", "dest", addr)
+	log := f.log.With("user", ctx.User(), "forward", "local", "dest", addr)
 	dctx, cancel := context.WithTimeout(ctx, forwardDialTimeout)
 	var dialer net.Dialer
 	c, err := dialer.DialContext(dctx, network, addr)
@@ -131,7 +133,7 @@ func (f *forwarder) tcpipForward(ctx ssh.Context, _ *ssh.Server, req *gossh.Requ
 			}
 		})
 	}
-	log := f.agent.log.With("user", ctx.User(), "forward", "remote", "bind", key)
+	log := f.log.With("user", ctx.User(), "forward", "remote", "bind", key)
 
 	if req.Type == "cancel-tcpip-forward" {
 		rf.mu.Lock()
@@ -185,7 +187,7 @@ func (f *forwarder) acceptForwarded(ctx context.Context, conn *gossh.ServerConn,
 		c, err := ln.Accept()
 		if err != nil {
 			if !errors.Is(err, net.ErrClosed) {
-				f.agent.log.Warn("remote forward stopped", "addr", ln.Addr().String(), "error", err)
+				f.log.Warn("remote forward stopped", "addr", ln.Addr().String(), "error", err)
 			}
 			return
 		}
@@ -206,8 +208,8 @@ func (f *forwarder) acceptForwarded(ctx context.Context, conn *gossh.ServerConn,
 			}
 			go gossh.DiscardRequests(reqs) // ends when the channel closes
 			// What the user's side sends counts as activity, as on the
-			// channels users open (lifetime.Lifetime.Hook).
-			joinChannel(ctx, f.agent.life.WatchInput(ch), c.(*net.TCPConn))
+			// channels users open (Watcher.Hook).
+			joinChannel(ctx, f.watch.WatchInput(ch), c.(*net.TCPConn))
 		}()
 	}
 }

@@ -1,4 +1,4 @@
-package agent
+package sshd
 
 import (
 	"context"
@@ -49,18 +49,17 @@ func (c *children) forget(pid int) {
 	}
 }
 
-// reapWhilePID1 reaps orphans (see reapOrphans) when the agent is PID 1,
-// as in a container started as `docker run IMAGE agent`, where nobody else
-// would, until the returned stop is called; stop waits for the reaper to
-// end. The reaper outlives ctx's cancellation so that it still reaps what
-// the end of sessions leaves behind: the caller stops it last.
-func (a *Agent) reapWhilePID1(ctx context.Context) (stop func()) {
-	if !a.pid1 {
-		return func() {}
-	}
-	a.log.Info("running as PID 1: reaping orphaned processes")
+// ReapOrphans reaps orphans (see reapOrphans) until the returned stop is
+// called; stop waits for the reaper to end. Call it only when this
+// process is PID 1 (as in a container started as `docker run IMAGE
+// agent`, where nobody else would reap) or a subreaper, and never while
+// anything else in the process waits for children it did not start
+// through this Server. The reaper outlives ctx's cancellation so that it
+// still reaps what the end of sessions leaves behind: the caller stops it
+// last, after Close. On systems other than Linux it does nothing.
+func (d *Server) ReapOrphans(ctx context.Context) (stop func()) {
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan struct{})
-	go func() { defer close(done); a.children.reapOrphans(ctx) }()
+	go func() { defer close(done); d.children.reapOrphans(ctx) }()
 	return func() { cancel(); <-done }
 }

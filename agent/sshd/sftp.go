@@ -1,4 +1,4 @@
-package agent
+package sshd
 
 import (
 	"errors"
@@ -10,16 +10,16 @@ import (
 
 // handleSFTP serves the sftp subsystem, rooted at the agent's directory for
 // relative paths.
-func (a *Agent) handleSFTP(s ssh.Session) {
-	srv, err := sftp.NewServer(s, sftp.WithServerWorkingDirectory(a.cfg.Dir))
+func (d *Server) handleSFTP(s ssh.Session) {
+	srv, err := sftp.NewServer(s, sftp.WithServerWorkingDirectory(d.cfg.Dir))
 	if err != nil {
-		a.log.Error("sftp server", "error", err)
+		d.log.Error("sftp server", "error", err)
 		s.Exit(1)
 		return
 	}
 	defer srv.Close()
 	if err := srv.Serve(); err != nil && !errors.Is(err, io.EOF) {
-		a.log.Warn("sftp session ended", "error", err)
+		d.log.Warn("sftp session ended", "error", err)
 	}
 	s.Exit(0)
 }

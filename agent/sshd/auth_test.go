@@ -1,4 +1,4 @@
-package agent
+package sshd
 
 import (
 	"context"
@@ -214,11 +214,11 @@ func TestFetchAuthorizedKeys(t *testing.T) {
 }
 
 func TestLoadHostKey(t *testing.T) {
-	a, err := loadHostKey("", nil)
+	a, err := LoadHostKey("", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, _ := loadHostKey("", nil)
+	b, _ := LoadHostKey("", nil)
 	if a.PublicKey().Type() != gossh.KeyAlgoED25519 {
 		t.Errorf("fresh key type %s, want ed25519", a.PublicKey().Type())
 	}
@@ -236,8 +236,8 @@ func TestLoadHostKey(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "host_key")
 	os.WriteFile(file, pemData, 0o600)
 	for name, got := range map[string]func() (gossh.Signer, error){
-		"PEM":  func() (gossh.Signer, error) { return loadHostKey("", pemData) },
-		"file": func() (gossh.Signer, error) { return loadHostKey(file, nil) },
+		"PEM":  func() (gossh.Signer, error) { return LoadHostKey("", pemData) },
+		"file": func() (gossh.Signer, error) { return LoadHostKey(file, nil) },
 	} {
 		s, err := got()
 		if err != nil {
@@ -248,10 +248,10 @@ func TestLoadHostKey(t *testing.T) {
 			t.Errorf("%s: loaded a different key", name)
 		}
 	}
-	if _, err := loadHostKey("", []byte("-----BEGIN OPENSSH PRIVATE KEY-----\nbad\n-----END OPENSSH PRIVATE KEY-----\n")); err == nil || !strings.Contains(err.Error(), "from the environment") {
+	if _, err := LoadHostKey("", []byte("-----BEGIN OPENSSH PRIVATE KEY-----\nbad\n-----END OPENSSH PRIVATE KEY-----\n")); err == nil || !strings.Contains(err.Error(), "from the environment") {
 		t.Errorf("bad PEM: error %v, want one saying from the environment", err)
 	}
-	if _, err := loadHostKey(filepath.Join(t.TempDir(), "none"), nil); err == nil {
+	if _, err := LoadHostKey(filepath.Join(t.TempDir(), "none"), nil); err == nil {
 		t.Error("missing host key file: no error")
 	}
 }

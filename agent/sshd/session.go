@@ -1,4 +1,4 @@
-package agent
+package sshd
 
 import (
 	"errors"
@@ -17,12 +17,12 @@ import (
 // when the client asked for one, with separate stdout and stderr when not.
 // The exit status goes back to the client; when the session ends, what it
 // started ends with it (see run).
-func (a *Agent) handleSession(s ssh.Session) {
-	log := a.log.With("user", s.User(), "session", shortSession(s))
-	defer a.life.Attach(s)()
-	cmd := a.command(s)
+func (d *Server) handleSession(s ssh.Session) {
+	log := d.log.With("user", s.User(), "session", shortSession(s))
+	defer d.watch.Attach(s)()
+	cmd := d.command(s)
 	log.Info("session started", "command", s.RawCommand(), "pty", hasPty(s))
-	code, err := a.run(s, cmd)
+	code, err := d.run(s, cmd)
 	if err != nil {
 		log.Warn("session failed", "error", err)
 		s.Stderr().Write([]byte("converge: " + err.Error() + "\r\n"))
@@ -68,8 +68,8 @@ func shortSession(s ssh.Session) string {
 
 // command builds the process for s: the user's shell, running the client's
 // command when one was given.
-func (a *Agent) command(s ssh.Session) *exec.Cmd {
-	shell := a.cfg.Shell
+func (d *Server) command(s ssh.Session) *exec.Cmd {
+	shell := d.cfg.Shell
 	var cmd *exec.Cmd
 	if raw := s.RawCommand(); raw != "" {
 		cmd = exec.Command(shell, shellCommandFlag(shell), raw)
@@ -80,9 +80,9 @@ func (a *Agent) command(s ssh.Session) *exec.Cmd {
 			cmd.Args[0] = "-" + filepath.Base(shell)
 		}
 	}
-	cmd.Dir = a.cfg.Dir
+	cmd.Dir = d.cfg.Dir
 	env := append(withoutSecrets(os.Environ()), s.Environ()...)
-	env = append(env, "agentdir="+a.cfg.Dir)
+	env = append(env, "agentdir="+d.cfg.Dir)
 	if pty, _, ok := s.Pty(); ok && pty.Term != "" {
 		env = append(env, "TERM="+pty.Term)
 	}

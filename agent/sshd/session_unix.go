@@ -1,6 +1,6 @@
 //go:build !windows
 
-package agent
+package sshd
 
 import (
 	"errors"
@@ -85,9 +85,9 @@ func reportSignal(s ssh.Session, err error) {
 // hung up and the command killed if it does not exit within killGrace.
 // Then endSession ends what the session left behind, so background jobs
 // do not outlive the logout to keep the CI job busy.
-func (a *Agent) run(s ssh.Session, cmd *exec.Cmd) (int, error) {
+func (d *Server) run(s ssh.Session, cmd *exec.Cmd) (int, error) {
 	if sock, stop, err := forwardAgent(s); err != nil {
-		a.log.Warn("agent forwarding unavailable", "error", err)
+		d.log.Warn("agent forwarding unavailable", "error", err)
 	} else if sock != "" {
 		defer stop()
 		cmd.Env = append(cmd.Env, "SSH_AUTH_SOCK="+sock)
@@ -97,7 +97,7 @@ func (a *Agent) run(s ssh.Session, cmd *exec.Cmd) (int, error) {
 		start = startPty
 	}
 	var drain, release func()
-	err := a.children.start(func() (int, error) {
+	err := d.children.start(func() (int, error) {
 		var err error
 		if drain, release, err = start(s, cmd); err != nil {
 			return 0, err
@@ -112,10 +112,10 @@ func (a *Agent) run(s ssh.Session, cmd *exec.Cmd) (int, error) {
 	defer forwardSignals(s, sid)()
 
 	err = waitCommand(s, cmd, sid)
-	a.children.forget(sid)
+	d.children.forget(sid)
 
 	if ended, kept := endSession(sid); ended+kept > 0 {
-		a.log.Info("session left processes behind", "ended", ended, "kept_nohup", kept)
+		d.log.Info("session left processes behind", "ended", ended, "kept_nohup", kept)
 	}
 	drain()
 	reportSignal(s, err)
