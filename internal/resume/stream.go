@@ -11,8 +11,8 @@ import (
 // down its sending side, for a stream link's peer to close.
 const drainTimeout = 2 * time.Second
 
-// Stream adapts c, a plain byte stream connection (an internal/leg
-// leg), as a link. It has no pings: c's own liveness (TCP keepalives and
+// Stream adapts c, a plain byte stream connection (a raw stream
+// leg, see internal/leg), as a link. It has no pings: c's own liveness (TCP keepalives and
 // user timeout) judges the hop. Instead the session sends an
 // acknowledgement on it whenever it has sent nothing for keepalive, so
 // that proxies and load balancers that cut idle connections keep it (a
