@@ -160,8 +160,9 @@ func TestFallbackFor(t *testing.T) {
 }
 
 // TestIdle: an idle leg of either kind waits until taken, is assigned,
-// and then relays the peer's bytes from the first; a raw one whose peer
-// speaks before its assignment ends with ErrSpokeEarly.
+// and then relays the peer's bytes from the first (a raw one as the
+// *net.TCPConn, for the kernel splice); a raw one whose peer speaks
+// before its assignment ends with ErrSpokeEarly.
 func TestIdle(t *testing.T) {
 	accepted := make(chan *Conn, 1)
 	url := acceptServer(t, accepted)
@@ -179,6 +180,9 @@ func TestIdle(t *testing.T) {
 		}
 		if m, err := client.ReadMessage(ctx); err != nil || m.Type != wire.TypeAssign {
 			t.Fatalf("raw %v: ReadMessage = %+v, %v; want the assignment", raw, m, err)
+		}
+		if _, ok := idle.Relayed(ctx).(*net.TCPConn); raw && !ok {
+			t.Error("a taken raw idle leg is not the *net.TCPConn, so it cannot be spliced in the kernel")
 		}
 		go io.WriteString(client.NetConn(ctx), "first bytes")
 		b := make([]byte, 11)
