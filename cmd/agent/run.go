@@ -43,7 +43,7 @@ Examples:
   agent run --id "job-$CI_JOB_ID" wss://converge.example.com -- make test
   agent run --break-before wss://converge.example.com -- ./deploy.sh`
 	f := cmd.Flags
-	breakBefore := f.Bool("break-before", false, "register and wait before running CMD; `converge retry` runs it the first time, and it runs anyway if nobody decides")
+	breakBefore := f.Bool("break-before", false, "register and wait before running CMD; converge retry runs it the first time, and it runs anyway if nobody decides")
 	if err := cmd.Parse(args); err != nil {
 		if errors.Is(err, cli.ErrExit) {
 			return
