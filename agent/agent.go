@@ -24,6 +24,8 @@ import (
 
 	gossh "golang.org/x/crypto/ssh"
 
+	"github.com/converge-ci/converge/agent/ctl"
+	"github.com/converge-ci/converge/agent/journal"
 	"github.com/converge-ci/converge/agent/lifetime"
 	"github.com/converge-ci/converge/agent/sshd"
 	"github.com/converge-ci/converge/internal/resume"
@@ -87,6 +89,19 @@ type Config struct {
 	// StateFile makes the agent record its state in Dir/.converge for
 	// `agent wait` and --detach, and follow wait's request. False: no files.
 	StateFile bool
+	// StateDir is the agent's private folder: the journal
+	// (journal.jsonl), the converge command's socket and bin/. Empty: with
+	// StateFile, statedir.Choose's ($RUNNER_TEMP/converge-ID,
+	// $XDG_STATE_HOME/converge/ID, else Dir/.converge/ID); without, a
+	// temporary folder removed when Run returns.
+	StateDir string
+	// Executable is the agent binary that sessions reach as `converge`.
+	// Empty: os.Executable() (tests running the agent in-process give
+	// the built agent binary).
+	Executable string
+	// TrustedUserCAKeys is a file of SSH certificate authorities whose
+	// user certificates log in (see sshd.Config). Empty: none.
+	TrustedUserCAKeys string
 	// OnRegistered, if set, is called each time the server welcomes the
 	// agent: on the first registration, after Out has the instructions,
 	// and again on every re-registration after the link dropped (a server
@@ -154,6 +169,12 @@ type Agent struct {
 
 	pid1 bool // reap orphans while Run runs: true when PID 1
 
+	stateDir  string           // private: journal, socket, bin/
+	removeDir bool             // stateDir is temporary
+	journal   *journal.Journal // what happened in the job
+	ctl       *ctl.Server      // the converge command's socket
+	bin       *ctl.Bin         // the converge command
+
 	streams sync.WaitGroup   // stream dials in flight
 	dialer  streamDialer     // how stream dials reach the server
 	resumed *resume.Acceptor // resumable client streams
@@ -181,6 +202,9 @@ func New(cfg Config) (*Agent, error) {
 		state = lifetime.NewStateFile(cfg.Dir, cfg.ID, cfg.Server, a.log)
 	}
 	a.life = lifetime.New(cfg.Lifetime, cfg.Dir, a.log, state)
+	if err := a.openState(); err != nil {
+		return nil, err
+	}
 	a.ssh, err = sshd.New(sshd.Config{
 		Dir:                 cfg.Dir,
 		AuthorizedKeysFiles: cfg.AuthorizedKeysFiles,
@@ -195,8 +219,12 @@ func New(cfg Config) (*Agent, error) {
 		Logger:              a.log,
 		Watcher:             a.life,
 		OnLogin:             confirmLogin,
+		TrustedUserCAKeys:   cfg.TrustedUserCAKeys,
+		Journal:             a.journal,
+		SessionEnv:          a.sessionEnv,
 	})
 	if err != nil {
+		a.closeState("the agent did not start")
 		return nil, err
 	}
 	return a, nil
@@ -236,7 +264,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.resumed.Shutdown(2 * time.Second)
 	a.streams.Wait()
 	a.ssh.Wait()
-	return life.Exit(err)
+	err = life.Exit(err)
+	reason := "ended"
+	if err != nil {
+		reason = err.Error()
+	}
+	a.closeState(reason)
+	return err
 }
 
 // reapWhilePID1 reaps orphans (see sshd.Server.ReapOrphans) when the

@@ -36,7 +36,7 @@ func newKey(t *testing.T, comment string) (gossh.Signer, string) {
 	return s, line
 }
 
-func fingerprints(keys []gossh.PublicKey) []string {
+func fingerprints(keys []authKey) []string {
 	var out []string
 	for _, k := range keys {
 		out = append(out, gossh.FingerprintSHA256(k))

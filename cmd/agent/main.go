@@ -15,11 +15,20 @@ import (
 	"time"
 
 	"github.com/converge-ci/converge/agent"
+	"github.com/converge-ci/converge/agent/ctl"
 	"github.com/converge-ci/converge/agent/lifetime"
 	"github.com/converge-ci/converge/internal/cli"
 )
 
 func main() {
+	// Sessions reach this binary as `converge` (a link in the agent's
+	// state folder); `agent ctl ...` is the same.
+	if ctl.IsInvokedAs(os.Args[0]) {
+		os.Exit(ctl.Main(os.Args[1:], os.Stdout, os.Stderr))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "ctl" {
+		os.Exit(ctl.Main(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	if len(os.Args) > 1 && os.Args[1] == "wait" {
 		waitMain(os.Args[2:])
 		return
@@ -107,6 +116,8 @@ In the background:
 	f.Var(&o.keyFiles, "authorized-keys", "authorized_keys `FILE` to read at each login; repeatable; any key source turns off .authorized_keys in --dir unless named here (--authorized-keys .authorized_keys)")
 	f.StringVar(&cfg.AuthorizedKeys, "authorized-keys-data", "", "authorized_keys lines given directly, for CI secrets: set it through the environment (CONVERGE_AUTHORIZED_KEYS holding key lines works too)")
 	f.Var(&o.keyURLs, "authorized-keys-url", "fetch authorized_keys lines from `URL` at start, e.g. https://github.com/USER.keys; https only (plain http only to loopback hosts), no redirect to http; repeatable; a failed fetch stops the agent")
+	f.StringVar(&cfg.TrustedUserCAKeys, "trusted-user-ca-keys", "", "`FILE` of SSH certificate authorities' public keys: user certificates they signed for the SSH user name log in (as OpenSSH's TrustedUserCAKeys); re-read at each login")
+	f.StringVar(&cfg.StateDir, "state-dir", "", "the agent's private `folder` (journal.jsonl of who logged in, the converge command); default $RUNNER_TEMP/converge-ID, else $XDG_STATE_HOME/converge/ID, else .converge/ID in --dir")
 	f.StringVar(&cfg.HostKeyFile, "host-key", "", "SSH host key `FILE` (OpenSSH private key), or the key's PEM text itself (for CONVERGE_HOST_KEY from a CI secret); a fresh ed25519 key per run when empty")
 	f.StringVar(&cfg.Shell, "shell", "", "`PROGRAM` for sessions and commands (default: $SHELL, else bash, else sh; on Windows powershell, or cmd)")
 	f.DurationVar(&cfg.Lifetime.ConnectTimeout, "connect-timeout", 10*time.Minute, "exit if nobody logs in within this `duration`, so the job goes on (0: wait forever); see --no-login-status")

@@ -1,0 +1,103 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/converge-ci/converge/agent/journal"
+	"github.com/converge-ci/converge/internal/test/sshtest"
+)
+
+// withComment is c's authorized_keys line with comment instead of the
+// one ssh-keygen gave it.
+func withComment(c *sshtest.Client, comment string) string {
+	f := strings.Fields(c.PublicKey)
+	return f[0] + " " + f[1] + " " + comment
+}
+
+// keyFingerprint is the SHA256 fingerprint of c's key, as ssh-keygen
+// prints it.
+func keyFingerprint(t *testing.T, c *sshtest.Client) string {
+	t.Helper()
+	out, err := exec.Command("ssh-keygen", "-l", "-f", c.KeyFile+".pub").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return printedFingerprint.FindString(string(out))
+}
+
+// TestWhoLoggedIn: a login puts the key's fingerprint and comment in the
+// agent's log and journal; `converge who` in a second session lists the
+// first; the converge command works in exec sessions, in `bash -l` (whose
+// /etc/profile resets PATH for root) and in a login shell at a prompt.
+func TestWhoLoggedIn(t *testing.T) {
+	t.Parallel()
+	r := startServer(t)
+	alice, bob := sshtest.New(t), sshtest.New(t)
+	dir, state := t.TempDir(), t.TempDir()
+	keys := withComment(alice, "alice@laptop") + "\n" + withComment(bob, "bob@desk") + "\n"
+	if err := os.WriteFile(filepath.Join(dir, ".authorized_keys"), []byte(keys), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := runAgentBinary(t, r, dir, nil, "--id", "who-job", "--stay", "--shell", "bash", "--state-dir", state)
+	_, line := printedTrust(t, p.Out.String())
+	addKnownHost(t, alice, line)
+	addKnownHost(t, bob, line)
+	tgt := r.target("who-job")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	first := alice.Command(ctx, "ssh", tgt, tgt.Dest(), "sleep 120")
+	if err := first.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); first.Wait() })
+
+	aliceFP := keyFingerprint(t, alice)
+	waitFor(t, "alice's login and session in the agent's log", func() bool {
+		return logged(p.All.String(), "login accepted", aliceFP, "alice@laptop", "way=ssh") &&
+			logged(p.All.String(), "session started", "kind=exec", "sleep 120")
+	})
+
+	who := bob.SSH(tgt, 0, "converge who")
+	for _, want := range []string{"alice@laptop", aliceFP, "bob@desk (you)", "exec \"sleep 120\""} {
+		if !strings.Contains(who.Stdout, want) {
+			t.Errorf("converge who lacks %q:\n%s%s", want, who.Stdout, who.Stderr)
+		}
+	}
+	if help := bob.SSH(tgt, 0, "converge --help"); !strings.Contains(help.Stdout, "who") || !strings.Contains(help.Stdout, "status") {
+		t.Errorf("converge --help lists no who and status:\n%s", help.Stdout)
+	}
+	// Debian's /etc/profile resets PATH for root in a login shell.
+	if st := bob.SSH(tgt, 0, "bash -l -c 'converge status'"); !strings.Contains(st.Stdout, "agent who-job") {
+		t.Errorf("converge status in bash -l: %q %q", st.Stdout, st.Stderr)
+	}
+	// A login shell at a prompt, on a terminal.
+	shell := bob.Run("ssh", tgt, "converge who\nexit\n", "-tt", tgt.Dest())
+	if !strings.Contains(shell.Stdout, "bob@desk (you)") {
+		t.Errorf("converge who in a login shell on a terminal:\n%s\n%s", shell.Stdout, shell.Stderr)
+	}
+
+	// The journal file holds an unbroken chain with alice's login.
+	f, err := os.Open(filepath.Join(state, "journal.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	entries, err := journal.Read(f)
+	if err != nil {
+		t.Fatalf("journal: %v", err)
+	}
+	found := false
+	for _, e := range entries {
+		if e.Kind == journal.KindLogin && e.Login.Comment == "alice@laptop" && e.Login.Fingerprint == aliceFP {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("no login of alice@laptop %s in the journal (%d entries)", aliceFP, len(entries))
+	}
+}
