@@ -43,7 +43,9 @@ func TestWhoLoggedIn(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, ".authorized_keys"), []byte(keys), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p := runAgentBinary(t, r, dir, nil, "--id", "who-job", "--stay", "--shell", "bash", "--state-dir", state)
+	// An empty HOME: no ~/.profile or ~/.bashrc of this machine's puts
+	// anything back on PATH, only /etc/profile runs.
+	p := runAgentBinary(t, r, dir, []string{"HOME=" + t.TempDir()}, "--id", "who-job", "--stay", "--shell", "bash", "--state-dir", state)
 	_, line := printedTrust(t, p.Out.String())
 	addKnownHost(t, alice, line)
 	addKnownHost(t, bob, line)
