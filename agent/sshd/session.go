@@ -62,6 +62,14 @@ func (d *Server) journalSession(conn string, js *journal.Session) (end func(exit
 	}
 }
 
+// recordForward records a port forward of kind ("forward-local",
+// "forward-remote") to or from target in the journal, and returns what
+// records its end with the bytes it carried (from and to the user).
+func (d *Server) recordForward(ctx ssh.Context, kind, target string) (end func(in, out int64)) {
+	done := d.journalSession(ctxConn(ctx), &journal.Session{ID: d.nextSessionID(), Kind: kind, Target: target})
+	return func(in, out int64) { done(0, in, out) }
+}
+
 // countedSession counts the bytes a session's process exchanges with
 // the user, for the journal.
 type countedSession struct {

@@ -150,7 +150,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	d.fwd = &forwarder{log: d.log, watch: d.watch}
+	d.fwd = &forwarder{log: d.log, watch: d.watch, record: d.recordForward}
 	d.srv = d.newSSHServer()
 	return d, nil
 }
