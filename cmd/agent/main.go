@@ -240,12 +240,15 @@ included), 1 when there is no agent state in DIR or the agent failed.`
 }
 
 // holdsKeyLines reports whether v looks like authorized_keys lines
-// ("ssh-ed25519 AAAA... comment") rather than file names.
+// ("ssh-ed25519 AAAA... comment", with options first perhaps, as
+// cert-authority lines have) rather than file names.
 func holdsKeyLines(v string) bool {
 	for _, line := range strings.Split(v, "\n") {
 		f := strings.Fields(line)
-		if len(f) >= 2 && (strings.HasPrefix(f[0], "ssh-") || strings.HasPrefix(f[0], "ecdsa-") || strings.HasPrefix(f[0], "sk-")) {
-			return true
+		for i := 0; i+1 < len(f); i++ {
+			if strings.HasPrefix(f[i], "ssh-") || strings.HasPrefix(f[i], "ecdsa-") || strings.HasPrefix(f[i], "sk-") {
+				return true
+			}
 		}
 	}
 	return false
