@@ -16,6 +16,7 @@ import (
 
 	"github.com/converge-ci/converge/agent"
 	"github.com/converge-ci/converge/agent/ctl"
+	"github.com/converge-ci/converge/agent/journal"
 	"github.com/converge-ci/converge/agent/lifetime"
 	"github.com/converge-ci/converge/internal/cli"
 )
@@ -28,6 +29,10 @@ func main() {
 	}
 	if len(os.Args) > 1 && os.Args[1] == "ctl" {
 		os.Exit(ctl.Main(os.Args[2:], os.Stdout, os.Stderr))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "journal" {
+		journalMain(os.Args[2:])
+		return
 	}
 	if len(os.Args) > 1 && os.Args[1] == "wait" {
 		waitMain(os.Args[2:])
@@ -236,6 +241,37 @@ included), 1 when there is no agent state in DIR or the agent failed.`
 	if err := lifetime.Wait(ctx, dir, os.Stdout); err != nil {
 		stop()
 		cli.Fatal("agent wait", err, lifetime.ExitFailed)
+	}
+}
+
+// journalMain is "agent journal": who logged in, from a journal file,
+// for a CI job's summary or log.
+func journalMain(args []string) {
+	cmd := cli.New("agent journal", "agent journal [--markdown] FILE", `
+Print who logged in to an agent, from its journal (journal.jsonl in its
+state folder, see --state-dir): each login's key fingerprint and comment
+(or certificate), the way in, when and for how long. It checks the
+journal's hash chain and says where it breaks.`)
+	var md bool
+	cmd.Flags.BoolVar(&md, "markdown", false, "print a Markdown table, for a job summary")
+	if err := cmd.Parse(args); err != nil {
+		if errors.Is(err, cli.ErrExit) {
+			return
+		}
+		os.Exit(lifetime.ExitUsage)
+	}
+	if cmd.Flags.NArg() != 1 {
+		cli.Fatal("agent journal", errors.New("give one journal file; see agent journal --help"), lifetime.ExitUsage)
+	}
+	f, err := os.Open(cmd.Flags.Arg(0))
+	if err != nil {
+		cli.Fatal("agent journal", err, lifetime.ExitFailed)
+	}
+	defer f.Close()
+	entries, err := journal.Read(f)
+	journal.WriteSummary(os.Stdout, entries, md)
+	if err != nil {
+		cli.Fatal("agent journal", fmt.Errorf("%w: the lines from there on are not shown", err), lifetime.ExitFailed)
 	}
 }
 
