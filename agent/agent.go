@@ -3,7 +3,9 @@
 // streams the server sends its way, as a net.Listener, to the embedded SSH
 // server (package agent/sshd: shells, commands, SFTP, forwarding). It is
 // the link (control connection, streams, pool, resumption), not the SSH
-// server. It never listens on a socket. How long it runs (expiry, .hold,
+// server. It never listens on the network: its one listening socket is
+// the converge command's Unix socket in its private 0700 state folder
+// (package agent/ctl), which only sessions it started can use. How long it runs (expiry, .hold,
 // the last logout, `agent wait`) is package agent/lifetime's to decide.
 package agent
 

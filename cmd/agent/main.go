@@ -83,7 +83,7 @@ type options struct {
 func newCommand() (*cli.Command, *options) {
 	cmd := cli.New("agent", "agent [flags] ws[s]://host[:port]\n       agent wait [--dir DIR]", `
 The Converge agent runs inside a CI job. It connects out to the Converge
-server (it never listens), registers a rendezvous ID, and serves an SSH
+server (it never listens on the network), registers a rendezvous ID, and serves an SSH
 server - shells, commands, sftp and scp - to users who connect to that ID.
 
 Users log in with the server's user name and a key from --authorized-keys,

@@ -2,9 +2,11 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -101,5 +103,67 @@ func TestWhoLoggedIn(t *testing.T) {
 	}
 	if !found {
 		t.Errorf("no login of alice@laptop %s in the journal (%d entries)", aliceFP, len(entries))
+	}
+}
+
+// listeningSockets lists what process pid listens on, from /proc: TCP
+// and UDP ports ("tcp :PORT") and Unix socket paths ("unix PATH").
+func listeningSockets(t *testing.T, pid int) []string {
+	t.Helper()
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inodes := map[string]bool{}
+	for _, fd := range fds {
+		l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if strings.HasPrefix(l, "socket:[") {
+			inodes[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
+		}
+	}
+	var out []string
+	for _, table := range []string{"tcp", "tcp6", "udp", "udp6"} {
+		b, _ := os.ReadFile("/proc/net/" + table)
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			f := strings.Fields(line)
+			// st 0A is TCP_LISTEN; a bound UDP socket (07) listens too.
+			if len(f) > 9 && inodes[f[9]] && (f[3] == "0A" || strings.HasPrefix(table, "udp")) {
+				out = append(out, table+" "+f[1])
+			}
+		}
+	}
+	b, _ := os.ReadFile("/proc/net/unix")
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		// Flags 00010000 is __SO_ACCEPTCON: a listening socket.
+		if len(f) > 7 && f[3] == "00010000" && inodes[f[6]] {
+			out = append(out, "unix "+f[7])
+		}
+	}
+	return out
+}
+
+// TestAgentListensOnlyOnItsSocket: the agent never listens on the
+// network; its one listening socket is the converge command's, in its
+// private state folder.
+func TestAgentListensOnlyOnItsSocket(t *testing.T) {
+	t.Parallel()
+	if runtime.GOOS != "linux" {
+		t.Skip("reads /proc")
+	}
+	r := startServer(t)
+	c := sshtest.New(t)
+	state := t.TempDir()
+	p := runAgentBinary(t, r, keyDir(t, c), nil, "--id", "listen-job", "--stay", "--state-dir", state)
+	_, line := printedTrust(t, p.Out.String())
+	addKnownHost(t, c, line)
+	tgt := r.target("listen-job")
+	c.SSH(tgt, 0, "converge status")
+	got := listeningSockets(t, p.cmd.Process.Pid)
+	if len(got) != 1 || got[0] != "unix "+filepath.Join(state, "ctl") {
+		t.Errorf("the agent listens on %q; want only the converge command's socket %s", got, filepath.Join(state, "ctl"))
+	}
+	if fi, err := os.Stat(state); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("state folder %s: %v, %v; want mode 0700", state, fi.Mode(), err)
 	}
 }
