@@ -14,6 +14,7 @@ import (
 
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
+	"github.com/converge-ci/converge/server/internal/registry"
 )
 
 // agentConn is one connected agent's control connection.
@@ -27,8 +28,8 @@ type agentConn struct {
 	// welcomed is closed once the welcome has been written (or failed):
 	// other messages wait for it, so the agent always reads welcome first.
 	welcomed chan struct{}
-	streams  atomic.Int64 // client streams relayed now
-	tenure   tenure       // of the ID, which its tokens prove
+	streams  atomic.Int64    // client streams relayed now
+	tenure   registry.Tenure // of the ID, which its tokens prove
 	// displaced: another agent took the ID; set before ready is read, so
 	// that either the displacer sees ready and closes ws, or serveAgent
 	// sees displaced and ends.
@@ -42,6 +43,15 @@ type agentConn struct {
 	mu        sync.Mutex
 	info      wire.Info
 	protocols []string
+}
+
+// Issued is when the agent's latest token was signed; zero before its
+// welcome (see registry.Agent).
+func (a *agentConn) Issued() time.Time {
+	if n := a.issued.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
 }
 
 func (a *agentConn) lastSeen() time.Time { return time.Unix(0, a.seen.Load()) }
@@ -102,34 +112,21 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 	a := &agentConn{id: id, remote: s.remoteAddr(r), since: time.Now(), welcomed: make(chan struct{})}
 	a.touch()
 	c := s.claimFor(id, presented, a.remote)
-	a.tenure = c.tenure
-	old, err := s.reg.Register(id, c, a)
-	var limit *limitError
-	switch {
-	case errors.As(err, &limit):
-		s.log.Info("agent refused", "id", id, "remote", a.remote, "reason", limit.reason)
-		s.metrics.refused(endpointAgent, limit.reason)
-		limit.refuse(w)
-		return
-	case errors.Is(err, ErrIDInUse):
-		s.log.Info("agent refused", "id", id, "remote", a.remote, "reason", reasonIDInUse, "proven", c.proven)
-		s.metrics.refused(endpointAgent, reasonIDInUse)
-		http.Error(w, fmt.Sprintf("rendezvous ID %q is already used by a connected agent; choose another --id", id), http.StatusConflict)
-		return
-	case errors.Is(err, ErrIDReserved):
-		s.log.Info("agent refused", "id", id, "remote", a.remote, "reason", reasonIDReserved, "proven", c.proven)
-		s.metrics.refused(endpointAgent, reasonIDReserved)
-		http.Error(w, fmt.Sprintf("rendezvous ID %q is reserved for an agent that is reconnecting; choose another --id", id), http.StatusConflict)
-		return
-	case errors.Is(err, errRegistryUnavailable):
-		s.log.Warn("agent refused", "id", id, "remote", a.remote, "error", err)
-		http.Error(w, "the server cannot reach its registry; retry shortly", http.StatusServiceUnavailable)
-		return
-	case err != nil:
-		http.Error(w, err.Error(), http.StatusInternalServerError)
+	a.tenure = c.Tenure
+	old, displacing, err := s.reg.Register(id, c, a)
+	if err != nil {
+		ref := refusalOf(err, id, reasonAgentLimit)
+		switch {
+		case ref.reason != "":
+			s.log.Info("agent refused", "id", id, "remote", a.remote, "reason", ref.reason, "proven", c.Proven)
+			s.metrics.refused(endpointAgent, ref.reason)
+		case errors.Is(err, registry.ErrUnavailable):
+			s.log.Warn("agent refused", "id", id, "remote", a.remote, "error", err)
+		}
+		ref.answer(w)
 		return
 	}
-	if old != nil {
+	if displacing {
 		closed := s.displace(old, a)
 		defer func() { <-closed }()
 	}
@@ -197,16 +194,17 @@ func (s *Server) displace(old, a *agentConn) <-chan struct{} {
 // secret proves, or else a fresh one. A secret that proves nothing (signed
 // with another key, expired, forged) is no reason to refuse: the ID may be
 // free.
-func (s *Server) claimFor(id, secret, remote string) claim {
+func (s *Server) claimFor(id, secret, remote string) registry.Claim {
 	now := time.Now()
 	if secret != "" {
-		c, err := s.tokens.verify(id, secret, now)
+		c, err := s.tokens.Verify(id, secret, now)
 		if err == nil {
+			c.Group = registry.AddrGroup(remote)
 			return c
 		}
 		s.log.Info("agent secret proves nothing", "id", id, "remote", remote, "error", err)
 	}
-	return claim{tenure: newTenure(now)}
+	return registry.Claim{Tenure: registry.NewTenure(now), Group: registry.AddrGroup(remote)}
 }
 
 // serveAgent runs the control protocol: hello, welcome, then status updates
@@ -265,7 +263,7 @@ func (s *Server) serveAgent(a *agentConn) error {
 // it refreshes the token (see refreshTokens).
 func (s *Server) welcome(ctx context.Context, a *agentConn) error {
 	now := time.Now()
-	secret := s.tokens.sign(a.id, a.tenure, now)
+	secret := s.tokens.Sign(a.id, a.tenure, now)
 	a.issued.Store(now.UnixNano()) // before the agent can read it
 	return a.send(ctx, wire.Message{Type: wire.TypeWelcome, Welcome: &wire.Welcome{SSHUser: s.cfg.SSHUser, Secret: secret}})
 }

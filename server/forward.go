@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
@@ -71,23 +70,10 @@ func (s *Server) forwardedFrom(r *http.Request, kind, id, token string) (addr st
 	if d := time.Since(time.UnixMilli(ms)); d > forwardSkew || d < -forwardSkew {
 		return "", false, fmt.Errorf("forwarded request signed %v ago: replicas' clocks differ, or it is a replay", d.Round(time.Second))
 	}
-	if !hmac.Equal([]byte(f[3]), []byte(forwardMAC(s.tokens.key, kind, id, token, ms, f[2]))) {
+	if !hmac.Equal([]byte(f[3]), []byte(forwardMAC(s.tokens.Key(), kind, id, token, ms, f[2]))) {
 		return "", false, errForwardSignature
 	}
 	return f[2], true, nil
-}
-
-// route says where a client of id goes: a local agent, another replica
-// (owner), or nowhere. A forwarded request is served here or not at all.
-func (s *Server) route(ctx context.Context, id string, forwarded bool) (local *agentConn, owner string) {
-	if s.cluster == nil {
-		return s.reg.Lookup(id), ""
-	}
-	local, owner = s.cluster.reg.route(ctx, id)
-	if forwarded {
-		owner = ""
-	}
-	return local, owner
 }
 
 // forwardStream forwards an agent's dial-back stream that no client here
@@ -96,9 +82,6 @@ func (s *Server) route(ctx context.Context, id string, forwarded bool) (local *a
 // to (no cluster, a request forwarded already, or the agent is here or
 // nowhere).
 func (s *Server) forwardStream(w http.ResponseWriter, r *http.Request, id, token string) bool {
-	if s.cluster == nil {
-		return false
-	}
 	addr, forwarded, err := s.forwardedFrom(r, forwardStream, id, token)
 	if err != nil {
 		s.log.Warn("stream refused", "id", id, "remote", s.remoteAddr(r), "error", err)
@@ -108,7 +91,7 @@ func (s *Server) forwardStream(w http.ResponseWriter, r *http.Request, id, token
 	if forwarded {
 		return false
 	}
-	_, owner := s.cluster.reg.route(r.Context(), id)
+	_, _, owner := s.reg.Route(r.Context(), id)
 	if owner == "" {
 		return false
 	}

@@ -12,6 +12,8 @@ import (
 
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
+
+	"github.com/converge-ci/converge/server/internal/registry"
 )
 
 // dialControl upgrades /agent/id and stops there: nothing is sent. hdr
@@ -124,8 +126,8 @@ func TestReservationsCountAgainstAddrLimit(t *testing.T) {
 
 	hdr := http.Header{wire.SecretHeader: {welcome.Secret}}
 	back, again := registerAgent(t, r.ws(), "first", hdr)
-	was, _ := r.tokens.verify("first", welcome.Secret, time.Now())
-	if now, err := r.tokens.verify("first", again.Secret, time.Now()); err != nil || now != was {
+	was, _ := r.tokens.Verify("first", welcome.Secret, time.Now())
+	if now, err := r.tokens.Verify("first", again.Secret, time.Now()); err != nil || now != was {
 		t.Errorf("back with its secret: new secret proves %+v, %v; want the same tenure %+v", now, err, was)
 	}
 	back.CloseNow()
@@ -167,7 +169,7 @@ func TestRestartedServerGivesIDBack(t *testing.T) {
 		}
 	}
 	agent.CloseNow() // the agent's link drops: its ID stays reserved for it
-	waitUntil(t, "the server to notice the agent left", func() bool { return r.reg.Lookup("victim") == nil })
+	waitUntil(t, "the server to notice the agent left", func() bool { return r.agent("victim") == nil })
 	for what, hdr := range rogueTries {
 		_, err := dialControl(t, r.ws(), "victim", hdr)
 		var re *wsconn.RefusedError
@@ -183,13 +185,13 @@ func TestRestartedServerGivesIDBack(t *testing.T) {
 // key, say) is no reason to refuse a free ID; the agent gets a fresh one.
 func TestForeignSecretOnFreeID(t *testing.T) {
 	r := runServer(t)
-	other := newTokens([]byte(strings.Repeat("k", 32)), time.Minute)
-	foreign := other.sign("newcomer", newTenure(time.Now()), time.Now())
+	other := registry.NewTokens([]byte(strings.Repeat("k", 32)), time.Minute)
+	foreign := other.Sign("newcomer", registry.NewTenure(time.Now()), time.Now())
 	c, welcome := registerAgent(t, r.ws(), "newcomer", http.Header{wire.SecretHeader: {foreign}})
 	if welcome.Secret == foreign {
 		t.Error("the server handed back a secret it cannot verify")
 	}
-	if _, err := r.tokens.verify("newcomer", welcome.Secret, time.Now()); err != nil {
+	if _, err := r.tokens.Verify("newcomer", welcome.Secret, time.Now()); err != nil {
 		t.Errorf("the fresh secret: %v", err)
 	}
 	c.CloseNow()
@@ -200,20 +202,20 @@ func TestForeignSecretOnFreeID(t *testing.T) {
 func TestTokensRefreshed(t *testing.T) {
 	r := runServer(t)
 	c, welcome := registerAgent(t, r.ws(), "long-lived", nil)
-	first, err := r.tokens.verify("long-lived", welcome.Secret, time.Now())
+	first, err := r.tokens.Verify("long-lived", welcome.Secret, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := r.reg.Lookup("long-lived")
+	a := r.agent("long-lived")
 	issued := a.issued.Load()
-	r.refreshTokens(context.Background(), time.Now().Add(tokenRefresh))
+	r.refreshTokens(context.Background(), time.Now().Add(registry.TokenRefresh))
 	m := (&fakeAgent{id: "long-lived", ws: c}).read(t)
 	if m.Type != wire.TypeWelcome {
 		t.Fatalf("got %q, want a welcome with a fresh secret", m.Type)
 	}
-	again, err := r.tokens.verify("long-lived", m.Welcome.Secret, time.Now())
-	if err != nil || again.tenure != first.tenure || m.Welcome.SSHUser != welcome.SSHUser {
-		t.Errorf("refreshed welcome %+v proves %+v, %v; want the tenure %+v and user %q", m.Welcome, again, err, first.tenure, welcome.SSHUser)
+	again, err := r.tokens.Verify("long-lived", m.Welcome.Secret, time.Now())
+	if err != nil || again.Tenure != first.Tenure || m.Welcome.SSHUser != welcome.SSHUser {
+		t.Errorf("refreshed welcome %+v proves %+v, %v; want the tenure %+v and user %q", m.Welcome, again, err, first.Tenure, welcome.SSHUser)
 	}
 	if a.issued.Load() <= issued {
 		t.Error("the refresh was not recorded")

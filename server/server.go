@@ -26,6 +26,7 @@ import (
 	"github.com/converge-ci/converge/internal/splice"
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
+	"github.com/converge-ci/converge/server/internal/registry"
 )
 
 // Config of a Server. The zero value of each field is documented; Validate
@@ -183,7 +184,7 @@ func (c *Config) Validate() error {
 	c.MaxAgents = limitDefault(c.MaxAgents, DefaultMaxAgents)
 	c.MaxStreams = limitDefault(c.MaxStreams, DefaultMaxStreams)
 	if c.ClusterKey != "" {
-		if _, err := parseKey(c.ClusterKey); err != nil {
+		if _, err := registry.ParseKey(c.ClusterKey); err != nil {
 			return fmt.Errorf("cluster key (CONVERGE_CLUSTER_KEY): %w", err)
 		}
 	}
@@ -206,7 +207,7 @@ func (c *Config) Validate() error {
 type Server struct {
 	cfg Config
 	log *slog.Logger
-	reg Registry
+	reg registry.Registry[*agentConn] // in memory, or shared in Redis (cluster)
 	mux *http.ServeMux
 	// handler is mux under the base path: what is served.
 	handler http.Handler
@@ -215,7 +216,7 @@ type Server struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	tokens *tokens // signs and verifies agents' registration secrets
+	tokens *registry.Tokens // signs and verifies agents' registration secrets
 
 	cluster  *cluster    // nil for a single server
 	draining atomic.Bool // shutting down: /healthz says so
@@ -240,18 +241,13 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		cfg: cfg,
-		log: cfg.Logger.With("component", "server"),
-		reg: newMemRegistry(registryLimits{
-			grace:       cfg.Grace,
-			perAddr:     cfg.MaxAgentsPerAddr,
-			maxAgents:   cfg.MaxAgents,
-			maxReserved: cfg.MaxReservations,
-		}, time.Now),
+		cfg:     cfg,
+		log:     cfg.Logger.With("component", "server"),
+		reg:     registry.NewMemory[*agentConn](cfg.registryLimits(), time.Now),
 		conns:   newConns(),
 		pending: newPending(),
 
-		streamLimit: newAddrLimiter("client streams", reasonStreamLimit, cfg.MaxStreamsPerAddr, cfg.MaxStreams),
+		streamLimit: newAddrLimiter("client streams", cfg.MaxStreamsPerAddr, cfg.MaxStreams),
 		authFails:   newFailLimiter(10, time.Minute, time.Now),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -259,7 +255,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.tokens = newTokens(key, cfg.Grace)
+	s.tokens = registry.NewTokens(key, cfg.Grace)
 	if err := s.setupFront(); err != nil {
 		return nil, err
 	}
@@ -275,25 +271,34 @@ func New(cfg Config) (*Server, error) {
 func (s *Server) loadKey() ([]byte, error) {
 	switch {
 	case s.cfg.ClusterKey != "":
-		key, err := parseKey(s.cfg.ClusterKey)
+		key, err := registry.ParseKey(s.cfg.ClusterKey)
 		if err != nil {
 			return nil, fmt.Errorf("cluster key (CONVERGE_CLUSTER_KEY): %w", err)
 		}
-		s.log.Info("server key from the cluster key", "key_id", keyID(key))
+		s.log.Info("server key from the cluster key", "key_id", registry.KeyID(key))
 		return key, nil
 	case s.cfg.StateDir != "":
-		key, created, err := loadKey(s.cfg.StateDir)
+		key, created, err := registry.LoadKey(s.cfg.StateDir)
 		if err != nil {
 			return nil, err
 		}
-		s.log.Info("server key kept in the state directory", "dir", s.cfg.StateDir, "created", created, "key_id", keyID(key))
+		s.log.Info("server key kept in the state directory", "dir", s.cfg.StateDir, "created", created, "key_id", registry.KeyID(key))
 		return key, nil
 	}
-	key := make([]byte, minKeyBytes)
+	key := make([]byte, registry.MinKeyBytes)
 	rand.Read(key)
-	s.log.Info("server key in memory only: after a restart, agents register as new", "key_id", keyID(key))
+	s.log.Info("server key in memory only: after a restart, agents register as new", "key_id", registry.KeyID(key))
 	return key, nil
 }
+
+// registryLimits are the bounds of the registry, from c.
+func (c *Config) registryLimits() registry.Limits {
+	return registry.Limits{Grace: c.Grace, PerAddr: c.MaxAgentsPerAddr, MaxAgents: c.MaxAgents, MaxReserved: c.MaxReservations}
+}
+
+// DefaultStateDir is where the converge command keeps its state unless
+// told otherwise: $XDG_STATE_HOME/converge, else ~/.local/state/converge.
+func DefaultStateDir() (string, error) { return registry.DefaultStateDir() }
 
 // fileHeadroom is what the server holds besides agents and streams: its
 // listener, its standard streams, and connections still in their HTTP
@@ -431,7 +436,7 @@ func (s *Server) sweep(ctx context.Context) {
 }
 
 // refreshTokens sends every welcomed agent whose token was signed
-// tokenRefresh ago or earlier a fresh one, in a welcome message, so that
+// registry.TokenRefresh ago or earlier a fresh one, in a welcome message, so that
 // its token stays valid for the grace period after its link drops however
 // long the link lived. It returns when every send has ended; a send that
 // cannot complete within 10 s closes its connection.
@@ -440,7 +445,7 @@ func (s *Server) refreshTokens(ctx context.Context, now time.Time) {
 	sem := make(chan struct{}, 32) // sends at once
 	for _, a := range s.reg.Agents() {
 		issued := a.issued.Load()
-		if issued == 0 || now.Sub(time.Unix(0, issued)) < tokenRefresh {
+		if issued == 0 || now.Sub(time.Unix(0, issued)) < registry.TokenRefresh {
 			continue
 		}
 		sem <- struct{}{}

@@ -53,7 +53,7 @@ func (c *cluster) dialOwner(ctx context.Context, r *http.Request, owner, kind, i
 		}
 	}
 	ms := time.Now().UnixMilli()
-	req.Header.Set(forwardHeader, fmt.Sprintf("v1 %d %s %s", ms, addr, forwardMAC(c.s.tokens.key, kind, id, token, ms, addr)))
+	req.Header.Set(forwardHeader, fmt.Sprintf("v1 %d %s %s", ms, addr, forwardMAC(c.s.tokens.Key(), kind, id, token, ms, addr)))
 
 	ctx, cancel := context.WithTimeout(ctx, forwardDialTimeout)
 	defer cancel()
