@@ -16,7 +16,6 @@ import (
 	"github.com/coder/websocket"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/converge-ci/converge/internal/wsconn"
 	"github.com/converge-ci/converge/server/internal/registry"
 	"github.com/converge-ci/converge/templates"
 )
@@ -133,7 +132,7 @@ func (s *Server) drainDelay() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			a.ws.Close(websocket.StatusGoingAway, "server shutting down; reconnect shortly")
+			a.close(websocket.StatusGoingAway, "server shutting down; reconnect shortly")
 		}()
 	}
 	wg.Wait()
@@ -190,10 +189,7 @@ func newCluster(s *Server, rdb *redis.Client, self string) *cluster {
 // took, as a displaced holder is closed.
 func (c *cluster) closeLost(a *agentConn) {
 	c.log.Warn("agent lost its ID to an agent on another replica; closing it", "id", a.id, "remote", a.remote)
-	a.displaced.Store(true)
-	if a.ready.Load() {
-		go a.ws.Close(wsconn.CodeReplaced, "replaced by another connection for this ID, on another server")
-	}
+	a.displace("replaced by another connection for this ID, on another server")
 }
 
 // run keeps the replica's part of the cluster going until ctx ends:

@@ -248,3 +248,35 @@ func TestDisplacedBeforeHelloGetsNoWelcome(t *testing.T) {
 		t.Fatalf("the displaced holder read %q, %v; want close %d (replaced)", b, err, wsconn.CodeReplaced)
 	}
 }
+
+// TestControlMessagesRefused: a control connection whose first message is
+// binary, does not decode, or is no hello is closed with CodeRefused, the
+// reason saying why.
+func TestControlMessagesRefused(t *testing.T) {
+	r := runServer(t)
+	for _, tc := range []struct {
+		name string
+		typ  websocket.MessageType
+		msg  string
+		says string
+	}{
+		{"binary", websocket.MessageBinary, `{"type":"hello"}`, "control messages are text"},
+		{"garbage", websocket.MessageText, `{"type":`, "invalid control message"},
+		{"status first", websocket.MessageText, `{"type":"status","status":{}}`, "first message must be hello"},
+	} {
+		c, err := dialControl(t, r.ws(), "refused-"+strings.ReplaceAll(tc.name, " ", "-"), nil)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := c.Write(ctx, tc.typ, []byte(tc.msg)); err != nil {
+			t.Fatalf("%s: write: %v", tc.name, err)
+		}
+		_, _, err = c.Read(ctx)
+		cancel()
+		var ce websocket.CloseError
+		if !errors.As(err, &ce) || ce.Code != wsconn.CodeRefused || !strings.Contains(ce.Reason, tc.says) {
+			t.Errorf("%s: read after sending %q: %v; want close %d saying %q", tc.name, tc.msg, err, wsconn.CodeRefused, tc.says)
+		}
+	}
+}

@@ -427,7 +427,7 @@ func (s *Server) sweep(ctx context.Context) {
 			for _, a := range s.reg.Agents() {
 				if a.ready.Load() && now.Sub(a.lastSeen()) > 3*wsconn.PingInterval {
 					s.log.Info("agent silent; closing", "id", a.id, "remote", a.remote)
-					a.ws.CloseNow()
+					a.closeNow()
 				}
 			}
 			s.refreshTokens(ctx, now)
@@ -452,7 +452,7 @@ func (s *Server) refreshTokens(ctx context.Context, now time.Time) {
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			if err := s.welcome(ctx, a); err != nil {
+			if err := a.welcome(ctx); err != nil {
 				s.log.Debug("token refresh failed", "id", a.id, "remote", a.remote, "error", err)
 			}
 		}()
