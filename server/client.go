@@ -32,7 +32,7 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	remote := s.remoteAddr(r)
-	fwdAddr, forwarded, err := s.forwardedFrom(r, forwardClient, id, "")
+	fwdAddr, forwarded, err := s.peers.forwardedFrom(r, forwardClient, id, "")
 	if err != nil {
 		s.log.Warn("client refused", "id", id, "remote", remote, "reason", reasonBadRequest, "error", err)
 		s.metrics.refused(endpointClient, reasonBadRequest)

@@ -84,7 +84,7 @@ func (s *Server) setupCluster() error {
 		return err
 	}
 	s.cluster = newCluster(s, rdb, self)
-	s.reg = s.cluster.reg
+	s.reg, s.peers = s.cluster.reg, s.cluster
 	s.changes.local = s.cluster.changed
 	return nil
 }

@@ -219,6 +219,7 @@ type Server struct {
 	tokens *registry.Tokens // signs and verifies agents' registration secrets
 
 	cluster  *cluster    // nil for a single server
+	peers    peers       // the cluster, or alone
 	draining atomic.Bool // shutting down: /healthz says so
 
 	streamLimit *addrLimiter
@@ -244,6 +245,7 @@ func New(cfg Config) (*Server, error) {
 		cfg:     cfg,
 		log:     cfg.Logger.With("component", "server"),
 		reg:     registry.NewMemory[*agentConn](cfg.registryLimits(), time.Now),
+		peers:   alone{},
 		conns:   newConns(),
 		pending: newPending(),
 

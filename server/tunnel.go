@@ -100,7 +100,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, kind, id, token
 	}
 	log := s.log.With("id", id, "remote", remote, "owner", owner, "forward", kind)
 	start := time.Now()
-	up, br, resp, err := s.cluster.dialOwner(s.ctx, r, owner, kind, id, token, remote)
+	up, br, resp, err := s.peers.dialOwner(s.ctx, r, owner, kind, id, token, remote)
 	if err != nil {
 		log.Warn("cannot reach the replica holding the agent", "error", err)
 		s.metrics.refused(endpoint, reasonAgentUnavailable)
