@@ -16,6 +16,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/server/internal/registry"
 	"github.com/converge-ci/converge/templates"
 )
@@ -152,11 +153,8 @@ func advertiseURL(raw string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("--advertise %q: %w", raw, err)
 	}
-	switch u.Scheme {
-	case "http", "ws":
-		u.Scheme = "ws"
-	case "https", "wss":
-		u.Scheme = "wss"
+	switch u.Scheme = wire.WebSocketScheme(u.Scheme); u.Scheme {
+	case "ws", "wss":
 	default:
 		return "", fmt.Errorf("--advertise %q: give the URL other replicas reach this one by, as http://HOST:PORT (or https, ws, wss)", raw)
 	}

@@ -36,9 +36,9 @@ func (c *cluster) dialOwner(ctx context.Context, r *http.Request, owner, kind, i
 	if kind == forwardStream {
 		path = u.Path + wire.StreamPath(id, token)
 	}
-	scheme, port := "http", "80"
-	if u.Scheme == "wss" {
-		scheme, port = "https", "443"
+	scheme, port := wire.HTTPScheme(u.Scheme), "80"
+	if scheme == "https" {
+		port = "443"
 	}
 	if u.Port() != "" {
 		port = u.Port()
