@@ -32,7 +32,7 @@ import (
 // Config of a Server. The zero value of each field is documented; Validate
 // fills defaults.
 type Config struct {
-	// Addr to listen on when Listener is nil. Default ":8000".
+	// Addr to listen on when Listener is nil. Default DefaultAddr.
 	Addr string
 	// Listener, when set, is served instead of listening on Addr (tests).
 	Listener net.Listener
@@ -58,7 +58,7 @@ type Config struct {
 	rawKeepalive time.Duration
 	// Grace keeps the ID of an agent whose link dropped reserved for it;
 	// only agents that completed their hello and welcome leave one.
-	// Default 5m; negative disables.
+	// Default DefaultGrace; negative disables.
 	Grace time.Duration
 	// MaxAgentsPerAddr bounds the agents connected from one remote address,
 	// plus the IDs reserved for agents that were connected from it.
@@ -146,10 +146,19 @@ type Config struct {
 	Term fs.FS
 }
 
+// Defaults of Config fields.
+const (
+	// DefaultAddr is where the server listens.
+	DefaultAddr = ":8000"
+	// DefaultGrace is how long an ID stays reserved for an agent whose
+	// link dropped.
+	DefaultGrace = 5 * time.Minute
+)
+
 // Validate checks c and fills in defaults.
 func (c *Config) Validate() error {
 	if c.Addr == "" {
-		c.Addr = ":8000"
+		c.Addr = DefaultAddr
 	}
 	if c.SSHUser == "" {
 		c.SSHUser = "converge"
@@ -164,7 +173,7 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("stream timeout must be positive, got %v", c.StreamTimeout)
 	}
 	if c.Grace == 0 {
-		c.Grace = 5 * time.Minute
+		c.Grace = DefaultGrace
 	}
 	if c.StreamPool == 0 {
 		c.StreamPool = DefaultStreamPool
