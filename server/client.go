@@ -35,12 +35,9 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusForbidden)
 		return
 	}
-	if forwarded {
-		remote = fwdAddr
-	}
 	a, here, owner := s.reg.Route(r.Context(), id)
-	if forwarded { // served here or not at all: one hop
-		owner = ""
+	if forwarded { // from the client at fwdAddr; served here or not at all: one hop
+		remote, owner = fwdAddr, ""
 	}
 	if owner == "" && (!here || !a.ready.Load()) {
 		s.log.Info("client refused", "id", id, "remote", remote, "reason", reasonUnknownID)

@@ -15,9 +15,9 @@ import (
 )
 
 // The server key signs agents' registration tokens (see Tokens). Every
-// replica of one service shares it (Config.ClusterKey); a single server
-// keeps its own in its state directory, so that it still knows its agents
-// after a restart.
+// replica of one service shares it (the server's Config.ClusterKey); a
+// single server keeps its own in its state directory, so that it still
+// knows its agents after a restart.
 const (
 	// MinKeyBytes is the shortest key accepted, and the length of a key made here.
 	MinKeyBytes = 32

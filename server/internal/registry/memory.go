@@ -14,7 +14,7 @@ import (
 // left it; the per-address limit counts both. The grace period is one constant, so
 // reservations expire in the order they were made: they wait in a FIFO
 // queue, expired ones are dropped from its front when the registry
-// changes, and, when maxReserved are held, making one drops the oldest.
+// changes, and, when MaxReserved are held, making one drops the oldest.
 // Reservations that ended early (taken back, dropped) stay in the queue
 // until they reach its front or the queue is compacted.
 type Memory[V Agent] struct {
