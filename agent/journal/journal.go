@@ -35,7 +35,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
+	"path"
+	"strings"
 	"sync"
 	"time"
 )
@@ -102,8 +105,10 @@ type Login struct {
 	KeyType     string `json:"key_type,omitempty"`
 	Fingerprint string `json:"fingerprint,omitempty"` // SHA256:...; a certificate's is its signed key's
 	// Comment is the authorized_keys comment of the matching line
-	// (alice@laptop), or the URL the key came from when it has none.
+	// (alice@laptop); Source is where that line came from (a file, a
+	// URL such as https://github.com/alice.keys, --authorized-keys-data).
 	Comment string `json:"comment,omitempty"`
+	Source  string `json:"source,omitempty"`
 	// For a certificate: its key ID, serial, the principal that matched,
 	// and the fingerprint of the CA that signed it.
 	CertKeyID  string `json:"cert_key_id,omitempty"`
@@ -117,7 +122,8 @@ type Login struct {
 }
 
 // Name is how a person is shown: the comment, else the certificate's key
-// ID, else the fingerprint, else the method.
+// ID, else the user of a forge's USER.keys URL the key came from ("alice
+// via github.com/alice.keys"), else the fingerprint, else the method.
 func (l *Login) Name() string {
 	switch {
 	case l == nil:
@@ -126,7 +132,11 @@ func (l *Login) Name() string {
 		return l.Comment
 	case l.CertKeyID != "":
 		return l.CertKeyID
-	case l.Fingerprint != "":
+	}
+	if u, err := url.Parse(l.Source); err == nil && u.Host != "" && strings.HasSuffix(u.Path, ".keys") {
+		return strings.TrimSuffix(path.Base(u.Path), ".keys") + " via " + u.Host + u.Path
+	}
+	if l.Fingerprint != "" {
 		return l.Fingerprint
 	}
 	return l.Method

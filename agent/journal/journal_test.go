@@ -94,3 +94,20 @@ func TestPeople(t *testing.T) {
 		t.Errorf("b logged out but %+v", p[1])
 	}
 }
+
+func TestName(t *testing.T) {
+	for _, tc := range []struct {
+		l    Login
+		want string
+	}{
+		{Login{Comment: "alice@laptop", Source: "https://github.com/x.keys", Fingerprint: "SHA256:a"}, "alice@laptop"},
+		{Login{CertKeyID: "alice-2026", Fingerprint: "SHA256:a"}, "alice-2026"},
+		{Login{Source: "https://github.com/alice.keys", Fingerprint: "SHA256:a"}, "alice via github.com/alice.keys"},
+		{Login{Source: "/home/ci/.authorized_keys", Fingerprint: "SHA256:a"}, "SHA256:a"},
+		{Login{Method: "password"}, "password"},
+	} {
+		if got := tc.l.Name(); got != tc.want {
+			t.Errorf("Name of %+v = %q, want %q", tc.l, got, tc.want)
+		}
+	}
+}

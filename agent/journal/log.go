@@ -52,6 +52,7 @@ func loginAttrs(l *Login) []slog.Attr {
 	add("key_type", l.KeyType)
 	add("fingerprint", l.Fingerprint)
 	add("comment", l.Comment)
+	add("source", l.Source)
 	add("cert_key_id", l.CertKeyID)
 	if l.CertKeyID != "" || l.CertSerial != 0 {
 		a = append(a, slog.Uint64("cert_serial", l.CertSerial))

@@ -122,7 +122,7 @@ func newAuthorizer(cfg Config, log *slog.Logger, user func() string) (*authorize
 // each source.
 func (a *authorizer) addStatic(cfg Config) error {
 	if cfg.AuthorizedKeys != "" {
-		keys, err := parseAuthorizedKeys("authorized keys data (--authorized-keys-data)", []byte(cfg.AuthorizedKeys))
+		keys, err := parseAuthorizedKeys("--authorized-keys-data", []byte(cfg.AuthorizedKeys))
 		if err != nil {
 			return err
 		}

@@ -86,12 +86,8 @@ func (a *authorizer) check(user string, key ssh.PublicKey) (*journal.Login, *gos
 	}
 	for _, k := range a.keys() {
 		if !k.ca && sameKey(k.PublicKey, key) {
-			comment := k.comment
-			if comment == "" {
-				comment = "(no comment; from " + k.source + ")"
-			}
 			return &journal.Login{User: user, Method: "publickey", KeyType: key.Type(),
-				Fingerprint: gossh.FingerprintSHA256(key), Comment: comment}, &gossh.Permissions{}, nil
+				Fingerprint: gossh.FingerprintSHA256(key), Comment: k.comment, Source: k.source}, &gossh.Permissions{}, nil
 		}
 	}
 	return nil, nil, errNotAuthorized

@@ -457,7 +457,7 @@ func TestActionWhoSummary(t *testing.T) {
 	}
 	alice := strings.Fields(string(fp))[1]
 	sum := j.summary()
-	for _, want := range []string{"### Converge: who logged in", alice, "/alice.keys", "| ssh |"} {
+	for _, want := range []string{"### Converge: who logged in", "| alice via 127.0.0.1:", alice, "/alice.keys", "| ssh |"} {
 		if !strings.Contains(sum, want) {
 			t.Errorf("the summary lacks %q:\n%s", want, sum)
 		}
