@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"text/tabwriter"
 	"time"
@@ -14,20 +15,32 @@ import (
 // package ctl). Add a row for a new one; its Run reads the agent.
 func (a *Agent) commands() []ctl.Command {
 	return []ctl.Command{
-		{Name: "who", Summary: "who is in this job now: name, key, way in, since when, sessions", Run: a.cmdWho},
+		{Name: "who", Usage: "[--json]", Summary: "who is in this job now: name, key, way in, since when, sessions", Run: a.cmdWho},
 		{Name: "status", Summary: "this agent: its ID, users, and when it ends", Run: a.cmdStatus},
 	}
 }
 
 // cmdWho lists the people logged in now, from the journal.
 func (a *Agent) cmdWho(_ context.Context, c *ctl.Call) error {
+	var here []journal.Person
+	for _, p := range journal.People(a.journal.Entries()) {
+		if p.Until.IsZero() {
+			here = append(here, p)
+		}
+	}
+	switch {
+	case len(c.Args) == 1 && c.Args[0] == "--json":
+		enc := json.NewEncoder(c.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(here)
+	case len(c.Args) > 0:
+		c.Exit = 2
+		return fmt.Errorf("unexpected arguments %q; usage: converge who [--json]", c.Args)
+	}
 	now := time.Now()
 	tw := tabwriter.NewWriter(c.Stdout, 2, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tKEY\tWAY IN\tSINCE\tSESSIONS\t")
-	for _, p := range journal.People(a.journal.Entries()) {
-		if !p.Until.IsZero() {
-			continue
-		}
+	for _, p := range here {
 		name := p.Login.Name()
 		if p.Conn == c.Caller.Conn {
 			name += " (you)"

@@ -57,7 +57,8 @@ const (
 	// (a key offered, not proved) and Note why.
 	KindRefused Kind = "refused"
 	// KindSessionStart and KindSessionEnd bracket one SSH session
-	// (shell, exec, sftp) or one port forward; Session says which.
+	// (shell, exec, sftp) or one port forward; Session says which, and a
+	// start's Login who logged in on its connection.
 	KindSessionStart Kind = "session-start"
 	KindSessionEnd   Kind = "session-end"
 	// KindLogout: an SSH connection that had logged in ended.

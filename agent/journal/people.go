@@ -5,12 +5,12 @@ import "time"
 // Person is one login as the journal tells it: who, since when, until
 // when (zero while still connected), and the sessions open now.
 type Person struct {
-	Conn     string
-	Login    Login
-	Since    time.Time
-	Until    time.Time // zero: still connected
-	Sessions []Session // open at the end of the entries read
-	Count    int       // sessions started in all
+	Conn     string    `json:"conn"`
+	Login    Login     `json:"login"`
+	Since    time.Time `json:"since"`
+	Until    time.Time `json:"until,omitzero"` // zero: still connected
+	Sessions []Session `json:"sessions"`       // open at the end of the entries read
+	Count    int       `json:"count"`          // sessions started in all
 }
 
 // People returns every login in entries, in order, with its sessions.

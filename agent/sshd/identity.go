@@ -58,6 +58,18 @@ func (a *authorizer) verified(ctx ssh.Context) func(gossh.ConnMetadata, gossh.Pu
 	}
 }
 
+// loginOf is who logged in on the connection of ctx: the identity in the
+// Permissions of the key (or password) x/crypto authenticated, nil
+// before that.
+func loginOf(ctx ssh.Context) *journal.Login {
+	sc, _ := ctx.Value(ssh.ContextKeyConn).(*gossh.ServerConn)
+	if sc == nil || sc.Permissions == nil {
+		return nil
+	}
+	l, _ := sc.Permissions.ExtraData[identityKey{}].(*journal.Login)
+	return l
+}
+
 // loggedIn records a login, and the logout when ctx (the connection)
 // ends.
 func (a *authorizer) loggedIn(ctx context.Context, conn string, login *journal.Login) {

@@ -35,7 +35,7 @@ func (d *Server) handleSession(s ssh.Session) {
 		defer release()
 		cmd.Env = env
 	}
-	end := d.journalSession(shortSession(s), js)
+	end := d.journalSession(s.Context(), js)
 	cs := &countedSession{Session: s}
 	code, err := d.run(cs, cmd)
 	if err != nil {
@@ -52,9 +52,12 @@ func (d *Server) nextSessionID() string {
 	return "s" + strconv.FormatUint(d.sessionSeq.Add(1), 10)
 }
 
-// journalSession records js's start, and returns what records its end.
-func (d *Server) journalSession(conn string, js *journal.Session) (end func(exit int, in, out int64)) {
-	d.cfg.Journal.Append(journal.Entry{Kind: journal.KindSessionStart, Conn: conn, Session: js})
+// journalSession records the start of js, a session of the connection of
+// ctx, with who logged in on it (so its log line says who, too), and
+// returns what records its end.
+func (d *Server) journalSession(ctx ssh.Context, js *journal.Session) (end func(exit int, in, out int64)) {
+	conn := ctxConn(ctx)
+	d.cfg.Journal.Append(journal.Entry{Kind: journal.KindSessionStart, Conn: conn, Login: loginOf(ctx), Session: js})
 	return func(exit int, in, out int64) {
 		ended := *js
 		ended.Exit, ended.BytesIn, ended.BytesOut = &exit, in, out
@@ -66,7 +69,7 @@ func (d *Server) journalSession(conn string, js *journal.Session) (end func(exit
 // "forward-remote") to or from target in the journal, and returns what
 // records its end with the bytes it carried (from and to the user).
 func (d *Server) recordForward(ctx ssh.Context, kind, target string) (end func(in, out int64)) {
-	done := d.journalSession(ctxConn(ctx), &journal.Session{ID: d.nextSessionID(), Kind: kind, Target: target})
+	done := d.journalSession(ctx, &journal.Session{ID: d.nextSessionID(), Kind: kind, Target: target})
 	return func(in, out int64) { done(0, in, out) }
 }
 

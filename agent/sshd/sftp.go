@@ -14,7 +14,7 @@ import (
 // relative paths.
 func (d *Server) handleSFTP(s ssh.Session) {
 	cs := &countedSession{Session: s}
-	end := d.journalSession(shortSession(s), &journal.Session{ID: d.nextSessionID(), Kind: "sftp"})
+	end := d.journalSession(s.Context(), &journal.Session{ID: d.nextSessionID(), Kind: "sftp"})
 	defer func() { end(0, cs.in.Load(), cs.out.Load()) }()
 	srv, err := sftp.NewServer(cs, sftp.WithServerWorkingDirectory(d.cfg.Dir))
 	if err != nil {

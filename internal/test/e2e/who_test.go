@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -63,7 +64,7 @@ func TestWhoLoggedIn(t *testing.T) {
 	aliceFP := keyFingerprint(t, alice)
 	waitFor(t, "alice's login and session in the agent's log", func() bool {
 		return logged(p.All.String(), "login accepted", aliceFP, "alice@laptop", "way=ssh") &&
-			logged(p.All.String(), "session started", "kind=exec", "sleep 120")
+			logged(p.All.String(), "session started", aliceFP, "alice@laptop", "kind=exec", "sleep 120")
 	})
 
 	who := bob.SSH(tgt, 0, "converge who")
@@ -71,6 +72,10 @@ func TestWhoLoggedIn(t *testing.T) {
 		if !strings.Contains(who.Stdout, want) {
 			t.Errorf("converge who lacks %q:\n%s%s", want, who.Stdout, who.Stderr)
 		}
+	}
+	var people []journal.Person
+	if js := bob.SSH(tgt, 0, "converge who --json"); json.Unmarshal([]byte(js.Stdout), &people) != nil || len(people) != 2 {
+		t.Errorf("converge who --json: %d people from %q", len(people), js.Stdout)
 	}
 	if help := bob.SSH(tgt, 0, "converge --help"); !strings.Contains(help.Stdout, "who") || !strings.Contains(help.Stdout, "status") {
 		t.Errorf("converge --help lists no who and status:\n%s", help.Stdout)
