@@ -205,9 +205,9 @@ func New(cfg Config) (*Agent, error) {
 		state = lifetime.NewStateFile(cfg.Dir, cfg.ID, cfg.Server, a.log)
 	}
 	a.life = lifetime.New(cfg.Lifetime, cfg.Dir, a.log, state)
-	if err := a.openState(); err != nil {
-		return nil, err
-	}
+	a.journal = journal.New(a.log)
+	a.journal.Append(journal.Entry{Kind: journal.KindStart,
+		Note: fmt.Sprintf("id=%s hostkey=%s version=%s", cfg.ID, gossh.FingerprintSHA256(signer.PublicKey()), cfg.Version)})
 	a.ssh, err = sshd.New(sshd.Config{
 		Dir:                 cfg.Dir,
 		AuthorizedKeysFiles: cfg.AuthorizedKeysFiles,
@@ -227,7 +227,6 @@ func New(cfg Config) (*Agent, error) {
 		SessionEnv:          a.sessionEnv,
 	})
 	if err != nil {
-		a.closeState("the agent did not start")
 		return nil, err
 	}
 	return a, nil
@@ -244,12 +243,17 @@ func (a *Agent) sshUser() string {
 }
 
 // Run connects to the server and serves SSH until ctx ends, the server
-// refuses the agent, or Config.Lifetime ends it. It reconnects by itself
+// refuses the agent, or Config.Lifetime ends it. It first makes the
+// agent's state folder (see Config.StateDir), and fails when it cannot
+// be made safely. It reconnects by itself
 // when the link drops. Open sessions are told why they end, then closed.
 // It returns nil when the agent ended normally (ctx, last logout, expiry)
 // and an error wrapping lifetime.ErrNoLogin when nobody logged in in time;
 // see lifetime.ExitStatus.
 func (a *Agent) Run(ctx context.Context) error {
+	if err := a.openState(); err != nil {
+		return err
+	}
 	stopReaper := a.reapWhilePID1(ctx)
 	defer stopReaper()
 	ctx, life := a.life.Start(ctx)

@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"os"
 
-	gossh "golang.org/x/crypto/ssh"
-
 	"github.com/converge-ci/converge/agent/ctl"
 	"github.com/converge-ci/converge/agent/journal"
 	"github.com/converge-ci/converge/agent/statedir"
@@ -15,7 +13,9 @@ import (
 const journalName = "journal.jsonl"
 
 // openState makes the agent's private state folder and what lives in
-// it: the journal, the converge command's socket and its bin/ folder.
+// it: the journal's file, the converge command's socket and its bin/
+// folder. Run calls it, so that New (which `agent --detach` calls before
+// it starts the agent in the background) leaves no files.
 // A folder that cannot be made safely stops the agent; the converge
 // command failing only costs the command (logged).
 func (a *Agent) openState() error {
@@ -39,9 +39,9 @@ func (a *Agent) openState() error {
 	if err != nil {
 		return fmt.Errorf("journal: %w", err)
 	}
-	a.journal = journal.Open(f, a.log)
-	a.journal.Append(journal.Entry{Kind: journal.KindStart,
-		Note: fmt.Sprintf("id=%s hostkey=%s version=%s", a.cfg.ID, gossh.FingerprintSHA256(a.signer.PublicKey()), a.cfg.Version)})
+	if err := a.journal.Persist(f); err != nil {
+		return fmt.Errorf("journal: %w", err)
+	}
 	a.log.Info("state folder", "dir", dir, "journal", f.Name())
 	exe := a.cfg.Executable
 	if exe == "" {

@@ -194,6 +194,34 @@ func Open(f *os.File, log *slog.Logger) *Journal {
 	return j
 }
 
+// Persist makes a journal kept in memory so far append to f from now on,
+// after writing f the entries it holds (with the same bytes, so the
+// chain holds). It owns f from now on. It fails when the journal already
+// has a file, is closed, or the write fails (f is then closed).
+func (j *Journal) Persist(f *os.File) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.f != nil || j.closed {
+		f.Close()
+		return errors.New("journal: already has a file, or is closed")
+	}
+	var b []byte
+	for _, e := range j.entries {
+		line, err := json.Marshal(e)
+		if err != nil {
+			f.Close()
+			return err
+		}
+		b = append(append(b, line...), '\n')
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	j.f = f
+	return nil
+}
+
 // Append records e: it sets Seq, Prev and (when zero) Time, writes the
 // line to the file, logs it, and sends it to subscribers, in the order of
 // the Append calls. It returns the entry as recorded. After Close it

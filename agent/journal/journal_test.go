@@ -111,3 +111,21 @@ func TestName(t *testing.T) {
 		}
 	}
 }
+
+func TestPersistKeepsTheChain(t *testing.T) {
+	j := New(nil)
+	j.Append(Entry{Kind: KindStart, Data: []byte(`{ "spaced": true }`)})
+	j.Append(Entry{Kind: KindLogin, Conn: "c", Login: &Login{User: "u"}})
+	path := filepath.Join(t.TempDir(), "j")
+	f, _ := os.Create(path)
+	if err := j.Persist(f); err != nil {
+		t.Fatal(err)
+	}
+	j.Append(Entry{Kind: KindLogout, Conn: "c"})
+	j.Close()
+	data, _ := os.ReadFile(path)
+	got, err := Read(bytes.NewReader(data))
+	if err != nil || len(got) != 3 {
+		t.Errorf("journal persisted late: %d entries, %v\n%s", len(got), err, data)
+	}
+}
