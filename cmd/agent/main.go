@@ -81,10 +81,11 @@ type options struct {
 // newCommand defines the agent command, its help and its flags, which
 // fill the returned options.
 func newCommand() (*cli.Command, *options) {
-	cmd := cli.New("agent", "agent [flags] ws[s]://host[:port]\n       agent wait [--dir DIR]", `
+	cmd := cli.New("agent", "agent [flags] ws[s]://host[:port]\n       agent wait [--dir DIR]\n       agent journal [--markdown] FILE", `
 The Converge agent runs inside a CI job. It connects out to the Converge
-server (it never listens on the network), registers a rendezvous ID, and serves an SSH
-server - shells, commands, sftp and scp - to users who connect to that ID.
+server (it never listens on the network), registers a rendezvous ID, and
+serves an SSH server - shells, commands, sftp and scp - to users who
+connect to that ID.
 
 Users log in with the server's user name and a key from --authorized-keys,
 --authorized-keys-data (or CONVERGE_AUTHORIZED_KEYS) or --authorized-keys-url;
@@ -99,7 +100,13 @@ before --connect-timeout (status 0, or --no-login-status), when the last user lo
 or when users stop typing for --expiry. "touch .hold" in its directory holds
 it for another --expiry. With --detach it runs in the background while the
 job goes on; "agent wait" at the end of the job waits only if someone is
-connected or .hold holds it.`)
+connected or .hold holds it.
+
+Every login (key fingerprint and comment, or certificate) and session is
+logged and kept in journal.jsonl in the agent's state folder (--state-dir);
+"agent journal FILE" prints who logged in. Inside a session, the command
+"converge" talks to the agent: "converge who" lists who is in the job,
+"converge --help" what else it does.`)
 	cmd.Footer = `Exit status: 0 when the session ended (last logout, expiry, --max-session,
 SIGINT/SIGTERM, or unused at "agent wait"); 1 on failure; 2 on bad usage;
 3 when nobody logged in before --connect-timeout.
