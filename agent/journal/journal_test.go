@@ -2,6 +2,7 @@ package journal
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -128,4 +129,30 @@ func TestPersistKeepsTheChain(t *testing.T) {
 	if err != nil || len(got) != 3 {
 		t.Errorf("journal persisted late: %d entries, %v\n%s", len(got), err, data)
 	}
+}
+
+// FuzzRead: any bytes, read as a journal, give entries or an error, never
+// a panic; what Read accepts, it accepts again from the same lines.
+func FuzzRead(f *testing.F) {
+	j := New(nil)
+	j.Append(Entry{Kind: KindStart})
+	j.Append(Entry{Kind: KindLogin, Conn: "c", Login: &Login{User: "u", Comment: "a@b"}})
+	var b bytes.Buffer
+	for _, e := range j.Entries() {
+		line, _ := json.Marshal(e)
+		b.Write(append(line, '\n'))
+	}
+	f.Add(b.Bytes())
+	f.Add([]byte("{}\n"))
+	f.Add([]byte(`{"seq":0,"prev":""}` + "\n" + `{"seq":1,"prev":"00"}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		entries, err := Read(bytes.NewReader(data))
+		if err == nil {
+			for i, e := range entries {
+				if e.Seq != uint64(i) {
+					t.Fatalf("entry %d has seq %d", i, e.Seq)
+				}
+			}
+		}
+	})
 }
