@@ -22,6 +22,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	req := Request{Secret: secret}
+	req.Dir, _ = os.Getwd()
 	if len(args) > 0 {
 		req.Command, req.Args = args[0], args[1:]
 	}

@@ -29,6 +29,7 @@ type Request struct {
 	Secret  string   `json:"secret"`
 	Command string   `json:"command"` // "" or "help": the list of commands
 	Args    []string `json:"args,omitempty"`
+	Dir     string   `json:"dir,omitempty"` // the command's working directory
 }
 
 // Response is what the agent answers: what to print and the exit status.

@@ -34,6 +34,7 @@ type Caller struct {
 // Call is one run of a command.
 type Call struct {
 	Args   []string
+	Dir    string // where the command ran (its working directory), for relative paths
 	Caller Caller
 	Stdout io.Writer
 	Stderr io.Writer
@@ -46,9 +47,11 @@ type Command struct {
 	Name    string // converge NAME
 	Usage   string // the arguments, for the help ("[--json]"); may be empty
 	Summary string // one line for `converge --help`
-	// Run does the work, writing to c.Stdout and c.Stderr. An error is
-	// printed as "converge NAME: error" and the command exits 1. ctx ends
-	// when the agent shuts down.
+	// Run does the work, writing to c.Stdout and c.Stderr, which reach
+	// the user when it returns. An error is printed as "converge NAME:
+	// error" and the command exits 1 (or c.Exit when set). ctx ends when
+	// the agent shuts down. Run should return within seconds: the
+	// command gives up after 30 s.
 	Run func(ctx context.Context, c *Call) error
 }
 
@@ -191,7 +194,7 @@ func (s *Server) run(req Request) Response {
 		return Response{Stderr: fmt.Sprintf("converge: no command %q; converge --help lists them\n", req.Command), Exit: 2}
 	}
 	var out, errOut bytes.Buffer
-	call := &Call{Args: req.Args, Caller: caller, Stdout: &out, Stderr: &errOut}
+	call := &Call{Args: req.Args, Dir: req.Dir, Caller: caller, Stdout: &out, Stderr: &errOut}
 	if err := cmd.Run(s.ctx, call); err != nil {
 		fmt.Fprintf(&errOut, "converge %s: %v\n", cmd.Name, err)
 		if call.Exit == 0 {
