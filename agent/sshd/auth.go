@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gliderlabs/ssh"
@@ -43,6 +44,7 @@ type authorizer struct {
 	static   []authKey
 	password string
 	journal  *journal.Journal
+	refusals atomic.Int64 // refusals so far, see maxJournalRefusals
 
 	mu    sync.Mutex
 	cache map[string]fileKeys
@@ -296,7 +298,7 @@ func (a *authorizer) configured() bool {
 func (a *authorizer) passwordOK(ctx ssh.Context, pw string) bool {
 	ok := a.userOK(ctx, nil)
 	if ok && (a.password == "" || subtle.ConstantTimeCompare([]byte(pw), []byte(a.password)) != 1) {
-		a.journal.Append(journal.Entry{Kind: journal.KindRefused, Conn: ctxConn(ctx),
+		a.refused(journal.Entry{Conn: ctxConn(ctx),
 			Login: &journal.Login{User: ctx.User(), Method: "password"}, Note: "wrong password"})
 		ok = false
 	}
@@ -325,7 +327,7 @@ func (a *authorizer) userOK(ctx ssh.Context, key ssh.PublicKey) bool {
 		if key != nil {
 			a.refuse(ctx, key, why)
 		} else {
-			a.journal.Append(journal.Entry{Kind: journal.KindRefused, Conn: ctxConn(ctx),
+			a.refused(journal.Entry{Conn: ctxConn(ctx),
 				Login: &journal.Login{User: ctx.User(), Method: "password"}, Note: why})
 		}
 		return false

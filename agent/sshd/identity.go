@@ -79,6 +79,30 @@ func (a *authorizer) loggedIn(ctx context.Context, conn string, login *journal.L
 	})
 }
 
+// maxJournalRefusals bounds the refusals the journal keeps: anyone who
+// reaches the relay can be refused, and the journal lives in memory.
+// Later refusals are still logged, without the journal.
+const maxJournalRefusals = 1000
+
+// refused records a refusal (e's Kind is set here): in the journal, or
+// past maxJournalRefusals in the log alone.
+func (a *authorizer) refused(e journal.Entry) {
+	e.Kind = journal.KindRefused
+	n := a.refusals.Add(1)
+	if n <= maxJournalRefusals {
+		a.journal.Append(e)
+		return
+	}
+	if n == maxJournalRefusals+1 {
+		a.log.Warn("many refused logins: further ones are logged but not kept in the journal", "kept", maxJournalRefusals)
+	}
+	fp, user := "", ""
+	if e.Login != nil {
+		fp, user = e.Login.Fingerprint, e.Login.User
+	}
+	a.log.Warn("login refused", "conn", e.Conn, "user", user, "fingerprint", fp, "note", e.Note)
+}
+
 // refuse records a refused key.
 func (a *authorizer) refuse(ctx ssh.Context, key ssh.PublicKey, why string) {
 	l := &journal.Login{User: ctx.User(), Method: "publickey", KeyType: key.Type(), Fingerprint: gossh.FingerprintSHA256(key)}
@@ -87,7 +111,7 @@ func (a *authorizer) refuse(ctx ssh.Context, key ssh.PublicKey, why string) {
 		l.CertKeyID, l.CertSerial, l.CA = cert.KeyId, cert.Serial, gossh.FingerprintSHA256(cert.SignatureKey)
 	}
 	l.Way, l.Client = wayIn(ctx.ClientVersion())
-	a.journal.Append(journal.Entry{Kind: journal.KindRefused, Conn: ctxConn(ctx), Login: l, Note: why})
+	a.refused(journal.Entry{Conn: ctxConn(ctx), Login: l, Note: why})
 }
 
 // check finds what authorizes key for user: an authorized key, or for a
