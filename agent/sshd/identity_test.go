@@ -91,3 +91,21 @@ func TestLoginIsTheKeyProved(t *testing.T) {
 		t.Errorf("journalled logins %+v, want mallory@box's alone", logins)
 	}
 }
+
+// TestRefusalsBounded: the journal, kept in memory, holds at most
+// maxJournalRefusals refusals, however many strangers knock.
+func TestRefusalsBounded(t *testing.T) {
+	_, line := newKey(t, "someone")
+	j := journal.New(nil)
+	a, err := newAuthorizer(Config{AuthorizedKeys: line, Journal: j}, quietLog(), func() string { return "u" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger, _ := newKey(t, "stranger")
+	for range maxJournalRefusals + 5 {
+		a.publicKey(newFakeCtx(), stranger.PublicKey())
+	}
+	if n := len(j.Entries()); n != maxJournalRefusals {
+		t.Errorf("the journal holds %d entries after %d refusals, want %d", n, maxJournalRefusals+5, maxJournalRefusals)
+	}
+}
