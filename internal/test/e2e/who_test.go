@@ -90,6 +90,14 @@ func TestWhoLoggedIn(t *testing.T) {
 		t.Errorf("converge who in a login shell on a terminal:\n%s\n%s", shell.Stdout, shell.Stderr)
 	}
 
+	// SFTP sessions are journalled with their kind and bytes.
+	if res := bob.Run("sftp", tgt, "ls\n", "-b", "-", tgt.Dest()); res.Code != 0 {
+		t.Errorf("sftp: exit %d: %s", res.Code, res.Stderr)
+	}
+	waitFor(t, "the sftp session's end in the log", func() bool {
+		return logged(p.All.String(), "session ended", "kind=sftp", "bytes_in=")
+	})
+
 	// The journal file holds an unbroken chain with alice's login.
 	f, err := os.Open(filepath.Join(state, "journal.jsonl"))
 	if err != nil {
