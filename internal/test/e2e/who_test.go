@@ -99,7 +99,16 @@ func TestWhoLoggedIn(t *testing.T) {
 	})
 
 	// The journal file holds an unbroken chain with alice's login.
-	f, err := os.Open(filepath.Join(state, "journal.jsonl"))
+	if !journalHasLogin(t, filepath.Join(state, "journal.jsonl"), "alice@laptop", aliceFP) {
+		t.Errorf("no login of alice@laptop %s in the journal", aliceFP)
+	}
+}
+
+// journalHasLogin reads the journal file, checking its chain, and reports
+// whether it holds a login of the key with comment and fingerprint fp.
+func journalHasLogin(t *testing.T, file, comment, fp string) bool {
+	t.Helper()
+	f, err := os.Open(file)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,15 +117,12 @@ func TestWhoLoggedIn(t *testing.T) {
 	if err != nil {
 		t.Fatalf("journal: %v", err)
 	}
-	found := false
 	for _, e := range entries {
-		if e.Kind == journal.KindLogin && e.Login.Comment == "alice@laptop" && e.Login.Fingerprint == aliceFP {
-			found = true
+		if e.Kind == journal.KindLogin && e.Login.Comment == comment && e.Login.Fingerprint == fp {
+			return true
 		}
 	}
-	if !found {
-		t.Errorf("no login of alice@laptop %s in the journal (%d entries)", aliceFP, len(entries))
-	}
+	return false
 }
 
 // listeningSockets lists what process pid listens on, from /proc: TCP
