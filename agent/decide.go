@@ -1,10 +1,16 @@
 package agent
 
 import (
+	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
 	"time"
+
+	"github.com/converge-ci/converge/agent/ctl"
+	"github.com/converge-ci/converge/agent/journal"
 )
 
 // The decisions people in the job take about `agent run`'s step, through
@@ -16,8 +22,9 @@ import (
 // ends once nobody is connected (or at once, with now) and exits 0. When
 // it fails, the agent waits again. It returns the command's exit status;
 // the error is ErrDecided, ErrRetrying, or why the command could not run.
-// by names who asked, for the job's log.
-func (b *Breakpoint) Retry(by string, w io.Writer, now bool) (int, error) {
+// by names who asked, for the job's log. ctx ending (the agent ends)
+// stops the command.
+func (b *Breakpoint) Retry(ctx context.Context, by string, w io.Writer, now bool) (int, error) {
 	b.mu.Lock()
 	switch {
 	case b.passed || b.failed:
@@ -38,7 +45,7 @@ func (b *Breakpoint) Retry(by string, w io.Writer, now bool) (int, error) {
 	if w != nil {
 		side = &lockedWriter{w: w} // stdout and stderr are copied concurrently
 	}
-	code, err := b.step.runAgain(b.ctx, tee(b.out, side), tee(b.errOut, side))
+	code, err := b.step.runAgain(ctx, tee(b.out, side), tee(b.errOut, side))
 	busy()
 
 	b.mu.Lock()
@@ -103,6 +110,13 @@ func (b *Breakpoint) decide(pass bool) error {
 		}
 	}
 	return nil
+}
+
+// Status is the command's first failing exit status; -1 before it ran.
+func (b *Breakpoint) Status() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.status
 }
 
 // Describe says where the step stands, for `converge status`.
@@ -172,4 +186,110 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// stepCommands are the converge command's rows for `agent run`'s step;
+// none for a plain agent.
+func (a *Agent) stepCommands() []ctl.Command {
+	if a.step == nil {
+		return nil
+	}
+	return []ctl.Command{
+		{Name: "retry", Usage: "[--now]", Summary: "run the step's command again (output here and in the job's log); if it passes, so does the step, once everyone has left (--now: at once)", Run: a.cmdRetry, Stream: true},
+		{Name: "pass", Summary: "let the step succeed without running its command again", Run: a.cmdPass},
+		{Name: "fail", Summary: "end the step now, with its command's failing status", Run: a.cmdFail},
+	}
+}
+
+func (a *Agent) cmdRetry(ctx context.Context, c *ctl.Call) error {
+	now := false
+	for _, arg := range c.Args {
+		if arg != "--now" {
+			c.Exit = 2
+			return fmt.Errorf("unexpected %q: converge retry [--now]", arg)
+		}
+		now = true
+	}
+	by := a.caller(c.Caller)
+	code, err := a.step.Retry(ctx, by, c.Stdout, now)
+	if errors.Is(err, ErrDecided) || errors.Is(err, ErrRetrying) {
+		return err
+	}
+	a.decided("retry", by, code)
+	if code == 0 {
+		if now {
+			fmt.Fprintln(c.Stdout, "converge: it passed: the step succeeds; the agent ends now.")
+		} else {
+			fmt.Fprintln(c.Stdout, "converge: it passed: the step succeeds once everyone has logged out.")
+		}
+		return err
+	}
+	fmt.Fprintf(c.Stderr, "converge: it failed with exit status %d; fix and retry, or converge pass / converge fail.\n", code)
+	c.Exit = code
+	return err
+}
+
+func (a *Agent) cmdPass(_ context.Context, c *ctl.Call) error {
+	by := a.caller(c.Caller)
+	if err := a.step.Pass(by); err != nil {
+		return err
+	}
+	a.decided("pass", by, 0)
+	fmt.Fprintln(c.Stdout, "converge: passed by hand: the step succeeds and the job goes on; this session closes.")
+	return nil
+}
+
+func (a *Agent) cmdFail(_ context.Context, c *ctl.Call) error {
+	by := a.caller(c.Caller)
+	if err := a.step.Fail(by); err != nil {
+		return err
+	}
+	a.decided("fail", by, a.step.Status())
+	fmt.Fprintln(c.Stdout, "converge: failed by hand: the step fails and the job goes on; this session closes.")
+	return nil
+}
+
+func (a *Agent) cmdExtend(_ context.Context, c *ctl.Call) error {
+	if len(c.Args) != 1 {
+		c.Exit = 2
+		return errors.New("give a duration: converge extend 30m")
+	}
+	d, err := time.ParseDuration(c.Args[0])
+	if err != nil {
+		c.Exit = 2
+		return fmt.Errorf("%q is no duration: give one such as 30m or 2h", c.Args[0])
+	}
+	deadline, capped, err := a.Extend(d)
+	if err != nil {
+		return err
+	}
+	by := a.caller(c.Caller)
+	a.journal.Append(journal.Entry{Kind: journal.KindExtend, Conn: c.Caller.Conn, Note: fmt.Sprintf("%s extended by %v", by, d)})
+	fmt.Fprintf(c.Stdout, "converge: held until at least %s UTC (in %s).\n", deadline.UTC().Format("15:04:05"), time.Until(deadline).Round(time.Second))
+	if capped {
+		fmt.Fprintln(c.Stdout, "converge: that is the --max-session limit, which nothing extends.")
+	}
+	return nil
+}
+
+// caller names the person behind a converge command's session, as the
+// journal knows them.
+func (a *Agent) caller(c ctl.Caller) string {
+	for _, p := range journal.People(a.journal.Entries()) {
+		if p.Conn == c.Conn && p.Until.IsZero() {
+			return p.Login.Name()
+		}
+	}
+	return "someone in the job"
+}
+
+// decided records a decision about the step in the journal.
+func (a *Agent) decided(decision, by string, status int) {
+	data, _ := json.Marshal(struct {
+		Decision string `json:"decision"`
+		By       string `json:"by"`
+		Status   int    `json:"status"`
+		Command  string `json:"command"`
+	}{decision, by, status, a.step.step.line})
+	a.journal.Append(journal.Entry{Kind: journal.KindRunDecision, Note: fmt.Sprintf("%s: %s by %s (status %d)", a.step.step.line, decision, by, status), Data: data})
 }

@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/converge-ci/converge/agent/lifetime"
+	"github.com/converge-ci/converge/agent/statedir"
 )
 
 // `agent run -- CMD`: run the job's command; only when it fails, start
@@ -116,15 +117,16 @@ func (b *Breakpoint) wait(ctx context.Context, cfg StepConfig) error {
 		defer cleanup()
 		acfg.SessionEnv = append(append([]string{}, acfg.SessionEnv...), "HISTFILE="+hist)
 	}
+	if acfg.StateDir == "" {
+		// Where the agent keeps its journal (the decisions included) after it ends.
+		acfg.StateDir = statedir.Choose("", acfg.ID, acfg.Dir, os.Getenv)
+	}
+	acfg.step = b
 	a, err := New(acfg)
 	if err != nil {
 		return err
 	}
-	b.life = a.life
-	a.step = b
-	b.ctx, b.cancel = context.WithCancel(context.Background())
-	err = a.Run(ctx)
-	b.cancel()
+	err = a.Run(ctx) // its converge command stops retries as it ends
 	b.retries.Wait()
 	return err
 }
@@ -194,8 +196,6 @@ type Breakpoint struct {
 
 	// Set by wait before the agent serves anyone.
 	life    *lifetime.Lifetime
-	ctx     context.Context // retries; ends when the agent has ended
-	cancel  context.CancelFunc
 	retries sync.WaitGroup
 
 	mu       sync.Mutex

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -178,5 +179,158 @@ func TestRunBreakBefore(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "ran")); err != nil {
 		t.Errorf("the command did not run after the break: %v", err)
+	}
+}
+
+// failingStep starts `agent run` on a command that fails with 2 until a
+// file named fixed exists in its directory, and waits for it to register
+// as id; c may log in.
+func failingStep(t *testing.T, r *relay, c *sshtest.Client, id string, flags ...string) *agentProc {
+	t.Helper()
+	p := startStep(t, r, keyDir(t, c), nil, append([]string{"--id", id}, flags...),
+		"sh", "-c", `test -f fixed || { echo "not fixed"; exit 2; }; echo "fixed, passing"`)
+	p.registered(c, id)
+	return p
+}
+
+// TestRunRetry: a person connects to the failed step, runs `converge
+// retry` (it fails again, output in their terminal and the job's log),
+// fixes the cause, retries, and once they log out the step succeeds.
+func TestRunRetry(t *testing.T) {
+	t.Parallel()
+	r := startServer(t)
+	c := sshtest.New(t)
+	p := failingStep(t, r, c, "run-retry")
+	tgt := r.target("run-retry")
+	tm := startTerm(t, c, tgt, 120, 30) // logged in throughout: the last logout ends the wait
+	tm.waitScreen("[converge]")
+
+	again := c.SSH(tgt, 2, "converge retry")
+	if !strings.Contains(again.Stdout, "not fixed") || !strings.Contains(again.Stderr, "failed with exit status 2") {
+		t.Errorf("a retry that fails: stdout %q, stderr %q", again.Stdout, again.Stderr)
+	}
+	if !p.running() {
+		t.Fatalf("the agent ended after a failed retry (%d); it should wait again", p.code)
+	}
+	fixed := c.SSH(tgt, 0, "touch fixed && converge retry")
+	if !strings.Contains(fixed.Stdout, "fixed, passing") || !strings.Contains(fixed.Stdout, "the step succeeds once everyone has logged out") {
+		t.Errorf("a retry that passes: stdout %q, stderr %q", fixed.Stdout, fixed.Stderr)
+	}
+	if !p.running() {
+		t.Fatalf("the agent ended (%d) while someone was still logged in", p.code)
+	}
+	tm.typeLine("exit")
+	if code := p.exit(); code != 0 {
+		t.Errorf("exit status %d after a passing retry, want 0", code)
+	}
+	out := p.Out.String()
+	for _, want := range []string{"runs `" + `test -f fixed || { echo "not fixed"; exit 2; }; echo "fixed, passing"` + "` again", "fixed, passing\n", "passed on a retry by"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the job's log lacks %q:\n%s", want, out)
+		}
+	}
+	if n := strings.Count(out, "not fixed\n"); n != 2 {
+		t.Errorf("the job's log shows the failure %d times, want 2 (the first run, the failed retry):\n%s", n, out)
+	}
+	if j := journalOf(t, p.All.String()); !strings.Contains(j, `"decision":"retry"`) || !strings.Contains(j, `"status":0`) {
+		t.Errorf("the journal lacks the passing retry:\n%s", j)
+	}
+}
+
+// journalOf reads the journal whose path the agent logged.
+func journalOf(t *testing.T, log string) string {
+	t.Helper()
+	m := regexp.MustCompile(`journal=(\S+)`).FindStringSubmatch(log)
+	if m == nil {
+		t.Fatalf("the agent logged no journal path:\n%s", log)
+	}
+	b, err := os.ReadFile(strings.Trim(m[1], `"`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// TestRunPassAndFail: `converge pass` ends the step at once with 0, the
+// job's log saying it was passed by hand; `converge fail` with the
+// command's status. Both are in the journal.
+func TestRunPassAndFail(t *testing.T) {
+	t.Parallel()
+	r := startServer(t)
+	for _, tt := range []struct {
+		decision string
+		want     int
+		log      string
+	}{
+		{"pass", 0, "passed by hand by "},
+		{"fail", 2, "failed by hand by "},
+	} {
+		t.Run(tt.decision, func(t *testing.T) {
+			t.Parallel()
+			c := sshtest.New(t)
+			id := "run-" + tt.decision
+			p := failingStep(t, r, c, id)
+			tm := startTerm(t, c, r.target(id), 120, 30) // a shell that stays: the decision ends the agent, not a logout
+			tm.waitScreen("[converge]")
+			tm.typeLine("converge " + tt.decision)
+			if code := p.exit(); code != tt.want {
+				t.Errorf("exit status %d after converge %s, want %d", code, tt.decision, tt.want)
+			}
+			tm.waitScreen("by hand")
+			if !strings.Contains(p.Out.String(), tt.log) {
+				t.Errorf("the job's log lacks %q:\n%s", tt.log, p.Out)
+			}
+			if j := journalOf(t, p.All.String()); !strings.Contains(j, `"decision":"`+tt.decision+`"`) {
+				t.Errorf("the journal lacks the decision:\n%s", j)
+			}
+		})
+	}
+}
+
+// TestRunBreakBeforeRetry: with --break-before, `converge retry` runs the
+// command for the first time; it passes, and the step with it.
+func TestRunBreakBeforeRetry(t *testing.T) {
+	t.Parallel()
+	r := startServer(t)
+	c := sshtest.New(t)
+	dir := keyDir(t, c)
+	p := startStep(t, r, dir, nil, []string{"--id", "run-break-retry", "--break-before"}, "sh", "-c", "touch ran")
+	p.registered(c, "run-break-retry")
+	got := c.SSH(r.target("run-break-retry"), 0, "test ! -e ran && converge status && converge retry")
+	if !strings.Contains(got.Stdout, "has not run yet") {
+		t.Errorf("converge status before the first run: %q", got.Stdout)
+	}
+	if code := p.exit(); code != 0 {
+		t.Errorf("exit status %d, want 0", code)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "ran")); err != nil {
+		t.Errorf("the command did not run: %v", err)
+	}
+}
+
+// TestRunExtendAndStatus: converge extend holds the agent past the last
+// logout, and converge status says until when.
+func TestRunExtendAndStatus(t *testing.T) {
+	t.Parallel()
+	r := startServer(t)
+	c := sshtest.New(t)
+	p := failingStep(t, r, c, "run-extend")
+	tgt := r.target("run-extend")
+	got := c.SSH(tgt, 0, "converge extend 1h && converge status")
+	for _, want := range []string{"held until at least", "Step: `", "failed with exit status 2", "Held (converge extend, or .hold) until"} {
+		if !strings.Contains(got.Stdout, want) {
+			t.Errorf("converge extend and status lack %q:\n%s", want, got.Stdout)
+		}
+	}
+	// Held: the logout above did not end it; a decision does.
+	if got := c.SSH(tgt, 0, "converge status"); !strings.Contains(got.Stdout, "Logged in: 1") {
+		t.Errorf("converge status: %q", got.Stdout)
+	}
+	if bad := c.SSH(tgt, 2, "converge extend soon"); !strings.Contains(bad.Stderr, "no duration") {
+		t.Errorf("converge extend soon: %q", bad.Stderr)
+	}
+	c.Run("ssh", tgt, "", tgt.Dest(), "converge fail")
+	if code := p.exit(); code != 2 {
+		t.Errorf("exit status %d, want 2", code)
 	}
 }
