@@ -35,7 +35,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	return resp.Exit
 }
 
-// sendTimeout bounds a whole request; commands answer at once.
+// sendTimeout bounds a request, and the silence between the parts of a
+// streaming answer (the agent beats every streamBeat).
 const sendTimeout = 30 * time.Second
 
 // Send sends req to the agent at the socket sock and returns its answer,
