@@ -38,6 +38,23 @@ func newStep(args []string, dir string, env []string) *step {
 	return &step{args: args, dir: dir, env: env, line: commandLine(args)}
 }
 
+// cmdExeLine is the Windows command line for args when they run cmd.exe
+// with /c or /k: what follows is handed to cmd.exe as written, joined by
+// spaces, since cmd.exe does not parse the quoting Go gives arguments
+// (CommandLineToArgvW's). escape quotes the program's path. ok is false
+// for any other program, whose arguments Go quotes as usual.
+func cmdExeLine(args []string, escape func(string) string) (line string, ok bool) {
+	if len(args) < 3 {
+		return "", false
+	}
+	base := strings.ToLower(filepath.Base(strings.ReplaceAll(args[0], `\`, "/")))
+	flag := strings.ToLower(args[1])
+	if (base != "cmd" && base != "cmd.exe") || (flag != "/c" && flag != "/k") {
+		return "", false
+	}
+	return escape(args[0]) + " " + args[1] + " " + strings.Join(args[2:], " "), true
+}
+
 // shown is the command line in backquotes, for messages.
 func (s *step) shown() string { return "`" + s.line + "`" }
 

@@ -133,3 +133,24 @@ func TestCommandLine(t *testing.T) {
 		}
 	}
 }
+
+// TestCmdExeLine: cmd.exe gets its /c line as written; other programs
+// keep Go's quoting.
+func TestCmdExeLine(t *testing.T) {
+	quote := func(s string) string { return `"` + s + `"` }
+	for _, tt := range []struct {
+		args []string
+		want string
+		ok   bool
+	}{
+		{[]string{"cmd", "/c", `echo "a b" & exit 3`}, `"cmd" /c echo "a b" & exit 3`, true},
+		{[]string{`C:\Windows\System32\cmd.exe`, "/C", "build.bat", "release"}, `"C:\Windows\System32\cmd.exe" /C build.bat release`, true},
+		{[]string{"pwsh", "-Command", "exit 3"}, "", false},
+		{[]string{"cmd"}, "", false},
+	} {
+		got, ok := cmdExeLine(tt.args, quote)
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("cmdExeLine(%q) = %q, %v; want %q, %v", tt.args, got, ok, tt.want, tt.ok)
+		}
+	}
+}

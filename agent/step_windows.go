@@ -5,8 +5,6 @@ package agent
 import (
 	"os"
 	"os/exec"
-	"path/filepath"
-	"strings"
 	"syscall"
 )
 
@@ -15,13 +13,8 @@ import (
 // CommandLineToArgvW, which cmd.exe does not follow. PowerShell, and
 // every other program, parses Go's quoting.
 func prepareStep(cmd *exec.Cmd) {
-	if len(cmd.Args) < 3 {
-		return
-	}
-	base := strings.ToLower(filepath.Base(cmd.Args[0]))
-	flag := strings.ToLower(cmd.Args[1])
-	if (base == "cmd" || base == "cmd.exe") && (flag == "/c" || flag == "/k") {
-		cmd.SysProcAttr = &syscall.SysProcAttr{CmdLine: syscall.EscapeArg(cmd.Args[0]) + " " + cmd.Args[1] + " " + strings.Join(cmd.Args[2:], " ")}
+	if line, ok := cmdExeLine(cmd.Args, syscall.EscapeArg); ok {
+		cmd.SysProcAttr = &syscall.SysProcAttr{CmdLine: line}
 	}
 }
 
