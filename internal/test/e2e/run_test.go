@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/converge-ci/converge/internal/test/sshtest"
@@ -332,5 +333,27 @@ func TestRunExtendAndStatus(t *testing.T) {
 	c.Run("ssh", tgt, "", tgt.Dest(), "converge fail")
 	if code := p.exit(); code != 2 {
 		t.Errorf("exit status %d, want 2", code)
+	}
+}
+
+// TestRunCancelled: the job is cancelled while the command runs (SIGTERM
+// to the agent): the command gets the signal, the agent exits with its
+// status and registers nothing; a cancelled job has no time for a shell.
+func TestRunCancelled(t *testing.T) {
+	t.Parallel()
+	r := startServer(t)
+	c := sshtest.New(t)
+	p := startStep(t, r, keyDir(t, c), nil, []string{"--id", "run-cancelled"},
+		"sh", "-c", `trap 'echo got TERM; exit 143' TERM; echo ready; while :; do sleep 0.1; done`)
+	waitFor(t, "the command to start", func() bool { return strings.Contains(p.Out.String(), "ready") })
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if code := p.exit(); code != 143 {
+		t.Errorf("exit status %d, want the command's 143", code)
+	}
+	if !strings.Contains(p.Out.String(), "got TERM") || strings.Contains(p.Out.String(), "registered") {
+		t.Errorf("output:\n%s\nwant the command to get SIGTERM and no registration", p.All)
+	}
+	if n := metric(t, r.HTTP, registrations); n != 0 {
+		t.Errorf("%s = %v, want 0", registrations, n)
 	}
 }
