@@ -110,6 +110,14 @@ func TestActionRun(t *testing.T) {
 	if out, code := exitOf(t, j.step("main", in("true", "sometimes"))); code == 0 || !strings.Contains(out, "not one of") {
 		t.Errorf("when: sometimes: status %d, want a failure naming the choices:\n%s", code, out)
 	}
+
+	// Without run:, when: decides whether the agent starts at all.
+	j = newJob(t, keys)
+	j.vars["GITHUB_RUN_ATTEMPT"] = "1"
+	out, code = exitOf(t, j.step("main", map[string]string{"server": r.HTTP, "when": "rerun", "detached": "true"}))
+	if code != 0 || !strings.Contains(out, "not started") || strings.Contains(out, "Downloading") {
+		t.Errorf("when: rerun on a first attempt, no run: status %d, want 0 and no agent:\n%s", code, out)
+	}
 }
 
 // newGitLabRunJob is a GitLab CI job that extends .converge-run.
