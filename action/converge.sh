@@ -362,6 +362,8 @@ run_step() {
 	echo "Running the step through the Converge agent: if it fails, it waits here for you to connect."
 	# Git Bash would rewrite arguments that look like paths for Windows programs.
 	MSYS_NO_PATHCONV=1 MSYS2_ARG_CONV_EXCL='*' "$agent" run "${rest[@]}" "$ws_base" -- "${shell[@]}" "$INPUT_RUN" || status=$?
+	# Only a failed step started the agent: then who came and what they decided.
+	who_summary "$agent" "$state"
 	exit "$status"
 }
 

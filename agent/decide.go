@@ -215,7 +215,7 @@ func (a *Agent) cmdRetry(ctx context.Context, c *ctl.Call) error {
 	if errors.Is(err, ErrDecided) || errors.Is(err, ErrRetrying) {
 		return err
 	}
-	a.decided("retry", by, code)
+	a.decided(c.Caller.Conn, "retry", by, code)
 	if code == 0 {
 		if now {
 			fmt.Fprintln(c.Stdout, "converge: it passed: the step succeeds; the agent ends now.")
@@ -234,7 +234,7 @@ func (a *Agent) cmdPass(_ context.Context, c *ctl.Call) error {
 	if err := a.step.Pass(by); err != nil {
 		return err
 	}
-	a.decided("pass", by, 0)
+	a.decided(c.Caller.Conn, "pass", by, 0)
 	fmt.Fprintln(c.Stdout, "converge: passed by hand: the step succeeds and the job goes on; this session closes.")
 	return nil
 }
@@ -244,7 +244,7 @@ func (a *Agent) cmdFail(_ context.Context, c *ctl.Call) error {
 	if err := a.step.Fail(by); err != nil {
 		return err
 	}
-	a.decided("fail", by, a.step.Status())
+	a.decided(c.Caller.Conn, "fail", by, a.step.Status())
 	fmt.Fprintln(c.Stdout, "converge: failed by hand: the step fails and the job goes on; this session closes.")
 	return nil
 }
@@ -283,13 +283,14 @@ func (a *Agent) caller(c ctl.Caller) string {
 	return "someone in the job"
 }
 
-// decided records a decision about the step in the journal.
-func (a *Agent) decided(decision, by string, status int) {
+// decided records in the journal a decision about the step, taken in
+// the session of connection conn.
+func (a *Agent) decided(conn, decision, by string, status int) {
 	data, _ := json.Marshal(struct {
 		Decision string `json:"decision"`
 		By       string `json:"by"`
 		Status   int    `json:"status"`
 		Command  string `json:"command"`
 	}{decision, by, status, a.step.step.line})
-	a.journal.Append(journal.Entry{Kind: journal.KindRunDecision, Note: fmt.Sprintf("%s: %s by %s (status %d)", a.step.step.line, decision, by, status), Data: data})
+	a.journal.Append(journal.Entry{Kind: journal.KindRunDecision, Conn: conn, Note: fmt.Sprintf("%s: %s by %s (status %d)", a.step.step.line, decision, by, status), Data: data})
 }
