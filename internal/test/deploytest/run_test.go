@@ -96,6 +96,9 @@ func TestActionRun(t *testing.T) {
 			if tt.converge && !strings.Contains(out, "`echo about to fail; exit 4` failed with exit status 4") {
 				t.Errorf("the log does not say what failed:\n%s", out)
 			}
+			if sum := j.summary(); tt.converge != strings.Contains(sum, "Nobody logged in") {
+				t.Errorf("the job summary after the wait (converge %v):\n%s", tt.converge, sum)
+			}
 		})
 	}
 
