@@ -36,8 +36,13 @@ func (d *Server) handleSession(s ssh.Session) {
 		cmd.Env = env
 	}
 	end := d.journalSession(s.Context(), js)
+	tap, err := d.recordShell(s, js)
+	defer tap.close()
 	cs := &countedSession{Session: s}
-	code, err := d.run(cs, cmd)
+	code := 255
+	if err == nil {
+		code, err = d.run(cs, cmd, tap)
+	}
 	if err != nil {
 		log.Warn("session failed", "error", err)
 		s.Stderr().Write([]byte("converge: " + err.Error() + "\r\n"))
@@ -177,6 +182,7 @@ var agentSecrets = []string{
 	"CONVERGE_AUTHORIZED_KEYS",
 	"CONVERGE_AUTHORIZED_KEYS_DATA",
 	"CONVERGE_AUTHORIZED_KEYS_URL",
+	"CONVERGE_RECORD_TO", // may be a URL with a token in it
 }
 
 // withoutSecrets returns env (KEY=value entries) without agentSecrets.

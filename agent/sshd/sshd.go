@@ -96,6 +96,12 @@ type Config struct {
 	// to use (the converge command's) and a release called when the
 	// session ends. Nil: the environment as it is.
 	SessionEnv func(conn, session string, env []string) ([]string, func())
+	// RecordShell, if set, is called as each interactive shell starts (a
+	// PTY, no command) and returns its recording, or nil not to record
+	// it (see ShellRecording). An error refuses the shell: a team that
+	// records shells must not get one unrecorded. Nil: no shell is
+	// recorded.
+	RecordShell func(ShellInfo) (ShellRecording, error)
 }
 
 // Watcher follows what users do on a Server: *lifetime.Lifetime is one.
