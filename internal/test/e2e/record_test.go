@@ -348,3 +348,63 @@ func TestReceipt(t *testing.T) {
 		}
 	}
 }
+
+// TestRecordingSurvivesAgentKill: kill -9 of the agent while a shell
+// prints fast leaves recordings that the stock age decrypts whole, part
+// by part, into a cast asciinema plays, holding what was flushed.
+func TestRecordingSurvivesAgentKill(t *testing.T) {
+	t.Parallel()
+	needTools(t, "age", "age-keygen", "asciinema", "tmux")
+	r := startServer(t)
+	c := sshtest.New(t)
+	ageID, ageRecipient := ageKeygen(t)
+	dir, recDir := keyDir(t, c), filepath.Join(t.TempDir(), "recordings")
+	p := runAgentBinary(t, r, dir, []string{"HOME=" + t.TempDir(), "CONVERGE_RECORD_TO=" + ageRecipient}, "--id", "rec-kill-job",
+		"--stay", "--shell", "bash", "--record-dir", recDir, "--state-dir", t.TempDir())
+	_, line := printedTrust(t, p.Out.String())
+	addKnownHost(t, c, line)
+	tm := startTerm(t, c, r.target("rec-kill-job"), 80, 24)
+	mark := "MARK" + markerSleep()
+	tm.typeLine("echo " + mark[:4] + "''" + mark[4:])
+	tm.waitScreen("\n" + mark)
+	waitFor(t, "the marker in the decrypted recording", func() bool {
+		cast, err := decryptCast(t, ageID, castParts(t, recDir))
+		return err == nil && strings.Contains(string(cast), mark)
+	})
+	tm.typeLine("seq 1 3000000")
+	// Killed while it prints, once a few parts (1 MiB each) are written.
+	waitFor(t, "three parts of recording", func() bool { return len(castParts(t, recDir)) >= 3 })
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+
+	parts := castParts(t, recDir)
+	cast, err := decryptCast(t, ageID, parts)
+	if err != nil {
+		t.Fatalf("after kill -9, a part does not decrypt: %v", err)
+	}
+	shown := asciinemaCat(t, cast)
+	if !strings.Contains(shown, mark) {
+		t.Errorf("asciinema cat of the recording after kill -9 lacks %q", mark)
+	}
+	// seq's lines are all there, in order, up to the last flush.
+	// The last may be cut short: the output read from the terminal at
+	// the last flush ended mid-line.
+	var nums []string
+	for _, l := range strings.Split(ansiRE.ReplaceAllString(shown, ""), "\n") {
+		if n, err := strconv.Atoi(l); err == nil && n > 0 {
+			nums = append(nums, l)
+		}
+	}
+	next := 1
+	for i, l := range nums {
+		want := strconv.Itoa(next)
+		if l != want && !(i == len(nums)-1 && strings.HasPrefix(want, l)) {
+			t.Fatalf("after line %d of seq the recording has %s: parts lost or reordered", next-1, l)
+		}
+		next++
+	}
+	t.Logf("%d parts, %d bytes of cast, seq up to %d", len(parts), len(cast), next-1)
+	if next < 100000 {
+		t.Errorf("the recording holds seq only up to %d, though %d parts were written", next-1, len(parts))
+	}
+}
