@@ -200,7 +200,7 @@ func TestRedisRegistryRefill(t *testing.T) {
 	var agents []*testAgent
 	for i := range 5 {
 		id := fmt.Sprint("job-", i)
-		a, held := join(t, testReg{rs[0]}, id, unproven(), "192.0.2.1")
+		a, held := join(t, testReg{rs[0]}, id, freshAt(clk), "192.0.2.1")
 		a.tenure = held
 		a.issued.Store(clk.t.UnixNano())
 		agents = append(agents, a)
@@ -212,7 +212,8 @@ func TestRedisRegistryRefill(t *testing.T) {
 	if err := rdb.FlushAll(context.Background()).Err(); err != nil {
 		t.Fatal(err)
 	}
-	rogue, _ := join(t, testReg{rs[1]}, "job-0", unproven(), "198.51.100.66")
+	rogue, _ := join(t, testReg{rs[1]}, "job-0", freshAt(clk), "198.51.100.66")
+	rogue.issued.Store(clk.t.UnixNano())
 	if _, changed, err := rs[0].Refresh(); err != nil || !changed {
 		t.Fatalf("refresh after Redis lost its data: changed %v, %v; want the epoch changed", changed, err)
 	}
@@ -242,6 +243,10 @@ func TestRedisRegistryRefill(t *testing.T) {
 		t.Errorf("after the refill: %+v; want 5 entries charged to 192.0.2.1", st)
 	}
 }
+
+// freshAt is the Claim of an agent with no token at clk's time: a
+// tenure begun now, as the server makes them.
+func freshAt(clk *fakeClock) Claim { return Claim{Tenure: NewTenure(clk.t)} }
 
 // route is Route as the tests read it: the agent held here, or the
 // replica holding it.
