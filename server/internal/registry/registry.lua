@@ -6,7 +6,9 @@
 -- 3 reservations (zset ID -> expiry), 4 charged (hash address group ->
 -- entries charged to it), 5 epoch (string, Unix seconds), 6 sessions
 -- (hash ID -> the sessions view's row, JSON).
--- ARGV: 1 operation, 2 now (Unix ms), 3 grace (ms; <= 0: none), 4
+-- ARGV: 1 operation, 2 now (Unix ms; "": Redis's clock, as replicas
+-- send it, so that leases and reservations do not depend on each
+-- replica's clock; tests send theirs), 3 grace (ms; <= 0: none), 4
 -- per-address limit (<= 0: none), 5 reservations cap (<= 0: none), 6
 -- lease (ms), 7 this replica (its advertise URL), 8 events channel, then
 -- the operation's own.
@@ -19,6 +21,10 @@
 local K_IDS, K_LEASES, K_RES, K_CHARGED, K_EPOCH, K_SESS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local op = ARGV[1]
 local now, grace = tonumber(ARGV[2]), tonumber(ARGV[3])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local perAddr, maxRes = tonumber(ARGV[4]), tonumber(ARGV[5])
 local leaseMs, self, events = tonumber(ARGV[6]), ARGV[7], ARGV[8]
 
@@ -272,6 +278,12 @@ elseif op == 'refresh' then
     end
   end
   return out
+elseif op == 'owner' then
+  -- id. Read only: the replica holding id and its connection token
+  -- while its lease lasts; else nothing.
+  local e = get(ARGV[9])
+  if e and e.o and e.l > now then return {e.o, e.c} end
+  return {}
 elseif op == 'rows' then
   -- then per agent: id, conn, row. Writes each sessions view row only
   -- while its agent holds the ID, so that a row written as its agent
