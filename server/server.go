@@ -287,6 +287,9 @@ func (s *Server) loadKey() ([]byte, error) {
 			return nil, fmt.Errorf("cluster key (CONVERGE_CLUSTER_KEY): %w", err)
 		}
 		s.log.Info("server key from the cluster key", "key_id", registry.KeyID(key))
+		if registry.WeakKey(key) {
+			s.log.Warn("the cluster key is a short pattern repeated (all zeros?): anyone who guesses it can sign agents' secrets and forwarded requests; make one with `openssl rand -hex 32`")
+		}
 		return key, nil
 	case s.cfg.StateDir != "":
 		key, created, err := registry.LoadKey(s.cfg.StateDir)

@@ -56,6 +56,22 @@ func decodeBase64(s string) ([]byte, error) {
 	return nil, errors.New("not base64")
 }
 
+// WeakKey reports whether key is trivially guessable: all one byte
+// (all zeros), or few distinct bytes (a short pattern repeated). A key
+// from `openssl rand` has about 28 distinct bytes in 32; fewer than 12
+// happens by chance less than once in 10^12.
+func WeakKey(key []byte) bool {
+	var seen [256]bool
+	n := 0
+	for _, b := range key {
+		if !seen[b] {
+			seen[b] = true
+			n++
+		}
+	}
+	return n < 12
+}
+
 // KeyID names a key in logs without revealing it, so operators can check
 // that replicas share one.
 func KeyID(key []byte) string {
