@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -33,6 +34,9 @@ type cluster struct {
 	self string // this replica's advertise URL, ws:// or wss://
 
 	kick chan struct{} // local changes to publish; capacity 1
+
+	seen   seenMACs     // forwarded requests' signatures accepted (forward.go)
+	lastMS atomic.Int64 // the last time a forwarded request was signed with (signMS)
 
 	mu        sync.Mutex
 	published map[string]string // ID -> the sessions row last written for it

@@ -57,7 +57,7 @@ func (c *cluster) dialOwner(ctx context.Context, r *http.Request, owner, kind, i
 			req.Header.Add(h, v)
 		}
 	}
-	ms := time.Now().UnixMilli()
+	ms := c.signMS()
 	req.Header.Set(forwardHeader, fmt.Sprintf("v1 %d %s %s", ms, addr, forwardMAC(c.s.tokens.Key(), kind, id, token, ms, addr)))
 
 	ctx, cancel := context.WithTimeout(ctx, forwardDialTimeout)
