@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/user"
 	"runtime"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -179,6 +180,7 @@ func (a *Agent) control(ctx context.Context, announce bool) (connected bool, err
 func (a *Agent) serveControl(ctx context.Context, c *websocket.Conn, pooling bool) error {
 	idle, endIdle := context.WithCancel(ctx)
 	defer endIdle()
+	var idleStreams atomic.Int64 // pool streams opening or waiting for a client
 	for {
 		m, err := wire.Receive(ctx, c)
 		if err != nil {
@@ -197,10 +199,15 @@ func (a *Agent) serveControl(ctx context.Context, c *websocket.Conn, pooling boo
 				a.dialStream(ctx, *m.Dial)
 			}()
 		case m.Type == wire.TypePool && pooling:
+			if idleStreams.Load() >= wire.MaxIdleStreams {
+				a.log.Debug("not opening another idle stream: the server asks for more than an agent keeps", "max", wire.MaxIdleStreams)
+				continue
+			}
+			idleStreams.Add(1)
 			a.streams.Add(1)
 			go func() {
 				defer a.streams.Done()
-				a.poolStream(idle, ctx, m.Pool.Token)
+				a.poolStream(idle, ctx, m.Pool.Token, func() { idleStreams.Add(-1) })
 			}()
 		default:
 			a.log.Warn("ignoring unexpected control message", "type", m.Type)
