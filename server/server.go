@@ -233,6 +233,7 @@ type Server struct {
 
 	streamLimit *addrLimiter
 	authFails   *failLimiter // wrong sessions-view passwords
+	challenges  seenMACs     // agents' host-key challenges used (hostkey.go)
 
 	conns   *conns   // hijacked WebSockets, for the drain
 	pending *pending // clients waiting for their agent's stream
