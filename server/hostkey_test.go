@@ -1,16 +1,20 @@
 package server
 
 import (
+	"bufio"
 	"context"
 	"crypto/ed25519"
 	"encoding/base64"
 	"errors"
+	"fmt"
+	"net"
 	"net/http"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
 
+	"github.com/converge-ci/converge/internal/leg"
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
 )
@@ -68,6 +72,22 @@ func TestSecretBoundToHostKey(t *testing.T) {
 	if got := resp.Header.Get(wire.HostKeyHeader); got != wire.Fingerprint(pub) {
 		t.Errorf("a client's upgrade says %s %q; want %q", wire.HostKeyHeader, got, wire.Fingerprint(pub))
 	}
+
+	// A raw stream's upgrade says it too.
+	raw, err := net.Dial("tcp", r.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	fmt.Fprintf(raw, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n", wire.ClientPath("bound"), r.addr, leg.Upgrade)
+	rresp, err := http.ReadResponse(bufio.NewReader(raw), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := rresp.Header.Get(wire.HostKeyHeader); rresp.StatusCode != http.StatusSwitchingProtocols || got != wire.Fingerprint(pub) {
+		t.Errorf("a raw client's upgrade: %d, %s %q; want 101 and %q", rresp.StatusCode, wire.HostKeyHeader, got, wire.Fingerprint(pub))
+	}
+	raw.Close()
 
 	// The agent itself, back with its secret and its key.
 	back, _ := proveKey(t, r.ws(), "bound", http.Header{wire.SecretHeader: {welcome.Secret}}, priv, pub)
