@@ -24,6 +24,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -110,6 +111,9 @@ type Session struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	once   sync.Once
+
+	sftpMu sync.Mutex
+	sftp   *sftp.Client // opened by files on first use
 }
 
 // Start connects through dial, checks the host key, logs in, and starts
@@ -234,6 +238,11 @@ func (s *Session) Wait() error {
 func (s *Session) Close() error {
 	s.once.Do(func() {
 		s.cancel()
+		s.sftpMu.Lock()
+		if s.sftp != nil {
+			s.sftp.Close()
+		}
+		s.sftpMu.Unlock()
 		s.client.Close()
 		s.st.abort()
 		s.wg.Wait()
