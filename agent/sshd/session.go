@@ -84,10 +84,23 @@ func (d *Server) command(s ssh.Session) *exec.Cmd {
 	env := append(withoutSecrets(os.Environ()), s.Environ()...)
 	env = append(env, "agentdir="+d.cfg.Dir)
 	if pty, _, ok := s.Pty(); ok && pty.Term != "" {
-		env = append(env, "TERM="+pty.Term)
+		env = append(env, "TERM="+pty.Term, reportDir(env))
 	}
 	cmd.Env = env
 	return cmd
+}
+
+// reportDir makes bash tell the terminal its directory before each prompt
+// (OSC 7), so the browser terminal uploads where the user is; a
+// PROMPT_COMMAND the job set still runs after it.
+func reportDir(env []string) string {
+	const osc7 = `printf '\033]7;file://%s%s\007' "$HOSTNAME" "$PWD"`
+	for i := len(env) - 1; i >= 0; i-- {
+		if v, ok := strings.CutPrefix(env[i], "PROMPT_COMMAND="); ok && v != "" {
+			return "PROMPT_COMMAND=" + osc7 + "; " + v
+		}
+	}
+	return "PROMPT_COMMAND=" + osc7
 }
 
 // agentSecrets are the environment variables through which a job hands
