@@ -132,7 +132,7 @@ func TestTerminalUpload(t *testing.T) {
 	big := filepath.Join(src, "big.bin")
 	bigSum := bigFile(t, big, 100<<20, marker(t))
 	p.open(r.HTTP + "/terminal/upload-job#fp=" + hostPin(a))
-	p.waitState("open")
+	p.login(a.Dir) // another origin: another browser key
 	p.typeLine("cd inbox && echo back-$((2+2))")
 	p.waitScreen("back-4")
 	p.waitJS("the page follows the shell's directory", `document.getElementById("terminal-app").getAttribute("data-cwd") === `+jsString(inbox), 20*time.Second)
@@ -225,7 +225,7 @@ func TestTerminalDownload(t *testing.T) {
 	const size = 100 << 20
 	bigSum := bigFile(t, filepath.Join(a.Dir, "big.bin"), size, marker(t))
 	p.open(r.HTTP + "/terminal/download-job#fp=" + hostPin(a))
-	p.waitState("open")
+	p.login(a.Dir) // another origin: another browser key
 	before := get(t, p.ctx, "wasm memory", chromedp.Evaluate[float64](`window.convergeWasmMemory.buffer.byteLength`))
 	start := time.Now()
 	p.offerGet("$PWD/big.bin")
