@@ -154,6 +154,14 @@ func handshake(ctx context.Context, st *stream, cfg Config) (*ssh.Client, error)
 	stop := context.AfterFunc(ctx, st.abort)
 	defer stop()
 	cc := &ssh.ClientConfig{
+		// ChaCha20-Poly1305 first: WebAssembly has no AES instructions,
+		// and Go's software AES-GCM seals 15 MB/s there against 63 MB/s
+		// for ChaCha20-Poly1305 (measured under Node, 32 KiB packets).
+		// The client's order decides.
+		Config: ssh.Config{Ciphers: []string{
+			ssh.CipherChaCha20Poly1305, ssh.CipherAES128GCM, ssh.CipherAES256GCM,
+			ssh.CipherAES128CTR, ssh.CipherAES192CTR, ssh.CipherAES256CTR,
+		}},
 		User:            cfg.Login.User,
 		AuthCallback:    cfg.Login.callback(),
 		HostKeyCallback: checkHostKey(cfg.Pin),
