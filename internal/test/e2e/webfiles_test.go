@@ -331,3 +331,44 @@ func TestTerminalClipboardAndPhone(t *testing.T) {
 		t.Errorf("the page broke its CSP: %q", v)
 	}
 }
+
+// TestTerminalUploadSurvivesCut: the network between the page and the
+// relay is cut for 5 s in the middle of an upload; the resumable stream
+// carries the same SFTP transfer on over a new link, and the file lands
+// whole.
+func TestTerminalUploadSurvivesCut(t *testing.T) {
+	r := startServer(t, withTerminal)
+	cut := newProxy(t, r.Addr)
+	a := startAgent(t, r, "cut-job", sshtest.New(t))
+	p := newTermPage(t)
+	p.open(browserLink(t, a, r, "cut-job", "http://"+cut.Addr()))
+	p.login(a.Dir)
+	if mode := p.text("#status"); !strings.Contains(mode, "pauses") {
+		t.Fatalf("status %q: the stream is not resumable", mode)
+	}
+	big := filepath.Join(t.TempDir(), "cut.bin")
+	sum := bigFile(t, big, 100<<20, marker(t))
+	do(t, p.ctx, "pick "+big, chromedp.SetUploadFiles(chromedp.CSS("#upload-input"), []string{big}))
+	row := transfer("upload", "cut.bin")
+	p.waitJS("the upload is under way", `(function () { var r = `+row+`; return !!r && Number(r.getAttribute("data-bytes") || 0) > (8 << 20); })()`, time.Minute)
+	cut.Pause()
+	cut.Cut()
+	at := get(t, p.ctx, "bytes at the cut", chromedp.Evaluate[float64](`Number(`+row+`.getAttribute("data-bytes"))`))
+	time.Sleep(5 * time.Second) // the outage itself, not a wait for a condition
+	cut.Resume()
+	p.waitJS("the upload ends", `["done", "failed", "cancelled"].indexOf(`+row+`.getAttribute("data-state")) >= 0`, 5*time.Minute)
+	if st := get(t, p.ctx, "state", chromedp.Evaluate[string](row+`.getAttribute("data-state")`)); st != "done" {
+		t.Fatalf("upload after a 5 s cut at %.0f MiB ended %q: %s", at/(1<<20), st, p.text("#transfers"))
+	}
+	if got := fileSum(t, filepath.Join(a.Dir, "cut.bin")); got != sum {
+		t.Errorf("SHA-256 after the cut %s, want %s", got, sum)
+	}
+	paused := false
+	for _, st := range p.states() {
+		paused = paused || st == "paused"
+	}
+	if !paused {
+		t.Errorf("the page never paused: the cut did not happen during the upload (states %q)", p.states())
+	}
+	t.Logf("cut for 5 s at %.0f MiB of 100; the upload completed", at/(1<<20))
+}
