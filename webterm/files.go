@@ -89,7 +89,7 @@ func checkName(name string) error {
 // wrote. It writes a hidden temporary file first and renames it into
 // place, so a cancelled or failed upload (ctx, or src failing) leaves
 // nothing behind. progress, when set, is called with the bytes read so
-// far. The target's existence is checked before and after the copy;
+// far, every MiB and at the end. The target's existence is checked before and after the copy;
 // between the last check and the rename a file made by someone else
 // would be replaced (SFTP has no rename-unless-exists).
 func (s *Session) Upload(ctx context.Context, src io.Reader, dir, name string, how Conflict, progress func(int64)) (string, error) {
@@ -212,7 +212,8 @@ func (s *Session) StatFile(p string) (FileInfo, error) {
 
 // Download copies the job's file p to dst, streaming: what is in flight
 // is bounded by SFTP's concurrent reads, never the whole file. progress,
-// when set, is called with the bytes written so far. It stops when ctx
+// when set, is called with the bytes written so far, every MiB and at the
+// end. It stops when ctx
 // is done.
 func (s *Session) Download(ctx context.Context, p string, dst io.Writer, progress func(int64)) (int64, error) {
 	c, err := s.files()
@@ -224,7 +225,11 @@ func (s *Session) Download(ctx context.Context, p string, dst io.Writer, progres
 		return 0, fmt.Errorf("open %s in the job: %w", p, err)
 	}
 	defer f.Close()
-	n, err := f.WriteTo(&countingWriter{ctx: ctx, w: dst, progress: progress})
+	cw := &countingWriter{ctx: ctx, w: dst, progress: progress}
+	n, err := f.WriteTo(cw)
+	if progress != nil && cw.told != n {
+		progress(n)
+	}
 	if ctx.Err() != nil {
 		return n, ctx.Err()
 	}
@@ -238,7 +243,7 @@ func (s *Session) Download(ctx context.Context, p string, dst io.Writer, progres
 type countingReader struct {
 	ctx      context.Context
 	r        io.Reader
-	n        int64
+	n, told  int64 // read, and last reported
 	progress func(int64)
 }
 
@@ -248,17 +253,26 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	}
 	n, err := c.r.Read(p)
 	c.n += int64(n)
-	if n > 0 && c.progress != nil {
+	c.report(err != nil)
+	return n, err
+}
+
+// progressStep is how many bytes pass between two progress reports: a
+// report per 32 KiB packet would cost the page more than the bytes do.
+const progressStep = 1 << 20
+
+func (c *countingReader) report(last bool) {
+	if c.progress != nil && (c.n-c.told >= progressStep || last && c.n != c.told) {
+		c.told = c.n
 		c.progress(c.n)
 	}
-	return n, err
 }
 
 // countingWriter writes to w until ctx is done, reporting progress.
 type countingWriter struct {
 	ctx      context.Context
 	w        io.Writer
-	n        int64
+	n, told  int64 // written, and last reported
 	progress func(int64)
 }
 
@@ -268,7 +282,8 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	}
 	n, err := c.w.Write(p)
 	c.n += int64(n)
-	if n > 0 && c.progress != nil {
+	if c.progress != nil && c.n-c.told >= progressStep {
+		c.told = c.n
 		c.progress(c.n)
 	}
 	return n, err
