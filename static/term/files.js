@@ -52,7 +52,7 @@
   function setRow(r, state, text) {
     r.setAttribute("data-state", state);
     if (text) r.querySelector(".what").textContent = text;
-    if (state !== "running") r.querySelector(".cancel").hidden = true;
+    r.querySelector(".cancel").hidden = state !== "running";
   }
   function progress(r, size) {
     var bar = r.querySelector("progress"), pct = r.querySelector(".pct");
@@ -142,7 +142,6 @@
       if (e.kind === "exists") {
         return ask(r, e.path + " exists:", { replace: "Replace", keep: "Keep both", skip: "Skip" }).then(function (c) {
           if (c === "skip") return setRow(r, "skipped", "Skipped " + f.name + ": " + e.path + " exists");
-          r.querySelector(".cancel").hidden = false;
           return uploadOne(h, f, dir, r, c);
         });
       }
@@ -158,10 +157,9 @@
     h.stat(path).then(function (info) {
       var r = row("download", "The job offers " + info.path + " (" + size(info.size) + ")");
       r.setAttribute("data-name", info.name);
-      r.querySelector(".cancel").hidden = true;
+      setRow(r, "offered");
       ask(r, "", { save: "Save", dismiss: "Dismiss" }).then(function (c) {
         if (c === "dismiss") return setRow(r, "dismissed");
-        r.querySelector(".cancel").hidden = false;
         setRow(r, "running", "Saving " + info.name + " (" + size(info.size) + ")");
         download(h, info, r);
       });

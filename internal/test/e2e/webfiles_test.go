@@ -126,6 +126,16 @@ func TestTerminalUpload(t *testing.T) {
 	if strings.Join(names, ",") != "small (1).bin,small.bin" {
 		t.Errorf("inbox holds %q after keep both and skip; want small.bin and small (1).bin", names)
 	}
+	// A file dropped on the terminal.
+	do(t, p.ctx, "drop a file", chromedp.Evaluate[chromedp.Void](`(function () {
+  var dt = new DataTransfer();
+  dt.items.add(new File(["dropped-`+mark+`"], "dropped.txt"));
+  document.getElementById("term").dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
+})()`))
+	p.waitJS("the dropped file lands", `(function () { var r = `+transfer("upload", "dropped.txt")+`; return !!r && r.getAttribute("data-state") === "done"; })()`, 30*time.Second)
+	if got, _ := os.ReadFile(filepath.Join(inbox, "dropped.txt")); string(got) != "dropped-"+mark {
+		t.Errorf("dropped file holds %q", got)
+	}
 	capture.check(t, mark)
 
 	// 100 MiB, straight to the relay (the capture keeps every byte).
@@ -136,6 +146,15 @@ func TestTerminalUpload(t *testing.T) {
 	p.typeLine("cd inbox && echo back-$((2+2))")
 	p.waitScreen("back-4")
 	p.waitJS("the page follows the shell's directory", `document.getElementById("terminal-app").getAttribute("data-cwd") === `+jsString(inbox), 20*time.Second)
+	// Cancelled half way: nothing is left in the job.
+	p.upload(big, time.Minute, "running")
+	p.waitJS("the upload is under way", `Number(`+transfer("upload", "big.bin")+`.getAttribute("data-bytes") || 0) > (4 << 20)`, time.Minute)
+	do(t, p.ctx, "cancel", chromedp.Click(chromedp.CSS(`#transfers .transfer:last-child .cancel`)))
+	p.waitJS("the upload stops", transfer("upload", "big.bin")+`.getAttribute("data-state") === "cancelled"`, time.Minute)
+	if ents, _ := os.ReadDir(inbox); len(ents) != 3 {
+		t.Errorf("after a cancelled upload the inbox holds %v, want the 3 files from before", ents)
+	}
+
 	start := time.Now()
 	if st := p.upload(big, 5*time.Minute, "done", "failed"); st != "done" {
 		t.Fatalf("100 MiB upload ended %q: %s", st, p.text("#transfers"))
