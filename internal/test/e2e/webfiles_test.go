@@ -112,7 +112,18 @@ func TestTerminalUpload(t *testing.T) {
 		t.Errorf("the page says %q about where files go", where)
 	}
 
-	// Again: the page asks; keep both, then skip.
+	p.checkConflictsAndDrop(small, inbox, mark)
+	capture.check(t, mark)
+
+	p.uploadBig(r, a, c, src, inbox)
+}
+
+// checkConflictsAndDrop uploads small to inbox again twice, keeping both
+// then skipping, and drops a file on the terminal.
+func (p *termPage) checkConflictsAndDrop(small, inbox, mark string) {
+	t := p.t
+	t.Helper()
+	// The page asks; keep both, then skip.
 	for _, choice := range []string{"keep", "skip"} {
 		p.upload(small, 30*time.Second, "ask")
 		do(t, p.ctx, choice, chromedp.Click(chromedp.CSS(`#transfers .transfer:last-child [data-choice="`+choice+`"]`)))
@@ -136,9 +147,14 @@ func TestTerminalUpload(t *testing.T) {
 	if got, _ := os.ReadFile(filepath.Join(inbox, "dropped.txt")); string(got) != "dropped-"+mark {
 		t.Errorf("dropped file holds %q", got)
 	}
-	capture.check(t, mark)
+}
 
-	// 100 MiB, straight to the relay (the capture keeps every byte).
+// uploadBig cancels a 100 MiB upload half way, then uploads it whole
+// straight to the relay (the capture proxy keeps every byte), and
+// measures it against OpenSSH's sftp put.
+func (p *termPage) uploadBig(r *relay, a *runningAgent, c *sshtest.Client, src, inbox string) {
+	t := p.t
+	t.Helper()
 	big := filepath.Join(src, "big.bin")
 	bigSum := bigFile(t, big, 100<<20, marker(t))
 	p.open(r.HTTP + "/terminal/upload-job#fp=" + hostPin(a))
@@ -299,53 +315,8 @@ func TestTerminalClipboardAndPhone(t *testing.T) {
 		t.Errorf("the page answered a clipboard read:\n%s", p.screen())
 	}
 
-	// Pastes: two lines go straight in; eight ask first.
-	paste := func(text string) {
-		do(t, p.ctx, "paste", chromedp.Evaluate[chromedp.Void](`(function () {
-  var dt = new DataTransfer(); dt.setData("text/plain", `+jsString(text)+`);
-  document.querySelector("#term textarea").dispatchEvent(new ClipboardEvent("paste", { clipboardData: dt, bubbles: true, cancelable: true }));
-})()`))
-	}
-	// bash takes a paste bracketed, and runs it at the next Enter.
-	paste("echo short-$((1+1))\necho short-$((1+2))")
-	p.typeLine("")
-	p.waitScreen("short-3")
-	var long []string
-	for i := 1; i <= 8; i++ {
-		long = append(long, "echo long-$(("+strconv.Itoa(i)+"*10))")
-	}
-	paste(strings.Join(long, "\n"))
-	p.waitJS("the page asks before a long paste", `!document.getElementById("paste-ask").hidden`, 10*time.Second)
-	if strings.Contains(p.screen(), "long-10") {
-		t.Errorf("a long paste ran before the user said yes:\n%s", p.screen())
-	}
-	do(t, p.ctx, "say yes", chromedp.Click(chromedp.CSS("#paste-yes")))
-	p.typeLine("")
-	p.waitScreen("long-80")
-
-	// A phone.
-	do(t, p.ctx, "a phone's screen", chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile, chromedp.EmulateTouch, chromedp.EmulatePortrait))
-	p.waitJS("the key bar shows", `getComputedStyle(document.getElementById("keybar")).display !== "none"`, 10*time.Second)
-	// The terminal follows the new width (xterm.js refits on a resize).
-	ctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
-	_, err := chromedp.Run(ctx, chromedp.Poll[bool](`document.documentElement.scrollWidth <= 390`))
-	cancel()
-	if err != nil {
-		t.Errorf("the page is %d px wide on a 390 px screen; wider: %s", get(t, p.ctx, "width", chromedp.Evaluate[int](`document.documentElement.scrollWidth`)),
-			get(t, p.ctx, "wide", chromedp.Evaluate[string](
-				`Array.from(document.querySelectorAll("body *")).filter(function (e) { return e.getBoundingClientRect().right > 392; }).slice(0, 8).map(function (e) { return e.tagName + "#" + e.id + "." + e.className + " " + Math.round(e.getBoundingClientRect().right); }).join(", ")`)))
-	}
-	p.typeLine("clear; stty raw -echo; echo raw-$((4+4)); dd bs=1 count=1 2>/dev/null | od -An -tx1; stty sane; echo sane-$((5+5))")
-	p.waitScreen("raw-8")
-	do(t, p.ctx, "tap Ctrl", chromedp.Click(chromedp.CSS(`#keybar [data-key="ctrl"]`)))
-	if pressed := get(t, p.ctx, "ctrl held", chromedp.Evaluate[string](`document.querySelector('#keybar [data-key="ctrl"]').getAttribute("aria-pressed")`)); pressed != "true" {
-		t.Errorf("Ctrl after a tap: aria-pressed %q", pressed)
-	}
-	p.insertText("c")
-	p.waitScreen("sane-10")
-	if !strings.Contains(p.screen(), " 03") {
-		t.Errorf("Ctrl then c did not send 0x03:\n%s", p.screen())
-	}
+	p.checkPasteGuard()
+	p.checkPhone()
 	if v := p.cspViolations(); len(v) > 0 {
 		t.Errorf("the page broke its CSP: %q", v)
 	}
@@ -390,4 +361,61 @@ func TestTerminalUploadSurvivesCut(t *testing.T) {
 		t.Errorf("the page never paused: the cut did not happen during the upload (states %q)", p.states())
 	}
 	t.Logf("cut for 5 s at %.0f MiB of 100; the upload completed", at/(1<<20))
+}
+
+// checkPasteGuard: two pasted lines go straight in; eight ask first.
+func (p *termPage) checkPasteGuard() {
+	t := p.t
+	t.Helper()
+	paste := func(text string) {
+		do(t, p.ctx, "paste", chromedp.Evaluate[chromedp.Void](`(function () {
+  var dt = new DataTransfer(); dt.setData("text/plain", `+jsString(text)+`);
+  document.querySelector("#term textarea").dispatchEvent(new ClipboardEvent("paste", { clipboardData: dt, bubbles: true, cancelable: true }));
+})()`))
+	}
+	// bash takes a paste bracketed, and runs it at the next Enter.
+	paste("echo short-$((1+1))\necho short-$((1+2))")
+	p.typeLine("")
+	p.waitScreen("short-3")
+	var long []string
+	for i := 1; i <= 8; i++ {
+		long = append(long, "echo long-$(("+strconv.Itoa(i)+"*10))")
+	}
+	paste(strings.Join(long, "\n"))
+	p.waitJS("the page asks before a long paste", `!document.getElementById("paste-ask").hidden`, 10*time.Second)
+	if strings.Contains(p.screen(), "long-10") {
+		t.Errorf("a long paste ran before the user said yes:\n%s", p.screen())
+	}
+	do(t, p.ctx, "say yes", chromedp.Click(chromedp.CSS("#paste-yes")))
+	p.typeLine("")
+	p.waitScreen("long-80")
+}
+
+// checkPhone: on a 390×844 touch screen the key bar shows, the page fits,
+// and Ctrl (held from the bar) then c sends 0x03.
+func (p *termPage) checkPhone() {
+	t := p.t
+	t.Helper()
+	do(t, p.ctx, "a phone's screen", chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile, chromedp.EmulateTouch, chromedp.EmulatePortrait))
+	p.waitJS("the key bar shows", `getComputedStyle(document.getElementById("keybar")).display !== "none"`, 10*time.Second)
+	// The terminal follows the new width (xterm.js refits on a resize).
+	ctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
+	_, err := chromedp.Run(ctx, chromedp.Poll[bool](`document.documentElement.scrollWidth <= 390`))
+	cancel()
+	if err != nil {
+		t.Errorf("the page is %d px wide on a 390 px screen; wider: %s", get(t, p.ctx, "width", chromedp.Evaluate[int](`document.documentElement.scrollWidth`)),
+			get(t, p.ctx, "wide", chromedp.Evaluate[string](
+				`Array.from(document.querySelectorAll("body *")).filter(function (e) { return e.getBoundingClientRect().right > 392; }).slice(0, 8).map(function (e) { return e.tagName + "#" + e.id + "." + e.className + " " + Math.round(e.getBoundingClientRect().right); }).join(", ")`)))
+	}
+	p.typeLine("clear; stty raw -echo; echo raw-$((4+4)); dd bs=1 count=1 2>/dev/null | od -An -tx1; stty sane; echo sane-$((5+5))")
+	p.waitScreen("raw-8")
+	do(t, p.ctx, "tap Ctrl", chromedp.Click(chromedp.CSS(`#keybar [data-key="ctrl"]`)))
+	if pressed := get(t, p.ctx, "ctrl held", chromedp.Evaluate[string](`document.querySelector('#keybar [data-key="ctrl"]').getAttribute("aria-pressed")`)); pressed != "true" {
+		t.Errorf("Ctrl after a tap: aria-pressed %q", pressed)
+	}
+	p.insertText("c")
+	p.waitScreen("sane-10")
+	if !strings.Contains(p.screen(), " 03") {
+		t.Errorf("Ctrl then c did not send 0x03:\n%s", p.screen())
+	}
 }
