@@ -19,8 +19,8 @@ import (
 //
 // A per-job HostKeyAlias cannot be written in a wildcard block (ssh
 // expands no tokens in HostKeyAlias), so ssh checks the agent's key under
-// the name typed, ID.SUFFIX: the agent's known_hosts line names both ID
-// and ID.HOST for the default suffix.
+// the name typed, ID.SUFFIX: the agent prints a known_hosts line for
+// ID.HOST, the default suffix.
 type SSHConfig struct {
 	// Server is the server's base URL, ws[s]://host[:port][/prefix].
 	// Required.

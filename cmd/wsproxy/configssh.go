@@ -19,7 +19,7 @@ config-ssh writes one Host block into your SSH config so that "ssh ID.SUFFIX"
 through the server, with this wsproxy as the ProxyCommand. The block is marked;
 running it again rewrites that block only and never touches any other line.
 ssh checks the agent's host key under the name ID.SUFFIX: the agent prints a
-known_hosts line that names it for the default suffix.`)
+known_hosts line for that name with the default suffix.`)
 	cmd.Footer = `Example:
   wsproxy config-ssh --server wss://converge.example.com --user converge
   ssh myjob.converge.example.com`

@@ -13,7 +13,7 @@ import (
 	"github.com/converge-ci/converge/internal/test/sshtest"
 )
 
-var knownLineRE = regexp.MustCompile(`(?m)^Verify it:.*\n\s+(\S+ ssh-ed25519 \S+)$`)
+var knownLineRE = regexp.MustCompile(`(?m)^\s+add to ~/.ssh/known_hosts\s+(\S+ ssh-ed25519 \S+)$`)
 
 // TestConfigSSH: `wsproxy config-ssh` writes one block into an SSH
 // config that has other lines, keeps them byte for byte, changes nothing
@@ -26,13 +26,13 @@ func TestConfigSSH(t *testing.T) {
 	a := startAgent(t, r, "myjob", c)
 	m := knownLineRE.FindStringSubmatch(a.Out.String())
 	if m == nil {
-		t.Fatalf("the agent printed no known_hosts line:\n%s", a.Out.String())
+		t.Fatalf("the agent printed no known_hosts line for config-ssh:\n%s", a.Out.String())
 	}
 	known := filepath.Join(c.Home, "agent_known_hosts")
 	if err := os.WriteFile(known, []byte(m[1]+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(a.Out.String(), "wsproxy config-ssh --server "+r.URL+" --user "+r.User) {
+	if !strings.Contains(a.Out.String(), "wsproxy config-ssh --server "+r.URL+" --user "+r.User) || !strings.HasPrefix(m[1], "myjob.127.0.0.1 ") {
 		t.Errorf("the agent's connect lines do not mention config-ssh:\n%s", a.Out.String())
 	}
 
