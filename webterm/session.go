@@ -162,6 +162,9 @@ func handshake(ctx context.Context, st *stream, cfg Config) (*ssh.Client, error)
 			ssh.CipherChaCha20Poly1305, ssh.CipherAES128GCM, ssh.CipherAES256GCM,
 			ssh.CipherAES128CTR, ssh.CipherAES192CTR, ssh.CipherAES256CTR,
 		}},
+		// The agent's journal tells the browser terminal's logins from
+		// other clients' by this (agent/sshd's webtermVersion).
+		ClientVersion:   "SSH-2.0-Converge_webterm",
 		User:            cfg.Login.User,
 		AuthCallback:    cfg.Login.callback(),
 		HostKeyCallback: checkHostKey(cfg.Pin),
