@@ -35,6 +35,9 @@ func (d *Server) handleSession(s ssh.Session) {
 		defer release()
 		cmd.Env = env
 	}
+	if js.PTY { // last, to chain the PROMPT_COMMAND set before
+		cmd.Env = append(cmd.Env, reportDir(cmd.Env))
+	}
 	end := d.journalSession(s.Context(), js)
 	cs := &countedSession{Session: s}
 	code, err := d.run(cs, cmd)
@@ -160,7 +163,7 @@ func (d *Server) command(s ssh.Session) *exec.Cmd {
 	env := append(withoutSecrets(os.Environ()), s.Environ()...)
 	env = append(env, "agentdir="+d.cfg.Dir)
 	if pty, _, ok := s.Pty(); ok && pty.Term != "" {
-		env = append(env, "TERM="+pty.Term, reportDir(env))
+		env = append(env, "TERM="+pty.Term)
 	}
 	cmd.Env = env
 	return cmd
