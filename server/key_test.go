@@ -3,6 +3,8 @@ package server
 import (
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -71,4 +73,31 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// TestStateDirWritableByOthersWarned: a state directory other users may
+// write to (where they could swap the server key) is warned about
+// (issue 18, finding 10); a private one is not.
+func TestStateDirWritableByOthersWarned(t *testing.T) {
+	for _, mode := range []os.FileMode{0o700, 0o777} {
+		dir := filepath.Join(t.TempDir(), "state")
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(dir, mode); err != nil {
+			t.Fatal(err)
+		}
+		var logs strings.Builder
+		var mu sync.Mutex
+		newTestServer(t, func(c *Config) {
+			c.StateDir = dir
+			c.Logger = slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))
+		})
+		mu.Lock()
+		warned := strings.Contains(logs.String(), "level=WARN") && strings.Contains(logs.String(), "chmod 700")
+		mu.Unlock()
+		if want := mode&0o022 != 0; warned != want {
+			t.Errorf("state directory of mode %v: warned %v, want %v\n%s", mode, warned, want, logs.String())
+		}
+	}
 }

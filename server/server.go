@@ -298,6 +298,9 @@ func (s *Server) loadKey() ([]byte, error) {
 			return nil, err
 		}
 		s.log.Info("server key kept in the state directory", "dir", s.cfg.StateDir, "created", created, "key_id", registry.KeyID(key))
+		if registry.WritableByOthers(s.cfg.StateDir) {
+			s.log.Warn("the state directory may be written by other users, who could replace the server key with one they know: run chmod 700 on it", "dir", s.cfg.StateDir)
+		}
 		return key, nil
 	}
 	key := make([]byte, registry.MinKeyBytes)

@@ -110,6 +110,15 @@ func LoadKey(dir string) (key []byte, created bool, err error) {
 	return key, err == nil, err
 }
 
+// WritableByOthers reports whether users other than its owner may
+// create or replace files in dir (group or world writable, on Unix):
+// such a user could put a key of their own where the server looks for
+// its own.
+func WritableByOthers(dir string) bool {
+	fi, err := os.Stat(dir)
+	return err == nil && runtime.GOOS != "windows" && fi.Mode().Perm()&0o022 != 0
+}
+
 // readKey reads the key file at path, refusing one others may read.
 func readKey(path string) ([]byte, error) {
 	fi, err := os.Stat(path)
