@@ -16,8 +16,8 @@
 -- An entry: o owner replica, c connection (the fence), l lease end (ms),
 -- ts/tn the holder's tenure (since, nonce), is when its token was signed
 -- (Unix s), p proven, cf confirmed, g the holder's address group; all
--- absent while only reserved. r, when
--- present, is the reservation: ts/tn tenure, is, g group, u expiry (ms).
+-- absent while only reserved. r, when present, is the reservation: ts/tn
+-- tenure, is, g group, u expiry (ms).
 local K_IDS, K_LEASES, K_RES, K_CHARGED, K_EPOCH, K_SESS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local op = ARGV[1]
 local now, grace = tonumber(ARGV[2]), tonumber(ARGV[3])
