@@ -11,8 +11,14 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/coder/websocket"
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/converge-ci/converge/internal/test/sshtest"
+	"github.com/converge-ci/converge/internal/wire"
 )
 
 // TestClusterRedisWriter: whoever can write to Redis without the
@@ -98,4 +104,24 @@ func signedConn(t *testing.T, id, owner string) string {
 		m.Write([]byte{0})
 	}
 	return nonce + hex.EncodeToString(m.Sum(nil)[:16])
+}
+
+// TestRelayNamesProvenHostKey: the real agent proves its host key when
+// it registers, and the relay names that key to clients in the answer
+// to their upgrade, as the fingerprint the agent prints (issue 18,
+// finding 5).
+func TestRelayNamesProvenHostKey(t *testing.T) {
+	t.Parallel()
+	r := startServer(t)
+	a := startAgent(t, r, "named", sshtest.New(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, resp, err := websocket.Dial(ctx, r.URL+wire.ClientPath("named"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.CloseNow()
+	if got, want := resp.Header.Get(wire.HostKeyHeader), gossh.FingerprintSHA256(a.HostKey()); got != want {
+		t.Fatalf("the relay names host key %q for the agent, want its own %q", got, want)
+	}
 }
