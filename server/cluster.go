@@ -32,13 +32,18 @@ type cluster struct {
 	reg  *registry.Redis[*agentConn]
 	self string // this replica's advertise URL, ws:// or wss://
 
-	kick chan struct{} // local changes to publish; capacity 1
+	kick   chan struct{} // local changes to publish; capacity 1
+	resync chan struct{} // refresh now (Redis reconnected, or failed over); capacity 1
 
 	mu        sync.Mutex
 	published map[string]string // ID -> the sessions row last written for it
 	view      []templates.Session
 	viewAt    time.Time
 }
+
+// refreshRetry is how soon a failed lease refresh is tried again: a
+// lease (three refreshes) outlasts many tries.
+const refreshRetry = time.Second
 
 // DefaultClusterDrainDelay is Config.DrainDelay's default with Redis:
 // long enough for a load balancer checking /healthz every 2 s to see two
@@ -47,7 +52,16 @@ const DefaultClusterDrainDelay = 5 * time.Second
 
 // validateCluster checks the Config fields of a replica.
 func (c *Config) validateCluster() error {
-	if c.Redis == "" {
+	sentinel := len(c.RedisSentinels) > 0 || c.RedisMaster != ""
+	switch {
+	case sentinel && c.Redis != "":
+		return errors.New("--redis and --redis-sentinel both name the Redis to share: give --redis for one Redis, or --redis-sentinel with --redis-master for one that Sentinels fail over")
+	case sentinel:
+		if err := c.sentinel().Validate(); err != nil {
+			return err
+		}
+	}
+	if c.Redis == "" && !sentinel {
 		if c.Advertise != "" {
 			return errors.New("--advertise is for replicas sharing a registry: give --redis too")
 		}
@@ -55,13 +69,13 @@ func (c *Config) validateCluster() error {
 		return nil
 	}
 	if c.Advertise == "" {
-		return errors.New("--redis needs --advertise: the URL other replicas reach this one by, as http://HOST:PORT")
+		return errors.New("--redis (or --redis-sentinel) needs --advertise: the URL other replicas reach this one by, as http://HOST:PORT")
 	}
 	if _, err := advertiseURL(c.Advertise); err != nil {
 		return err
 	}
 	if c.ClusterKey == "" {
-		return errors.New("--redis needs CONVERGE_CLUSTER_KEY, the same on every replica, so that each checks the secrets the others signed (make one with `openssl rand -hex 32`)")
+		return errors.New("--redis (or --redis-sentinel) needs CONVERGE_CLUSTER_KEY, the same on every replica, so that each checks the secrets the others signed (make one with `openssl rand -hex 32`)")
 	}
 	if c.DrainDelay == 0 {
 		c.DrainDelay = DefaultClusterDrainDelay
@@ -70,21 +84,42 @@ func (c *Config) validateCluster() error {
 	return nil
 }
 
+// sentinel is the Sentinel settings of c.
+func (c *Config) sentinel() registry.Sentinel {
+	return registry.Sentinel{Addrs: c.RedisSentinels, Master: c.RedisMaster, Password: c.RedisSentinelPassword}
+}
+
 // setupCluster connects a replica to its Redis; a single server has
 // nothing to set up.
 func (s *Server) setupCluster() error {
-	if s.cfg.Redis == "" {
+	if s.cfg.Redis == "" && len(s.cfg.RedisSentinels) == 0 {
 		return nil
 	}
 	self, err := advertiseURL(s.cfg.Advertise)
 	if err != nil {
 		return err
 	}
-	rdb, err := registry.Open(context.Background(), s.cfg.Redis)
+	// A new master may have missed the last writes: refresh at once.
+	resync := make(chan struct{}, 1)
+	watch := &registry.Watch{OnFailover: func(from, to string) {
+		s.log.Warn("Redis failed over: following the new master", "from", from, "to", to)
+		select {
+		case resync <- struct{}{}:
+		default:
+		}
+	}}
+	var rdb *redis.Client
+	if s.cfg.Redis != "" {
+		rdb, err = registry.Open(context.Background(), s.cfg.Redis, watch)
+	} else {
+		rdb, err = registry.OpenSentinel(context.Background(), s.cfg.sentinel(), watch)
+	}
 	if err != nil {
 		return err
 	}
+	s.metrics.watchRedis(watch)
 	s.cluster = newCluster(s, rdb, self)
+	s.cluster.resync = resync
 	s.reg, s.peers = s.cluster.reg, s.cluster
 	s.changes.local = s.cluster.changed
 	return nil
@@ -177,7 +212,7 @@ func withPort(advertise string, port string) string {
 
 func newCluster(s *Server, rdb *redis.Client, self string) *cluster {
 	log := s.log.With("replica", self)
-	c := &cluster{s: s, log: log, rdb: rdb, self: self, kick: make(chan struct{}, 1), published: make(map[string]string)}
+	c := &cluster{s: s, log: log, rdb: rdb, self: self, kick: make(chan struct{}, 1), resync: make(chan struct{}, 1), published: make(map[string]string)}
 	c.reg = registry.NewRedis[*agentConn](rdb, self, s.cfg.registryLimits(), time.Now, log)
 	c.reg.OnLost(c.closeLost)
 	return c
@@ -194,17 +229,19 @@ func (c *cluster) closeLost(a *agentConn) {
 // lease refreshes, events from other replicas, publishing this
 // replica's sessions.
 func (c *cluster) run(ctx context.Context) {
-	resync := make(chan struct{}, 1)
 	var wg sync.WaitGroup
 	wg.Add(3)
-	go func() { defer wg.Done(); c.refreshLoop(ctx, resync) }()
-	go func() { defer wg.Done(); c.listen(ctx, resync) }()
+	go func() { defer wg.Done(); c.refreshLoop(ctx, c.resync) }()
+	go func() { defer wg.Done(); c.listen(ctx, c.resync) }()
 	go func() { defer wg.Done(); c.publishLoop(ctx) }()
 	wg.Wait()
 }
 
 // refreshLoop refreshes the leases every registry.LeaseRefresh, and at once when
-// the event subscription (re)connects, as it does after Redis restarts.
+// the event subscription (re)connects, as it does after Redis restarts,
+// or the master changes. A refresh that fails is tried again every
+// refreshRetry, so that a few seconds without a master (a failover)
+// cost no lease.
 func (c *cluster) refreshLoop(ctx context.Context, resync <-chan struct{}) {
 	t := time.NewTicker(registry.LeaseRefresh)
 	defer t.Stop()
@@ -219,9 +256,11 @@ func (c *cluster) refreshLoop(ctx context.Context, resync <-chan struct{}) {
 		_, changed, err := c.reg.Refresh()
 		switch {
 		case err != nil && !failing:
-			c.log.Warn("cannot refresh agents' leases; local agents keep working, other replicas cannot find them", "error", err)
+			c.log.Warn("cannot refresh agents' leases; local agents keep working, other replicas cannot find them; retrying", "error", err)
+			t.Reset(refreshRetry)
 		case err == nil && failing:
 			c.log.Info("registry reachable again")
+			t.Reset(registry.LeaseRefresh)
 		}
 		failing = err != nil
 		if changed {

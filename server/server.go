@@ -108,6 +108,15 @@ type Config struct {
 	// HOST:PORT/DB, rediss:// for TLS, unix:///PATH. Needs Advertise and
 	// ClusterKey. Default "": a single server, registry in memory.
 	Redis string
+	// RedisSentinels, instead of Redis, are the Redis Sentinels (HOST:PORT)
+	// that name the master, which the replica follows when they fail
+	// over; RedisMaster is its name there, or redis://[[USER]:PASSWORD@]
+	// NAME[/DB] (rediss:// for TLS) when it needs more, as Redis would
+	// say; RedisSentinelPassword is the Sentinels' own password. Default
+	// none: Redis, or a single server.
+	RedisSentinels        []string
+	RedisMaster           string
+	RedisSentinelPassword string
 	// Advertise is the URL other replicas reach this one by
 	// (http://HOST:PORT, https, ws or wss; a path for a server under a
 	// sub-path), to forward clients of the agents it holds. Port 0 means

@@ -74,8 +74,11 @@ openssl rand -hex 32), set in the environment only; it overrides
 Several replicas behind a load balancer share their registry in Redis:
   CONVERGE_CLUSTER_KEY=... converge --addr :8001 --redis redis://127.0.0.1:6379/0 \
     --advertise http://10.0.0.5:8001
-A replica forwards clients of agents another holds to it; see the README,
-"Running several servers".`
+With Redis Sentinel, name the Sentinels and the master instead:
+  converge ... --redis-sentinel 10.0.0.7:26379,10.0.0.8:26379,10.0.0.9:26379 \
+    --redis-master converge
+A replica forwards clients of agents another holds to it; see
+docs/several-servers.md.`
 	cmd.VersionDetail = func() string {
 		sums, err := server.TerminalSums()
 		if err != nil {
@@ -123,6 +126,8 @@ func defineFlags(cmd *cli.Command) *options {
 	// Its default depends on --redis: say both, as Config.Validate applies them.
 	f.Lookup("drain-delay").DefValue = fmt.Sprintf("0s, or %v with --redis", server.DefaultClusterDrainDelay)
 	f.StringVar(&cfg.Redis, "redis", "", "`URL` of the Redis (or Valkey) that replicas of one service share their registry in: redis://[:PASSWORD@]HOST:PORT/DB, rediss:// for TLS, unix:///PATH. Needs --advertise and CONVERGE_CLUSTER_KEY. Prefer the environment variable when it holds a password. Default none: a single server")
+	f.Var((*cli.StringList)(&cfg.RedisSentinels), "redis-sentinel", "`HOST:PORT` of a Redis Sentinel, repeatable or comma-separated, instead of --redis: replicas then follow the master the Sentinels name (--redis-master) when they fail over. The Sentinels' own password, if any, in CONVERGE_REDIS_SENTINEL_PASSWORD. Default none")
+	f.StringVar(&cfg.RedisMaster, "redis-master", "", "with --redis-sentinel: the `NAME` the Sentinels monitor the master by, or redis://[:PASSWORD@]NAME/DB (rediss:// for TLS) when it needs a password, TLS or another database, as --redis would. Prefer the environment variable when it holds a password")
 	f.StringVar(&cfg.Advertise, "advertise", "", "`URL` other replicas reach this one by, to forward clients of the agents it holds, as http://HOST:PORT (https when it serves TLS); port 0 means the port it listens on. Required with --redis")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	f.BoolVar(&o.verbose, "verbose", false, "log debug messages")
@@ -144,6 +149,7 @@ func (o *options) config() (server.Config, error) {
 		cfg.StreamPool = -1 // off; the Config's zero means the default
 	}
 	cfg.ClusterKey = os.Getenv("CONVERGE_CLUSTER_KEY")
+	cfg.RedisSentinelPassword = os.Getenv("CONVERGE_REDIS_SENTINEL_PASSWORD")
 	if cfg.ClusterKey == "" && cfg.StateDir == "" {
 		if o.stateDirErr != nil {
 			return cfg, o.stateDirErr

@@ -246,6 +246,6 @@ func TestRedisRegistryRefill(t *testing.T) {
 // route is Route as the tests read it: the agent held here, or the
 // replica holding it.
 func (r *Redis[V]) route(ctx context.Context, id string) (V, string) {
-	a, _, owner := r.Route(ctx, id)
+	a, _, owner, _ := r.Route(ctx, id)
 	return a, owner
 }
