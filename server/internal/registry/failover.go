@@ -42,9 +42,9 @@ const RetryWindow = 10 * time.Second
 // are read by /metrics. The zero value is ready to use.
 type Watch struct {
 	Errors    atomic.Uint64 // commands that failed (a missing key is no failure)
-	Failovers atomic.Uint64 // master changes seen (Sentinel only)
+	Failovers atomic.Uint64 // master changes seen: a new address dialled
 	// OnFailover, when set before Open, is called with the new master's
-	// address when the client first dials it after a change.
+	// address when the client first connects to it after a change.
 	OnFailover func(from, to string)
 
 	mu     sync.Mutex
@@ -56,7 +56,19 @@ func (w *Watch) hook() redis.Hook { return watchHook{w} }
 
 type watchHook struct{ w *Watch }
 
-func (h watchHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+// DialHook sees which address a new connection reached: the failover
+// client dials the master the Sentinels name (its own connections to the
+// Sentinels are not hooked), a plain client the address its name
+// resolves to (a managed Redis failing over behind one name).
+func (h watchHook) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := next(ctx, network, addr)
+		if err == nil && c.RemoteAddr() != nil {
+			h.w.dialled(c.RemoteAddr().String())
+		}
+		return c, err
+	}
+}
 
 func (h watchHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
@@ -87,7 +99,7 @@ func isNoScript(err error) bool {
 	return errors.As(err, &re) && strings.HasPrefix(re.Error(), "NOSCRIPT ")
 }
 
-// dialled records that the client dialled the master at addr, and
+// dialled records that the client connected to Redis at addr, and
 // reports a change of master.
 func (w *Watch) dialled(addr string) {
 	w.mu.Lock()
@@ -103,7 +115,7 @@ func (w *Watch) dialled(addr string) {
 	}
 }
 
-// Master is the master's address the client last dialled.
+// Master is the address of the master the client last connected to.
 func (w *Watch) Master() string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -174,27 +186,6 @@ func OpenSentinel(ctx context.Context, s Sentinel, w *Watch) (*redis.Client, err
 	}
 	opt.Protocol = 2
 	opt.DisableIdentity = true
-	// The failover client asks the Sentinels for the master's address and
-	// dials it; this dialer sees which, so that a change is counted (the
-	// client offers no hook of its own). It dials as the client's own
-	// would, TLS included.
-	tlsConfig := opt.TLSConfig
-	opt.Dialer = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 5 * time.Minute}
-		var c net.Conn
-		var err error
-		if tlsConfig == nil {
-			c, err = d.DialContext(ctx, network, addr)
-		} else {
-			cfg := tlsConfig.Clone()
-			cfg.ServerName, _, _ = net.SplitHostPort(addr)
-			c, err = (&tls.Dialer{NetDialer: d, Config: cfg}).DialContext(ctx, network, addr)
-		}
-		if err == nil {
-			w.dialled(addr)
-		}
-		return c, err
-	}
 	rdb := redis.NewFailoverClient(opt)
 	rdb.AddHook(w.hook())
 	ctx, cancel := context.WithTimeout(ctx, Timeout)
