@@ -110,20 +110,32 @@ func (s *Sentinels) Addrs() []string {
 	return out
 }
 
-// Master is the master's address as a Sentinel that answers says, or ""
-// when none answers.
+// Master is the master's address as every Sentinel says, or "" while
+// they disagree (a failover is under way, or its news still spreading)
+// or one does not answer.
 func (s *Sentinels) Master() string {
+	master := ""
 	for _, sn := range s.Sentinels {
 		c := redis.NewSentinelClient(&redis.Options{Addr: sn.Addr, Protocol: 2, DisableIdentity: true})
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		a, err := c.GetMasterAddrByName(ctx, MasterName).Result()
 		cancel()
 		c.Close()
-		if err == nil && len(a) == 2 {
-			return net.JoinHostPort(a[0], a[1])
+		if err != nil || len(a) != 2 || (master != "" && master != net.JoinHostPort(a[0], a[1])) {
+			return ""
 		}
+		master = net.JoinHostPort(a[0], a[1])
 	}
-	return ""
+	return master
+}
+
+// WaitMaster waits until every Sentinel names a master other than old,
+// and returns it.
+func (s *Sentinels) WaitMaster(old string) string {
+	s.t.Helper()
+	var m string
+	s.waitFor("the Sentinels to agree on a master other than "+old, func() bool { m = s.Master(); return m != "" && m != old })
+	return m
 }
 
 // Node returns the Redis node at addr.

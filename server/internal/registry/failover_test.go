@@ -33,7 +33,7 @@ func TestRedisRegistryFollowsSentinelFailover(t *testing.T) {
 		newTestRedisRegistry(t, rdb, "ws://replica-1", Limits{Grace: time.Minute}, clk),
 	}
 	before, _ := join(t, testReg{rs[0]}, "before", unproven(), "192.0.2.1")
-	old := sn.Master()
+	old := sn.WaitMaster("")
 	if got := w.Master(); got != old {
 		t.Fatalf("the client dialled %q; the Sentinels name %q", got, old)
 	}
@@ -47,7 +47,7 @@ func TestRedisRegistryFollowsSentinelFailover(t *testing.T) {
 	if _, err := (testReg{rs[1]}).Register("after", unproven(), after); err != nil {
 		t.Fatalf("a registration during the failover: %v; want it to wait for the new master", err)
 	}
-	if m := sn.Master(); m == old || w.Master() != m {
+	if m := sn.WaitMaster(old); w.Master() != m {
 		t.Fatalf("after the failover the Sentinels name %q (was %q), the client dialled %q", m, old, w.Master())
 	}
 	if n := w.Failovers.Load(); n != 1 {
