@@ -29,10 +29,12 @@ func newSentinelRig(t *testing.T) (*clusterRig, *redistest.Sentinels) {
 
 // TestClusterRedisFailover: kill -9 of the Redis master while a session
 // runs through the replica that does not hold its agent. The session
-// goes on byte-exact; /healthz stays 200 meanwhile; an agent arriving
-// during the failover registers once the Sentinels promote the replica
-// (the time from the kill is logged); a fresh ssh reaches both agents
-// through either replica; both replicas count the failover. Then the old
+// goes on byte-exact; /healthz stays 200 meanwhile; a client landing on
+// the non-holder meanwhile is served once there is a master again, not
+// refused with 404; an agent arriving during the failover registers once
+// the Sentinels promote the replica (the time from the kill is logged);
+// a fresh ssh reaches both agents through either replica; both replicas
+// count the failover. Then the old
 // master comes back and the Sentinels make it a replica of the new one:
 // every ID keeps one owner, the right one. Then the new master is killed
 // in turn, and the cluster fails back over to the old one.
@@ -57,10 +59,17 @@ func TestClusterRedisFailover(t *testing.T) {
 			}
 		}
 		echo.roundTrip()
+		// A client of first landing on replica 1 meanwhile: replica 1
+		// asks Redis where first is until a master answers.
+		during := make(chan string, 1)
+		go func() { during <- c.SSH(rig.relay(1).target("first"), 0, "echo during").Stdout }()
 		startAgent(t, rig.relay((round+1)%2), id, c) // waits for the registration
 		took := time.Since(killed)
 		t.Logf("Redis failover %d: kill -9 of the master to the first registration accepted: %v", round+1, took.Round(time.Millisecond))
 		sn.WaitMaster(old)
+		if got := strings.TrimSpace(<-during); got != "during" {
+			t.Errorf("ssh to first through replica 1 during the failover: %q, want during", got)
+		}
 		ids = append(ids, id)
 		echo.roundTrip()
 		reachEveryAgent(t, rig, c, ids)
@@ -78,6 +87,11 @@ func TestClusterRedisFailover(t *testing.T) {
 		reachEveryAgent(t, rig, c, ids)
 	}
 	echo.finish()
+	for i := range rig.reps {
+		if n := metric(t, rig.relay(i).HTTP, `converge_refusals_total{endpoint="client",reason="unknown_id"}`); n != 0 {
+			t.Errorf("replica %d refused %v clients with 404 (unknown ID), want none: every agent was connected", i, n)
+		}
+	}
 	if n := metric(t, rig.relay(1).HTTP, "converge_redis_errors_total"); n < 1 {
 		t.Errorf("replica 1 counted %v Redis errors across two dead masters, want some", n)
 	}
