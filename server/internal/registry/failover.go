@@ -135,6 +135,14 @@ type Sentinel struct {
 	Password string
 }
 
+// Name is the master's name, without the password Master may hold.
+func (s Sentinel) Name() string {
+	if opt, err := s.options(); err == nil {
+		return opt.MasterName
+	}
+	return ""
+}
+
 // Validate checks the Sentinel settings before anything dials.
 func (s Sentinel) Validate() error {
 	if len(s.Addrs) == 0 {
