@@ -138,11 +138,11 @@ func (c *cluster) start(addr net.Addr) (stop func()) {
 	}
 	c.log = c.s.log.With("replica", c.self)
 	c.reg.Listening(c.self, c.log)
-	redis := c.rdb.Options().Addr // "FailoverClient" with Sentinels: say theirs
+	where := c.rdb.Options().Addr // "FailoverClient" with Sentinels: say theirs
 	if sn := c.s.cfg.sentinel(); len(sn.Addrs) > 0 {
-		redis = "sentinels " + strings.Join(sn.Addrs, ",") + " master " + sn.Name()
+		where = "sentinels " + strings.Join(sn.Addrs, ",") + " master " + sn.Name()
 	}
-	c.log.Info("replica of a cluster", "redis", redis, "db", c.rdb.Options().DB, "drain_delay", c.s.cfg.DrainDelay)
+	c.log.Info("replica of a cluster", "redis", where, "db", c.rdb.Options().DB, "drain_delay", c.s.cfg.DrainDelay)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); c.run(ctx) }()
