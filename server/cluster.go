@@ -103,6 +103,7 @@ func (s *Server) setupCluster() error {
 	if err != nil {
 		return err
 	}
+	registry.ClientLog(s.cfg.Logger.With("component", "redis"))
 	// A new master may have missed the last writes: refresh at once.
 	resync := make(chan struct{}, 1)
 	watch := &registry.Watch{OnFailover: func(from, to string) {

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"strconv"
@@ -120,6 +121,18 @@ func (w *Watch) Master() string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.master
+}
+
+// ClientLog sends go-redis's own log lines (every failed dial, the
+// Sentinels' chatter), which are process-wide, to log at debug level:
+// the registry and the server log what matters (a failover, a refresh
+// that failed) themselves, once.
+func ClientLog(log *slog.Logger) { redis.SetLogger(clientLog{log}) }
+
+type clientLog struct{ log *slog.Logger }
+
+func (l clientLog) Printf(ctx context.Context, format string, v ...any) {
+	l.log.DebugContext(ctx, fmt.Sprintf(format, v...))
 }
 
 // Sentinel says where the Sentinels are and which master to follow.
