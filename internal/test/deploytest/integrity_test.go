@@ -87,6 +87,36 @@ func TestActionRefusesPlainText(t *testing.T) {
 	}
 }
 
+// TestGitLabRefusesTamperedAgent: with CONVERGE_AGENT_SHA256 the
+// template does not run an agent the server changed, nor the job's script.
+func TestGitLabRefusesTamperedAgent(t *testing.T) {
+	prog, ran := fakeAgent(t)
+	r := startServer(t, map[string][]byte{hostAgent: prog})
+	j := newGitLabJob(t, map[string]string{
+		"CONVERGE_SERVER": r.HTTP, "CONVERGE_USER_KEYS": "false", "CONVERGE_AUTHORIZED_KEYS": "ssh-ed25519 AAAA x",
+		"CONVERGE_AGENT_SHA256": hostAgentSum(t),
+	})
+	log, err := j.script("echo the job runs")
+	if _, serr := os.Stat(ran); serr == nil {
+		t.Fatalf("the tampered agent ran:\n%s", log)
+	}
+	if err == nil || !strings.Contains(log, "not running it") {
+		t.Errorf("before_script: %v, want it to refuse the agent and say so:\n%s", err, log)
+	}
+}
+
+// TestGitLabRefusesPlainText: http:// and ws:// servers other than this
+// machine are refused before the download.
+func TestGitLabRefusesPlainText(t *testing.T) {
+	for _, server := range []string{"http://converge.example.com", "ws://10.0.0.7:8000", "http://127.0.0.1.example.com"} {
+		j := newGitLabJob(t, map[string]string{"CONVERGE_SERVER": server, "CONVERGE_AUTHORIZED_KEYS": "ssh-ed25519 AAAA x"})
+		log, err := j.script("echo the job runs")
+		if err == nil || !strings.Contains(log, "plain http:// and ws:// only to localhost") || strings.Contains(log, "downloading") {
+			t.Errorf("server %s: %v, want refused before the download:\n%s", server, err, log)
+		}
+	}
+}
+
 // TestActionAgentSums: the pinned sums name every agent `make dist`
 // builds and record how they were built; and `make action-sums`, run end
 // to end for one platform into a temporary file, pins exactly the bytes
