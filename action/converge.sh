@@ -140,7 +140,10 @@ random_hex() {
 # workspace, invisible to git, so that a job that checks for a clean
 # checkout is not upset by it.
 prepare_dir() {
+	# A symlink committed in its place would point these writes elsewhere.
+	[ ! -L "$1/.converge" ] || die "$1/.converge is a symlink: remove it from the repository"
 	mkdir -p "$1/.converge"
+	rm -f "$1/.converge/.gitignore"
 	echo '*' >"$1/.converge/.gitignore"
 }
 
