@@ -157,7 +157,7 @@ func (d *Server) command(s ssh.Session) *exec.Cmd {
 		}
 	}
 	cmd.Dir = d.cfg.Dir
-	env := append(withoutSecrets(os.Environ()), s.Environ()...)
+	env := append(append(withoutSecrets(os.Environ()), d.cfg.Env...), s.Environ()...)
 	env = append(env, "agentdir="+d.cfg.Dir)
 	if pty, _, ok := s.Pty(); ok && pty.Term != "" {
 		env = append(env, "TERM="+pty.Term)
