@@ -71,3 +71,32 @@ func TestDetachCommittedSymlinks(t *testing.T) {
 		}
 	}
 }
+
+// TestActionCommittedSymlink: a .converge symlink committed in the
+// workspace, to a file or a folder, is refused by the Action before it
+// writes there; what it points to is left as it was.
+func TestActionCommittedSymlink(t *testing.T) {
+	r := startServer(t, agentDist(t))
+	keep := []byte("a file of the user's, not the agent's\n")
+	for _, target := range []string{"file", "folder"} {
+		j := newJob(t, keysServer(t, nil))
+		victim := filepath.Join(t.TempDir(), "victim")
+		check := victim
+		if target == "folder" {
+			write(t, filepath.Join(victim, ".gitignore"), keep)
+			check = filepath.Join(victim, ".gitignore")
+		} else {
+			write(t, victim, keep)
+		}
+		if err := os.Symlink(victim, filepath.Join(j.workspace, ".converge")); err != nil {
+			t.Fatal(err)
+		}
+		out, _ := j.step("main", map[string]string{"server": r.HTTP, "limit-access-to-actor": "false", "authorized-keys": "ssh-ed25519 AAAA x"}).CombinedOutput()
+		if !strings.Contains(string(out), "::error") || !strings.Contains(string(out), ".converge is a symlink") {
+			t.Errorf(".converge a symlink to a %s: want refused:\n%s", target, out)
+		}
+		if b, err := os.ReadFile(check); err != nil || string(b) != string(keep) {
+			t.Errorf(".converge a symlink to a %s: the file now holds %q (%v)", target, b, err)
+		}
+	}
+}
