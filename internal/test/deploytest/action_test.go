@@ -215,7 +215,7 @@ func TestActionMetadata(t *testing.T) {
 		inputs = append(inputs, name)
 	}
 	slices.Sort(inputs)
-	for _, want := range []string{"allow-untrusted-events", "authorized-keys", "connect-timeout", "detached", "expiry", "id", "limit-access-to-actor", "server"} {
+	for _, want := range []string{"agent-sha256", "allow-untrusted-events", "authorized-keys", "connect-timeout", "detached", "expiry", "id", "limit-access-to-actor", "server"} {
 		if !slices.Contains(inputs, want) {
 			t.Errorf("inputs %v lack %q", inputs, want)
 		}
