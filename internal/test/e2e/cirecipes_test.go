@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"crypto/sha256"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -82,16 +81,6 @@ func distServer(t *testing.T) *relay {
 	dist := t.TempDir()
 	copyFile(t, bin("agent"), filepath.Join(dist, "agent-linux-"+runtime.GOARCH))
 	return startServer(t, func(c *server.Config) { c.Dist = os.DirFS(dist) })
-}
-
-// fileSum is the SHA-256 of the file at path, in hex.
-func fileSum(t *testing.T, path string) string {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fmt.Sprintf("%x", sha256.Sum256(b))
 }
 
 // ciURLs points a recipe's example server at r.
