@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 )
@@ -43,6 +44,9 @@ type agentState struct {
 	Exited     bool   `json:"exited"`
 	ExitStatus int    `json:"exit_status"`
 	Reason     string `json:"reason,omitempty"`
+	// NoLogin: the agent ended because nobody logged in in time, which is
+	// no failure of the job whatever ExitStatus --no-login-status chose.
+	NoLogin bool `json:"no_login,omitempty"`
 }
 
 // stateSnapshot is the part of agentState the lifetime updates.
@@ -51,7 +55,8 @@ type stateSnapshot struct {
 	Logins    int       `json:"logins"`
 	Expiry    time.Time `json:"expiry,omitzero"`
 	HeldUntil time.Time `json:"held_until,omitzero"`
-	Waiting   bool      `json:"waiting"` // `agent wait` asked the agent to end when unused
+	Waiting   bool      `json:"waiting"`          // `agent wait` asked the agent to end when unused
+	Failed    bool      `json:"failed,omitempty"` // `agent wait --failed` said the job failed
 }
 
 // StateFile writes agent.json for `agent wait` and --detach, and reads
@@ -117,19 +122,26 @@ func (f *StateFile) update(s stateSnapshot) {
 	}
 }
 
-func (f *StateFile) exit(status int, reason string) {
+func (f *StateFile) exit(status int, reason string, noLogin bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.st.Exited, f.st.ExitStatus, f.st.Reason = true, status, reason
+	f.st.Exited, f.st.ExitStatus, f.st.Reason, f.st.NoLogin = true, status, reason, noLogin
 	f.writeLocked()
 }
 
 // waitRequested reports whether `agent wait` has asked the agent to end
-// when unused.
-func (f *StateFile) waitRequested() bool {
-	_, err := os.Stat(filepath.Join(f.dir, waitRequestName))
-	return err == nil
+// when unused, and whether it said the job failed (`agent wait --failed`
+// writes "failed" into the request).
+func (f *StateFile) waitRequested() (requested, failed bool) {
+	b, err := os.ReadFile(filepath.Join(f.dir, waitRequestName))
+	if err != nil {
+		return false, false
+	}
+	return true, strings.TrimSpace(string(b)) == waitFailed
 }
+
+// waitFailed is the content of the wait request of `agent wait --failed`.
+const waitFailed = "failed"
 
 func (f *StateFile) writeLocked() {
 	b, err := json.MarshalIndent(f.st, "", "  ")

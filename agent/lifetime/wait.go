@@ -39,7 +39,11 @@ func (k endKind) reason() string {
 // the session expires. It returns nil when the agent ended by its
 // lifetime (nobody logging in included: that is no failure of the job),
 // and an error when there is no agent to follow, it failed, or ctx ended.
-func Wait(ctx context.Context, dir string, out io.Writer) error {
+//
+// With failed (the job failed), an agent nobody has logged in to yet
+// waits for a first login for its --connect-timeout from now, so that
+// someone can look into the failure; then as above.
+func Wait(ctx context.Context, dir string, failed bool, out io.Writer) error {
 	stateDir := filepath.Join(dir, StateDir)
 	st, err := readState(dir)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -49,7 +53,11 @@ func Wait(ctx context.Context, dir string, out io.Writer) error {
 		return err
 	}
 	if !st.Exited {
-		if err := os.WriteFile(filepath.Join(stateDir, waitRequestName), nil, 0o644); err != nil {
+		var req []byte
+		if failed {
+			req = []byte(waitFailed + "\n")
+		}
+		if err := os.WriteFile(filepath.Join(stateDir, waitRequestName), req, 0o644); err != nil {
 			return fmt.Errorf("ask the agent to end when unused: %w", err)
 		}
 	}
@@ -60,7 +68,7 @@ func Wait(ctx context.Context, dir string, out io.Writer) error {
 	for {
 		if st.Exited {
 			fmt.Fprintf(out, "The agent %s ended: %s (exit status %d).\n", st.ID, st.Reason, st.ExitStatus)
-			if st.ExitStatus == ExitOK || st.ExitStatus == ExitNoLogin {
+			if st.ExitStatus == ExitOK || st.NoLogin {
 				return nil
 			}
 			return fmt.Errorf("the agent failed: see its log in %s", filepath.Join(stateDir, logName))
@@ -72,6 +80,12 @@ func Wait(ctx context.Context, dir string, out io.Writer) error {
 			fmt.Fprintf(out, "Waiting for the agent %s: %d user(s) connected; it ends after the last logout", st.ID, st.Sessions)
 			if !st.Expiry.IsZero() {
 				fmt.Fprintf(out, " or at %s UTC", st.Expiry.UTC().Format("15:04:05"))
+			}
+			fmt.Fprintln(out, ".")
+		} else if st.Sessions == 0 && st.Logins == 0 && st.Failed && !last.Failed {
+			fmt.Fprintf(out, "The job failed: the agent %s waits for someone to log in and look", st.ID)
+			if !st.Expiry.IsZero() {
+				fmt.Fprintf(out, ", until %s UTC (its --connect-timeout)", st.Expiry.UTC().Format("15:04:05"))
 			}
 			fmt.Fprintln(out, ".")
 		} else if st.Sessions == 0 && (first || last.Sessions > 0 || last.HeldUntil != st.HeldUntil) && st.HeldUntil.After(time.Now()) {

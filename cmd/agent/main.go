@@ -61,13 +61,15 @@ type options struct {
 	verbose   bool
 	stay      bool
 	detach    bool
-	noLogin   int // exit status when nobody logged in
+	// afterFailure: --connect-timeout counts from `agent wait --failed`
+	afterFailure bool
+	noLogin      int // exit status when nobody logged in
 }
 
 // newCommand defines the agent command, its help and its flags, which
 // fill the returned options.
 func newCommand() (*cli.Command, *options) {
-	cmd := cli.New("agent", "agent [flags] ws[s]://host[:port]\n       agent wait [--dir DIR]", `
+	cmd := cli.New("agent", "agent [flags] ws[s]://host[:port]\n       agent wait [--failed] [--dir DIR]", `
 The Converge agent runs inside a CI job. It connects out to the Converge
 server (it never listens), registers a rendezvous ID, and serves an SSH
 server - shells, commands, sftp and scp - to users who connect to that ID.
@@ -87,8 +89,10 @@ it for another --expiry. With --detach it runs in the background while the
 job goes on; "agent wait" at the end of the job waits only if someone is
 connected or .hold holds it.`)
 	cmd.Footer = `Exit status: 0 when the session ended (last logout, expiry, --max-session,
-SIGINT/SIGTERM, or unused at "agent wait"); 1 on failure; 2 on bad usage;
-3 when nobody logged in before --connect-timeout.
+SIGINT/SIGTERM, or unused at "agent wait"); 0 too when nobody logged in
+before --connect-timeout, or the status --no-login-status gives (a detached
+agent records it in .converge/agent.json); 1 on failure, such as a server
+that cannot be reached or refuses the agent; 2 on bad usage.
 
 Example:
   echo "ssh-ed25519 AAAA... you@laptop" > .authorized_keys
@@ -115,7 +119,8 @@ In the background:
 	f.DurationVar(&cfg.Lifetime.WarnBefore, "warn-before", 5*time.Minute, "warn in open shells this `duration` before the expiry, at most half of --expiry (0: no warnings)")
 	f.DurationVar(&cfg.Lifetime.MaxSession, "max-session", 0, "hard cap on the time from the first login, whatever the input or .hold (0: no cap)")
 	f.BoolVar(&o.stay, "stay", false, "keep running after the last user logs out, until the expiry (default: exit with status 0)")
-	f.BoolVar(&o.detach, "detach", false, "run in the background once registered, logging to .converge/agent.log; end the job with \"agent wait\"")
+	f.BoolVar(&o.detach, "detach", false, "run in the background once registered, logging to .converge/agent.log; end the job with \"agent wait\" (\"agent wait --failed\" when it failed: --connect-timeout then counts from there)")
+	f.BoolVar(&o.afterFailure, "connect-after-failure", false, "count --connect-timeout from \"agent wait --failed\" (the job failed) instead of from the start, for an agent in the background of the job; --detach implies it (default false: from the start)")
 	f.DurationVar(&cfg.ResumeWindow, "resume-window", 2*time.Minute, "how long a user's resumable session waits for the user to reconnect after a drop before it is closed")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	f.BoolVar(&o.verbose, "verbose", false, "log debug messages")
@@ -134,6 +139,8 @@ func run(o *options, positional int) {
 		cfg.HostKeyPEM, cfg.HostKeyFile = []byte(cfg.HostKeyFile), ""
 	}
 	cfg.Lifetime.ExitOnLastLogout = !o.stay
+	cfg.Lifetime.NoLoginStatus = o.noLogin
+	cfg.Lifetime.ConnectAfterFailure = o.afterFailure || o.detach
 	cfg.StateFile = true
 	cfg.Password = os.Getenv("CONVERGE_PASSWORD")
 	log, err := cli.Logger(os.Stderr, o.logFormat, o.verbose)
@@ -154,11 +161,7 @@ func run(o *options, positional int) {
 	}
 	if err := a.Run(ctx); err != nil {
 		stop()
-		code := lifetime.ExitStatus(err)
-		if errors.Is(err, lifetime.ErrNoLogin) {
-			code = o.noLogin
-		}
-		cli.Fatal("agent", err, code)
+		cli.Fatal("agent", err, cfg.Lifetime.ExitStatus(err))
 	}
 }
 
@@ -176,7 +179,10 @@ func runDetached(ctx context.Context, positional int, dir string) {
 	if cut > 0 && args[cut-1] == "--" {
 		cut--
 	}
-	child := append(append(append([]string{}, args[:cut]...), "--detach=false"), args[cut:]...)
+	// In the background of the job, the job's end bounds the wait for a
+	// first login, and a failed job gives users --connect-timeout from its
+	// failure.
+	child := append(append(append([]string{}, args[:cut]...), "--detach=false", "--connect-after-failure"), args[cut:]...)
 	if dir == "" {
 		dir = "."
 	}
@@ -195,15 +201,19 @@ func runDetached(ctx context.Context, positional int, dir string) {
 
 // waitMain is "agent wait".
 func waitMain(args []string) {
-	cmd := cli.New("agent wait", "agent wait [--dir DIR]", `
+	cmd := cli.New("agent wait", "agent wait [--failed] [--dir DIR]", `
 Wait for the agent started in DIR with --detach (or with &) to be done.
 If nobody is connected and .hold does not hold it, the agent ends at once
 and wait returns; otherwise wait returns when the last user logs out or the
-session expires. Run it as the last step of the job.`)
+session expires. Run it as the last step of the job; when the job failed,
+run "agent wait --failed": a detached agent nobody has used yet then waits
+its --connect-timeout for someone to log in and look.`)
 	cmd.Footer = `Exit status: 0 when the agent ended by its lifetime (nobody logging in
 included), 1 when there is no agent state in DIR or the agent failed.`
 	var dir string
+	var failed bool
 	cmd.Flags.StringVar(&dir, "dir", "", "the agent's directory, as given to the agent (default: the current directory)")
+	cmd.Flags.BoolVar(&failed, "failed", false, "the job failed: if nobody has logged in yet, wait for a first login for the agent's --connect-timeout from now (default false: end an unused agent at once)")
 	if err := cmd.Parse(args); err != nil {
 		if errors.Is(err, cli.ErrExit) {
 			return
@@ -222,7 +232,7 @@ included), 1 when there is no agent state in DIR or the agent failed.`
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := lifetime.Wait(ctx, dir, os.Stdout); err != nil {
+	if err := lifetime.Wait(ctx, dir, failed, os.Stdout); err != nil {
 		stop()
 		cli.Fatal("agent wait", err, lifetime.ExitFailed)
 	}
