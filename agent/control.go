@@ -31,13 +31,23 @@ const reclaimWindow = 5 * time.Minute
 // final, except 429 (a limit that may clear) and, for reclaimWindow after
 // a registered link dropped, 409; so is a welcome the agent cannot accept
 // (errBadWelcome); anything else is retried with backoff.
+//
+// Until the first registration succeeds, failures are reported as "could
+// not reach the server" with their cause, and those that retrying will
+// not fix end the agent with an *UnreachableError (see firstFailure); so
+// does ctx ending before the agent ever registered.
 func (a *Agent) connectLoop(ctx context.Context) error {
 	backoff := wire.ReconnectMin
 	announced := false
 	var lost time.Time // when the last registered link ended; zero before the first
+	var firstErr error // the last failure before the first registration
+	tries := 0         // failed attempts at the first registration
 	for {
 		connected, err := a.control(ctx, !announced)
 		if ctx.Err() != nil {
+			if !announced && firstErr != nil {
+				return &UnreachableError{Server: a.cfg.Server, Err: firstErr}
+			}
 			return nil
 		}
 		if connected {
@@ -47,6 +57,13 @@ func (a *Agent) connectLoop(ctx context.Context) error {
 		}
 		if errors.Is(err, errBadWelcome) {
 			return err
+		}
+		if !announced {
+			tries++
+			firstErr = err
+			if firstFailure(err, tries) {
+				return &UnreachableError{Server: a.cfg.Server, Err: err}
+			}
 		}
 		d := wire.Jitter(backoff)
 		if connected {
@@ -58,6 +75,8 @@ func (a *Agent) connectLoop(ctx context.Context) error {
 			}
 			a.log.Warn("server says another agent holds this ID; retrying to take it back", "refusal", re.Message,
 				"in", d.Round(time.Millisecond), "giving_up_in", time.Until(lost.Add(reclaimWindow)).Round(time.Second))
+		} else if !announced {
+			a.log.Warn("could not reach the server; retrying", "error", err, "in", d.Round(time.Millisecond))
 		} else {
 			a.log.Warn("connection to server lost; reconnecting", "error", err, "in", d.Round(time.Millisecond))
 		}
