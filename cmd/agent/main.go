@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -48,7 +49,22 @@ func main() {
 	default:
 		cli.Fatal("agent", errors.New("too many arguments: give one server URL; see agent --help"), 2)
 	}
+	// In the background of a job, the job's end bounds the wait for a
+	// first login, and a failed job gives users --connect-timeout from its
+	// failure, unless --connect-after-failure=false says otherwise.
+	if o.detach && !given(f, "connect-after-failure") {
+		o.afterFailure = true
+	}
 	run(o, f.NArg())
+}
+
+// given reports whether flag name was set on the command line or through
+// its environment twin.
+func given(f *flag.FlagSet, name string) bool {
+	set := false
+	f.Visit(func(fl *flag.Flag) { set = set || fl.Name == name })
+	_, env := os.LookupEnv(cli.EnvName(name))
+	return set || env
 }
 
 // options is the agent's command line: the agent's Config, and what only
@@ -120,7 +136,7 @@ In the background:
 	f.DurationVar(&cfg.Lifetime.MaxSession, "max-session", 0, "hard cap on the time from the first login, whatever the input or .hold (0: no cap)")
 	f.BoolVar(&o.stay, "stay", false, "keep running after the last user logs out, until the expiry (default: exit with status 0)")
 	f.BoolVar(&o.detach, "detach", false, "run in the background once registered, logging to .converge/agent.log; end the job with \"agent wait\" (\"agent wait --failed\" when it failed: --connect-timeout then counts from there)")
-	f.BoolVar(&o.afterFailure, "connect-after-failure", false, "count --connect-timeout from \"agent wait --failed\" (the job failed) instead of from the start, for an agent in the background of the job; --detach implies it (default false: from the start)")
+	f.BoolVar(&o.afterFailure, "connect-after-failure", false, "count --connect-timeout from \"agent wait --failed\" (the job failed) instead of from the start, for an agent in the background of the job (default false: from the start; with --detach, true unless set)")
 	f.DurationVar(&cfg.ResumeWindow, "resume-window", 2*time.Minute, "how long a user's resumable session waits for the user to reconnect after a drop before it is closed")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	f.BoolVar(&o.verbose, "verbose", false, "log debug messages")
@@ -140,7 +156,7 @@ func run(o *options, positional int) {
 	}
 	cfg.Lifetime.ExitOnLastLogout = !o.stay
 	cfg.Lifetime.NoLoginStatus = o.noLogin
-	cfg.Lifetime.ConnectAfterFailure = o.afterFailure || o.detach
+	cfg.Lifetime.ConnectAfterFailure = o.afterFailure
 	cfg.StateFile = true
 	cfg.Password = os.Getenv("CONVERGE_PASSWORD")
 	log, err := cli.Logger(os.Stderr, o.logFormat, o.verbose)
@@ -156,7 +172,7 @@ func run(o *options, positional int) {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if o.detach {
-		runDetached(ctx, positional, cfg.Dir)
+		runDetached(ctx, positional, cfg.Dir, o.afterFailure)
 		return
 	}
 	if err := a.Run(ctx); err != nil {
@@ -167,7 +183,7 @@ func run(o *options, positional int) {
 
 // runDetached starts this command again without --detach, in the
 // background, and returns once it has registered.
-func runDetached(ctx context.Context, positional int, dir string) {
+func runDetached(ctx context.Context, positional int, dir string, afterFailure bool) {
 	exe, err := os.Executable()
 	if err != nil {
 		cli.Fatal("agent", fmt.Errorf("find this program to run it in the background: %w", err), lifetime.ExitFailed)
@@ -179,10 +195,7 @@ func runDetached(ctx context.Context, positional int, dir string) {
 	if cut > 0 && args[cut-1] == "--" {
 		cut--
 	}
-	// In the background of the job, the job's end bounds the wait for a
-	// first login, and a failed job gives users --connect-timeout from its
-	// failure.
-	child := append(append(append([]string{}, args[:cut]...), "--detach=false", "--connect-after-failure"), args[cut:]...)
+	child := append(append(append([]string{}, args[:cut]...), "--detach=false", fmt.Sprintf("--connect-after-failure=%t", afterFailure)), args[cut:]...)
 	if dir == "" {
 		dir = "."
 	}
