@@ -10,8 +10,9 @@
 #
 # action/run.js runs it with the inputs as INPUT_SERVER, INPUT_ID,
 # INPUT_LIMIT_ACCESS_TO_ACTOR, INPUT_AUTHORIZED_KEYS, INPUT_DETACHED,
-# INPUT_CONNECT_TIMEOUT and INPUT_EXPIRY, and what GitHub sets:
-# GITHUB_SERVER_URL and GITHUB_ACTOR (the actor's keys are at
+# INPUT_CONNECT_TIMEOUT, INPUT_EXPIRY and
+# INPUT_JOB_STATUS (job.status, evaluated when the post step runs), and
+# what GitHub sets: GITHUB_SERVER_URL and GITHUB_ACTOR (the actor's keys are at
 # $GITHUB_SERVER_URL/$GITHUB_ACTOR.keys, on github.com and on GitHub
 # Enterprise Server alike; tests point GITHUB_SERVER_URL at a loopback
 # server), GITHUB_RUN_ID and GITHUB_RUN_ATTEMPT (the default ID),
@@ -23,9 +24,11 @@
 # associative arrays, no mapfile.
 set -euo pipefail
 
-die() {
-	echo "::error title=Converge::$*"
-	exit 1
+# give_up ends the step, which succeeds all the same: a debugging aid
+# must never fail the job, so it warns and the job goes on without it.
+give_up() {
+	echo "::warning title=Converge::$*; the job goes on without a shell into it"
+	exit 0
 }
 
 is_true() {
@@ -93,16 +96,16 @@ main() {
 	server=$(trim "${INPUT_SERVER:-}")
 	id=$(trim "${INPUT_ID:-}")
 	: "${GITHUB_STEP_SUMMARY:=/dev/null}" "${GITHUB_OUTPUT:=/dev/null}" "${GITHUB_STATE:=/dev/null}"
-	[ -n "$server" ] || die "the server input is required, e.g. with: server: https://converge.example.com"
-	server_urls "$server" || die "server: $server is not an https:// (or wss://) URL"
+	[ -n "$server" ] || give_up "the server input is required, e.g. with: server: https://converge.example.com"
+	server_urls "$server" || give_up "server: $server is not an https:// (or wss://) URL"
 	name=$(dist_name "${RUNNER_OS:-}" "${RUNNER_ARCH:-}") ||
-		die "there is no Converge agent for a ${RUNNER_OS:-?} ${RUNNER_ARCH:-?} runner (there are for Linux and macOS on X64 and ARM64, and Windows)"
+		give_up "there is no Converge agent for a ${RUNNER_OS:-?} ${RUNNER_ARCH:-?} runner (there are for Linux and macOS on X64 and ARM64, and Windows)"
 	tmp=${RUNNER_TEMP:-${TMPDIR:-/tmp}}/converge
 	mkdir -p "$tmp"
 	agent=$tmp/$name
 	echo "Downloading the agent from $http_base/static/dist/$name"
 	curl -fsSL --retry 3 --connect-timeout 30 -o "$agent" "$http_base/static/dist/$name" ||
-		die "could not download the agent from $http_base/static/dist/$name: is the server input right, and was the server built with make dist?"
+		give_up "could not download the agent from $http_base/static/dist/$name: is the server input right, and was the server built with make dist?"
 	chmod 755 "$agent"
 
 	id=${id:-gh-${GITHUB_RUN_ID:-0}-${GITHUB_RUN_ATTEMPT:-1}-$(random_hex)}
@@ -112,7 +115,7 @@ main() {
 	out=$tmp/agent-start.txt
 	# The agent registers, prints how to connect, and goes on in the
 	# background; main then either returns or follows it.
-	"$agent" "${args[@]}" "$ws_base" | tee "$out" || die "the agent did not start; its output is above"
+	"$agent" "${args[@]}" "$ws_base" | tee "$out" || give_up "the agent did not start; its output is above"
 	{
 		echo "agent=$agent"
 		echo "dir=$dir"
@@ -131,9 +134,12 @@ agent_args() {
 	detached=false
 	if is_true "${INPUT_DETACHED:-false}"; then detached=true; fi
 	args=(--detach --id "$1" --dir "$2")
+	# Detached, the connect timeout counts from the job's failure (the post
+	# step's agent wait --failed); in the foreground, from now.
+	if [ "$detached" = false ]; then args+=(--connect-after-failure=false); fi
 	local keys=
 	if is_true "${INPUT_LIMIT_ACCESS_TO_ACTOR:-true}"; then
-		[ -n "${GITHUB_ACTOR:-}" ] || die "limit-access-to-actor needs GITHUB_ACTOR, which GitHub sets"
+		[ -n "${GITHUB_ACTOR:-}" ] || give_up "limit-access-to-actor needs GITHUB_ACTOR, which GitHub sets"
 		args+=(--authorized-keys-url "${GITHUB_SERVER_URL:-https://github.com}/$GITHUB_ACTOR.keys")
 		keys=yes
 	fi
@@ -145,7 +151,7 @@ agent_args() {
 	fi
 	if [ -z "$keys" ] && [ -z "${CONVERGE_AUTHORIZED_KEYS:-}${CONVERGE_AUTHORIZED_KEYS_DATA:-}${CONVERGE_AUTHORIZED_KEYS_URL:-}${CONVERGE_PASSWORD:-}" ]; then
 		# Else the agent would read .authorized_keys in the checkout, where a pull request could add a key.
-		die "nobody could log in: keep limit-access-to-actor: true, or give authorized-keys"
+		give_up "nobody could log in: keep limit-access-to-actor: true, or give authorized-keys"
 	fi
 	local v
 	v=$(trim "${INPUT_CONNECT_TIMEOUT:-}")
@@ -164,7 +170,7 @@ report() {
 	# A browser link, once the agent prints one: an http(s) URL outside log lines.
 	browser=$(awk '!/^time=/ && !/^[{]/ && match($0, /https?:[/][/][^ "<>]+/) { print substr($0, RSTART, RLENGTH); exit }' "$2")
 	if [ -z "$ssh" ] || [ -z "$known" ]; then
-		die "the agent's output above lacks the ssh command or the known_hosts line"
+		give_up "the agent's output above lacks the ssh command or the known_hosts line"
 	fi
 	echo "id=$id" >>"$GITHUB_OUTPUT"
 	echo "ssh-command=$ssh" >>"$GITHUB_OUTPUT"
@@ -217,7 +223,7 @@ follow() {
 	while ! grep -q '"exited": true' "$state"; do
 		pid=$(sed -n 's/^ *"pid": \([0-9]*\).*/\1/p' "$state")
 		if ! alive "$pid" && ! grep -q '"exited": true' "$state"; then
-			die "the agent (pid $pid) ended without saying why; see its log above"
+			give_up "the agent (pid $pid) ended without saying why; see its log above"
 		fi
 		tail -c "+$((seen + 1))" "$log" >"$chunk"
 		cat "$chunk"
@@ -228,7 +234,9 @@ follow() {
 	status=$(sed -n 's/^ *"exit_status": \([0-9]*\).*/\1/p' "$state")
 	reason=$(sed -n 's/^ *"reason": "\(.*\)",*$/\1/p' "$state")
 	echo "The agent ended: $reason (exit status $status)."
-	[ "$status" = 0 ] || die "the agent failed: see its log above"
+	# Nobody logging in is no failure, whatever status --no-login-status chose.
+	if grep -q '"no_login": true' "$state"; then return 0; fi
+	[ "$status" = 0 ] || give_up "the agent failed: see its log above"
 }
 
 alive() {
@@ -249,8 +257,12 @@ post() {
 	if [ "${STATE_detached:-}" != true ] && grep -q '"exited": true' "${STATE_dir:-.}/.converge/agent.json" 2>/dev/null; then
 		return 0
 	fi
+	# When the job failed, a detached agent nobody has used yet waits its
+	# connect-timeout for someone to log in and look.
+	local failed=
+	if [ "${INPUT_JOB_STATUS:-}" = failure ] && [ "${STATE_detached:-}" = true ]; then failed=--failed; fi
 	# A helper for debugging must not fail the job: say so, and go on.
-	"$STATE_agent" wait --dir "${STATE_dir:-.}" || echo "::warning title=Converge::agent wait failed; see above"
+	"$STATE_agent" wait $failed --dir "${STATE_dir:-.}" || echo "::warning title=Converge::agent wait failed; see above"
 }
 
 case ${1:-} in
