@@ -1,7 +1,9 @@
 // Package agent is the CI-side program of Converge: it dials out to the
-// rendezvous server, registers a rendezvous ID, and serves an embedded SSH
-// server (shells, commands, SFTP) on the client streams the server sends
-// its way. It never listens on a socket. How long it runs (expiry, .hold,
+// rendezvous server, registers a rendezvous ID, and hands the client
+// streams the server sends its way, as a net.Listener, to the embedded SSH
+// server (package agent/sshd: shells, commands, SFTP, forwarding). It is
+// the link (control connection, streams, pool, resumption), not the SSH
+// server. It never listens on a socket. How long it runs (expiry, .hold,
 // the last logout, `agent wait`) is package agent/lifetime's to decide.
 package agent
 
@@ -20,10 +22,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gliderlabs/ssh"
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/converge-ci/converge/agent/lifetime"
+	"github.com/converge-ci/converge/agent/sshd"
+	"github.com/converge-ci/converge/internal/leg"
 	"github.com/converge-ci/converge/internal/resume"
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
@@ -142,22 +145,19 @@ func (c *Config) Validate() error {
 type Agent struct {
 	cfg    Config
 	log    *slog.Logger
-	auth   *authorizer
 	signer gossh.Signer
-	srv    *ssh.Server
+	ssh    *sshd.Server
 	ln     *streamListener
 	life   *lifetime.Lifetime
 
 	user   atomic.Pointer[string] // SSH user name, learned from the server
 	secret string                 // registration secret; control loop only
 
-	children *children // the processes the agent waits for itself
-	pid1     bool      // reap orphans while Run runs: true when PID 1
+	pid1 bool // reap orphans while Run runs: true when PID 1
 
 	streams sync.WaitGroup   // stream dials in flight
-	dialer  streamDialer     // how stream dials reach the server
+	raw     *leg.Fallback    // whether the server takes raw streams (see openStream)
 	resumed *resume.Acceptor // resumable client streams
-	fwd     *forwarder       // port forwards (ssh -L, -R)
 }
 
 // New prepares an agent: host key, authorized keys, SSH server. It refuses
@@ -167,31 +167,39 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, log: cfg.Logger.With("component", "agent", "id", cfg.ID), ln: newStreamListener(),
-		children: newChildren(), pid1: os.Getpid() == 1}
-	signer, err := loadHostKey(cfg.HostKeyFile, cfg.HostKeyPEM)
+		pid1: os.Getpid() == 1, raw: &leg.Fallback{For: wsOnlyFor}}
+	signer, err := sshd.LoadHostKey(cfg.HostKeyFile, cfg.HostKeyPEM)
 	if err != nil {
 		return nil, err
 	}
 	a.signer = signer
-	if a.cfg.Shell, err = resolveShell(cfg.Shell); err != nil {
-		return nil, err
-	}
-	a.auth, err = newAuthorizer(cfg, a.log, a.sshUser)
-	if err != nil {
-		return nil, err
-	}
 	a.resumed, err = resume.NewAcceptor(resume.Config{Window: cfg.ResumeWindow, Logger: a.log})
 	if err != nil {
 		return nil, err
 	}
-	a.fwd = &forwarder{agent: a}
-	a.srv = a.newSSHServer()
 	var state *lifetime.StateFile
 	if cfg.StateFile {
 		state = lifetime.NewStateFile(cfg.Dir, cfg.ID, cfg.Server, a.log)
 	}
 	a.life = lifetime.New(cfg.Lifetime, cfg.Dir, a.log, state)
-	a.life.Hook(a.srv)
+	a.ssh, err = sshd.New(sshd.Config{
+		Dir:                 cfg.Dir,
+		AuthorizedKeysFiles: cfg.AuthorizedKeysFiles,
+		AuthorizedKeys:      cfg.AuthorizedKeys,
+		AuthorizedKeysURLs:  cfg.AuthorizedKeysURLs,
+		HTTPClient:          cfg.HTTPClient,
+		Password:            cfg.Password,
+		Shell:               cfg.Shell,
+		HostKey:             signer,
+		User:                a.sshUser,
+		Version:             cfg.Version,
+		Logger:              a.log,
+		Watcher:             a.life,
+		OnLogin:             confirmLogin,
+	})
+	if err != nil {
+		return nil, err
+	}
 	return a, nil
 }
 
@@ -216,26 +224,37 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer stopReaper()
 	ctx, life := a.life.Start(ctx)
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- a.srv.Serve(a.ln) }()
+	go func() { serveErr <- a.ssh.Serve(a.ln) }()
 
 	err := a.connectLoop(ctx)
 
 	err = life.End(err)
 	a.ln.Close()
-	a.srv.Close()
+	a.ssh.Close()
 	<-serveErr
 	// Let closed sessions deliver their last bytes (exit status, the
 	// reason the agent ends) if their client is connected.
 	a.resumed.Shutdown(2 * time.Second)
 	a.streams.Wait()
-	a.fwd.wg.Wait()
+	a.ssh.Wait()
 	return life.Exit(err)
+}
+
+// reapWhilePID1 reaps orphans (see sshd.Server.ReapOrphans) when the
+// agent is PID 1, as in a container started as `docker run IMAGE agent`,
+// where nobody else would, until the returned stop is called.
+func (a *Agent) reapWhilePID1(ctx context.Context) (stop func()) {
+	if !a.pid1 {
+		return func() {}
+	}
+	a.log.Info("running as PID 1: reaping orphaned processes")
+	return a.ssh.ReapOrphans(ctx)
 }
 
 // Serve serves the agent's SSH server on ln directly, bypassing the relay.
 // It is for benchmarks that measure the relay against a direct path; the
 // agent itself never listens.
-func (a *Agent) Serve(ln net.Listener) error { return a.srv.Serve(ln) }
+func (a *Agent) Serve(ln net.Listener) error { return a.ssh.Serve(ln) }
 
 // SetSSHUser sets the accepted user name before the server has said it
 // (for Serve without a relay).

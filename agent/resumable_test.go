@@ -1,9 +1,13 @@
 package agent
 
 import (
+	"crypto/ed25519"
+	"crypto/rand"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -25,6 +29,24 @@ type publicOnly struct{ gossh.Signer }
 
 func (publicOnly) Sign(io.Reader, []byte) (*gossh.Signature, error) {
 	return nil, errors.New("no private key")
+}
+
+func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// newKey returns a fresh ed25519 key pair as a signer and its
+// authorized_keys line.
+func newKey(t *testing.T, comment string) (gossh.Signer, string) {
+	t.Helper()
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := gossh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := strings.TrimSpace(string(gossh.MarshalAuthorizedKey(s.PublicKey()))) + " " + comment
+	return s, line
 }
 
 // tcpPair returns both ends of a loopback TCP connection. (Not net.Pipe:
@@ -62,8 +84,8 @@ func TestConfirmOnlyAfterLogin(t *testing.T) {
 	}
 	a.SetSSHUser("ci")
 	served := make(chan error, 1)
-	go func() { served <- a.srv.Serve(a.ln) }()
-	t.Cleanup(func() { a.ln.Close(); a.srv.Close(); <-served })
+	go func() { served <- a.ssh.Serve(a.ln) }()
+	t.Cleanup(func() { a.ln.Close(); a.ssh.Close(); <-served })
 
 	for _, tc := range []struct {
 		name  string

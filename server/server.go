@@ -252,7 +252,7 @@ func New(cfg Config) (*Server, error) {
 		pending: newPending(),
 
 		streamLimit: newAddrLimiter("client streams", reasonStreamLimit, cfg.MaxStreamsPerAddr, cfg.MaxStreams),
-		authFails:   newFailLimiter(10, time.Minute, time.Now),
+		authFails:   newFailLimiter(10, 1000, time.Minute, time.Now),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	key, err := s.loadKey()

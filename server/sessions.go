@@ -45,7 +45,7 @@ func (s *Server) authorized(w http.ResponseWriter, r *http.Request) bool {
 	}
 	remote := s.remoteAddr(r)
 	if s.authFails.blocked(remote) {
-		http.Error(w, "too many wrong passwords from "+remote+"; wait a minute", http.StatusTooManyRequests)
+		http.Error(w, "too many wrong passwords from "+remote+"'s network, or from everyone; wait a minute", http.StatusTooManyRequests)
 		return false
 	}
 	_, pass, ok := r.BasicAuth()

@@ -12,16 +12,16 @@ import (
 	"net/url"
 	"time"
 
-	"github.com/converge-ci/converge/internal/rawstream"
+	"github.com/converge-ci/converge/internal/leg"
 	"github.com/converge-ci/converge/internal/splice"
 	"github.com/converge-ci/converge/internal/wire"
 )
 
 // handshakeHeaders are the request headers of a WebSocket handshake, or
-// of an upgrade to a raw stream (see rawstream), passed to the holder as
+// of an upgrade to a raw stream (see internal/leg), passed to the holder as
 // the client sent them.
 var handshakeHeaders = []string{"Upgrade", "Connection", "Sec-Websocket-Key", "Sec-Websocket-Version",
-	"Sec-Websocket-Protocol", "Sec-Websocket-Extensions", rawstream.ProtocolHeader}
+	"Sec-Websocket-Protocol", "Sec-Websocket-Extensions", leg.ProtocolHeader}
 
 // dialOwner sends r's handshake, as a request of kind for id (and token)
 // on behalf of the client at addr, to owner (ws:// or wss://, maybe with

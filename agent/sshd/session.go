@@ -1,0 +1,149 @@
+package sshd
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+
+	"github.com/gliderlabs/ssh"
+)
+
+// handleSession runs a shell or a command for one SSH session: with a PTY
+// when the client asked for one, with separate stdout and stderr when not.
+// The exit status goes back to the client; when the session ends, what it
+// started ends with it (see run).
+func (d *Server) handleSession(s ssh.Session) {
+	log := d.log.With("user", s.User(), "session", shortSession(s))
+	defer d.watch.Attach(s)()
+	cmd := d.command(s)
+	log.Info("session started", "command", s.RawCommand(), "pty", hasPty(s))
+	code, err := d.run(s, cmd)
+	if err != nil {
+		log.Warn("session failed", "error", err)
+		s.Stderr().Write([]byte("converge: " + err.Error() + "\r\n"))
+	}
+	log.Info("session ended", "exit", code)
+	s.Exit(code)
+}
+
+func hasPty(s ssh.Session) bool {
+	_, _, ok := s.Pty()
+	return ok
+}
+
+// followWindow calls resize with each window change the client sends on
+// winCh, until winCh closes or the returned stop is called (stop waits
+// for the goroutine that follows it to end).
+func followWindow(winCh <-chan ssh.Window, resize func(ssh.Window)) (stop func()) {
+	stopCh, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case w, ok := <-winCh:
+				if !ok {
+					return
+				}
+				resize(w)
+			case <-stopCh:
+				return
+			}
+		}
+	}()
+	return func() { close(stopCh); <-done }
+}
+
+func shortSession(s ssh.Session) string {
+	id := s.Context().SessionID()
+	if len(id) > 8 {
+		id = id[:8]
+	}
+	return id
+}
+
+// command builds the process for s: the user's shell, running the client's
+// command when one was given.
+func (d *Server) command(s ssh.Session) *exec.Cmd {
+	shell := d.cfg.Shell
+	var cmd *exec.Cmd
+	if raw := s.RawCommand(); raw != "" {
+		cmd = exec.Command(shell, shellCommandFlag(shell), raw)
+	} else {
+		cmd = exec.Command(shell)
+		if runtime.GOOS != "windows" {
+			// A leading '-' in argv[0] makes it a login shell.
+			cmd.Args[0] = "-" + filepath.Base(shell)
+		}
+	}
+	cmd.Dir = d.cfg.Dir
+	env := append(withoutSecrets(os.Environ()), s.Environ()...)
+	env = append(env, "agentdir="+d.cfg.Dir)
+	if pty, _, ok := s.Pty(); ok && pty.Term != "" {
+		env = append(env, "TERM="+pty.Term)
+	}
+	cmd.Env = env
+	return cmd
+}
+
+// agentSecrets are the environment variables through which a job hands
+// the agent its secrets (cmd/agent reads them as flag twins): the
+// password, the host's private key, and the key sources, whose URLs may
+// carry tokens. Sessions must not see them: whoever logs in could reuse
+// the password or impersonate the host with its key.
+var agentSecrets = []string{
+	"CONVERGE_PASSWORD",
+	"CONVERGE_HOST_KEY",
+	"CONVERGE_AUTHORIZED_KEYS",
+	"CONVERGE_AUTHORIZED_KEYS_DATA",
+	"CONVERGE_AUTHORIZED_KEYS_URL",
+}
+
+// withoutSecrets returns env (KEY=value entries) without agentSecrets.
+// Names compare case-insensitively, as Windows does. It is the one place
+// where every session's environment (shell, command, on every platform)
+// leaves the agent's behind.
+func withoutSecrets(env []string) []string {
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		name, _, _ := strings.Cut(kv, "=")
+		if !slices.ContainsFunc(agentSecrets, func(s string) bool { return strings.EqualFold(s, name) }) {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// resolveShell finds the program for sessions: name as a path or looked
+// up in PATH ("cmd" finds cmd.exe on Windows), or the platform's default
+// when empty.
+func resolveShell(name string) (string, error) {
+	if name == "" {
+		return loginShell(), nil
+	}
+	p, err := exec.LookPath(name)
+	if err != nil {
+		return "", fmt.Errorf("shell %q: %w (give a path or a program in PATH)", name, err)
+	}
+	return p, nil
+}
+
+// exitCode turns the result of cmd.Wait into an SSH exit status: the
+// command's code, or 128+signal when a signal ended it.
+func exitCode(err error) (int, error) {
+	if err == nil {
+		return 0, nil
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if code := ee.ExitCode(); code >= 0 {
+			return code, nil
+		}
+		return 128 + signalNumber(ee), nil
+	}
+	return 255, err
+}
