@@ -39,7 +39,7 @@ func refusalOf(err error, id, perAddr string) refusal {
 		if errors.As(err, &res) {
 			until = "until " + res.Until.UTC().Format("15:04:05 UTC")
 		}
-		return refusal{http.StatusConflict, reasonIDReserved, fmt.Sprintf("rendezvous ID %q is kept %s for an agent whose link dropped, unless it comes back first (an agent that ends on purpose frees its ID at once); choose another --id, or wait", id, until)}
+		return refusal{http.StatusConflict, reasonIDReserved, fmt.Sprintf("rendezvous ID %q is reserved %s for an agent whose link dropped, unless it comes back first (an agent that ends on purpose frees its ID at once); choose another --id, or wait", id, until)}
 	case errors.Is(err, registry.ErrUnavailable):
 		return refusal{http.StatusServiceUnavailable, "", "the server cannot reach its registry; retry shortly"}
 	}

@@ -41,7 +41,7 @@ func TestGoodbyeFreesID(t *testing.T) {
 	cmd := exec.Command(bin("agent"), "--id", "dropped", r.URL)
 	cmd.Dir, cmd.Env = keyDir(t, c), cleanEnv()
 	out, err := cmd.CombinedOutput()
-	if err == nil || !regexp.MustCompile(`"dropped" is kept until \d\d:\d\d:\d\d UTC for an agent whose link dropped`).Match(out) {
+	if err == nil || !regexp.MustCompile(`"dropped" is reserved until \d\d:\d\d:\d\d UTC for an agent whose link dropped`).Match(out) {
 		t.Errorf("the ID of an agent killed with -9: %v, want refused saying until when:\n%s", err, out)
 	}
 }

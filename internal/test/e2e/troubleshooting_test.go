@@ -44,7 +44,7 @@ func TestDocTroubleshootingMessages(t *testing.T) {
 	// drop when the link closes, so until then the ID is still in use.
 	first.cmd.Process.Kill()
 	<-first.done
-	want = quoted(`rendezvous ID "ID" is kept until `, "trouble-a")
+	want = quoted(`rendezvous ID "ID" is reserved until `, "trouble-a")
 	want2 := quoted(` UTC for an agent whose link dropped`, "")
 	var out string
 	waitFor(t, "the dropped agent's reservation", func() bool {
