@@ -26,14 +26,7 @@ func main() {
 		return
 	}
 	cmd, o := newCommand()
-	// CONVERGE_AUTHORIZED_KEYS is the twin of --authorized-keys (files),
-	// but a CI secret by that name usually holds the key lines themselves:
-	// pass those on as CONVERGE_AUTHORIZED_KEYS_DATA (which --detach's
-	// background agent inherits too).
-	if v := os.Getenv("CONVERGE_AUTHORIZED_KEYS"); holdsKeyLines(v) {
-		os.Setenv("CONVERGE_AUTHORIZED_KEYS_DATA", strings.TrimSpace(os.Getenv("CONVERGE_AUTHORIZED_KEYS_DATA")+"\n"+v))
-		os.Unsetenv("CONVERGE_AUTHORIZED_KEYS")
-	}
+	keysFromEnv()
 	if err := cmd.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, cli.ErrExit) {
 			return
@@ -91,7 +84,8 @@ server (it never listens), registers a rendezvous ID, and serves an SSH
 server - shells, commands, sftp and scp - to users who connect to that ID.
 
 Users log in with the server's user name and a key from --authorized-keys,
---authorized-keys-data (or CONVERGE_AUTHORIZED_KEYS) or --authorized-keys-url;
+--authorized-keys-data (or CONVERGE_AUTHORIZED_KEYS: key lines, or the path
+of a file of them) or --authorized-keys-url;
 with none of these, from .authorized_keys in the current directory (re-read
 when it changes). When any of them is given, .authorized_keys is read only if
 named with --authorized-keys: the directory is usually the checkout, where a
@@ -119,13 +113,16 @@ In the background:
   ./agent --detach --id myjob wss://converge.example.com
   make test            # the job's own steps
   ./agent wait         # returns at once unless someone is connected`
+	// CONVERGE_AUTHORIZED_KEYS is the keys (see keysFromEnv), not the
+	// file flag's twin.
+	cmd.Env = map[string]string{"authorized-keys": "CONVERGE_AUTHORIZED_KEYS_FILE"}
 	o := &options{}
 	cfg := &o.cfg
 	f := cmd.Flags
 	f.StringVar(&cfg.ID, "id", "", "rendezvous `ID` users connect to (letters, digits, . _ -); random when empty")
 	f.StringVar(&cfg.Dir, "dir", "", "working directory of sessions, and of .authorized_keys when no other key source is given (default: the current directory)")
 	f.Var(&o.keyFiles, "authorized-keys", "authorized_keys `FILE` to read at each login; repeatable; any key source turns off .authorized_keys in --dir unless named here (--authorized-keys .authorized_keys)")
-	f.StringVar(&cfg.AuthorizedKeys, "authorized-keys-data", "", "authorized_keys lines given directly, for CI secrets: set it through the environment (CONVERGE_AUTHORIZED_KEYS holding key lines works too)")
+	f.StringVar(&cfg.AuthorizedKeys, "authorized-keys-data", "", "authorized_keys lines given directly, for CI secrets: set them through the environment, usually as CONVERGE_AUTHORIZED_KEYS, which holds the keys as lines or as the path of a file of them (a GitLab variable of type File)")
 	f.Var(&o.keyURLs, "authorized-keys-url", "fetch authorized_keys lines from `URL` at start, e.g. https://github.com/USER.keys; https only (plain http only to loopback hosts), no redirect to http; repeatable; a failed fetch stops the agent")
 	f.StringVar(&cfg.HostKeyFile, "host-key", "", "SSH host key `FILE` (OpenSSH private key), or the key's PEM text itself (for CONVERGE_HOST_KEY from a CI secret); a fresh ed25519 key per run when empty")
 	f.StringVar(&cfg.Shell, "shell", "", "`PROGRAM` for sessions and commands (default: $SHELL, else bash, else sh; on Windows powershell, or cmd)")
@@ -249,6 +246,33 @@ included), 1 when there is no agent state in DIR or the agent failed.`
 		stop()
 		cli.Fatal("agent wait", err, lifetime.ExitFailed)
 	}
+}
+
+// keysFromEnv reads CONVERGE_AUTHORIZED_KEYS, the CI secret, which has one
+// meaning: the keys that may log in, as authorized_keys lines, or as the
+// path of a file holding them (a GitLab CI/CD variable of type File puts
+// the value in a file and the path in the variable). It passes them on
+// as the twins of --authorized-keys-data and --authorized-keys
+// (CONVERGE_AUTHORIZED_KEYS_DATA, CONVERGE_AUTHORIZED_KEYS_FILE), which
+// --detach's background agent inherits too.
+func keysFromEnv() {
+	v, ok := os.LookupEnv("CONVERGE_AUTHORIZED_KEYS")
+	if !ok {
+		return
+	}
+	os.Unsetenv("CONVERGE_AUTHORIZED_KEYS")
+	name, v := "CONVERGE_AUTHORIZED_KEYS_DATA", strings.TrimSpace(v)
+	sep := "\n"
+	if !holdsKeyLines(v) {
+		name, sep = "CONVERGE_AUTHORIZED_KEYS_FILE", ","
+	}
+	if v == "" {
+		return
+	}
+	if old := os.Getenv(name); old != "" {
+		v = old + sep + v
+	}
+	os.Setenv(name, v)
 }
 
 // holdsKeyLines reports whether v looks like authorized_keys lines
