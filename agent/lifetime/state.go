@@ -86,7 +86,7 @@ func NewStateFile(agentDir, id, server string, log *slog.Logger) *StateFile {
 // begin records a fresh start, dropping a wait request left by an earlier
 // run in the same directory.
 func (f *StateFile) begin() {
-	if err := os.MkdirAll(f.dir, 0o755); err != nil {
+	if err := makeStateDir(f.dir); err != nil {
 		f.log.Warn("cannot create the state directory; `agent wait` will not find this agent", "error", err)
 		return
 	}
@@ -160,6 +160,28 @@ func (f *StateFile) writeLocked() {
 		return
 	}
 	f.written = true
+}
+
+// makeStateDir creates the state directory stateDir, with a .gitignore
+// that ignores everything in it (unless there is one), so that the agent's
+// files, and the agent itself when the job downloads it there, leave the
+// checkout clean for a job that checks it.
+func makeStateDir(stateDir string) error {
+	if err := os.MkdirAll(stateDir, 0o755); err != nil {
+		return err
+	}
+	ignore, err := os.OpenFile(filepath.Join(stateDir, ".gitignore"), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if errors.Is(err, fs.ErrExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	_, err = ignore.WriteString("*\n")
+	if cerr := ignore.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // readState reads the state file of the agent in dir.

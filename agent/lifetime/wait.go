@@ -121,7 +121,7 @@ const registerTimeout = 60 * time.Second
 // last thing its process does.
 func Detach(ctx context.Context, exe string, args []string, dir string, out io.Writer) error {
 	stateDir := filepath.Join(dir, StateDir)
-	if err := os.MkdirAll(stateDir, 0o755); err != nil {
+	if err := makeStateDir(stateDir); err != nil {
 		return fmt.Errorf("create %s: %w", stateDir, err)
 	}
 	logPath := filepath.Join(stateDir, logName)
