@@ -29,39 +29,39 @@ func (d UsageData) login() string { return d.User + "@localhost" }
 func (d UsageData) keysRecipe() string {
 	return lines(
 		"echo \"ssh-ed25519 AAAA... you@laptop\" >> .authorized_keys   # your key, written by the job, never committed",
-		"./agent --authorized-keys-url https://github.com/$GITHUB_ACTOR.keys --id "+d.ID+" "+d.WSBase+"   # GitHub Actions: the keys of whoever started the job",
+		".converge/agent --authorized-keys-url https://github.com/$GITHUB_ACTOR.keys --id "+d.ID+" "+d.WSBase+"   # GitHub Actions: the keys of whoever started the job",
 	)
 }
 
 func (d UsageData) ciLinux() string {
 	return lines(
-		"curl -fsSLo agent "+d.Base+"/static/agent",
-		"chmod +x agent",
-		"./agent --id "+d.ID+" "+d.WSBase,
+		"curl -fsSL --create-dirs -o .converge/agent "+d.Base+"/static/agent",
+		"chmod +x .converge/agent",
+		".converge/agent --id "+d.ID+" "+d.WSBase,
 	)
 }
 
 func (d UsageData) ciMacOS() string {
 	return lines(
 		`arch=$(uname -m); [ "$arch" = x86_64 ] && arch=amd64`,
-		"curl -fsSLo agent "+d.Base+"/static/dist/agent-darwin-$arch",
-		"chmod +x agent",
-		"./agent --id "+d.ID+" "+d.WSBase,
+		"curl -fsSL --create-dirs -o .converge/agent "+d.Base+"/static/dist/agent-darwin-$arch",
+		"chmod +x .converge/agent",
+		".converge/agent --id "+d.ID+" "+d.WSBase,
 	)
 }
 
 func (d UsageData) ciWindows() string {
 	return lines(
-		"curl.exe -fsSLo agent.exe "+d.Base+"/static/agent.exe",
-		`.\agent.exe --id `+d.ID+" "+d.WSBase,
+		"curl.exe -fsSL --create-dirs -o .converge/agent.exe "+d.Base+"/static/agent.exe",
+		`.converge\agent.exe --id `+d.ID+" "+d.WSBase,
 	)
 }
 
 func (d UsageData) ciDetach() string {
 	return lines(
-		"./agent --detach --id "+d.ID+" "+d.WSBase,
-		"make test        # the job's own steps",
-		"./agent wait     # at the end of the job",
+		".converge/agent --detach --id "+d.ID+" "+d.WSBase,
+		"make test                 # the job's own steps",
+		".converge/agent wait      # at the end of the job; when it failed: wait --failed",
 	)
 }
 

@@ -156,7 +156,7 @@ func Usage(d UsageData) templ.Component {
 			if templ_7745c5c3_Err != nil {
 				return templ_7745c5c3_Err
 			}
-			templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 11, "</code></pre></div></div><p>The agent prints the commands to connect and its host key, then waits for you; the job's next step runs once it exits. Every flag has an environment twin (<code>--id</code> is <code>CONVERGE_ID</code>); <code>./agent --help</code> lists them. To keep the job's own steps running meanwhile, start it in the background and wait for it at the end, which returns at once unless someone is connected or <code>.hold</code> holds it:</p><pre id=\"ci-detach\"><code>")
+			templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 11, "</code></pre></div></div><p>The agent prints the commands to connect and its host key, then waits for you; the job's next step runs once it exits. Every flag has an environment twin (<code>--id</code> is <code>CONVERGE_ID</code>); <code>.converge/agent --help</code> lists them. To keep the job's own steps running meanwhile, start it in the background and wait for it at the end, which returns at once unless someone is connected or <code>.hold</code> holds it:</p><pre id=\"ci-detach\"><code>")
 			if templ_7745c5c3_Err != nil {
 				return templ_7745c5c3_Err
 			}
