@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"os/user"
 	"runtime"
@@ -309,6 +310,12 @@ func (a *Agent) announce() {
 	id, user := a.cfg.ID, a.sshUser()
 	client := a.cfg.Server + wire.ClientPath(id)
 	key := a.signer.PublicKey()
+	// `wsproxy config-ssh` makes ssh name the job ID.HOST, and check its
+	// key under that name (a wildcard block can have no HostKeyAlias).
+	byName := id
+	if u, err := url.Parse(a.cfg.Server); err == nil && u.Hostname() != "" {
+		byName = id + "." + u.Hostname()
+	}
 	fmt.Fprintf(a.cfg.Out, `Converge agent registered as %q at %s
 Host key:  %s
 Verify it: add this line to ~/.ssh/known_hosts
@@ -318,8 +325,12 @@ Connect:
   sftp -oProxyCommand="wsproxy %s" -oHostKeyAlias=%s %s@localhost
   or:  tcptows 10000 %s
        ssh -p 10000 -oHostKeyAlias=%s %s@localhost
+  or by name, for IDEs too: once  wsproxy config-ssh --server %s --user %s
+       add to ~/.ssh/known_hosts  %s
+       ssh %s
   or in a browser: %s
 `, id, a.cfg.Server, gossh.FingerprintSHA256(key), knownHostsLine(id, key),
 		client, id, user, client, id, user, client, id, user,
+		a.cfg.Server, user, knownHostsLine(byName, key), byName,
 		"http"+a.cfg.Server[2:]+"/terminal/"+id+"#fp="+gossh.FingerprintSHA256(key))
 }

@@ -2,6 +2,7 @@ package deploytest
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -478,6 +479,17 @@ func TestActionCannotStart(t *testing.T) {
 				t.Errorf("post step: %v\n%s", err, out)
 			}
 		})
+	}
+	// With run:, the step is the command: it runs as a plain step, and its
+	// status is the step's, whatever became of Converge.
+	j := newJob(t, keysServer(t, nil))
+	out, err := j.step("main", map[string]string{"server": "http://" + refusedAddr(t), "run": "touch ran; exit 7"}).CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 7 || !strings.Contains(string(out), "::warning title=Converge::") {
+		t.Errorf("run: with the server down: %v, want the warning and the command's status 7:\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(j.workspace, "ran")); err != nil {
+		t.Errorf("run: with the server down: the command did not run: %v", err)
 	}
 }
 
