@@ -45,3 +45,21 @@ func TestGoodbyeFreesID(t *testing.T) {
 		t.Errorf("the ID of an agent killed with -9: %v, want refused saying until when:\n%s", err, out)
 	}
 }
+
+// TestClusterGoodbyeFreesID: an agent that ends on purpose on one replica
+// frees its ID for every replica at once: the same ID registers straight
+// away through another replica (the shared registry keeps no reservation).
+func TestClusterGoodbyeFreesID(t *testing.T) {
+	t.Parallel()
+	rig := newClusterRig(t, 2, false)
+	c := sshtest.New(t)
+	p := runAgentBinary(t, rig.relay(0), keyDir(t, c), nil, "--id", "cluster-bye")
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if code := p.exit(); code != 0 {
+		t.Fatalf("agent on replica 0, SIGTERM: exit status %d, want 0", code)
+	}
+	p = runAgentBinary(t, rig.relay(1), keyDir(t, c), nil, "--id", "cluster-bye") // fails the test if refused
+	if got := rig.owner("cluster-bye"); got != 1 {
+		t.Errorf("Redis says replica %d holds the ID, want 1", got)
+	}
+}
