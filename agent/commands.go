@@ -18,6 +18,8 @@ func (a *Agent) commands() []ctl.Command {
 		{Name: "who", Usage: "[--json]", Summary: "who is in this job now: name, key, way in, since when, sessions", Run: a.cmdWho},
 		{Name: "status", Summary: "this agent: its ID, users, and when it ends", Run: a.cmdStatus},
 		{Name: "extend", Usage: "DURATION", Summary: "hold the agent up DURATION from now (30m, 2h), as .hold does", Run: a.cmdExtend},
+		{Name: "get", Usage: "FILE…", Summary: "download files: the browser terminal saves them; in ssh, prints the scp line", Run: a.cmdGet},
+		{Name: "copy", Usage: "FILE", Summary: "put FILE's text on your local clipboard (OSC 52)", Run: a.cmdCopy},
 	}, a.stepCommands()...)
 }
 

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/user"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/coder/websocket"
@@ -332,5 +333,16 @@ Connect:
 `, id, a.cfg.Server, gossh.FingerprintSHA256(key), knownHostsLine(id, key),
 		client, id, user, client, id, user, client, id, user,
 		a.cfg.Server, user, knownHostsLine(byName, key), byName,
-		"http"+a.cfg.Server[2:]+"/terminal/"+id+"#fp="+gossh.FingerprintSHA256(key))
+		terminalURL(a.cfg.Server, id)+"#fp="+gossh.FingerprintSHA256(key))
+}
+
+// terminalURL is the browser terminal's page for id on server (ws:// or
+// wss://, as the agent was given it).
+func terminalURL(server, id string) string {
+	u, err := url.Parse(server)
+	if err != nil {
+		return server + wire.TerminalPath(id)
+	}
+	u.Scheme = wire.HTTPScheme(u.Scheme)
+	return strings.TrimSuffix(u.String(), "/") + wire.TerminalPath(id)
 }

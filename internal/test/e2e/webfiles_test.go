@@ -18,6 +18,7 @@ import (
 	"github.com/chromedp/chromedp"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/converge-ci/converge/agent"
 	"github.com/converge-ci/converge/internal/test/sshtest"
 )
 
@@ -208,7 +209,7 @@ func (p *termPage) insertText(text string) {
 // shell's printf, and saves the offer the page shows.
 func (p *termPage) offerGet(path string) {
 	p.t.Helper()
-	p.typeLine(`printf '\033]5379;get;%s\007' "$(printf %s ` + path + ` | base64 -w0)"`)
+	p.typeLine("converge get " + path)
 	row := transfer("download", filepath.Base(path))
 	p.waitJS("the offer of "+path, `(function () { var r = `+row+`; return !!r && r.getAttribute("data-state") === "ask"; })()`, 20*time.Second)
 	do(p.t, p.ctx, "save", chromedp.Click(chromedp.CSS(`#transfers .transfer:last-child [data-choice="save"]`)))
@@ -239,7 +240,7 @@ func waitDownload(t *testing.T, dir, name string, size int64) string {
 func TestTerminalDownload(t *testing.T) {
 	r := startServer(t, withTerminal)
 	capture := startCapture(t, r.Addr)
-	a := startAgent(t, r, "download-job", sshtest.New(t))
+	a := startAgent(t, r, "download-job", sshtest.New(t), func(cfg *agent.Config) { cfg.Executable = bin("agent") })
 	p := newTermPage(t)
 	saved := t.TempDir()
 	do(t, p.ctx, "allow downloads", chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
