@@ -68,6 +68,11 @@ func TestUsagePageFillsInThisServer(t *testing.T) {
 	if !strings.Contains(page, "built without the downloadable binaries") {
 		t.Error("page does not say the downloads are missing from this build")
 	}
+	// Nobody logging in exits 0 by default (--no-login-status), as the
+	// agent's --help and the README say.
+	if strings.Contains(page, "status 3") {
+		t.Error("page says an agent nobody logged in to exits with status 3; it exits 0 unless --no-login-status says otherwise")
+	}
 }
 
 func TestUsagePageRefusesBadIDs(t *testing.T) {
