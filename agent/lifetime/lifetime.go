@@ -51,8 +51,8 @@ type Config struct {
 	// ConnectAfterFailure makes ConnectTimeout count from when the job
 	// reports its failure (`agent wait --failed`) instead of from Start,
 	// for an agent that runs in the background of the job (--detach):
-	// until then nobody logging in ends nothing, and the job's end (`agent
-	// wait`) bounds the agent. False: ConnectTimeout counts from Start, and
+	// until then the job's end (`agent wait`) bounds the agent, and at
+	// most maxJobWait (6 hours). False: ConnectTimeout counts from Start, and
 	// a failure reported before the first login restarts it.
 	ConnectAfterFailure bool
 	// NoLoginStatus is the exit status (ExitStatus) when nobody logged in
@@ -174,20 +174,29 @@ func (s *lifeState) deadline() time.Time {
 	return d
 }
 
+// maxJobWait bounds how long an agent with ConnectAfterFailure waits for
+// a first login while its job runs: the longest a GitHub-hosted job runs.
+// A job that never runs `agent wait` (a forgotten one, on a runner that
+// leaves background processes behind) does not keep the agent forever.
+const maxJobWait = 6 * time.Hour
+
 // loginBy is the deadline to the first login; zero when there is none.
 // A failed job gives users ConnectTimeout from its failure.
 func (s *lifeState) loginBy() time.Time {
 	if s.cfg.ConnectTimeout <= 0 {
 		return time.Time{}
 	}
-	var d time.Time
-	if !s.cfg.ConnectAfterFailure {
-		d = s.start.Add(s.cfg.ConnectTimeout)
+	f := s.failed.Add(s.cfg.ConnectTimeout)
+	switch {
+	case s.cfg.ConnectAfterFailure && !s.failed.IsZero():
+		return f
+	case s.cfg.ConnectAfterFailure:
+		return s.start.Add(maxJobWait)
 	}
-	if f := s.failed.Add(s.cfg.ConnectTimeout); !s.failed.IsZero() && f.After(d) {
-		d = f
+	if d := s.start.Add(s.cfg.ConnectTimeout); s.failed.IsZero() || d.After(f) {
+		return d
 	}
-	return d
+	return f
 }
 
 // heldUntil is the end of the hold .hold or Extend gives; zero when
