@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"os/user"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -128,21 +130,42 @@ func refused(re *wsconn.RefusedError, lost time.Time) error {
 	return fmt.Errorf("server refused agent: %s", re.Message)
 }
 
-// control runs one control connection: register, then serve dial requests
-// until the connection ends. connected reports whether registration
-// succeeded.
-func (a *Agent) control(ctx context.Context, announce bool) (connected bool, err error) {
+// register opens the control connection: with the agent's secret, if
+// it has one, and its host key, proving it holds the key when the server
+// asks (a 401 with a challenge; a server that binds no keys never asks).
+func (a *Agent) register(ctx context.Context) (*websocket.Conn, error) {
 	hdr := http.Header{}
 	if a.secret != "" {
 		hdr.Set(wire.SecretHeader, a.secret)
 	}
-	dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	if k := a.proofKey(); k != nil {
+		hdr.Set(wire.AgentKeyHeader, base64.StdEncoding.EncodeToString(k))
+	}
 	protocols := []string{wire.ControlProtocolV2, wire.ControlProtocol} // v2: stream pools
 	if a.cfg.NoStreamPool {
 		protocols = []string{wire.ControlProtocol}
 	}
-	c, err := wsconn.Dial(dctx, a.cfg.Server+wire.AgentPath(a.cfg.ID), wsconn.Options{Subprotocols: protocols, Header: hdr})
-	cancel()
+	dial := func() (*websocket.Conn, error) {
+		dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		return wsconn.Dial(dctx, a.cfg.Server+wire.AgentPath(a.cfg.ID), wsconn.Options{Subprotocols: protocols, Header: hdr})
+	}
+	c, err := dial()
+	var re *wsconn.RefusedError
+	if !errors.As(err, &re) || re.Status != http.StatusUnauthorized || re.Header.Get(wire.ChallengeHeader) == "" || hdr.Get(wire.AgentKeyHeader) == "" {
+		return c, err
+	}
+	if err := a.prove(hdr, re.Header.Get(wire.ChallengeHeader)); err != nil {
+		return nil, err
+	}
+	return dial()
+}
+
+// control runs one control connection: register, then serve dial requests
+// until the connection ends. connected reports whether registration
+// succeeded.
+func (a *Agent) control(ctx context.Context, announce bool) (connected bool, err error) {
+	c, err := a.register(ctx)
 	if err != nil {
 		return false, err
 	}
@@ -208,6 +231,7 @@ func (a *Agent) control(ctx context.Context, announce bool) (connected bool, err
 func (a *Agent) serveControl(ctx, lctx context.Context, c *websocket.Conn, pooling bool) error {
 	idle, endIdle := context.WithCancel(ctx)
 	defer endIdle()
+	var idleStreams atomic.Int64 // pool streams opening or waiting for a client
 	done, said := make(chan struct{}), make(chan struct{})
 	stopBye := context.AfterFunc(ctx, func() {
 		defer close(said)
@@ -234,10 +258,15 @@ func (a *Agent) serveControl(ctx, lctx context.Context, c *websocket.Conn, pooli
 				a.dialStream(ctx, *m.Dial)
 			}()
 		case m.Type == wire.TypePool && pooling:
+			if idleStreams.Load() >= wire.MaxIdleStreams {
+				a.log.Debug("not opening another idle stream: the server asks for more than an agent keeps", "max", wire.MaxIdleStreams)
+				continue
+			}
+			idleStreams.Add(1)
 			a.streams.Add(1)
 			go func() {
 				defer a.streams.Done()
-				a.poolStream(idle, ctx, m.Pool.Token)
+				a.poolStream(idle, ctx, m.Pool.Token, func() { idleStreams.Add(-1) })
 			}()
 		default:
 			a.log.Warn("ignoring unexpected control message", "type", m.Type)
