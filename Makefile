@@ -23,9 +23,12 @@ wasm:
 	cp "$$($(GO) env GOROOT)/lib/wasm/wasm_exec.js" static/term/wasm_exec.js
 
 # run listens on every interface; ./bin/converge --addr 127.0.0.1:8000
-# keeps a demo on loopback.
+# keeps a demo on loopback. A demo's caps: a laptop's descriptor limit
+# (macOS: 10,240 a process) holds them, so the server need not warn about
+# it; a production server keeps the defaults and raises its limit
+# (docs/operations.md).
 run: build
-	./bin/converge --addr :8000
+	./bin/converge --addr :8000 --max-agents 1000 --max-streams 1000
 
 generate:
 	$(GO) tool templ generate

@@ -264,7 +264,7 @@ func (a *Agent) sshUser() string {
 // when the link drops. Open sessions are told why they end, then closed.
 // It returns nil when the agent ended normally (ctx, last logout, expiry)
 // and an error wrapping lifetime.ErrNoLogin when nobody logged in in time;
-// see lifetime.ExitStatus.
+// see lifetime.Config.ExitStatus.
 func (a *Agent) Run(ctx context.Context) error {
 	if err := a.openState(); err != nil {
 		return err

@@ -50,9 +50,9 @@ func TestUsagePageFillsInThisServer(t *testing.T) {
 	}
 	page := w.Body.String()
 	for id, want := range map[string][]string{
-		"ci-linux":           {"curl -fsSLo agent http://relay.test:8443/static/agent\n", "chmod +x agent\n", "./agent --id job-42 ws://relay.test:8443"},
-		"ci-macos":           {"http://relay.test:8443/static/dist/agent-darwin-$arch", "./agent --id job-42 ws://relay.test:8443"},
-		"ci-windows":         {"curl.exe -fsSLo agent.exe http://relay.test:8443/static/agent.exe", `.\agent.exe --id job-42 ws://relay.test:8443`},
+		"ci-linux":           {"curl -fsSL --create-dirs -o .converge/agent http://relay.test:8443/static/agent\n", "chmod +x .converge/agent\n", "\n.converge/agent --id job-42 ws://relay.test:8443"},
+		"ci-macos":           {"-o .converge/agent http://relay.test:8443/static/dist/agent-darwin-$arch", "\n.converge/agent --id job-42 ws://relay.test:8443"},
+		"ci-windows":         {"curl.exe -fsSL --create-dirs -o .converge/agent.exe http://relay.test:8443/static/agent.exe", `.converge\agent.exe --id job-42 ws://relay.test:8443`},
 		"ssh-cmd":            {`ssh -oProxyCommand="wsproxy ws://relay.test:8443/client/job-42" -oHostKeyAlias=job-42 ciuser@localhost`},
 		"sftp-cmd":           {`sftp -oProxyCommand="wsproxy ws://relay.test:8443/client/job-42" -oHostKeyAlias=job-42 ciuser@localhost`, "\nscp -oProxyCommand="},
 		"tcptows-cmd":        {"tcptows 10000 ws://relay.test:8443/client/job-42", "ssh -p 10000 -oHostKeyAlias=job-42 ciuser@localhost"},
@@ -69,6 +69,11 @@ func TestUsagePageFillsInThisServer(t *testing.T) {
 	}
 	if !strings.Contains(page, "built without the downloadable binaries") {
 		t.Error("page does not say the downloads are missing from this build")
+	}
+	// Nobody logging in exits 0 by default (--no-login-status), as the
+	// agent's --help and the README say.
+	if strings.Contains(page, "status 3") {
+		t.Error("page says an agent nobody logged in to exits with status 3; it exits 0 unless --no-login-status says otherwise")
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -45,6 +46,9 @@ type agentState struct {
 	Exited     bool   `json:"exited"`
 	ExitStatus int    `json:"exit_status"`
 	Reason     string `json:"reason,omitempty"`
+	// NoLogin: the agent ended because nobody logged in in time, which is
+	// no failure of the job whatever ExitStatus --no-login-status chose.
+	NoLogin bool `json:"no_login,omitempty"`
 }
 
 // stateSnapshot is the part of agentState the lifetime updates.
@@ -53,7 +57,8 @@ type stateSnapshot struct {
 	Logins    int       `json:"logins"`
 	Expiry    time.Time `json:"expiry,omitzero"`
 	HeldUntil time.Time `json:"held_until,omitzero"`
-	Waiting   bool      `json:"waiting"` // `agent wait` asked the agent to end when unused
+	Waiting   bool      `json:"waiting"`          // `agent wait` asked the agent to end when unused
+	Failed    bool      `json:"failed,omitempty"` // `agent wait --failed` said the job failed
 }
 
 // StateFile writes agent.json for `agent wait` and --detach, and reads
@@ -84,7 +89,7 @@ func NewStateFile(agentDir, id, server string, log *slog.Logger) *StateFile {
 // begin records a fresh start, dropping a wait request left by an earlier
 // run in the same directory.
 func (f *StateFile) begin() {
-	if _, err := statedir.Make(f.dir); err != nil {
+	if _, err := makeStateDir(f.dir); err != nil {
 		f.log.Warn("cannot use the state directory; `agent wait` will not find this agent", "error", err)
 		f.mu.Lock()
 		f.refused = true
@@ -123,19 +128,26 @@ func (f *StateFile) update(s stateSnapshot) {
 	}
 }
 
-func (f *StateFile) exit(status int, reason string) {
+func (f *StateFile) exit(status int, reason string, noLogin bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.st.Exited, f.st.ExitStatus, f.st.Reason = true, status, reason
+	f.st.Exited, f.st.ExitStatus, f.st.Reason, f.st.NoLogin = true, status, reason, noLogin
 	f.writeLocked()
 }
 
 // waitRequested reports whether `agent wait` has asked the agent to end
-// when unused.
-func (f *StateFile) waitRequested() bool {
-	_, err := os.Stat(filepath.Join(f.dir, waitRequestName))
-	return err == nil
+// when unused, and whether it said the job failed (`agent wait --failed`
+// writes "failed" into the request).
+func (f *StateFile) waitRequested() (requested, failed bool) {
+	b, err := os.ReadFile(filepath.Join(f.dir, waitRequestName))
+	if err != nil {
+		return false, false
+	}
+	return true, strings.TrimSpace(string(b)) == waitFailed
 }
+
+// waitFailed is the content of the wait request of `agent wait --failed`.
+const waitFailed = "failed"
 
 func (f *StateFile) writeLocked() {
 	if f.refused {
@@ -184,4 +196,20 @@ func readState(dir string) (agentState, error) {
 		return st, fmt.Errorf("read %s: %w", filepath.Join(dir, StateDir, stateName), err)
 	}
 	return st, nil
+}
+
+// makeStateDir makes the state directory stateDir as the private state
+// folder is made (statedir.Make: no symlink, this user's, 0700), with a
+// .gitignore that ignores everything in it (unless there is one), so that
+// the agent's files, and the agent itself when the job downloads it
+// there, leave the checkout clean for a job that checks it.
+func makeStateDir(stateDir string) (string, error) {
+	dir, err := statedir.Make(stateDir)
+	if err != nil {
+		return "", err
+	}
+	if _, err := os.Lstat(filepath.Join(dir, ".gitignore")); err == nil {
+		return dir, nil
+	}
+	return dir, writeNoFollow(dir, ".gitignore", []byte("*\n"))
 }
