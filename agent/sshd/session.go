@@ -22,7 +22,8 @@ import (
 // when the client asked for one, with separate stdout and stderr when not.
 // The exit status goes back to the client; when the session ends, what it
 // started ends with it (see run). The journal records its start and end.
-func (d *Server) handleSession(s ssh.Session) {
+func (d *Server) handleSession(raw ssh.Session) {
+	s := &serialSession{Session: raw} // the lifetime writes to it too
 	log := d.log.With("user", s.User(), "session", shortSession(s))
 	defer d.watch.Attach(s)()
 	js := &journal.Session{ID: d.nextSessionID(), Kind: "shell", Command: s.RawCommand(), PTY: hasPty(s)}
