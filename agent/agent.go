@@ -196,6 +196,7 @@ func New(cfg Config) (*Agent, error) {
 		Logger:              a.log,
 		Watcher:             a.life,
 		OnLogin:             confirmLogin,
+		ID:                  cfg.ID,
 	})
 	if err != nil {
 		return nil, err

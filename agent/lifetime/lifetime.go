@@ -128,6 +128,7 @@ type lifeState struct {
 	start      time.Time // when Start was called
 	firstLogin time.Time // zero until someone logs in
 	users      int       // logged-in connections now
+	kept       int       // kept shells running now, attached or not
 	logins     int       // logins so far
 	active     time.Time // last input, login or logout of a user
 	hold       time.Time // mtime of .hold; zero when there is none
@@ -194,7 +195,9 @@ func (s *lifeState) end(now time.Time) endKind {
 		}
 		return endExpired
 	}
-	if s.users > 0 || s.held(now) {
+	if s.users > 0 || s.kept > 0 || s.held(now) {
+		// A kept shell holds the agent like a user who does not type:
+		// until the idle expiry, never past it.
 		return endNone
 	}
 	if !s.firstLogin.IsZero() && s.cfg.ExitOnLastLogout {

@@ -20,9 +20,17 @@ import (
 func (d *Server) handleSession(s ssh.Session) {
 	log := d.log.With("user", s.User(), "session", shortSession(s))
 	defer d.watch.Attach(s)()
+	if code, ok := d.shellCommand(s); ok {
+		s.Exit(code)
+		return
+	}
 	cmd := d.command(s)
 	log.Info("session started", "command", s.RawCommand(), "pty", hasPty(s))
-	code, err := d.run(s, cmd)
+	run := d.run
+	if s.RawCommand() == "" && hasPty(s) {
+		run = d.keepShell
+	}
+	code, err := run(s, cmd)
 	if err != nil {
 		log.Warn("session failed", "error", err)
 		s.Stderr().Write([]byte("converge: " + err.Error() + "\r\n"))

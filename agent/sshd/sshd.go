@@ -75,6 +75,9 @@ type Config struct {
 	// on the connection's handshake and must not block. Nil: nothing is
 	// called.
 	OnLogin func(net.Conn)
+	// ID is the agent's ID, shown in the hints of kept shells (ssh -t ID
+	// attach). Empty: the word ID.
+	ID string
 }
 
 // Watcher follows what users do on a Server: *lifetime.Lifetime is one.
@@ -85,6 +88,10 @@ type Watcher interface {
 	// Attach is called as each shell or command session starts; the
 	// session's handler calls detach as it ends.
 	Attach(s ssh.Session) (detach func())
+	// Keep is called as a kept shell starts (see keep.go); release is
+	// called when it ends. A kept shell with nobody attached still
+	// counts.
+	Keep() (release func())
 	// WatchInput wraps the channels the server opens towards the user
 	// itself (ssh -R connections), which Hook does not see.
 	WatchInput(ch gossh.Channel) gossh.Channel
@@ -96,6 +103,7 @@ type nobody struct{}
 func (nobody) Hook(*ssh.Server)                          {}
 func (nobody) Attach(ssh.Session) func()                 { return func() {} }
 func (nobody) WatchInput(ch gossh.Channel) gossh.Channel { return ch }
+func (nobody) Keep() func()                              { return func() {} }
 
 // Server is the agent's SSH server. Create it with New, serve with Serve,
 // stop with Close or Shutdown, then Wait.
@@ -108,6 +116,7 @@ type Server struct {
 	srv      *ssh.Server
 	children *children  // the processes the server waits for itself
 	fwd      *forwarder // port forwards (ssh -L, -R)
+	shells   shellNames // kept shells
 }
 
 // New prepares a server: host key, authorized keys, shell. It refuses to
@@ -177,17 +186,37 @@ func (d *Server) HostKey() gossh.PublicKey { return d.signer.PublicKey() }
 // error. It may be called for several listeners.
 func (d *Server) Serve(ln net.Listener) error { return d.srv.Serve(ln) }
 
-// Close closes the listeners and every connection at once, and returns
-// without waiting for their handlers; see Wait.
-func (d *Server) Close() error { return d.srv.Close() }
+// Close closes the listeners and every connection at once, hangs up the
+// kept shells, and returns without waiting for their handlers; see Wait.
+func (d *Server) Close() error {
+	err := d.srv.Close()
+	d.shells.close()
+	return err
+}
 
 // Shutdown closes the listeners, then waits until every connection has
-// ended by itself or ctx ends; see Wait.
-func (d *Server) Shutdown(ctx context.Context) error { return d.srv.Shutdown(ctx) }
+// ended by itself or ctx ends, then hangs up the kept shells; see Wait.
+func (d *Server) Shutdown(ctx context.Context) error {
+	err := d.srv.Shutdown(ctx)
+	d.shells.close()
+	return err
+}
 
 // Wait waits for the port forwards' goroutines, which end with their
-// connections: call it after Close or Shutdown.
-func (d *Server) Wait() { d.fwd.wg.Wait() }
+// connections, and for the kept shells to end (at most killGrace after
+// their hangup): call it after Close or Shutdown.
+func (d *Server) Wait() {
+	d.fwd.wg.Wait()
+	d.shells.wg.Wait()
+}
+
+// id is the agent's ID for hints.
+func (d *Server) id() string {
+	if d.cfg.ID == "" {
+		return "ID"
+	}
+	return d.cfg.ID
+}
 
 // newSSHServer builds the gliderlabs server. Authentication always goes
 // through the authorizer: a gliderlabs server with no auth handler would
