@@ -35,14 +35,14 @@ func (d *Server) shellCommand(s ssh.Session) (code int, ok bool) {
 // attachCommand attaches s to the shell called name (the most recent
 // when ""), until the shell ends, the client leaves or detaches.
 func (d *Server) attachCommand(s ssh.Session, name string) int {
-	if !hasPty(s) {
-		fmt.Fprintf(s.Stderr(), "converge: attach needs a terminal: ssh -t %s attach %s\n", d.id(), name)
-		return 2
-	}
 	sh, err := d.shells.find(name)
 	if err != nil {
 		fmt.Fprintf(s.Stderr(), "converge: %v\r\n", strings.ReplaceAll(err.Error(), " ID", " "+d.id()))
 		return 1
+	}
+	if !hasPty(s) {
+		fmt.Fprintf(s.Stderr(), "converge: attach needs a terminal: ssh -t %s attach %s\n", d.id(), sh.name)
+		return 2
 	}
 	p := d.participant(s.Context())
 	c := &client{s: s, who: p.name, observer: p.observer}
