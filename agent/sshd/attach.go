@@ -2,6 +2,7 @@ package sshd
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -56,31 +57,19 @@ func (d *Server) attachCommand(s ssh.Session, name string) int {
 // listShells writes the kept shells: name, size, idle time (since the
 // last input), who is attached.
 func (d *Server) listShells(s ssh.Session) {
-	shells := d.shells.list()
+	shells := d.Shells()
 	if len(shells) == 0 {
 		fmt.Fprintf(s, "No shell is running. Start one with: ssh -t %s\n", d.id())
 		return
 	}
 	tw := tabwriter.NewWriter(s, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tSIZE\tIDLE\tATTACHED")
-	now := time.Now()
 	for _, sh := range shells {
-		sh.mu.Lock()
-		var who []string
-		for c := range sh.clients {
-			w := c.who
-			if c.observer {
-				w += " (read-only)"
-			}
-			who = append(who, w)
+		who := strings.Join(sh.Attached, "; ")
+		if who == "" {
+			who = "nobody"
 		}
-		size := fmt.Sprintf("%dx%d", sh.size.Width, sh.size.Height)
-		idle := now.Sub(sh.input).Round(time.Second)
-		sh.mu.Unlock()
-		if len(who) == 0 {
-			who = []string{"nobody"}
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", sh.name, size, idle, strings.Join(who, "; "))
+		fmt.Fprintf(tw, "%s\t%dx%d\t%s\t%s\n", sh.Name, sh.Cols, sh.Rows, sh.Idle.Round(time.Second), who)
 	}
 	tw.Flush()
 	fmt.Fprintf(s, "Attach: ssh -t %s attach NAME; detach: %s.\n", d.id(), detachHint)
@@ -241,4 +230,36 @@ func (f *detachFilter) filter(p []byte) (out []byte, detach bool) {
 		f.midLine = b != '\r' && b != '\n'
 	}
 	return out, false
+}
+
+// ShellInfo describes a kept shell.
+type ShellInfo struct {
+	Name     string
+	Cols     int
+	Rows     int
+	Idle     time.Duration // since the last input from a writer
+	Attached []string      // who is attached; observers marked (read-only)
+	// Refused counts the observers' keystrokes kept from the shell.
+	Refused int64
+}
+
+// Shells lists the kept shells running now, oldest first.
+func (d *Server) Shells() []ShellInfo {
+	var out []ShellInfo
+	now := time.Now()
+	for _, sh := range d.shells.list() {
+		sh.mu.Lock()
+		info := ShellInfo{Name: sh.name, Cols: sh.size.Width, Rows: sh.size.Height, Idle: now.Sub(sh.input), Refused: sh.refused.Load()}
+		for c := range sh.clients {
+			w := c.who
+			if c.observer {
+				w += " (read-only)"
+			}
+			info.Attached = append(info.Attached, w)
+		}
+		sh.mu.Unlock()
+		slices.Sort(info.Attached)
+		out = append(out, info)
+	}
+	return out
 }

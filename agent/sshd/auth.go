@@ -39,6 +39,8 @@ type authorizer struct {
 	files    []string      // re-read when their content changes
 	static   []gossh.PublicKey
 	password string
+	// observers may log in to watch shells (observer.go); set by New.
+	observers *observers
 
 	mu    sync.Mutex
 	cache map[string]fileKeys
@@ -230,8 +232,15 @@ func (a *authorizer) publicKey(ctx ssh.Context, key ssh.PublicKey) bool {
 	}
 	for _, k := range a.keys() {
 		if subtle.ConstantTimeCompare(k.Marshal(), key.Marshal()) == 1 {
+			// A Permissions of its own for each key: x/crypto keeps the
+			// one of the key whose signature it verifies.
+			ctx.SetValue(ssh.ContextKeyPermissions, &ssh.Permissions{Permissions: &gossh.Permissions{}})
 			return true
 		}
+	}
+	if name, ok := a.observers.find(key); ok {
+		ctx.SetValue(ssh.ContextKeyPermissions, &ssh.Permissions{Permissions: observerPermissions(name + " (" + gossh.FingerprintSHA256(key) + ")")})
+		return true
 	}
 	a.log.Warn("login refused: key not authorized", "user", ctx.User(), "key", gossh.FingerprintSHA256(key), "type", key.Type())
 	return false

@@ -13,6 +13,9 @@ type participant struct {
 
 // participant returns who logged in on the connection of ctx.
 func (d *Server) participant(ctx ssh.Context) participant {
+	if name, ok := observerName(ctx); ok {
+		return participant{name: name, observer: true}
+	}
 	name := ctx.User()
 	if k, ok := ctx.Value(ssh.ContextKeyPublicKey).(ssh.PublicKey); ok && k != nil {
 		name += " (" + gossh.FingerprintSHA256(k) + ")"

@@ -24,6 +24,15 @@ func (d *Server) handleSession(s ssh.Session) {
 		s.Exit(code)
 		return
 	}
+	if isObserver(s.Context()) {
+		what := "a shell"
+		if s.RawCommand() != "" {
+			what = "a command"
+		}
+		s.Stderr().Write([]byte(d.readOnly(what) + "\r\n"))
+		s.Exit(1)
+		return
+	}
 	cmd := d.command(s)
 	log.Info("session started", "command", s.RawCommand(), "pty", hasPty(s))
 	run := d.run
@@ -109,6 +118,8 @@ var agentSecrets = []string{
 	"CONVERGE_AUTHORIZED_KEYS",
 	"CONVERGE_AUTHORIZED_KEYS_DATA",
 	"CONVERGE_AUTHORIZED_KEYS_URL",
+	"CONVERGE_OBSERVER_KEYS",
+	"CONVERGE_OBSERVER_KEYS_DATA",
 }
 
 // withoutSecrets returns env (KEY=value entries) without agentSecrets.

@@ -11,6 +11,11 @@ import (
 // handleSFTP serves the sftp subsystem, rooted at the agent's directory for
 // relative paths.
 func (d *Server) handleSFTP(s ssh.Session) {
+	if isObserver(s.Context()) {
+		s.Stderr().Write([]byte(d.readOnly("SFTP") + "\n"))
+		s.Exit(1)
+		return
+	}
 	srv, err := sftp.NewServer(s, sftp.WithServerWorkingDirectory(d.cfg.Dir))
 	if err != nil {
 		d.log.Error("sftp server", "error", err)

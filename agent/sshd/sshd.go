@@ -75,6 +75,13 @@ type Config struct {
 	// on the connection's handshake and must not block. Nil: nothing is
 	// called.
 	OnLogin func(net.Conn)
+	// ObserverKeysFiles, ObserverKeys and ObserverKeysURLs are the key
+	// sources of observers, read as their AuthorizedKeys twins: a key
+	// found there logs in (as the same user) only to watch kept shells,
+	// read-only. Nil, empty: no observers.
+	ObserverKeysFiles []string
+	ObserverKeys      string
+	ObserverKeysURLs  []string
 	// ID is the agent's ID, shown in the hints of kept shells (ssh -t ID
 	// attach). Empty: the word ID.
 	ID string
@@ -108,15 +115,16 @@ func (nobody) Keep() func()                              { return func() {} }
 // Server is the agent's SSH server. Create it with New, serve with Serve,
 // stop with Close or Shutdown, then Wait.
 type Server struct {
-	cfg      Config
-	log      *slog.Logger
-	watch    Watcher
-	auth     *authorizer
-	signer   gossh.Signer
-	srv      *ssh.Server
-	children *children  // the processes the server waits for itself
-	fwd      *forwarder // port forwards (ssh -L, -R)
-	shells   shellNames // kept shells
+	cfg       Config
+	log       *slog.Logger
+	watch     Watcher
+	auth      *authorizer
+	signer    gossh.Signer
+	srv       *ssh.Server
+	children  *children  // the processes the server waits for itself
+	fwd       *forwarder // port forwards (ssh -L, -R)
+	shells    shellNames // kept shells
+	observers *observers // who may only watch
 }
 
 // New prepares a server: host key, authorized keys, shell. It refuses to
@@ -140,6 +148,10 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	if d.observers, err = newObservers(d.cfg, d.auth); err != nil {
+		return nil, err
+	}
+	d.auth.observers = d.observers
 	d.fwd = &forwarder{log: d.log, watch: d.watch}
 	d.srv = d.newSSHServer()
 	return d, nil
@@ -232,12 +244,12 @@ func (d *Server) newSSHServer() *ssh.Server {
 		// Port forwarding in both directions (forward.go).
 		ChannelHandlers: map[string]ssh.ChannelHandler{
 			"session":                        ssh.DefaultSessionHandler,
-			"direct-tcpip":                   d.fwd.directTCPIP,
-			"direct-streamlocal@openssh.com": d.fwd.directStreamLocal,
+			"direct-tcpip":                   d.writersOnly(d.fwd.directTCPIP),
+			"direct-streamlocal@openssh.com": d.writersOnly(d.fwd.directStreamLocal),
 		},
 		RequestHandlers: map[string]ssh.RequestHandler{
-			"tcpip-forward":        d.fwd.tcpipForward,
-			"cancel-tcpip-forward": d.fwd.tcpipForward,
+			"tcpip-forward":        writersOnlyRequest(d.fwd.tcpipForward),
+			"cancel-tcpip-forward": writersOnlyRequest(d.fwd.tcpipForward),
 		},
 		// Explicit rather than x/crypto's default, which it matches.
 		ServerConfigCallback: func(ssh.Context) *gossh.ServerConfig {

@@ -33,6 +33,10 @@ func main() {
 		os.Setenv("CONVERGE_AUTHORIZED_KEYS_DATA", strings.TrimSpace(os.Getenv("CONVERGE_AUTHORIZED_KEYS_DATA")+"\n"+v))
 		os.Unsetenv("CONVERGE_AUTHORIZED_KEYS")
 	}
+	if v := os.Getenv("CONVERGE_OBSERVER_KEYS"); holdsKeyLines(v) {
+		os.Setenv("CONVERGE_OBSERVER_KEYS_DATA", strings.TrimSpace(os.Getenv("CONVERGE_OBSERVER_KEYS_DATA")+"\n"+v))
+		os.Unsetenv("CONVERGE_OBSERVER_KEYS")
+	}
 	if err := cmd.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, cli.ErrExit) {
 			return
@@ -57,6 +61,7 @@ type options struct {
 	cfg       agent.Config
 	keyFiles  cli.StringList
 	keyURLs   cli.StringList
+	observers cli.StringList // files and URLs
 	logFormat string
 	verbose   bool
 	stay      bool
@@ -105,6 +110,8 @@ In the background:
 	f.StringVar(&cfg.ID, "id", "", "rendezvous `ID` users connect to (letters, digits, . _ -); random when empty")
 	f.StringVar(&cfg.Dir, "dir", "", "working directory of sessions, and of .authorized_keys when no other key source is given (default: the current directory)")
 	f.Var(&o.keyFiles, "authorized-keys", "authorized_keys `FILE` to read at each login; repeatable; any key source turns off .authorized_keys in --dir unless named here (--authorized-keys .authorized_keys)")
+	f.Var(&o.observers, "observer-keys", "`FILE` or https URL (e.g. https://github.com/USER.keys) of keys that may only watch shells, read-only (ssh -t ID attach); repeatable; CONVERGE_OBSERVER_KEYS may hold the key lines themselves")
+	f.StringVar(&cfg.ObserverKeys, "observer-keys-data", "", "observer key lines given directly, for CI secrets")
 	f.StringVar(&cfg.AuthorizedKeys, "authorized-keys-data", "", "authorized_keys lines given directly, for CI secrets: set it through the environment (CONVERGE_AUTHORIZED_KEYS holding key lines works too)")
 	f.Var(&o.keyURLs, "authorized-keys-url", "fetch authorized_keys lines from `URL` at start, e.g. https://github.com/USER.keys; https only (plain http only to loopback hosts), no redirect to http; repeatable; a failed fetch stops the agent")
 	f.StringVar(&cfg.HostKeyFile, "host-key", "", "SSH host key `FILE` (OpenSSH private key), or the key's PEM text itself (for CONVERGE_HOST_KEY from a CI secret); a fresh ed25519 key per run when empty")
@@ -130,6 +137,13 @@ func run(o *options, positional int) {
 	cfg := o.cfg
 	cfg.AuthorizedKeysFiles = o.keyFiles
 	cfg.AuthorizedKeysURLs = o.keyURLs
+	for _, src := range o.observers {
+		if strings.HasPrefix(src, "https://") || strings.HasPrefix(src, "http://") {
+			cfg.ObserverKeysURLs = append(cfg.ObserverKeysURLs, src)
+		} else {
+			cfg.ObserverKeysFiles = append(cfg.ObserverKeysFiles, src)
+		}
+	}
 	if strings.HasPrefix(strings.TrimSpace(cfg.HostKeyFile), "-----BEGIN") {
 		cfg.HostKeyPEM, cfg.HostKeyFile = []byte(cfg.HostKeyFile), ""
 	}

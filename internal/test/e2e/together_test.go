@@ -1,0 +1,168 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/converge-ci/converge/agent"
+	"github.com/converge-ci/converge/internal/test/sshtest"
+)
+
+// togetherRig is an agent reached through a capturing proxy in front of
+// the relay: what the relay's side of the path carries.
+type togetherRig struct {
+	r   *relay
+	a   *runningAgent
+	cap *captureProxy
+	tgt sshtest.Target
+}
+
+func newTogetherRig(t *testing.T, id string, owner *sshtest.Client, mods ...func(*agent.Config)) *togetherRig {
+	t.Helper()
+	r := startServer(t)
+	a := startAgent(t, r, id, owner, append([]func(*agent.Config){func(cfg *agent.Config) { cfg.Shell = "bash" }}, mods...)...)
+	cp := startCapture(t, r.Addr)
+	t.Cleanup(cp.close)
+	tgt := sshtest.Target{User: r.User, Alias: id, ProxyCommand: bin("wsproxy") + " ws://" + cp.Addr() + "/client/" + id}
+	return &togetherRig{r: r, a: a, cap: cp, tgt: tgt}
+}
+
+// TestKeptShellOutlivesItsClient: the owner's ssh dies in the middle of
+// a command; the command finishes; `ssh ID ls` lists the shell with
+// nobody attached; `ssh -t ID attach` shows the output from before and
+// after the drop, and the shell's exit status ends the attached ssh.
+// Nothing typed or shown crosses the relay's side in clear.
+func TestKeptShellOutlivesItsClient(t *testing.T) {
+	t.Parallel()
+	owner := sshtest.New(t)
+	rig := newTogetherRig(t, "kept-job", owner)
+	tm := startTerm(t, owner, rig.tgt, 100, 30)
+	tm.typeLine(`echo typed-before-$((6*7)); until [ -e go-on ]; do sleep 0.05; done; echo finished-$((40+2))`)
+	tm.waitScreen("typed-before-42")
+	tm.tmux("kill-server") // the owner's ssh dies with its terminal
+
+	waitFor(t, "ls to show the shell with nobody attached", func() bool {
+		res := owner.SSH(rig.tgt, 0, "ls")
+		return strings.Contains(res.Stdout, "NAME") && strings.Contains(res.Stdout, "nobody")
+	})
+	if err := os.WriteFile(filepath.Join(rig.a.Dir, "go-on"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	back := startTerm(t, owner, rig.tgt, 90, 25, "attach")
+	back.waitScreen("finished-42")
+	if screen := back.screen(); !strings.Contains(screen, "typed-before-42") {
+		t.Errorf("the attached screen lacks the output from before the drop:\n%s", screen)
+	}
+	back.typeLine(`echo "SIZE=$(stty size)"`)
+	back.waitScreen("SIZE=25 90") // the window follows the writer
+	back.typeLine("exit 5")
+	if got := back.exitStatus(); got != 5 {
+		t.Errorf("attached ssh exit status %d, want the shell's 5", got)
+	}
+	res := owner.SSH(rig.tgt, 1, "attach")
+	if !strings.Contains(res.Stderr, "no shell is running") {
+		t.Errorf("attach with no shell: stderr %q, want a clear message", res.Stderr)
+	}
+	rig.cap.close()
+	for _, mark := range []string{"typed-before", "finished-42", "go-on"} {
+		rig.cap.check(t, mark)
+	}
+}
+
+// observerLine is c's public key as an authorized_keys line with comment
+// name, and the key's fingerprint.
+func observerLine(t *testing.T, c *sshtest.Client, name string) (line, fp string) {
+	t.Helper()
+	k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(c.PublicKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k))) + " " + name, ssh.FingerprintSHA256(k)
+}
+
+// TestObserversWatchReadOnly: the owner and three OpenSSH observers on
+// one shell. Observers see the owner's output, the scroll-back first;
+// 1,000 keystrokes of an observer put nothing into the shell (the agent
+// counts them) and get one line saying read-only; join and leave lines
+// name each key's comment and fingerprint; observers cannot run a
+// command, a shell of their own or SFTP. The relay's side of the path
+// carries none of it in clear.
+func TestObserversWatchReadOnly(t *testing.T) {
+	t.Parallel()
+	owner := sshtest.New(t)
+	names := []string{"alice@laptop", "bob@desk", "carol@train"}
+	var obs []*sshtest.Client
+	var lines, fps []string
+	for _, n := range names {
+		c := sshtest.New(t)
+		line, fp := observerLine(t, c, n)
+		obs, lines, fps = append(obs, c), append(lines, line), append(fps, fp)
+	}
+	rig := newTogetherRig(t, "watch-job", owner, func(cfg *agent.Config) {
+		cfg.ObserverKeys = strings.Join(lines, "\n")
+	})
+	for _, c := range obs {
+		c.Trust("watch-job", rig.a.HostKey())
+	}
+	tm := startTerm(t, owner, rig.tgt, 100, 30)
+	tm.typeLine(`echo scrollback-$((1+1))`)
+	tm.waitScreen("scrollback-2")
+
+	var views []*term
+	for i, c := range obs {
+		v := startTerm(t, c, rig.tgt, 80, 24, "attach")
+		v.waitScreen("scrollback-2")
+		tm.waitScreen(names[i] + " (" + fps[i] + ") joined shell 1, read-only")
+		views = append(views, v)
+	}
+	tm.typeLine(`echo live-$((3*3))`)
+	for _, v := range views {
+		v.waitScreen("live-9")
+	}
+
+	views[0].tmux("send-keys", "-t", "t", "-l", strings.Repeat("x", 1000))
+	views[0].waitScreen("read-only: you are an observer")
+	waitFor(t, "the agent to count 1000 refused keystrokes", func() bool {
+		s := rig.a.Shells()
+		return len(s) == 1 && s[0].Refused == 1000
+	})
+	tm.typeLine(`echo "probe-$((5+5))"`)
+	tm.waitScreen("probe-10")
+	if screen := tm.screen(); strings.Contains(screen, "xxx") {
+		t.Errorf("an observer's keystrokes reached the shell:\n%s", screen)
+	}
+	if s := rig.a.Shells(); len(s[0].Attached) != 4 {
+		t.Errorf("attached: %q, want the owner and three observers", s[0].Attached)
+	}
+
+	for _, cmd := range []string{"echo not-allowed", ""} {
+		args := []string{rig.tgt.Dest()}
+		if cmd != "" {
+			args = append(args, cmd)
+		}
+		res := obs[1].Run("ssh", rig.tgt, "", args...)
+		if res.Code == 0 || !strings.Contains(res.Stderr, "observer key") || strings.Contains(res.Stdout, "not-allowed") {
+			t.Errorf("observer ssh %q: exit %d, stdout %q, stderr %q; want a refusal naming the observer key", cmd, res.Code, res.Stdout, res.Stderr)
+		}
+	}
+	if res := obs[1].Run("sftp", rig.tgt, "ls\n", "-b", "-", rig.tgt.Dest()); res.Code == 0 {
+		t.Errorf("observer sftp: exit 0, want a refusal; stdout %q", res.Stdout)
+	}
+
+	views[1].tmux("kill-server")
+	tm.waitScreen(names[1] + " (" + fps[1] + ") left")
+	tm.typeLine("exit 0")
+	for _, v := range []*term{views[0], views[2]} {
+		if got := v.exitStatus(); got != 0 {
+			t.Errorf("observer's ssh exit status %d after the shell ended, want 0", got)
+		}
+	}
+	rig.cap.close()
+	for _, mark := range []string{"scrollback-", "live-", "probe-", "xxxxxxxx"} {
+		rig.cap.check(t, mark)
+	}
+}
