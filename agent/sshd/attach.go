@@ -171,9 +171,9 @@ func readInput(sh *shell, c *client, detached chan<- struct{}) {
 	for {
 		n, err := c.s.Read(buf)
 		if n > 0 {
-			p, detach := f.filter(buf[:n])
+			p, keys, detach := f.filter(buf[:n])
 			if c.observer {
-				sh.refuse(c, len(p))
+				sh.refuse(c, keys)
 			} else if len(p) > 0 {
 				sh.write(c, p)
 			}
@@ -203,19 +203,28 @@ func (sh *shell) refuse(c *client, n int) {
 
 // detachFilter finds the detach keys in a client's input: Enter, ~, d
 // (after Enter or at the start, as ssh's own ~. escape). A ~ at the
-// start of a line is held until the next key; ~~ sends one ~.
+// start of a line is held until the next key; ~~ sends one ~. Escape
+// sequences (arrow keys, and the answers a terminal sends to queries in
+// replayed output, such as a cursor position report) neither start nor
+// end a line, and are not counted as keys.
 type detachFilter struct {
 	midLine bool // the last key was not Enter
 	tilde   bool // a ~ at the start of a line is held
+	esc     int  // 0: no escape sequence; 1: after ESC; 2: in a CSI sequence
 }
 
-func (f *detachFilter) filter(p []byte) (out []byte, detach bool) {
+func (f *detachFilter) filter(p []byte) (out []byte, keys int, detach bool) {
 	out = make([]byte, 0, len(p)+1)
 	for _, b := range p {
+		if f.escape(b) {
+			out = append(out, b)
+			continue
+		}
+		keys++
 		if f.tilde {
 			f.tilde = false
 			if b == 'd' {
-				return out, true
+				return out, keys, true
 			}
 			out = append(out, '~')
 			if b == '~' {
@@ -229,7 +238,24 @@ func (f *detachFilter) filter(p []byte) (out []byte, detach bool) {
 		out = append(out, b)
 		f.midLine = b != '\r' && b != '\n'
 	}
-	return out, false
+	return out, keys, false
+}
+
+// escape follows escape sequences, and reports whether b is part of one.
+func (f *detachFilter) escape(b byte) bool {
+	switch {
+	case f.esc == 0 && b == 0x1b:
+		f.esc = 1
+	case f.esc == 1 && (b == '[' || b == 'O'):
+		f.esc = 2
+	case f.esc == 1:
+		f.esc = 0
+	case f.esc == 2 && b >= 0x40 && b <= 0x7e:
+		f.esc = 0
+	case f.esc == 0:
+		return false
+	}
+	return true
 }
 
 // ShellInfo describes a kept shell.

@@ -1,10 +1,12 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 
@@ -165,4 +167,64 @@ func TestObserversWatchReadOnly(t *testing.T) {
 	for _, mark := range []string{"scrollback-", "live-", "probe-", "xxxxxxxx"} {
 		rig.cap.check(t, mark)
 	}
+}
+
+// visible is what the terminal shows now, without its history.
+func (tm *term) visible() string { return tm.tmux("capture-pane", "-p", "-t", "t") }
+
+// TestKeptShellRedrawsVim: vim open when the owner's ssh dies is drawn
+// again on the screen of whoever attaches: an observer the size of the
+// writer's window, and the owner back with a smaller window (which the
+// terminal then follows).
+func TestKeptShellRedrawsVim(t *testing.T) {
+	t.Parallel()
+	owner, watcher := sshtest.New(t), sshtest.New(t)
+	line, _ := observerLine(t, watcher, "watcher@test")
+	rig := newTogetherRig(t, "vim-job", owner, func(cfg *agent.Config) { cfg.ObserverKeys = line })
+	watcher.Trust("vim-job", rig.a.HostKey())
+	var text strings.Builder
+	for i := range 10 {
+		fmt.Fprintf(&text, "vim-text-%d\n", i)
+	}
+	if err := os.WriteFile(filepath.Join(rig.a.Dir, "notes.txt"), []byte(text.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tm := startTerm(t, owner, rig.tgt, 100, 30)
+	tm.typeLine("clear; vim -u NONE -N -i NONE notes.txt")
+	tm.waitScreen(`"notes.txt" 10L`)
+	tm.tmux("kill-server")
+	waitFor(t, "the owner's client to be gone", func() bool {
+		s := rig.a.Shells()
+		return len(s) == 1 && len(s[0].Attached) == 0
+	})
+
+	for _, v := range []struct {
+		who        *sshtest.Client
+		cols, rows int
+	}{{watcher, 100, 30}, {owner, 90, 25}} {
+		start := time.Now()
+		back := startTerm(t, v.who, rig.tgt, v.cols, v.rows, "attach")
+		waitFor(t, "vim on the attached screen", func() bool {
+			s := back.visible()
+			return strings.Contains(s, "vim-text-0") && strings.Contains(s, "vim-text-9") && strings.Contains(s, "\n~")
+		})
+		t.Logf("%dx%d: vim on the screen %v after ssh started", v.cols, v.rows, time.Since(start).Round(time.Millisecond))
+		if v.who == owner {
+			back.typeLine(":q!")
+			back.typeLine(`echo "SIZE=$(stty size)"`)
+			back.waitScreen("SIZE=25 90")
+			back.typeLine("exit")
+			if got := back.exitStatus(); got != 0 {
+				t.Errorf("ssh exit status %d, want 0", got)
+			}
+		} else {
+			back.typeLine("~d") // Enter, ~, d: detach
+			back.waitScreen("detached from shell 1")
+			if got := back.exitStatus(); got != 0 {
+				t.Errorf("observer's ssh exit status %d after detaching, want 0", got)
+			}
+		}
+	}
+	rig.cap.close()
+	rig.cap.check(t, "vim-text-")
 }
