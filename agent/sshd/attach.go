@@ -2,6 +2,7 @@ package sshd
 
 import (
 	"fmt"
+	"regexp"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -136,14 +137,22 @@ func (c *client) pump(sh *shell, off int64, detached <-chan struct{}) (code int,
 	gone := c.s.Context().Done()
 	for {
 		sh.mu.Lock()
-		n, next, skipped := sh.out.readAt(off, buf)
+		p := buf
+		if off < c.replayEnd {
+			p = buf[:min(int64(len(buf)), c.replayEnd-off)]
+		}
+		n, next, skipped := sh.out.readAt(off, p)
 		changed, ended, code := sh.changed, sh.ended, sh.code
 		sh.mu.Unlock()
 		if skipped > 0 {
 			fmt.Fprintf(c.s, "\r\n[converge] %d bytes of output skipped: this terminal fell behind\r\n", skipped)
 		}
 		if n > 0 {
-			if _, err := c.s.Write(buf[:n]); err != nil {
+			out := buf[:n]
+			if off < c.replayEnd {
+				out = stripQueries(out)
+			}
+			if _, err := c.s.Write(out); err != nil {
 				return 0, false
 			}
 			off = next
@@ -161,6 +170,16 @@ func (c *client) pump(sh *shell, off int64, detached <-chan struct{}) (code int,
 		}
 	}
 }
+
+// terminalQuery matches what programs send to ask the terminal something
+// (device attributes, cursor position, version, modes, colours,
+// capabilities). In replayed output such a question is stale: the
+// terminal of whoever attaches would answer it, and the answer would
+// reach the program as keystrokes.
+var terminalQuery = regexp.MustCompile(`\x1b\[[0-9;?>=]*[cn]|\x1b\[[>?][0-9;]*[qu]|\x1b\[\??[0-9;]*\$p|\x1b\][0-9]+;\?(?:\x07|\x1b\\)|\x1bP[+$]q[^\x1b]*\x1b\\`)
+
+// stripQueries removes terminal queries from replayed output.
+func stripQueries(p []byte) []byte { return terminalQuery.ReplaceAll(p, nil) }
 
 // readInput reads c's keystrokes until its session ends or it detaches
 // (closing detached): a writer's go to the shell, an observer's are

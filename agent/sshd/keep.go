@@ -71,6 +71,9 @@ type client struct {
 	observer bool
 	win      ssh.Window // its window, under the shell's mutex
 	told     bool       // an observer was told it is read-only
+	// replayEnd is where the scroll-back replayed at attach ends; the
+	// terminal queries in it are stale and are not sent.
+	replayEnd int64
 }
 
 // shellNames keeps the shells of a Server by name.
@@ -176,6 +179,9 @@ func (sh *shell) join(c *client, creator bool) (off int64, ok bool) {
 		return 0, false
 	}
 	sh.clients[c] = struct{}{}
+	if !creator {
+		c.replayEnd = sh.out.end
+	}
 	off = sh.out.start()
 	if !creator && off > 0 {
 		off = sh.out.lineStart()
