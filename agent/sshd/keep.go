@@ -49,6 +49,7 @@ type shell struct {
 	clients map[*client]struct{} // attached now
 	writer  *client              // the most recent writer: the window follows it
 	size    ssh.Window
+	nudged  bool      // redraw changed the terminal's size for a moment
 	input   time.Time // last input from a writer (or the start)
 	ended   bool
 	code    int           // exit status, once ended
@@ -239,6 +240,9 @@ func (sh *shell) write(c *client, p []byte) {
 			sh.term.resize(c.win)
 		}
 	}
+	if len(p) > 0 {
+		sh.unnudgeLocked()
+	}
 	sh.input = time.Now()
 	sh.mu.Unlock()
 	sh.inMu.Lock()
@@ -261,14 +265,22 @@ func (sh *shell) redraw() {
 	w := sh.size
 	w.Width++
 	sh.term.resize(w)
+	sh.nudged = true
 	sh.mu.Unlock()
 	time.AfterFunc(redrawNudge, func() {
 		sh.mu.Lock()
-		if !sh.ended {
-			sh.term.resize(sh.size)
-		}
+		sh.unnudgeLocked()
 		sh.mu.Unlock()
 	})
+}
+
+// unnudgeLocked gives the terminal its size back after redraw, if not
+// done yet: at the latest before the next input reaches the shell.
+func (sh *shell) unnudgeLocked() {
+	if sh.nudged && !sh.ended {
+		sh.term.resize(sh.size)
+	}
+	sh.nudged = false
 }
 
 // redrawNudge is how long the terminal keeps the nudged size: long

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -28,7 +29,6 @@ func newTogetherRig(t *testing.T, id string, owner *sshtest.Client, mods ...func
 	r := startServer(t)
 	a := startAgent(t, r, id, owner, append([]func(*agent.Config){func(cfg *agent.Config) { cfg.Shell = "bash" }}, mods...)...)
 	cp := startCapture(t, r.Addr)
-	t.Cleanup(cp.close)
 	tgt := sshtest.Target{User: r.User, Alias: id, ProxyCommand: bin("wsproxy") + " ws://" + cp.Addr() + "/client/" + id}
 	return &togetherRig{r: r, a: a, cap: cp, tgt: tgt}
 }
@@ -69,10 +69,7 @@ func TestKeptShellOutlivesItsClient(t *testing.T) {
 	if !strings.Contains(res.Stderr, "no shell is running") {
 		t.Errorf("attach with no shell: stderr %q, want a clear message", res.Stderr)
 	}
-	rig.cap.close()
-	for _, mark := range []string{"typed-before", "finished-42", "go-on"} {
-		rig.cap.check(t, mark)
-	}
+	rig.checkRelay(t, "typed-before", "finished-42", "go-on")
 }
 
 // observerLine is c's public key as an authorized_keys line with comment
@@ -163,10 +160,7 @@ func TestObserversWatchReadOnly(t *testing.T) {
 			t.Errorf("observer's ssh exit status %d after the shell ended, want 0", got)
 		}
 	}
-	rig.cap.close()
-	for _, mark := range []string{"scrollback-", "live-", "probe-", "xxxxxxxx"} {
-		rig.cap.check(t, mark)
-	}
+	rig.checkRelay(t, "scrollback-", "live-", "probe-", "xxxxxxxx")
 }
 
 // visible is what the terminal shows now, without its history.
@@ -211,6 +205,8 @@ func TestKeptShellRedrawsVim(t *testing.T) {
 		t.Logf("%dx%d: vim on the screen %v after ssh started", v.cols, v.rows, time.Since(start).Round(time.Millisecond))
 		if v.who == owner {
 			back.typeLine(":q!")
+			// vim drops typeahead as it leaves (TCSAFLUSH): wait for the shell.
+			waitFor(t, "vim to quit", func() bool { return !strings.Contains(back.visible(), "vim-text-0") })
 			back.typeLine(`echo "SIZE=$(stty size)"`)
 			back.waitScreen("SIZE=25 90")
 			back.typeLine("exit")
@@ -225,6 +221,34 @@ func TestKeptShellRedrawsVim(t *testing.T) {
 			}
 		}
 	}
+	rig.checkRelay(t, "vim-text-")
+}
+
+// checkRelay fails the test when any of marks appears in clear in what
+// the capturing proxy carried, either way, raw or unmasked. Each
+// connection must show the SSH banners, the only clear text of SSH,
+// which proves the capture saw its bytes.
+func (rig *togetherRig) checkRelay(t *testing.T, marks ...string) {
+	t.Helper()
 	rig.cap.close()
-	rig.cap.check(t, "vim-text-")
+	p := rig.cap
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, c := range p.conns {
+		up, down := c.up.Bytes(), c.down.Bytes()
+		relayed := clientPayloads(up)
+		for _, mark := range marks {
+			for _, b := range [][]byte{up, down, relayed} {
+				if bytes.Contains(b, []byte(mark)) {
+					t.Errorf("connection %d through the relay carries %q in clear", i, mark)
+				}
+			}
+		}
+		// wsproxy's raw legs carry the stream unframed; WebSocket legs
+		// are unmasked first.
+		seen := bytes.Contains(up, []byte("SSH-2.0-")) || bytes.Contains(relayed, []byte("SSH-2.0-"))
+		if !seen || !bytes.Contains(down, []byte("SSH-2.0-")) {
+			t.Errorf("connection %d: the capture lacks the SSH banners (up %d bytes, down %d): it saw nothing of the session", i, len(up), len(down))
+		}
+	}
 }
