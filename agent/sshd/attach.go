@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/gliderlabs/ssh"
+
+	"github.com/converge-ci/converge/agent/journal"
 )
 
 // The commands of kept shells that a client runs as `ssh ID attach
@@ -47,7 +49,7 @@ func (d *Server) attachCommand(s ssh.Session, name string) int {
 		return 2
 	}
 	p := d.participant(s.Context())
-	c := &client{s: s, who: p.name, observer: p.observer}
+	c := &client{s: s, who: p.name, observer: p.observer, conn: p.conn}
 	code, ended := d.attachClient(sh, c, false)
 	if !ended {
 		return 0
@@ -83,6 +85,18 @@ func (d *Server) attachClient(sh *shell, c *client, creator bool) (code int, end
 	if !ok {
 		return sh.exitCode(), true
 	}
+	role := ""
+	if c.observer {
+		role = ", read-only"
+	}
+	d.cfg.Journal.Append(journal.Entry{Kind: journal.KindAttach, Conn: c.conn, Note: "shell " + sh.name + role})
+	defer func() {
+		if n := c.refused.Load(); n > 0 {
+			d.cfg.Journal.Append(journal.Entry{Kind: journal.KindReadOnlyKeys, Conn: c.conn,
+				Note: fmt.Sprintf("%d keystrokes refused in shell %s", n, sh.name)})
+		}
+		d.cfg.Journal.Append(journal.Entry{Kind: journal.KindDetach, Conn: c.conn, Note: "shell " + sh.name})
+	}()
 	ptyReq, winCh, _ := c.s.Pty()
 	sh.window(c, ptyReq.Window)
 	if !c.observer {
@@ -214,6 +228,7 @@ func (sh *shell) refuse(c *client, n int) {
 		return
 	}
 	sh.refused.Add(int64(n))
+	c.refused.Add(int64(n))
 	if !c.told {
 		c.told = true
 		c.s.Write([]byte("\r\n[converge] read-only: you are an observer here; your keystrokes do not reach the shell (detach: " + detachHint + ")\r\n"))

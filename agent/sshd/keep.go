@@ -70,8 +70,10 @@ type client struct {
 	s        ssh.Session
 	who      string // as shown in join and leave lines, and in ls
 	observer bool
+	conn     string     // its connection, as the journal names it
 	win      ssh.Window // its window, under the shell's mutex
 	told     bool       // an observer was told it is read-only
+	refused  atomic.Int64
 	// replayEnd is where the scroll-back replayed at attach ends; the
 	// terminal queries in it are stale and are not sent.
 	replayEnd int64

@@ -17,29 +17,31 @@ import (
 // keepShell starts cmd, the user's interactive shell, as a kept shell
 // and attaches s to it as its first writer. It returns the shell's exit
 // status when the shell ended while s was attached; when s left or
-// detached first, the shell keeps running and the status is 0.
-func (d *Server) keepShell(s ssh.Session, cmd *exec.Cmd) (int, error) {
+// detached first, the shell keeps running and the status is 0. onEnd is
+// called when the shell has ended (at once if it cannot start).
+func (d *Server) keepShell(s ssh.Session, cmd *exec.Cmd, onEnd func()) (int, error) {
 	if sock, stop, err := forwardAgent(s); err != nil {
 		d.log.Warn("agent forwarding unavailable", "error", err)
 	} else if sock != "" {
 		defer stop() // ssh -A lasts as long as this client's session
 		cmd.Env = append(cmd.Env, "SSH_AUTH_SOCK="+sock)
 	}
-	sh, err := d.startShell(s, cmd)
+	sh, err := d.startShell(s, cmd, onEnd)
 	if err != nil {
+		onEnd()
 		return 255, err
 	}
 	p := d.participant(s.Context())
 	fmt.Fprintf(s, "[converge] This is shell %s. It keeps running if you are cut off; detach: %s; back: ssh -t %s attach %s\r\n",
 		sh.name, detachHint, d.id(), sh.name)
-	code, _ := d.attachClient(sh, &client{s: s, who: p.name, observer: p.observer}, true)
+	code, _ := d.attachClient(sh, &client{s: s, who: p.name, observer: p.observer, conn: p.conn}, true)
 	return code, nil
 }
 
 // startShell starts cmd on a new terminal sized like s's window, as the
 // leader of a session of its own, and keeps it: one goroutine reads its
 // output into the scroll-back, another waits for it to end.
-func (d *Server) startShell(s ssh.Session, cmd *exec.Cmd) (*shell, error) {
+func (d *Server) startShell(s ssh.Session, cmd *exec.Cmd, onEnd func()) (*shell, error) {
 	ptyReq, _, _ := s.Pty()
 	now := time.Now()
 	sh := &shell{started: now, out: newRing(scrollBack), changed: make(chan struct{}), done: make(chan struct{}),
@@ -60,7 +62,8 @@ func (d *Server) startShell(s ssh.Session, cmd *exec.Cmd) (*shell, error) {
 	d.shells.wg.Add(2)
 	go func() { defer d.shells.wg.Done(); defer close(readDone); sh.read() }()
 	go func() { defer d.shells.wg.Done(); d.waitShell(sh, cmd, readDone) }()
-	sh.release = d.watch.Keep()
+	keep := d.watch.Keep()
+	sh.release = func() { keep(); onEnd() }
 	if closing := d.shells.add(sh); closing {
 		d.shells.hangUp(sh)
 	}

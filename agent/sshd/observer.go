@@ -1,17 +1,10 @@
 package sshd
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"crypto/subtle"
-	"errors"
 	"fmt"
-	"io/fs"
-	"net/url"
 	"os"
-	"path"
-	"strings"
+	"slices"
 
 	"github.com/gliderlabs/ssh"
 	gossh "golang.org/x/crypto/ssh"
@@ -22,17 +15,9 @@ import (
 // list. They cannot start a shell or run a command, forward ports, open
 // SFTP or forward an agent; their keystrokes never reach a shell.
 
-// observerExt is the gossh.Permissions extension that marks an observer's
-// login; its value is the observer's name.
+// observerExt is the gossh.Permissions extension that marks an
+// observer's login.
 const observerExt = "converge-observer"
-
-// observerKey is one key an observer may log in with, and the name join
-// lines show: its comment, or for keys from a URL such as a forge's
-// https://github.com/alice.keys, alice@github.com.
-type observerKey struct {
-	key  gossh.PublicKey
-	name string
-}
 
 // observers holds the observer keys: files re-read at each login (through
 // the authorizer's cache), lines given directly, keys fetched from URLs
@@ -40,7 +25,7 @@ type observerKey struct {
 type observers struct {
 	a      *authorizer
 	files  []string
-	static []observerKey
+	static []authKey
 }
 
 // newObservers gathers the observer key sources of cfg; a URL that cannot
@@ -48,9 +33,9 @@ type observers struct {
 func newObservers(cfg Config, a *authorizer) (*observers, error) {
 	o := &observers{a: a, files: cfg.ObserverKeysFiles}
 	if cfg.ObserverKeys != "" {
-		keys, err := parseObserverKeys("observer keys data", "", []byte(cfg.ObserverKeys))
+		keys, err := parseAuthorizedKeys("--observer-keys-data", []byte(cfg.ObserverKeys))
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("observer keys: %w", err)
 		}
 		o.static = append(o.static, keys...)
 	}
@@ -61,123 +46,57 @@ func newObservers(cfg Config, a *authorizer) (*observers, error) {
 		if err != nil {
 			return nil, fmt.Errorf("observer keys: %w", err)
 		}
-		for _, k := range keys {
-			o.static = append(o.static, observerKey{key: keyOf(k), name: urlName(u)})
+		o.static = append(o.static, keys...)
+	}
+	for _, f := range o.files {
+		if _, err := os.Stat(f); err != nil {
+			return nil, fmt.Errorf("observer keys file: %w (check the --observer-keys path)", err)
 		}
 	}
-	n := len(o.static)
-	for _, f := range o.files {
-		n += len(o.fileKeys(f))
-	}
-	if n > 0 || len(o.files) > 0 {
+	if n := len(o.all()); n > 0 || len(o.files) > 0 {
 		a.log.Info("observer keys: these may only watch shells, read-only", "keys", n, "files", len(o.files), "urls", len(cfg.ObserverKeysURLs))
 	}
 	return o, nil
 }
 
-// urlName names a key from a URL: user@host for https://host/user.keys.
-func urlName(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return raw
-	}
-	return strings.TrimSuffix(path.Base(u.Path), ".keys") + "@" + u.Hostname()
-}
-
-// fileKeys parses file f (read at each login; a missing file holds none).
-func (o *observers) fileKeys(f string) []observerKey {
-	data, err := os.ReadFile(f)
-	if err != nil {
-		if !errors.Is(err, fs.ErrNotExist) {
-			o.a.log.Warn("cannot read observer keys", "file", f, "error", err)
-		}
-		return nil
-	}
-	keys, err := parseObserverKeys(f, "", data)
-	if err != nil {
-		o.a.log.Warn("skipping bad observer key lines", "error", err)
-	}
-	return keys
-}
-
-// find returns the observer name of key, if it is an observer key.
-func (o *observers) find(key ssh.PublicKey) (string, bool) {
-	if o == nil {
-		return "", false
-	}
-	all := o.static
+// all returns every observer key, reading the files afresh.
+func (o *observers) all() []authKey {
+	out := slices.Clone(o.static)
 	for _, f := range o.files {
-		all = append(all, o.fileKeys(f)...)
+		out = append(out, o.a.fileKeys(f)...)
 	}
-	for _, k := range all {
-		if equalKeys(k.key, key) {
-			return k.name, true
-		}
-	}
-	return "", false
+	return out
 }
 
-// keyOf is a fetched key as a plain public key.
-func keyOf(k gossh.PublicKey) gossh.PublicKey { return k }
-
-func equalKeys(a, b gossh.PublicKey) bool {
-	return subtle.ConstantTimeCompare(a.Marshal(), b.Marshal()) == 1
-}
-
-// parseObserverKeys parses authorized_keys lines, keeping each comment
-// (or fallback) as the name. Options are refused as for authorized keys.
-func parseObserverKeys(name, fallback string, data []byte) ([]observerKey, error) {
-	var keys []observerKey
-	var errs []string
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for n := 1; sc.Scan(); n++ {
-		line := bytes.TrimSpace(sc.Bytes())
-		if len(line) == 0 || line[0] == '#' {
-			continue
-		}
-		k, comment, opts, _, err := gossh.ParseAuthorizedKey(line)
-		switch {
-		case err != nil:
-			errs = append(errs, fmt.Sprintf("%s:%d: %v", name, n, err))
-		case len(opts) > 0:
-			errs = append(errs, fmt.Sprintf("%s:%d: key options are not supported for observers", name, n))
-		default:
-			if comment == "" {
-				comment = fallback
-			}
-			if comment == "" {
-				comment = "observer"
-			}
-			keys = append(keys, observerKey{key: k, name: comment})
+// find returns the observer key that is key, if any. Lines with
+// cert-authority do not make observers.
+func (o *observers) find(key ssh.PublicKey) (authKey, bool) {
+	if o == nil {
+		return authKey{}, false
+	}
+	for _, k := range o.all() {
+		if !k.ca && sameKey(k.PublicKey, key) {
+			return k, true
 		}
 	}
-	if len(errs) > 0 {
-		return keys, fmt.Errorf("%s", strings.Join(errs, "; "))
-	}
-	return keys, nil
+	return authKey{}, false
 }
 
 // isObserver reports whether the connection of ctx logged in with an
 // observer key. It reads the Permissions x/crypto kept for the key whose
 // signature it verified, never what the public-key callback saw last.
 func isObserver(ctx ssh.Context) bool {
-	_, ok := observerName(ctx)
+	conn, ok := ctx.Value(ssh.ContextKeyConn).(*gossh.ServerConn)
+	if !ok || conn.Permissions == nil {
+		return false
+	}
+	_, ok = conn.Permissions.Extensions[observerExt]
 	return ok
 }
 
-func observerName(ctx ssh.Context) (string, bool) {
-	conn, ok := ctx.Value(ssh.ContextKeyConn).(*gossh.ServerConn)
-	if !ok || conn.Permissions == nil {
-		return "", false
-	}
-	name, ok := conn.Permissions.Extensions[observerExt]
-	return name, ok
-}
-
 // observerPermissions is the Permissions of an accepted observer key.
-func observerPermissions(name string) *gossh.Permissions {
-	return &gossh.Permissions{Extensions: map[string]string{observerExt: name}}
+func observerPermissions() *gossh.Permissions {
+	return &gossh.Permissions{Extensions: map[string]string{observerExt: "yes"}}
 }
 
 // readOnly is what an observer is told when it asks for more than

@@ -257,9 +257,7 @@ func sameDefault(doc, help string) bool {
 // knownWrong lists defaults the docs state rightly but a command's --help
 // prints wrongly, with the issue that fixes the command. An entry that
 // starts to match fails the test, so that it is removed.
-var knownWrong = map[string]string{
-	"converge --grace": "issue 17 item 6: the zero value means 5m, and --help prints 0s",
-}
+var knownWrong = map[string]string{}
 
 // TestDocDefaultsMatchHelp checks every default the README and docs state
 // for a flag against what the built command's --help prints, so the two
