@@ -17,6 +17,7 @@ func (a *Agent) commands() []ctl.Command {
 	return []ctl.Command{
 		{Name: "who", Usage: "[--json]", Summary: "who is in this job now: name, key, way in, since when, sessions", Run: a.cmdWho},
 		{Name: "status", Summary: "this agent: its ID, users, and when it ends", Run: a.cmdStatus},
+		{Name: "ls", Summary: "the shells kept running here: name, size, idle time, who is attached", Run: a.cmdLs},
 	}
 }
 
@@ -71,6 +72,9 @@ func (a *Agent) cmdStatus(_ context.Context, c *ctl.Call) error {
 	st := a.life.Status()
 	fmt.Fprintf(c.Stdout, "agent %s (version %s), server %s\n", a.cfg.ID, a.cfg.Version, a.cfg.Server)
 	fmt.Fprintf(c.Stdout, "users logged in: %d\n", st.Sessions)
+	if n := len(a.ssh.Shells()); n > 0 {
+		fmt.Fprintf(c.Stdout, "shells kept running: %d (attached or not, they keep the agent up until the idle expiry, never past it; converge ls)\n", n)
+	}
 	if st.Expiry.IsZero() {
 		fmt.Fprintln(c.Stdout, "ends: no deadline")
 	} else {
@@ -78,5 +82,15 @@ func (a *Agent) cmdStatus(_ context.Context, c *ctl.Call) error {
 			st.Expiry.UTC().Format("15:04:05"), time.Until(st.Expiry).Round(time.Second))
 	}
 	fmt.Fprintf(c.Stdout, "journal: %s\n", a.stateDir+"/"+journalName)
+	return nil
+}
+
+// cmdLs lists the kept shells, as ssh ID ls does.
+func (a *Agent) cmdLs(_ context.Context, c *ctl.Call) error {
+	if len(c.Args) > 0 {
+		c.Exit = 2
+		return fmt.Errorf("unexpected arguments %q; usage: converge ls", c.Args)
+	}
+	a.ssh.ListShells(c.Stdout)
 	return nil
 }

@@ -2,6 +2,7 @@ package sshd
 
 import (
 	"fmt"
+	"io"
 	"regexp"
 	"slices"
 	"strings"
@@ -57,15 +58,18 @@ func (d *Server) attachCommand(s ssh.Session, name string) int {
 	return code
 }
 
-// listShells writes the kept shells: name, size, idle time (since the
-// last input), who is attached.
-func (d *Server) listShells(s ssh.Session) {
+// listShells answers ssh ID ls.
+func (d *Server) listShells(s ssh.Session) { d.ListShells(s) }
+
+// ListShells writes the kept shells to w, for people: name, size, idle
+// time (since the last input), who is attached; and how to attach.
+func (d *Server) ListShells(w io.Writer) {
 	shells := d.Shells()
 	if len(shells) == 0 {
-		fmt.Fprintf(s, "No shell is running. Start one with: ssh -t %s\n", d.id())
+		fmt.Fprintf(w, "No shell is running. Start one with: ssh -t %s\n", d.id())
 		return
 	}
-	tw := tabwriter.NewWriter(s, 0, 0, 2, ' ', 0)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tSIZE\tIDLE\tATTACHED")
 	for _, sh := range shells {
 		who := strings.Join(sh.Attached, "; ")
@@ -75,7 +79,7 @@ func (d *Server) listShells(s ssh.Session) {
 		fmt.Fprintf(tw, "%s\t%dx%d\t%s\t%s\n", sh.Name, sh.Cols, sh.Rows, sh.Idle.Round(time.Second), who)
 	}
 	tw.Flush()
-	fmt.Fprintf(s, "Attach: ssh -t %s attach NAME; detach: %s.\n", d.id(), detachHint)
+	fmt.Fprintf(w, "Attach: ssh -t %s attach NAME; detach: %s.\n", d.id(), detachHint)
 }
 
 // attachClient runs c on sh until the shell ends (ended true, with its

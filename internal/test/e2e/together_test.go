@@ -252,3 +252,39 @@ func (rig *togetherRig) checkRelay(t *testing.T, marks ...string) {
 		}
 	}
 }
+
+// TestKeptShellsInTheBinary: the agent binary with --observer-keys FILE;
+// a shell its owner left is listed by `converge ls` inside the job and
+// counted by `converge status`; an observer may list shells, not run the
+// converge command.
+func TestKeptShellsInTheBinary(t *testing.T) {
+	t.Parallel()
+	r := startServer(t)
+	owner, watcher := sshtest.New(t), sshtest.New(t)
+	dir := keyDir(t, owner)
+	obsFile := filepath.Join(t.TempDir(), "observers")
+	if err := os.WriteFile(obsFile, []byte(withComment(watcher, "watcher@desk")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := runAgentBinary(t, r, dir, []string{"HOME=" + t.TempDir()}, "--id", "bin-kept", "--stay", "--shell", "bash",
+		"--state-dir", t.TempDir(), "--observer-keys", obsFile)
+	_, line := printedTrust(t, p.Out.String())
+	addKnownHost(t, owner, line)
+	addKnownHost(t, watcher, line)
+	tgt := r.target("bin-kept")
+
+	tm := startTerm(t, owner, tgt, 80, 24)
+	tm.typeLine("echo started-$((2+3))")
+	tm.waitScreen("started-5")
+	tm.tmux("kill-server")
+	waitFor(t, "converge ls to list the shell with nobody attached", func() bool {
+		res := owner.SSH(tgt, 0, "converge ls; converge status")
+		return strings.Contains(res.Stdout, "nobody") && strings.Contains(res.Stdout, "shells kept running: 1")
+	})
+	if res := watcher.SSH(tgt, 0, "ls"); !strings.Contains(res.Stdout, "nobody") {
+		t.Errorf("observer's ssh ID ls:\n%s%s", res.Stdout, res.Stderr)
+	}
+	if res := watcher.Run("ssh", tgt, "", tgt.Dest(), "converge ls"); res.Code == 0 || !strings.Contains(res.Stderr, "observer key") {
+		t.Errorf("observer's converge ls: exit %d, stderr %q; want a refusal", res.Code, res.Stderr)
+	}
+}
