@@ -288,3 +288,33 @@ func TestKeptShellsInTheBinary(t *testing.T) {
 		t.Errorf("observer's converge ls: exit %d, stderr %q; want a refusal", res.Code, res.Stderr)
 	}
 }
+
+// TestSharedShellSurvivesRelayRestart: the owner and an observer on one
+// shell while the relay is killed and started again: both see every line
+// a running loop prints, and the observer is still attached after.
+func TestSharedShellSurvivesRelayRestart(t *testing.T) {
+	watcher := sshtest.New(t)
+	line, _ := observerLine(t, watcher, "watcher@desk")
+	rig := newResumeRig(t, "phoenix-shared", func(cfg *agent.Config) { cfg.Shell = "bash"; cfg.ObserverKeys = line })
+	watcher.Trust("phoenix-shared", rig.agent.HostKey())
+	tm := startTerm(t, rig.c, rig.tgt, 100, 30)
+	tm.typeLine("echo ready-$((1+1))")
+	tm.waitScreen("ready-2")
+	view := startTerm(t, watcher, rig.tgt, 100, 30, "attach")
+	view.waitScreen("ready-2")
+	tm.typeLine("for i in 1 2 3 4 5 6 7 8; do echo tick-$i; sleep 0.4; done; echo finished-$((40+2))")
+	view.waitScreen("tick-2")
+	rig.restartServer()
+	for _, v := range []*term{tm, view} {
+		v.waitScreen("finished-42")
+		screen := v.screen()
+		for i := 1; i <= 8; i++ {
+			if !strings.Contains(screen, fmt.Sprintf("tick-%d\n", i)) {
+				t.Errorf("tick-%d is missing after the restart:\n%s", i, screen)
+			}
+		}
+	}
+	if s := rig.agent.Shells(); len(s) != 1 || len(s[0].Attached) != 2 {
+		t.Errorf("after the restart: shells %+v, want one with the owner and the observer attached", s)
+	}
+}
