@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -151,9 +152,10 @@ func (sh *shell) exitCode() int {
 // ended and all of it is sent (ended true, with the exit status), the
 // client's session ends, or detached closes.
 func (c *client) pump(sh *shell, off int64, detached <-chan struct{}) (code int, ended bool) {
-	buf := make([]byte, 16<<10)
 	gone := c.s.Context().Done()
 	for {
+		bp := sendBufs.Get().(*[]byte)
+		buf := *bp
 		sh.mu.Lock()
 		p := buf
 		if off < c.replayEnd {
@@ -170,12 +172,15 @@ func (c *client) pump(sh *shell, off int64, detached <-chan struct{}) (code int,
 			if off < c.replayEnd {
 				out = stripQueries(out)
 			}
-			if _, err := c.s.Write(out); err != nil {
+			_, err := c.s.Write(out)
+			sendBufs.Put(bp)
+			if err != nil {
 				return 0, false
 			}
 			off = next
 			continue
 		}
+		sendBufs.Put(bp)
 		if ended {
 			return code, true
 		}
@@ -188,6 +193,10 @@ func (c *client) pump(sh *shell, off int64, detached <-chan struct{}) (code int,
 		}
 	}
 }
+
+// sendBufs hold output on its way to a client, only while it is sent: a
+// client waiting for output holds no buffer.
+var sendBufs = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
 
 // terminalQuery matches what programs send to ask the terminal something
 // (device attributes, cursor position, version, modes, colours,
@@ -204,7 +213,7 @@ func stripQueries(p []byte) []byte { return terminalQuery.ReplaceAll(p, nil) }
 // counted and refused, with one line telling it so.
 func readInput(sh *shell, c *client, detached chan<- struct{}) {
 	var f detachFilter
-	buf := make([]byte, 4<<10)
+	buf := make([]byte, 1<<10) // keys; a paste comes in several reads
 	for {
 		n, err := c.s.Read(buf)
 		if n > 0 {
