@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/converge-ci/converge/agent"
@@ -316,5 +317,48 @@ func TestSharedShellSurvivesRelayRestart(t *testing.T) {
 	}
 	if s := rig.agent.Shells(); len(s) != 1 || len(s[0].Attached) != 2 {
 		t.Errorf("after the restart: shells %+v, want one with the owner and the observer attached", s)
+	}
+}
+
+// TestBrowserObserver: the browser terminal, opened with #…&attach and
+// logged in with a key listed as an observer's, joins the owner's shell
+// read-only: it shows the screen and what the owner types next, and what
+// it types does not reach the shell.
+func TestBrowserObserver(t *testing.T) {
+	t.Parallel()
+	r := startServer(t, withTerminal)
+	owner := sshtest.New(t)
+	obsFile := filepath.Join(t.TempDir(), "observers")
+	if err := os.WriteFile(obsFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a := startAgent(t, r, "browser-watch", owner, func(cfg *agent.Config) {
+		cfg.Shell, cfg.ObserverKeysFiles, cfg.Executable = "bash", []string{obsFile}, bin("agent")
+	})
+	tm := startTerm(t, owner, r.target("browser-watch"), 100, 30)
+	tm.typeLine("echo before-$((2*21))")
+	tm.waitScreen("before-42")
+
+	p := newTermPage(t)
+	p.open(browserLink(t, a, r, "browser-watch", r.HTTP) + "&attach")
+	if st := p.waitState("login", "open"); st != "login" {
+		t.Fatalf("page is %q before its key was listed; want login", st)
+	}
+	line := strings.TrimSpace(p.text("#browser-key"))
+	if err := os.WriteFile(obsFile, []byte(line+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	do(t, p.ctx, "connect", chromedp.Click(chromedp.CSS("#connect")))
+	p.waitState("open")
+	p.waitScreen("before-42")
+	tm.waitScreen("joined shell 1, read-only")
+	tm.typeLine("echo after-$((2*50))")
+	p.waitScreen("after-100")
+	p.typeLine("echo typed-in-the-browser")
+	p.waitScreen("read-only: you are an observer")
+	tm.typeLine("echo probe-$((3+4))")
+	tm.waitScreen("probe-7")
+	if strings.Contains(tm.screen(), "typed-in-the-browser") {
+		t.Errorf("the browser observer's keystrokes reached the shell:\n%s", tm.screen())
 	}
 }
