@@ -24,7 +24,8 @@ func TestLifeStateEnd(t *testing.T) {
 		return s
 	}
 	typed := func(s lifeState, when time.Time) lifeState { s.active = when; return s }
-	out := func(s lifeState) lifeState { // ... who logged out at 5m
+	kept := func(s lifeState) lifeState { s.kept = 1; return s } // a shell left running
+	out := func(s lifeState) lifeState {                         // ... who logged out at 5m
 		s = in(s)
 		s.users = 0
 		return s
@@ -58,6 +59,10 @@ func TestLifeStateEnd(t *testing.T) {
 		{"last logout once the hold ran out", out(lifeState{cfg: std, hold: at(-40 * time.Minute)}), at(5 * time.Minute), at(35 * time.Minute), endLastLogout},
 		{"last logout with stay", out(lifeState{cfg: stay}), at(34 * time.Minute), at(35 * time.Minute), endNone},
 		{"stay ends at the expiry", out(lifeState{cfg: stay}), at(35 * time.Minute), at(35 * time.Minute), endExpired},
+		{"a kept shell holds past the last logout", kept(out(lifeState{cfg: std})), at(34 * time.Minute), at(35 * time.Minute), endNone},
+		{"a kept shell does not hold past the expiry", kept(out(lifeState{cfg: std})), at(35 * time.Minute), at(35 * time.Minute), endExpired},
+		{"a kept shell does not hold past max session", kept(typed(out(lifeState{cfg: capped}), at(50*time.Minute))), at(61 * time.Minute), at(61 * time.Minute), endMaxSession},
+		{"wait: a kept shell is in use", kept(out(lifeState{cfg: std, jobDone: true})), at(6 * time.Minute), at(35 * time.Minute), endNone},
 		{"wait: unused, nobody came", lifeState{cfg: std, jobDone: true}, at(time.Minute), at(10 * time.Minute), endUnused},
 		{"wait: held", lifeState{cfg: std, jobDone: true, hold: at(0)}, at(time.Minute), at(30 * time.Minute), endNone},
 		{"wait: a user is in", in(lifeState{cfg: std, jobDone: true}), at(6 * time.Minute), at(35 * time.Minute), endNone},

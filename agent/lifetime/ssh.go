@@ -93,6 +93,7 @@ func (l *Lifetime) Keep() (release func()) {
 	l.mu.Lock()
 	l.st.kept++
 	l.mu.Unlock()
+	l.poke()
 	var once sync.Once
 	return func() {
 		once.Do(func() {

@@ -51,7 +51,8 @@ type stateSnapshot struct {
 	Logins    int       `json:"logins"`
 	Expiry    time.Time `json:"expiry,omitzero"`
 	HeldUntil time.Time `json:"held_until,omitzero"`
-	Waiting   bool      `json:"waiting"` // `agent wait` asked the agent to end when unused
+	Waiting   bool      `json:"waiting"`               // `agent wait` asked the agent to end when unused
+	Kept      int       `json:"kept_shells,omitempty"` // shells left running (see Lifetime.Keep)
 }
 
 // StateFile writes agent.json for `agent wait` and --detach, and reads

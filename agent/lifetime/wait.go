@@ -74,6 +74,12 @@ func Wait(ctx context.Context, dir string, out io.Writer) error {
 				fmt.Fprintf(out, " or at %s UTC", st.Expiry.UTC().Format("15:04:05"))
 			}
 			fmt.Fprintln(out, ".")
+		} else if st.Sessions == 0 && st.Kept > 0 && (first || last.Sessions > 0 || last.Kept != st.Kept) {
+			fmt.Fprintf(out, "Waiting for the agent %s: %d shell(s) left running (ssh -t %s attach); it ends at the idle expiry", st.ID, st.Kept, st.ID)
+			if !st.Expiry.IsZero() {
+				fmt.Fprintf(out, ", %s UTC", st.Expiry.UTC().Format("15:04:05"))
+			}
+			fmt.Fprintln(out, ".")
 		} else if st.Sessions == 0 && (first || last.Sessions > 0 || last.HeldUntil != st.HeldUntil) && st.HeldUntil.After(time.Now()) {
 			fmt.Fprintf(out, "Waiting for the agent %s: held by %s until %s UTC.\n", st.ID, filepath.Join(dir, HoldFile), st.HeldUntil.UTC().Format("15:04:05"))
 		}
