@@ -57,14 +57,21 @@ func (d *Server) startShell(s ssh.Session, cmd *exec.Cmd, onEnd func()) (*shell,
 	if err != nil {
 		return nil, fmt.Errorf("start shell with pty: %w", err)
 	}
+	if f, err = pollable(f); err != nil {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+		d.children.forget(cmd.Process.Pid)
+		return nil, fmt.Errorf("shell terminal: %w", err)
+	}
 	sh.term, sh.sid = ptyTerm{f}, cmd.Process.Pid
+	keep := d.watch.Keep()
+	sh.release = func() { keep(); onEnd() }
+	closing := d.shells.add(sh) // named and listed before it can end
 	readDone := make(chan struct{})
 	d.shells.wg.Add(2)
 	go func() { defer d.shells.wg.Done(); defer close(readDone); sh.read() }()
 	go func() { defer d.shells.wg.Done(); d.waitShell(sh, cmd, readDone) }()
-	keep := d.watch.Keep()
-	sh.release = func() { keep(); onEnd() }
-	if closing := d.shells.add(sh); closing {
+	if closing {
 		d.shells.hangUp(sh)
 	}
 	d.log.Info("shell kept", "shell", sh.name, "pid", sh.sid)
@@ -132,7 +139,35 @@ func winsize(w ssh.Window) *pty.Winsize {
 // ptyTerm is a terminal's master side.
 type ptyTerm struct{ *os.File }
 
-func (t ptyTerm) resize(w ssh.Window) { pty.Setsize(t.File, winsize(w)) }
+// resize sets the terminal's size (pty.Setsize would call Fd, which
+// makes the file blocking).
+func (t ptyTerm) resize(w ssh.Window) {
+	rc, err := t.SyscallConn()
+	if err != nil {
+		return
+	}
+	rc.Control(func(fd uintptr) {
+		unix.IoctlSetWinsize(int(fd), unix.TIOCSWINSZ, &unix.Winsize{Row: uint16(w.Height), Col: uint16(w.Width)})
+	})
+}
+
+// pollable returns the terminal f (which pty.Start made blocking, through
+// Fd) as a file in the runtime's poller, and closes f: then Close ends a
+// Read in progress, so a shell whose terminal a leftover process still
+// holds cannot keep the agent from ending.
+func pollable(f *os.File) (*os.File, error) {
+	defer f.Close()
+	fd, err := unix.Dup(int(f.Fd()))
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	unix.CloseOnExec(fd)
+	return os.NewFile(uintptr(fd), f.Name()), nil
+}
 
 func (t ptyTerm) foreground(sid int) bool {
 	rc, err := t.SyscallConn()
