@@ -2,12 +2,16 @@ package agent
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"os/user"
 	"runtime"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -107,21 +111,42 @@ func refused(re *wsconn.RefusedError, lost time.Time) error {
 	return fmt.Errorf("server refused agent: %s", re.Message)
 }
 
-// control runs one control connection: register, then serve dial requests
-// until the connection ends. connected reports whether registration
-// succeeded.
-func (a *Agent) control(ctx context.Context, announce bool) (connected bool, err error) {
+// register opens the control connection: with the agent's secret, if
+// it has one, and its host key, proving it holds the key when the server
+// asks (a 401 with a challenge; a server that binds no keys never asks).
+func (a *Agent) register(ctx context.Context) (*websocket.Conn, error) {
 	hdr := http.Header{}
 	if a.secret != "" {
 		hdr.Set(wire.SecretHeader, a.secret)
 	}
-	dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	if k := a.proofKey(); k != nil {
+		hdr.Set(wire.AgentKeyHeader, base64.StdEncoding.EncodeToString(k))
+	}
 	protocols := []string{wire.ControlProtocolV2, wire.ControlProtocol} // v2: stream pools
 	if a.cfg.NoStreamPool {
 		protocols = []string{wire.ControlProtocol}
 	}
-	c, err := wsconn.Dial(dctx, a.cfg.Server+wire.AgentPath(a.cfg.ID), wsconn.Options{Subprotocols: protocols, Header: hdr})
-	cancel()
+	dial := func() (*websocket.Conn, error) {
+		dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		return wsconn.Dial(dctx, a.cfg.Server+wire.AgentPath(a.cfg.ID), wsconn.Options{Subprotocols: protocols, Header: hdr})
+	}
+	c, err := dial()
+	var re *wsconn.RefusedError
+	if !errors.As(err, &re) || re.Status != http.StatusUnauthorized || re.Header.Get(wire.ChallengeHeader) == "" || hdr.Get(wire.AgentKeyHeader) == "" {
+		return c, err
+	}
+	if err := a.prove(hdr, re.Header.Get(wire.ChallengeHeader)); err != nil {
+		return nil, err
+	}
+	return dial()
+}
+
+// control runs one control connection: register, then serve dial requests
+// until the connection ends. connected reports whether registration
+// succeeded.
+func (a *Agent) control(ctx context.Context, announce bool) (connected bool, err error) {
+	c, err := a.register(ctx)
 	if err != nil {
 		return false, err
 	}
@@ -179,6 +204,7 @@ func (a *Agent) control(ctx context.Context, announce bool) (connected bool, err
 func (a *Agent) serveControl(ctx context.Context, c *websocket.Conn, pooling bool) error {
 	idle, endIdle := context.WithCancel(ctx)
 	defer endIdle()
+	var idleStreams atomic.Int64 // pool streams opening or waiting for a client
 	for {
 		m, err := wire.Receive(ctx, c)
 		if err != nil {
@@ -197,10 +223,15 @@ func (a *Agent) serveControl(ctx context.Context, c *websocket.Conn, pooling boo
 				a.dialStream(ctx, *m.Dial)
 			}()
 		case m.Type == wire.TypePool && pooling:
+			if idleStreams.Load() >= wire.MaxIdleStreams {
+				a.log.Debug("not opening another idle stream: the server asks for more than an agent keeps", "max", wire.MaxIdleStreams)
+				continue
+			}
+			idleStreams.Add(1)
 			a.streams.Add(1)
 			go func() {
 				defer a.streams.Done()
-				a.poolStream(idle, ctx, m.Pool.Token)
+				a.poolStream(idle, ctx, m.Pool.Token, func() { idleStreams.Add(-1) })
 			}()
 		default:
 			a.log.Warn("ignoring unexpected control message", "type", m.Type)
@@ -256,6 +287,12 @@ func (a *Agent) announce() {
 	id, user := a.cfg.ID, a.sshUser()
 	client := a.cfg.Server + wire.ClientPath(id)
 	key := a.signer.PublicKey()
+	// `wsproxy config-ssh` makes ssh name the job ID.HOST, and check its
+	// key under that name (a wildcard block can have no HostKeyAlias).
+	byName := id
+	if u, err := url.Parse(a.cfg.Server); err == nil && u.Hostname() != "" {
+		byName = id + "." + u.Hostname()
+	}
 	fmt.Fprintf(a.cfg.Out, `Converge agent registered as %q at %s
 Host key:  %s
 Verify it: add this line to ~/.ssh/known_hosts
@@ -265,8 +302,23 @@ Connect:
   sftp -oProxyCommand="wsproxy %s" -oHostKeyAlias=%s %s@localhost
   or:  tcptows 10000 %s
        ssh -p 10000 -oHostKeyAlias=%s %s@localhost
+  or by name, for IDEs too: once  wsproxy config-ssh --server %s --user %s
+       add to ~/.ssh/known_hosts  %s
+       ssh %s
   or in a browser: %s
 `, id, a.cfg.Server, gossh.FingerprintSHA256(key), knownHostsLine(id, key),
 		client, id, user, client, id, user, client, id, user,
-		"http"+a.cfg.Server[2:]+"/terminal/"+id+"#fp="+gossh.FingerprintSHA256(key))
+		a.cfg.Server, user, knownHostsLine(byName, key), byName,
+		terminalURL(a.cfg.Server, id)+"#fp="+gossh.FingerprintSHA256(key))
+}
+
+// terminalURL is the browser terminal's page for id on server (ws:// or
+// wss://, as the agent was given it).
+func terminalURL(server, id string) string {
+	u, err := url.Parse(server)
+	if err != nil {
+		return server + wire.TerminalPath(id)
+	}
+	u.Scheme = wire.HTTPScheme(u.Scheme)
+	return strings.TrimSuffix(u.String(), "/") + wire.TerminalPath(id)
 }

@@ -233,6 +233,7 @@ type Server struct {
 
 	streamLimit *addrLimiter
 	authFails   *failLimiter // wrong sessions-view passwords
+	challenges  seenMACs     // agents' host-key challenges used (hostkey.go)
 
 	conns   *conns   // hijacked WebSockets, for the drain
 	pending *pending // clients waiting for their agent's stream
@@ -287,6 +288,9 @@ func (s *Server) loadKey() ([]byte, error) {
 			return nil, fmt.Errorf("cluster key (CONVERGE_CLUSTER_KEY): %w", err)
 		}
 		s.log.Info("server key from the cluster key", "key_id", registry.KeyID(key))
+		if registry.WeakKey(key) {
+			s.log.Warn("the cluster key is a short pattern repeated (all zeros?): anyone who guesses it can sign agents' secrets and forwarded requests; make one with `openssl rand -hex 32`")
+		}
 		return key, nil
 	case s.cfg.StateDir != "":
 		key, created, err := registry.LoadKey(s.cfg.StateDir)
@@ -294,6 +298,9 @@ func (s *Server) loadKey() ([]byte, error) {
 			return nil, err
 		}
 		s.log.Info("server key kept in the state directory", "dir", s.cfg.StateDir, "created", created, "key_id", registry.KeyID(key))
+		if registry.WritableByOthers(s.cfg.StateDir) {
+			s.log.Warn("the state directory may be written by other users, who could replace the server key with one they know: run chmod 700 on it", "dir", s.cfg.StateDir)
+		}
 		return key, nil
 	}
 	key := make([]byte, registry.MinKeyBytes)

@@ -113,6 +113,11 @@ type Pool struct {
 	Token string `json:"token"`
 }
 
+// MaxIdleStreams is the most idle pool streams an agent keeps open at
+// once, whatever the server asks: a server pools a few (at most 4 per
+// agent); a relay asking for more is not honoured.
+const MaxIdleStreams = 16
+
 // Assign is the first message that the server sends on an idle stream of
 // the pool: a client is now spliced to it. Protocol is the stream
 // subprotocol the client negotiated ("" for a plain stream), as in Dial.

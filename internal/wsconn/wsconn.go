@@ -43,6 +43,7 @@ type RefusedError struct {
 	URL     string
 	Status  int
 	Message string
+	Header  http.Header // the refusal's headers
 }
 
 func (e *RefusedError) Error() string {
@@ -107,7 +108,7 @@ func Refusal(rawURL string, resp *http.Response) *RefusedError {
 		resp.Body.Close()
 		msg = Sanitize(string(b))
 	}
-	return &RefusedError{URL: rawURL, Status: resp.StatusCode, Message: msg}
+	return &RefusedError{URL: rawURL, Status: resp.StatusCode, Message: msg, Header: resp.Header}
 }
 
 // CheckURL reports, in words a user can act on, what is wrong with a

@@ -280,7 +280,7 @@ func TestKeptShellsInTheBinary(t *testing.T) {
 	tm.tmux("kill-server")
 	waitFor(t, "converge ls to list the shell with nobody attached", func() bool {
 		res := owner.SSH(tgt, 0, "converge ls; converge status")
-		return strings.Contains(res.Stdout, "nobody") && strings.Contains(res.Stdout, "shells kept running: 1")
+		return strings.Contains(res.Stdout, "nobody") && strings.Contains(res.Stdout, "Shells kept running: 1")
 	})
 	if res := watcher.SSH(tgt, 0, "ls"); !strings.Contains(res.Stdout, "nobody") {
 		t.Errorf("observer's ssh ID ls:\n%s%s", res.Stdout, res.Stderr)

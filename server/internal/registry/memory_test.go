@@ -205,6 +205,10 @@ func testRegistryEndedTenureIsNoKey(t *testing.T, r testReg, clk *fakeClock) {
 func TestRegistryOlderTenureWins(t *testing.T) {
 	older, younger := Tenure{since: 500, nonce: 1}, Tenure{since: 600, nonce: 1}
 	sameSecond := Tenure{since: 600, nonce: 2}
+	// ended's latest token was signed at 800: its link ended by 860, its
+	// reservation (grace 1 min) by 920, before afterEnded began.
+	ended, afterEnded := Tenure{since: 700, nonce: 1}, Tenure{since: 950, nonce: 1}
+	endedProof := Claim{Tenure: ended, Proven: true, Issued: 800}
 	for _, tc := range []struct {
 		name      string
 		holder    Claim
@@ -222,6 +226,13 @@ func TestRegistryOlderTenureWins(t *testing.T) {
 		{"remembered over an unproven holder", unproven(), true, proof(older), ErrIDInUse},
 		{"remembered older over younger, reserved", oldProof(younger), false, proof(older), ErrIDReserved},
 		{"unproven over an unproven holder", unproven(), true, unproven(), ErrIDInUse},
+		// Issue 18, finding 4: a tenure that had ended, its reservation
+		// included, before the younger began is no key to the ID.
+		{"ended older over younger, connected", oldProof(afterEnded), true, endedProof, ErrIDInUse},
+		{"ended older over younger, reserved", oldProof(afterEnded), false, endedProof, ErrIDReserved},
+		{"younger over an ended older, connected", endedProof, true, oldProof(afterEnded), nil},
+		{"younger over an ended older, reserved", endedProof, false, oldProof(afterEnded), nil},
+		{"older whose reservation was live over younger", oldProof(afterEnded), true, Claim{Tenure: ended, Proven: true, Issued: 830}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			eachRegistry(t, Limits{Grace: time.Minute}, func(t *testing.T, r testReg, _ *fakeClock) {

@@ -94,8 +94,11 @@ type Agent interface {
 //   - A proven claim of another tenure takes the ID only if the registry
 //     may have forgotten it (its token was signed at or before the epoch)
 //     and the holder has no better right: it proved nothing (after a
-//     restart, whoever asked first), or it proved a younger tenure (one
-//     that began while this one was forgotten). A tenure signed since the
+//     restart, whoever asked first), or it proved a younger tenure that
+//     began while this one could still hold the ID, its reservation
+//     included; a younger tenure that began after the older one had
+//     surely ended wins over it, whichever asks first (see endedBefore).
+//     A tenure signed since the
 //     epoch that no longer holds the ID ended here: its reservation
 //     expired or an older tenure took the ID, and its token is no key.
 type Registry[V Agent] interface {
