@@ -200,17 +200,21 @@ func (sh *shell) join(c *client, creator bool) (off int64, ok bool) {
 	return off, true
 }
 
-// leave detaches c; everyone still attached is told.
+// leave detaches c; everyone still attached is told (and a full-screen
+// program the line was written over is asked to redraw).
 func (sh *shell) leave(c *client, how string) {
 	sh.mu.Lock()
 	delete(sh.clients, c)
 	if sh.writer == c {
 		sh.writer = nil
 	}
-	ended := sh.ended
+	ended, others := sh.ended, len(sh.clients)
 	sh.mu.Unlock()
 	if !ended {
 		sh.say(fmt.Sprintf("%s %s", c.who, how))
+		if others > 0 {
+			sh.redraw()
+		}
 	}
 }
 
@@ -247,6 +251,9 @@ func (sh *shell) write(c *client, p []byte) {
 	}
 	sh.input = time.Now()
 	sh.mu.Unlock()
+	if len(p) == 0 {
+		return
+	}
 	sh.inMu.Lock()
 	sh.term.Write(p)
 	sh.inMu.Unlock()
