@@ -323,7 +323,8 @@ func TestSharedShellSurvivesRelayRestart(t *testing.T) {
 // TestBrowserObserver: the browser terminal, opened with #…&attach and
 // logged in with a key listed as an observer's, joins the owner's shell
 // read-only: it shows the screen and what the owner types next, and what
-// it types does not reach the shell.
+// it types does not reach the shell. The bytes between the browser and
+// the relay carry none of it in clear.
 func TestBrowserObserver(t *testing.T) {
 	t.Parallel()
 	r := startServer(t, withTerminal)
@@ -339,8 +340,9 @@ func TestBrowserObserver(t *testing.T) {
 	tm.typeLine("echo before-$((2*21))")
 	tm.waitScreen("before-42")
 
+	capture := startCapture(t, r.Addr) // the browser's side of the relay
 	p := newTermPage(t)
-	p.open(browserLink(t, a, r, "browser-watch", r.HTTP) + "&attach")
+	p.open(browserLink(t, a, r, "browser-watch", "http://"+capture.Addr()) + "&attach")
 	if st := p.waitState("login", "open"); st != "login" {
 		t.Fatalf("page is %q before its key was listed; want login", st)
 	}
@@ -360,5 +362,9 @@ func TestBrowserObserver(t *testing.T) {
 	tm.waitScreen("probe-7")
 	if strings.Contains(tm.screen(), "typed-in-the-browser") {
 		t.Errorf("the browser observer's keystrokes reached the shell:\n%s", tm.screen())
+	}
+	capture.close()
+	for _, mark := range []string{"before-", "after-", "typed-in-the-browser", "read-only: you"} {
+		capture.check(t, mark)
 	}
 }
