@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # converge.sh is the GitHub Action of action.yml, one step at a time:
 #
-#   converge.sh main   download the agent from the Converge server, start
+#   converge.sh main   download the agent from the Converge server, check
+#                      its SHA-256 against agent.sha256 here, start
 #                      it, print how to connect and write it to the job
 #                      summary; then, unless detached, wait until it ends
 #   converge.sh post   with detached: true, `agent wait`: end the agent at
@@ -10,9 +11,9 @@
 #
 # action/run.js runs it with the inputs as INPUT_SERVER, INPUT_ID,
 # INPUT_LIMIT_ACCESS_TO_ACTOR, INPUT_LIMIT_ACCESS_TO_USERS, INPUT_OBSERVERS, INPUT_AUTHORIZED_KEYS, INPUT_DETACHED,
-# INPUT_CONNECT_TIMEOUT, INPUT_EXPIRY, INPUT_RUN and INPUT_WHEN, and what
-# GitHub sets (GITHUB_RUN_ATTEMPT and RUNNER_DEBUG decide when: rerun and
-# debug):
+# INPUT_CONNECT_TIMEOUT, INPUT_EXPIRY, INPUT_RUN, INPUT_WHEN and
+# INPUT_AGENT_SHA256, and what GitHub sets (GITHUB_RUN_ATTEMPT and
+# RUNNER_DEBUG decide when: rerun and debug):
 # GITHUB_SERVER_URL, GITHUB_TRIGGERING_ACTOR (or GITHUB_ACTOR) and
 # GITHUB_EVENT_NAME (the actor's keys are at $GITHUB_SERVER_URL/ACTOR.keys, on github.com and on GitHub
 # Enterprise Server alike; tests point GITHUB_SERVER_URL at a loopback
@@ -58,7 +59,8 @@ dist_name() {
 
 # server_urls sets http_base (pages and downloads) and ws_base (what the
 # agent dials) from the server input, given as https://, wss://, http://,
-# ws:// or a bare host (https).
+# ws:// or a bare host (https). Plain http:// and ws:// only to this
+# machine: anyone on the path could change the agent or read the session.
 server_urls() {
 	local s=${1%/}
 	case $s in
@@ -69,6 +71,59 @@ server_urls() {
 	*://*) return 1 ;;
 	*) http_base=https://$s ws_base=wss://$s ;;
 	esac
+	case $http_base in
+	http://*) is_loopback "$http_base" || return 1 ;;
+	esac
+}
+
+# is_loopback reports whether the host of URL $1 is this machine:
+# localhost, 127.x.x.x or [::1].
+is_loopback() {
+	local h=${1#*://}
+	h=${h%%/*}
+	case $h in
+	*@*) return 1 ;;
+	'[::1]' | '[::1]:'*) return 0 ;;
+	esac
+	h=${h%:*[0-9]}
+	case $h in
+	localhost) return 0 ;;
+	127.*) case $h in *[!0-9.]*) return 1 ;; esac ;;
+	*) return 1 ;;
+	esac
+}
+
+# sha256_of prints the SHA-256 of file $1 in hex.
+sha256_of() {
+	if command -v sha256sum >/dev/null; then
+		sha256sum "$1" | awk '{ print $1 }'
+	else
+		shasum -a 256 "$1" | awk '{ print $1 }'
+	fi
+}
+
+# verify_agent checks the agent downloaded to $1, named $2 on the server,
+# before it is made executable: its SHA-256 must be one the agent-sha256
+# input gives, else the one action/agent.sha256 pins for $2 (written by
+# `make action-sums` at the release, so the Action's own tag, not the
+# server, says which code runs). A mismatch removes the file.
+verify_agent() {
+	local sums got pinned=$(dirname "$0")/agent.sha256 from
+	if [ -n "$(trim "${INPUT_AGENT_SHA256:-}")" ]; then
+		sums=$(printf '%s\n' "$INPUT_AGENT_SHA256" | grep -oE '[0-9A-Fa-f]{64}' | tr 'A-F' 'a-f' || true)
+		from="the agent-sha256 input"
+		[ -n "$sums" ] || die "agent-sha256: give the SHA-256 (64 hex digits) of the server's agents, e.g. from sha256sum"
+	else
+		sums=$(awk -v n="$2" '$1 !~ /^#/ && ($2 == n || $2 == "*" n) { print tolower($1) }' "$pinned" 2>/dev/null || true)
+		from="$pinned ($(sed -n 's/^# version: //p' "$pinned" 2>/dev/null))"
+		[ -n "$sums" ] || die "$pinned pins no sum for $2: give agent-sha256"
+	fi
+	got=$(sha256_of "$1")
+	if ! printf '%s\n' "$sums" | grep -qx "$got"; then
+		rm -f "$1"
+		die "the agent from $http_base has SHA-256 $got, not the one in $from: not running it. The server runs another release, or someone changed the agent on the way. Use a server built from the Action's release (make dist), or give its agents' sums in agent-sha256 if you trust it"
+	fi
+	echo "The agent's SHA-256 $got matches $from."
 }
 
 # trim prints $1 without leading and trailing white space.
@@ -87,7 +142,10 @@ random_hex() {
 # workspace, invisible to git, so that a job that checks for a clean
 # checkout is not upset by it.
 prepare_dir() {
+	# A symlink committed in its place would point these writes elsewhere.
+	[ ! -L "$1/.converge" ] || die "$1/.converge is a symlink: remove it from the repository"
 	mkdir -p "$1/.converge"
+	rm -f "$1/.converge/.gitignore"
 	echo '*' >"$1/.converge/.gitignore"
 }
 
@@ -97,7 +155,7 @@ main() {
 	id=$(trim "${INPUT_ID:-}")
 	: "${GITHUB_STEP_SUMMARY:=/dev/null}" "${GITHUB_OUTPUT:=/dev/null}" "${GITHUB_STATE:=/dev/null}"
 	[ -n "$server" ] || die "the server input is required, e.g. with: server: https://converge.example.com"
-	server_urls "$server" || die "server: $server is not an https:// (or wss://) URL"
+	server_urls "$server" || die "server: $server is not an https:// (or wss://) URL; plain http:// and ws:// only to localhost"
 	if ! when_wanted; then
 		not_wanted
 		return
@@ -108,8 +166,10 @@ main() {
 	mkdir -p "$tmp"
 	agent=$tmp/$name
 	echo "Downloading the agent from $http_base/static/dist/$name"
-	curl -fsSL --retry 3 --connect-timeout 30 -o "$agent" "$http_base/static/dist/$name" ||
+	curl -fsSL --retry 3 --connect-timeout 30 -o "$agent.part" "$http_base/static/dist/$name" ||
 		die "could not download the agent from $http_base/static/dist/$name: is the server input right, and was the server built with make dist?"
+	verify_agent "$agent.part" "$name"
+	mv -f "$agent.part" "$agent"
 	chmod 755 "$agent"
 
 	id=${id:-gh-${GITHUB_RUN_ID:-0}-${GITHUB_RUN_ATTEMPT:-1}-$(random_hex)}

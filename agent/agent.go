@@ -213,6 +213,9 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	if wsconn.PlainTextRemote(cfg.Server) {
+		a.log.Warn("the server URL is plain ws:// to another machine: anyone on the path can watch and cut the agent's registration (SSH sessions stay end to end encrypted); use wss://", "server", cfg.Server)
+	}
 	var state *lifetime.StateFile
 	if cfg.StateFile {
 		state = lifetime.NewStateFile(cfg.Dir, cfg.ID, cfg.Server, a.log)

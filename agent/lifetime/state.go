@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/converge-ci/converge/agent/statedir"
 )
 
 // The agent's files for `agent wait` and --detach live in dir/.converge:
@@ -66,6 +68,7 @@ type StateFile struct {
 	mu      sync.Mutex
 	st      agentState
 	written bool
+	refused bool // begin found the folder unsafe: write nothing there
 }
 
 // NewStateFile prepares the state file of the agent with ID id, registered
@@ -82,8 +85,11 @@ func NewStateFile(agentDir, id, server string, log *slog.Logger) *StateFile {
 // begin records a fresh start, dropping a wait request left by an earlier
 // run in the same directory.
 func (f *StateFile) begin() {
-	if err := os.MkdirAll(f.dir, 0o755); err != nil {
-		f.log.Warn("cannot create the state directory; `agent wait` will not find this agent", "error", err)
+	if _, err := statedir.Make(f.dir); err != nil {
+		f.log.Warn("cannot use the state directory; `agent wait` will not find this agent", "error", err)
+		f.mu.Lock()
+		f.refused = true
+		f.mu.Unlock()
 		return
 	}
 	if old, err := readState(filepath.Dir(f.dir)); err == nil && !old.Exited && old.PID != os.Getpid() && processAlive(old.PID) {
@@ -133,6 +139,9 @@ func (f *StateFile) waitRequested() bool {
 }
 
 func (f *StateFile) writeLocked() {
+	if f.refused {
+		return
+	}
 	b, err := json.MarshalIndent(f.st, "", "  ")
 	if err != nil {
 		f.log.Warn("cannot encode the state file", "error", err)
@@ -140,7 +149,7 @@ func (f *StateFile) writeLocked() {
 	}
 	path := filepath.Join(f.dir, stateName)
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+	if err := writeNoFollow(f.dir, stateName+".tmp", append(b, '\n')); err != nil {
 		f.log.Warn("cannot write the state file; `agent wait` will not follow this agent", "error", err)
 		return
 	}
@@ -149,6 +158,20 @@ func (f *StateFile) writeLocked() {
 		return
 	}
 	f.written = true
+}
+
+// writeNoFollow writes b to the file name in dir, replacing a symlink
+// there rather than following it.
+func writeNoFollow(dir, name string, b []byte) error {
+	w, err := statedir.Create(dir, name, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(b)
+	if cerr := w.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // readState reads the state file of the agent in dir.

@@ -10,6 +10,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"time"
+
+	"github.com/converge-ci/converge/agent/statedir"
 )
 
 // waitPoll is how often `agent wait` and --detach read the state file.
@@ -51,7 +53,7 @@ func Wait(ctx context.Context, dir string, out io.Writer) error {
 		return err
 	}
 	if !st.Exited {
-		if err := os.WriteFile(filepath.Join(stateDir, waitRequestName), nil, 0o644); err != nil {
+		if err := requestWait(stateDir); err != nil {
 			return fmt.Errorf("ask the agent to end when unused: %w", err)
 		}
 	}
@@ -114,12 +116,14 @@ const registerTimeout = 60 * time.Second
 // Detach leaves a goroutine waiting for the child: it is meant to be the
 // last thing its process does.
 func Detach(ctx context.Context, exe string, args []string, dir string, out io.Writer) error {
-	stateDir := filepath.Join(dir, StateDir)
-	if err := os.MkdirAll(stateDir, 0o755); err != nil {
-		return fmt.Errorf("create %s: %w", stateDir, err)
+	// dir is usually a checkout, which a pull request controls: a
+	// committed .converge symlink must not make the log land elsewhere.
+	stateDir, err := statedir.Make(filepath.Join(dir, StateDir))
+	if err != nil {
+		return err
 	}
 	logPath := filepath.Join(stateDir, logName)
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	logf, err := statedir.Create(stateDir, logName, 0o600)
 	if err != nil {
 		return fmt.Errorf("create the agent log: %w", err)
 	}
@@ -171,4 +175,14 @@ func Detach(ctx context.Context, exe string, args []string, dir string, out io.W
 			return nil
 		}
 	}
+}
+
+// requestWait creates the wait request in stateDir, without following a
+// symlink there.
+func requestWait(stateDir string) error {
+	f, err := statedir.Create(stateDir, waitRequestName, 0o600)
+	if err != nil {
+		return err
+	}
+	return f.Close()
 }

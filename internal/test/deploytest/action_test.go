@@ -2,7 +2,9 @@ package deploytest
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -103,6 +105,11 @@ func (j *ghJob) step(which string, inputs map[string]string) *exec.Cmd {
 		v, ok := inputs[name]
 		if !ok {
 			v = in.Default
+		}
+		if name == "agent-sha256" && !ok {
+			// The agent built for these tests is no release's: its sum
+			// stands in for the pinned ones (TestActionAgentSums checks those).
+			v = hostAgentSum(j.t)
 		}
 		cmd.Env = append(cmd.Env, "INPUT_"+strings.ToUpper(strings.ReplaceAll(name, " ", "_"))+"="+v)
 	}
@@ -210,7 +217,7 @@ func TestActionMetadata(t *testing.T) {
 		inputs = append(inputs, name)
 	}
 	slices.Sort(inputs)
-	for _, want := range []string{"allow-untrusted-events", "authorized-keys", "connect-timeout", "detached", "expiry", "id", "limit-access-to-actor", "server"} {
+	for _, want := range []string{"agent-sha256", "allow-untrusted-events", "authorized-keys", "connect-timeout", "detached", "expiry", "id", "limit-access-to-actor", "server"} {
 		if !slices.Contains(inputs, want) {
 			t.Errorf("inputs %v lack %q", inputs, want)
 		}
@@ -372,7 +379,11 @@ func TestActionPlatforms(t *testing.T) {
 		}
 		j := newJob(t, keysServer(t, nil))
 		j.vars["RUNNER_OS"], j.vars["RUNNER_ARCH"] = tc.os, tc.arch
-		out, err := j.step("main", map[string]string{"server": r.HTTP}).CombinedOutput()
+		var sums []string
+		for _, b := range dist {
+			sums = append(sums, fmt.Sprintf("%x", sha256.Sum256(b)))
+		}
+		out, err := j.step("main", map[string]string{"server": r.HTTP, "agent-sha256": strings.Join(sums, " ")}).CombinedOutput()
 		if err == nil {
 			t.Errorf("%s %s: the step succeeded with an agent that cannot run here:\n%s", tc.os, tc.arch, out)
 			continue

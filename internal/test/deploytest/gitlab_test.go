@@ -128,11 +128,12 @@ func TestGitLabTemplate(t *testing.T) {
 	u := newUser(t)
 	r := startServer(t, agentDist(t))
 	j := newGitLabJob(t, map[string]string{
-		"CONVERGE_SERVER": r.HTTP,
-		"CI_SERVER_URL":   keysServer(t, map[string]string{"alice": u.PublicKey}),
+		"CONVERGE_SERVER":       r.HTTP,
+		"CI_SERVER_URL":         keysServer(t, map[string]string{"alice": u.PublicKey}),
+		"CONVERGE_AGENT_SHA256": "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef  agent-other\n" + hostAgentSum(t) + "  " + hostAgent,
 	})
 	log, err := j.script("echo the job runs")
-	if err != nil || !strings.Contains(log, "the job runs") {
+	if err != nil || !strings.Contains(log, "the job runs") || !strings.Contains(log, "matches CONVERGE_AGENT_SHA256") {
 		t.Fatalf("before_script and script: %v\n%s", err, log)
 	}
 	known, ssh := fromLog(t, log)
