@@ -142,9 +142,16 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 	}
 	defer release()
 	defer s.changes.notify() // after Unregister: watchers see it gone
-	defer s.reg.Unregister(id, a)
+	var err error
+	defer func() {
+		if errors.Is(err, errGoodbye) {
+			s.reg.Release(id, a)
+			return
+		}
+		s.reg.Unregister(id, a)
+	}()
 	defer a.pool.close()
-	err := a.serve()
+	err = a.serve()
 	a.log.Info("agent disconnected", "duration", time.Since(a.since).Round(time.Second), "reason", errString(err))
 	a.closeNow()
 }
@@ -270,6 +277,9 @@ func (a *agentConn) serve() error {
 			a.info.Status = *m.Status
 			a.mu.Unlock()
 			s.changes.notify()
+		case wire.TypeBye:
+			a.close(websocket.StatusNormalClosure, "goodbye")
+			return errGoodbye
 		default:
 			a.close(wsconn.CodeRefused, "unexpected "+m.Type+" message")
 			return fmt.Errorf("unexpected %q message", m.Type)
@@ -345,6 +355,11 @@ func (a *agentConn) displace(reason string) <-chan struct{} {
 	}()
 	return closed
 }
+
+// errGoodbye ends serve when the agent said goodbye (wire.Bye): it ended
+// on purpose, nobody comes back for its ID, which is free at once
+// (cluster-wide). Only a dropped link keeps the ID reserved.
+var errGoodbye = errors.New("the agent ended (goodbye)")
 
 func errString(err error) string {
 	if wsconn.IsClosed(err) {

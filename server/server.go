@@ -45,8 +45,8 @@ type Config struct {
 	// StreamPool is how many idle streams an agent that speaks control v2
 	// keeps open for its next clients once one has connected (see
 	// streamPool), so that a client is spliced at once instead of waiting
-	// for a dial-back. Each costs a file descriptor and about 20 KiB while
-	// idle. At most MaxStreamPool. Default DefaultStreamPool; negative: no
+	// for a dial-back. Each costs a file descriptor and about 40 KiB while
+	// idle (docs/benchmarks.md). At most MaxStreamPool. Default DefaultStreamPool; negative: no
 	// pools, agents dial back for every client.
 	StreamPool int
 	// poolKeep is how long a pool stays full after its agent's last

@@ -263,7 +263,8 @@ func (r *Redis[V]) Register(id string, c Claim, a V) (old V, ok bool, err error)
 	case "in_use":
 		return old, false, ErrIDInUse
 	case "reserved":
-		return old, false, ErrIDReserved
+		ms, _ := strconv.ParseInt(fmt.Sprint(at(res, 1)), 10, 64)
+		return old, false, &ReservedError{Until: time.UnixMilli(ms)}
 	case "limit":
 		return old, false, &LimitError{What: "agents", Group: c.Group, Limit: r.limits.PerAddr, Reserved: r.limits.Grace > 0}
 	case "ok":
@@ -324,7 +325,12 @@ func (r *Redis[V]) Confirm(id string, a V) {
 	}
 }
 
-func (r *Redis[V]) Unregister(id string, a V) {
+func (r *Redis[V]) Unregister(id string, a V) { r.unregister("unregister", id, a) }
+
+func (r *Redis[V]) Release(id string, a V) { r.unregister("release", id, a) }
+
+// unregister runs op, unregister or release, for a holding id here.
+func (r *Redis[V]) unregister(op, id string, a V) {
 	st := r.stripe(id)
 	st.Lock()
 	defer st.Unlock()
@@ -335,7 +341,7 @@ func (r *Redis[V]) Unregister(id string, a V) {
 	r.mu.Lock()
 	delete(r.local, id)
 	r.mu.Unlock()
-	if _, err := r.run("unregister", id, h.conn); err != nil {
+	if _, err := r.run(op, id, h.conn); err != nil {
 		r.log.Warn("cannot record that the agent left; its lease ends by itself", "id", id, "lease", leaseTime, "error", err)
 	}
 }

@@ -317,3 +317,14 @@ func TestRedisRegistryRedisClock(t *testing.T) {
 		t.Fatal("the replica does not route to its own agent on Redis's clock")
 	}
 }
+
+// TestRedisRegistryReleaseAcrossReplicas: an agent that says goodbye on
+// one replica frees its ID for every replica at once.
+func TestRedisRegistryReleaseAcrossReplicas(t *testing.T) {
+	rs, _, _, _ := replicas(t, 2, Limits{Grace: time.Minute})
+	a, _ := join(t, testReg{rs[0]}, "job", unproven(), "192.0.2.1")
+	rs[0].Release("job", a)
+	if _, err := (testReg{rs[1]}).Register("job", unproven(), &testAgent{id: "job", remote: "192.0.2.2"}); err != nil {
+		t.Fatalf("Register on the other replica after the goodbye: %v", err)
+	}
+}
