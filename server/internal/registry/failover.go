@@ -198,8 +198,8 @@ func (s Sentinel) options() (*redis.FailoverOptions, error) {
 }
 
 // OpenSentinel connects to the master the Sentinels of s name, following
-// it when they fail over, counts into w what goes wrong, and checks that
-// the master answers.
+// it when they fail over, counts into w (if not nil) what goes wrong, and
+// checks that the master answers.
 func OpenSentinel(ctx context.Context, s Sentinel, w *Watch) (*redis.Client, error) {
 	opt, err := s.options()
 	if err != nil {
@@ -208,7 +208,9 @@ func OpenSentinel(ctx context.Context, s Sentinel, w *Watch) (*redis.Client, err
 	opt.Protocol = 2
 	opt.DisableIdentity = true
 	rdb := redis.NewFailoverClient(opt)
-	rdb.AddHook(w.hook())
+	if w != nil {
+		rdb.AddHook(w.hook())
+	}
 	ctx, cancel := context.WithTimeout(ctx, Timeout)
 	defer cancel()
 	if err := rdb.Ping(ctx).Err(); err != nil {

@@ -84,7 +84,8 @@ var registryLua string
 var registryScript = redis.NewScript(registryLua)
 
 // Open connects to the Redis at rawURL (redis://, rediss://,
-// unix://), counting into w what goes wrong, and checks that it answers.
+// unix://), counting into w (if not nil) what goes wrong, and checks
+// that it answers.
 func Open(ctx context.Context, rawURL string, w *Watch) (*redis.Client, error) {
 	opt, err := redis.ParseURL(rawURL)
 	if err != nil {
@@ -93,7 +94,9 @@ func Open(ctx context.Context, rawURL string, w *Watch) (*redis.Client, error) {
 	opt.Protocol = 2           // RESP2: what every Redis and Valkey speaks
 	opt.DisableIdentity = true // no CLIENT SETINFO: older servers refuse it
 	rdb := redis.NewClient(opt)
-	rdb.AddHook(w.hook())
+	if w != nil {
+		rdb.AddHook(w.hook())
+	}
 	ctx, cancel := context.WithTimeout(ctx, Timeout)
 	defer cancel()
 	if err := rdb.Ping(ctx).Err(); err != nil {
