@@ -74,7 +74,9 @@ func TestClusterRedisFailover(t *testing.T) {
 		echo.roundTrip()
 		reachEveryAgent(t, rig, c, ids)
 		for i := range rig.reps {
-			if n := metric(t, rig.relay(i).HTTP, "converge_redis_failovers_total"); n != float64(round+1) {
+			// At least: a loaded machine may starve a master past the
+			// Sentinels' 1 s patience, and that failover counts too.
+			if n := metric(t, rig.relay(i).HTTP, "converge_redis_failovers_total"); n < float64(round+1) {
 				t.Errorf("replica %d counted %v failovers, want %d", i, n, round+1)
 			}
 		}
