@@ -35,6 +35,8 @@ type cluster struct {
 
 	kick   chan struct{} // local changes to publish; capacity 1
 	resync chan struct{} // refresh now (Redis reconnected, or failed over); capacity 1
+	// refresh is reg.Refresh (a test's own in refreshLoop's tests).
+	refresh func() (epoch int64, changed bool, err error)
 
 	seen   seenMACs     // forwarded requests' signatures accepted (forward.go)
 	lastMS atomic.Int64 // the last time a forwarded request was signed with (signMS)
@@ -223,6 +225,7 @@ func newCluster(s *Server, rdb *redis.Client, self string) *cluster {
 	log := s.log.With("replica", self)
 	c := &cluster{s: s, log: log, rdb: rdb, self: self, kick: make(chan struct{}, 1), resync: make(chan struct{}, 1), published: make(map[string]string)}
 	c.reg = registry.NewRedis[*agentConn](rdb, self, s.tokens.Key(), s.cfg.registryLimits(), nil, log)
+	c.refresh = c.reg.Refresh
 	c.reg.OnLost(c.closeLost)
 	c.reg.OnFenced(c.release)
 	return c
@@ -274,7 +277,7 @@ func (c *cluster) refreshLoop(ctx context.Context, resync <-chan struct{}) {
 		case <-t.C:
 		case <-resync:
 		}
-		_, changed, err := c.reg.Refresh()
+		_, changed, err := c.refresh()
 		switch {
 		case err != nil && !failing:
 			c.log.Warn("cannot refresh agents' leases; local agents keep working, other replicas cannot find them; retrying", "error", err)
