@@ -112,6 +112,15 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, kind, id, token
 		up.Close()
 		log.Info("forwarded request refused by the holder", "status", resp.StatusCode)
 		w.Header().Set("Content-Type", resp.Header.Get("Content-Type"))
+		// Whether it is a refusal, or a raw stream not switched to (the
+		// client keeps its early bytes and asks for a WebSocket), is the
+		// holder's word, as are its Connection and Upgrade headers.
+		w.Header().Del("Upgrade")
+		for _, h := range []string{"Upgrade", "Connection"} {
+			if v := resp.Header.Get(h); v != "" {
+				w.Header().Set(h, v)
+			}
+		}
 		w.WriteHeader(resp.StatusCode)
 		w.Write(body)
 		return

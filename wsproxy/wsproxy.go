@@ -83,7 +83,11 @@ const lingerTimeout = 5 * time.Second
 // refuses it ends the stream, and its reason is the error of the first
 // Read. A resumable stream's links are raw streams (internal/leg),
 // which the server splices in the kernel, when the server switches to
-// them; otherwise, and for plain streams, WebSockets.
+// them; otherwise, and for plain streams, WebSockets. A raw link's request
+// goes out with the stream's first bytes (leg.DialOptions.Early), so a
+// refusal by the server (unknown ID) is also the error of the first Read,
+// and a server whose agent does not offer resumable streams ends the
+// stream with an error that says so (use NoResume for such agents).
 func Dial(ctx context.Context, t Target, opts Options) (net.Conn, error) {
 	if t.url == "" {
 		return nil, errNoTarget
@@ -142,7 +146,9 @@ type linkDialer struct {
 // or, when the agent does not offer resumable streams, a plain WebSocket
 // stream as a net.Conn.
 func (d *linkDialer) dial(ctx context.Context) (link io.ReadWriteCloser, resumable bool, err error) {
-	c, err := leg.Dial(ctx, d.url, leg.DialOptions{Protocols: []string{resume.Protocol}, Raw: true, Fallback: &d.raw})
+	// Early: the request leaves with the hello and ssh's first bytes, not a
+	// round trip ahead of them (a refusal then ends the stream, see Dial).
+	c, err := leg.Dial(ctx, d.url, leg.DialOptions{Protocols: []string{resume.Protocol}, Raw: true, Early: true, Fallback: &d.raw})
 	if err != nil {
 		return nil, false, err
 	}
@@ -173,6 +179,15 @@ func Stdio(ctx context.Context, t Target, in io.ReadCloser, out io.WriteCloser, 
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	res := splice.Splice(stdio{in, out}, conn)
+	if rc, ok := conn.(*resume.Conn); ok && res.Err == nil {
+		// The user's side may end before the server's answer came: a
+		// refusal (unknown ID) is still the outcome to report.
+		select {
+		case <-rc.Answered():
+		case <-rc.Done():
+			res.Err = rc.Err()
+		}
+	}
 	if opts.Released != nil {
 		opts.Released(res.Err)
 	}
