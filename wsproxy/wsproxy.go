@@ -188,6 +188,9 @@ func Stdio(ctx context.Context, t Target, in io.ReadCloser, out io.WriteCloser, 
 			res.Err = rc.Err()
 		}
 	}
+	if errors.Is(res.Err, leg.ErrNotOffered) {
+		res.Err = fmt.Errorf("the agent does not offer resumable streams; run wsproxy with --no-resume: %w", res.Err)
+	}
 	if opts.Released != nil {
 		opts.Released(res.Err)
 	}

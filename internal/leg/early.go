@@ -27,6 +27,11 @@ const EarlyLimit = 256 << 10
 // stream the usual way, waiting for the switch before sending.
 var errProxied = errors.New("through a proxy")
 
+// ErrNotOffered: a leg dialled with DialOptions.Early cannot have the
+// protocol offered, for which its first bytes were sent: the server (the
+// agent behind it) does not speak it.
+var ErrNotOffered = errors.New("the server does not offer the stream protocol")
+
 // TLSSessions, when set, keeps the TLS sessions of raw streams dialled
 // with DialOptions.Early over wss://, so that a later connection to the
 // same server resumes its session (see wsproxy's session cache).
@@ -244,7 +249,7 @@ func (e *earlyConn) readAnswer() (net.Conn, error) {
 	}
 	if ws.Subprotocol() != e.protocol {
 		ws.CloseNow()
-		return nil, fmt.Errorf("%w: %s does not offer %s over a WebSocket", ErrNotSwitched, e.rawURL, e.protocol)
+		return nil, fmt.Errorf("%w: %s gives no raw stream for it, and no WebSocket either", ErrNotOffered, e.rawURL)
 	}
 	// The stream outlives the dial; Close ends it.
 	return wsconn.NetConn(context.Background(), ws), nil
