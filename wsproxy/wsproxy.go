@@ -10,6 +10,7 @@ package wsproxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -57,6 +58,11 @@ type Options struct {
 	// ResumeWindow is how long a resumable stream keeps trying to reconnect
 	// after a drop. Default 2 minutes.
 	ResumeWindow time.Duration
+	// TLSSessions, when set, keeps the TLS sessions of wss:// links, so
+	// that a later link, or a later run with the same cache (a
+	// SessionFile), resumes one instead of a full handshake. Nil: each run
+	// starts afresh.
+	TLSSessions tls.ClientSessionCache
 	// Logger reports reconnects. Default slog.Default().
 	Logger *slog.Logger
 	// Released, when set, is called by Stdio once the relay between the
@@ -100,7 +106,7 @@ func Dial(ctx context.Context, t Target, opts Options) (net.Conn, error) {
 		// The stream outlives the dial context; Close ends it.
 		return wsconn.NetConn(context.Background(), c), nil
 	}
-	d := &linkDialer{url: t.url}
+	d := &linkDialer{url: t.url, sessions: opts.TLSSessions}
 	link, resumable, err := d.dial(ctx)
 	if err != nil {
 		return nil, err
@@ -138,8 +144,9 @@ func Dial(ctx context.Context, t Target, opts Options) (net.Conn, error) {
 // for a plain stream, it dials WebSockets only: the fallback costs a
 // round trip, and an answer is not likely to change within one stream.
 type linkDialer struct {
-	url string
-	raw leg.Fallback // for the stream's life
+	url      string
+	sessions tls.ClientSessionCache
+	raw      leg.Fallback // for the stream's life
 }
 
 // dial opens a link: a resumable one (a raw stream, else a WebSocket),
@@ -148,7 +155,7 @@ type linkDialer struct {
 func (d *linkDialer) dial(ctx context.Context) (link io.ReadWriteCloser, resumable bool, err error) {
 	// Early: the request leaves with the hello and ssh's first bytes, not a
 	// round trip ahead of them (a refusal then ends the stream, see Dial).
-	c, err := leg.Dial(ctx, d.url, leg.DialOptions{Protocols: []string{resume.Protocol}, Raw: true, Early: true, Fallback: &d.raw})
+	c, err := leg.Dial(ctx, d.url, leg.DialOptions{Protocols: []string{resume.Protocol}, Raw: true, Early: true, Fallback: &d.raw, TLSSessions: d.sessions})
 	if err != nil {
 		return nil, false, err
 	}

@@ -32,6 +32,8 @@ ssh client and the agent.`)
 	)
 	cmd.Flags.BoolVar(&opts.NoResume, "no-resume", false, "ask for a plain stream: a dropped connection then ends the session (default: resumable when the agent offers it)")
 	cmd.Flags.DurationVar(&opts.ResumeWindow, "resume-window", 2*time.Minute, "how long to keep reconnecting after the connection drops before giving the session up")
+	var sessions string
+	cmd.Flags.StringVar(&sessions, "tls-sessions", wsproxy.DefaultSessionFile(), "file (0600) keeping wss:// servers' TLS session tickets, so the next run resumes a session instead of a full handshake; empty: keep none")
 	cmd.Flags.BoolVar(&verbose, "verbose", false, "log reconnects and other details to stderr (ssh shows them in your terminal)")
 	if err := cmd.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, cli.ErrExit) {
@@ -45,6 +47,9 @@ ssh client and the agent.`)
 	target, err := wsproxy.ParseTarget(cmd.Flags.Arg(0))
 	if err != nil {
 		cli.Fatal("wsproxy", err, 1)
+	}
+	if sessions != "" {
+		opts.TLSSessions = wsproxy.NewSessionFile(sessions)
 	}
 	// SIGHUP (the ssh client's terminal went away) ends the stream
 	// gracefully, so the agent closes the session now rather than waiting

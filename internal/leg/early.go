@@ -32,11 +32,6 @@ var errProxied = errors.New("through a proxy")
 // agent behind it) does not speak it.
 var ErrNotOffered = errors.New("the server does not offer the stream protocol")
 
-// TLSSessions, when set, keeps the TLS sessions of raw streams dialled
-// with DialOptions.Early over wss://, so that a later connection to the
-// same server resumes its session (see wsproxy's session cache).
-var TLSSessions tls.ClientSessionCache
-
 // dialEarly connects to rawURL for a raw stream speaking protocol and
 // returns it before asking: the request goes out with the first bytes
 // written on it (see earlyConn). Through a proxy it returns errProxied.
@@ -72,7 +67,7 @@ func dialEarly(ctx context.Context, rawURL, protocol string, opts DialOptions) (
 	tune(c)
 	tcp := c
 	if !plain {
-		tc := tls.Client(c, &tls.Config{ServerName: u.Hostname(), NextProtos: []string{"http/1.1"}, ClientSessionCache: TLSSessions})
+		tc := tls.Client(c, &tls.Config{ServerName: u.Hostname(), NextProtos: []string{"http/1.1"}, ClientSessionCache: opts.TLSSessions})
 		if err := tc.HandshakeContext(ctx); err != nil {
 			c.Close()
 			return nil, fmt.Errorf("connect to %s: %w", rawURL, err)

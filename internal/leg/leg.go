@@ -26,6 +26,7 @@ package leg
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -170,6 +171,11 @@ type DialOptions struct {
 	// was written before the answer. Through an HTTP proxy Dial waits for
 	// the answer as without Early.
 	Early bool
+	// TLSSessions, when set, keeps the TLS sessions of raw streams dialled
+	// with Early over wss://, keyed by server name, so that a later
+	// connection to the same server resumes its session instead of a full
+	// handshake (wsproxy keeps them in a file between runs).
+	TLSSessions tls.ClientSessionCache
 	// Logger, when set, logs a fallback at info level.
 	Logger *slog.Logger
 }
