@@ -104,6 +104,7 @@ func TestBenchConnect(t *testing.T) {
 		connectRow(t, s, msLabel(rtt)+" added round trip", *flagReps, c, relay, direct)
 	}
 	if *flagRTT > 0 {
+		wssRows(t, s, *flagReps, c, srv, ag, "bench", *flagRTT)
 		halfway(t, tb, config{rtt: *flagRTT, reps: *flagReps}, c, srv)
 	}
 	tb.notes = append(tb.notes, fmt.Sprintf("Each connect row is the median of %d runs, relay and direct alternating. The whole run took %v; load average at the end %s.",
