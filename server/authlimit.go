@@ -3,10 +3,12 @@ package server
 import (
 	"sync"
 	"time"
+
+	"github.com/converge-ci/converge/server/internal/registry"
 )
 
 // failLimiter slows password guessing on the sessions view. Each address
-// group (see addrGroup: an IPv6 /64 counts as one) may fail maxFails times
+// group (see registry.AddrGroup: an IPv6 /64 counts as one) may fail maxFails times
 // per window; after that its requests are refused until its window ends,
 // right password or not. All groups together may fail budget times per
 // window: past that, every request is refused until the oldest failures
@@ -48,7 +50,7 @@ func (l *failLimiter) blocked(addr string) bool {
 	if l.total >= l.budget {
 		return true
 	}
-	f := l.fails[addrGroup(addr)]
+	f := l.fails[registry.AddrGroup(addr)]
 	return f != nil && f.n >= l.maxFails
 }
 
@@ -61,7 +63,7 @@ func (l *failLimiter) fail(addr string) {
 	if l.total >= l.budget {
 		return // refused anyway; holding more would only cost memory
 	}
-	g := addrGroup(addr)
+	g := registry.AddrGroup(addr)
 	f := l.fails[g]
 	if f == nil {
 		f = &failCount{group: g, until: now.Add(l.window)}

@@ -7,6 +7,10 @@ import (
 	"time"
 )
 
+type fakeClock struct{ t time.Time }
+
+func (c *fakeClock) now() time.Time { return c.t }
+
 func TestFailLimiter(t *testing.T) {
 	clk := &fakeClock{t: time.Unix(0, 0)}
 	l := newFailLimiter(3, 1000, time.Minute, clk.now)

@@ -28,27 +28,28 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	remote := s.remoteAddr(r)
-	fwdAddr, forwarded, err := s.forwardedFrom(r, forwardClient, id, "")
+	fwdAddr, forwarded, err := s.peers.forwardedFrom(r, forwardClient, id, "")
 	if err != nil {
 		s.log.Warn("client refused", "id", id, "remote", remote, "reason", reasonBadRequest, "error", err)
 		s.metrics.refused(endpointClient, reasonBadRequest)
 		http.Error(w, err.Error(), http.StatusForbidden)
 		return
 	}
-	if forwarded {
-		remote = fwdAddr
+	a, here, owner := s.reg.Route(r.Context(), id)
+	if forwarded { // from the client at fwdAddr; served here or not at all: one hop
+		remote, owner = fwdAddr, ""
 	}
-	a, owner := s.route(r.Context(), id, forwarded)
-	if owner == "" && (a == nil || !a.ready.Load()) {
+	if owner == "" && (!here || !a.ready.Load()) {
 		s.log.Info("client refused", "id", id, "remote", remote, "reason", reasonUnknownID)
 		s.metrics.refused(endpointClient, reasonUnknownID)
 		http.Error(w, fmt.Sprintf("no agent is connected with ID %q; check the ID the agent printed", id), http.StatusNotFound)
 		return
 	}
 	if limit := s.streamLimit.acquire(remote); limit != nil {
-		s.log.Info("client refused", "id", id, "remote", remote, "reason", limit.reason)
-		s.metrics.refused(endpointClient, limit.reason)
-		limit.refuse(w)
+		ref := refusalOf(limit, id, reasonStreamLimit)
+		s.log.Info("client refused", "id", id, "remote", remote, "reason", ref.reason)
+		s.metrics.refused(endpointClient, ref.reason)
+		ref.answer(w)
 		return
 	}
 	defer s.streamLimit.release(remote)

@@ -289,8 +289,8 @@ func (p *streamPool) close() {
 // servePooled serves GET /agent/{id}/stream/{token} when token is a pool
 // grant of the agent holding id, and reports whether it was.
 func (s *Server) servePooled(w http.ResponseWriter, r *http.Request, id, token string) bool {
-	a := s.reg.Lookup(id)
-	if a == nil || !a.ready.Load() || !a.pool.granted(token) { // ready: a.pool is set
+	a, ok := s.reg.Lookup(id)
+	if !ok || !a.ready.Load() || !a.pool.granted(token) { // ready: a.pool is set
 		return false
 	}
 	c, err := leg.Accept(w, r, wire.StreamProtocol)

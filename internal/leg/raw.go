@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
 )
 
@@ -145,7 +146,7 @@ func dialRaw(ctx context.Context, rawURL string, protocols []string) (net.Conn, 
 		return nil, "", err
 	}
 	plain := u.Scheme == "ws"
-	u.Scheme = map[string]string{"ws": "http", "wss": "https"}[u.Scheme]
+	u.Scheme = wire.HTTPScheme(u.Scheme)
 	var tcp net.Conn // the connection the transport dials, for addresses and deadlines
 	tr := &http.Transport{
 		Proxy: http.ProxyFromEnvironment,

@@ -45,6 +45,11 @@ func TestImportsFlowOneWay(t *testing.T) {
 		"../../../agent/lifetime": {"github.com/converge-ci/converge/agent", "github.com/converge-ci/converge/server", "github.com/converge-ci/converge/wsproxy"},
 		"../../../agent/sshd":     {"github.com/converge-ci/converge/agent", "github.com/converge-ci/converge/agent/lifetime", "github.com/converge-ci/converge/server", "github.com/converge-ci/converge/wsproxy"},
 		"../../../wsproxy":        {"github.com/converge-ci/converge/server", "github.com/converge-ci/converge/agent"},
+		// The journal, the state folder and the converge command are
+		// leaves the agent and its SSH server build on.
+		"../../../agent/journal":  {"github.com/converge-ci/converge/agent", "github.com/converge-ci/converge/agent/sshd", "github.com/converge-ci/converge/agent/ctl", "golang.org/x/crypto/ssh"},
+		"../../../agent/ctl":      {"github.com/converge-ci/converge/agent", "github.com/converge-ci/converge/agent/sshd", "github.com/converge-ci/converge/server"},
+		"../../../agent/statedir": {"github.com/converge-ci/converge/agent", "github.com/converge-ci/converge/agent/sshd"},
 		"../../../server":         {"github.com/converge-ci/converge/agent", "github.com/converge-ci/converge/wsproxy"},
 		"../../../webterm":        {"github.com/converge-ci/converge/server", "github.com/converge-ci/converge/agent", "github.com/converge-ci/converge/wsproxy"},
 	} {
@@ -55,6 +60,84 @@ func TestImportsFlowOneWay(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestRegistryLinksNoTransport: the registry decides who holds an ID and
+// nothing else: it links no WebSocket and no net/http, so it cannot touch
+// a connection.
+func TestRegistryLinksNoTransport(t *testing.T) {
+	t.Parallel()
+	deps := goListDeps(t, "../../../server/internal/registry")
+	for _, banned := range []string{"github.com/coder/websocket", "net/http"} {
+		if deps[banned] {
+			t.Errorf("server/internal/registry links %s", banned)
+		}
+	}
+}
+
+// TestHandlersDoNotAskForACluster: the server's handlers route a client
+// or a stream by asking the registry (Route) and the peers, never by
+// checking whether a cluster is configured. No function of package server
+// that takes a request or a response writer, and no function in the
+// files of the agent, client, stream and terminal endpoints, mentions the
+// server's cluster field.
+func TestHandlersDoNotAskForACluster(t *testing.T) {
+	t.Parallel()
+	handlerFiles := map[string]bool{"agent.go": true, "client.go": true, "forward.go": true, "pool.go": true, "terminal.go": true}
+	files, err := filepath.Glob("../../../server/*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fset := token.NewFileSet()
+	handlers := 0
+	for _, path := range files {
+		if strings.HasSuffix(path, "_test.go") {
+			continue
+		}
+		f, err := parser.ParseFile(fset, path, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range f.Decls {
+			fn, ok := d.(*ast.FuncDecl)
+			if !ok || fn.Body == nil {
+				continue
+			}
+			http := takesHTTP(fn)
+			if http {
+				handlers++
+			}
+			if !http && !handlerFiles[filepath.Base(path)] {
+				continue
+			}
+			ast.Inspect(fn.Body, func(n ast.Node) bool {
+				if sel, ok := n.(*ast.SelectorExpr); ok && sel.Sel.Name == "cluster" {
+					t.Errorf("%s: %s mentions .cluster; route with the registry and the peers instead", fset.Position(sel.Pos()), fn.Name.Name)
+				}
+				return true
+			})
+		}
+	}
+	if handlers < 10 {
+		t.Fatalf("found %d functions taking a request or a response writer in server/; the check looks in the wrong place", handlers)
+	}
+}
+
+// takesHTTP reports whether fn has a parameter of type http.ResponseWriter
+// or *http.Request.
+func takesHTTP(fn *ast.FuncDecl) bool {
+	for _, p := range fn.Type.Params.List {
+		typ := p.Type
+		if star, ok := typ.(*ast.StarExpr); ok {
+			typ = star.X
+		}
+		if sel, ok := typ.(*ast.SelectorExpr); ok {
+			if x, ok := sel.X.(*ast.Ident); ok && x.Name == "http" && (sel.Sel.Name == "ResponseWriter" || sel.Sel.Name == "Request") {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func goListDeps(t *testing.T, pkg string) map[string]bool {
