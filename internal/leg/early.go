@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
 )
 
@@ -41,7 +42,7 @@ func dialEarly(ctx context.Context, rawURL, protocol string, opts DialOptions) (
 		return nil, err
 	}
 	plain := u.Scheme == "ws"
-	u.Scheme = map[string]string{"ws": "http", "wss": "https"}[u.Scheme]
+	u.Scheme = wire.HTTPScheme(u.Scheme)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return nil, fmt.Errorf("bad URL %q: %w", rawURL, err)
