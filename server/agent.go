@@ -25,13 +25,14 @@ import (
 // close, closeNow and displace.
 type agentConn struct {
 	// Set once, at construction: read by anyone without locks.
-	s        *Server
-	id       string
-	remote   string
-	since    time.Time
-	log      *slog.Logger
-	tenure   registry.Tenure // of the ID, which its tokens prove (set by claim, before the registry holds it)
-	welcomed chan struct{}   // closed once the welcome has been written (or failed): other messages wait for it, so the agent reads welcome first
+	s          *Server
+	id         string
+	remote     string
+	since      time.Time
+	log        *slog.Logger
+	tenure     registry.Tenure // of the ID, which its tokens prove (set by claim, before the registry holds it)
+	welcomed   chan struct{}   // closed once the welcome has been written (or failed): other messages wait for it, so the agent reads welcome first
+	registered func()          // gives back its place among the registrations in progress (Server.registering); once is enough
 
 	// Set by accept, before ready is stored; read by others only once
 	// they saw ready true.
@@ -123,7 +124,15 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "server shutting down; reconnect shortly", http.StatusServiceUnavailable)
 		return
 	}
+	if !s.registering.enter() {
+		s.metrics.refused(endpointAgent, reasonBusy)
+		http.Error(w, "server busy registering other agents; retry shortly", http.StatusServiceUnavailable)
+		return
+	}
 	a := s.newAgentConn(id, s.remoteAddr(r))
+	var left sync.Once
+	a.registered = func() { left.Do(s.registering.leave) }
+	defer a.registered() // if it never got as far as its welcome
 	displaced, ok := a.claim(w, presented)
 	if !ok {
 		return
@@ -245,6 +254,7 @@ func (a *agentConn) serve() error {
 	}
 	err = a.welcome(s.ctx)
 	close(a.welcomed)
+	a.registered()
 	if err != nil {
 		return fmt.Errorf("send welcome: %w", err)
 	}

@@ -2,6 +2,7 @@ package server
 
 import (
 	"sync"
+	"sync/atomic"
 
 	"github.com/converge-ci/converge/server/internal/registry"
 )
@@ -27,7 +28,33 @@ const (
 	DefaultMaxReservations   = 10000
 	DefaultMaxAgents         = 20000
 	DefaultMaxStreams        = 10000
+	DefaultMaxRegistering    = 128
 )
+
+// gate counts what is in progress against max (<= 0: unlimited).
+type gate struct {
+	max int64
+	n   atomic.Int64
+}
+
+// enter takes a place, or reports false, taking none, when all are taken.
+func (g *gate) enter() bool {
+	if g.max <= 0 {
+		return true
+	}
+	if g.n.Add(1) > g.max {
+		g.n.Add(-1)
+		return false
+	}
+	return true
+}
+
+// leave gives back a place enter took.
+func (g *gate) leave() {
+	if g.max > 0 {
+		g.n.Add(-1)
+	}
+}
 
 // addrLimiter counts what each address group (see registry.AddrGroup) holds open
 // against a limit, and what all hold against a server-wide cap, so neither

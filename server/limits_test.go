@@ -2,9 +2,12 @@ package server
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 
 	"github.com/converge-ci/converge/internal/splice"
 	"github.com/converge-ci/converge/internal/wire"
@@ -107,5 +110,60 @@ func TestMaxFiles(t *testing.T) {
 		if got := s.MaxFiles(); got != tc.want {
 			t.Errorf("MaxFiles() with --max-agents %d --max-streams %d --stream-pool %d = %d, want %d", tc.agents, tc.streams, tc.pool, got, tc.want)
 		}
+	}
+}
+
+// TestRegistrationsInProgressBounded: with MaxRegistering agents between
+// their upgrade and their welcome, the next is refused with 503 (it
+// retries); once one is welcomed its place is free again, and a
+// connection that ends before its welcome gives its place back too.
+func TestRegistrationsInProgressBounded(t *testing.T) {
+	r := runServer(t, func(c *Config) { c.MaxRegistering = 1 })
+	dial := func(id string) (*websocket.Conn, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := wsconn.Dial(ctx, r.ws()+wire.AgentPath(id), wsconn.Options{Subprotocols: []string{wire.ControlProtocol}})
+		if err == nil {
+			t.Cleanup(func() { c.CloseNow() })
+		}
+		return c, err
+	}
+	slow, err := dial("slow") // upgraded, and says no hello yet: registering
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = dial("next")
+	var re *wsconn.RefusedError
+	if !errors.As(err, &re) || re.Status != http.StatusServiceUnavailable {
+		t.Fatalf("a registration beyond the bound: %v, want 503", err)
+	}
+	a := &fakeAgent{id: "slow", ws: slow}
+	a.send(t, wire.Message{Type: wire.TypeHello, Hello: &wire.Hello{Version: "test"}})
+	if m := a.read(t); m.Type != wire.TypeWelcome {
+		t.Fatalf("got %q, want welcome", m.Type)
+	}
+	// Welcomed: its place is free, and stays free while it is connected.
+	quitter, err := dial("quitter")
+	if err != nil {
+		t.Fatalf("after the welcome: %v", err)
+	}
+	quitter.CloseNow() // ends before its hello: gives its place back
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		c, err := dial("last")
+		if err == nil {
+			b := &fakeAgent{id: "last", ws: c}
+			b.send(t, wire.Message{Type: wire.TypeHello, Hello: &wire.Hello{Version: "test"}})
+			if m := b.read(t); m.Type != wire.TypeWelcome {
+				t.Fatalf("got %q, want welcome", m.Type)
+			}
+			break
+		}
+		if !errors.As(err, &re) || re.Status != http.StatusServiceUnavailable || time.Now().After(deadline) {
+			t.Fatalf("after a registration ended early: %v, want its place back", err)
+		}
+		time.Sleep(10 * time.Millisecond) // the server notices the close by itself
+	}
+	if got := value(t, scrape(t, r.http()), "converge_refusals_total", "reason", "busy"); got < 1 {
+		t.Errorf("refusals counted busy: %v, want at least 1", got)
 	}
 }

@@ -80,6 +80,15 @@ type Config struct {
 	// MaxStreams bounds the client streams open in all; beyond it clients
 	// are refused with 503. Default DefaultMaxStreams; negative: unlimited.
 	MaxStreams int
+	// MaxRegistering bounds the agents registering at once (from the
+	// claim of the ID to the welcome written); beyond it an agent is
+	// answered 503 and retries with its backoff. A herd of agents coming
+	// back after a restart then queues in the agents' backoff rather than
+	// in the server's run queue, ahead of clients' requests. An agent
+	// holds its slot for a round trip (its hello), so at a round trip of
+	// r registrations go at most MaxRegistering/r per second. Default
+	// DefaultMaxRegistering; negative: unlimited.
+	MaxRegistering int
 	// ClusterKey signs agents' registration secrets (see docs/protocol.md):
 	// the key all replicas of one service share, so that any of them, or
 	// this server after a restart, checks an agent's claim to its ID
@@ -191,6 +200,7 @@ func (c *Config) Validate() error {
 	c.MaxReservations = limitDefault(c.MaxReservations, DefaultMaxReservations)
 	c.MaxStreamsPerAddr = limitDefault(c.MaxStreamsPerAddr, DefaultMaxStreamsPerAddr)
 	c.MaxAgents = limitDefault(c.MaxAgents, DefaultMaxAgents)
+	c.MaxRegistering = limitDefault(c.MaxRegistering, DefaultMaxRegistering)
 	c.MaxStreams = limitDefault(c.MaxStreams, DefaultMaxStreams)
 	if c.ClusterKey != "" {
 		if _, err := registry.ParseKey(c.ClusterKey); err != nil {
@@ -232,6 +242,7 @@ type Server struct {
 	draining atomic.Bool // shutting down: /healthz says so
 
 	streamLimit *addrLimiter
+	registering gate         // agents between their claim and their welcome (MaxRegistering)
 	authFails   *failLimiter // wrong sessions-view passwords
 
 	conns   *conns   // hijacked WebSockets, for the drain
@@ -259,6 +270,7 @@ func New(cfg Config) (*Server, error) {
 		pending: newPending(),
 
 		streamLimit: newAddrLimiter("client streams", cfg.MaxStreamsPerAddr, cfg.MaxStreams),
+		registering: gate{max: int64(cfg.MaxRegistering)},
 		authFails:   newFailLimiter(10, 1000, time.Minute, time.Now),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
