@@ -124,7 +124,10 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "server shutting down; reconnect shortly", http.StatusServiceUnavailable)
 		return
 	}
-	if !s.registering.enter() {
+	wait, stop := context.WithTimeout(r.Context(), s.cfg.registeringWait)
+	entered := s.registering.enter(wait)
+	stop()
+	if !entered {
 		s.metrics.refused(endpointAgent, reasonBusy)
 		http.Error(w, "server busy registering other agents; retry shortly", http.StatusServiceUnavailable)
 		return

@@ -1,8 +1,9 @@
 package server
 
 import (
+	"context"
 	"sync"
-	"sync/atomic"
+	"time"
 
 	"github.com/converge-ci/converge/server/internal/registry"
 )
@@ -29,30 +30,43 @@ const (
 	DefaultMaxAgents         = 20000
 	DefaultMaxStreams        = 10000
 	DefaultMaxRegistering    = 128
+	registeringWait          = 10 * time.Second // how long an agent waits for a place before a 503
 )
 
-// gate counts what is in progress against max (<= 0: unlimited).
-type gate struct {
-	max int64
-	n   atomic.Int64
+// gate lets at most its size in at once (nil: unlimited); the others
+// wait their turn, parked, in the order they came.
+type gate chan struct{}
+
+func newGate(size int) gate {
+	if size <= 0 {
+		return nil
+	}
+	return make(gate, size)
 }
 
-// enter takes a place, or reports false, taking none, when all are taken.
-func (g *gate) enter() bool {
-	if g.max <= 0 {
+// enter takes a place, waiting for one until ctx ends; then it reports
+// false, taking none.
+func (g gate) enter(ctx context.Context) bool {
+	if g == nil {
 		return true
 	}
-	if g.n.Add(1) > g.max {
-		g.n.Add(-1)
+	select {
+	case g <- struct{}{}:
+		return true
+	default:
+	}
+	select {
+	case g <- struct{}{}:
+		return true
+	case <-ctx.Done():
 		return false
 	}
-	return true
 }
 
 // leave gives back a place enter took.
-func (g *gate) leave() {
-	if g.max > 0 {
-		g.n.Add(-1)
+func (g gate) leave() {
+	if g != nil {
+		<-g
 	}
 }
 

@@ -114,13 +114,13 @@ func TestMaxFiles(t *testing.T) {
 }
 
 // TestRegistrationsInProgressBounded: with MaxRegistering agents between
-// their upgrade and their welcome, the next is refused with 503 (it
-// retries); once one is welcomed its place is free again, and a
-// connection that ends before its welcome gives its place back too.
+// their upgrade and their welcome, the next waits for a place, and is
+// refused with 503 (it retries) if none comes in time; once one is
+// welcomed its place is free again, and a connection that ends before its
+// welcome gives its place back too.
 func TestRegistrationsInProgressBounded(t *testing.T) {
-	r := runServer(t, func(c *Config) { c.MaxRegistering = 1 })
-	dial := func(id string) (*websocket.Conn, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	dial := func(r *running, id string) (*websocket.Conn, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		c, err := wsconn.Dial(ctx, r.ws()+wire.AgentPath(id), wsconn.Options{Subprotocols: []string{wire.ControlProtocol}})
 		if err == nil {
@@ -128,42 +128,63 @@ func TestRegistrationsInProgressBounded(t *testing.T) {
 		}
 		return c, err
 	}
-	slow, err := dial("slow") // upgraded, and says no hello yet: registering
+	register := func(r *running, id string, c *websocket.Conn) {
+		t.Helper()
+		a := &fakeAgent{id: id, ws: c}
+		a.send(t, wire.Message{Type: wire.TypeHello, Hello: &wire.Hello{Version: "test"}})
+		if m := a.read(t); m.Type != wire.TypeWelcome {
+			t.Fatalf("%s: got %q, want welcome", id, m.Type)
+		}
+	}
+
+	// A short wait: the next agent is refused while the first registers.
+	r := runServer(t, func(c *Config) { c.MaxRegistering, c.registeringWait = 1, 50*time.Millisecond })
+	slow, err := dial(r, "slow") // upgraded, and says no hello yet: registering
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = dial("next")
+	_, err = dial(r, "next")
 	var re *wsconn.RefusedError
 	if !errors.As(err, &re) || re.Status != http.StatusServiceUnavailable {
-		t.Fatalf("a registration beyond the bound: %v, want 503", err)
+		t.Fatalf("a registration beyond the bound: %v, want 503 after its wait", err)
 	}
-	a := &fakeAgent{id: "slow", ws: slow}
-	a.send(t, wire.Message{Type: wire.TypeHello, Hello: &wire.Hello{Version: "test"}})
-	if m := a.read(t); m.Type != wire.TypeWelcome {
-		t.Fatalf("got %q, want welcome", m.Type)
+	if got := value(t, scrape(t, r.http()), "converge_refusals_total", "reason", "busy"); got != 1 {
+		t.Errorf("refusals counted busy: %v, want 1", got)
 	}
+	register(r, "slow", slow)
 	// Welcomed: its place is free, and stays free while it is connected.
-	quitter, err := dial("quitter")
+	quitter, err := dial(r, "quitter")
 	if err != nil {
 		t.Fatalf("after the welcome: %v", err)
 	}
 	quitter.CloseNow() // ends before its hello: gives its place back
 	for deadline := time.Now().Add(10 * time.Second); ; {
-		c, err := dial("last")
+		c, err := dial(r, "last")
 		if err == nil {
-			b := &fakeAgent{id: "last", ws: c}
-			b.send(t, wire.Message{Type: wire.TypeHello, Hello: &wire.Hello{Version: "test"}})
-			if m := b.read(t); m.Type != wire.TypeWelcome {
-				t.Fatalf("got %q, want welcome", m.Type)
-			}
+			register(r, "last", c)
 			break
 		}
 		if !errors.As(err, &re) || re.Status != http.StatusServiceUnavailable || time.Now().After(deadline) {
 			t.Fatalf("after a registration ended early: %v, want its place back", err)
 		}
-		time.Sleep(10 * time.Millisecond) // the server notices the close by itself
 	}
-	if got := value(t, scrape(t, r.http()), "converge_refusals_total", "reason", "busy"); got < 1 {
-		t.Errorf("refusals counted busy: %v, want at least 1", got)
+
+	// A long wait: the next agent gets in once the first is welcomed.
+	r = runServer(t, func(c *Config) { c.MaxRegistering = 1 })
+	first, err := dial(r, "first")
+	if err != nil {
+		t.Fatal(err)
 	}
+	queued := make(chan error, 1)
+	var second *websocket.Conn
+	go func() {
+		var err error
+		second, err = dial(r, "second")
+		queued <- err
+	}()
+	register(r, "first", first)
+	if err := <-queued; err != nil {
+		t.Fatalf("a registration that waited for a place: %v", err)
+	}
+	register(r, "second", second)
 }

@@ -52,6 +52,10 @@ type Config struct {
 	// poolKeep is how long a pool stays full after its agent's last
 	// client (tests shorten it). Default poolKeep.
 	poolKeep time.Duration
+	// registeringWait is how long an agent waits for a place among those
+	// registering (MaxRegistering) before a 503 (tests shorten it).
+	// Default registeringWait.
+	registeringWait time.Duration
 	// rawKeepalive is how long an idle raw stream of a pool may go
 	// without a byte from the server (tests shorten it). Default
 	// rawKeepalive.
@@ -81,11 +85,11 @@ type Config struct {
 	// are refused with 503. Default DefaultMaxStreams; negative: unlimited.
 	MaxStreams int
 	// MaxRegistering bounds the agents registering at once (from the
-	// claim of the ID to the welcome written); beyond it an agent is
-	// answered 503 and retries with its backoff. A herd of agents coming
-	// back after a restart then queues in the agents' backoff rather than
-	// in the server's run queue, ahead of clients' requests. An agent
-	// holds its slot for a round trip (its hello), so at a round trip of
+	// claim of the ID to the welcome written); the others wait, parked in
+	// the order they came, at most 10 s (then 503, and they retry). A
+	// herd of agents coming back after a restart then waits outside the
+	// server's run queue instead of ahead of clients' requests. An agent
+	// holds its place for a round trip (its hello), so at a round trip of
 	// r registrations go at most MaxRegistering/r per second. Default
 	// DefaultMaxRegistering; negative: unlimited.
 	MaxRegistering int
@@ -187,6 +191,9 @@ func (c *Config) Validate() error {
 	if c.StreamPool == 0 {
 		c.StreamPool = DefaultStreamPool
 	}
+	if c.registeringWait <= 0 {
+		c.registeringWait = registeringWait
+	}
 	if c.poolKeep <= 0 {
 		c.poolKeep = poolKeep
 	}
@@ -270,7 +277,7 @@ func New(cfg Config) (*Server, error) {
 		pending: newPending(),
 
 		streamLimit: newAddrLimiter("client streams", cfg.MaxStreamsPerAddr, cfg.MaxStreams),
-		registering: gate{max: int64(cfg.MaxRegistering)},
+		registering: newGate(cfg.MaxRegistering),
 		authFails:   newFailLimiter(10, 1000, time.Minute, time.Now),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
