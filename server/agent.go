@@ -25,14 +25,13 @@ import (
 // close, closeNow and displace.
 type agentConn struct {
 	// Set once, at construction: read by anyone without locks.
-	s          *Server
-	id         string
-	remote     string
-	since      time.Time
-	log        *slog.Logger
-	tenure     registry.Tenure // of the ID, which its tokens prove (set by claim, before the registry holds it)
-	welcomed   chan struct{}   // closed once the welcome has been written (or failed): other messages wait for it, so the agent reads welcome first
-	registered func()          // gives back its place among the registrations in progress (Server.registering); once is enough
+	s        *Server
+	id       string
+	remote   string
+	since    time.Time
+	log      *slog.Logger
+	tenure   registry.Tenure // of the ID, which its tokens prove (set by claim, before the registry holds it)
+	welcomed chan struct{}   // closed once the welcome has been written (or failed): other messages wait for it, so the agent reads welcome first
 
 	// Set by accept, before ready is stored; read by others only once
 	// they saw ready true.
@@ -133,15 +132,14 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a := s.newAgentConn(id, s.remoteAddr(r))
-	var left sync.Once
-	a.registered = func() { left.Do(s.registering.leave) }
-	defer a.registered() // if it never got as far as its welcome
 	displaced, ok := a.claim(w, presented)
 	if !ok {
+		s.registering.leave()
 		return
 	}
 	defer func() { <-displaced }()
 	release, ok := a.accept(w, r)
+	s.registering.leave() // the upgrade is written; the hello is the agent's to send
 	if !ok {
 		return
 	}
@@ -257,7 +255,6 @@ func (a *agentConn) serve() error {
 	}
 	err = a.welcome(s.ctx)
 	close(a.welcomed)
-	a.registered()
 	if err != nil {
 		return fmt.Errorf("send welcome: %w", err)
 	}

@@ -3,11 +3,11 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
-
-	"github.com/coder/websocket"
 
 	"github.com/converge-ci/converge/internal/splice"
 	"github.com/converge-ci/converge/internal/wire"
@@ -113,78 +113,50 @@ func TestMaxFiles(t *testing.T) {
 	}
 }
 
-// TestRegistrationsInProgressBounded: with MaxRegistering agents between
-// their upgrade and their welcome, the next waits for a place, and is
-// refused with 503 (it retries) if none comes in time; once one is
-// welcomed its place is free again, and a connection that ends before its
-// welcome gives its place back too.
+// TestGate: a gate lets its size in, parks the next until a place is
+// given back, in the order they came, and lets a waiter give up.
+func TestGate(t *testing.T) {
+	g := newGate(1)
+	if !g.enter(context.Background()) {
+		t.Fatal("an empty gate refused")
+	}
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	if g.enter(gone) {
+		t.Fatal("a full gate let in one that gave up")
+	}
+	in := make(chan bool)
+	go func() { in <- g.enter(context.Background()) }()
+	g.leave()
+	if !<-in {
+		t.Fatal("a waiter did not get the place given back")
+	}
+	g.leave()
+	if newGate(-1).enter(gone) != true {
+		t.Error("an unlimited gate refused")
+	}
+}
+
+// TestRegistrationsInProgressBounded: agents registering one at a time
+// (MaxRegistering 1) all get in, and a refused one (409) gives its place
+// back: with a wait of 50 ms, a place kept would refuse the next with 503.
 func TestRegistrationsInProgressBounded(t *testing.T) {
-	dial := func(r *running, id string) (*websocket.Conn, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		c, err := wsconn.Dial(ctx, r.ws()+wire.AgentPath(id), wsconn.Options{Subprotocols: []string{wire.ControlProtocol}})
-		if err == nil {
-			t.Cleanup(func() { c.CloseNow() })
-		}
-		return c, err
-	}
-	register := func(r *running, id string, c *websocket.Conn) {
-		t.Helper()
-		a := &fakeAgent{id: id, ws: c}
-		a.send(t, wire.Message{Type: wire.TypeHello, Hello: &wire.Hello{Version: "test"}})
-		if m := a.read(t); m.Type != wire.TypeWelcome {
-			t.Fatalf("%s: got %q, want welcome", id, m.Type)
-		}
-	}
-
-	// A short wait: the next agent is refused while the first registers.
 	r := runServer(t, func(c *Config) { c.MaxRegistering, c.registeringWait = 1, 50*time.Millisecond })
-	slow, err := dial(r, "slow") // upgraded, and says no hello yet: registering
-	if err != nil {
-		t.Fatal(err)
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			dialAgentOffering(t, r.ws(), fmt.Sprintf("herd-%d", i), wire.Info{})
+		}()
 	}
-	_, err = dial(r, "next")
-	var re *wsconn.RefusedError
-	if !errors.As(err, &re) || re.Status != http.StatusServiceUnavailable {
-		t.Fatalf("a registration beyond the bound: %v, want 503 after its wait", err)
-	}
-	if got := value(t, scrape(t, r.http()), "converge_refusals_total", "reason", "busy"); got != 1 {
-		t.Errorf("refusals counted busy: %v, want 1", got)
-	}
-	register(r, "slow", slow)
-	// Welcomed: its place is free, and stays free while it is connected.
-	quitter, err := dial(r, "quitter")
-	if err != nil {
-		t.Fatalf("after the welcome: %v", err)
-	}
-	quitter.CloseNow() // ends before its hello: gives its place back
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		c, err := dial(r, "last")
-		if err == nil {
-			register(r, "last", c)
-			break
-		}
-		if !errors.As(err, &re) || re.Status != http.StatusServiceUnavailable || time.Now().After(deadline) {
-			t.Fatalf("after a registration ended early: %v, want its place back", err)
+	wg.Wait()
+	for range 3 {
+		_, err := wsconn.Dial(context.Background(), r.ws()+wire.AgentPath("herd-0"), wsconn.Options{Subprotocols: []string{wire.ControlProtocol}})
+		var re *wsconn.RefusedError
+		if !errors.As(err, &re) || re.Status != http.StatusConflict {
+			t.Fatalf("a second agent for a held ID: %v, want 409", err)
 		}
 	}
-
-	// A long wait: the next agent gets in once the first is welcomed.
-	r = runServer(t, func(c *Config) { c.MaxRegistering = 1 })
-	first, err := dial(r, "first")
-	if err != nil {
-		t.Fatal(err)
-	}
-	queued := make(chan error, 1)
-	var second *websocket.Conn
-	go func() {
-		var err error
-		second, err = dial(r, "second")
-		queued <- err
-	}()
-	register(r, "first", first)
-	if err := <-queued; err != nil {
-		t.Fatalf("a registration that waited for a place: %v", err)
-	}
-	register(r, "second", second)
+	offering(t, r.ws(), "after") // fails the test on a 503
 }

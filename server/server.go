@@ -84,14 +84,13 @@ type Config struct {
 	// MaxStreams bounds the client streams open in all; beyond it clients
 	// are refused with 503. Default DefaultMaxStreams; negative: unlimited.
 	MaxStreams int
-	// MaxRegistering bounds the agents registering at once (from the
-	// claim of the ID to the welcome written); the others wait, parked in
-	// the order they came, at most 10 s (then 503, and they retry). A
-	// herd of agents coming back after a restart then waits outside the
-	// server's run queue instead of ahead of clients' requests. An agent
-	// holds its place for a round trip (its hello), so at a round trip of
-	// r registrations go at most MaxRegistering/r per second. Default
-	// DefaultMaxRegistering; negative: unlimited.
+	// MaxRegistering bounds the agents registering at once: claiming
+	// their ID and being upgraded, the server's work before it waits for
+	// the agent's hello. The others wait, parked in the order they came,
+	// at most 10 s (then 503, and they retry). A herd of agents coming
+	// back after a restart then waits outside the server's run queue
+	// instead of crowding it. Default DefaultMaxRegistering; negative:
+	// unlimited.
 	MaxRegistering int
 	// ClusterKey signs agents' registration secrets (see docs/protocol.md):
 	// the key all replicas of one service share, so that any of them, or
@@ -249,7 +248,7 @@ type Server struct {
 	draining atomic.Bool // shutting down: /healthz says so
 
 	streamLimit *addrLimiter
-	registering gate         // agents between their claim and their welcome (MaxRegistering)
+	registering gate         // agents claiming their ID and being upgraded (MaxRegistering)
 	authFails   *failLimiter // wrong sessions-view passwords
 
 	conns   *conns   // hijacked WebSockets, for the drain
