@@ -193,7 +193,11 @@ func compare(t *testing.T, s, cs *section, cfg config, c *sshtest.Client, srv *s
 		a, b := pair(t, cfg.reps, costed(rs, op.do, &rc), costed(ds, op.do, &dc))
 		own.add(rc, size*int64(cfg.reps))
 		r := speedRatio(a, b)
-		s.add(row{what: op.name, a: mibps(size, a), b: mibps(size, b), comp: fmt.Sprintf("%.2f", r), target: ">= 0.8 (aim 0.9)", verdict: verdict(r >= 0.8)})
+		minRatio := 0.8 // issue 13; at 0 ms, where the relay's CPU shows, 0.85 (issue 24)
+		if rtt == 0 {
+			minRatio = 0.85
+		}
+		s.add(row{what: op.name, a: mibps(size, a), b: mibps(size, b), comp: fmt.Sprintf("%.2f", r), target: fmt.Sprintf(">= %.2f (aim 0.9)", minRatio), verdict: verdict(r >= minRatio)})
 		t.Logf("%s %s: relay %s, direct %s, ratio %.2f", msLabel(rtt), op.name, mibps(size, a), mibps(size, b), r)
 
 		per := perMiB(cfg)
