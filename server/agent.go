@@ -137,15 +137,29 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 		s.registering.leave()
 		return
 	}
-	defer func() { <-displaced }()
 	release, ok := a.accept(w, r)
 	s.registering.leave() // the upgrade is written; the hello is the agent's to send
 	if !ok {
+		<-displaced
 		return
 	}
+	// The connection is hijacked: serve it on a goroutine of its own and
+	// let net/http's go. Its stack stays as shallow as the control loop,
+	// not net/http's serving, the mux and this handler under it: an idle
+	// agent holds a few KiB of stack instead of 16. The drain owns it
+	// through release, as it owns every hijacked connection.
+	go a.run(release, displaced)
+}
+
+// run serves a's control connection until it ends, then lets go of its
+// ID, its pool and its hold on the drain (release), and waits for the
+// holder it displaced to be closed.
+func (a *agentConn) run(release func(), displaced <-chan struct{}) {
+	s := a.s
+	defer func() { <-displaced }()
 	defer release()
 	defer s.changes.notify() // after Unregister: watchers see it gone
-	defer s.reg.Unregister(id, a)
+	defer s.reg.Unregister(a.id, a)
 	defer a.pool.close()
 	err := a.serve()
 	a.log.Info("agent disconnected", "duration", time.Since(a.since).Round(time.Second), "reason", errString(err))
