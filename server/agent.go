@@ -209,7 +209,7 @@ func (a *agentConn) accept(w http.ResponseWriter, r *http.Request) (release func
 	if s.poolSize() > 0 {
 		protocols = []string{wire.ControlProtocolV2, wire.ControlProtocol} // ours first: v2 when the agent offers it
 	}
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+	ws, err := websocket.Accept(leanHijack{w}, r, &websocket.AcceptOptions{ // small buffers: see leanHijack
 		Subprotocols:       protocols,
 		InsecureSkipVerify: true, // the Origin was checked before registration (sameOrigin)
 		CompressionMode:    websocket.CompressionDisabled,
