@@ -143,25 +143,31 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 		<-displaced
 		return
 	}
-	// The connection is hijacked: serve it on a goroutine of its own and
-	// let net/http's go. Its stack stays as shallow as the control loop,
-	// not net/http's serving, the mux and this handler under it: an idle
-	// agent holds a few KiB of stack instead of 16. The drain owns it
-	// through release, as it owns every hijacked connection.
-	go a.run(release, displaced)
+	// The opening (hello, welcome) runs here, where the stack is deep
+	// anyway; the idle rest on a goroutine of its own, and net/http's
+	// goes. That goroutine's stack is only as deep as the control loop's
+	// read, not net/http's serving, the mux, this handler and the
+	// opening's encoders: an idle agent holds 4 KiB of stack instead of
+	// 16. The drain owns it through release, as it owns every hijacked
+	// connection.
+	err := a.start()
+	go a.run(err, release, displaced)
 }
 
-// run serves a's control connection until it ends, then lets go of its
-// ID, its pool and its hold on the drain (release), and waits for the
-// holder it displaced to be closed.
-func (a *agentConn) run(release func(), displaced <-chan struct{}) {
+// run serves a's control connection until it ends (at once when its
+// opening failed with err), then lets go of its ID, its pool and its hold
+// on the drain (release), and waits for the holder it displaced to be
+// closed.
+func (a *agentConn) run(err error, release func(), displaced <-chan struct{}) {
 	s := a.s
 	defer func() { <-displaced }()
 	defer release()
 	defer s.changes.notify() // after Unregister: watchers see it gone
 	defer s.reg.Unregister(a.id, a)
 	defer a.pool.close()
-	err := a.serve()
+	if err == nil {
+		err = a.serve()
+	}
 	a.log.Info("agent disconnected", "duration", time.Since(a.since).Round(time.Second), "reason", errString(err))
 	a.closeNow()
 }
@@ -251,9 +257,9 @@ func (s *Server) claimFor(id, secret, remote string) registry.Claim {
 	return registry.Claim{Tenure: registry.NewTenure(now), Group: registry.AddrGroup(remote)}
 }
 
-// serve runs the control protocol: hello, welcome, then status updates
-// until the connection ends.
-func (a *agentConn) serve() error {
+// start runs the control protocol's opening: the agent's hello, then its
+// welcome.
+func (a *agentConn) start() error {
 	s := a.s
 	hello, err := a.hello()
 	if err != nil {
@@ -276,6 +282,12 @@ func (a *agentConn) serve() error {
 	s.metrics.registrations.Inc()
 	s.changes.notify()
 	a.log.Info("agent connected", "hostname", hello.Info.Hostname, "os", hello.Info.OS, "version", hello.Version)
+	return nil
+}
+
+// serve reads the agent's status updates until the connection ends.
+func (a *agentConn) serve() error {
+	s := a.s
 	for {
 		m, err := a.receive(s.ctx)
 		if err != nil {
