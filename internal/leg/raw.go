@@ -88,6 +88,13 @@ func acceptRaw(w http.ResponseWriter, r *http.Request, protocol string) (net.Con
 	if protocol != "" {
 		resp.WriteString(ProtocolHeader + ": " + protocol + "\r\n")
 	}
+	for k, vs := range w.Header() { // the caller's, as a WebSocket's accept sends them
+		if k != "Upgrade" && k != "Connection" {
+			for _, v := range vs {
+				resp.WriteString(k + ": " + v + "\r\n")
+			}
+		}
+	}
 	resp.WriteString("\r\n")
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	if _, err := io.WriteString(c, resp.String()); err != nil {
