@@ -45,6 +45,7 @@ const (
 	reasonAgentLimit       = "agent_limit"  // too many agents from one address (IPv6: one /64)
 	reasonStreamLimit      = "stream_limit" // too many client streams from one address (IPv6: one /64)
 	reasonServerFull       = "server_full"  // the server holds its most agents, or client streams
+	reasonBusy             = "busy"         // an agent waited 10 s for a place among those registering (MaxRegistering)
 	// reasonRegistryUnavailable: Redis did not answer a lookup of an ID
 	// not held here, retried for registry.RetryWindow.
 	reasonRegistryUnavailable = "registry_unavailable"
