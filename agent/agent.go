@@ -63,6 +63,12 @@ type Config struct {
 	// AuthorizedKeysURLs are fetched once by New, such as a forge's
 	// https://github.com/USER.keys; a failed fetch fails New.
 	AuthorizedKeysURLs []string
+	// ObserverKeysFiles, ObserverKeys and ObserverKeysURLs are the
+	// observers' key sources, read as their AuthorizedKeys twins: these
+	// keys may only watch kept shells, read-only. Nil, empty: none.
+	ObserverKeysFiles []string
+	ObserverKeys      string
+	ObserverKeysURLs  []string
 	// HTTPClient fetches AuthorizedKeysURLs. Default http.DefaultClient.
 	HTTPClient *http.Client
 	// Password, when set, also allows password logins. Empty: keys only.
@@ -241,6 +247,9 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	if wsconn.PlainTextRemote(cfg.Server) {
+		a.log.Warn("the server URL is plain ws:// to another machine: anyone on the path can watch and cut the agent's registration (SSH sessions stay end to end encrypted); use wss://", "server", cfg.Server)
+	}
 	var state *lifetime.StateFile
 	if cfg.StateFile {
 		state = lifetime.NewStateFile(cfg.Dir, cfg.ID, cfg.Server, a.log)
@@ -268,6 +277,10 @@ func New(cfg Config) (*Agent, error) {
 		Logger:              a.log,
 		Watcher:             a.life,
 		OnLogin:             confirmLogin,
+		ID:                  cfg.ID,
+		ObserverKeysFiles:   cfg.ObserverKeysFiles,
+		ObserverKeys:        cfg.ObserverKeys,
+		ObserverKeysURLs:    cfg.ObserverKeysURLs,
 		TrustedUserCAKeys:   cfg.TrustedUserCAKeys,
 		Journal:             a.journal,
 		SessionEnv:          a.sessionEnv,
@@ -296,7 +309,7 @@ func (a *Agent) sshUser() string {
 // when the link drops. Open sessions are told why they end, then closed.
 // It returns nil when the agent ended normally (ctx, last logout, expiry)
 // and an error wrapping lifetime.ErrNoLogin when nobody logged in in time;
-// see lifetime.ExitStatus.
+// see lifetime.Config.ExitStatus.
 func (a *Agent) Run(ctx context.Context) error {
 	if err := a.openState(); err != nil {
 		return err
@@ -337,6 +350,9 @@ func (a *Agent) reapWhilePID1(ctx context.Context) (stop func()) {
 	a.log.Info("running as PID 1: reaping orphaned processes")
 	return a.ssh.ReapOrphans(ctx)
 }
+
+// Shells lists the kept shells of the agent's SSH server.
+func (a *Agent) Shells() []sshd.ShellInfo { return a.ssh.Shells() }
 
 // Serve serves the agent's SSH server on ln directly, bypassing the relay.
 // It is for benchmarks that measure the relay against a direct path; the

@@ -35,13 +35,23 @@ const reclaimWindow = 5 * time.Minute
 // final, except 429 (a limit that may clear) and, for reclaimWindow after
 // a registered link dropped, 409; so is a welcome the agent cannot accept
 // (errBadWelcome); anything else is retried with backoff.
+//
+// Until the first registration succeeds, failures are reported as "could
+// not reach the server" with their cause, and those that retrying will
+// not fix end the agent with an *UnreachableError (see firstFailure); so
+// does ctx ending before the agent ever registered.
 func (a *Agent) connectLoop(ctx context.Context) error {
 	backoff := wire.ReconnectMin
 	announced := false
 	var lost time.Time // when the last registered link ended; zero before the first
+	var firstErr error // the last failure before the first registration
+	tries := 0         // failed attempts at the first registration
 	for {
 		connected, err := a.control(ctx, !announced)
 		if ctx.Err() != nil {
+			if !announced && firstErr != nil {
+				return &UnreachableError{Server: a.cfg.Server, Err: firstErr}
+			}
 			return nil
 		}
 		if connected {
@@ -51,6 +61,13 @@ func (a *Agent) connectLoop(ctx context.Context) error {
 		}
 		if errors.Is(err, errBadWelcome) {
 			return err
+		}
+		if !announced {
+			tries++
+			firstErr = err
+			if firstFailure(err, tries) {
+				return &UnreachableError{Server: a.cfg.Server, Err: err}
+			}
 		}
 		d := wire.Jitter(backoff)
 		if connected {
@@ -62,6 +79,8 @@ func (a *Agent) connectLoop(ctx context.Context) error {
 			}
 			a.log.Warn("server says another agent holds this ID; retrying to take it back", "refusal", re.Message,
 				"in", d.Round(time.Millisecond), "giving_up_in", time.Until(lost.Add(reclaimWindow)).Round(time.Second))
+		} else if !announced {
+			a.log.Warn("could not reach the server; retrying", "error", err, "in", d.Round(time.Millisecond))
 		} else {
 			a.log.Warn("connection to server lost; reconnecting", "error", err, "in", d.Round(time.Millisecond))
 		}
@@ -175,15 +194,21 @@ func (a *Agent) control(ctx context.Context, announce bool) (connected bool, err
 	} else {
 		a.log.Info("reconnected to server")
 	}
-	defer a.life.Report(ctx, func(ctx context.Context, st wire.Status) error {
-		return wire.Send(ctx, c, wire.Message{Type: wire.TypeStatus, Status: &st})
+	// The link's own context: reads, writes and pings on c use lctx, which
+	// ends only with this link, so that the agent ending (ctx) says
+	// goodbye on it (see serveControl) rather than cutting it, which
+	// coder/websocket does to a connection whose context ends mid-read.
+	lctx, endLink := context.WithCancel(context.WithoutCancel(ctx))
+	defer endLink()
+	defer a.life.Report(ctx, func(_ context.Context, st wire.Status) error {
+		return wire.Send(lctx, c, wire.Message{Type: wire.TypeStatus, Status: &st})
 	})()
 	if a.cfg.OnRegistered != nil {
 		a.cfg.OnRegistered()
 	}
 
 	// Keepalive: a missing pong means the link is dead, whatever TCP says.
-	kctx, stopKeepalive := context.WithCancel(ctx)
+	kctx, stopKeepalive := context.WithCancel(lctx)
 	kdone := make(chan struct{})
 	go func() {
 		defer close(kdone)
@@ -194,23 +219,33 @@ func (a *Agent) control(ctx context.Context, announce bool) (connected bool, err
 	}()
 	defer func() { stopKeepalive(); <-kdone }()
 
-	return true, a.serveControl(ctx, c, c.Subprotocol() == wire.ControlProtocolV2)
+	return true, a.serveControl(ctx, lctx, c, c.Subprotocol() == wire.ControlProtocolV2)
 }
 
-// serveControl reads the server's messages on control connection c until
-// it ends. pooling: the server speaks control v2, so it may ask for idle
-// streams (wire.Pool); they end with c, unless a client was assigned to
-// them by then.
-func (a *Agent) serveControl(ctx context.Context, c *websocket.Conn, pooling bool) error {
+// serveControl reads the server's messages on control connection c, with
+// lctx (the link's context), until it ends. When ctx ends first, the agent
+// ends on purpose: it says goodbye (wire.Bye), and the server frees its
+// ID at once and closes c. pooling: the server speaks control v2, so it may ask
+// for idle streams (wire.Pool); they end with c, unless a client was
+// assigned to them by then.
+func (a *Agent) serveControl(ctx, lctx context.Context, c *websocket.Conn, pooling bool) error {
 	idle, endIdle := context.WithCancel(ctx)
 	defer endIdle()
 	var idleStreams atomic.Int64 // pool streams opening or waiting for a client
+	done, said := make(chan struct{}), make(chan struct{})
+	stopBye := context.AfterFunc(ctx, func() {
+		defer close(said)
+		a.goodbye(lctx, c, done)
+	})
+	defer func() {
+		close(done)
+		if !stopBye() {
+			<-said
+		}
+	}()
 	for {
-		m, err := wire.Receive(ctx, c)
+		m, err := wire.Receive(lctx, c)
 		if err != nil {
-			if ctx.Err() != nil {
-				c.Close(websocket.StatusNormalClosure, "agent stopping")
-			}
 			return err
 		}
 		switch {
@@ -236,6 +271,24 @@ func (a *Agent) serveControl(ctx context.Context, c *websocket.Conn, pooling boo
 		default:
 			a.log.Warn("ignoring unexpected control message", "type", m.Type)
 		}
+	}
+}
+
+// goodbye tells the server on control connection c that the agent ends on
+// purpose (wire.Bye), so that it frees the ID at once, and gives it 5 s
+// to close c (done is closed when c has ended); then cuts c.
+func (a *Agent) goodbye(lctx context.Context, c *websocket.Conn, done <-chan struct{}) {
+	if err := wire.Send(lctx, c, wire.Message{Type: wire.TypeBye, Bye: &wire.Bye{Reason: "the agent ended"}}); err != nil {
+		a.log.Debug("cannot say goodbye to the server; it keeps the ID for a while", "error", err)
+		c.CloseNow()
+		return
+	}
+	t := time.NewTimer(5 * time.Second)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		c.CloseNow()
 	}
 }
 

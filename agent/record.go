@@ -124,7 +124,7 @@ func (a *Agent) stopReceipt() {
 
 // recordShell is the SSH server's RecordShell: it starts the recording
 // of a shell and notes it in the journal.
-func (a *Agent) recordShell(info sshd.ShellInfo) (sshd.ShellRecording, error) {
+func (a *Agent) recordShell(info sshd.RecordedShell) (sshd.ShellRecording, error) {
 	if a.recorder == nil {
 		return nil, nil
 	}

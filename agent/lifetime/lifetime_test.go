@@ -19,12 +19,15 @@ func TestLifeStateEnd(t *testing.T) {
 	stay.ExitOnLastLogout = false
 	capped := std
 	capped.MaxSession = time.Hour
+	detached := std
+	detached.ConnectAfterFailure = true
 	in := func(s lifeState) lifeState { // one user logged in at 1m, last input at 5m
 		s.firstLogin, s.users, s.logins, s.active = at(time.Minute), 1, 1, at(5*time.Minute)
 		return s
 	}
 	typed := func(s lifeState, when time.Time) lifeState { s.active = when; return s }
-	out := func(s lifeState) lifeState { // ... who logged out at 5m
+	kept := func(s lifeState) lifeState { s.kept = 1; return s } // a shell left running
+	out := func(s lifeState) lifeState {                         // ... who logged out at 5m
 		s = in(s)
 		s.users = 0
 		return s
@@ -58,15 +61,28 @@ func TestLifeStateEnd(t *testing.T) {
 		{"last logout once the hold ran out", out(lifeState{cfg: std, hold: at(-40 * time.Minute)}), at(5 * time.Minute), at(35 * time.Minute), endLastLogout},
 		{"last logout with stay", out(lifeState{cfg: stay}), at(34 * time.Minute), at(35 * time.Minute), endNone},
 		{"stay ends at the expiry", out(lifeState{cfg: stay}), at(35 * time.Minute), at(35 * time.Minute), endExpired},
+		{"a kept shell holds past the last logout", kept(out(lifeState{cfg: std})), at(34 * time.Minute), at(35 * time.Minute), endNone},
+		{"a kept shell does not hold past the expiry", kept(out(lifeState{cfg: std})), at(35 * time.Minute), at(35 * time.Minute), endExpired},
+		{"a kept shell does not hold past max session", kept(typed(out(lifeState{cfg: capped}), at(50*time.Minute))), at(61 * time.Minute), at(61 * time.Minute), endMaxSession},
+		{"wait: a kept shell is in use", kept(out(lifeState{cfg: std, jobDone: true})), at(6 * time.Minute), at(35 * time.Minute), endNone},
 		{"wait: unused, nobody came", lifeState{cfg: std, jobDone: true}, at(time.Minute), at(10 * time.Minute), endUnused},
 		{"wait: held", lifeState{cfg: std, jobDone: true, hold: at(0)}, at(time.Minute), at(30 * time.Minute), endNone},
 		{"wait: a user is in", in(lifeState{cfg: std, jobDone: true}), at(6 * time.Minute), at(35 * time.Minute), endNone},
 		{"wait: stay keeps a session that was used", out(lifeState{cfg: stay, jobDone: true}), at(6 * time.Minute), at(35 * time.Minute), endNone},
 		{"wait: stay, nobody came", lifeState{cfg: stay, jobDone: true}, at(6 * time.Minute), at(10 * time.Minute), endUnused},
+		{"detached: no connect timeout while the job runs", lifeState{cfg: detached}, at(5 * time.Hour), at(6 * time.Hour), endNone},
+		{"detached: a job that never ends", lifeState{cfg: detached}, at(6 * time.Hour), at(6 * time.Hour), endNoLogin},
+		{"detached: unused at the job's end", lifeState{cfg: detached, jobDone: true}, at(14 * time.Minute), at(6 * time.Hour), endUnused},
+		{"detached: the job failed late", lifeState{cfg: detached, jobDone: true, failed: at(14 * time.Minute)}, at(23 * time.Minute), at(24 * time.Minute), endNone},
+		{"detached: nobody came after the failure", lifeState{cfg: detached, jobDone: true, failed: at(14 * time.Minute)}, at(24 * time.Minute), at(24 * time.Minute), endNoLogin},
+		{"detached: a login after the failure", in(lifeState{cfg: detached, jobDone: true, failed: at(0)}), at(34 * time.Minute), at(35 * time.Minute), endNone},
+		{"failed early restarts the connect timeout", lifeState{cfg: std, jobDone: true, failed: at(4 * time.Minute)}, at(13 * time.Minute), at(14 * time.Minute), endNone},
+		{"failed late keeps the connect timeout from the start", lifeState{cfg: std, jobDone: true, failed: at(-4 * time.Minute)}, at(10 * time.Minute), at(10 * time.Minute), endNoLogin},
 		{"decided: ends at once", in(lifeState{cfg: std, decided: true}), at(6 * time.Minute), at(35 * time.Minute), endDecided},
 		{"decided: the cap still says why", in(lifeState{cfg: capped, decided: true}), at(61 * time.Minute), at(35 * time.Minute), endMaxSession},
 		{"passed: waits for the user", in(lifeState{cfg: std, unused: true}), at(6 * time.Minute), at(35 * time.Minute), endNone},
 		{"passed: ends when the user left", out(lifeState{cfg: stay, unused: true}), at(6 * time.Minute), at(35 * time.Minute), endDecided},
+		{"passed: a kept shell does not hold", kept(out(lifeState{cfg: stay, unused: true})), at(6 * time.Minute), at(35 * time.Minute), endDecided},
 		{"passed: held by extend", out(lifeState{cfg: std, unused: true, extended: at(20 * time.Minute)}), at(6 * time.Minute), at(35 * time.Minute), endNone},
 		{"extend holds past the expiry", out(lifeState{cfg: std, extended: at(2 * time.Hour)}), at(90 * time.Minute), at(2 * time.Hour), endNone},
 		{"extend runs out", in(lifeState{cfg: std, extended: at(2 * time.Hour)}), at(2 * time.Hour), at(2 * time.Hour), endExpired},
@@ -146,16 +162,18 @@ func TestLifetimeValidate(t *testing.T) {
 
 func TestExitStatus(t *testing.T) {
 	for _, tt := range []struct {
-		err  error
-		want int
+		noLogin int
+		err     error
+		want    int
 	}{
-		{nil, 0},
-		{ErrNoLogin, 3},
-		{errors.Join(errors.New("x"), ErrNoLogin), 3},
-		{errors.New("server refused agent"), 1},
+		{0, nil, 0},
+		{0, ErrNoLogin, 0},
+		{3, ErrNoLogin, 3},
+		{3, errors.Join(errors.New("x"), ErrNoLogin), 3},
+		{3, errors.New("server refused agent"), 1},
 	} {
-		if got := ExitStatus(tt.err); got != tt.want {
-			t.Errorf("ExitStatus(%v) = %d, want %d", tt.err, got, tt.want)
+		if got := (Config{NoLoginStatus: tt.noLogin}).ExitStatus(tt.err); got != tt.want {
+			t.Errorf("NoLoginStatus %d: ExitStatus(%v) = %d, want %d", tt.noLogin, tt.err, got, tt.want)
 		}
 	}
 }

@@ -83,6 +83,28 @@ func (c activeChannel) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Keep counts a kept shell (one the SSH server keeps running when its
+// client goes) until release is called: while one runs, the last logout
+// does not end the agent, but the idle expiry (the last input from a
+// user plus Expiry), .hold and MaxSession still do. A shell nobody is
+// attached to gets no input, so it never keeps the job up past the
+// expiry.
+func (l *Lifetime) Keep() (release func()) {
+	l.mu.Lock()
+	l.st.kept++
+	l.mu.Unlock()
+	l.poke()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			l.mu.Lock()
+			l.st.kept--
+			l.mu.Unlock()
+			l.poke()
+		})
+	}
+}
+
 // liveSession is an open shell or command the lifetime may talk to.
 type liveSession struct {
 	l   *Lifetime
@@ -95,7 +117,8 @@ type liveSession struct {
 }
 
 // Attach registers s for warnings and the closing message, and prints the
-// banner into interactive shells. Call the returned detach when the
+// banner into interactive login shells (a terminal and no command: not
+// into the output of ssh -t host cmd). Call the returned detach when the
 // session handler ends; Run.Exit waits for that. Once the lifetime has
 // begun to end, Attach does nothing and detach is a no-op.
 func (l *Lifetime) Attach(s ssh.Session) (detach func()) {
@@ -109,7 +132,7 @@ func (l *Lifetime) Attach(s ssh.Session) (detach func()) {
 	l.sessions[ls] = struct{}{}
 	l.handlers.Add(1)
 	var banner string
-	if pty {
+	if pty && s.RawCommand() == "" && s.Subsystem() == "" { // a login shell, not ssh -t host cmd
 		banner = l.bannerLocked(time.Now())
 	}
 	l.mu.Unlock()

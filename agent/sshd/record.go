@@ -8,9 +8,9 @@ import (
 	"github.com/converge-ci/converge/agent/journal"
 )
 
-// ShellInfo describes an interactive shell as it starts, for its
+// RecordedShell describes an interactive shell as it starts, for its
 // recording.
-type ShellInfo struct {
+type RecordedShell struct {
 	Conn    string // the connection, as the journal names it
 	Session string // the session's journal ID
 	Login   *journal.Login
@@ -43,7 +43,7 @@ func (d *Server) recordShell(s ssh.Session, js *journal.Session) (*shellTap, err
 		return nil, nil
 	}
 	ptyReq, _, _ := s.Pty()
-	rec, err := d.cfg.RecordShell(ShellInfo{Conn: ctxConn(s.Context()), Session: js.ID, Login: loginOf(s.Context()),
+	rec, err := d.cfg.RecordShell(RecordedShell{Conn: ctxConn(s.Context()), Session: js.ID, Login: loginOf(s.Context()),
 		Width: ptyReq.Window.Width, Height: ptyReq.Window.Height, Term: ptyReq.Term, Shell: d.cfg.Shell})
 	if err != nil || rec == nil {
 		return nil, err
@@ -51,36 +51,77 @@ func (d *Server) recordShell(s ssh.Session, js *journal.Session) (*shellTap, err
 	return &shellTap{rec: rec}, nil
 }
 
-// shellTap hooks a ShellRecording to a terminal's copy loops. Its
-// methods do nothing on a nil *shellTap.
+// shellTap hooks a ShellRecording to a shell's terminal. Its methods do
+// nothing on a nil *shellTap.
 type shellTap struct{ rec ShellRecording }
 
-// output returns w, recording what goes through it.
-func (t *shellTap) output(w io.Writer) io.Writer {
-	if t == nil {
+// term returns t with what is read from it (the shell's output, read by
+// one goroutine whoever watches), written to it (users' input) and its
+// sizes recorded; closing it ends the recording.
+func (tap *shellTap) term(t termFile) termFile {
+	if tap == nil {
+		return t
+	}
+	return recordedTerm{t, tap.rec}
+}
+
+// output returns w, recording what goes through it (a terminal read by
+// a copy loop, on Windows).
+func (tap *shellTap) output(w io.Writer) io.Writer {
+	if tap == nil {
 		return w
 	}
-	return tapWriter{w, t.rec.Output}
+	return tapWriter{w, tap.rec.Output}
 }
 
 // input returns r, recording what is read from it.
-func (t *shellTap) input(r io.Reader) io.Reader {
-	if t == nil {
+func (tap *shellTap) input(r io.Reader) io.Reader {
+	if tap == nil {
 		return r
 	}
-	return io.TeeReader(r, tapWriter{io.Discard, t.rec.Input})
+	return io.TeeReader(r, tapWriter{io.Discard, tap.rec.Input})
 }
 
-func (t *shellTap) resize(w ssh.Window) {
-	if t != nil {
-		t.rec.Resize(w.Width, w.Height)
+func (tap *shellTap) resize(w ssh.Window) {
+	if tap != nil {
+		tap.rec.Resize(w.Width, w.Height)
 	}
 }
 
-func (t *shellTap) close() {
-	if t != nil {
-		t.rec.Close() // the recorder logs its own failures
+func (tap *shellTap) close() {
+	if tap != nil {
+		tap.rec.Close() // the recorder logs its own failures
 	}
+}
+
+// recordedTerm is a kept shell's terminal with its recording.
+type recordedTerm struct {
+	termFile
+	rec ShellRecording
+}
+
+func (t recordedTerm) Read(p []byte) (int, error) {
+	n, err := t.termFile.Read(p)
+	if n > 0 {
+		t.rec.Output(p[:n])
+	}
+	return n, err
+}
+
+func (t recordedTerm) Write(p []byte) (int, error) {
+	t.rec.Input(p)
+	return t.termFile.Write(p)
+}
+
+func (t recordedTerm) resize(w ssh.Window) {
+	t.termFile.resize(w)
+	t.rec.Resize(w.Width, w.Height)
+}
+
+func (t recordedTerm) Close() error {
+	err := t.termFile.Close()
+	t.rec.Close()
+	return err
 }
 
 // tapWriter records p, then writes it to w.

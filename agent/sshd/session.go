@@ -22,29 +22,51 @@ import (
 // when the client asked for one, with separate stdout and stderr when not.
 // The exit status goes back to the client; when the session ends, what it
 // started ends with it (see run). The journal records its start and end.
-func (d *Server) handleSession(s ssh.Session) {
+func (d *Server) handleSession(raw ssh.Session) {
+	s := &serialSession{Session: raw} // the lifetime writes to it too
 	log := d.log.With("user", s.User(), "session", shortSession(s))
 	defer d.watch.Attach(s)()
+	if code, ok := d.shellCommand(s); ok {
+		s.Exit(code)
+		return
+	}
+	if isObserver(s.Context()) {
+		what := "a shell"
+		if s.RawCommand() != "" {
+			what = "a command"
+		}
+		s.Stderr().Write([]byte(d.readOnly(what) + "\r\n"))
+		s.Exit(1)
+		return
+	}
 	js := &journal.Session{ID: d.nextSessionID(), Kind: "shell", Command: s.RawCommand(), PTY: hasPty(s)}
 	if js.Command != "" {
 		js.Kind = "exec"
 	}
 	cmd := d.command(s)
+	releaseEnv := func() {}
 	if d.cfg.SessionEnv != nil {
-		env, release := d.cfg.SessionEnv(shortSession(s), js.ID, cmd.Env)
-		defer release()
-		cmd.Env = env
+		cmd.Env, releaseEnv = d.cfg.SessionEnv(shortSession(s), js.ID, cmd.Env)
 	}
 	if js.PTY { // last, to chain the PROMPT_COMMAND set before
 		cmd.Env = append(cmd.Env, reportDir(cmd.Env))
 	}
 	end := d.journalSession(s.Context(), js)
-	tap, err := d.recordShell(s, js)
-	defer tap.close()
 	cs := &countedSession{Session: s}
-	code := 255
-	if err == nil {
-		code, err = d.run(cs, cmd, tap)
+	var code int
+	var err error
+	if js.Kind == "shell" && js.PTY {
+		// The shell's environment and recording last as long as the shell.
+		var tap *shellTap
+		if tap, err = d.recordShell(s, js); err == nil {
+			code, err = d.keepShell(cs, cmd, tap, releaseEnv)
+		} else {
+			code = 255
+			releaseEnv()
+		}
+	} else {
+		code, err = d.run(cs, cmd)
+		releaseEnv()
 	}
 	if err != nil {
 		log.Warn("session failed", "error", err)
@@ -197,7 +219,10 @@ var agentSecrets = []string{
 	"CONVERGE_HOST_KEY",
 	"CONVERGE_AUTHORIZED_KEYS",
 	"CONVERGE_AUTHORIZED_KEYS_DATA",
+	"CONVERGE_AUTHORIZED_KEYS_FILE",
 	"CONVERGE_AUTHORIZED_KEYS_URL",
+	"CONVERGE_OBSERVER_KEYS",
+	"CONVERGE_OBSERVER_KEYS_DATA",
 	"CONVERGE_RECORD_TO", // may be a URL with a token in it
 }
 

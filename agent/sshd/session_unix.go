@@ -85,7 +85,7 @@ func reportSignal(s ssh.Session, err error) {
 // hung up and the command killed if it does not exit within killGrace.
 // Then endSession ends what the session left behind, so background jobs
 // do not outlive the logout to keep the CI job busy.
-func (d *Server) run(s ssh.Session, cmd *exec.Cmd, tap *shellTap) (int, error) {
+func (d *Server) run(s ssh.Session, cmd *exec.Cmd) (int, error) {
 	if sock, stop, err := forwardAgent(s); err != nil {
 		d.log.Warn("agent forwarding unavailable", "error", err)
 	} else if sock != "" {
@@ -94,7 +94,7 @@ func (d *Server) run(s ssh.Session, cmd *exec.Cmd, tap *shellTap) (int, error) {
 	}
 	start := startPipes
 	if hasPty(s) {
-		start = func(s ssh.Session, cmd *exec.Cmd) (func(), func(), error) { return startPty(s, cmd, tap) }
+		start = startPty
 	}
 	var drain, release func()
 	err := d.children.start(func() (int, error) {
@@ -124,11 +124,10 @@ func (d *Server) run(s ssh.Session, cmd *exec.Cmd, tap *shellTap) (int, error) {
 
 // startPty starts cmd on a new terminal, sized and resized like the
 // client's window, as the leader of a session with that terminal as its
-// controlling one, and copies between the terminal and s, through tap
-// (the shell's recording, nil when none). drain waits (at most killGrace)
-// for the last output once the session's processes are gone; release
-// stops following the window and closes the terminal.
-func startPty(s ssh.Session, cmd *exec.Cmd, tap *shellTap) (drain, release func(), err error) {
+// controlling one, and copies between the terminal and s. drain waits (at
+// most killGrace) for the last output once the session's processes are
+// gone; release stops following the window and closes the terminal.
+func startPty(s ssh.Session, cmd *exec.Cmd) (drain, release func(), err error) {
 	ptyReq, winCh, _ := s.Pty()
 	f, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: uint16(ptyReq.Window.Height), Cols: uint16(ptyReq.Window.Width)})
 	if err != nil {
@@ -136,11 +135,10 @@ func startPty(s ssh.Session, cmd *exec.Cmd, tap *shellTap) (drain, release func(
 	}
 	stopResize := followWindow(winCh, func(w ssh.Window) {
 		pty.Setsize(f, &pty.Winsize{Rows: uint16(w.Height), Cols: uint16(w.Width)})
-		tap.resize(w)
 	})
-	go io.Copy(f, tap.input(s)) // ends when the session or the pty closes
+	go io.Copy(f, s) // ends when the session or the pty closes
 	output := make(chan struct{})
-	go func() { io.Copy(tap.output(s), f); close(output) }()
+	go func() { io.Copy(s, f); close(output) }()
 	drain = func() {
 		// The copy ends when the last holder of the terminal is gone.
 		select {

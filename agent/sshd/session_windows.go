@@ -52,7 +52,11 @@ func signalNumber(*exec.ExitError) int { return 0 }
 // asked for a terminal, with pipes when not. Every process of the session
 // is in a job object that is closed when the session ends, so nothing it
 // started outlives it.
-func (d *Server) run(s ssh.Session, cmd *exec.Cmd, tap *shellTap) (int, error) {
+func (d *Server) run(s ssh.Session, cmd *exec.Cmd) (int, error) { return d.runTapped(s, cmd, nil) }
+
+// runTapped is run with a terminal's output, input and sizes going
+// through tap too (a shell's recording; nil: none).
+func (d *Server) runTapped(s ssh.Session, cmd *exec.Cmd, tap *shellTap) (int, error) {
 	if len(cmd.Args) == 3 {
 		// A command: hand it to the shell verbatim, for the shell to
 		// parse, rather than re-quoted the way Go quotes arguments (which

@@ -138,6 +138,25 @@ func ParseURL(rawURL string) (*url.URL, error) {
 	return u, nil
 }
 
+// PlainTextRemote reports whether rawURL is a plain ws:// (or http://)
+// URL to a host other than this machine (localhost, 127.0.0.0/8, ::1):
+// anyone on the path between can then read and change what flows outside
+// SSH's encryption (the registration, the stream's framing), so callers
+// warn. A URL that does not parse is not plain text here: ParseURL
+// refuses it.
+func PlainTextRemote(rawURL string) bool {
+	u, err := url.Parse(rawURL)
+	if err != nil || (u.Scheme != "ws" && u.Scheme != "http") {
+		return false
+	}
+	h := u.Hostname()
+	if h == "localhost" {
+		return false
+	}
+	ip := net.ParseIP(h)
+	return ip == nil || !ip.IsLoopback()
+}
+
 // Accept upgrades an HTTP request to a WebSocket with our conventions:
 // compression off and the given subprotocols. It does not check the
 // Origin header (coder/websocket's check knows nothing of reverse

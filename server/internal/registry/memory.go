@@ -72,7 +72,7 @@ func (r *Memory[V]) Register(id string, c Claim, a V) (old V, ok bool, err error
 		if e.held {
 			return old, false, ErrIDInUse
 		}
-		return old, false, ErrIDReserved
+		return old, false, &ReservedError{Until: e.res.until}
 	}
 	// Taking over an entry frees its charge.
 	group, freed := c.Group, ""
@@ -166,7 +166,12 @@ func (r *Memory[V]) Confirm(id string, a V) {
 	}
 }
 
-func (r *Memory[V]) Unregister(id string, a V) {
+func (r *Memory[V]) Unregister(id string, a V) { r.unregister(id, a, true) }
+
+func (r *Memory[V]) Release(id string, a V) { r.unregister(id, a, false) }
+
+// unregister is Unregister, or with keep false Release.
+func (r *Memory[V]) unregister(id string, a V, keep bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.expire()
@@ -178,7 +183,11 @@ func (r *Memory[V]) Unregister(id string, a V) {
 	r.agents--
 	var none V
 	e.agent, e.held = none, false
-	if e.confirmed && r.limits.Grace > 0 {
+	if !keep && e.res != nil { // the reservation it took over ends with it
+		e.res = nil
+		r.reserved--
+	}
+	if keep && e.confirmed && r.limits.Grace > 0 {
 		e.res = r.reserve(id, e)
 	}
 	if e.res == nil {
@@ -257,9 +266,9 @@ func (r *Memory[V]) uncharge(group string) {
 
 // Route answers the agent holding id here, if one does: a single server
 // has no other replica to send a client to.
-func (r *Memory[V]) Route(_ context.Context, id string) (a V, here bool, owner string) {
+func (r *Memory[V]) Route(_ context.Context, id string) (a V, here bool, owner string, err error) {
 	a, here = r.Lookup(id)
-	return a, here, ""
+	return a, here, "", nil
 }
 
 func (r *Memory[V]) Lookup(id string) (a V, ok bool) {

@@ -40,7 +40,7 @@ func (r testReg) Register(id string, c Claim, a *testAgent) (*testAgent, error) 
 }
 
 func (r testReg) Lookup(id string) *testAgent {
-	a, _, _ := r.Registry.Route(context.Background(), id)
+	a, _, _, _ := r.Registry.Route(context.Background(), id)
 	return a
 }
 
@@ -482,4 +482,37 @@ func TestRegistryCapsAgents(t *testing.T) {
 	// A reservation is no connected agent: it makes room.
 	r.Unregister("a", a2)
 	join(t, r, "c", unproven(), "192.0.2.3")
+}
+
+// TestRegistryRelease: an agent that said goodbye frees its ID at once,
+// leaving no reservation to refuse a new agent with or to charge to its
+// address; one whose link dropped leaves a reservation, and the refusal
+// says when it ends.
+func TestRegistryRelease(t *testing.T) {
+	eachRegistry(t, Limits{Grace: 5 * time.Minute, PerAddr: 1}, func(t *testing.T, r testReg, clk *fakeClock) {
+		a, _ := join(t, r, "job", unproven(), "192.0.2.1")
+		r.Release("job", a)
+		if !free(t, r, "job") {
+			t.Fatalf("the ID of an agent that said goodbye is not free")
+		}
+		// No reservation is charged to its address: another ID from there.
+		b, tb := join(t, r, "other", unproven(), "192.0.2.1")
+		r.Unregister("other", b) // a dropped link
+		_, err := r.Register("other", unproven(), &testAgent{id: "other", remote: "192.0.2.9"})
+		var res *ReservedError
+		if !errors.As(err, &res) || !errors.Is(err, ErrIDReserved) || !res.Until.Equal(clk.t.Add(5*time.Minute)) {
+			t.Fatalf("Register of a dropped agent's ID: %v (%+v), want a ReservedError until %v", err, res, clk.t.Add(5*time.Minute))
+		}
+		// The agent comes back with its token, taking over its reservation,
+		// and then says goodbye before its welcome: the ID frees all the same.
+		c := &testAgent{id: "other", remote: "192.0.2.1", tenure: tb}
+		if _, err := r.Register("other", proof(tb), c); err != nil {
+			t.Fatalf("the dropped agent's return: %v", err)
+		}
+		r.Release("other", c)
+		if !free(t, r, "other") {
+			t.Fatalf("the ID is still kept after the agent that came back said goodbye")
+		}
+		join(t, r, "third", unproven(), "192.0.2.1") // nothing left charged to the address
+	})
 }

@@ -253,7 +253,7 @@ func freshAt(clk *fakeClock) Claim { return Claim{Tenure: NewTenure(clk.t)} }
 // route is Route as the tests read it: the agent held here, or the
 // replica holding it.
 func (r *Redis[V]) route(ctx context.Context, id string) (V, string) {
-	a, _, owner := r.Route(ctx, id)
+	a, _, owner, _ := r.Route(ctx, id)
 	return a, owner
 }
 
@@ -315,5 +315,16 @@ func TestRedisRegistryRedisClock(t *testing.T) {
 	}
 	if local, _ := r.route(ctx, "job"); local == nil {
 		t.Fatal("the replica does not route to its own agent on Redis's clock")
+	}
+}
+
+// TestRedisRegistryReleaseAcrossReplicas: an agent that says goodbye on
+// one replica frees its ID for every replica at once.
+func TestRedisRegistryReleaseAcrossReplicas(t *testing.T) {
+	rs, _, _, _ := replicas(t, 2, Limits{Grace: time.Minute})
+	a, _ := join(t, testReg{rs[0]}, "job", unproven(), "192.0.2.1")
+	rs[0].Release("job", a)
+	if _, err := (testReg{rs[1]}).Register("job", unproven(), &testAgent{id: "job", remote: "192.0.2.2"}); err != nil {
+		t.Fatalf("Register on the other replica after the goodbye: %v", err)
 	}
 }

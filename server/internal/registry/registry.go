@@ -25,10 +25,24 @@ var (
 	ErrIDInUse = errors.New("ID is in use by a connected agent")
 	// ErrIDReserved: the agent holding the ID lost its link recently and the
 	// ID is kept for it; only that agent (proving it with its token) may take it.
+	// Register's error wraps it in a *ReservedError saying until when.
 	ErrIDReserved = errors.New("ID is reserved for an agent that is reconnecting")
 	// ErrUnavailable: the shared registry (Redis) did not answer; agents retry.
 	ErrUnavailable = errors.New("the registry (Redis) is unavailable")
 )
+
+// ReservedError refuses a claim of an ID kept for an agent whose link
+// dropped (it Is ErrIDReserved), saying when the ID frees unless that
+// agent comes back first.
+type ReservedError struct {
+	Until time.Time
+}
+
+func (e *ReservedError) Error() string {
+	return fmt.Sprintf("%v until %s", ErrIDReserved, e.Until.UTC().Format("15:04:05 UTC"))
+}
+
+func (e *ReservedError) Is(target error) bool { return target == ErrIDReserved }
 
 // LimitError refuses a registration (or, for the server, a client stream)
 // over a limit. Its message tells the user what happened and what to do.
@@ -106,7 +120,7 @@ type Registry[V Agent] interface {
 	// holder connected here that it takes the ID from is returned as old
 	// (ok set), for the caller to close.
 	//
-	// Errors: ErrIDInUse and ErrIDReserved; a *LimitError when c's
+	// Errors: ErrIDInUse and a *ReservedError (ErrIDReserved); a *LimitError when c's
 	// address group, or the server, holds as many agents as allowed;
 	// ErrUnavailable when a shared registry does not answer.
 	Register(id string, c Claim, a V) (old V, ok bool, err error)
@@ -119,10 +133,16 @@ type Registry[V Agent] interface {
 	// leaves what it found: the reservation it took over, if it took one,
 	// as it was; else nothing.
 	Unregister(id string, a V)
+	// Release removes a if it still holds id, and leaves id free at once,
+	// whatever a took over: a said goodbye (it ended on purpose), so no
+	// agent will come back for the ID.
+	Release(id string, a V)
 	// Route says where a client of id goes: to a (here set) held on this
 	// server, to the replica at owner (its advertise URL) that holds it,
-	// or nowhere (neither).
-	Route(ctx context.Context, id string) (a V, here bool, owner string)
+	// or nowhere (neither). err is ErrUnavailable when a shared registry
+	// did not answer, after retrying for a bounded time, and no agent
+	// here holds id: the client may be served by a retry.
+	Route(ctx context.Context, id string) (a V, here bool, owner string, err error)
 	// Lookup returns the agent holding id on this server, if one does
 	// (as far as this server knows: it asks no shared registry).
 	Lookup(id string) (a V, ok bool)

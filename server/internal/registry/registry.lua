@@ -211,9 +211,12 @@ if op == 'register' then
   expire(sweep)
   local ep = epoch()
   local e = fresh(id)
+  -- A retry of this very registration (its answer was lost as Redis
+  -- failed over): it holds the ID already.
+  if e and e.o == self and e.c == conn then return {'ok', '', ''} end
   if e and not yields(e, c, ep) then
     if e.o then return {'in_use'} end
-    return {'reserved'}
+    return {'reserved', tostring(e.r.u)}
   end
   local freed = ''
   if e then freed = chargedTo(e) end
@@ -240,6 +243,20 @@ elseif op == 'unregister' then
   local e = fresh(id)
   if not e or e.o ~= self or e.c ~= conn then return 0 end
   dropHolder(id, e, now + grace)
+  return 1
+elseif op == 'release' then
+  -- id, conn: the holder said goodbye; the ID is free at once, with no
+  -- reservation of its own and none it took over.
+  local id, conn = ARGV[9], ARGV[10]
+  expire(sweep)
+  local e = fresh(id)
+  if not e or e.o ~= self or e.c ~= conn then return 0 end
+  e.cf = nil
+  if e.r then
+    redis.call('ZREM', K_RES, id)
+    e.r = nil
+  end
+  dropHolder(id, e, now)
   return 1
 elseif op == 'refresh' then
   -- then per agent held here: id, conn, group, ts, tn, confirmed, issued.
