@@ -175,3 +175,32 @@ func TestParseRecipients(t *testing.T) {
 		t.Fatalf("bad line: %v", err)
 	}
 }
+
+// TestCastInputOnlyWhenAsked: typed input is an "i" event only with
+// Config.Input.
+func TestCastInputOnlyWhenAsked(t *testing.T) {
+	x, _ := age.GenerateX25519Identity()
+	for _, input := range []bool{false, true} {
+		dir := t.TempDir()
+		r, err := New(Config{Dir: dir, Recipients: []age.Recipient{x.Recipient()}, Input: input})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := r.Start("s", Header{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Input([]byte("secret-typed"))
+		c.Output([]byte("shown"))
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
+		cast := string(decryptAll(t, dir, "s", x))
+		if got := strings.Contains(cast, `"i", "secret-typed"`); got != input {
+			t.Errorf("Input %v: cast holds the typed input: %v\n%s", input, got, cast)
+		}
+		if !strings.Contains(cast, `"o", "shown"`) {
+			t.Errorf("Input %v: no output event:\n%s", input, cast)
+		}
+	}
+}
