@@ -133,12 +133,15 @@ func (a *Agent) recordShell(info sshd.RecordedShell) (sshd.ShellRecording, error
 	if info.Login != nil {
 		title = info.Login.Name() + " " + info.Session
 	}
-	c, err := a.recorder.Start(name, recording.Header{Width: info.Width, Height: info.Height, Term: info.Term, Shell: info.Shell, Title: title})
+	ref := &journal.Session{ID: info.Session, Kind: "shell", PTY: true}
+	sealed := func(file, sum string) {
+		a.journal.Append(journal.Entry{Kind: journal.KindRecorded, Conn: info.Conn, Session: ref, Note: file + " sha256=" + sum})
+	}
+	c, err := a.recorder.Start(name, recording.Header{Width: info.Width, Height: info.Height, Term: info.Term, Shell: info.Shell, Title: title}, sealed)
 	if err != nil {
 		a.log.Warn("cannot record the shell; refusing it", "session", info.Session, "error", err)
 		return nil, fmt.Errorf("this agent records shells, and cannot record this one: %w", err)
 	}
-	a.journal.Append(journal.Entry{Kind: journal.KindRecording, Conn: info.Conn,
-		Session: &journal.Session{ID: info.Session, Kind: "shell", PTY: true}, Note: name + ".*.cast.age"})
+	a.journal.Append(journal.Entry{Kind: journal.KindRecording, Conn: info.Conn, Session: ref, Note: name + ".*.cast.age"})
 	return c, nil
 }

@@ -29,8 +29,11 @@
 package recording
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -106,19 +109,25 @@ type Header struct {
 // Start begins recording a shell as the parts NAME.NNNN.cast.age (name
 // must be a plain file name: the journal's session ID and a time, say)
 // and writes part 0 with the header at once. The Cast must be closed.
-func (r *Recorder) Start(name string, h Header) (*Cast, error) {
+// sealed, when not nil, is called with each part's file name and the hex
+// SHA-256 of its file once the part is written for the last time (full,
+// or at Close), on the Cast's writer goroutine: the journal lists them,
+// so the signed receipt vouches for the files (anyone can encrypt a file
+// to public recipients; only the agent's host key signs the receipt).
+func (r *Recorder) Start(name string, h Header, sealed func(file, sha256 string)) (*Cast, error) {
 	if name == "" || filepath.Base(name) != name || name[0] == '.' {
 		return nil, fmt.Errorf("recording: bad name %q", name)
 	}
 	now := time.Now()
 	c := &Cast{r: r, base: filepath.Join(r.cfg.Dir, name), start: now, stop: make(chan struct{}),
-		kick: make(chan struct{}, 1), done: make(chan struct{})}
+		kick: make(chan struct{}, 1), done: make(chan struct{}), sealed: sealed}
 	c.parts = []*part{{}}
 	c.parts[0].buf = header(h, now)
-	if err := c.write(0, c.parts[0].buf); err != nil {
+	sum, err := c.write(0, c.parts[0].buf)
+	if err != nil {
 		return nil, err
 	}
-	c.parts[0].written = len(c.parts[0].buf)
+	c.parts[0].written, c.parts[0].sum = len(c.parts[0].buf), sum
 	go c.loop()
 	return c, nil
 }
@@ -134,8 +143,10 @@ type Cast struct {
 	base  string
 	start time.Time
 	stop  chan struct{} // closed by Close
-	kick  chan struct{} // a part is full: write it now
-	done  chan struct{} // closed when the writer has ended
+	// sealed gets each part's final file hash; writer goroutine only.
+	sealed func(file, sha256 string)
+	kick   chan struct{} // a part is full: write it now
+	done   chan struct{} // closed when the writer has ended
 
 	// Under mu. parts holds the parts not yet written whole, the open one
 	// last; bytes of a part's buf up to its length never change, so the
@@ -151,7 +162,9 @@ type Cast struct {
 type part struct {
 	n       int
 	buf     []byte
-	written int // len(buf) when last written
+	written int    // len(buf) when last written
+	sum     string // hex SHA-256 of the file as last written
+	sealed  bool   // reported as sealed
 }
 
 // Output records what the shell printed.
@@ -260,7 +273,8 @@ func (c *Cast) loop() {
 }
 
 // flush writes every part that grew since it was last written, and
-// forgets the full parts that are written.
+// forgets the full parts that are written, reporting them as sealed (and
+// the last one too once the Cast is closed).
 func (c *Cast) flush() {
 	type todo struct {
 		p   *part
@@ -275,7 +289,7 @@ func (c *Cast) flush() {
 	}
 	c.mu.Unlock()
 	for _, w := range work {
-		err := c.write(w.p.n, w.buf)
+		sum, err := c.write(w.p.n, w.buf)
 		c.mu.Lock()
 		if err != nil && c.failed == nil {
 			c.failed = err
@@ -283,28 +297,46 @@ func (c *Cast) flush() {
 		}
 		if err == nil {
 			c.written += int64(len(w.buf) - w.p.written)
-			w.p.written = len(w.buf)
+			w.p.written, w.p.sum = len(w.buf), sum
 		}
 		c.mu.Unlock()
 	}
+	// flush runs on the writer goroutine only, which alone touches sealed.
+	var sealed []*part
+	add := func(p *part) {
+		if !p.sealed {
+			p.sealed = true
+			sealed = append(sealed, p)
+		}
+	}
 	c.mu.Lock()
 	for len(c.parts) > 1 && c.parts[0].written == len(c.parts[0].buf) {
+		add(c.parts[0])
 		c.parts = c.parts[1:]
 	}
+	if c.closed && len(c.parts) == 1 && c.parts[0].written == len(c.parts[0].buf) {
+		add(c.parts[0])
+	}
 	c.mu.Unlock()
+	for _, p := range sealed {
+		if c.sealed != nil && p.sum != "" {
+			c.sealed(filepath.Base(Part(c.base, p.n)), p.sum)
+		}
+	}
 }
 
 // write encrypts plaintext, the whole of part n so far, to a temporary
 // file and renames it over the part, so the part on disk is always a
-// complete age file.
-func (c *Cast) write(n int, plaintext []byte) error {
+// complete age file. It returns the hex SHA-256 of the file.
+func (c *Cast) write(n int, plaintext []byte) (string, error) {
 	final := Part(c.base, n)
 	tmp := filepath.Join(filepath.Dir(final), "."+filepath.Base(final)+".tmp")
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
-		return err
+		return "", err
 	}
-	w, err := age.Encrypt(f, c.r.cfg.Recipients...)
+	h := sha256.New()
+	w, err := age.Encrypt(io.MultiWriter(f, h), c.r.cfg.Recipients...)
 	if err == nil {
 		_, err = w.Write(plaintext)
 	}
@@ -319,7 +351,7 @@ func (c *Cast) write(n int, plaintext []byte) error {
 	}
 	if err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("write recording %s: %w", final, err)
+		return "", fmt.Errorf("write recording %s: %w", final, err)
 	}
-	return nil
+	return hex.EncodeToString(h.Sum(nil)), nil
 }

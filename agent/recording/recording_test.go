@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"io"
 	"os"
@@ -91,7 +93,13 @@ func TestCastPartsDecryptToOneCast(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := r.Start("s1", Header{Width: 100, Height: 30, Term: "xterm"})
+	sums := map[string]string{}
+	c, err := r.Start("s1", Header{Width: 100, Height: 30, Term: "xterm"}, func(file, sum string) {
+		if _, dup := sums[file]; dup {
+			t.Errorf("%s sealed twice", file)
+		}
+		sums[file] = sum
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,6 +118,17 @@ func TestCastPartsDecryptToOneCast(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, Part("s1", 2))); err != nil {
 		t.Fatalf("want several parts: %v", err)
+	}
+	// Every part was reported sealed once, with its file's hash.
+	files, _ := filepath.Glob(filepath.Join(dir, "*.cast.age"))
+	if len(sums) != len(files) {
+		t.Errorf("%d parts sealed, %d on disk", len(sums), len(files))
+	}
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		if h := sha256.Sum256(b); sums[filepath.Base(f)] != hex.EncodeToString(h[:]) {
+			t.Errorf("%s: sealed hash %q is not the file's", f, sums[filepath.Base(f)])
+		}
 	}
 	for _, id := range []age.Identity{x, sshID} {
 		if got := output(t, decryptAll(t, dir, "s1", id)); got != want.String() {
@@ -132,7 +151,7 @@ func TestCastFlushesOpenPart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := r.Start("s2", Header{})
+	c, err := r.Start("s2", Header{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +205,7 @@ func TestCastInputOnlyWhenAsked(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c, err := r.Start("s", Header{})
+		c, err := r.Start("s", Header{}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"io"
 	"net"
 	"os"
@@ -248,9 +250,9 @@ func isDescendant(pid int, anc string) bool {
 
 var allowedSignersRE = regexp.MustCompile(`(converge-\S+) namespaces="converge-receipt@converge" ssh-ed25519 \S+`)
 
-// TestReceipt: one scripted session logs in, runs a shell, a command,
-// sftp and an ssh -L forward; the receipt the agent signs lists them
-// all, the stock ssh-keygen -Y verify accepts it against the
+// TestReceipt: one scripted session logs in, runs a shell (recorded),
+// a command, sftp and an ssh -L forward; the receipt the agent signs
+// lists them all and the recording's files by their hashes, the stock ssh-keygen -Y verify accepts it against the
 // allowed_signers line the agent printed at start, and refuses it with
 // any byte flipped or any line dropped.
 func TestReceipt(t *testing.T) {
@@ -258,8 +260,9 @@ func TestReceipt(t *testing.T) {
 	r := startServer(t)
 	c := sshtest.New(t)
 	dir, recDir := keyDir(t, c), filepath.Join(t.TempDir(), "out")
-	p := runAgentBinary(t, r, dir, []string{"HOME=" + t.TempDir()}, "--id", "receipt-job", "--stay", "--shell", "bash",
-		"--record-dir", recDir, "--state-dir", t.TempDir())
+	_, ageRecipient := ageKeygen(t)
+	p := runAgentBinary(t, r, dir, []string{"HOME=" + t.TempDir(), "CONVERGE_RECORD_TO=" + ageRecipient}, "--id", "receipt-job",
+		"--stay", "--shell", "bash", "--record-dir", recDir, "--state-dir", t.TempDir())
 	_, line := printedTrust(t, p.Out.String())
 	addKnownHost(t, c, line)
 	m := allowedSignersRE.FindStringSubmatch(p.Out.String())
@@ -312,9 +315,17 @@ func TestReceipt(t *testing.T) {
 			kinds[e.Session.Kind] = true
 		}
 	}
-	for _, k := range []string{"login", "shell", "exec", "sftp", "forward-local", "end"} {
+	for _, k := range []string{"login", "shell", "exec", "sftp", "forward-local", "recording", "recorded", "end"} {
 		if !kinds[k] {
 			t.Errorf("receipt lacks %s:\n%s", k, body)
+		}
+	}
+	// The receipt vouches for each recording file by its hash.
+	for _, f := range castParts(t, recDir) {
+		b, _ := os.ReadFile(f)
+		sum := sha256.Sum256(b)
+		if !bytes.Contains(body, []byte(filepath.Base(f)+" sha256="+hex.EncodeToString(sum[:]))) {
+			t.Errorf("the receipt lacks %s with its hash:\n%s", filepath.Base(f), body)
 		}
 	}
 	allowed := filepath.Join(t.TempDir(), "allowed_signers")
