@@ -271,28 +271,7 @@ func TestReceipt(t *testing.T) {
 	}
 	tgt := r.target("receipt-job")
 
-	if res := c.Run("ssh", tgt, "exit\n", "-tt", tgt.Dest()); res.Code != 0 {
-		t.Errorf("shell: exit %d: %s", res.Code, res.Stderr)
-	}
-	c.SSH(tgt, 0, "echo hello")
-	if res := c.Run("sftp", tgt, "ls\n", "-b", "-", tgt.Dest()); res.Code != 0 {
-		t.Errorf("sftp: exit %d: %s", res.Code, res.Stderr)
-	}
-	svc := upperService(t)
-	sock := filepath.Join(t.TempDir(), "fwd.sock")
-	fwd := c.Command(t.Context(), "ssh", tgt, "-N", "-o", "ExitOnForwardFailure=yes", "-L", sock+":"+svc.Addr().String(), tgt.Dest())
-	background(t, fwd)
-	var conn net.Conn
-	waitFor(t, "the -L socket", func() bool {
-		var err error
-		conn, err = net.Dial("unix", sock)
-		return err == nil
-	})
-	if got := ask(t, conn, "via -L"); got != "VIA -L" {
-		t.Errorf("through -L: %q", got)
-	}
-	fwd.Process.Kill()
-	fwd.Wait()
+	scriptedSession(t, c, tgt)
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	p.exit()
 
@@ -328,36 +307,7 @@ func TestReceipt(t *testing.T) {
 			t.Errorf("the receipt lacks %s with its hash:\n%s", filepath.Base(f), body)
 		}
 	}
-	allowed := filepath.Join(t.TempDir(), "allowed_signers")
-	os.WriteFile(allowed, []byte(m[0]+"\n"), 0o600)
-	sigFile := filepath.Join(t.TempDir(), "receipt.jsonl.sig")
-	os.WriteFile(sigFile, sig, 0o600)
-	verify := func(b []byte) error {
-		cmd := exec.Command("ssh-keygen", "-Y", "verify", "-f", allowed, "-I", m[1], "-n", "converge-receipt@converge", "-s", sigFile)
-		cmd.Stdin = bytes.NewReader(b)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			return &exec.Error{Name: string(out), Err: err}
-		}
-		return nil
-	}
-	if err := verify(body); err != nil {
-		t.Fatalf("ssh-keygen -Y verify refused the receipt: %v", err)
-	}
-	for i := 0; i < len(body); i += 1 + len(body)/40 {
-		bad := bytes.Clone(body)
-		bad[i] ^= 0x20
-		if verify(bad) == nil {
-			t.Errorf("the receipt with byte %d flipped passed", i)
-		}
-	}
-	lines := bytes.SplitAfter(body, []byte("\n"))
-	for i := range lines[:len(lines)-1] {
-		bad := bytes.Join(append(append([][]byte{}, lines[:i]...), lines[i+1:]...), nil)
-		if verify(bad) == nil {
-			t.Errorf("the receipt without line %d passed", i+1)
-		}
-	}
+	checkSignature(t, m[0], m[1], body, sig)
 }
 
 // TestRecordingSurvivesAgentKill: kill -9 of the agent while a shell
@@ -417,5 +367,71 @@ func TestRecordingSurvivesAgentKill(t *testing.T) {
 	t.Logf("%d parts, %d bytes of cast, seq up to %d", len(parts), len(cast), next-1)
 	if next < 100000 {
 		t.Errorf("the recording holds seq only up to %d, though %d parts were written", next-1, len(parts))
+	}
+}
+
+// scriptedSession logs in with c and runs a shell, a command, sftp and
+// an ssh -L forward to a service in the job.
+func scriptedSession(t *testing.T, c *sshtest.Client, tgt sshtest.Target) {
+	t.Helper()
+	if res := c.Run("ssh", tgt, "exit\n", "-tt", tgt.Dest()); res.Code != 0 {
+		t.Errorf("shell: exit %d: %s", res.Code, res.Stderr)
+	}
+	c.SSH(tgt, 0, "echo hello")
+	if res := c.Run("sftp", tgt, "ls\n", "-b", "-", tgt.Dest()); res.Code != 0 {
+		t.Errorf("sftp: exit %d: %s", res.Code, res.Stderr)
+	}
+	svc := upperService(t)
+	sock := filepath.Join(t.TempDir(), "fwd.sock")
+	fwd := c.Command(t.Context(), "ssh", tgt, "-N", "-o", "ExitOnForwardFailure=yes", "-L", sock+":"+svc.Addr().String(), tgt.Dest())
+	background(t, fwd)
+	var conn net.Conn
+	waitFor(t, "the -L socket", func() bool {
+		var err error
+		conn, err = net.Dial("unix", sock)
+		return err == nil
+	})
+	if got := ask(t, conn, "via -L"); got != "VIA -L" {
+		t.Errorf("through -L: %q", got)
+	}
+	fwd.Process.Kill()
+	fwd.Wait()
+}
+
+// checkSignature checks body and sig with the stock ssh-keygen -Y verify
+// against the printed allowed_signers line for principal: it must pass,
+// and fail with a byte flipped (one in forty, spread) or a line dropped.
+func checkSignature(t *testing.T, allowedLine, principal string, body, sig []byte) {
+	t.Helper()
+	m := []string{allowedLine, principal}
+	allowed := filepath.Join(t.TempDir(), "allowed_signers")
+	os.WriteFile(allowed, []byte(m[0]+"\n"), 0o600)
+	sigFile := filepath.Join(t.TempDir(), "receipt.jsonl.sig")
+	os.WriteFile(sigFile, sig, 0o600)
+	verify := func(b []byte) error {
+		cmd := exec.Command("ssh-keygen", "-Y", "verify", "-f", allowed, "-I", m[1], "-n", "converge-receipt@converge", "-s", sigFile)
+		cmd.Stdin = bytes.NewReader(b)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return &exec.Error{Name: string(out), Err: err}
+		}
+		return nil
+	}
+	if err := verify(body); err != nil {
+		t.Fatalf("ssh-keygen -Y verify refused the receipt: %v", err)
+	}
+	for i := 0; i < len(body); i += 1 + len(body)/40 {
+		bad := bytes.Clone(body)
+		bad[i] ^= 0x20
+		if verify(bad) == nil {
+			t.Errorf("the receipt with byte %d flipped passed", i)
+		}
+	}
+	lines := bytes.SplitAfter(body, []byte("\n"))
+	for i := range lines[:len(lines)-1] {
+		bad := bytes.Join(append(append([][]byte{}, lines[:i]...), lines[i+1:]...), nil)
+		if verify(bad) == nil {
+			t.Errorf("the receipt without line %d passed", i+1)
+		}
 	}
 }
