@@ -403,13 +403,12 @@ func scriptedSession(t *testing.T, c *sshtest.Client, tgt sshtest.Target) {
 // and fail with a byte flipped (one in forty, spread) or a line dropped.
 func checkSignature(t *testing.T, allowedLine, principal string, body, sig []byte) {
 	t.Helper()
-	m := []string{allowedLine, principal}
 	allowed := filepath.Join(t.TempDir(), "allowed_signers")
-	os.WriteFile(allowed, []byte(m[0]+"\n"), 0o600)
+	os.WriteFile(allowed, []byte(allowedLine+"\n"), 0o600)
 	sigFile := filepath.Join(t.TempDir(), "receipt.jsonl.sig")
 	os.WriteFile(sigFile, sig, 0o600)
 	verify := func(b []byte) error {
-		cmd := exec.Command("ssh-keygen", "-Y", "verify", "-f", allowed, "-I", m[1], "-n", "converge-receipt@converge", "-s", sigFile)
+		cmd := exec.Command("ssh-keygen", "-Y", "verify", "-f", allowed, "-I", principal, "-n", "converge-receipt@converge", "-s", sigFile)
 		cmd.Stdin = bytes.NewReader(b)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
