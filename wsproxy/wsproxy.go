@@ -10,6 +10,7 @@ package wsproxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -62,6 +63,11 @@ type Options struct {
 	// ResumeWindow is how long a resumable stream keeps trying to reconnect
 	// after a drop. Default 2 minutes.
 	ResumeWindow time.Duration
+	// TLSSessions, when set, keeps the TLS sessions of wss:// links, so
+	// that a later link, or a later run with the same cache (a
+	// SessionFile), resumes one instead of a full handshake. Nil: each run
+	// starts afresh.
+	TLSSessions tls.ClientSessionCache
 	// Logger reports reconnects. Default slog.Default().
 	Logger *slog.Logger
 	// Released, when set, is called by Stdio once the relay between the
@@ -88,7 +94,11 @@ const lingerTimeout = 5 * time.Second
 // refuses it ends the stream, and its reason is the error of the first
 // Read. A resumable stream's links are raw streams (internal/leg),
 // which the server splices in the kernel, when the server switches to
-// them; otherwise, and for plain streams, WebSockets.
+// them; otherwise, and for plain streams, WebSockets. A raw link's request
+// goes out with the stream's first bytes (leg.DialOptions.Early), so a
+// refusal by the server (unknown ID) is also the error of the first Read,
+// and a server whose agent does not offer resumable streams ends the
+// stream with an error that says so (use NoResume for such agents).
 func Dial(ctx context.Context, t Target, opts Options) (net.Conn, error) {
 	if t.url == "" {
 		return nil, errNoTarget
@@ -101,7 +111,7 @@ func Dial(ctx context.Context, t Target, opts Options) (net.Conn, error) {
 		// The stream outlives the dial context; Close ends it.
 		return wsconn.NetConn(context.Background(), c), nil
 	}
-	d := &linkDialer{url: t.url}
+	d := &linkDialer{url: t.url, sessions: opts.TLSSessions}
 	link, resumable, err := d.dial(ctx)
 	if err != nil {
 		return nil, err
@@ -139,15 +149,18 @@ func Dial(ctx context.Context, t Target, opts Options) (net.Conn, error) {
 // for a plain stream, it dials WebSockets only: the fallback costs a
 // round trip, and an answer is not likely to change within one stream.
 type linkDialer struct {
-	url string
-	raw leg.Fallback // for the stream's life
+	url      string
+	sessions tls.ClientSessionCache
+	raw      leg.Fallback // for the stream's life
 }
 
 // dial opens a link: a resumable one (a raw stream, else a WebSocket),
 // or, when the agent does not offer resumable streams, a plain WebSocket
 // stream as a net.Conn.
 func (d *linkDialer) dial(ctx context.Context) (link io.ReadWriteCloser, resumable bool, err error) {
-	c, err := leg.Dial(ctx, d.url, leg.DialOptions{Protocols: []string{resume.Protocol}, Raw: true, Fallback: &d.raw})
+	// Early: the request leaves with the hello and ssh's first bytes, not a
+	// round trip ahead of them (a refusal then ends the stream, see Dial).
+	c, err := leg.Dial(ctx, d.url, leg.DialOptions{Protocols: []string{resume.Protocol}, Raw: true, Early: true, Fallback: &d.raw, TLSSessions: d.sessions})
 	if err != nil {
 		return nil, false, err
 	}
@@ -178,6 +191,18 @@ func Stdio(ctx context.Context, t Target, in io.ReadCloser, out io.WriteCloser, 
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	res := splice.Splice(stdio{in, out}, conn)
+	if rc, ok := conn.(*resume.Conn); ok && res.Err == nil {
+		// The user's side may end before the server's answer came: a
+		// refusal (unknown ID) is still the outcome to report.
+		select {
+		case <-rc.Answered():
+		case <-rc.Done():
+			res.Err = rc.Err()
+		}
+	}
+	if errors.Is(res.Err, leg.ErrNotOffered) {
+		res.Err = fmt.Errorf("the agent does not offer resumable streams; run wsproxy with --no-resume: %w", res.Err)
+	}
 	if opts.Released != nil {
 		opts.Released(res.Err)
 	}
