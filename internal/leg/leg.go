@@ -244,9 +244,26 @@ func (c *Conn) CloseNow() error {
 // tail of a frame cut in the middle, see wsconn.CleanReads).
 func (c *Conn) Relayed(ctx context.Context) net.Conn {
 	if c.ws != nil {
-		return wsconn.CleanReads(websocket.NetConn(ctx, c.ws, websocket.MessageBinary))
+		return handshakeClose{wsconn.CleanReads(websocket.NetConn(ctx, c.ws, websocket.MessageBinary)), c.ws}
 	}
 	return c.raw
+}
+
+// handshakeClose closes a relayed WebSocket with the closing handshake
+// first. coder/websocket's net.Conn cancels its read context before it
+// closes, and a Read in flight on another goroutine (the relay's other
+// direction) then cuts the connection at once: the peer could lose the
+// close frame and see an error after the last byte instead of the end
+// of the stream.
+type handshakeClose struct {
+	net.Conn
+	ws *websocket.Conn
+}
+
+func (h handshakeClose) Close() error {
+	err := h.ws.Close(websocket.StatusNormalClosure, "")
+	h.Conn.Close() // stops its timers; the WebSocket is closed already
+	return err
 }
 
 // NetConn is c as one end of a plain stream: a WebSocket in binary
