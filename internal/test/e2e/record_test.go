@@ -224,7 +224,9 @@ func killClient(t *testing.T, tm *term) {
 	pane := strings.TrimSpace(tm.tmux("list-panes", "-t", "t", "-F", "#{pane_pid}"))
 	for _, pid := range processes("ssh") {
 		if isDescendant(pid, pane) {
-			syscall.Kill(pid, syscall.SIGKILL)
+			if p, err := os.FindProcess(pid); err == nil {
+				p.Kill() // SIGKILL
+			}
 		}
 	}
 }
