@@ -1,0 +1,256 @@
+package policy
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coreos/go-oidc/v3/oidc"
+)
+
+// Issuer is an OIDC issuer whose tokens are believed when they satisfy
+// any of its rules. An issuer without rules admits nothing: trusting all
+// of GitHub's or GitLab's jobs is never what an operator means.
+type Issuer struct {
+	// URL is the issuer as its tokens' iss claim names it, such as
+	// https://token.actions.githubusercontent.com or https://gitlab.com.
+	// https only; http only on a loopback host (tests).
+	URL string
+	// Allow are rules (see ParseRule); any one may match.
+	Allow []Rule
+}
+
+// Rule is a set of conditions on a token's claims, all of which must
+// hold: "repository=acme/*" or "project_path=acme/app&ref=refs/heads/main".
+type Rule []Condition
+
+// Condition is one CLAIM=GLOB: the claim, as a string (numbers and
+// booleans written out), matches the glob by path.Match, so * stops at
+// a "/" (acme/* is every repository of acme, not of its subgroups).
+type Condition struct {
+	Claim, Glob string
+}
+
+// ParseRule parses CLAIM=GLOB[&CLAIM=GLOB...].
+func ParseRule(s string) (Rule, error) {
+	var r Rule
+	for _, part := range strings.Split(s, "&") {
+		claim, glob, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok || claim == "" || glob == "" {
+			return nil, fmt.Errorf("OIDC rule %q: want CLAIM=GLOB, several joined by &, e.g. repository=acme/*", s)
+		}
+		if _, err := path.Match(glob, ""); err != nil {
+			return nil, fmt.Errorf("OIDC rule %q: bad glob %q: %w", s, glob, err)
+		}
+		r = append(r, Condition{Claim: claim, Glob: glob})
+	}
+	return r, nil
+}
+
+func (r Rule) String() string {
+	var parts []string
+	for _, c := range r {
+		parts = append(parts, c.Claim+"="+c.Glob)
+	}
+	return strings.Join(parts, "&")
+}
+
+// matches reports whether every condition holds for claims; a claim the
+// token lacks holds none.
+func (r Rule) matches(claims map[string]string) bool {
+	for _, c := range r {
+		v, ok := claims[c.Claim]
+		if !ok {
+			return false
+		}
+		if m, _ := path.Match(c.Glob, v); !m {
+			return false
+		}
+	}
+	return len(r) > 0
+}
+
+// checkIssuerURL allows https, and http only on loopback.
+func checkIssuerURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return fmt.Errorf("OIDC issuer %q: not a URL", raw)
+	}
+	switch u.Scheme {
+	case "https":
+		return nil
+	case "http":
+		host := u.Hostname()
+		if ip := net.ParseIP(host); (ip != nil && ip.IsLoopback()) || host == "localhost" {
+			return nil
+		}
+		return fmt.Errorf("OIDC issuer %q: http is allowed only on a loopback host (tests); use https", raw)
+	}
+	return fmt.Errorf("OIDC issuer %q: use https", raw)
+}
+
+// oidcPolicy checks identity tokens against the trusted issuers.
+type oidcPolicy struct {
+	cfg     Config
+	issuers map[string]*issuer // by URL
+	order   []string
+}
+
+// issuer is one trusted issuer and its verifier, made at its first token
+// (discovery). go-oidc's verifier caches the issuer's keys (JWKS) and
+// fetches them again when a token names a key ID it does not know, so a
+// key rotation costs one fetch and steady state none.
+type issuer struct {
+	Issuer
+	mu       sync.Mutex
+	verifier *oidc.IDTokenVerifier
+	failedAt time.Time // last failed discovery, to not hammer the issuer
+}
+
+func newOIDCPolicy(cfg Config) (*oidcPolicy, error) {
+	o := &oidcPolicy{cfg: cfg, issuers: map[string]*issuer{}}
+	for _, is := range cfg.Issuers {
+		if err := checkIssuerURL(is.URL); err != nil {
+			return nil, err
+		}
+		if _, dup := o.issuers[is.URL]; dup {
+			return nil, fmt.Errorf("OIDC issuer %q given twice: give its rules after one --oidc-issuer", is.URL)
+		}
+		if len(is.Allow) == 0 {
+			cfg.Logger.Warn("OIDC issuer without rules admits nothing; add --oidc-allow CLAIM=GLOB after it", "issuer", is.URL)
+		}
+		o.issuers[is.URL] = &issuer{Issuer: is}
+		o.order = append(o.order, is.URL)
+	}
+	return o, nil
+}
+
+func (o *oidcPolicy) names() string { return strings.Join(o.order, " or ") }
+
+func refuseOIDC(format string, args ...any) *Refusal {
+	return &Refusal{Reason: ReasonOIDC, Message: "identity token refused: " + fmt.Sprintf(format, args...)}
+}
+
+// check verifies raw: issued by a trusted issuer, signed with one of its
+// keys, for the audience, unexpired, and allowed by a rule.
+func (o *oidcPolicy) check(ctx context.Context, raw, audience string, now time.Time) (Identity, error) {
+	iss, err := unverifiedIssuer(raw)
+	if err != nil {
+		return Identity{}, refuseOIDC("%v", err)
+	}
+	is := o.issuers[iss]
+	if is == nil {
+		return Identity{}, refuseOIDC("its issuer %q is not one this relay trusts (%s)", iss, o.names())
+	}
+	v, err := is.verifierFor(o.cfg, now)
+	if err != nil {
+		return Identity{}, &Refusal{Reason: ReasonOIDC, Unavailable: true, Message: "cannot check identity tokens now: " + err.Error()}
+	}
+	tok, err := v.Verify(ctx, raw)
+	var expired *oidc.TokenExpiredError
+	switch {
+	case errors.As(err, &expired):
+		return Identity{}, refuseOIDC("it expired at %s", expired.Expiry.UTC().Format(time.RFC3339))
+	case err != nil:
+		return Identity{}, refuseOIDC("%s", strings.TrimPrefix(err.Error(), "oidc: "))
+	}
+	want := o.cfg.Audience
+	if want == "" {
+		want = audience
+	}
+	if !slices.Contains(tok.Audience, want) {
+		return Identity{}, refuseOIDC("it is for audience %q, not this relay's %q (request the token with audience %s)", strings.Join(tok.Audience, ","), want, want)
+	}
+	claims, err := flatClaims(tok)
+	if err != nil {
+		return Identity{}, refuseOIDC("%v", err)
+	}
+	id := fromClaims(iss, claims)
+	for _, r := range is.Allow {
+		if r.matches(claims) {
+			return id, nil
+		}
+	}
+	who := id.Repository
+	if who == "" {
+		who = "subject " + claims["sub"]
+	}
+	return Identity{}, refuseOIDC("%s is not allowed by this relay's rules for %s", who, iss)
+}
+
+// discoveryRetry is how long after a failed discovery the next token
+// waits before the issuer is asked again.
+const discoveryRetry = 10 * time.Second
+
+// verifierFor returns the issuer's verifier, discovering it first.
+func (is *issuer) verifierFor(cfg Config, now time.Time) (*oidc.IDTokenVerifier, error) {
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	if is.verifier != nil {
+		return is.verifier, nil
+	}
+	if !is.failedAt.IsZero() && now.Sub(is.failedAt) < discoveryRetry {
+		return nil, fmt.Errorf("issuer %s was unreachable moments ago; retry shortly", is.URL)
+	}
+	// The context holds the HTTP client for key fetches too: go-oidc keeps
+	// it (and ignores its cancellation) for the life of the verifier.
+	ctx := oidc.ClientContext(context.Background(), cfg.HTTPClient)
+	p, err := oidc.NewProvider(ctx, is.URL)
+	if err != nil {
+		is.failedAt = now
+		return nil, fmt.Errorf("discover issuer %s: %w", is.URL, err)
+	}
+	is.verifier = p.Verifier(&oidc.Config{SkipClientIDCheck: true, Now: cfg.Now}) // audience checked by check
+	return is.verifier, nil
+}
+
+// unverifiedIssuer reads iss from raw's payload without checking
+// anything, only to pick the issuer whose keys then check it all.
+func unverifiedIssuer(raw string) (string, error) {
+	parts := strings.Split(raw, ".")
+	if len(parts) != 3 {
+		return "", errors.New("it is not a signed JWT")
+	}
+	b, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return "", errors.New("its payload is not base64url")
+	}
+	var c struct {
+		Iss string `json:"iss"`
+	}
+	if err := json.Unmarshal(b, &c); err != nil || c.Iss == "" {
+		return "", errors.New("its payload names no issuer")
+	}
+	return c.Iss, nil
+}
+
+// flatClaims returns tok's top-level claims as strings: numbers and
+// booleans written out, other kinds left out.
+func flatClaims(tok *oidc.IDToken) (map[string]string, error) {
+	var all map[string]any
+	if err := tok.Claims(&all); err != nil {
+		return nil, err
+	}
+	out := make(map[string]string, len(all))
+	for k, v := range all {
+		switch v := v.(type) {
+		case string:
+			out[k] = v
+		case float64:
+			out[k] = strconv.FormatFloat(v, 'f', -1, 64)
+		case bool:
+			out[k] = strconv.FormatBool(v)
+		}
+	}
+	return out, nil
+}
