@@ -14,6 +14,7 @@ import (
 
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
+	"github.com/converge-ci/converge/server/internal/policy"
 )
 
 // agentConn is one connected agent's control connection.
@@ -33,7 +34,8 @@ type agentConn struct {
 	// that either the displacer sees ready and closes ws, or serveAgent
 	// sees displaced and ends.
 	displaced atomic.Bool
-	issued    atomic.Int64 // unix nanoseconds its latest token was signed; 0 until its welcome is sent
+	issued    atomic.Int64    // unix nanoseconds its latest token was signed; 0 until its welcome is sent
+	who       policy.Identity // what the registration policy verified; set at construction
 
 	// pool holds the agent's idle streams when it speaks control v2 and
 	// the server pools; nil otherwise. Set before ready.
@@ -99,7 +101,13 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "server shutting down; reconnect shortly", http.StatusServiceUnavailable)
 		return
 	}
-	a := &agentConn{id: id, remote: s.remoteAddr(r), since: time.Now(), welcomed: make(chan struct{})}
+	remote := s.remoteAddr(r)
+	who, uncount, ok := s.admitAgent(w, r, id, remote)
+	if !ok {
+		return
+	}
+	defer uncount()
+	a := &agentConn{id: id, remote: remote, since: time.Now(), welcomed: make(chan struct{}), who: who}
 	a.touch()
 	c := s.claimFor(id, presented, a.remote)
 	a.tenure = c.tenure
@@ -242,7 +250,8 @@ func (s *Server) serveAgent(a *agentConn) error {
 	s.reg.Confirm(a.id, a) // only now does a drop leave a reservation
 	s.metrics.registrations.Inc()
 	s.changes.notify()
-	s.log.Info("agent connected", "id", a.id, "remote", a.remote, "hostname", a.info.Hostname, "os", a.info.OS, "version", m.Hello.Version)
+	s.log.Info("agent connected", "id", a.id, "remote", a.remote, "hostname", a.info.Hostname, "os", a.info.OS, "version", m.Hello.Version,
+		"via", a.who.Via, "verified", a.who.Summary())
 	for {
 		m, err := s.readControl(s.ctx, a)
 		if err != nil {

@@ -71,6 +71,9 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 			break
 		}
 	}
+	if v := a.who.Verified(); v != "" {
+		w.Header().Set(wire.VerifiedHeader, v)
+	}
 	cl, err := acceptLeg(w, r, protocol)
 	if err != nil {
 		return

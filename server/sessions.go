@@ -99,7 +99,7 @@ func (s *Server) localSessions() []templates.Session {
 			ID: a.id, Remote: a.remote, Since: a.since,
 			Hostname: info.Hostname, OS: info.OS, Arch: info.Arch, User: info.User, Dir: info.Dir,
 			Fingerprint: info.Fingerprint, Expiry: info.Status.Expiry, Users: info.Status.Sessions,
-			Streams: int(a.streams.Load()),
+			Streams: int(a.streams.Load()), Verified: a.who.Verified(),
 		}
 		for k, val := range info.CI {
 			v.CI = append(v.CI, templates.Hint{Key: k, Value: val})

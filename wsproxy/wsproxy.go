@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"sync"
 	"time"
 
@@ -68,6 +69,12 @@ type Options struct {
 	// stderr, which ssh passes on to its ProxyCommand) is not held up by
 	// the farewell. Nil: nothing is called.
 	Released func(err error)
+	// Verified, when set, is called once, before Dial returns, with what
+	// the relay says it verified about the agent's job (its
+	// wire.VerifiedHeader, made safe to print) when it says anything.
+	// It is the relay's word; the agent's host key, which ssh checks,
+	// is the end-to-end one.
+	Verified func(job string)
 }
 
 // lingerTimeout bounds how long a finished resumable stream waits to tell
@@ -88,16 +95,18 @@ func Dial(ctx context.Context, t Target, opts Options) (net.Conn, error) {
 	if t.url == "" {
 		return nil, errNoTarget
 	}
+	response := verifiedHeader(opts.Verified)
 	if opts.NoResume {
-		c, err := wsconn.Dial(ctx, t.url, wsconn.Options{})
+		c, err := wsconn.Dial(ctx, t.url, wsconn.Options{Response: response})
 		if err != nil {
 			return nil, err
 		}
 		// The stream outlives the dial context; Close ends it.
 		return wsconn.NetConn(context.Background(), c), nil
 	}
-	d := &linkDialer{url: t.url}
+	d := &linkDialer{url: t.url, response: response}
 	link, resumable, err := d.dial(ctx)
+	d.response = nil // the first link's answer only
 	if err != nil {
 		return nil, err
 	}
@@ -134,8 +143,9 @@ func Dial(ctx context.Context, t Target, opts Options) (net.Conn, error) {
 // only: the fallback costs a round trip, and an answer is not likely to
 // change within one stream.
 type linkDialer struct {
-	url    string
-	wsOnly bool // dial is called by one goroutine at a time
+	url      string
+	wsOnly   bool              // dial is called by one goroutine at a time
+	response func(http.Header) // for the first link's switch; nil after
 }
 
 // dial opens a link: a resumable one (a raw stream, else a WebSocket),
@@ -143,7 +153,7 @@ type linkDialer struct {
 // stream as a net.Conn.
 func (d *linkDialer) dial(ctx context.Context) (link io.ReadWriteCloser, resumable bool, err error) {
 	if !d.wsOnly {
-		c, proto, err := rawstream.Dial(ctx, d.url, []string{resume.Protocol}, rawstream.Options{})
+		c, proto, err := rawstream.Dial(ctx, d.url, []string{resume.Protocol}, rawstream.Options{Response: d.response})
 		switch {
 		case err == nil && proto == resume.Protocol:
 			return resume.Stream(c, wsconn.PingInterval), true, nil
@@ -158,7 +168,7 @@ func (d *linkDialer) dial(ctx context.Context) (link io.ReadWriteCloser, resumab
 			return nil, false, err
 		}
 	}
-	c, err := wsconn.Dial(ctx, d.url, wsconn.Options{Subprotocols: []string{resume.Protocol}})
+	c, err := wsconn.Dial(ctx, d.url, wsconn.Options{Subprotocols: []string{resume.Protocol}, Response: d.response})
 	if err != nil {
 		return nil, false, err
 	}
@@ -167,6 +177,29 @@ func (d *linkDialer) dial(ctx context.Context) (link io.ReadWriteCloser, resumab
 		return wsconn.NetConn(context.Background(), c), false, nil
 	}
 	return resume.WebSocket(c, wsconn.PingInterval, wsconn.PingTimeout), true, nil
+}
+
+// verifiedHeader returns the Response callback that passes a switch's
+// wire.VerifiedHeader to verified; nil when verified is.
+func verifiedHeader(verified func(string)) func(http.Header) {
+	if verified == nil {
+		return nil
+	}
+	return func(h http.Header) {
+		if v := h.Get(wire.VerifiedHeader); v != "" {
+			verified(wsconn.Sanitize(v))
+		}
+	}
+}
+
+// ID returns the rendezvous ID the target ends in.
+func (t Target) ID() string {
+	u, err := wsconn.ParseURL(t.url)
+	if err != nil {
+		return ""
+	}
+	id, _ := wire.ClientID(u.Path)
+	return id
 }
 
 // finish waits, briefly, for a closed resumable stream to tell the agent

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
+	"unicode"
 
 	"github.com/converge-ci/converge/internal/cli"
 	"github.com/converge-ci/converge/server"
@@ -82,6 +84,12 @@ A replica forwards clients of agents another holds to it; see the README,
 	f.DurationVar(&cfg.DrainDelay, "drain-delay", 0, "on SIGTERM, how long /healthz answers 503 (and new agents are refused) before agents are released and connections closed, so that a load balancer sends them elsewhere first (default 0; 5s with --redis; negative: none)")
 	f.StringVar(&cfg.Redis, "redis", "", "`URL` of the Redis (or Valkey) that replicas of one service share their registry in: redis://[:PASSWORD@]HOST:PORT/DB, rediss:// for TLS, unix:///PATH. Needs --advertise and CONVERGE_CLUSTER_KEY. Prefer the environment variable when it holds a password. Default none: a single server")
 	f.StringVar(&cfg.Advertise, "advertise", "", "`URL` other replicas reach this one by, to forward clients of the agents it holds, as http://HOST:PORT (https when it serves TLS); port 0 means the port it listens on. Required with --redis")
+	f.StringVar(&cfg.AgentTokenFile, "agent-token-file", "", "`FILE` of shared registration tokens, one per line (# comments), re-read when it changes: agents must present one (CONVERGE_AGENT_TOKEN). CONVERGE_AGENT_TOKENS (environment only) adds more, separated by commas or spaces. Default none: with no --oidc-issuer either, any agent registers")
+	oidc := server.NewOIDCFlags(&cfg.OIDCIssuers)
+	f.Var(oidc.Issuer(), "oidc-issuer", "`URL` of a CI system whose identity tokens admit agents, e.g. https://token.actions.githubusercontent.com or https://gitlab.com; repeatable. Each needs --oidc-allow rules after it: an issuer without rules admits nothing")
+	f.Var(oidc.Allow(), "oidc-allow", "`CLAIM=GLOB` rule for the --oidc-issuer before it, e.g. repository=acme/* (GitHub), project_path=acme/* (GitLab), repository_owner=acme; several conditions joined by & must all hold; any rule may match; repeatable. The glob's * stops at /")
+	f.StringVar(&cfg.OIDCAudience, "oidc-audience", "", "`AUDIENCE` identity tokens must be minted for. Default: this server's URL as agents reach it (https://host[/base-path]), which is what agents ask their CI system for; set it when agents reach the server by several names")
+	f.IntVar(&cfg.MaxAgentsPerRepo, "max-agents-per-repo", 0, "most agents connected at once for one repository, as verified from identity tokens, counted across replicas with --redis; hosted runners share addresses, so the per-address cap is the wrong unit there (0: unlimited)")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.BoolVar(&verbose, "verbose", false, "log debug messages")
 	if err := cmd.Parse(os.Args[1:]); err != nil {
@@ -93,6 +101,10 @@ A replica forwards clients of agents another holds to it; see the README,
 	if f.NArg() > 0 {
 		cli.Fatal("converge", errors.New("unexpected arguments; see converge --help"), 2)
 	}
+	if err := oidc.Err(); err != nil {
+		cli.Fatal("converge", err, 2)
+	}
+	cfg.AgentTokens = strings.FieldsFunc(os.Getenv("CONVERGE_AGENT_TOKENS"), func(r rune) bool { return r == ',' || unicode.IsSpace(r) })
 	log, err := cli.Logger(os.Stderr, logFormat, verbose)
 	if err != nil {
 		cli.Fatal("converge", err, 2)

@@ -92,6 +92,13 @@ func Accept(w http.ResponseWriter, r *http.Request, protocol string) (net.Conn, 
 	if protocol != "" {
 		resp.WriteString(ProtocolHeader + ": " + protocol + "\r\n")
 	}
+	for k, vs := range w.Header() { // what the handler set, as a WebSocket's 101 carries it
+		for _, v := range vs {
+			if k != ProtocolHeader && !strings.ContainsAny(k+v, "\r\n") {
+				resp.WriteString(k + ": " + v + "\r\n")
+			}
+		}
+	}
 	resp.WriteString("\r\n")
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	if _, err := io.WriteString(c, resp.String()); err != nil {
@@ -119,6 +126,9 @@ func (c *earlyConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 // Options for Dial.
 type Options struct {
 	Header http.Header
+	// Response, when set, is called with the headers of the server's
+	// switch (101) before Dial returns.
+	Response func(http.Header)
 }
 
 var dialer = &net.Dialer{Timeout: 30 * time.Second}
@@ -167,7 +177,11 @@ func Dial(ctx context.Context, rawURL string, protocols []string, opts Options) 
 	if err != nil {
 		return nil, "", fmt.Errorf("connect to %s: %w", rawURL, err)
 	}
-	return switched(rawURL, resp, tcp, protocols, plain)
+	c, proto, err := switched(rawURL, resp, tcp, protocols, plain)
+	if err == nil && opts.Response != nil {
+		opts.Response(resp.Header)
+	}
+	return c, proto, err
 }
 
 // switched makes the connection of a response to Dial's request, or the

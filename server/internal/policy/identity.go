@@ -72,6 +72,21 @@ func issuerHost(issuer string) string {
 	return u.Host
 }
 
+// Verified is Summary for an identity the relay verified from a CI
+// system's token, with control characters dropped so that it fits an
+// HTTP header and a terminal; "" for any other.
+func (id Identity) Verified() string {
+	if id.Via != ViaOIDC {
+		return ""
+	}
+	return strings.Map(func(r rune) rune {
+		if r < ' ' || r == 0x7f {
+			return -1
+		}
+		return r
+	}, id.Summary())
+}
+
 // Summary is the identity in a phrase: "github.com/acme/app, workflow
 // CI, refs/heads/main, run 123 attempt 1, by alice"; for a shared token
 // "an agent with a registration token"; "" when open.
