@@ -13,6 +13,7 @@ import (
 	"github.com/coder/websocket"
 	gossh "golang.org/x/crypto/ssh"
 
+	"github.com/converge-ci/converge/agent/lifetime"
 	"github.com/converge-ci/converge/internal/resume"
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
@@ -99,8 +100,12 @@ func reclaiming(re *wsconn.RefusedError, lost, now time.Time) bool {
 }
 
 // refused is the error that ends the agent on refusal re; lost as for
-// reclaiming.
+// reclaiming. A 401 is the registration policy's: lifetime.ErrNotAdmitted
+// with the server's reason.
 func refused(re *wsconn.RefusedError, lost time.Time) error {
+	if re.Status == http.StatusUnauthorized {
+		return fmt.Errorf("%w: %s", lifetime.ErrNotAdmitted, re.Message)
+	}
 	if re.Status == http.StatusConflict && !lost.IsZero() {
 		return fmt.Errorf("server refused agent: %s (tried for %v to take the ID back after the link dropped)", re.Message, reclaimWindow)
 	}
@@ -114,6 +119,9 @@ func (a *Agent) control(ctx context.Context, announce bool) (connected bool, err
 	hdr := http.Header{}
 	if a.secret != "" {
 		hdr.Set(wire.SecretHeader, a.secret)
+	}
+	if err := a.credentials(ctx, hdr); err != nil {
+		return false, err
 	}
 	dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	protocols := []string{wire.ControlProtocolV2, wire.ControlProtocol} // v2: stream pools

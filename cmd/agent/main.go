@@ -88,7 +88,10 @@ job goes on; "agent wait" at the end of the job waits only if someone is
 connected or .hold holds it.`)
 	cmd.Footer = `Exit status: 0 when the session ended (last logout, expiry, --max-session,
 SIGINT/SIGTERM, or unused at "agent wait"); 1 on failure; 2 on bad usage;
-3 when nobody logged in before --connect-timeout.
+3 when nobody logged in before --connect-timeout; 4 when the server's
+registration policy refused the agent's token (or it had none): the agent
+prints the server's reason and stops at once, without retrying. Network
+failures are retried, and never end in 4.
 
 Example:
   echo "ssh-ed25519 AAAA... you@laptop" > .authorized_keys
@@ -117,6 +120,8 @@ In the background:
 	f.BoolVar(&o.stay, "stay", false, "keep running after the last user logs out, until the expiry (default: exit with status 0)")
 	f.BoolVar(&o.detach, "detach", false, "run in the background once registered, logging to .converge/agent.log; end the job with \"agent wait\"")
 	f.DurationVar(&cfg.ResumeWindow, "resume-window", 2*time.Minute, "how long a user's resumable session waits for the user to reconnect after a drop before it is closed")
+	f.StringVar(&cfg.AgentToken, "agent-token", "", "shared registration `TOKEN` for a server that asks for one (set it through the environment, from a CI secret)")
+	f.StringVar(&cfg.IDToken, "id-token", "", "OIDC identity `TOKEN` from the CI system, minted for the server's URL in https form as audience, for a server that checks them (GitLab: id_tokens: in the job, passed as CONVERGE_ID_TOKEN). On GitHub Actions the agent asks for one itself when the job has permissions: id-token: write")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	f.BoolVar(&o.verbose, "verbose", false, "log debug messages")
 	return cmd, o
