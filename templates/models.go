@@ -65,6 +65,9 @@ type TerminalData struct {
 	Base   string // this server's HTTP base URL
 	Client string // the WebSocket URL of /client/ID
 	Assets TerminalAssets
+	// Verified is what the relay checked about the agent's job when the
+	// page was made (see Session.Verified); "" for none.
+	Verified string
 }
 
 // Session is one connected agent on the sessions page. Everything but

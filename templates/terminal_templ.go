@@ -165,72 +165,108 @@ func Terminal(d TerminalData) templ.Component {
 				if templ_7745c5c3_Err != nil {
 					return templ_7745c5c3_Err
 				}
-				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 11, "</code></h1><span id=\"status\" role=\"status\" aria-live=\"polite\">Loading the terminal…</span> <button id=\"connect\" type=\"button\" hidden>Connect</button></div><div id=\"verify\" class=\"note\" hidden><p>This link pins no host key, so check the agent before you log in. It presents:</p><pre><code id=\"host-fp\"></code></pre><p>Compare it with the <code>Host key: SHA256:…</code> line in the job's log. Continue only if they are the same: anyone between you and the job, this server included, could otherwise pose as the agent. The link in the job's log carries the fingerprint and skips this step.</p><button id=\"trust\" type=\"button\">They are the same: log in</button></div><div id=\"refused\" class=\"note warn\" hidden><p><strong>Refused: the agent's host key is not the one the link pins.</strong></p><p id=\"refused-why\"></p><p>Do not log in. Check that the link is the one in this job's log; if it is, someone between you and the job may be posing as the agent.</p></div><details id=\"login\"><summary>How this page logs in</summary><p id=\"login-help\" class=\"note\" hidden></p><h2>This browser's key</h2><pre><code id=\"browser-key\">…</code></pre><p class=\"small muted\">This browser made the key and keeps it; it lets no one, this page included, read the private half. Add the line once to <code>.authorized_keys</code> in the job's directory (or to your forge account's keys when the agent reads them with <code>--authorized-keys-url</code>), then connect.</p><h2>Or a private key file</h2><p><input type=\"file\" id=\"key-file\"> <span class=\"small muted\">Kept in this page's memory only; it never leaves the page.</span></p><p id=\"passphrase-row\" hidden><label for=\"passphrase\">Passphrase of the key file</label> <input type=\"password\" id=\"passphrase\" autocomplete=\"off\"></p><h2>Or a password</h2><p><label for=\"password\">Password</label> <input type=\"password\" id=\"password\" autocomplete=\"off\"> <span class=\"small muted\">Only when the agent was started with one.</span></p></details><div id=\"term\" class=\"term\"></div><p class=\"small muted\">Copy: select, then Ctrl+Shift+C (⌘C on a Mac). Paste: Ctrl+Shift+V (⌘V). SSH runs in this page, end to end with the agent: the server relays encrypted bytes only. Prefer your own ssh? See <a href=\"")
+				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 11, "</code></h1><span id=\"status\" role=\"status\" aria-live=\"polite\">Loading the terminal…</span> <button id=\"connect\" type=\"button\" hidden>Connect</button></div>")
 				if templ_7745c5c3_Err != nil {
 					return templ_7745c5c3_Err
 				}
-				var templ_7745c5c3_Var12 string
-				templ_7745c5c3_Var12, templ_7745c5c3_Err = templruntime.NewAttributeExpression(templ.SafeURL(link(ctx, "/?id="+d.ID))).ResolveURL(ctx)
-				if templ_7745c5c3_Err != nil {
-					return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/terminal.templ`, Line: 71, Col: 127}
+				if d.Verified != "" {
+					templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 12, "<p id=\"verified-job\" class=\"small\">")
+					if templ_7745c5c3_Err != nil {
+						return templ_7745c5c3_Err
+					}
+					var templ_7745c5c3_Var12 string
+					templ_7745c5c3_Var12, templ_7745c5c3_Err = templ.JoinStringErrs(d.ID)
+					if templ_7745c5c3_Err != nil {
+						return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/terminal.templ`, Line: 26, Col: 12}
+					}
+					_, templ_7745c5c3_Err = templ_7745c5c3_Buffer.WriteString(templ.EscapeString(templ_7745c5c3_Var12))
+					if templ_7745c5c3_Err != nil {
+						return templ_7745c5c3_Err
+					}
+					templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 13, " is ")
+					if templ_7745c5c3_Err != nil {
+						return templ_7745c5c3_Err
+					}
+					var templ_7745c5c3_Var13 string
+					templ_7745c5c3_Var13, templ_7745c5c3_Err = templ.JoinStringErrs(d.Verified)
+					if templ_7745c5c3_Err != nil {
+						return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/terminal.templ`, Line: 26, Col: 30}
+					}
+					_, templ_7745c5c3_Err = templ_7745c5c3_Buffer.WriteString(templ.EscapeString(templ_7745c5c3_Var13))
+					if templ_7745c5c3_Err != nil {
+						return templ_7745c5c3_Err
+					}
+					templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 14, " <span class=\"muted\">(verified by this relay as the page loaded: the relay's word; the host key check is the end-to-end proof)</span></p>")
+					if templ_7745c5c3_Err != nil {
+						return templ_7745c5c3_Err
+					}
 				}
-				_, templ_7745c5c3_Err = templ_7745c5c3_Buffer.WriteString(templ_7745c5c3_Var12)
-				if templ_7745c5c3_Err != nil {
-					return templ_7745c5c3_Err
-				}
-				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 12, "\">the recipes</a>.</p></section><noscript><p class=\"note warn\">The terminal needs JavaScript. Without it, connect with ssh: see the recipes.</p></noscript><script src=\"")
-				if templ_7745c5c3_Err != nil {
-					return templ_7745c5c3_Err
-				}
-				var templ_7745c5c3_Var13 string
-				templ_7745c5c3_Var13, templ_7745c5c3_Err = templruntime.NewAttributeExpression(link(ctx, d.Assets.Script)).ResolveURL(ctx)
-				if templ_7745c5c3_Err != nil {
-					return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/terminal.templ`, Line: 75, Col: 43}
-				}
-				_, templ_7745c5c3_Err = templ_7745c5c3_Buffer.WriteString(templ_7745c5c3_Var13)
-				if templ_7745c5c3_Err != nil {
-					return templ_7745c5c3_Err
-				}
-				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 13, "\" defer></script> <script src=\"")
+				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 15, "<div id=\"verify\" class=\"note\" hidden><p>This link pins no host key, so check the agent before you log in. It presents:</p><pre><code id=\"host-fp\"></code></pre><p>Compare it with the <code>Host key: SHA256:…</code> line in the job's log. Continue only if they are the same: anyone between you and the job, this server included, could otherwise pose as the agent. The link in the job's log carries the fingerprint and skips this step.</p><button id=\"trust\" type=\"button\">They are the same: log in</button></div><div id=\"refused\" class=\"note warn\" hidden><p><strong>Refused: the agent's host key is not the one the link pins.</strong></p><p id=\"refused-why\"></p><p>Do not log in. Check that the link is the one in this job's log; if it is, someone between you and the job may be posing as the agent.</p></div><details id=\"login\"><summary>How this page logs in</summary><p id=\"login-help\" class=\"note\" hidden></p><h2>This browser's key</h2><pre><code id=\"browser-key\">…</code></pre><p class=\"small muted\">This browser made the key and keeps it; it lets no one, this page included, read the private half. Add the line once to <code>.authorized_keys</code> in the job's directory (or to your forge account's keys when the agent reads them with <code>--authorized-keys-url</code>), then connect.</p><h2>Or a private key file</h2><p><input type=\"file\" id=\"key-file\"> <span class=\"small muted\">Kept in this page's memory only; it never leaves the page.</span></p><p id=\"passphrase-row\" hidden><label for=\"passphrase\">Passphrase of the key file</label> <input type=\"password\" id=\"passphrase\" autocomplete=\"off\"></p><h2>Or a password</h2><p><label for=\"password\">Password</label> <input type=\"password\" id=\"password\" autocomplete=\"off\"> <span class=\"small muted\">Only when the agent was started with one.</span></p></details><div id=\"term\" class=\"term\"></div><p class=\"small muted\">Copy: select, then Ctrl+Shift+C (⌘C on a Mac). Paste: Ctrl+Shift+V (⌘V). SSH runs in this page, end to end with the agent: the server relays encrypted bytes only. Prefer your own ssh? See <a href=\"")
 				if templ_7745c5c3_Err != nil {
 					return templ_7745c5c3_Err
 				}
 				var templ_7745c5c3_Var14 string
-				templ_7745c5c3_Var14, templ_7745c5c3_Err = templruntime.NewAttributeExpression(link(ctx, d.Assets.XtermJS)).ResolveURL(ctx)
+				templ_7745c5c3_Var14, templ_7745c5c3_Err = templruntime.NewAttributeExpression(templ.SafeURL(link(ctx, "/?id="+d.ID))).ResolveURL(ctx)
 				if templ_7745c5c3_Err != nil {
-					return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/terminal.templ`, Line: 76, Col: 44}
+					return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/terminal.templ`, Line: 76, Col: 127}
 				}
 				_, templ_7745c5c3_Err = templ_7745c5c3_Buffer.WriteString(templ_7745c5c3_Var14)
 				if templ_7745c5c3_Err != nil {
 					return templ_7745c5c3_Err
 				}
-				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 14, "\" defer></script> <script src=\"")
+				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 16, "\">the recipes</a>.</p></section><noscript><p class=\"note warn\">The terminal needs JavaScript. Without it, connect with ssh: see the recipes.</p></noscript><script src=\"")
 				if templ_7745c5c3_Err != nil {
 					return templ_7745c5c3_Err
 				}
 				var templ_7745c5c3_Var15 string
-				templ_7745c5c3_Var15, templ_7745c5c3_Err = templruntime.NewAttributeExpression(link(ctx, d.Assets.FitJS)).ResolveURL(ctx)
+				templ_7745c5c3_Var15, templ_7745c5c3_Err = templruntime.NewAttributeExpression(link(ctx, d.Assets.Script)).ResolveURL(ctx)
 				if templ_7745c5c3_Err != nil {
-					return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/terminal.templ`, Line: 77, Col: 42}
+					return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/terminal.templ`, Line: 80, Col: 43}
 				}
 				_, templ_7745c5c3_Err = templ_7745c5c3_Buffer.WriteString(templ_7745c5c3_Var15)
 				if templ_7745c5c3_Err != nil {
 					return templ_7745c5c3_Err
 				}
-				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 15, "\" defer></script> <script src=\"")
+				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 17, "\" defer></script> <script src=\"")
 				if templ_7745c5c3_Err != nil {
 					return templ_7745c5c3_Err
 				}
 				var templ_7745c5c3_Var16 string
-				templ_7745c5c3_Var16, templ_7745c5c3_Err = templruntime.NewAttributeExpression(link(ctx, d.Assets.WasmExec)).ResolveURL(ctx)
+				templ_7745c5c3_Var16, templ_7745c5c3_Err = templruntime.NewAttributeExpression(link(ctx, d.Assets.XtermJS)).ResolveURL(ctx)
 				if templ_7745c5c3_Err != nil {
-					return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/terminal.templ`, Line: 78, Col: 45}
+					return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/terminal.templ`, Line: 81, Col: 44}
 				}
 				_, templ_7745c5c3_Err = templ_7745c5c3_Buffer.WriteString(templ_7745c5c3_Var16)
 				if templ_7745c5c3_Err != nil {
 					return templ_7745c5c3_Err
 				}
-				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 16, "\" defer></script>")
+				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 18, "\" defer></script> <script src=\"")
+				if templ_7745c5c3_Err != nil {
+					return templ_7745c5c3_Err
+				}
+				var templ_7745c5c3_Var17 string
+				templ_7745c5c3_Var17, templ_7745c5c3_Err = templruntime.NewAttributeExpression(link(ctx, d.Assets.FitJS)).ResolveURL(ctx)
+				if templ_7745c5c3_Err != nil {
+					return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/terminal.templ`, Line: 82, Col: 42}
+				}
+				_, templ_7745c5c3_Err = templ_7745c5c3_Buffer.WriteString(templ_7745c5c3_Var17)
+				if templ_7745c5c3_Err != nil {
+					return templ_7745c5c3_Err
+				}
+				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 19, "\" defer></script> <script src=\"")
+				if templ_7745c5c3_Err != nil {
+					return templ_7745c5c3_Err
+				}
+				var templ_7745c5c3_Var18 string
+				templ_7745c5c3_Var18, templ_7745c5c3_Err = templruntime.NewAttributeExpression(link(ctx, d.Assets.WasmExec)).ResolveURL(ctx)
+				if templ_7745c5c3_Err != nil {
+					return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/terminal.templ`, Line: 83, Col: 45}
+				}
+				_, templ_7745c5c3_Err = templ_7745c5c3_Buffer.WriteString(templ_7745c5c3_Var18)
+				if templ_7745c5c3_Err != nil {
+					return templ_7745c5c3_Err
+				}
+				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 20, "\" defer></script>")
 				if templ_7745c5c3_Err != nil {
 					return templ_7745c5c3_Err
 				}

@@ -139,11 +139,15 @@ func TestPolicyOIDC(t *testing.T) {
 	if !strings.Contains(page, "/acme/app, workflow CI, refs/heads/main, run 123 attempt 1, by alice") {
 		t.Errorf("the sessions page lacks the verified job:\n%s", page)
 	}
+	term := fetchPage(t, r.HTTP+"/terminal/myjob", "")
+	if !strings.Contains(term, "/acme/app, workflow CI, refs/heads/main, run 123 attempt 1, by alice") || !strings.Contains(term, "verified by this relay") {
+		t.Errorf("the terminal page lacks the verified job:\n%s", term)
+	}
 	metrics := fetchPage(t, r.HTTP+"/metrics", "")
 	if !strings.Contains(metrics, `converge_agent_admissions_total{via="oidc"} 1`) {
 		t.Errorf("admissions not counted")
 	}
-	noSecrets(t, map[string]string{"logs": sp.logs.String(), "metrics": metrics, "sessions page": page}, append(tokens, ghaBearer)...)
+	noSecrets(t, map[string]string{"logs": sp.logs.String(), "metrics": metrics, "sessions page": page, "terminal page": term}, append(tokens, ghaBearer)...)
 }
 
 func TestPolicyToken(t *testing.T) {
