@@ -159,6 +159,7 @@ func run(t *testing.T, cfg config) *table {
 		direct := sshtest.Target{User: srv.User, Alias: "bench", Port: port(t, ag.Direct)}
 		ciphers(t, tb, cfg, c, direct)
 	}
+	registrations(t, tb)
 	if cfg.scale.agents > 0 {
 		scale(t, tb, cfg.scale, c)
 	}

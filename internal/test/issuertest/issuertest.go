@@ -24,7 +24,7 @@ import (
 type Issuer struct {
 	URL string // the issuer, http://127.0.0.1:PORT
 
-	t      *testing.T
+	t      testing.TB
 	mu     sync.Mutex
 	key    *rsa.PrivateKey
 	kid    string
@@ -34,7 +34,7 @@ type Issuer struct {
 }
 
 // Start runs an issuer until the test ends.
-func Start(t *testing.T) *Issuer {
+func Start(t testing.TB) *Issuer {
 	t.Helper()
 	is := &Issuer{t: t}
 	is.Rotate()
@@ -121,7 +121,7 @@ func (is *Issuer) SignElsewhere(c Claims) string {
 	return sign(is.t, key, kid, c)
 }
 
-func sign(t *testing.T, key *rsa.PrivateKey, kid string, c Claims) string {
+func sign(t testing.TB, key *rsa.PrivateKey, kid string, c Claims) string {
 	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: key},
 		(&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", kid))
 	if err != nil {

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -104,7 +105,23 @@ type oidcPolicy struct {
 	cfg     Config
 	issuers map[string]*issuer // by URL
 	order   []string
+
+	// admitted remembers tokens that passed, by the SHA-256 sum of the
+	// token and the audience, until they expire: an agent presents the
+	// same token again on every reconnection (CONVERGE_ID_TOKEN), and a
+	// herd of them after a restart should not cost a signature check
+	// each. At most maxAdmitted; when full it is emptied.
+	mu       sync.Mutex
+	admitted map[[sha256.Size]byte]admittedToken
 }
+
+type admittedToken struct {
+	id     Identity
+	expiry time.Time
+}
+
+// maxAdmitted bounds oidcPolicy.admitted (an entry is a few hundred bytes).
+const maxAdmitted = 16384
 
 // issuer is one trusted issuer and its verifier, made at its first token
 // (discovery). go-oidc's verifier caches the issuer's keys (JWKS) and
@@ -118,7 +135,7 @@ type issuer struct {
 }
 
 func newOIDCPolicy(cfg Config) (*oidcPolicy, error) {
-	o := &oidcPolicy{cfg: cfg, issuers: map[string]*issuer{}}
+	o := &oidcPolicy{cfg: cfg, issuers: map[string]*issuer{}, admitted: map[[sha256.Size]byte]admittedToken{}}
 	for _, is := range cfg.Issuers {
 		if err := checkIssuerURL(is.URL); err != nil {
 			return nil, err
@@ -144,48 +161,72 @@ func refuseOIDC(format string, args ...any) *Refusal {
 // check verifies raw: issued by a trusted issuer, signed with one of its
 // keys, for the audience, unexpired, and allowed by a rule.
 func (o *oidcPolicy) check(ctx context.Context, raw, audience string, now time.Time) (Identity, error) {
+	want := o.cfg.Audience
+	if want == "" {
+		want = audience
+	}
+	key := sha256.Sum256([]byte(want + "\x00" + raw))
+	o.mu.Lock()
+	hit, ok := o.admitted[key]
+	o.mu.Unlock()
+	if ok && now.Before(hit.expiry) {
+		return hit.id, nil
+	}
+	id, expiry, err := o.verify(ctx, raw, want)
+	if err != nil {
+		return Identity{}, err
+	}
+	o.mu.Lock()
+	if len(o.admitted) >= maxAdmitted {
+		clear(o.admitted)
+	}
+	o.admitted[key] = admittedToken{id: id, expiry: expiry}
+	o.mu.Unlock()
+	return id, nil
+}
+
+// verify checks raw for audience want, and returns what it verified and
+// when the token expires.
+func (o *oidcPolicy) verify(ctx context.Context, raw, want string) (Identity, time.Time, error) {
+	now := o.cfg.Now()
 	iss, err := unverifiedIssuer(raw)
 	if err != nil {
-		return Identity{}, refuseOIDC("%v", err)
+		return Identity{}, time.Time{}, refuseOIDC("%v", err)
 	}
 	is := o.issuers[iss]
 	if is == nil {
-		return Identity{}, refuseOIDC("its issuer %q is not one this relay trusts (%s)", iss, o.names())
+		return Identity{}, time.Time{}, refuseOIDC("its issuer %q is not one this relay trusts (%s)", iss, o.names())
 	}
 	v, err := is.verifierFor(o.cfg, now)
 	if err != nil {
-		return Identity{}, &Refusal{Reason: ReasonOIDC, Unavailable: true, Message: "cannot check identity tokens now: " + err.Error()}
+		return Identity{}, time.Time{}, &Refusal{Reason: ReasonOIDC, Unavailable: true, Message: "cannot check identity tokens now: " + err.Error()}
 	}
 	tok, err := v.Verify(ctx, raw)
 	var expired *oidc.TokenExpiredError
 	switch {
 	case errors.As(err, &expired):
-		return Identity{}, refuseOIDC("it expired at %s", expired.Expiry.UTC().Format(time.RFC3339))
+		return Identity{}, time.Time{}, refuseOIDC("it expired at %s", expired.Expiry.UTC().Format(time.RFC3339))
 	case err != nil:
-		return Identity{}, refuseOIDC("%s", strings.TrimPrefix(err.Error(), "oidc: "))
-	}
-	want := o.cfg.Audience
-	if want == "" {
-		want = audience
+		return Identity{}, time.Time{}, refuseOIDC("%s", strings.TrimPrefix(err.Error(), "oidc: "))
 	}
 	if !slices.Contains(tok.Audience, want) {
-		return Identity{}, refuseOIDC("it is for audience %q, not this relay's %q (request the token with audience %s)", strings.Join(tok.Audience, ","), want, want)
+		return Identity{}, time.Time{}, refuseOIDC("it is for audience %q, not this relay's %q (request the token with audience %s)", strings.Join(tok.Audience, ","), want, want)
 	}
 	claims, err := flatClaims(tok)
 	if err != nil {
-		return Identity{}, refuseOIDC("%v", err)
+		return Identity{}, time.Time{}, refuseOIDC("%v", err)
 	}
 	id := fromClaims(iss, claims)
 	for _, r := range is.Allow {
 		if r.matches(claims) {
-			return id, nil
+			return id, tok.Expiry, nil
 		}
 	}
 	who := id.Repository
 	if who == "" {
 		who = "subject " + claims["sub"]
 	}
-	return Identity{}, refuseOIDC("%s is not allowed by this relay's rules for %s", who, iss)
+	return Identity{}, time.Time{}, refuseOIDC("%s is not allowed by this relay's rules for %s", who, iss)
 }
 
 // discoveryRetry is how long after a failed discovery the next token

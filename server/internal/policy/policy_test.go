@@ -172,3 +172,23 @@ func TestIssuerURL(t *testing.T) {
 		}
 	}
 }
+
+func BenchmarkCheckFresh(b *testing.B) {
+	is := issuertest.Start(b)
+	p, err := New(Config{Issuers: []Issuer{{URL: is.URL, Allow: []Rule{{{Claim: "repository", Glob: "acme/*"}}}}}, Audience: "bench"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	tokens := make([]string, b.N)
+	for i := range tokens {
+		c := is.GitHub("acme/app", "bench")
+		c["run_id"] = i
+		tokens[i] = is.Sign(c)
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		if _, err := p.Check(context.Background(), Credentials{IDToken: tokens[i]}, ""); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
