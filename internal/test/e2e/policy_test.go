@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -193,20 +194,31 @@ func TestPolicyOpen(t *testing.T) {
 // if it switched).
 func upgradeStatus(t *testing.T, r *relay, id, idToken string) (int, string) {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodGet, r.HTTP+wire.AgentPath(id), nil)
+	resp := upgrade(t, r.HTTP+wire.AgentPath(id), wire.ControlProtocol, http.Header{wire.IDTokenHeader: {idToken}})
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+	return resp.StatusCode, string(b)
+}
+
+// upgrade sends a WebSocket handshake for url, offering protocol, with
+// hdr, and returns the answer; the caller closes its body (and so the
+// connection).
+func upgrade(t *testing.T, url, protocol string, hdr http.Header) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
 	req.Header.Set("Connection", "Upgrade")
 	req.Header.Set("Upgrade", "websocket")
 	req.Header.Set("Sec-WebSocket-Version", "13")
 	req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
-	req.Header.Set("Sec-WebSocket-Protocol", wire.ControlProtocol)
-	req.Header.Set(wire.IDTokenHeader, idToken)
+	req.Header.Set("Sec-WebSocket-Protocol", protocol)
 	resp, err := http.DefaultTransport.RoundTrip(req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
-	return resp.StatusCode, string(b)
+	return resp
 }
 
 // TestPolicyRepoCapAcrossReplicas: --max-agents-per-repo 2 holds for
@@ -223,7 +235,14 @@ func TestPolicyRepoCapAcrossReplicas(t *testing.T) {
 	var agents []*agentProc
 	for i := range 2 {
 		agents = append(agents, runAgentBinary(t, rig.relay(i), keyDir(t, nil), []string{"CONVERGE_ID_TOKEN=" + token("acme/app")},
-			"--authorized-keys-data", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGb1mzJ3QwAHt6cDhxZ7mJzC+e8o0d7xEWbZ3GXuB2cW x"))
+			"--id", fmt.Sprintf("cap%d", i), "--authorized-keys-data", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGb1mzJ3QwAHt6cDhxZ7mJzC+e8o0d7xEWbZ3GXuB2cW x"))
+	}
+	// A client of cap1 at replica 0 is forwarded to replica 1, and still
+	// learns what replica 1 verified.
+	resp := upgrade(t, rig.relay(0).HTTP+wire.ClientPath("cap1"), "", nil)
+	resp.Body.Close()
+	if v := resp.Header.Get(wire.VerifiedHeader); resp.StatusCode != http.StatusSwitchingProtocols || !strings.Contains(v, "/acme/app, workflow CI") {
+		t.Errorf("forwarded client: %s, %s %q", resp.Status, wire.VerifiedHeader, v)
 	}
 	third := rig.relay(2)
 	code, body := upgradeStatus(t, third, "third", token("acme/app"))
