@@ -93,7 +93,7 @@ func (d *Server) command(s ssh.Session) *exec.Cmd {
 // agentSecrets are the environment variables through which a job hands
 // the agent its secrets (cmd/agent reads them as flag twins): the
 // password, the host's private key, and the key sources, whose URLs may
-// carry tokens. Sessions must not see them: whoever logs in could reuse
+// carry tokens, and the registration credentials. Sessions must not see them: whoever logs in could reuse
 // the password or impersonate the host with its key.
 var agentSecrets = []string{
 	"CONVERGE_PASSWORD",
@@ -101,6 +101,8 @@ var agentSecrets = []string{
 	"CONVERGE_AUTHORIZED_KEYS",
 	"CONVERGE_AUTHORIZED_KEYS_DATA",
 	"CONVERGE_AUTHORIZED_KEYS_URL",
+	"CONVERGE_AGENT_TOKEN", // would register other agents as this job's
+	"CONVERGE_ID_TOKEN",
 }
 
 // withoutSecrets returns env (KEY=value entries) without agentSecrets.
