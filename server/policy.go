@@ -107,7 +107,11 @@ func (s *Server) setupPolicy() error {
 	if s.cluster != nil {
 		s.quota = policy.NewQuota(s.cfg.MaxAgentsPerRepo, s.cluster.rdb)
 	}
-	s.log.Info("registration policy", "admits", p.String(), "oidc_audience", s.cfg.OIDCAudience, "max_agents_per_repo", s.cfg.MaxAgentsPerRepo)
+	aud := s.cfg.OIDCAudience
+	if aud == "" && len(s.cfg.OIDCIssuers) > 0 {
+		aud = "this server's URL as each request names it"
+	}
+	s.log.Info("registration policy", "admits", p.String(), "oidc_audience", aud, "max_agents_per_repo", s.cfg.MaxAgentsPerRepo)
 	return nil
 }
 

@@ -210,7 +210,7 @@ func (o *oidcPolicy) verify(ctx context.Context, raw, want string) (Identity, ti
 		return Identity{}, time.Time{}, refuseOIDC("%s", strings.TrimPrefix(err.Error(), "oidc: "))
 	}
 	if !slices.Contains(tok.Audience, want) {
-		return Identity{}, time.Time{}, refuseOIDC("it is for audience %q, not this relay's %q (request the token with audience %s)", strings.Join(tok.Audience, ","), want, want)
+		return Identity{}, time.Time{}, refuseOIDC("it is for audience %q, not this relay's %q (the token must be requested for it; a relay behind a proxy sets --oidc-audience or --trusted-proxy)", strings.Join(tok.Audience, ","), want)
 	}
 	claims, err := flatClaims(tok)
 	if err != nil {
