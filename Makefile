@@ -7,7 +7,7 @@ CMDS    := converge agent wsproxy tcptows
 # Downloadable binaries, embedded into the server by `make dist`.
 DIST_PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64
 
-.PHONY: all build wasm run test check generate vet bench bench-agents bench-connect bench-relay bench-streams dist clean
+.PHONY: all build wasm run test tools check generate vet bench bench-agents bench-connect bench-relay bench-streams dist clean
 
 all: build
 
@@ -22,6 +22,8 @@ wasm:
 	gzip -9n < bin/webterm.wasm > static/term/webterm.wasm.gz
 	cp "$$($(GO) env GOROOT)/lib/wasm/wasm_exec.js" static/term/wasm_exec.js
 
+# run listens on every interface; ./bin/converge --addr 127.0.0.1:8000
+# keeps a demo on loopback.
 run: build
 	./bin/converge --addr :8000
 
@@ -46,11 +48,16 @@ vet:
 		GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) vet ./... || exit 1; \
 	done
 
-test: check vet build
+# tools fails at once, printing the apt-get line, when a program the tests
+# run is missing (.ci/check-tools lists them), instead of after the build.
+tools:
+	@.ci/check-tools
+
+test: tools check vet build
 	$(GO) test -race -count=1 -timeout 8m ./...
 
 # bench measures bin/* (relay vs direct, ~5 min) and prints the table; it
-# also leaves it in bench-results.txt. See README "Benchmarks".
+# also leaves it in bench-results.txt. See docs/benchmarks.md.
 bench: build
 	$(GO) test -count=1 -timeout 20m -run '^TestBenchTable$$' ./internal/test/bench -v -bench-table \
 		-bench-bin=$(CURDIR)/bin -bench-out=$(CURDIR)/bench-results.txt

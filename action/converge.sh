@@ -11,8 +11,8 @@
 # action/run.js runs it with the inputs as INPUT_SERVER, INPUT_ID,
 # INPUT_LIMIT_ACCESS_TO_ACTOR, INPUT_AUTHORIZED_KEYS, INPUT_DETACHED,
 # INPUT_CONNECT_TIMEOUT and INPUT_EXPIRY, and what GitHub sets:
-# GITHUB_SERVER_URL and GITHUB_ACTOR (the actor's keys are at
-# $GITHUB_SERVER_URL/$GITHUB_ACTOR.keys, on github.com and on GitHub
+# GITHUB_SERVER_URL, GITHUB_TRIGGERING_ACTOR (or GITHUB_ACTOR) and
+# GITHUB_EVENT_NAME (the actor's keys are at $GITHUB_SERVER_URL/ACTOR.keys, on github.com and on GitHub
 # Enterprise Server alike; tests point GITHUB_SERVER_URL at a loopback
 # server), GITHUB_RUN_ID and GITHUB_RUN_ATTEMPT (the default ID),
 # GITHUB_WORKSPACE, RUNNER_TEMP, RUNNER_OS, RUNNER_ARCH, and the files
@@ -133,8 +133,8 @@ agent_args() {
 	args=(--detach --id "$1" --dir "$2")
 	local keys=
 	if is_true "${INPUT_LIMIT_ACCESS_TO_ACTOR:-true}"; then
-		[ -n "${GITHUB_ACTOR:-}" ] || die "limit-access-to-actor needs GITHUB_ACTOR, which GitHub sets"
-		args+=(--authorized-keys-url "${GITHUB_SERVER_URL:-https://github.com}/$GITHUB_ACTOR.keys")
+		trusted_actor
+		args+=(--authorized-keys-url "${GITHUB_SERVER_URL:-https://github.com}/$actor.keys")
 		keys=yes
 	fi
 	if [ -n "${INPUT_AUTHORIZED_KEYS:-}" ]; then
@@ -200,9 +200,26 @@ summary() {
 	echo
 }
 
+# trusted_actor sets actor to the user whose keys limit-access-to-actor lets in:
+# who triggered this run (on a re-run, who re-ran it, not the original
+# actor). On events an outsider can trigger against the base repository's
+# workflow (a pull request from a fork, a comment, a workflow_run after
+# one), that user may be anyone, so those events are refused unless
+# allow-untrusted-events opts in.
+trusted_actor() {
+	actor=${GITHUB_TRIGGERING_ACTOR:-${GITHUB_ACTOR:-}}
+	[ -n "$actor" ] || die "limit-access-to-actor needs GITHUB_TRIGGERING_ACTOR or GITHUB_ACTOR, which GitHub sets"
+	case "${GITHUB_EVENT_NAME:-}" in
+	pull_request_target | issue_comment | workflow_run | pull_request_review_comment | discussion_comment)
+		is_true "${INPUT_ALLOW_UNTRUSTED_EVENTS:-false}" ||
+			die "limit-access-to-actor refuses the $GITHUB_EVENT_NAME event: its actor (@$actor) may be someone outside the repository. Give authorized-keys instead, or set allow-untrusted-events: true if you accept that"
+		;;
+	esac
+}
+
 who_may() {
 	local w=
-	if is_true "${INPUT_LIMIT_ACCESS_TO_ACTOR:-true}"; then w="the keys of @$GITHUB_ACTOR"; fi
+	if is_true "${INPUT_LIMIT_ACCESS_TO_ACTOR:-true}"; then w="the keys of @${GITHUB_TRIGGERING_ACTOR:-${GITHUB_ACTOR:-}}"; fi
 	if [ -n "${INPUT_AUTHORIZED_KEYS:-}" ]; then w="${w:+$w and }the authorized-keys input"; fi
 	echo "${w:-the keys given through CONVERGE_* variables}"
 }

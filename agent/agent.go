@@ -26,6 +26,7 @@ import (
 
 	"github.com/converge-ci/converge/agent/lifetime"
 	"github.com/converge-ci/converge/agent/sshd"
+	"github.com/converge-ci/converge/internal/leg"
 	"github.com/converge-ci/converge/internal/resume"
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
@@ -167,7 +168,7 @@ type Agent struct {
 	pid1 bool // reap orphans while Run runs: true when PID 1
 
 	streams sync.WaitGroup   // stream dials in flight
-	dialer  streamDialer     // how stream dials reach the server
+	raw     *leg.Fallback    // whether the server takes raw streams (see openStream)
 	resumed *resume.Acceptor // resumable client streams
 }
 
@@ -178,7 +179,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, log: cfg.Logger.With("component", "agent", "id", cfg.ID), ln: newStreamListener(),
-		pid1: os.Getpid() == 1}
+		pid1: os.Getpid() == 1, raw: &leg.Fallback{For: wsOnlyFor}}
 	signer, err := sshd.LoadHostKey(cfg.HostKeyFile, cfg.HostKeyPEM)
 	if err != nil {
 		return nil, err

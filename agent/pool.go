@@ -2,12 +2,9 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
 
-	"github.com/coder/websocket"
-
+	"github.com/converge-ci/converge/internal/leg"
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
 )
@@ -37,12 +34,7 @@ func (a *Agent) poolStream(idle, ctx context.Context, token string) {
 		a.log.Debug("cannot open an idle stream", "error", err)
 		return
 	}
-	var protocol string
-	if c.ws != nil {
-		protocol, err = awaitAssign(idle, c.ws)
-	} else {
-		protocol, err = awaitAssignRaw(idle, c.raw)
-	}
+	protocol, err := awaitAssign(idle, c)
 	if err != nil {
 		if idle.Err() == nil {
 			a.log.Debug("idle stream ended", "error", err)
@@ -52,63 +44,19 @@ func (a *Agent) poolStream(idle, ctx context.Context, token string) {
 	a.serveStream(ctx, c, protocol)
 }
 
-// awaitAssignRaw waits on c, an idle raw stream, for the server's
-// assignment, a record (wire.ReadRecord) before the stream's bytes, and
-// returns the protocol it names. c's TCP keepalives judge it meanwhile
-// (see rawstream). On an error, c is closed; also when ctx ends first.
-func awaitAssignRaw(ctx context.Context, c net.Conn) (protocol string, err error) {
-	stop := context.AfterFunc(ctx, func() { c.Close() })
-	defer func() {
-		if !stop() || err != nil {
-			c.Close()
-			if err == nil {
-				err = ctx.Err()
-			}
-		}
-	}()
-	m, err := wire.ReadRecord(c)
-	if err == nil && m.Type != wire.TypeAssign {
-		err = fmt.Errorf("%w: %q message on an idle stream", wire.ErrInvalid, m.Type)
-	}
+// awaitAssign waits on c, an idle stream, for the server's assignment
+// (leg.Conn.ReadMessage: meanwhile a WebSocket pings the server and is
+// judged dead by a missing pong, a raw stream by its TCP keepalives) and
+// returns the protocol it names. A message that is not an assignment is
+// refused with close code 4002. On an error, c is closed; also when ctx
+// ends first.
+func awaitAssign(ctx context.Context, c *leg.Conn) (protocol string, err error) {
+	m, err := c.ReadMessage(ctx)
 	if err != nil {
 		return "", fmt.Errorf("wait for a client: %w", err)
 	}
-	return m.Assign.Protocol, nil
-}
-
-// awaitAssign waits on c, an idle stream, for the server's assignment and
-// returns the protocol it names. Meanwhile it pings the server and judges
-// c dead by a missing pong: an idle stream has no backpressure to excuse
-// a slow pong, and the server replaces a stream that ends. A message that
-// is not an assignment is refused with close code 4002. On an error, c is
-// closed; also when ctx ended before the wait began.
-func awaitAssign(ctx context.Context, c *websocket.Conn) (protocol string, err error) {
-	defer func() {
-		if err != nil {
-			c.CloseNow()
-		}
-	}()
-	c.SetReadLimit(wire.MaxMessageSize)
-	kctx, stop := context.WithCancel(ctx)
-	kdone := make(chan struct{})
-	go func() {
-		defer close(kdone)
-		wsconn.Keepalive(kctx, c, wsconn.PingInterval, wsconn.PingTimeout, func(error) { c.CloseNow() })
-	}()
-	defer func() { stop(); <-kdone }()
-	typ, b, err := c.Read(ctx)
-	if err != nil {
-		return "", fmt.Errorf("wait for a client: %w", err)
-	}
-	if typ != websocket.MessageText {
-		c.Close(wsconn.CodeRefused, "an idle stream's first message must be an assignment")
-		return "", errors.New("binary message on an idle stream")
-	}
-	m, err := wire.Decode(b)
-	if err == nil && m.Type != wire.TypeAssign {
+	if m.Type != wire.TypeAssign {
 		err = fmt.Errorf("%w: %q message on an idle stream", wire.ErrInvalid, m.Type)
-	}
-	if err != nil {
 		c.Close(wsconn.CodeRefused, wsconn.Sanitize(err.Error()))
 		return "", err
 	}

@@ -12,36 +12,65 @@ import (
 
 	"github.com/coder/websocket"
 
-	"github.com/converge-ci/converge/internal/test/testnet"
+	"github.com/converge-ci/converge/internal/leg"
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
 )
 
-// idleStreamPair returns an idle stream as the agent holds it and the
-// server's end of it, over a real WebSocket on 127.0.0.1.
-func idleStreamPair(t *testing.T) (agentEnd, serverEnd *websocket.Conn) {
+// serveOnce serves h on 127.0.0.1 until the test ends and returns the
+// ws:// URL of an agent's stream on it.
+func serveOnce(t *testing.T, h http.HandlerFunc) string {
 	t.Helper()
-	accepted := make(chan *websocket.Conn, 1)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if c, err := wsconn.Accept(w, r, wire.StreamProtocol); err == nil {
-			accepted <- c
-		}
-	})}
+	srv := &http.Server{Handler: h}
 	served := make(chan struct{})
 	go func() { defer close(served); srv.Serve(ln) }()
 	t.Cleanup(func() { srv.Close(); <-served })
+	return "ws://" + ln.Addr().String() + "/agent/x/stream/t"
+}
+
+// idleStreamPair returns an idle stream as the agent holds it, a
+// WebSocket leg, and the server's end of it, over 127.0.0.1.
+func idleStreamPair(t *testing.T) (agentEnd *leg.Conn, serverEnd *websocket.Conn) {
+	t.Helper()
+	accepted := make(chan *websocket.Conn, 1)
+	url := serveOnce(t, func(w http.ResponseWriter, r *http.Request) {
+		if c, err := wsconn.Accept(w, r, wire.StreamProtocol); err == nil {
+			accepted <- c
+		}
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	agentEnd, err = wsconn.Dial(ctx, "ws://"+ln.Addr().String()+"/agent/x/stream/t", wsconn.Options{Subprotocols: []string{wire.StreamProtocol}})
+	agentEnd, err := leg.Dial(ctx, url, leg.DialOptions{Protocols: []string{wire.StreamProtocol}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	serverEnd = <-accepted
 	t.Cleanup(func() { agentEnd.CloseNow(); serverEnd.CloseNow() })
+	return agentEnd, serverEnd
+}
+
+// idleRawPair returns an idle stream as the agent holds it, a raw stream
+// leg, and the server's end of it, over 127.0.0.1.
+func idleRawPair(t *testing.T) (agentEnd *leg.Conn, serverEnd net.Conn) {
+	t.Helper()
+	accepted := make(chan net.Conn, 1)
+	url := serveOnce(t, func(w http.ResponseWriter, r *http.Request) {
+		if c, err := leg.Accept(w, r, wire.StreamProtocol); err == nil {
+			accepted <- c.Relayed(context.Background())
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	agentEnd, err := leg.Dial(ctx, url, leg.DialOptions{Protocols: []string{wire.StreamProtocol}, Raw: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverEnd = <-accepted
+	t.Cleanup(func() { agentEnd.CloseNow(); serverEnd.Close() })
 	return agentEnd, serverEnd
 }
 
@@ -124,34 +153,34 @@ func TestAwaitAssignRaw(t *testing.T) {
 		{"another message", dial, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			agentEnd, serverEnd := testnet.TCPPair(t)
+			agentEnd, serverEnd := idleRawPair(t)
 			if _, err := serverEnd.Write(tc.sent); err != nil {
 				t.Fatal(err)
 			}
-			got, err := awaitAssignRaw(context.Background(), agentEnd)
+			got, err := awaitAssign(context.Background(), agentEnd)
 			if !tc.ok {
 				if err == nil {
-					t.Fatalf("awaitAssignRaw = %q, want an error", got)
+					t.Fatalf("awaitAssign = %q, want an error", got)
 				}
 				return
 			}
 			if err != nil || got != "converge.resume.v1" {
-				t.Fatalf("awaitAssignRaw = %q, %v; want converge.resume.v1", got, err)
+				t.Fatalf("awaitAssign = %q, %v; want converge.resume.v1", got, err)
 			}
 			rest := make([]byte, 3)
-			if _, err := io.ReadFull(agentEnd, rest); err != nil || string(rest) != "SSH" {
+			if _, err := io.ReadFull(agentEnd.NetConn(context.Background()), rest); err != nil || string(rest) != "SSH" {
 				t.Errorf("after the assignment: %q, %v; want the stream's bytes", rest, err)
 			}
 		})
 	}
 	t.Run("control ends", func(t *testing.T) {
-		agentEnd, serverEnd := testnet.TCPPair(t)
+		agentEnd, serverEnd := idleRawPair(t)
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
-		go func() { _, err := awaitAssignRaw(ctx, agentEnd); done <- err }()
+		go func() { _, err := awaitAssign(ctx, agentEnd); done <- err }()
 		cancel()
 		if err := <-done; err == nil {
-			t.Fatal("awaitAssignRaw returned no error when its control connection ended")
+			t.Fatal("awaitAssign returned no error when its control connection ended")
 		}
 		serverEnd.SetReadDeadline(time.Now().Add(10 * time.Second))
 		if _, err := serverEnd.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {

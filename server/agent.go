@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"slices"
 	"sync"
@@ -15,35 +16,61 @@ import (
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
 	"github.com/converge-ci/converge/server/internal/policy"
+	"github.com/converge-ci/converge/server/internal/registry"
 )
 
-// agentConn is one connected agent's control connection.
+// agentConn is one connected agent's control connection. It owns the
+// connection's life, and its methods are the whole of it, in order:
+// claim (the ID, before the upgrade), accept (the upgrade), serve (hello,
+// welcome, then status updates until the link ends), and, from anywhere,
+// close, closeNow and displace.
 type agentConn struct {
-	id     string
-	remote string
-	since  time.Time
-	ws     *websocket.Conn
-	seen   atomic.Int64 // unix nanoseconds of the last message or ping
-	ready  atomic.Bool  // ws is set and the welcome is on its way; clients may find the agent
-	// welcomed is closed once the welcome has been written (or failed):
-	// other messages wait for it, so the agent always reads welcome first.
-	welcomed chan struct{}
-	streams  atomic.Int64 // client streams relayed now
-	tenure   tenure       // of the ID, which its tokens prove
+	// Set once, at construction: read by anyone without locks.
+	s        *Server
+	id       string
+	remote   string
+	since    time.Time
+	log      *slog.Logger
+	tenure   registry.Tenure // of the ID, which its tokens prove (set by claim, before the registry holds it)
+	who      policy.Identity // what the registration policy verified
+	welcomed chan struct{}   // closed once the welcome has been written (or failed): other messages wait for it, so the agent reads welcome first
+
+	// Set by accept, before ready is stored; read by others only once
+	// they saw ready true.
+	ws   *websocket.Conn
+	pool *streamPool // the agent's idle streams when it speaks control v2 and the server pools; nil otherwise
+
+	// Atomics: anyone, any time.
+	seen  atomic.Int64 // unix nanoseconds of the last message or ping
+	ready atomic.Bool  // ws is set and the welcome is on its way; clients may find the agent
 	// displaced: another agent took the ID; set before ready is read, so
-	// that either the displacer sees ready and closes ws, or serveAgent
-	// sees displaced and ends.
+	// that either the displacer sees ready and closes ws, or serve sees
+	// displaced and ends.
 	displaced atomic.Bool
-	issued    atomic.Int64    // unix nanoseconds its latest token was signed; 0 until its welcome is sent
-	who       policy.Identity // what the registration policy verified; set at construction
+	streams   atomic.Int64 // client streams relayed now
+	issued    atomic.Int64 // unix nanoseconds its latest token was signed; 0 until its welcome is sent
 
-	// pool holds the agent's idle streams when it speaks control v2 and
-	// the server pools; nil otherwise. Set before ready.
-	pool *streamPool
-
+	// Under mu: what the agent says about itself, set by serve.
 	mu        sync.Mutex
 	info      wire.Info
 	protocols []string
+}
+
+// newAgentConn is the connection of an agent at remote asking for id.
+func (s *Server) newAgentConn(id, remote string, who policy.Identity) *agentConn {
+	a := &agentConn{s: s, id: id, remote: remote, who: who, since: time.Now(), welcomed: make(chan struct{}),
+		log: s.log.With("id", id, "remote", remote)}
+	a.touch()
+	return a
+}
+
+// Issued is when the agent's latest token was signed; zero before its
+// welcome (see registry.Agent).
+func (a *agentConn) Issued() time.Time {
+	if n := a.issued.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
 }
 
 func (a *agentConn) lastSeen() time.Time { return time.Unix(0, a.seen.Load()) }
@@ -62,12 +89,9 @@ func (a *agentConn) offers(protocol string) bool {
 	return slices.Contains(a.protocols, protocol)
 }
 
+// send writes m to the agent, after its welcome unless m is the welcome.
 func (a *agentConn) send(ctx context.Context, m wire.Message) error {
-	b, err := wire.Encode(m)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second) // the wait and the write
 	defer cancel()
 	if m.Type != wire.TypeWelcome {
 		select {
@@ -76,13 +100,13 @@ func (a *agentConn) send(ctx context.Context, m wire.Message) error {
 			return ctx.Err()
 		}
 	}
-	return a.ws.Write(ctx, websocket.MessageText, b)
+	return wire.Send(ctx, a.ws, m)
 }
 
 // handleAgent is GET /agent/{id}: an agent's control connection. The ID is
 // claimed before the upgrade, so refusals are plain HTTP errors the agent
 // can print; it is confirmed once the agent has said hello and been
-// welcomed (see Registry).
+// welcomed (see registry.Registry).
 func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	if err := wire.ValidID(id); err != nil {
@@ -107,40 +131,64 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer uncount()
-	a := &agentConn{id: id, remote: remote, since: time.Now(), welcomed: make(chan struct{}), who: who}
-	a.touch()
-	c := s.claimFor(id, presented, a.remote)
-	a.tenure = c.tenure
-	old, err := s.reg.Register(id, c, a)
-	var limit *limitError
-	switch {
-	case errors.As(err, &limit):
-		s.log.Info("agent refused", "id", id, "remote", a.remote, "reason", limit.reason)
-		s.metrics.refused(endpointAgent, limit.reason)
-		limit.refuse(w)
-		return
-	case errors.Is(err, ErrIDInUse):
-		s.log.Info("agent refused", "id", id, "remote", a.remote, "reason", reasonIDInUse, "proven", c.proven)
-		s.metrics.refused(endpointAgent, reasonIDInUse)
-		http.Error(w, fmt.Sprintf("rendezvous ID %q is already used by a connected agent; choose another --id", id), http.StatusConflict)
-		return
-	case errors.Is(err, ErrIDReserved):
-		s.log.Info("agent refused", "id", id, "remote", a.remote, "reason", reasonIDReserved, "proven", c.proven)
-		s.metrics.refused(endpointAgent, reasonIDReserved)
-		http.Error(w, fmt.Sprintf("rendezvous ID %q is reserved for an agent that is reconnecting; choose another --id", id), http.StatusConflict)
-		return
-	case errors.Is(err, errRegistryUnavailable):
-		s.log.Warn("agent refused", "id", id, "remote", a.remote, "error", err)
-		http.Error(w, "the server cannot reach its registry; retry shortly", http.StatusServiceUnavailable)
-		return
-	case err != nil:
-		http.Error(w, err.Error(), http.StatusInternalServerError)
+	a := s.newAgentConn(id, remote, who)
+	displaced, ok := a.claim(w, presented)
+	if !ok {
 		return
 	}
-	if old != nil {
-		closed := s.displace(old, a)
-		defer func() { <-closed }()
+	defer func() { <-displaced }()
+	release, ok := a.accept(w, r)
+	if !ok {
+		return
 	}
+	defer release()
+	defer s.changes.notify() // after Unregister: watchers see it gone
+	defer s.reg.Unregister(id, a)
+	defer a.pool.close()
+	err := a.serve()
+	a.log.Info("agent disconnected", "duration", time.Since(a.since).Round(time.Second), "reason", errString(err))
+	a.closeNow()
+}
+
+// claim registers a as the holder of its ID, with the tenure the agent's
+// secret (presented) proves, or else a fresh one, displacing the agent
+// that held it here. A refusal it answers on w, and reports false. The
+// returned channel is closed once a displaced holder's close is done.
+func (a *agentConn) claim(w http.ResponseWriter, presented string) (displaced <-chan struct{}, ok bool) {
+	s := a.s
+	c := s.claimFor(a.id, presented, a.remote)
+	a.tenure = c.Tenure
+	old, displacing, err := s.reg.Register(a.id, c, a)
+	if err != nil {
+		ref := refusalOf(err, a.id, reasonAgentLimit)
+		switch {
+		case ref.reason != "":
+			a.log.Info("agent refused", "reason", ref.reason, "proven", c.Proven)
+			s.metrics.refused(endpointAgent, ref.reason)
+		case errors.Is(err, registry.ErrUnavailable):
+			a.log.Warn("agent refused", "error", err)
+		}
+		ref.answer(w)
+		return nil, false
+	}
+	if !displacing {
+		done := make(chan struct{})
+		close(done)
+		return done, true
+	}
+	reason := "replaced by a new connection of the same agent"
+	if old.tenure != a.tenure {
+		reason = "replaced by the agent that proved the ID is its own"
+		a.log.Warn("agent took its ID back from another holder", "holder_remote", old.remote)
+	}
+	return old.displace(reason), true
+}
+
+// accept upgrades the claimed connection to the control WebSocket and
+// has the server hold it for the drain; the returned release lets go. On
+// failure it unregisters a and reports false.
+func (a *agentConn) accept(w http.ResponseWriter, r *http.Request) (release func(), ok bool) {
+	s := a.s
 	protocols := []string{wire.ControlProtocol}
 	if s.poolSize() > 0 {
 		protocols = []string{wire.ControlProtocolV2, wire.ControlProtocol} // ours first: v2 when the agent offers it
@@ -152,97 +200,58 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 		OnPingReceived:     func(context.Context, []byte) bool { a.touch(); return true },
 	})
 	if err != nil {
-		s.reg.Unregister(id, a)
-		return
+		s.reg.Unregister(a.id, a)
+		return nil, false
 	}
 	a.ws = ws
 	if ws.Subprotocol() == wire.ControlProtocolV2 {
 		a.pool = newStreamPool(s.poolSize(), s.cfg.poolKeep, s.cfg.rawKeepalive, s.metrics.poolIdle)
 	}
 	ws.SetReadLimit(wire.MaxMessageSize)
-	release, ok := s.conns.add(ws)
+	release, ok = s.conns.add(ws)
 	if !ok {
-		s.reg.Unregister(id, a)
+		s.reg.Unregister(a.id, a)
 		s.metrics.refused(endpointAgent, reasonShuttingDown)
-		ws.Close(websocket.StatusGoingAway, "server shutting down")
-		return
+		a.close(websocket.StatusGoingAway, "server shutting down")
+		return nil, false
 	}
-	defer release()
-	defer s.changes.notify() // after Unregister: watchers see it gone
-	defer s.reg.Unregister(id, a)
-	defer a.pool.close()
-
-	log := s.log.With("id", id, "remote", a.remote)
-	err = s.serveAgent(a)
-	log.Info("agent disconnected", "duration", time.Since(a.since).Round(time.Second), "reason", errString(err))
-	ws.CloseNow()
-}
-
-// displace closes old, the holder of the ID a took, with close 4001. The
-// closing handshake waits for old's peer, up to 5 s, and must not delay
-// a's registration, so it runs on; the returned channel is closed when it
-// is done.
-func (s *Server) displace(old, a *agentConn) <-chan struct{} {
-	reason := "replaced by a new connection of the same agent"
-	if old.tenure != a.tenure {
-		reason = "replaced by the agent that proved the ID is its own"
-		s.log.Warn("agent took its ID back from another holder", "id", a.id, "remote", a.remote, "holder_remote", old.remote)
-	}
-	closed := make(chan struct{})
-	old.displaced.Store(true)
-	if !old.ready.Load() {
-		close(closed)
-		return closed
-	}
-	go func() {
-		defer close(closed)
-		old.ws.Close(wsconn.CodeReplaced, reason)
-	}()
-	return closed
+	return release, true
 }
 
 // claimFor is what an agent at remote asking for id shows: the tenure its
 // secret proves, or else a fresh one. A secret that proves nothing (signed
 // with another key, expired, forged) is no reason to refuse: the ID may be
 // free.
-func (s *Server) claimFor(id, secret, remote string) claim {
+func (s *Server) claimFor(id, secret, remote string) registry.Claim {
 	now := time.Now()
 	if secret != "" {
-		c, err := s.tokens.verify(id, secret, now)
+		c, err := s.tokens.Verify(id, secret, now)
 		if err == nil {
+			c.Group = registry.AddrGroup(remote)
 			return c
 		}
 		s.log.Info("agent secret proves nothing", "id", id, "remote", remote, "error", err)
 	}
-	return claim{tenure: newTenure(now)}
+	return registry.Claim{Tenure: registry.NewTenure(now), Group: registry.AddrGroup(remote)}
 }
 
-// serveAgent runs the control protocol: hello, welcome, then status updates
+// serve runs the control protocol: hello, welcome, then status updates
 // until the connection ends.
-func (s *Server) serveAgent(a *agentConn) error {
-	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
-	m, err := s.readControl(ctx, a)
-	cancel()
+func (a *agentConn) serve() error {
+	s := a.s
+	hello, err := a.hello()
 	if err != nil {
-		return fmt.Errorf("read hello: %w", err)
+		return err
 	}
-	if m.Type != wire.TypeHello {
-		a.ws.Close(wsconn.CodeRefused, "first message must be hello")
-		return fmt.Errorf("first message is %q, not hello", m.Type)
-	}
-	a.mu.Lock()
-	a.info = m.Hello.Info
-	a.protocols = m.Hello.Protocols
-	a.mu.Unlock()
 	// Ready before the welcome is written: an agent that has read its
 	// welcome tells its users it is registered, and they must find it.
 	a.ready.Store(true)
 	if a.displaced.Load() {
 		close(a.welcomed)
-		a.ws.Close(wsconn.CodeReplaced, "replaced by another connection for this ID")
+		a.close(wsconn.CodeReplaced, "replaced by another connection for this ID")
 		return errors.New("replaced before its welcome")
 	}
-	err = s.welcome(s.ctx, a)
+	err = a.welcome(s.ctx)
 	close(a.welcomed)
 	if err != nil {
 		return fmt.Errorf("send welcome: %w", err)
@@ -250,10 +259,10 @@ func (s *Server) serveAgent(a *agentConn) error {
 	s.reg.Confirm(a.id, a) // only now does a drop leave a reservation
 	s.metrics.registrations.Inc()
 	s.changes.notify()
-	s.log.Info("agent connected", "id", a.id, "remote", a.remote, "hostname", a.info.Hostname, "os", a.info.OS, "version", m.Hello.Version,
+	a.log.Info("agent connected", "hostname", hello.Info.Hostname, "os", hello.Info.OS, "version", hello.Version,
 		"via", a.who.Via, "verified", a.who.Summary())
 	for {
-		m, err := s.readControl(s.ctx, a)
+		m, err := a.receive(s.ctx)
 		if err != nil {
 			return err
 		}
@@ -264,37 +273,79 @@ func (s *Server) serveAgent(a *agentConn) error {
 			a.mu.Unlock()
 			s.changes.notify()
 		default:
-			a.ws.Close(wsconn.CodeRefused, "unexpected "+m.Type+" message")
+			a.close(wsconn.CodeRefused, "unexpected "+m.Type+" message")
 			return fmt.Errorf("unexpected %q message", m.Type)
 		}
 	}
 }
 
-// welcome sends a its welcome, with a freshly signed token; sent again,
-// it refreshes the token (see refreshTokens).
-func (s *Server) welcome(ctx context.Context, a *agentConn) error {
-	now := time.Now()
-	secret := s.tokens.sign(a.id, a.tenure, now)
-	a.issued.Store(now.UnixNano()) // before the agent can read it
-	return a.send(ctx, wire.Message{Type: wire.TypeWelcome, Welcome: &wire.Welcome{SSHUser: s.cfg.SSHUser, Secret: secret}})
+// hello reads the agent's hello, within 10 s, and records what it says.
+func (a *agentConn) hello() (*wire.Hello, error) {
+	ctx, cancel := context.WithTimeout(a.s.ctx, 10*time.Second)
+	m, err := a.receive(ctx)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("read hello: %w", err)
+	}
+	if m.Type != wire.TypeHello {
+		a.close(wsconn.CodeRefused, "first message must be hello")
+		return nil, fmt.Errorf("first message is %q, not hello", m.Type)
+	}
+	a.mu.Lock()
+	a.info = m.Hello.Info
+	a.protocols = m.Hello.Protocols
+	a.mu.Unlock()
+	return m.Hello, nil
 }
 
-func (s *Server) readControl(ctx context.Context, a *agentConn) (wire.Message, error) {
-	typ, b, err := a.ws.Read(ctx)
-	if err != nil {
-		return wire.Message{}, err
+// welcome sends the agent its welcome, with a freshly signed token; sent
+// again, it refreshes the token (see refreshTokens).
+func (a *agentConn) welcome(ctx context.Context) error {
+	now := time.Now()
+	secret := a.s.tokens.Sign(a.id, a.tenure, now)
+	a.issued.Store(now.UnixNano()) // before the agent can read it
+	return a.send(ctx, wire.Message{Type: wire.TypeWelcome, Welcome: &wire.Welcome{SSHUser: a.s.cfg.SSHUser, Secret: secret}})
+}
+
+// receive reads the next control message; one that is not a valid text
+// message closes the connection (CodeRefused) saying why.
+func (a *agentConn) receive(ctx context.Context) (wire.Message, error) {
+	m, err := wire.Receive(ctx, a.ws)
+	if errors.Is(err, wire.ErrInvalid) {
+		a.close(wsconn.CodeRefused, err.Error())
+		return m, err
 	}
-	a.touch()
-	if typ != websocket.MessageText {
-		a.ws.Close(wsconn.CodeRefused, "control messages are text")
-		return wire.Message{}, fmt.Errorf("binary control message")
+	if err == nil {
+		a.touch()
 	}
-	m, err := wire.Decode(b)
-	if err != nil {
-		a.ws.Close(wsconn.CodeRefused, err.Error())
-		return wire.Message{}, err
+	return m, err
+}
+
+// close closes the connection with code and reason, waiting for the
+// agent's close frame (at most 5 s); only once accepted.
+func (a *agentConn) close(code websocket.StatusCode, reason string) { a.ws.Close(code, reason) }
+
+// closeNow cuts the connection; only once accepted.
+func (a *agentConn) closeNow() { a.ws.CloseNow() }
+
+// displace marks a displaced, another connection having taken its ID
+// (here or on another replica), and closes it with CodeReplaced and
+// reason if it is ready; if not, serve sees the mark and ends. The close
+// handshake waits for the agent, up to 5 s, and must not delay the one
+// that took the ID, so it runs on; the returned channel is closed when
+// it is done.
+func (a *agentConn) displace(reason string) <-chan struct{} {
+	closed := make(chan struct{})
+	a.displaced.Store(true)
+	if !a.ready.Load() {
+		close(closed)
+		return closed
 	}
-	return m, nil
+	go func() {
+		defer close(closed)
+		a.close(wsconn.CodeReplaced, reason)
+	}()
+	return closed
 }
 
 func errString(err error) string {

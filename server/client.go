@@ -5,26 +5,22 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/coder/websocket"
 
-	"github.com/converge-ci/converge/internal/rawstream"
+	"github.com/converge-ci/converge/internal/leg"
 	"github.com/converge-ci/converge/internal/splice"
 	"github.com/converge-ci/converge/internal/wire"
 )
 
 // handleClient is GET /client/{id}: a user's connection to an agent. It is
 // refused with 404 before the upgrade when no agent holds the ID. After the
-// upgrade (to a WebSocket, or to a raw stream when asked, see leg), the
+// upgrade (to a WebSocket, or to a raw stream when asked, see internal/leg), the
 // client is spliced to an idle stream of the agent's pool, or to one the
 // agent is asked to dial back; the SSH bytes pass unchanged both ways.
 func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
-	raw := rawstream.Requested(r)
-	if raw {
-		rawstream.Advertise(w) // refusals below are final, not a cue to retry as a WebSocket
-	}
+	leg.Advertise(w, r) // refusals below are final, not a cue to retry as a WebSocket
 	id := r.PathValue("id")
 	if err := wire.ValidID(id); err != nil {
 		s.metrics.refused(endpointClient, reasonBadRequest)
@@ -32,27 +28,28 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	remote := s.remoteAddr(r)
-	fwdAddr, forwarded, err := s.forwardedFrom(r, forwardClient, id, "")
+	fwdAddr, forwarded, err := s.peers.forwardedFrom(r, forwardClient, id, "")
 	if err != nil {
 		s.log.Warn("client refused", "id", id, "remote", remote, "reason", reasonBadRequest, "error", err)
 		s.metrics.refused(endpointClient, reasonBadRequest)
 		http.Error(w, err.Error(), http.StatusForbidden)
 		return
 	}
-	if forwarded {
-		remote = fwdAddr
+	a, here, owner := s.reg.Route(r.Context(), id)
+	if forwarded { // from the client at fwdAddr; served here or not at all: one hop
+		remote, owner = fwdAddr, ""
 	}
-	a, owner := s.route(r.Context(), id, forwarded)
-	if owner == "" && (a == nil || !a.ready.Load()) {
+	if owner == "" && (!here || !a.ready.Load()) {
 		s.log.Info("client refused", "id", id, "remote", remote, "reason", reasonUnknownID)
 		s.metrics.refused(endpointClient, reasonUnknownID)
 		http.Error(w, fmt.Sprintf("no agent is connected with ID %q; check the ID the agent printed", id), http.StatusNotFound)
 		return
 	}
 	if limit := s.streamLimit.acquire(remote); limit != nil {
-		s.log.Info("client refused", "id", id, "remote", remote, "reason", limit.reason)
-		s.metrics.refused(endpointClient, limit.reason)
-		limit.refuse(w)
+		ref := refusalOf(limit, id, reasonStreamLimit)
+		s.log.Info("client refused", "id", id, "remote", remote, "reason", ref.reason)
+		s.metrics.refused(endpointClient, ref.reason)
+		ref.answer(w)
 		return
 	}
 	defer s.streamLimit.release(remote)
@@ -60,12 +57,8 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 		s.forward(w, r, forwardClient, id, "", owner, remote)
 		return
 	}
-	offered := websocketProtocols(r)
-	if raw {
-		offered = rawstream.Offered(r)
-	}
 	protocol := "" // the first the client offers that the agent does
-	for _, p := range offered {
+	for _, p := range leg.Offered(r) {
 		if a.offers(p) {
 			protocol = p
 			break
@@ -74,14 +67,14 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 	if v := a.who.Verified(); v != "" {
 		w.Header().Set(wire.VerifiedHeader, v)
 	}
-	cl, err := acceptLeg(w, r, protocol)
+	cl, err := leg.Accept(w, r, protocol)
 	if err != nil {
 		return
 	}
-	release, ok := s.conns.add(cl.held())
+	release, ok := s.conns.add(cl)
 	if !ok {
 		s.metrics.refused(endpointClient, reasonShuttingDown)
-		cl.refuse(websocket.StatusGoingAway, "server shutting down")
+		cl.Close(websocket.StatusGoingAway, "server shutting down")
 		return
 	}
 	defer release()
@@ -90,51 +83,51 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 
 // relay takes a stream of agent a for the client leg cl, which speaks
 // protocol (see streamFor), and splices the two until either ends.
-func (s *Server) relay(a *agentConn, cl leg, protocol string, log *slog.Logger) {
+func (s *Server) relay(a *agentConn, cl *leg.Conn, protocol string, log *slog.Logger) {
 	start := time.Now()
 	ag, err := s.streamFor(a, protocol)
 	if err != nil {
 		log.Info("client refused", "reason", reasonAgentUnavailable, "error", err)
 		s.metrics.refused(endpointClient, reasonAgentUnavailable)
-		cl.refuse(websocket.StatusTryAgainLater, "agent did not answer: "+err.Error())
+		cl.Close(websocket.StatusTryAgainLater, "agent did not answer: "+err.Error())
 		return
 	}
-	releaseStream, ok := s.conns.add(ag.held())
+	releaseStream, ok := s.conns.add(ag.Conn)
 	if !ok { // the drain began while the stream came in, and closed the client's leg
-		ag.refuse(websocket.StatusGoingAway, "server shutting down")
+		ag.Close(websocket.StatusGoingAway, "server shutting down")
 		return
 	}
 	defer releaseStream()
 	setup := time.Since(start)
-	log.Info("client connected", "protocol", protocol, "stream", ag.source(), "legs", cl.kind()+"/"+ag.kind(),
+	log.Info("client connected", "protocol", protocol, "stream", ag.source(), "legs", cl.Kind()+"/"+ag.Kind(),
 		"setup", setup.Round(time.Microsecond))
 	s.metrics.agentStreams.WithLabelValues(ag.source()).Inc()
-	s.metrics.streamLegs.WithLabelValues(cl.kind(), ag.kind()).Inc()
+	s.metrics.streamLegs.WithLabelValues(cl.Kind(), ag.Kind()).Inc()
 	defer s.streamOpen(a, setup)()
 
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()
-	res := splice.Counted(cl.bytes(ctx), ag.bytes(ctx), s.metrics.countToAgent, s.metrics.countToClient)
+	res := splice.Counted(cl.Relayed(ctx), ag.relayed(ctx), s.metrics.countToAgent, s.metrics.countToClient)
 	log.Info("client disconnected", "duration", time.Since(start).Round(time.Millisecond),
 		"bytes_to_agent", res.AToB, "bytes_to_client", res.BToA, "reason", errString(res.Err))
 }
 
 // requestStream asks agent a to dial back for one client stream and waits
 // for it, at most StreamTimeout.
-func (s *Server) requestStream(a *agentConn, protocol string) (leg, error) {
+func (s *Server) requestStream(a *agentConn, protocol string) (*leg.Conn, error) {
 	token, streams, stopWaiting := s.pending.expect(a.id)
 	defer stopWaiting()
 
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.StreamTimeout)
 	defer cancel()
 	if err := a.send(ctx, wire.Message{Type: wire.TypeDial, Dial: &wire.Dial{Token: token, Protocol: protocol}}); err != nil {
-		return leg{}, fmt.Errorf("ask agent to dial back: %w", err)
+		return nil, fmt.Errorf("ask agent to dial back: %w", err)
 	}
 	select {
 	case c := <-streams:
 		return c, nil
 	case <-ctx.Done():
-		return leg{}, fmt.Errorf("no stream from the agent within %v", s.cfg.StreamTimeout)
+		return nil, fmt.Errorf("no stream from the agent within %v", s.cfg.StreamTimeout)
 	}
 }
 
@@ -143,9 +136,7 @@ func (s *Server) requestStream(a *agentConn, protocol string) (leg, error) {
 // servePooled), with a WebSocket or a raw stream. The token, given only
 // to the agent over its control connection, authorises it.
 func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
-	if rawstream.Requested(r) {
-		rawstream.Advertise(w)
-	}
+	leg.Advertise(w, r)
 	id, token := r.PathValue("id"), r.PathValue("token")
 	if wire.ValidID(id) != nil || wire.ValidToken(token) != nil {
 		http.Error(w, "malformed stream request", http.StatusBadRequest)
@@ -158,27 +149,17 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "no client is waiting for this stream (it may have given up)", http.StatusNotFound)
 		return
 	}
-	c, err := acceptLeg(w, r, wire.StreamProtocol)
+	c, err := leg.Accept(w, r, wire.StreamProtocol)
 	if err != nil {
 		return
 	}
-	release, ok := s.conns.add(c.held())
+	release, ok := s.conns.add(c)
 	if !ok {
-		c.refuse(websocket.StatusGoingAway, "server shutting down")
+		c.Close(websocket.StatusGoingAway, "server shutting down")
 		return
 	}
 	defer release() // the client handler holds c itself once it has it
 	if !s.pending.deliver(id, token, c) {
-		c.refuse(websocket.StatusTryAgainLater, "the client stopped waiting")
+		c.Close(websocket.StatusTryAgainLater, "the client stopped waiting")
 	}
-}
-
-func websocketProtocols(r *http.Request) []string {
-	var out []string
-	for _, v := range r.Header.Values("Sec-WebSocket-Protocol") {
-		for _, p := range strings.Split(v, ",") {
-			out = append(out, strings.TrimSpace(p))
-		}
-	}
-	return out
 }

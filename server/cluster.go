@@ -16,7 +16,8 @@ import (
 	"github.com/coder/websocket"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/converge-ci/converge/internal/wsconn"
+	"github.com/converge-ci/converge/internal/wire"
+	"github.com/converge-ci/converge/server/internal/registry"
 	"github.com/converge-ci/converge/templates"
 )
 
@@ -28,7 +29,7 @@ type cluster struct {
 	s    *Server
 	log  *slog.Logger
 	rdb  *redis.Client
-	reg  *redisRegistry
+	reg  *registry.Redis[*agentConn]
 	self string // this replica's advertise URL, ws:// or wss://
 
 	kick chan struct{} // local changes to publish; capacity 1
@@ -79,12 +80,12 @@ func (s *Server) setupCluster() error {
 	if err != nil {
 		return err
 	}
-	rdb, err := openRedis(context.Background(), s.cfg.Redis)
+	rdb, err := registry.Open(context.Background(), s.cfg.Redis)
 	if err != nil {
 		return err
 	}
 	s.cluster = newCluster(s, rdb, self)
-	s.reg = s.cluster.reg
+	s.reg, s.peers = s.cluster.reg, s.cluster
 	s.changes.local = s.cluster.changed
 	return nil
 }
@@ -95,10 +96,9 @@ func (s *Server) setupCluster() error {
 func (c *cluster) start(addr net.Addr) (stop func()) {
 	if tcp, ok := addr.(*net.TCPAddr); ok {
 		c.self = withPort(c.self, strconv.Itoa(tcp.Port))
-		c.reg.self = c.self
 	}
 	c.log = c.s.log.With("replica", c.self)
-	c.reg.log = c.log
+	c.reg.Listening(c.self, c.log)
 	c.log.Info("replica of a cluster", "redis", c.rdb.Options().Addr, "db", c.rdb.Options().DB, "drain_delay", c.s.cfg.DrainDelay)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -125,7 +125,7 @@ func (s *Server) drainDelay() {
 	}
 	var wg sync.WaitGroup
 	n := 0
-	for _, a := range s.cluster.reg.Agents() {
+	for _, a := range s.reg.Agents() {
 		if !a.ready.Load() {
 			continue
 		}
@@ -133,7 +133,7 @@ func (s *Server) drainDelay() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			a.ws.Close(websocket.StatusGoingAway, "server shutting down; reconnect shortly")
+			a.close(websocket.StatusGoingAway, "server shutting down; reconnect shortly")
 		}()
 	}
 	wg.Wait()
@@ -153,11 +153,8 @@ func advertiseURL(raw string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("--advertise %q: %w", raw, err)
 	}
-	switch u.Scheme {
-	case "http", "ws":
-		u.Scheme = "ws"
-	case "https", "wss":
-		u.Scheme = "wss"
+	switch u.Scheme = wire.WebSocketScheme(u.Scheme); u.Scheme {
+	case "ws", "wss":
 	default:
 		return "", fmt.Errorf("--advertise %q: give the URL other replicas reach this one by, as http://HOST:PORT (or https, ws, wss)", raw)
 	}
@@ -181,23 +178,16 @@ func withPort(advertise string, port string) string {
 func newCluster(s *Server, rdb *redis.Client, self string) *cluster {
 	log := s.log.With("replica", self)
 	c := &cluster{s: s, log: log, rdb: rdb, self: self, kick: make(chan struct{}, 1), published: make(map[string]string)}
-	c.reg = newRedisRegistry(rdb, self, registryLimits{
-		grace:       s.cfg.Grace,
-		perAddr:     s.cfg.MaxAgentsPerAddr,
-		maxAgents:   s.cfg.MaxAgents,
-		maxReserved: s.cfg.MaxReservations,
-	}, time.Now, log)
-	c.reg.lost = c.closeLost
+	c.reg = registry.NewRedis[*agentConn](rdb, self, s.cfg.registryLimits(), time.Now, log)
+	c.reg.OnLost(c.closeLost)
 	return c
 }
 
 // closeLost closes a, an agent here whose ID another replica's agent
 // took, as a displaced holder is closed.
 func (c *cluster) closeLost(a *agentConn) {
-	a.displaced.Store(true)
-	if a.ready.Load() {
-		go a.ws.Close(wsconn.CodeReplaced, "replaced by another connection for this ID, on another server")
-	}
+	c.log.Warn("agent lost its ID to an agent on another replica; closing it", "id", a.id, "remote", a.remote)
+	a.displace("replaced by another connection for this ID, on another server")
 }
 
 // run keeps the replica's part of the cluster going until ctx ends:
@@ -213,10 +203,10 @@ func (c *cluster) run(ctx context.Context) {
 	wg.Wait()
 }
 
-// refreshLoop refreshes the leases every leaseRefresh, and at once when
+// refreshLoop refreshes the leases every registry.LeaseRefresh, and at once when
 // the event subscription (re)connects, as it does after Redis restarts.
 func (c *cluster) refreshLoop(ctx context.Context, resync <-chan struct{}) {
-	t := time.NewTicker(leaseRefresh)
+	t := time.NewTicker(registry.LeaseRefresh)
 	defer t.Stop()
 	failing := false
 	for {
@@ -226,7 +216,7 @@ func (c *cluster) refreshLoop(ctx context.Context, resync <-chan struct{}) {
 		case <-t.C:
 		case <-resync:
 		}
-		_, changed, err := c.reg.refresh()
+		_, changed, err := c.reg.Refresh()
 		switch {
 		case err != nil && !failing:
 			c.log.Warn("cannot refresh agents' leases; local agents keep working, other replicas cannot find them", "error", err)
@@ -247,7 +237,7 @@ func (c *cluster) refreshLoop(ctx context.Context, resync <-chan struct{}) {
 // listen handles events from other replicas: an agent here lost its ID,
 // or the sessions view changed.
 func (c *cluster) listen(ctx context.Context, resync chan<- struct{}) {
-	ps := c.rdb.Subscribe(ctx, redisEvents)
+	ps := c.rdb.Subscribe(ctx, registry.Events)
 	defer ps.Close()
 	defer context.AfterFunc(ctx, func() { ps.Close() })() // Receive does not watch ctx
 	for {
@@ -279,11 +269,10 @@ func (c *cluster) listen(ctx context.Context, resync chan<- struct{}) {
 }
 
 func (c *cluster) event(payload string) {
-	f := strings.Split(payload, "\t")
-	switch {
-	case len(f) == 4 && f[0] == "lost" && f[1] == c.self:
-		c.reg.lose(f[3], f[2])
-	case len(f) == 2 && f[0] == "changed" && f[1] != c.self:
+	if c.reg.Event(payload) {
+		return
+	}
+	if f := strings.Split(payload, "\t"); len(f) == 2 && f[0] == "changed" && f[1] != c.self {
 		c.othersChanged()
 	}
 }
@@ -303,14 +292,6 @@ func (c *cluster) changed() {
 	case c.kick <- struct{}{}:
 	default:
 	}
-}
-
-// sessionRow is a sessions view row in Redis, with the holder it was
-// written for, so that readers skip rows of holders that are gone.
-type sessionRow struct {
-	Owner   string            `json:"owner"`
-	Conn    string            `json:"conn"`
-	Session templates.Session `json:"session"`
 }
 
 // publishLoop writes this replica's changed sessions rows to Redis and
@@ -336,26 +317,25 @@ func (c *cluster) publishLoop(ctx context.Context) {
 }
 
 func (c *cluster) publish(ctx context.Context) error {
-	rows := make(map[string]string)
-	conns := make(map[string]string)
+	rows := make(map[string]registry.Row)
 	for _, v := range c.s.localSessions() {
-		c.reg.mu.Lock()
-		h := c.reg.local[v.ID]
-		c.reg.mu.Unlock()
-		if h == nil {
-			continue
-		}
-		b, err := json.Marshal(sessionRow{Owner: c.self, Conn: h.conn, Session: v})
+		b, err := json.Marshal(v)
 		if err != nil {
 			return err
 		}
-		rows[v.ID], conns[v.ID] = string(b), h.conn
+		row, ok, err := c.reg.Row(v.ID, b)
+		if err != nil {
+			return err
+		}
+		if ok {
+			rows[v.ID] = row
+		}
 	}
 	c.mu.Lock()
-	var set []any
+	var set []registry.Row
 	for id, row := range rows {
-		if c.published[id] != row {
-			set = append(set, id, conns[id], row)
+		if c.published[id] != row.JSON {
+			set = append(set, row)
 		}
 	}
 	var gone []string
@@ -366,20 +346,18 @@ func (c *cluster) publish(ctx context.Context) error {
 	}
 	c.mu.Unlock()
 	// Rows of agents that left are removed by the registry script with
-	// their entries, and rows are written only for holders (op rows).
-	if len(set) > 0 {
-		if _, err := c.reg.run("rows", set...); err != nil {
-			return err
-		}
+	// their entries, and rows are written only for holders.
+	if err := c.reg.WriteRows(set); err != nil {
+		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, redisTimeout)
+	ctx, cancel := context.WithTimeout(ctx, registry.Timeout)
 	defer cancel()
-	if err := c.rdb.Publish(ctx, redisEvents, "changed\t"+c.self).Err(); err != nil {
+	if err := c.rdb.Publish(ctx, registry.Events, "changed\t"+c.self).Err(); err != nil {
 		return err
 	}
 	c.mu.Lock()
 	for id, row := range rows {
-		c.published[id] = row
+		c.published[id] = row.JSON
 	}
 	for _, id := range gone {
 		delete(c.published, id)
@@ -396,26 +374,17 @@ func (c *cluster) remoteSessions(ctx context.Context) []templates.Session {
 	if time.Since(c.viewAt) < viewMaxAge {
 		return c.view
 	}
-	ctx, cancel := context.WithTimeout(ctx, redisTimeout)
-	defer cancel()
-	rows, err1 := c.rdb.HGetAll(ctx, redisKeySessions).Result()
-	ids, err2 := c.rdb.HGetAll(ctx, redisKeyIDs).Result()
-	if err := errors.Join(err1, err2); err != nil {
+	rows, err := c.reg.OtherRows(ctx)
+	if err != nil {
 		c.log.Warn("cannot read the other replicas' sessions", "error", err)
 		return c.view
 	}
-	now := time.Now().UnixMilli()
 	var out []templates.Session
-	for id, raw := range rows {
-		var row sessionRow
-		var e regEntry
-		if json.Unmarshal([]byte(raw), &row) != nil || json.Unmarshal([]byte(ids[id]), &e) != nil {
-			continue
+	for _, raw := range rows {
+		var v templates.Session
+		if json.Unmarshal(raw, &v) == nil {
+			out = append(out, v)
 		}
-		if row.Owner == c.self || e.Owner != row.Owner || e.Conn != row.Conn || int64(e.Lease) <= now {
-			continue
-		}
-		out = append(out, row.Session)
 	}
 	c.view, c.viewAt = out, time.Now()
 	return out

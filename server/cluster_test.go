@@ -16,6 +16,7 @@ import (
 	"github.com/converge-ci/converge/internal/test/redistest"
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
+	"github.com/converge-ci/converge/server/internal/registry"
 )
 
 const testClusterKey = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
@@ -117,7 +118,7 @@ func TestClusterRefusesForgedForward(t *testing.T) {
 		t.Errorf("forged forward: %d, want 403", code)
 	}
 	ms := time.Now().UnixMilli()
-	key, _ := parseKey(testClusterKey)
+	key, _ := registry.ParseKey(testClusterKey)
 	signed := "v1 " + strconv.FormatInt(ms, 10) + " 192.0.2.1 " + forwardMAC(key, forwardClient, "held", "", ms, "192.0.2.1")
 	if code, _, _ := get(t, reps[1].http()+"/client/held", forwardHeader, signed); code != http.StatusNotFound {
 		t.Errorf("a forwarded request for an agent held elsewhere: %d, want 404 (one hop)", code)

@@ -24,10 +24,16 @@ type conns struct {
 	idle     chan struct{} // closed once draining and n is zero
 }
 
-// closeNower is a connection conns holds: a *websocket.Conn, which a
-// drain closes with 1001 (going away), or a raw stream leg (rawHeld),
-// which it can only close.
+// closeNower is a connection conns holds: a *websocket.Conn or a
+// *leg.Conn, which a drain closes with 1001 (going away, see
+// codeCloser), or a forwarded connection, which it can only close.
 type closeNower interface{ CloseNow() error }
+
+// codeCloser is a held connection that can say why it closes: a
+// *websocket.Conn, or a *leg.Conn (a raw stream leg just closes).
+type codeCloser interface {
+	Close(code websocket.StatusCode, reason string) error
+}
 
 func newConns() *conns {
 	return &conns{live: make(map[closeNower]int), idle: make(chan struct{})}
@@ -79,8 +85,8 @@ func (t *conns) drain(ctx context.Context, reason string) (left int) {
 		for c := range t.live {
 			t.n++ // the close below, so that wait also waits for it
 			go func() {
-				if ws, ok := c.(*websocket.Conn); ok {
-					ws.Close(websocket.StatusGoingAway, reason)
+				if cc, ok := c.(codeCloser); ok {
+					cc.Close(websocket.StatusGoingAway, reason)
 				} else {
 					c.CloseNow()
 				}

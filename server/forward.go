@@ -1,12 +1,14 @@
 package server
 
 import (
+	"bufio"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -51,13 +53,36 @@ func forwardMAC(key []byte, kind, id, token string, ms int64, addr string) strin
 	return hex.EncodeToString(m.Sum(nil))
 }
 
-// forwardedFrom checks r's forwardHeader, if any: forwarded reports that
-// another replica sent r, and addr is the client's address it vouches
-// for. A header that does not verify is an error: the request is
-// refused.
-func (s *Server) forwardedFrom(r *http.Request, kind, id, token string) (addr string, forwarded bool, err error) {
+// peers are the other replicas a request may come from, or be forwarded
+// to: none for a single server (alone), the cluster's otherwise. The
+// handlers ask them, and never whether a cluster is configured.
+type peers interface {
+	// forwardedFrom checks r's forwardHeader, if any: forwarded reports
+	// that another replica sent r, and addr is the client's address it
+	// vouches for. A header that does not verify is an error: the
+	// request is refused. A single server believes no such header, and
+	// ignores it.
+	forwardedFrom(r *http.Request, kind, id, token string) (addr string, forwarded bool, err error)
+	// dialOwner sends r's handshake, as a request of kind for id (and
+	// token) on behalf of the client at addr, to owner, the replica
+	// holding the agent, and reads the answer (see cluster.dialOwner).
+	dialOwner(ctx context.Context, r *http.Request, owner, kind, id, token, addr string) (net.Conn, *bufio.Reader, *http.Response, error)
+}
+
+// alone is the peers of a single server: none.
+type alone struct{}
+
+func (alone) forwardedFrom(*http.Request, string, string, string) (string, bool, error) {
+	return "", false, nil
+}
+
+func (alone) dialOwner(context.Context, *http.Request, string, string, string, string, string) (net.Conn, *bufio.Reader, *http.Response, error) {
+	return nil, nil, nil, errors.New("a single server has no other replica to forward to")
+}
+
+func (c *cluster) forwardedFrom(r *http.Request, kind, id, token string) (addr string, forwarded bool, err error) {
 	h := r.Header.Get(forwardHeader)
-	if h == "" || s.cluster == nil {
+	if h == "" {
 		return "", false, nil
 	}
 	f := strings.Fields(h)
@@ -71,23 +96,10 @@ func (s *Server) forwardedFrom(r *http.Request, kind, id, token string) (addr st
 	if d := time.Since(time.UnixMilli(ms)); d > forwardSkew || d < -forwardSkew {
 		return "", false, fmt.Errorf("forwarded request signed %v ago: replicas' clocks differ, or it is a replay", d.Round(time.Second))
 	}
-	if !hmac.Equal([]byte(f[3]), []byte(forwardMAC(s.tokens.key, kind, id, token, ms, f[2]))) {
+	if !hmac.Equal([]byte(f[3]), []byte(forwardMAC(c.s.tokens.Key(), kind, id, token, ms, f[2]))) {
 		return "", false, errForwardSignature
 	}
 	return f[2], true, nil
-}
-
-// route says where a client of id goes: a local agent, another replica
-// (owner), or nowhere. A forwarded request is served here or not at all.
-func (s *Server) route(ctx context.Context, id string, forwarded bool) (local *agentConn, owner string) {
-	if s.cluster == nil {
-		return s.reg.Lookup(id), ""
-	}
-	local, owner = s.cluster.reg.route(ctx, id)
-	if forwarded {
-		owner = ""
-	}
-	return local, owner
 }
 
 // forwardStream forwards an agent's dial-back stream that no client here
@@ -96,10 +108,7 @@ func (s *Server) route(ctx context.Context, id string, forwarded bool) (local *a
 // to (no cluster, a request forwarded already, or the agent is here or
 // nowhere).
 func (s *Server) forwardStream(w http.ResponseWriter, r *http.Request, id, token string) bool {
-	if s.cluster == nil {
-		return false
-	}
-	addr, forwarded, err := s.forwardedFrom(r, forwardStream, id, token)
+	addr, forwarded, err := s.peers.forwardedFrom(r, forwardStream, id, token)
 	if err != nil {
 		s.log.Warn("stream refused", "id", id, "remote", s.remoteAddr(r), "error", err)
 		http.Error(w, err.Error(), http.StatusForbidden)
@@ -108,7 +117,7 @@ func (s *Server) forwardStream(w http.ResponseWriter, r *http.Request, id, token
 	if forwarded {
 		return false
 	}
-	_, owner := s.cluster.reg.route(r.Context(), id)
+	_, _, owner := s.reg.Route(r.Context(), id)
 	if owner == "" {
 		return false
 	}

@@ -17,6 +17,12 @@ import (
 	"github.com/converge-ci/converge/internal/wsconn"
 )
 
+// agent returns the agent connected to s with id, or nil.
+func (s *Server) agent(id string) *agentConn {
+	a, _ := s.reg.Lookup(id)
+	return a
+}
+
 func testLog(t testing.TB) *slog.Logger { return testlog.New(t) }
 
 // newTestServer returns a Server for handler tests (not running).

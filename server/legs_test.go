@@ -12,9 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
-
-	"github.com/converge-ci/converge/internal/rawstream"
+	"github.com/converge-ci/converge/internal/leg"
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
 )
@@ -25,21 +23,16 @@ func dialLeg(t *testing.T, url string, raw bool, protocols ...string) (net.Conn,
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if raw {
-		c, proto, err := rawstream.Dial(ctx, url, protocols, rawstream.Options{})
-		if err != nil {
-			t.Fatalf("raw dial %s: %v", url, err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c, proto
-	}
-	c, err := wsconn.Dial(ctx, url, wsconn.Options{Subprotocols: protocols})
+	c, err := leg.Dial(ctx, url, leg.DialOptions{Protocols: protocols, Raw: raw}) // no Fallback: raw or fail
 	if err != nil {
-		t.Fatalf("dial %s: %v", url, err)
+		t.Fatalf("dial %s (raw %v): %v", url, raw, err)
 	}
-	nc := websocket.NetConn(context.Background(), c, websocket.MessageBinary)
+	if got := c.Kind() == leg.KindRaw; got != raw {
+		t.Fatalf("dial %s: got a %s leg, want raw %v", url, c.Kind(), raw)
+	}
+	nc := c.Relayed(context.Background())
 	t.Cleanup(func() { nc.Close() })
-	return nc, c.Subprotocol()
+	return nc, c.Protocol()
 }
 
 // TestLegs relays a stream for each mix of raw and WebSocket legs: the
@@ -110,7 +103,7 @@ func TestLegs(t *testing.T) {
 func TestRawRefusalIsFinal(t *testing.T) {
 	r := runServer(t)
 	for _, path := range []string{"/client/nobody", "/agent/nobody/stream/" + strings.Repeat("a", 32)} {
-		_, _, err := rawstream.Dial(context.Background(), r.ws()+path, nil, rawstream.Options{})
+		_, err := leg.Dial(context.Background(), r.ws()+path, leg.DialOptions{Raw: true, Fallback: &leg.Fallback{}})
 		var re *wsconn.RefusedError
 		if !errors.As(err, &re) || re.Status != http.StatusNotFound {
 			t.Errorf("%s: err = %v, want a 404 refusal", path, err)

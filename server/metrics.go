@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/converge-ci/converge/internal/leg"
 	"github.com/converge-ci/converge/server/internal/policy"
 )
 
@@ -83,8 +84,8 @@ func newMetrics(version string, agents func() int) *metrics {
 		Name: "converge_stream_legs_total",
 		Help: "Client streams spliced, by the transport of the client's and of the agent's leg: raw (spliced in the kernel when both are) or websocket.",
 	}, []string{"client", "agent"})
-	for _, c := range []string{legRaw, legWebSocket} {
-		for _, a := range []string{legRaw, legWebSocket} {
+	for _, c := range []string{leg.KindRaw, leg.KindWebSocket} {
+		for _, a := range []string{leg.KindRaw, leg.KindWebSocket} {
 			m.streamLegs.WithLabelValues(c, a)
 		}
 	}

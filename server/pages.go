@@ -18,7 +18,7 @@ func (s *Server) pageRoutes() {
 	s.mux.HandleFunc("GET /downloads", s.handleDownloads)
 	s.mux.HandleFunc("GET /static/{name}", s.handleStatic)
 	s.mux.HandleFunc("GET /static/dist/{name}", s.handleDist)
-	s.mux.HandleFunc("GET /terminal/{id}", s.handleTerminal)
+	s.mux.HandleFunc("GET "+wire.TerminalPattern, s.handleTerminal)
 	s.mux.HandleFunc("GET "+termPrefix+"{name}", s.term.serve)
 	s.mux.HandleFunc("GET "+xtermPrefix+"{name}", s.term.serve)
 	s.mux.HandleFunc("GET /sessions", s.handleSessions)
@@ -35,11 +35,7 @@ func (s *Server) site() templates.Site {
 func (s *Server) bases(r *http.Request) (base, wsBase string) {
 	scheme, host := s.publicOrigin(r)
 	prefix := s.publicPrefix(r)
-	ws := "ws"
-	if scheme == "https" {
-		ws = "wss"
-	}
-	return scheme + "://" + host + prefix, ws + "://" + host + prefix
+	return scheme + "://" + host + prefix, wire.WebSocketScheme(scheme) + "://" + host + prefix
 }
 
 // handleUsage is GET /: the usage page. ?id= chooses the rendezvous ID

@@ -3,6 +3,7 @@ package server
 import (
 	"sync"
 
+	"github.com/converge-ci/converge/internal/leg"
 	"github.com/converge-ci/converge/internal/wire"
 )
 
@@ -17,7 +18,7 @@ type pending struct {
 // wait is one client waiting for a stream from one agent.
 type wait struct {
 	agentID string
-	stream  chan leg // buffered 1; receives at most one stream
+	stream  chan *leg.Conn // buffered 1; receives at most one stream
 }
 
 func newPending() *pending { return &pending{waits: make(map[string]*wait)} }
@@ -27,8 +28,8 @@ func newPending() *pending { return &pending{waits: make(map[string]*wait)} }
 // receiver owns it). cancel ends the wait and must be called: after it a
 // deliver with token reports false, and a stream delivered but not
 // received is closed. cancel may be called more than once.
-func (p *pending) expect(agentID string) (token string, streams <-chan leg, cancel func()) {
-	w := &wait{agentID: agentID, stream: make(chan leg, 1)}
+func (p *pending) expect(agentID string) (token string, streams <-chan *leg.Conn, cancel func()) {
+	w := &wait{agentID: agentID, stream: make(chan *leg.Conn, 1)}
 	token = wire.NewToken()
 	p.mu.Lock()
 	p.waits[token] = w
@@ -42,7 +43,7 @@ func (p *pending) cancel(token string, w *wait) {
 	delete(p.waits, token) // a deliver after this finds nothing
 	select {
 	case c := <-w.stream: // delivered after the client gave up
-		c.closeNow()
+		c.CloseNow()
 	default:
 	}
 }
@@ -61,7 +62,7 @@ func (p *pending) waiting(agentID, token string) bool {
 // token, and spends the token. It reports false, and c stays the caller's
 // to close, when no client waits: an unknown, spent or cancelled token, or
 // a token of another agent (which does not spend it).
-func (p *pending) deliver(agentID, token string, c leg) bool {
+func (p *pending) deliver(agentID, token string, c *leg.Conn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	w := p.waits[token]

@@ -1,27 +1,71 @@
 package server
 
 import (
+	"context"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/coder/websocket"
 
+	"github.com/converge-ci/converge/internal/leg"
 	"github.com/converge-ci/converge/internal/wire"
 )
 
 // received returns the stream waiting on streams, or nil if none is.
-func received(streams <-chan leg) *websocket.Conn {
+func received(streams <-chan *leg.Conn) *leg.Conn {
 	select {
 	case c := <-streams:
-		return c.ws
+		return c
 	default:
 		return nil
 	}
 }
 
+// legPairs makes connected pairs of a server's leg (a WebSocket, through
+// leg.Accept) and its peer.
+type legPairs struct {
+	url      string
+	accepted chan *leg.Conn
+}
+
+func newLegPairs(t testing.TB) *legPairs {
+	t.Helper()
+	p := &legPairs{accepted: make(chan *leg.Conn, 1)}
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := leg.Accept(w, r, "")
+		if err != nil {
+			return
+		}
+		p.accepted <- c // pair takes it before dialling the next
+	}))
+	t.Cleanup(ts.Close)
+	p.url = "ws" + strings.TrimPrefix(ts.URL, "http")
+	return p
+}
+
+// pair returns a connected pair; the caller closes both.
+func (p *legPairs) pair(t testing.TB) (server *leg.Conn, peer *websocket.Conn) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	peer, _, err := websocket.Dial(ctx, p.url, nil)
+	if err != nil {
+		t.Fatalf("dial %s: %v", p.url, err)
+	}
+	select {
+	case server = <-p.accepted:
+	case <-ctx.Done():
+		t.Fatal("no accepted connection")
+	}
+	return server, peer
+}
+
 func TestPendingDeliver(t *testing.T) {
 	p := newPending()
-	s, peer := newWSPairs(t).pair(t)
+	s, peer := newLegPairs(t).pair(t)
 	defer s.CloseNow()
 	defer peer.CloseNow()
 
@@ -33,7 +77,7 @@ func TestPendingDeliver(t *testing.T) {
 	if !p.waiting("agent-1", token) {
 		t.Fatal("waiting(agent-1, token) = false before deliver, want true")
 	}
-	if !p.deliver("agent-1", token, leg{ws: s}) {
+	if !p.deliver("agent-1", token, s) {
 		t.Fatal("deliver(agent-1, token) = false, want true")
 	}
 	if got := received(streams); got != s {
@@ -57,7 +101,7 @@ func TestPendingTokensAreDistinct(t *testing.T) {
 
 func TestPendingWrongAgent(t *testing.T) {
 	p := newPending()
-	s, peer := newWSPairs(t).pair(t)
+	s, peer := newLegPairs(t).pair(t)
 	defer s.CloseNow()
 	defer peer.CloseNow()
 
@@ -66,20 +110,20 @@ func TestPendingWrongAgent(t *testing.T) {
 	if p.waiting("agent-2", token) {
 		t.Error("waiting(agent-2, agent-1's token) = true, want false")
 	}
-	if p.deliver("agent-2", token, leg{ws: s}) {
+	if p.deliver("agent-2", token, s) {
 		t.Fatal("deliver(agent-2, agent-1's token) = true, want false")
 	}
 	if got := received(streams); got != nil {
 		t.Fatal("a stream from the wrong agent arrived")
 	}
-	if !p.deliver("agent-1", token, leg{ws: s}) {
+	if !p.deliver("agent-1", token, s) {
 		t.Fatal("deliver(agent-1) after a wrong agent's try = false, want true (only the right agent spends a token)")
 	}
 }
 
 func TestPendingDoubleDeliver(t *testing.T) {
 	p := newPending()
-	pairs := newWSPairs(t)
+	pairs := newLegPairs(t)
 	s1, peer1 := pairs.pair(t)
 	defer s1.CloseNow()
 	defer peer1.CloseNow()
@@ -89,10 +133,10 @@ func TestPendingDoubleDeliver(t *testing.T) {
 
 	token, streams, cancel := p.expect("agent-1")
 	defer cancel()
-	if !p.deliver("agent-1", token, leg{ws: s1}) {
+	if !p.deliver("agent-1", token, s1) {
 		t.Fatal("first deliver = false, want true")
 	}
-	if p.deliver("agent-1", token, leg{ws: s2}) {
+	if p.deliver("agent-1", token, s2) {
 		t.Fatal("second deliver with the same token = true, want false (single use)")
 	}
 	if got := received(streams); got != s1 {
@@ -105,7 +149,7 @@ func TestPendingDoubleDeliver(t *testing.T) {
 
 func TestPendingDeliverAfterCancel(t *testing.T) {
 	p := newPending()
-	s, peer := newWSPairs(t).pair(t)
+	s, peer := newLegPairs(t).pair(t)
 	defer s.CloseNow()
 	defer peer.CloseNow()
 
@@ -115,7 +159,7 @@ func TestPendingDeliverAfterCancel(t *testing.T) {
 	if p.waiting("agent-1", token) {
 		t.Error("waiting after cancel = true, want false")
 	}
-	if p.deliver("agent-1", token, leg{ws: s}) {
+	if p.deliver("agent-1", token, s) {
 		t.Fatal("deliver after cancel = true, want false")
 	}
 	if got := received(streams); got != nil {
@@ -127,12 +171,12 @@ func TestPendingDeliverAfterCancel(t *testing.T) {
 // gave up is closed by cancel, not leaked.
 func TestPendingCancelClosesUnreceived(t *testing.T) {
 	p := newPending()
-	s, peer := newWSPairs(t).pair(t)
+	s, peer := newLegPairs(t).pair(t)
 	defer s.CloseNow()
 	defer peer.CloseNow()
 
 	token, _, cancel := p.expect("agent-1")
-	if !p.deliver("agent-1", token, leg{ws: s}) {
+	if !p.deliver("agent-1", token, s) {
 		t.Fatal("deliver = false, want true")
 	}
 	cancel()

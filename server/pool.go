@@ -3,11 +3,8 @@ package server
 import (
 	"context"
 	"errors"
-	"fmt"
-	"io"
 	"net"
 	"net/http"
-	"os"
 	"slices"
 	"sync"
 	"time"
@@ -15,6 +12,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/converge-ci/converge/internal/leg"
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
 )
@@ -47,15 +45,12 @@ const (
 	// rawKeepalive: an idle raw stream, which has no pings, gets a
 	// keepalive record (wire.Keepalive) when the server has sent nothing
 	// on it for this long, so that proxies that cut idle connections
-	// keep it, as the agent's pings keep an idle WebSocket.
+	// keep it, as the agent's pings keep an idle WebSocket (see
+	// leg.Idle.Wait).
 	rawKeepalive = wsconn.PingInterval
 	// assignTimeout bounds the write of an assignment.
 	assignTimeout = 10 * time.Second
 )
-
-// errSpokeEarly: the agent sent bytes on an idle raw stream before its
-// assignment.
-var errSpokeEarly = errors.New("the agent sent bytes on an idle stream")
 
 // streamPool is one agent's pool of idle streams, for the life of its
 // control connection. It fills only once a client has connected to the
@@ -81,26 +76,14 @@ type streamPool struct {
 	sends  sync.WaitGroup      // grants being sent, idle streams being closed
 }
 
-// pooledStream is one idle stream, a WebSocket or a raw stream. Its
-// handler (hold) reads it while it is idle, which answers the agent's
-// pings and notices its end; what ends the wait goes to whoever took the
-// stream.
+// pooledStream is one idle stream. Its handler (hold) waits on it while
+// it is idle (leg.Idle.Wait), which answers the agent's pings and notices
+// its end; what ends the wait goes to whoever took the stream.
 type pooledStream struct {
-	leg   leg
+	leg   *leg.Conn
+	idle  *leg.Idle
 	since time.Time
-	taken bool              // by a client; guarded by the pool's mu
-	first chan firstMessage // buffered 1: the idle read's result, once taken
-}
-
-// firstMessage is what ended an idle stream's wait: on a WebSocket, the
-// start of the agent's first message after the assignment, or an error;
-// on a raw stream, nil once the read was stopped for the assignment, or
-// an error (the read is stopped before the assignment is written, so
-// nothing of the agent's is read in it).
-type firstMessage struct {
-	typ websocket.MessageType
-	r   io.Reader
-	err error
+	taken bool // by a client; guarded by the pool's mu
 }
 
 func newStreamPool(size int, keep, keepalive time.Duration, idle prometheus.Gauge) *streamPool {
@@ -152,7 +135,7 @@ func (p *streamPool) empty() {
 	p.active = false
 	p.tokens = nil
 	for _, ps := range p.idle {
-		p.sends.Go(func() { ps.leg.refuse(websocket.StatusNormalClosure, "no client for a while") }) // its hold drops it
+		p.sends.Go(func() { ps.leg.Close(websocket.StatusNormalClosure, "no client for a while") }) // its hold drops it
 	}
 }
 
@@ -183,10 +166,9 @@ func (p *streamPool) fillLocked(s *Server, a *agentConn) {
 
 // take returns an idle stream for a client that negotiated protocol, or
 // nil when there is none. The newest is taken: the one least likely to
-// have died unnoticed. A raw stream goes only to a client that speaks a
-// stream protocol (resumable streams, whose ends keep a raw leg busy): a
-// plain stream needs a WebSocket's pings to pass proxies that cut idle
-// connections, so it takes a WebSocket or is dialled back.
+// have died unnoticed. Only a stream that carries protocol is taken
+// (leg.Conn.Carries): a plain stream takes a WebSocket or is dialled
+// back.
 func (p *streamPool) take(protocol string) *pooledStream {
 	if p == nil {
 		return nil
@@ -198,14 +180,12 @@ func (p *streamPool) take(protocol string) *pooledStream {
 	}
 	for i := len(p.idle) - 1; i >= 0; i-- {
 		ps := p.idle[i]
-		if ps.leg.raw != nil && protocol == "" {
+		if !ps.leg.Carries(protocol) {
 			continue
 		}
 		p.idle = slices.Delete(p.idle, i, i+1)
 		ps.taken = true
-		if ps.leg.raw != nil {
-			ps.leg.raw.SetReadDeadline(time.Unix(1, 0)) // stops hold's idle read (see waitRaw)
-		}
+		ps.idle.Take() // stops hold's wait on a raw stream
 		p.idleGauge.Dec()
 		return ps
 	}
@@ -216,26 +196,20 @@ func (p *streamPool) take(protocol string) *pooledStream {
 // client takes it or it ends, and returns then; handleStream calls it
 // and holds c meanwhile. A stream that ends idle, or on which the agent
 // speaks before it was assigned, is closed and replaced (see lostLocked).
-func (p *streamPool) hold(s *Server, a *agentConn, token string, c leg) {
+func (p *streamPool) hold(s *Server, a *agentConn, token string, c *leg.Conn) {
 	p.mu.Lock()
 	if _, ok := p.tokens[token]; !ok || p.closed {
 		p.mu.Unlock()
-		c.refuse(wsconn.CodeRefused, "the pool this stream was for is gone")
+		c.Close(wsconn.CodeRefused, "the pool this stream was for is gone")
 		return
 	}
 	delete(p.tokens, token)
-	ps := &pooledStream{leg: c, since: time.Now(), first: make(chan firstMessage, 1)}
+	ps := &pooledStream{leg: c, idle: c.Idle(), since: time.Now()}
 	p.idle = append(p.idle, ps)
 	p.idleGauge.Inc()
 	p.mu.Unlock()
 
-	var m firstMessage
-	if c.ws != nil {
-		c.ws.SetReadLimit(-1) // as NetConn does: the relay reads messages piece by piece
-		m.typ, m.r, m.err = c.ws.Reader(s.ctx)
-	} else {
-		m.err = p.waitRaw(ps)
-	}
+	err := ps.idle.Wait(s.ctx, p.keepalive)
 	p.mu.Lock()
 	taken := ps.taken
 	if !taken {
@@ -245,48 +219,13 @@ func (p *streamPool) hold(s *Server, a *agentConn, token string, c leg) {
 	}
 	p.mu.Unlock()
 	if taken {
-		ps.first <- m
+		return // the taker has the wait's result
+	}
+	if err == nil || errors.Is(err, leg.ErrSpokeEarly) {
+		c.Close(wsconn.CodeRefused, "an idle stream must wait for its assignment")
 		return
 	}
-	if m.err == nil || errors.Is(m.err, errSpokeEarly) {
-		c.refuse(wsconn.CodeRefused, "an idle stream must wait for its assignment")
-		return
-	}
-	c.closeNow()
-}
-
-// waitRaw reads ps, an idle raw stream, until a client takes it, and
-// sends a keepalive record whenever it has been quiet for p.keepalive.
-// It returns nil once ps is taken (take stops the read with a deadline in
-// the past, and only waitRaw sets one under the pool's lock while ps is
-// not taken), errSpokeEarly when the agent sends a byte, or why the
-// stream ended.
-func (p *streamPool) waitRaw(ps *pooledStream) error {
-	c := ps.leg.raw
-	var b [1]byte
-	for {
-		p.mu.Lock()
-		taken := ps.taken
-		if !taken {
-			c.SetReadDeadline(time.Now().Add(p.keepalive))
-		}
-		p.mu.Unlock()
-		if taken {
-			return nil
-		}
-		n, err := c.Read(b[:])
-		switch {
-		case n > 0:
-			return errSpokeEarly
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			c.SetWriteDeadline(time.Now().Add(assignTimeout))
-			if _, err := c.Write(wire.Keepalive); err != nil {
-				return fmt.Errorf("keep an idle stream: %w", err)
-			}
-		case err != nil:
-			return err
-		}
-	}
+	c.CloseNow()
 }
 
 // lostLocked replaces ps, an idle stream that ended before a client took
@@ -342,7 +281,7 @@ func (p *streamPool) close() {
 	p.tokens = nil
 	p.mu.Unlock()
 	for _, ps := range idle {
-		ps.leg.closeNow() // its hold returns and drops it
+		ps.leg.CloseNow() // its hold returns and drops it
 	}
 	p.sends.Wait()
 }
@@ -350,17 +289,17 @@ func (p *streamPool) close() {
 // servePooled serves GET /agent/{id}/stream/{token} when token is a pool
 // grant of the agent holding id, and reports whether it was.
 func (s *Server) servePooled(w http.ResponseWriter, r *http.Request, id, token string) bool {
-	a := s.reg.Lookup(id)
-	if a == nil || !a.ready.Load() || !a.pool.granted(token) { // ready: a.pool is set
+	a, ok := s.reg.Lookup(id)
+	if !ok || !a.ready.Load() || !a.pool.granted(token) { // ready: a.pool is set
 		return false
 	}
-	c, err := acceptLeg(w, r, wire.StreamProtocol)
+	c, err := leg.Accept(w, r, wire.StreamProtocol)
 	if err != nil {
 		return true
 	}
-	release, ok := s.conns.add(c.held())
+	release, ok := s.conns.add(c)
 	if !ok {
-		c.refuse(websocket.StatusGoingAway, "server shutting down")
+		c.Close(websocket.StatusGoingAway, "server shutting down")
 		return true
 	}
 	defer release() // a client that takes the stream holds it itself
@@ -371,7 +310,7 @@ func (s *Server) servePooled(w http.ResponseWriter, r *http.Request, id, token s
 // agentSide is the agent's end of one client connection: a stream taken
 // from the agent's pool, or one it dialled back for this client.
 type agentSide struct {
-	leg
+	*leg.Conn
 	pooled *pooledStream // nil: dialled back
 }
 
@@ -383,14 +322,13 @@ func (st agentSide) source() string {
 	return "dial"
 }
 
-// bytes is the stream as the relay reads and writes it: a pooled
-// WebSocket starts with the message its idle read began.
-func (st agentSide) bytes(ctx context.Context) io.ReadWriteCloser {
-	if st.pooled == nil || st.ws == nil {
-		return st.leg.bytes(ctx)
+// relayed is the stream as the relay reads and writes it: a pooled
+// stream starts with what ended its idle wait (leg.Idle.Relayed).
+func (st agentSide) relayed(ctx context.Context) net.Conn {
+	if st.pooled != nil {
+		return st.pooled.idle.Relayed(ctx)
 	}
-	// CleanReads: never forward the masked tail of a frame cut in the middle.
-	return wsconn.CleanReads(&pooledConn{Conn: websocket.NetConn(ctx, st.ws, websocket.MessageBinary), first: st.pooled.first})
+	return st.Relayed(ctx)
 }
 
 // streamFor returns agent a's end for a client that negotiated protocol:
@@ -401,78 +339,19 @@ func (s *Server) streamFor(a *agentConn, protocol string) (agentSide, error) {
 	if ps := a.pool.take(protocol); ps != nil {
 		err := ps.assign(s.ctx, protocol)
 		if err == nil {
-			return agentSide{leg: ps.leg, pooled: ps}, nil
+			return agentSide{Conn: ps.leg, pooled: ps}, nil
 		}
-		ps.leg.closeNow() // it died idle: nothing of the client's was sent, so dial back
+		ps.leg.CloseNow() // it died idle: nothing of the client's was sent, so dial back
 		s.log.Debug("idle stream failed at assignment; dialling back", "id", a.id, "error", err)
 	}
 	l, err := s.requestStream(a, protocol)
-	return agentSide{leg: l}, err
+	return agentSide{Conn: l}, err
 }
 
 // assign tells the agent that a client speaking protocol is now spliced
-// to ps: a text message on a WebSocket; on a raw stream, once its idle
-// read has stopped, a record (wire.AppendRecord).
+// to ps (leg.Idle.Assign).
 func (ps *pooledStream) assign(ctx context.Context, protocol string) error {
-	m := wire.Message{Type: wire.TypeAssign, Assign: &wire.Assign{Protocol: protocol}}
-	if ps.leg.ws != nil {
-		b, err := wire.Encode(m)
-		if err != nil {
-			return err
-		}
-		ctx, cancel := context.WithTimeout(ctx, assignTimeout)
-		defer cancel()
-		return ps.leg.ws.Write(ctx, websocket.MessageText, b)
-	}
-	if first := <-ps.first; first.err != nil {
-		return first.err
-	}
-	b, err := wire.AppendRecord(nil, m)
-	if err != nil {
-		return err
-	}
-	c := ps.leg.raw
-	c.SetDeadline(time.Now().Add(assignTimeout))
-	_, err = c.Write(b)
-	c.SetDeadline(time.Time{})
-	return err
-}
-
-// pooledConn is a pooled stream as the relay reads it: first the message
-// whose arrival ended the stream's idle wait, which the pool's reader
-// started (see hold), then the rest through the embedded NetConn.
-type pooledConn struct {
-	net.Conn
-	first   <-chan firstMessage
-	started bool
-	r       io.Reader // the first message, until read to its end
-}
-
-func (c *pooledConn) Read(p []byte) (int, error) {
-	if !c.started {
-		c.started = true
-		m := <-c.first
-		switch {
-		case m.err != nil:
-			switch websocket.CloseStatus(m.err) {
-			case websocket.StatusNormalClosure, websocket.StatusGoingAway:
-				return 0, io.EOF // as NetConn reports it
-			}
-			return 0, m.err
-		case m.typ != websocket.MessageBinary:
-			c.Conn.Close()
-			return 0, errors.New("the agent sent a text message on a stream")
-		}
-		c.r = m.r
-	}
-	if c.r != nil {
-		n, err := c.r.Read(p)
-		if errors.Is(err, io.EOF) {
-			c.r, err = nil, nil
-		}
-		if n > 0 || err != nil {
-			return n, err
-		}
-	}
-	return c.Conn.Read(p)
+	ctx, cancel := context.WithTimeout(ctx, assignTimeout)
+	defer cancel()
+	return ps.idle.Assign(ctx, wire.Message{Type: wire.TypeAssign, Assign: &wire.Assign{Protocol: protocol}})
 }

@@ -211,7 +211,7 @@ func TestPoolTokensAreTheAgents(t *testing.T) {
 	}
 	a.ws.Close(websocket.StatusNormalClosure, "")
 	deadline := time.Now().Add(10 * time.Second)
-	for r.reg.Lookup("owner") != nil && time.Now().Before(deadline) {
+	for r.agent("owner") != nil && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if code, _, _ := get(t, r.http()+"/agent/owner/stream/"+grant.Pool.Token); code != 404 {

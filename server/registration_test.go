@@ -12,6 +12,8 @@ import (
 
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
+
+	"github.com/converge-ci/converge/server/internal/registry"
 )
 
 // dialControl upgrades /agent/id and stops there: nothing is sent. hdr
@@ -124,8 +126,8 @@ func TestReservationsCountAgainstAddrLimit(t *testing.T) {
 
 	hdr := http.Header{wire.SecretHeader: {welcome.Secret}}
 	back, again := registerAgent(t, r.ws(), "first", hdr)
-	was, _ := r.tokens.verify("first", welcome.Secret, time.Now())
-	if now, err := r.tokens.verify("first", again.Secret, time.Now()); err != nil || now != was {
+	was, _ := r.tokens.Verify("first", welcome.Secret, time.Now())
+	if now, err := r.tokens.Verify("first", again.Secret, time.Now()); err != nil || now != was {
 		t.Errorf("back with its secret: new secret proves %+v, %v; want the same tenure %+v", now, err, was)
 	}
 	back.CloseNow()
@@ -167,7 +169,7 @@ func TestRestartedServerGivesIDBack(t *testing.T) {
 		}
 	}
 	agent.CloseNow() // the agent's link drops: its ID stays reserved for it
-	waitUntil(t, "the server to notice the agent left", func() bool { return r.reg.Lookup("victim") == nil })
+	waitUntil(t, "the server to notice the agent left", func() bool { return r.agent("victim") == nil })
 	for what, hdr := range rogueTries {
 		_, err := dialControl(t, r.ws(), "victim", hdr)
 		var re *wsconn.RefusedError
@@ -183,13 +185,13 @@ func TestRestartedServerGivesIDBack(t *testing.T) {
 // key, say) is no reason to refuse a free ID; the agent gets a fresh one.
 func TestForeignSecretOnFreeID(t *testing.T) {
 	r := runServer(t)
-	other := newTokens([]byte(strings.Repeat("k", 32)), time.Minute)
-	foreign := other.sign("newcomer", newTenure(time.Now()), time.Now())
+	other := registry.NewTokens([]byte(strings.Repeat("k", 32)), time.Minute)
+	foreign := other.Sign("newcomer", registry.NewTenure(time.Now()), time.Now())
 	c, welcome := registerAgent(t, r.ws(), "newcomer", http.Header{wire.SecretHeader: {foreign}})
 	if welcome.Secret == foreign {
 		t.Error("the server handed back a secret it cannot verify")
 	}
-	if _, err := r.tokens.verify("newcomer", welcome.Secret, time.Now()); err != nil {
+	if _, err := r.tokens.Verify("newcomer", welcome.Secret, time.Now()); err != nil {
 		t.Errorf("the fresh secret: %v", err)
 	}
 	c.CloseNow()
@@ -200,20 +202,20 @@ func TestForeignSecretOnFreeID(t *testing.T) {
 func TestTokensRefreshed(t *testing.T) {
 	r := runServer(t)
 	c, welcome := registerAgent(t, r.ws(), "long-lived", nil)
-	first, err := r.tokens.verify("long-lived", welcome.Secret, time.Now())
+	first, err := r.tokens.Verify("long-lived", welcome.Secret, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := r.reg.Lookup("long-lived")
+	a := r.agent("long-lived")
 	issued := a.issued.Load()
-	r.refreshTokens(context.Background(), time.Now().Add(tokenRefresh))
+	r.refreshTokens(context.Background(), time.Now().Add(registry.TokenRefresh))
 	m := (&fakeAgent{id: "long-lived", ws: c}).read(t)
 	if m.Type != wire.TypeWelcome {
 		t.Fatalf("got %q, want a welcome with a fresh secret", m.Type)
 	}
-	again, err := r.tokens.verify("long-lived", m.Welcome.Secret, time.Now())
-	if err != nil || again.tenure != first.tenure || m.Welcome.SSHUser != welcome.SSHUser {
-		t.Errorf("refreshed welcome %+v proves %+v, %v; want the tenure %+v and user %q", m.Welcome, again, err, first.tenure, welcome.SSHUser)
+	again, err := r.tokens.Verify("long-lived", m.Welcome.Secret, time.Now())
+	if err != nil || again.Tenure != first.Tenure || m.Welcome.SSHUser != welcome.SSHUser {
+		t.Errorf("refreshed welcome %+v proves %+v, %v; want the tenure %+v and user %q", m.Welcome, again, err, first.Tenure, welcome.SSHUser)
 	}
 	if a.issued.Load() <= issued {
 		t.Error("the refresh was not recorded")
@@ -244,5 +246,37 @@ func TestDisplacedBeforeHelloGetsNoWelcome(t *testing.T) {
 	defer cancel()
 	if _, b, err := slow.Read(ctx); websocket.CloseStatus(err) != wsconn.CodeReplaced {
 		t.Fatalf("the displaced holder read %q, %v; want close %d (replaced)", b, err, wsconn.CodeReplaced)
+	}
+}
+
+// TestControlMessagesRefused: a control connection whose first message is
+// binary, does not decode, or is no hello is closed with CodeRefused, the
+// reason saying why.
+func TestControlMessagesRefused(t *testing.T) {
+	r := runServer(t)
+	for _, tc := range []struct {
+		name string
+		typ  websocket.MessageType
+		msg  string
+		says string
+	}{
+		{"binary", websocket.MessageBinary, `{"type":"hello"}`, "control messages are text"},
+		{"garbage", websocket.MessageText, `{"type":`, "invalid control message"},
+		{"status first", websocket.MessageText, `{"type":"status","status":{}}`, "first message must be hello"},
+	} {
+		c, err := dialControl(t, r.ws(), "refused-"+strings.ReplaceAll(tc.name, " ", "-"), nil)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := c.Write(ctx, tc.typ, []byte(tc.msg)); err != nil {
+			t.Fatalf("%s: write: %v", tc.name, err)
+		}
+		_, _, err = c.Read(ctx)
+		cancel()
+		var ce websocket.CloseError
+		if !errors.As(err, &ce) || ce.Code != wsconn.CodeRefused || !strings.Contains(ce.Reason, tc.says) {
+			t.Errorf("%s: read after sending %q: %v; want close %d saying %q", tc.name, tc.msg, err, wsconn.CodeRefused, tc.says)
+		}
 	}
 }

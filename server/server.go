@@ -27,12 +27,13 @@ import (
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
 	"github.com/converge-ci/converge/server/internal/policy"
+	"github.com/converge-ci/converge/server/internal/registry"
 )
 
 // Config of a Server. The zero value of each field is documented; Validate
 // fills defaults.
 type Config struct {
-	// Addr to listen on when Listener is nil. Default ":8000".
+	// Addr to listen on when Listener is nil. Default DefaultAddr.
 	Addr string
 	// Listener, when set, is served instead of listening on Addr (tests).
 	Listener net.Listener
@@ -58,7 +59,7 @@ type Config struct {
 	rawKeepalive time.Duration
 	// Grace keeps the ID of an agent whose link dropped reserved for it;
 	// only agents that completed their hello and welcome leave one.
-	// Default 5m; negative disables.
+	// Default DefaultGrace; negative disables.
 	Grace time.Duration
 	// MaxAgentsPerAddr bounds the agents connected from one remote address,
 	// plus the IDs reserved for agents that were connected from it.
@@ -164,10 +165,19 @@ type Config struct {
 	Term fs.FS
 }
 
+// Defaults of Config fields.
+const (
+	// DefaultAddr is where the server listens.
+	DefaultAddr = ":8000"
+	// DefaultGrace is how long an ID stays reserved for an agent whose
+	// link dropped.
+	DefaultGrace = 5 * time.Minute
+)
+
 // Validate checks c and fills in defaults.
 func (c *Config) Validate() error {
 	if c.Addr == "" {
-		c.Addr = ":8000"
+		c.Addr = DefaultAddr
 	}
 	if c.SSHUser == "" {
 		c.SSHUser = "converge"
@@ -182,7 +192,7 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("stream timeout must be positive, got %v", c.StreamTimeout)
 	}
 	if c.Grace == 0 {
-		c.Grace = 5 * time.Minute
+		c.Grace = DefaultGrace
 	}
 	if c.StreamPool == 0 {
 		c.StreamPool = DefaultStreamPool
@@ -202,7 +212,7 @@ func (c *Config) Validate() error {
 	c.MaxAgents = limitDefault(c.MaxAgents, DefaultMaxAgents)
 	c.MaxStreams = limitDefault(c.MaxStreams, DefaultMaxStreams)
 	if c.ClusterKey != "" {
-		if _, err := parseKey(c.ClusterKey); err != nil {
+		if _, err := registry.ParseKey(c.ClusterKey); err != nil {
 			return fmt.Errorf("cluster key (CONVERGE_CLUSTER_KEY): %w", err)
 		}
 	}
@@ -225,7 +235,7 @@ func (c *Config) Validate() error {
 type Server struct {
 	cfg Config
 	log *slog.Logger
-	reg Registry
+	reg registry.Registry[*agentConn] // in memory, or shared in Redis (cluster)
 	mux *http.ServeMux
 	// handler is mux under the base path: what is served.
 	handler http.Handler
@@ -234,11 +244,12 @@ type Server struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	tokens *tokens // signs and verifies agents' registration secrets
+	tokens *registry.Tokens // signs and verifies agents' registration secrets
 	policy *policy.Policy
 	quota  *policy.Quota // agents per repository
 
 	cluster  *cluster    // nil for a single server
+	peers    peers       // the cluster, or alone
 	draining atomic.Bool // shutting down: /healthz says so
 
 	streamLimit *addrLimiter
@@ -261,26 +272,22 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		cfg: cfg,
-		log: cfg.Logger.With("component", "server"),
-		reg: newMemRegistry(registryLimits{
-			grace:       cfg.Grace,
-			perAddr:     cfg.MaxAgentsPerAddr,
-			maxAgents:   cfg.MaxAgents,
-			maxReserved: cfg.MaxReservations,
-		}, time.Now),
+		cfg:     cfg,
+		log:     cfg.Logger.With("component", "server"),
+		reg:     registry.NewMemory[*agentConn](cfg.registryLimits(), time.Now),
+		peers:   alone{},
 		conns:   newConns(),
 		pending: newPending(),
 
-		streamLimit: newAddrLimiter("client streams", reasonStreamLimit, cfg.MaxStreamsPerAddr, cfg.MaxStreams),
-		authFails:   newFailLimiter(10, time.Minute, time.Now),
+		streamLimit: newAddrLimiter("client streams", cfg.MaxStreamsPerAddr, cfg.MaxStreams),
+		authFails:   newFailLimiter(10, 1000, time.Minute, time.Now),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	key, err := s.loadKey()
 	if err != nil {
 		return nil, err
 	}
-	s.tokens = newTokens(key, cfg.Grace)
+	s.tokens = registry.NewTokens(key, cfg.Grace)
 	if err := s.setupFront(); err != nil {
 		return nil, err
 	}
@@ -299,25 +306,34 @@ func New(cfg Config) (*Server, error) {
 func (s *Server) loadKey() ([]byte, error) {
 	switch {
 	case s.cfg.ClusterKey != "":
-		key, err := parseKey(s.cfg.ClusterKey)
+		key, err := registry.ParseKey(s.cfg.ClusterKey)
 		if err != nil {
 			return nil, fmt.Errorf("cluster key (CONVERGE_CLUSTER_KEY): %w", err)
 		}
-		s.log.Info("server key from the cluster key", "key_id", keyID(key))
+		s.log.Info("server key from the cluster key", "key_id", registry.KeyID(key))
 		return key, nil
 	case s.cfg.StateDir != "":
-		key, created, err := loadKey(s.cfg.StateDir)
+		key, created, err := registry.LoadKey(s.cfg.StateDir)
 		if err != nil {
 			return nil, err
 		}
-		s.log.Info("server key kept in the state directory", "dir", s.cfg.StateDir, "created", created, "key_id", keyID(key))
+		s.log.Info("server key kept in the state directory", "dir", s.cfg.StateDir, "created", created, "key_id", registry.KeyID(key))
 		return key, nil
 	}
-	key := make([]byte, minKeyBytes)
+	key := make([]byte, registry.MinKeyBytes)
 	rand.Read(key)
-	s.log.Info("server key in memory only: after a restart, agents register as new", "key_id", keyID(key))
+	s.log.Info("server key in memory only: after a restart, agents register as new", "key_id", registry.KeyID(key))
 	return key, nil
 }
+
+// registryLimits are the bounds of the registry, from c.
+func (c *Config) registryLimits() registry.Limits {
+	return registry.Limits{Grace: c.Grace, PerAddr: c.MaxAgentsPerAddr, MaxAgents: c.MaxAgents, MaxReserved: c.MaxReservations}
+}
+
+// DefaultStateDir is where the converge command keeps its state unless
+// told otherwise: $XDG_STATE_HOME/converge, else ~/.local/state/converge.
+func DefaultStateDir() (string, error) { return registry.DefaultStateDir() }
 
 // fileHeadroom is what the server holds besides agents and streams: its
 // listener, its standard streams, and connections still in their HTTP
@@ -446,7 +462,7 @@ func (s *Server) sweep(ctx context.Context) {
 			for _, a := range s.reg.Agents() {
 				if a.ready.Load() && now.Sub(a.lastSeen()) > 3*wsconn.PingInterval {
 					s.log.Info("agent silent; closing", "id", a.id, "remote", a.remote)
-					a.ws.CloseNow()
+					a.closeNow()
 				}
 			}
 			s.refreshTokens(ctx, now)
@@ -458,7 +474,7 @@ func (s *Server) sweep(ctx context.Context) {
 }
 
 // refreshTokens sends every welcomed agent whose token was signed
-// tokenRefresh ago or earlier a fresh one, in a welcome message, so that
+// registry.TokenRefresh ago or earlier a fresh one, in a welcome message, so that
 // its token stays valid for the grace period after its link drops however
 // long the link lived. It returns when every send has ended; a send that
 // cannot complete within 10 s closes its connection.
@@ -467,14 +483,14 @@ func (s *Server) refreshTokens(ctx context.Context, now time.Time) {
 	sem := make(chan struct{}, 32) // sends at once
 	for _, a := range s.reg.Agents() {
 		issued := a.issued.Load()
-		if issued == 0 || now.Sub(time.Unix(0, issued)) < tokenRefresh {
+		if issued == 0 || now.Sub(time.Unix(0, issued)) < registry.TokenRefresh {
 			continue
 		}
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			if err := s.welcome(ctx, a); err != nil {
+			if err := a.welcome(ctx); err != nil {
 				s.log.Debug("token refresh failed", "id", a.id, "remote", a.remote, "error", err)
 			}
 		}()

@@ -45,7 +45,7 @@ func (s *Server) authorized(w http.ResponseWriter, r *http.Request) bool {
 	}
 	remote := s.remoteAddr(r)
 	if s.authFails.blocked(remote) {
-		http.Error(w, "too many wrong passwords from "+remote+"; wait a minute", http.StatusTooManyRequests)
+		http.Error(w, "too many wrong passwords from "+remote+"'s network, or from everyone; wait a minute", http.StatusTooManyRequests)
 		return false
 	}
 	_, pass, ok := r.BasicAuth()
@@ -193,4 +193,21 @@ func (s *Server) agentsEvent(ctx context.Context) []byte {
 	}
 	ev.WriteString("\n")
 	return ev.Bytes()
+}
+
+// verifiedJob is what the relay verified about the job of the agent
+// holding id, here or at another replica; "" for none.
+func (s *Server) verifiedJob(ctx context.Context, id string) string {
+	if a, ok := s.reg.Lookup(id); ok && a.ready.Load() {
+		return a.who.Verified()
+	}
+	if s.cluster == nil {
+		return ""
+	}
+	for _, v := range s.cluster.remoteSessions(ctx) {
+		if v.ID == id {
+			return v.Verified
+		}
+	}
+	return ""
 }

@@ -14,6 +14,8 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/converge-ci/converge/internal/wire"
+
+	"github.com/converge-ci/converge/server/internal/registry"
 )
 
 func TestSessionsViewIsOffWithoutPassword(t *testing.T) {
@@ -241,7 +243,7 @@ func TestAgentsEventFraming(t *testing.T) {
 		Hostname: "x\r\nevent: hijack\rdata: <script>alert(1)</script>\nid: 9",
 		CI:       map[string]string{"JOB\r": "\rretry: 1"},
 	}}
-	if _, err := s.reg.Register(a.id, unproven(), a); err != nil {
+	if _, _, err := s.reg.Register(a.id, registry.Claim{Tenure: registry.NewTenure(time.Now())}, a); err != nil {
 		t.Fatal(err)
 	}
 	a.ready.Store(true)

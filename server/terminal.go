@@ -239,23 +239,6 @@ func (s *Server) handleTerminal(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Security-Policy", terminalCSP(wsBase))
 	s.render(w, r, http.StatusOK, templates.Terminal(templates.TerminalData{
 		Site: s.site(), ID: id, User: s.cfg.SSHUser, Base: base,
-		Client: wsBase + wire.ClientPath(id), Assets: s.term.assets(), Verified: s.verifiedJob(r, id),
+		Client: wsBase + wire.ClientPath(id), Assets: s.term.assets(), Verified: s.verifiedJob(r.Context(), id),
 	}))
-}
-
-// verifiedJob is what the relay verified about the job of the agent
-// holding id, here or at another replica; "" for none.
-func (s *Server) verifiedJob(r *http.Request, id string) string {
-	if a := s.reg.Lookup(id); a != nil && a.ready.Load() {
-		return a.who.Verified()
-	}
-	if s.cluster == nil {
-		return ""
-	}
-	for _, v := range s.cluster.remoteSessions(r.Context()) {
-		if v.ID == id {
-			return v.Verified
-		}
-	}
-	return ""
 }

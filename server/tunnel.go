@@ -12,16 +12,16 @@ import (
 	"net/url"
 	"time"
 
-	"github.com/converge-ci/converge/internal/rawstream"
+	"github.com/converge-ci/converge/internal/leg"
 	"github.com/converge-ci/converge/internal/splice"
 	"github.com/converge-ci/converge/internal/wire"
 )
 
 // handshakeHeaders are the request headers of a WebSocket handshake, or
-// of an upgrade to a raw stream (see rawstream), passed to the holder as
+// of an upgrade to a raw stream (see internal/leg), passed to the holder as
 // the client sent them.
 var handshakeHeaders = []string{"Upgrade", "Connection", "Sec-Websocket-Key", "Sec-Websocket-Version",
-	"Sec-Websocket-Protocol", "Sec-Websocket-Extensions", rawstream.ProtocolHeader}
+	"Sec-Websocket-Protocol", "Sec-Websocket-Extensions", leg.ProtocolHeader}
 
 // dialOwner sends r's handshake, as a request of kind for id (and token)
 // on behalf of the client at addr, to owner (ws:// or wss://, maybe with
@@ -36,9 +36,9 @@ func (c *cluster) dialOwner(ctx context.Context, r *http.Request, owner, kind, i
 	if kind == forwardStream {
 		path = u.Path + wire.StreamPath(id, token)
 	}
-	scheme, port := "http", "80"
-	if u.Scheme == "wss" {
-		scheme, port = "https", "443"
+	scheme, port := wire.HTTPScheme(u.Scheme), "80"
+	if scheme == "https" {
+		port = "443"
 	}
 	if u.Port() != "" {
 		port = u.Port()
@@ -53,7 +53,7 @@ func (c *cluster) dialOwner(ctx context.Context, r *http.Request, owner, kind, i
 		}
 	}
 	ms := time.Now().UnixMilli()
-	req.Header.Set(forwardHeader, fmt.Sprintf("v1 %d %s %s", ms, addr, forwardMAC(c.s.tokens.key, kind, id, token, ms, addr)))
+	req.Header.Set(forwardHeader, fmt.Sprintf("v1 %d %s %s", ms, addr, forwardMAC(c.s.tokens.Key(), kind, id, token, ms, addr)))
 
 	ctx, cancel := context.WithTimeout(ctx, forwardDialTimeout)
 	defer cancel()
@@ -100,7 +100,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, kind, id, token
 	}
 	log := s.log.With("id", id, "remote", remote, "owner", owner, "forward", kind)
 	start := time.Now()
-	up, br, resp, err := s.cluster.dialOwner(s.ctx, r, owner, kind, id, token, remote)
+	up, br, resp, err := s.peers.dialOwner(s.ctx, r, owner, kind, id, token, remote)
 	if err != nil {
 		log.Warn("cannot reach the replica holding the agent", "error", err)
 		s.metrics.refused(endpoint, reasonAgentUnavailable)

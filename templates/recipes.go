@@ -28,7 +28,7 @@ func (d UsageData) login() string { return d.User + "@localhost" }
 
 func (d UsageData) keysRecipe() string {
 	return lines(
-		"cat ~/.ssh/id_ed25519.pub >> .authorized_keys     # your own key, committed or written by the job",
+		"echo \"ssh-ed25519 AAAA... you@laptop\" >> .authorized_keys   # your key, written by the job, never committed",
 		"./agent --authorized-keys-url https://github.com/$GITHUB_ACTOR.keys --id "+d.ID+" "+d.WSBase+"   # GitHub Actions: the keys of whoever started the job",
 	)
 }

@@ -20,8 +20,8 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/converge-ci/converge/agent"
-	"github.com/converge-ci/converge/internal/test/faultproxy"
 	"github.com/converge-ci/converge/internal/resume"
+	"github.com/converge-ci/converge/internal/test/faultproxy"
 	"github.com/converge-ci/converge/internal/test/testlog"
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"

@@ -19,7 +19,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/converge-ci/converge/internal/rawstream"
+	"github.com/converge-ci/converge/internal/leg"
 	"github.com/converge-ci/converge/internal/resume"
 	"github.com/converge-ci/converge/internal/splice"
 	"github.com/converge-ci/converge/internal/wire"
@@ -88,7 +88,7 @@ const lingerTimeout = 5 * time.Second
 // itself within opts.ResumeWindow. Dial does not wait for the agent's
 // answer to a resumable stream (see resume.DialEarly): an agent that
 // refuses it ends the stream, and its reason is the error of the first
-// Read. A resumable stream's links are raw streams (internal/rawstream),
+// Read. A resumable stream's links are raw streams (internal/leg),
 // which the server splices in the kernel, when the server switches to
 // them; otherwise, and for plain streams, WebSockets.
 func Dial(ctx context.Context, t Target, opts Options) (net.Conn, error) {
@@ -139,12 +139,12 @@ func Dial(ctx context.Context, t Target, opts Options) (net.Conn, error) {
 }
 
 // linkDialer dials the links of one stream that asks to be resumable.
-// Once the server has not switched to a raw stream, it dials WebSockets
-// only: the fallback costs a round trip, and an answer is not likely to
-// change within one stream.
+// Once the server has not switched to a raw stream, or switched to one
+// for a plain stream, it dials WebSockets only: the fallback costs a
+// round trip, and an answer is not likely to change within one stream.
 type linkDialer struct {
 	url      string
-	wsOnly   bool              // dial is called by one goroutine at a time
+	raw      leg.Fallback      // for the stream's life
 	response func(http.Header) // for the first link's switch; nil after
 }
 
@@ -152,43 +152,32 @@ type linkDialer struct {
 // or, when the agent does not offer resumable streams, a plain WebSocket
 // stream as a net.Conn.
 func (d *linkDialer) dial(ctx context.Context) (link io.ReadWriteCloser, resumable bool, err error) {
-	if !d.wsOnly {
-		c, proto, err := rawstream.Dial(ctx, d.url, []string{resume.Protocol}, rawstream.Options{Response: d.response})
-		switch {
-		case err == nil && proto == resume.Protocol:
-			return resume.Stream(c, wsconn.PingInterval), true, nil
-		case err == nil:
-			// A plain stream: a WebSocket's pings keep it open through
-			// proxies, which a raw stream cannot do for plain bytes.
-			c.Close()
-			d.wsOnly = true
-		case errors.Is(err, rawstream.ErrNotSwitched):
-			d.wsOnly = true
-		default:
-			return nil, false, err
-		}
-	}
-	c, err := wsconn.Dial(ctx, d.url, wsconn.Options{Subprotocols: []string{resume.Protocol}, Response: d.response})
+	c, err := leg.Dial(ctx, d.url, leg.DialOptions{Protocols: []string{resume.Protocol}, Raw: true, Fallback: &d.raw, Response: d.response})
 	if err != nil {
 		return nil, false, err
 	}
-	if c.Subprotocol() != resume.Protocol {
+	if c.Protocol() != resume.Protocol {
 		// The stream outlives the dial context; Close ends it.
-		return wsconn.NetConn(context.Background(), c), false, nil
+		return c.NetConn(context.Background()), false, nil
 	}
-	return resume.WebSocket(c, wsconn.PingInterval, wsconn.PingTimeout), true, nil
+	return resume.Link(c), true, nil
 }
 
-// verifiedHeader returns the Response callback that passes a switch's
-// wire.VerifiedHeader to verified; nil when verified is.
+// verifiedHeader returns the Response callback that passes the first
+// switch's wire.VerifiedHeader to verified (a raw stream refused for a
+// plain one is followed by a WebSocket: one call for both); nil when
+// verified is.
 func verifiedHeader(verified func(string)) func(http.Header) {
 	if verified == nil {
 		return nil
 	}
+	var once sync.Once
 	return func(h http.Header) {
-		if v := h.Get(wire.VerifiedHeader); v != "" {
-			verified(wsconn.Sanitize(v))
-		}
+		once.Do(func() {
+			if v := h.Get(wire.VerifiedHeader); v != "" {
+				verified(wsconn.Sanitize(v))
+			}
+		})
 	}
 }
 

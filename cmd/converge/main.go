@@ -16,14 +16,42 @@ import (
 	"github.com/converge-ci/converge/server"
 )
 
-// defaultAddr is where the server listens unless told otherwise.
-const defaultAddr = ":8000"
-
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
 		healthcheckMain(os.Args[2:])
 		return
 	}
+	cmd := newCommand()
+	o := defineFlags(cmd)
+	if err := cmd.Parse(os.Args[1:]); err != nil {
+		if errors.Is(err, cli.ErrExit) {
+			return
+		}
+		os.Exit(2)
+	}
+	if cmd.Flags.NArg() > 0 {
+		cli.Fatal("converge", errors.New("unexpected arguments; see converge --help"), 2)
+	}
+	cfg, err := o.config()
+	if err != nil {
+		cli.Fatal("converge", err, 2)
+	}
+	srv, err := server.New(cfg)
+	if err != nil {
+		cli.Fatal("converge", err, 2)
+	}
+	// One descriptor per agent and per idle pooled stream, up to six per
+	// client stream: see the README's Server operations for what to set.
+	cli.CheckFileLimit(cfg.Logger, srv.MaxFiles())
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := srv.Run(ctx); err != nil {
+		cli.Fatal("converge", err, 1)
+	}
+}
+
+// newCommand is the converge command with its help, before its flags.
+func newCommand() *cli.Command {
 	cmd := cli.New("converge", "converge [flags]\n       converge healthcheck [--url URL]", `
 Converge is the rendezvous server: agents in CI jobs connect to it, users
 reach an agent through it by its ID, and it pipes the encrypted SSH bytes
@@ -49,7 +77,16 @@ Several replicas behind a load balancer share their registry in Redis:
   CONVERGE_CLUSTER_KEY=... converge --addr :8001 --redis redis://127.0.0.1:6379/0 \
     --advertise http://10.0.0.5:8001
 A replica forwards clients of agents another holds to it; see the README,
-"Running several servers".`
+"Running several servers".
+
+Who may register: anyone by default. With --agent-token-file (or
+CONVERGE_AGENT_TOKENS) agents must present a shared token; with
+--oidc-issuer, an identity token from their CI system that one of the
+issuer's --oidc-allow rules admits:
+  converge --oidc-issuer https://token.actions.githubusercontent.com \
+    --oidc-allow 'repository=acme/*' --max-agents-per-repo 20
+What the relay verifies (repository, workflow, run, actor) is shown on the
+sessions page and to the people connecting. See docs/who-may-register.md.`
 	cmd.VersionDetail = func() string {
 		sums, err := server.TerminalSums()
 		if err != nil {
@@ -57,21 +94,34 @@ A replica forwards clients of agents another holds to it; see the README,
 		}
 		return "SHA-256 of the browser terminal's files (what browsers run; compare with a release):\n" + sums
 	}
-	var (
-		cfg        server.Config
-		logFormat  string
-		verbose    bool
-		streamPool int
-	)
-	stateDir, stateDirErr := server.DefaultStateDir()
+	return cmd
+}
+
+// options are the command's flags: the server's Config, and what the
+// command makes of the rest.
+type options struct {
+	cfg         server.Config
+	logFormat   string
+	verbose     bool
+	streamPool  int
+	stateDirErr error // why there is no default --state-dir, if there is none
+	oidc        *server.OIDCFlags
+}
+
+// defineFlags defines cmd's flags, with their defaults, into options.
+func defineFlags(cmd *cli.Command) *options {
+	o := &options{}
+	cfg := &o.cfg
+	var stateDir string
+	stateDir, o.stateDirErr = server.DefaultStateDir()
 	f := cmd.Flags
-	f.StringVar(&cfg.Addr, "addr", defaultAddr, "address to listen on, HOST:PORT")
+	f.StringVar(&cfg.Addr, "addr", server.DefaultAddr, "address to listen on, HOST:PORT")
 	f.StringVar(&cfg.SSHUser, "ssh-user", "converge", "the user name clients log in to agents with; agents learn it when they register")
-	f.DurationVar(&cfg.Grace, "grace", 0, "how long the ID of an agent whose link dropped stays reserved for it (default 5m)")
+	f.DurationVar(&cfg.Grace, "grace", server.DefaultGrace, "how long the ID of an agent whose link dropped stays reserved for it (negative: not at all)")
 	f.IntVar(&cfg.MaxAgentsPerAddr, "max-agents-per-addr", server.DefaultMaxAgentsPerAddr, "most agents connected at once from one remote address (an IPv6 address counts as its /64), counting IDs reserved for agents that dropped from it; CI runners behind one NAT share an address (negative: unlimited)")
 	f.IntVar(&cfg.MaxAgents, "max-agents", server.DefaultMaxAgents, "most agents connected at once in all; beyond it agents are refused with 503 and retry. An agent costs the server about 35 KB of memory and one file descriptor, so the default is about 0.7 GB: refusing beats being killed for memory with every session on board (negative: unlimited)")
 	f.IntVar(&cfg.MaxStreams, "max-streams", server.DefaultMaxStreams, "most client streams open at once in all; beyond it clients are refused with 503. A stream costs the server about 70 KB of memory, up to 200 KB once busy (two 64 KiB relay buffers), and two file descriptors (six on Linux when both legs are raw streams, spliced in the kernel through two pipes), so the default is 0.7 to 2 GB (negative: unlimited)")
-	f.IntVar(&streamPool, "stream-pool", server.DefaultStreamPool, fmt.Sprintf("idle streams each agent keeps open for its next clients once one has connected, so that a client is spliced at once instead of waiting for the agent to dial back (a notice, a TCP and TLS handshake and an upgrade on the agent's side of the path). Each costs a file descriptor and about 20 KB while idle; agents older than this server dial back for every client (0: off; at most %d)", server.MaxStreamPool))
+	f.IntVar(&o.streamPool, "stream-pool", server.DefaultStreamPool, fmt.Sprintf("idle streams each agent keeps open for its next clients once one has connected, so that a client is spliced at once instead of waiting for the agent to dial back (a notice, a TCP and TLS handshake and an upgrade on the agent's side of the path). Each costs a file descriptor and about 20 KB while idle; agents older than this server dial back for every client (0: off; at most %d)", server.MaxStreamPool))
 	f.IntVar(&cfg.MaxReservations, "max-reservations", server.DefaultMaxReservations, "most IDs kept reserved, in all, for agents whose link dropped (a few hundred bytes each); when full, a new reservation drops the oldest, since an agent comes back within seconds or not at all (negative: unlimited)")
 	f.IntVar(&cfg.MaxStreamsPerAddr, "max-streams-per-addr", server.DefaultMaxStreamsPerAddr, "most client streams open at once from one remote address (an IPv6 address counts as its /64) (negative: unlimited)")
 	f.StringVar(&cfg.TLSCertFile, "tls-cert", "", "TLS certificate `FILE` (PEM, with chain): serve https and wss directly; needs --tls-key. Without it the server speaks plain HTTP, for use behind a TLS proxy")
@@ -81,57 +131,46 @@ A replica forwards clients of agents another holds to it; see the README,
 	f.StringVar(&cfg.SessionsPassword, "sessions-password", "", "enable the live sessions view at /sessions behind HTTP basic auth with this `PASSWORD` (any user name); off when empty, because it lists the IDs that reach agents. Prefer the environment variable to keep it out of ps")
 	f.StringVar(&cfg.StateDir, "state-dir", stateDir, "`DIR` to keep the server's key in (file server.key, made once, mode 0600), so that a restarted server still checks its agents' secrets and gives their IDs back to them; unused when CONVERGE_CLUSTER_KEY is set")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 10*time.Second, "on SIGTERM, how long to wait for relayed connections to end after telling agents and clients to reconnect")
-	f.DurationVar(&cfg.DrainDelay, "drain-delay", 0, "on SIGTERM, how long /healthz answers 503 (and new agents are refused) before agents are released and connections closed, so that a load balancer sends them elsewhere first (default 0; 5s with --redis; negative: none)")
+	f.DurationVar(&cfg.DrainDelay, "drain-delay", 0, "on SIGTERM, how long /healthz answers 503 (and new agents are refused) before agents are released and connections closed, so that a load balancer sends them elsewhere first (negative: none)")
+	// Its default depends on --redis: say both, as Config.Validate applies them.
+	f.Lookup("drain-delay").DefValue = fmt.Sprintf("0s, or %v with --redis", server.DefaultClusterDrainDelay)
 	f.StringVar(&cfg.Redis, "redis", "", "`URL` of the Redis (or Valkey) that replicas of one service share their registry in: redis://[:PASSWORD@]HOST:PORT/DB, rediss:// for TLS, unix:///PATH. Needs --advertise and CONVERGE_CLUSTER_KEY. Prefer the environment variable when it holds a password. Default none: a single server")
 	f.StringVar(&cfg.Advertise, "advertise", "", "`URL` other replicas reach this one by, to forward clients of the agents it holds, as http://HOST:PORT (https when it serves TLS); port 0 means the port it listens on. Required with --redis")
 	f.StringVar(&cfg.AgentTokenFile, "agent-token-file", "", "`FILE` of shared registration tokens, one per line (# comments), re-read when it changes: agents must present one (CONVERGE_AGENT_TOKEN). CONVERGE_AGENT_TOKENS (environment only) adds more, separated by commas or spaces. Default none: with no --oidc-issuer either, any agent registers")
-	oidc := server.NewOIDCFlags(&cfg.OIDCIssuers)
-	f.Var(oidc.Issuer(), "oidc-issuer", "`URL` of a CI system whose identity tokens admit agents, e.g. https://token.actions.githubusercontent.com or https://gitlab.com; repeatable. Each needs --oidc-allow rules after it: an issuer without rules admits nothing")
-	f.Var(oidc.Allow(), "oidc-allow", "`CLAIM=GLOB` rule for the --oidc-issuer before it, e.g. repository=acme/* (GitHub), project_path=acme/* (GitLab), repository_owner=acme; several conditions joined by & must all hold; any rule may match; repeatable. The glob's * stops at /")
-	f.StringVar(&cfg.OIDCAudience, "oidc-audience", "", "`AUDIENCE` identity tokens must be minted for. Default: this server's URL as agents reach it (https://host[/base-path]), which is what agents ask their CI system for; set it when agents reach the server by several names")
+	o.oidc = server.NewOIDCFlags(&cfg.OIDCIssuers)
+	f.Var(o.oidc.Issuer(), "oidc-issuer", "`URL` of a CI system whose identity tokens admit agents, e.g. https://token.actions.githubusercontent.com or https://gitlab.com; repeatable. Each needs --oidc-allow rules after it: an issuer without rules admits nothing")
+	f.Var(o.oidc.Allow(), "oidc-allow", "`CLAIM=GLOB` rule for the --oidc-issuer before it, e.g. repository=acme/* (GitHub), project_path=acme/* (GitLab), repository_owner=acme; several conditions joined by & must all hold; any rule may match; repeatable. The glob's * stops at /")
+	f.StringVar(&cfg.OIDCAudience, "oidc-audience", "", "`AUDIENCE` identity tokens must be minted for. Default: this server's URL as agents reach it (https://host[/base-path]), which is what agents ask their CI system for; set it when agents reach the server by several names, or through a proxy that is not a --trusted-proxy")
 	f.IntVar(&cfg.MaxAgentsPerRepo, "max-agents-per-repo", 0, "most agents connected at once for one repository, as verified from identity tokens, counted across replicas with --redis; hosted runners share addresses, so the per-address cap is the wrong unit there (0: unlimited)")
-	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
-	f.BoolVar(&verbose, "verbose", false, "log debug messages")
-	if err := cmd.Parse(os.Args[1:]); err != nil {
-		if errors.Is(err, cli.ErrExit) {
-			return
-		}
-		os.Exit(2)
-	}
-	if f.NArg() > 0 {
-		cli.Fatal("converge", errors.New("unexpected arguments; see converge --help"), 2)
-	}
-	if err := oidc.Err(); err != nil {
-		cli.Fatal("converge", err, 2)
-	}
-	cfg.AgentTokens = strings.FieldsFunc(os.Getenv("CONVERGE_AGENT_TOKENS"), func(r rune) bool { return r == ',' || unicode.IsSpace(r) })
-	log, err := cli.Logger(os.Stderr, logFormat, verbose)
+	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	f.BoolVar(&o.verbose, "verbose", false, "log debug messages")
+	return o
+}
+
+// config is the server's Config from the parsed flags and the
+// environment.
+func (o *options) config() (server.Config, error) {
+	cfg := o.cfg
+	log, err := cli.Logger(os.Stderr, o.logFormat, o.verbose)
 	if err != nil {
-		cli.Fatal("converge", err, 2)
+		return cfg, err
 	}
 	cfg.Logger = log
 	cfg.Version = cli.Version
-	cfg.StreamPool = streamPool
-	if streamPool <= 0 {
+	cfg.StreamPool = o.streamPool
+	if o.streamPool <= 0 {
 		cfg.StreamPool = -1 // off; the Config's zero means the default
 	}
+	if err := o.oidc.Err(); err != nil {
+		return cfg, err
+	}
+	cfg.AgentTokens = strings.FieldsFunc(os.Getenv("CONVERGE_AGENT_TOKENS"), func(r rune) bool { return r == ',' || unicode.IsSpace(r) })
 	cfg.ClusterKey = os.Getenv("CONVERGE_CLUSTER_KEY")
 	if cfg.ClusterKey == "" && cfg.StateDir == "" {
-		if stateDirErr == nil {
-			stateDirErr = errors.New("--state-dir is empty: name a directory to keep the server key in, or set CONVERGE_CLUSTER_KEY")
+		if o.stateDirErr != nil {
+			return cfg, o.stateDirErr
 		}
-		cli.Fatal("converge", stateDirErr, 2)
+		return cfg, errors.New("--state-dir is empty: name a directory to keep the server key in, or set CONVERGE_CLUSTER_KEY")
 	}
-	srv, err := server.New(cfg)
-	if err != nil {
-		cli.Fatal("converge", err, 2)
-	}
-	// One descriptor per agent and per idle pooled stream, up to six per
-	// client stream: see the README's Server operations for what to set.
-	cli.CheckFileLimit(log, srv.MaxFiles())
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := srv.Run(ctx); err != nil {
-		cli.Fatal("converge", err, 1)
-	}
+	return cfg, nil
 }

@@ -11,9 +11,9 @@ import (
 // down its sending side, for a stream link's peer to close.
 const drainTimeout = 2 * time.Second
 
-// Stream adapts c, a plain byte stream connection (an internal/rawstream
-// leg), as a link. It has no pings: c's own liveness (TCP keepalives and
-// user timeout) judges the hop. Instead the session sends an
+// Stream adapts c, a plain byte stream connection (a raw stream leg, see
+// internal/leg), as a link. It has no pings: c's own liveness (TCP
+// keepalives and user timeout) judges the hop. Instead the session sends an
 // acknowledgement on it whenever it has sent nothing for keepalive, so
 // that proxies and load balancers that cut idle connections keep it (a
 // peer takes a repeated acknowledgement as a no-op). A finished session

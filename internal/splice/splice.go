@@ -5,7 +5,7 @@
 // It never drops bytes: each direction is a blocking copy, so a slow reader
 // slows its writer (backpressure). It does not interpret what it carries.
 // Between two TCP connections on Linux the bytes move with splice(2) and
-// never enter user space (the server's raw streams, see internal/rawstream).
+// never enter user space (the server's raw streams, see internal/leg).
 package splice
 
 import (

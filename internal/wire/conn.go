@@ -2,7 +2,7 @@ package wire
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"time"
 
 	"github.com/coder/websocket"
@@ -25,14 +25,14 @@ func Send(ctx context.Context, c *websocket.Conn, m Message) error {
 }
 
 // Receive reads the next control message from c. A binary message is an
-// error; so is one that does not decode (see Decode).
+// error; so is one that does not decode (see Decode): both wrap ErrInvalid.
 func Receive(ctx context.Context, c *websocket.Conn) (Message, error) {
 	typ, b, err := c.Read(ctx)
 	if err != nil {
 		return Message{}, err
 	}
 	if typ != websocket.MessageText {
-		return Message{}, errors.New("binary control message")
+		return Message{}, fmt.Errorf("%w: binary message; control messages are text", ErrInvalid)
 	}
 	return Decode(b)
 }

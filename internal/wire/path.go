@@ -16,12 +16,16 @@ const (
 	StreamPattern = "/agent/{id}/stream/{token}"
 	// ClientPattern is a user's connection to an agent.
 	ClientPattern = "/client/{id}"
+	// TerminalPattern is the browser terminal's page for an agent (a
+	// page, not a WebSocket: the page dials ClientPattern).
+	TerminalPattern = "/terminal/{id}"
 )
 
 const (
-	agentPrefix  = "/agent/"
-	streamInfix  = "/stream/"
-	clientPrefix = "/client/"
+	agentPrefix    = "/agent/"
+	streamInfix    = "/stream/"
+	clientPrefix   = "/client/"
+	terminalPrefix = "/terminal/"
 )
 
 // AgentPath returns the path of the control connection of the agent
@@ -38,6 +42,35 @@ func StreamPath(id, token string) string { return agentPrefix + id + streamInfix
 // holding id; it matches ClientPattern. id is not checked or escaped, so
 // a placeholder such as OpenSSH's %n may stand in for it.
 func ClientPath(id string) string { return clientPrefix + id }
+
+// TerminalPath returns the path of the browser terminal for the agent
+// holding id; it matches TerminalPattern. id is not checked or escaped.
+func TerminalPath(id string) string { return terminalPrefix + id }
+
+// HTTPScheme is the scheme an HTTP client dials a WebSocket URL's host
+// with: http for ws, https for wss. WebSocketScheme is the reverse, for
+// the WebSocket URLs of a server reached over HTTP. Any other scheme is
+// returned as it is. These are the one mapping between the two.
+func HTTPScheme(ws string) string {
+	switch ws {
+	case "ws":
+		return "http"
+	case "wss":
+		return "https"
+	}
+	return ws
+}
+
+// WebSocketScheme is ws for http, wss for https (see HTTPScheme).
+func WebSocketScheme(http string) string {
+	switch http {
+	case "http":
+		return "ws"
+	case "https":
+		return "wss"
+	}
+	return http
+}
 
 // ClientID returns the rendezvous ID a client URL's path ends in:
 // everything after its last "/client/", which must be a valid ID. What

@@ -8,7 +8,7 @@ import (
 )
 
 // TestPathsMatchPatterns: each built path, served by a ServeMux holding the
-// three patterns, reaches its own pattern with the ID and token intact.
+// patterns, reaches its own pattern with the ID and token intact.
 func TestPathsMatchPatterns(t *testing.T) {
 	tok := NewToken()
 	for _, tc := range []struct {
@@ -20,10 +20,11 @@ func TestPathsMatchPatterns(t *testing.T) {
 		{StreamPath("stream", tok), StreamPattern, "stream", tok},
 		{ClientPath("myjob"), ClientPattern, "myjob", ""},
 		{ClientPath("agent"), ClientPattern, "agent", ""},
+		{TerminalPath("myjob"), TerminalPattern, "myjob", ""},
 	} {
 		mux := http.NewServeMux()
 		var pattern, id, token string
-		for _, p := range []string{AgentPattern, StreamPattern, ClientPattern} {
+		for _, p := range []string{AgentPattern, StreamPattern, ClientPattern, TerminalPattern} {
 			mux.HandleFunc("GET "+p, func(w http.ResponseWriter, r *http.Request) {
 				pattern, id, token = p, r.PathValue("id"), r.PathValue("token")
 			})
@@ -86,4 +87,15 @@ func FuzzClientID(f *testing.F) {
 			t.Fatalf("ClientID(%q) = %q: not a valid ID ending the path", path, id)
 		}
 	})
+}
+
+func TestSchemes(t *testing.T) {
+	for ws, http := range map[string]string{"ws": "http", "wss": "https", "ftp": "ftp"} {
+		if got := HTTPScheme(ws); got != http {
+			t.Errorf("HTTPScheme(%q) = %q, want %q", ws, got, http)
+		}
+		if got := WebSocketScheme(http); got != ws {
+			t.Errorf("WebSocketScheme(%q) = %q, want %q", http, got, ws)
+		}
+	}
 }

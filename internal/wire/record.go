@@ -9,7 +9,7 @@ import (
 
 // Records carry the server's control messages on a raw idle stream (an
 // idle stream of the pool upgraded to a raw byte stream, see
-// internal/rawstream), which has no messages of its own: a record is a
+// internal/leg), which has no messages of its own: a record is a
 // 2-byte big-endian length, then that many bytes of one control message.
 // A record of length 0 is a keepalive and carries nothing: the server
 // sends one on an idle raw stream when it has sent nothing for a while,

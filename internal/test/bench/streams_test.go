@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,7 +13,7 @@ import (
 
 	"github.com/coder/websocket"
 
-	"github.com/converge-ci/converge/internal/rawstream"
+	"github.com/converge-ci/converge/internal/leg"
 	"github.com/converge-ci/converge/internal/resume"
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
@@ -209,21 +208,11 @@ func startSourceAgent(t testing.TB, srv *serverProc, id string, size int64, star
 func serveSource(ctx context.Context, url string, acc *resume.Acceptor, payload []byte, size int64, start <-chan struct{}) {
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	var link io.ReadWriteCloser
-	raw, _, err := rawstream.Dial(dctx, url, []string{wire.StreamProtocol}, rawstream.Options{})
-	switch {
-	case err == nil:
-		link = resume.Stream(raw, wsconn.PingInterval)
-	case errors.Is(err, rawstream.ErrNotSwitched):
-		ws, err := wsconn.Dial(dctx, url, wsconn.Options{Subprotocols: []string{wire.StreamProtocol}})
-		if err != nil {
-			return
-		}
-		link = resume.WebSocket(ws, wsconn.PingInterval, wsconn.PingTimeout)
-	default:
+	c, err := leg.Dial(dctx, url, leg.DialOptions{Protocols: []string{wire.StreamProtocol}, Raw: true, Fallback: &leg.Fallback{}})
+	if err != nil {
 		return
 	}
-	conn, err := acc.Attach(link)
+	conn, err := acc.Attach(resume.Link(c))
 	if err != nil || conn == nil {
 		return
 	}

@@ -208,9 +208,13 @@ func TestActionMetadata(t *testing.T) {
 		inputs = append(inputs, name)
 	}
 	slices.Sort(inputs)
-	want := []string{"authorized-keys", "connect-timeout", "detached", "expiry", "id", "limit-access-to-actor", "server"}
-	if !slices.Equal(inputs, want) {
-		t.Errorf("inputs %v, want %v", inputs, want)
+	for _, want := range []string{"allow-untrusted-events", "authorized-keys", "connect-timeout", "detached", "expiry", "id", "limit-access-to-actor", "server"} {
+		if !slices.Contains(inputs, want) {
+			t.Errorf("inputs %v lack %q", inputs, want)
+		}
+	}
+	if m.Inputs["allow-untrusted-events"].Default != "false" {
+		t.Errorf("allow-untrusted-events must default to false: %+v", m.Inputs["allow-untrusted-events"])
 	}
 	if !m.Inputs["server"].Required || m.Inputs["limit-access-to-actor"].Default != "true" || m.Inputs["detached"].Default != "false" {
 		t.Errorf("server must be required, limit-access-to-actor default true, detached default false: %+v", m.Inputs)
@@ -381,5 +385,45 @@ func TestActionPlatforms(t *testing.T) {
 		if err != nil || string(got) != string(dist[tc.want]) {
 			t.Errorf("%s %s: downloaded %q (%v), want %s from the server\n%s", tc.os, tc.arch, got, err, tc.want, out)
 		}
+	}
+}
+
+// TestActionTriggeringActor: on a re-run, the keys let in are those of who
+// re-ran it (GITHUB_TRIGGERING_ACTOR), not of the run's original actor;
+// and events an outsider can trigger are refused unless the workflow opts
+// in (issue 18, finding 7).
+func TestActionTriggeringActor(t *testing.T) {
+	u := newUser(t)
+	r := startServer(t, agentDist(t))
+	keys := keysServer(t, map[string]string{"rerunner": u.PublicKey})
+
+	j := newJob(t, keys)
+	j.vars["GITHUB_TRIGGERING_ACTOR"] = "rerunner"
+	j.run("main", map[string]string{"server": r.HTTP, "detached": "true", "id": "rerun-job"})
+	if sum := j.summary(); !strings.Contains(sum, "@rerunner") || strings.Contains(sum, "@octocat") {
+		t.Errorf("the summary should name @rerunner, who re-ran the job, not @octocat:\n%s", sum)
+	}
+	trust, ssh := fromSummary(t, j.summary())
+	u.shell(trust)
+	u.hold(ssh).end(t)
+
+	for _, event := range []string{"pull_request_target", "issue_comment", "workflow_run"} {
+		j := newJob(t, keys)
+		j.vars["GITHUB_TRIGGERING_ACTOR"] = "rerunner"
+		j.vars["GITHUB_EVENT_NAME"] = event
+		out, _ := j.step("main", map[string]string{"server": r.HTTP, "detached": "true", "id": "evt-" + event}).CombinedOutput()
+		if !strings.Contains(string(out), "refuses the "+event+" event") {
+			t.Errorf("%s: the step did not refuse the actor's keys:\n%s", event, out)
+		}
+		if st, err := os.Stat(filepath.Join(j.workspace, ".converge", "agent.json")); err == nil {
+			t.Errorf("%s: an agent was started (%v)", event, st.Name())
+		}
+	}
+	j = newJob(t, keys)
+	j.vars["GITHUB_TRIGGERING_ACTOR"] = "rerunner"
+	j.vars["GITHUB_EVENT_NAME"] = "issue_comment"
+	j.run("main", map[string]string{"server": r.HTTP, "detached": "true", "id": "evt-opted-in", "allow-untrusted-events": "true"})
+	if !strings.Contains(j.summary(), "@rerunner") {
+		t.Errorf("with allow-untrusted-events the agent should start for @rerunner:\n%s", j.summary())
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/converge-ci/converge/internal/splice"
 	"github.com/converge-ci/converge/server"
 )
 
@@ -61,8 +62,10 @@ func TestSystemdUnit(t *testing.T) {
 			limit, _ = strconv.Atoi(kv[1])
 		}
 	}
-	// An agent: one descriptor; a stream: two, three when forwarded.
-	if need := server.DefaultMaxAgents + 3*server.DefaultMaxStreams; limit < need {
+	// What docs/operations.md says the default limits need: an agent, one
+	// descriptor and one per pooled stream; a stream, two and the splice's
+	// pipes; and some headroom.
+	if need := server.DefaultMaxAgents*(1+server.DefaultStreamPool) + (2+splice.ExtraFiles)*server.DefaultMaxStreams + 256; limit < need {
 		t.Errorf("LimitNOFILE=%d; the default limits need %d", limit, need)
 	}
 	if len(exec0) == 0 || exec0[0] != "/usr/local/bin/converge" {

@@ -482,3 +482,34 @@ func TestClusterRestartRace(t *testing.T) {
 		t.Errorf("agent printed its instructions %d times, want once", n)
 	}
 }
+
+// TestHAProxyOverwritesForwardedHeaders: replicas believe HAProxy's
+// X-Forwarded-* headers, so deploy/haproxy.cfg must set or delete the ones
+// a client sent (issue 18, finding 9); otherwise the usage page's
+// commands point at the attacker's host.
+func TestHAProxyOverwritesForwardedHeaders(t *testing.T) {
+	t.Parallel()
+	rig := newClusterRig(t, 1, true)
+	req, err := http.NewRequest("GET", rig.lb.relay().HTTP+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("X-Forwarded-Host", "evil.example")
+	req.Header.Set("X-Forwarded-Proto", "https")
+	req.Header.Set("X-Forwarded-Prefix", "/evilprefix")
+	resp, err := quickClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	page := string(body)
+	for _, bad := range []string{"evil.example", "/evilprefix", "wss://"} {
+		if strings.Contains(page, bad) {
+			t.Errorf("the page through HAProxy holds %q from the client's own X-Forwarded-* headers", bad)
+		}
+	}
+	if !strings.Contains(page, rig.lb.addr) {
+		t.Errorf("the page through HAProxy does not name HAProxy's address %s:\n%.600s", rig.lb.addr, page)
+	}
+}

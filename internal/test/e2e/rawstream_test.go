@@ -9,7 +9,7 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/converge-ci/converge/internal/rawstream"
+	"github.com/converge-ci/converge/internal/leg"
 	"github.com/converge-ci/converge/internal/test/sshtest"
 )
 
@@ -28,7 +28,7 @@ func TestWebSocketOnlyProxy(t *testing.T) {
 	var refused atomic.Int32
 	rp := httputil.NewSingleHostReverseProxy(backend)
 	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		if rawstream.Requested(req) {
+		if leg.Requested(req) {
 			refused.Add(1)
 			http.Error(w, "this proxy passes only WebSockets", http.StatusBadRequest)
 			return

@@ -22,8 +22,8 @@ import (
 	"time"
 
 	"github.com/converge-ci/converge/agent"
-	"github.com/converge-ci/converge/internal/test/faultproxy"
 	"github.com/converge-ci/converge/internal/resume"
+	"github.com/converge-ci/converge/internal/test/faultproxy"
 	"github.com/converge-ci/converge/internal/test/sshtest"
 	"github.com/converge-ci/converge/internal/wsconn"
 )

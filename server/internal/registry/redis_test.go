@@ -1,4 +1,4 @@
-package server
+package registry
 
 import (
 	"context"
@@ -13,13 +13,14 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/converge-ci/converge/internal/test/redistest"
+	"github.com/converge-ci/converge/internal/test/testlog"
 )
 
 // eachRegistry runs test against the in-memory registry and against the
 // Redis one, on miniredis (which runs the Lua script) and on a real
 // redis-server, each with limits and a fake clock at Unix 1000 s, when
 // the registry was made.
-func eachRegistry(t *testing.T, limits registryLimits, test func(t *testing.T, r Registry, clk *fakeClock)) {
+func eachRegistry(t *testing.T, limits Limits, test func(t *testing.T, r testReg, clk *fakeClock)) {
 	t.Run("memory", func(t *testing.T) {
 		r, clk := newTestRegistry(limits)
 		test(t, r, clk)
@@ -27,12 +28,12 @@ func eachRegistry(t *testing.T, limits registryLimits, test func(t *testing.T, r
 	t.Run("redis", func(t *testing.T) {
 		clk := &fakeClock{t: time.Unix(1000, 0)}
 		r := newTestRedisRegistry(t, miniRedis(t), "ws://replica-1", limits, clk)
-		test(t, r, clk)
+		test(t, testReg{r}, clk)
 	})
 	t.Run("redis-server", func(t *testing.T) {
 		clk := &fakeClock{t: time.Unix(1000, 0)}
 		r := newTestRedisRegistry(t, redistest.Start(t).Client(), "ws://replica-1", limits, clk)
-		test(t, r, clk)
+		test(t, testReg{r}, clk)
 	})
 }
 
@@ -47,8 +48,8 @@ func miniRedis(t testing.TB) *redis.Client {
 // newTestRedisRegistry is replica self's registry on rdb; the agents it
 // closes for losing their IDs are recorded in the returned registry's lost
 // hook by the caller when needed.
-func newTestRedisRegistry(t testing.TB, rdb *redis.Client, self string, limits registryLimits, clk *fakeClock) *redisRegistry {
-	return newRedisRegistry(rdb, self, limits, clk.now, testLog(t).With("replica", self))
+func newTestRedisRegistry(t testing.TB, rdb *redis.Client, self string, limits Limits, clk *fakeClock) *Redis[*testAgent] {
+	return NewRedis[*testAgent](rdb, self, limits, clk.now, testlog.New(t).With("replica", self))
 }
 
 // registryStats are a registry's totals, whichever its kind.
@@ -57,10 +58,10 @@ type registryStats struct {
 	charged           map[string]int
 }
 
-func statsOf(t *testing.T, r Registry) registryStats {
+func statsOf(t *testing.T, r testReg) registryStats {
 	t.Helper()
-	switch r := r.(type) {
-	case *memRegistry:
+	switch r := r.Registry.(type) {
+	case *Memory[*testAgent]:
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		st := registryStats{entries: len(r.entries), reserved: r.reserved, charged: make(map[string]int)}
@@ -68,7 +69,7 @@ func statsOf(t *testing.T, r Registry) registryStats {
 			st.charged[g] = n
 		}
 		return st
-	case *redisRegistry:
+	case *Redis[*testAgent]:
 		ctx := context.Background()
 		entries, err1 := r.rdb.HLen(ctx, redisKeyIDs).Result()
 		reserved, err2 := r.rdb.ZCard(ctx, redisKeyRes).Result()
@@ -88,13 +89,13 @@ func statsOf(t *testing.T, r Registry) registryStats {
 
 // replicas are n registries of one cluster on one Redis, sharing clk;
 // lost[i] receives the agents replica i closed for losing their IDs.
-func replicas(t *testing.T, n int, limits registryLimits) (rs []*redisRegistry, lost []chan *agentConn, clk *fakeClock, rdb *redis.Client) {
+func replicas(t *testing.T, n int, limits Limits) (rs []*Redis[*testAgent], lost []chan *testAgent, clk *fakeClock, rdb *redis.Client) {
 	clk = &fakeClock{t: time.Unix(1000, 0)}
 	rdb = miniRedis(t)
 	for i := range n {
 		r := newTestRedisRegistry(t, rdb, fmt.Sprintf("ws://replica-%d", i), limits, clk)
-		ch := make(chan *agentConn, 100)
-		r.lost = func(a *agentConn) { ch <- a }
+		ch := make(chan *testAgent, 100)
+		r.OnLost(func(a *testAgent) { ch <- a })
 		rs, lost = append(rs, r), append(lost, ch)
 	}
 	return rs, lost, clk, rdb
@@ -103,7 +104,7 @@ func replicas(t *testing.T, n int, limits registryLimits) (rs []*redisRegistry, 
 // TestRedisRegistryRaceAcrossReplicas: agents racing for one ID on
 // different replicas: exactly one wins.
 func TestRedisRegistryRaceAcrossReplicas(t *testing.T) {
-	rs, _, _, _ := replicas(t, 3, registryLimits{grace: time.Minute})
+	rs, _, _, _ := replicas(t, 3, Limits{Grace: time.Minute})
 	var wins sync.Map
 	var wg sync.WaitGroup
 	for i := range 30 {
@@ -111,10 +112,10 @@ func TestRedisRegistryRaceAcrossReplicas(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			r := rs[i%len(rs)]
-			if _, err := r.Register("race", unproven(), &agentConn{id: "race", remote: fmt.Sprint("192.0.2.", i)}); err == nil {
+			if _, err := (testReg{r}).Register("race", unproven(), &testAgent{id: "race", remote: fmt.Sprint("192.0.2.", i)}); err == nil {
 				wins.Store(i, r.self)
 			} else if !errors.Is(err, ErrIDInUse) {
-				t.Errorf("claim %d: %v; want success or ErrIDInUse", i, err)
+				t.Errorf("Claim %d: %v; want success or ErrIDInUse", i, err)
 			}
 		}()
 	}
@@ -131,20 +132,20 @@ func TestRedisRegistryRaceAcrossReplicas(t *testing.T) {
 // the ID (refresh) and closes its stale connection; lookups from every
 // replica point at the new owner.
 func TestRedisRegistryHandover(t *testing.T) {
-	rs, lost, _, _ := replicas(t, 2, registryLimits{grace: time.Minute})
-	a, held := join(t, rs[0], "job", unproven(), "192.0.2.1")
+	rs, lost, _, _ := replicas(t, 2, Limits{Grace: time.Minute})
+	a, held := join(t, testReg{rs[0]}, "job", unproven(), "192.0.2.1")
 	a.tenure = held
 	for _, r := range rs {
 		if _, owner := r.route(context.Background(), "job"); r == rs[1] && owner != rs[0].self {
 			t.Fatalf("replica 1 routes job to %q, want %q", owner, rs[0].self)
 		}
 	}
-	b := &agentConn{id: "job", remote: "192.0.2.1", tenure: held}
-	if old, err := rs[1].Register("job", proof(held), b); err != nil || old != nil {
+	b := &testAgent{id: "job", remote: "192.0.2.1", tenure: held}
+	if old, err := (testReg{rs[1]}).Register("job", proof(held), b); err != nil || old != nil {
 		t.Fatalf("the agent back on replica 1 = %p, %v; want no local old agent, no error", old, err)
 	}
 	rs[1].Confirm("job", b)
-	if _, _, err := rs[0].refresh(); err != nil {
+	if _, _, err := rs[0].Refresh(); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -172,22 +173,22 @@ func TestRedisRegistryHandover(t *testing.T) {
 // its agents when their leases end: confirmed ones leave reservations
 // that only their tenures may take, unconfirmed ones leave nothing.
 func TestRedisRegistryDeadReplica(t *testing.T) {
-	rs, _, clk, _ := replicas(t, 2, registryLimits{grace: time.Minute})
-	_, held := join(t, rs[0], "welcomed", unproven(), "192.0.2.1")
-	if _, err := rs[0].Register("hello-only", unproven(), &agentConn{id: "hello-only", remote: "192.0.2.1"}); err != nil {
+	rs, _, clk, _ := replicas(t, 2, Limits{Grace: time.Minute})
+	_, held := join(t, testReg{rs[0]}, "welcomed", unproven(), "192.0.2.1")
+	if _, err := (testReg{rs[0]}).Register("hello-only", unproven(), &testAgent{id: "hello-only", remote: "192.0.2.1"}); err != nil {
 		t.Fatal(err)
 	}
 	clk.t = clk.t.Add(leaseTime)
 	if _, owner := rs[1].route(context.Background(), "welcomed"); owner != "" {
 		t.Fatalf("a dead replica's lease ran out, yet welcomed is routed to %q", owner)
 	}
-	if !free(t, rs[1], "hello-only") {
+	if !free(t, testReg{rs[1]}, "hello-only") {
 		t.Error("an unconfirmed agent of a dead replica still holds its ID after its lease")
 	}
-	if free(t, rs[1], "welcomed") {
+	if free(t, testReg{rs[1]}, "welcomed") {
 		t.Error("a welcomed agent of a dead replica left no reservation")
 	}
-	join(t, rs[1], "welcomed", proof(held), "192.0.2.1")
+	join(t, testReg{rs[1]}, "welcomed", proof(held), "192.0.2.1")
 }
 
 // TestRedisRegistryRefill: Redis restarts empty. Until the owners'
@@ -195,27 +196,27 @@ func TestRedisRegistryDeadReplica(t *testing.T) {
 // with the agents' tokens (signed before the new epoch), the rogue's
 // replica learns it lost, and every ID has one owner.
 func TestRedisRegistryRefill(t *testing.T) {
-	rs, lost, clk, rdb := replicas(t, 2, registryLimits{grace: time.Minute})
-	var agents []*agentConn
+	rs, lost, clk, rdb := replicas(t, 2, Limits{Grace: time.Minute})
+	var agents []*testAgent
 	for i := range 5 {
 		id := fmt.Sprint("job-", i)
-		a, held := join(t, rs[0], id, unproven(), "192.0.2.1")
+		a, held := join(t, testReg{rs[0]}, id, unproven(), "192.0.2.1")
 		a.tenure = held
 		a.issued.Store(clk.t.UnixNano())
 		agents = append(agents, a)
 	}
-	if _, _, err := rs[0].refresh(); err != nil {
+	if _, _, err := rs[0].Refresh(); err != nil {
 		t.Fatal(err)
 	}
 	clk.t = clk.t.Add(10 * time.Second)
 	if err := rdb.FlushAll(context.Background()).Err(); err != nil {
 		t.Fatal(err)
 	}
-	rogue, _ := join(t, rs[1], "job-0", unproven(), "198.51.100.66")
-	if _, changed, err := rs[0].refresh(); err != nil || !changed {
+	rogue, _ := join(t, testReg{rs[1]}, "job-0", unproven(), "198.51.100.66")
+	if _, changed, err := rs[0].Refresh(); err != nil || !changed {
 		t.Fatalf("refresh after Redis lost its data: changed %v, %v; want the epoch changed", changed, err)
 	}
-	if _, _, err := rs[1].refresh(); err != nil {
+	if _, _, err := rs[1].Refresh(); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -237,7 +238,14 @@ func TestRedisRegistryRefill(t *testing.T) {
 			}
 		}
 	}
-	if st := statsOf(t, rs[0]); st.entries != 5 || st.charged["192.0.2.1"] != 5 || len(st.charged) != 1 {
+	if st := statsOf(t, testReg{rs[0]}); st.entries != 5 || st.charged["192.0.2.1"] != 5 || len(st.charged) != 1 {
 		t.Errorf("after the refill: %+v; want 5 entries charged to 192.0.2.1", st)
 	}
+}
+
+// route is Route as the tests read it: the agent held here, or the
+// replica holding it.
+func (r *Redis[V]) route(ctx context.Context, id string) (V, string) {
+	a, _, owner := r.Route(ctx, id)
+	return a, owner
 }

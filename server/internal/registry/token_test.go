@@ -1,4 +1,4 @@
-package server
+package registry
 
 import (
 	"bytes"
@@ -12,21 +12,21 @@ import (
 )
 
 func TestTokenRoundTrip(t *testing.T) {
-	k := newTokens(bytes.Repeat([]byte{7}, 32), 5*time.Minute)
+	k := NewTokens(bytes.Repeat([]byte{7}, 32), 5*time.Minute)
 	now := time.Unix(1_800_000_000, 0)
-	ten := tenure{since: 1_799_990_000, nonce: 42}
-	tok := k.sign("job-1", ten, now)
+	ten := Tenure{since: 1_799_990_000, nonce: 42}
+	tok := k.Sign("job-1", ten, now)
 	if err := wire.ValidToken(tok); err != nil {
 		t.Fatalf("token %q is no wire token: %v", tok, err)
 	}
-	c, err := k.verify("job-1", tok, now.Add(time.Minute))
+	c, err := k.Verify("job-1", tok, now.Add(time.Minute))
 	if err != nil {
 		t.Fatalf("verify: %v", err)
 	}
-	if want := (claim{tenure: ten, proven: true, issued: unixSeconds(now)}); c != want {
+	if want := (Claim{Tenure: ten, Proven: true, Issued: unixSeconds(now)}); c != want {
 		t.Errorf("verify = %+v, want %+v", c, want)
 	}
-	if again := k.sign("job-1", ten, now.Add(time.Minute)); again == tok {
+	if again := k.Sign("job-1", ten, now.Add(time.Minute)); again == tok {
 		t.Errorf("a token signed later is the same token %q", tok)
 	}
 }
@@ -35,9 +35,9 @@ func TestTokenRoundTrip(t *testing.T) {
 // key, cut short, altered anywhere, out of date or from the future.
 func TestTokenRejects(t *testing.T) {
 	key := bytes.Repeat([]byte{7}, 32)
-	k := newTokens(key, 5*time.Minute)
+	k := NewTokens(key, 5*time.Minute)
 	now := time.Unix(1_800_000_000, 0)
-	tok := k.sign("job-1", tenure{since: 1_799_999_000, nonce: 1}, now)
+	tok := k.Sign("job-1", Tenure{since: 1_799_999_000, nonce: 1}, now)
 
 	flip := func(i int) string {
 		b := []byte(tok)
@@ -50,7 +50,7 @@ func TestTokenRejects(t *testing.T) {
 	}
 	type check struct {
 		name  string
-		k     *tokens
+		k     *Tokens
 		id    string
 		token string
 		at    time.Time
@@ -59,26 +59,26 @@ func TestTokenRejects(t *testing.T) {
 	checks := []check{
 		{"another ID", k, "job-2", tok, now, errTokenForged},
 		{"an ID it prefixes", k, "job-10", tok, now, errTokenForged},
-		{"another key", newTokens(bytes.Repeat([]byte{8}, 32), 5*time.Minute), "job-1", tok, now, errTokenForged},
+		{"another key", NewTokens(bytes.Repeat([]byte{8}, 32), 5*time.Minute), "job-1", tok, now, errTokenForged},
 		{"truncated", k, "job-1", tok[:30], now, nil},
 		{"empty", k, "job-1", "", now, nil},
 		{"upper case", k, "job-1", strings.ToUpper(tok), now, nil},
-		{"expired", k, "job-1", tok, now.Add(5*time.Minute + 2*tokenRefresh + time.Second), errTokenExpired},
+		{"expired", k, "job-1", tok, now.Add(5*time.Minute + 2*TokenRefresh + time.Second), errTokenExpired},
 		{"from the future", k, "job-1", tok, now.Add(-tokenSkew - time.Second), errTokenFuture},
 	}
 	for i := range tok {
 		checks = append(checks, check{fmt.Sprint("hex digit ", i+1, " altered"), k, "job-1", flip(i), now, errTokenForged})
 	}
-	// A tenure later than its issue time is signed, but impossible.
-	checks = append(checks, check{"tenure after issue", k, "job-1", k.sign("job-1", tenure{since: unixSeconds(now) + 1}, now), now, errTokenFuture})
+	// A Tenure later than its issue time is signed, but impossible.
+	checks = append(checks, check{"tenure after issue", k, "job-1", k.Sign("job-1", Tenure{since: unixSeconds(now) + 1}, now), now, errTokenFuture})
 	for _, c := range checks {
-		got, err := c.k.verify(c.id, c.token, c.at)
+		got, err := c.k.Verify(c.id, c.token, c.at)
 		if err == nil || (c.want != nil && !errors.Is(err, c.want)) {
 			t.Errorf("%s: verify(%q, %q) = %+v, %v; want error %v", c.name, c.id, c.token, got, err, c.want)
 		}
 	}
 	// Still valid at the edge of its life.
-	if _, err := k.verify("job-1", tok, now.Add(5*time.Minute+2*tokenRefresh)); err != nil {
+	if _, err := k.Verify("job-1", tok, now.Add(5*time.Minute+2*TokenRefresh)); err != nil {
 		t.Errorf("at the end of its life: %v", err)
 	}
 }
@@ -89,10 +89,10 @@ func TestTokenLifeFollowsGrace(t *testing.T) {
 		want  time.Duration
 	}{
 		{5 * time.Minute, 7 * time.Minute},
-		{-1, 2 * tokenRefresh}, // no reservations: a reconnect right away still proves the agent
+		{-1, 2 * TokenRefresh}, // no reservations: a reconnect right away still proves the agent
 	} {
-		if got := newTokens(make([]byte, 32), tc.grace).maxAge; got != tc.want {
-			t.Errorf("grace %v: tokens live %v, want %v", tc.grace, got, tc.want)
+		if got := NewTokens(make([]byte, 32), tc.grace).maxAge; got != tc.want {
+			t.Errorf("grace %v: Tokens live %v, want %v", tc.grace, got, tc.want)
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package server
+package registry
 
 import (
 	"crypto/hmac"
@@ -9,8 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"time"
-
-	"github.com/converge-ci/converge/internal/wire"
 )
 
 // An agent's registration secret is a token the server signs, so that the
@@ -24,19 +22,19 @@ import (
 //	bytes 9–15  the first 7 bytes of HMAC-SHA256(key,
 //	            "converge-agent-v1" 0x00 ID 0x00 bytes 0–8)
 //
-// written as 32 lowercase hex digits, the syntax of wire.ValidToken, so
+// written as 32 lowercase hex digits, the syntax of the wire protocol's tokens, so
 // agents of every version carry it unchanged. A 56-bit tag cannot be
 // guessed online: each guess is an HTTP request. A token is valid for the
-// grace period plus twice tokenRefresh after it was issued, and the server
-// signs a fresh one for each connected agent every tokenRefresh: a token
+// grace period plus twice TokenRefresh after it was issued, and the server
+// signs a fresh one for each connected agent every TokenRefresh: a token
 // outlives its agent's link by the grace period (and a little), not for
 // ever, so a token once held is no key to the ID next week.
 const (
 	tokenDomain = "converge-agent-v1"
 	tokenMACLen = 7
 	tokenLen    = 9 + tokenMACLen
-	// tokenRefresh is how often a connected agent gets a fresh token.
-	tokenRefresh = time.Minute
+	// TokenRefresh is how often a connected agent gets a fresh token.
+	TokenRefresh = time.Minute
 	// tokenSkew is how far in the future a token's issue time may be:
 	// replicas' clocks differ a little.
 	tokenSkew = time.Minute
@@ -49,43 +47,43 @@ var (
 	errTokenFuture  = errors.New("token issued in the future")
 )
 
-// A tenure is one agent's hold on an ID: it begins when the agent gets the
+// A Tenure is one agent's hold on an ID: it begins when the agent gets the
 // ID with no proof (the ID was free, or a server forgot it), and lasts
 // through every reconnection that proves it. The nonce tells apart two
 // tenures begun in the same second.
-type tenure struct {
+type Tenure struct {
 	since uint32 // Unix seconds
 	nonce uint8
 }
 
-// newTenure is a tenure beginning now.
-func newTenure(now time.Time) tenure {
+// NewTenure is a Tenure beginning now.
+func NewTenure(now time.Time) Tenure {
 	var b [1]byte
 	rand.Read(b[:])
-	return tenure{since: unixSeconds(now), nonce: b[0]}
+	return Tenure{since: unixSeconds(now), nonce: b[0]}
 }
 
 // before reports whether t began before u, in an earlier second: the
-// older tenure is the ID's first holder. Tenures begun in the same second
+// older Tenure is the ID's first holder. Tenures begun in the same second
 // are neither.
-func (t tenure) before(u tenure) bool { return t.since < u.since }
+func (t Tenure) before(u Tenure) bool { return t.since < u.since }
 
-// tokens signs and verifies registration tokens with one key.
-type tokens struct {
+// Tokens signs and verifies registration tokens with one key.
+type Tokens struct {
 	key    []byte
 	maxAge time.Duration // from issue to expiry
 }
 
-// newTokens returns the signer for key on a server that keeps IDs of
+// NewTokens returns the signer for key on a server that keeps IDs of
 // dropped agents reserved for grace (<= 0: not at all): a token stays
 // valid for the grace after its agent's link dropped, however long before
 // that it was refreshed.
-func newTokens(key []byte, grace time.Duration) *tokens {
-	return &tokens{key: key, maxAge: max(grace, 0) + 2*tokenRefresh}
+func NewTokens(key []byte, grace time.Duration) *Tokens {
+	return &Tokens{key: key, maxAge: max(grace, 0) + 2*TokenRefresh}
 }
 
-// sign returns the token for tenure t of id, issued at now.
-func (k *tokens) sign(id string, t tenure, now time.Time) string {
+// Sign returns the token for tenure t of id, issued at now.
+func (k *Tokens) Sign(id string, t Tenure, now time.Time) string {
 	var b [tokenLen]byte
 	binary.BigEndian.PutUint32(b[0:4], t.since)
 	b[4] = t.nonce
@@ -94,37 +92,34 @@ func (k *tokens) sign(id string, t tenure, now time.Time) string {
 	return hex.EncodeToString(b[:])
 }
 
-// verify returns the proven claim token makes on id at now. The tag is
+// Verify returns the proven claim token makes on id at now. The tag is
 // compared in constant time; the error says why a token proves nothing:
 // malformed, errTokenForged (another key or ID, or altered),
 // errTokenExpired or errTokenFuture.
-func (k *tokens) verify(id, token string, now time.Time) (claim, error) {
-	if err := wire.ValidToken(token); err != nil {
-		return claim{}, err
-	}
+func (k *Tokens) Verify(id, token string, now time.Time) (Claim, error) {
 	b, err := hex.DecodeString(token)
-	if err != nil || len(b) != tokenLen {
-		return claim{}, fmt.Errorf("token is not %d bytes of hex", tokenLen)
+	if err != nil || len(b) != tokenLen || hex.EncodeToString(b) != token {
+		return Claim{}, fmt.Errorf("token is not %d bytes of lowercase hex", tokenLen)
 	}
 	if !hmac.Equal(b[9:], k.mac(id, b[:9])) {
-		return claim{}, errTokenForged
+		return Claim{}, errTokenForged
 	}
-	c := claim{
-		tenure: tenure{since: binary.BigEndian.Uint32(b[0:4]), nonce: b[4]},
-		issued: binary.BigEndian.Uint32(b[5:9]),
-		proven: true,
+	c := Claim{
+		Tenure: Tenure{since: binary.BigEndian.Uint32(b[0:4]), nonce: b[4]},
+		Issued: binary.BigEndian.Uint32(b[5:9]),
+		Proven: true,
 	}
-	issued := time.Unix(int64(c.issued), 0)
+	issued := time.Unix(int64(c.Issued), 0)
 	switch {
-	case issued.After(now.Add(tokenSkew)) || c.tenure.since > c.issued:
-		return claim{}, errTokenFuture
+	case issued.After(now.Add(tokenSkew)) || c.Tenure.since > c.Issued:
+		return Claim{}, errTokenFuture
 	case now.Sub(issued) > k.maxAge:
-		return claim{}, fmt.Errorf("%w: issued %v ago, valid for %v", errTokenExpired, now.Sub(issued).Round(time.Second), k.maxAge)
+		return Claim{}, fmt.Errorf("%w: issued %v ago, valid for %v", errTokenExpired, now.Sub(issued).Round(time.Second), k.maxAge)
 	}
 	return c, nil
 }
 
-func (k *tokens) mac(id string, body []byte) []byte {
+func (k *Tokens) mac(id string, body []byte) []byte {
 	m := hmac.New(sha256.New, k.key)
 	m.Write([]byte(tokenDomain))
 	m.Write([]byte{0})
@@ -136,3 +131,6 @@ func (k *tokens) mac(id string, body []byte) []byte {
 
 // unixSeconds is t as unsigned 32-bit Unix seconds (good until 2106).
 func unixSeconds(t time.Time) uint32 { return uint32(t.Unix()) }
+
+// Key is the key k signs with, which signs forwarded requests too.
+func (k *Tokens) Key() []byte { return k.key }

@@ -1,6 +1,6 @@
 -- The cluster registry's decisions (see redis.go), run atomically by
--- Redis: one script, one operation per call, the rules of memRegistry
--- (registry.go) on data every replica shares.
+-- Redis: one script, one operation per call, the rules of Memory
+-- (memory.go) on data every replica shares.
 --
 -- KEYS: 1 ids (hash ID -> entry, JSON), 2 leases (zset ID -> lease end),
 -- 3 reservations (zset ID -> expiry), 4 charged (hash address group ->
@@ -134,7 +134,7 @@ local function expire(limit)
 end
 
 -- yields reports whether claim c takes the ID from e's holder (see
--- entry.yields in registry.go). A reservation counts as proven.
+-- entry.yields in memory.go). A reservation counts as proven.
 local function yields(e, c, ep)
   if c.p ~= 1 then return false end
   local hs, hn, hp

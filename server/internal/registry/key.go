@@ -1,4 +1,4 @@
-package server
+package registry
 
 import (
 	"crypto/rand"
@@ -14,21 +14,21 @@ import (
 	"strings"
 )
 
-// The server key signs agents' registration tokens (see tokens). Every
-// replica of one service shares it (Config.ClusterKey); a single server
-// keeps its own in its state directory, so that it still knows its agents
-// after a restart.
+// The server key signs agents' registration tokens (see Tokens). Every
+// replica of one service shares it (the server's Config.ClusterKey); a
+// single server keeps its own in its state directory, so that it still
+// knows its agents after a restart.
 const (
-	// minKeyBytes is the shortest key accepted.
-	minKeyBytes = 32
+	// MinKeyBytes is the shortest key accepted, and the length of a key made here.
+	MinKeyBytes = 32
 	// keyFile is the server's own key in its state directory: hex, one line.
 	keyFile = "server.key"
 )
 
-// parseKey decodes a key: at least minKeyBytes bytes written as hex, or
+// ParseKey decodes a key: at least MinKeyBytes bytes written as hex, or
 // as base64 (standard or URL alphabet, padded or not). A string of hex
 // digits is read as hex. Surrounding white space is ignored.
-func parseKey(s string) ([]byte, error) {
+func ParseKey(s string) ([]byte, error) {
 	s = strings.TrimSpace(s)
 	const how = "make one with `openssl rand -hex 32`"
 	if s == "" {
@@ -41,8 +41,8 @@ func parseKey(s string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("key is neither hex nor base64; %s", how)
 	}
-	if len(key) < minKeyBytes {
-		return nil, fmt.Errorf("key is %d bytes long, at least %d are needed; %s", len(key), minKeyBytes, how)
+	if len(key) < MinKeyBytes {
+		return nil, fmt.Errorf("key is %d bytes long, at least %d are needed; %s", len(key), MinKeyBytes, how)
 	}
 	return key, nil
 }
@@ -56,9 +56,9 @@ func decodeBase64(s string) ([]byte, error) {
 	return nil, errors.New("not base64")
 }
 
-// keyID names a key in logs without revealing it, so operators can check
+// KeyID names a key in logs without revealing it, so operators can check
 // that replicas share one.
-func keyID(key []byte) string {
+func KeyID(key []byte) string {
 	sum := sha256.Sum256(key)
 	return hex.EncodeToString(sum[:4])
 }
@@ -76,9 +76,9 @@ func DefaultStateDir() (string, error) {
 	return filepath.Join(home, ".local", "state", "converge"), nil
 }
 
-// loadKey returns the key kept in dir, making dir (mode 0700) and the key
+// LoadKey returns the key kept in dir, making dir (mode 0700) and the key
 // (mode 0600) the first time. created reports whether it made the key.
-func loadKey(dir string) (key []byte, created bool, err error) {
+func LoadKey(dir string) (key []byte, created bool, err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, false, fmt.Errorf("cannot create the state directory to keep the server key in: %w; make it writable, choose another with --state-dir (CONVERGE_STATE_DIR), or set CONVERGE_CLUSTER_KEY", err)
 	}
@@ -107,7 +107,7 @@ func readKey(path string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read server key: %w", err)
 	}
-	key, err := parseKey(string(b))
+	key, err := ParseKey(string(b))
 	if err != nil {
 		return nil, fmt.Errorf("server key %s: %w (or delete it to make a new one; agents connected now then register as new)", path, err)
 	}
@@ -118,7 +118,7 @@ func readKey(path string) ([]byte, error) {
 // (another server made it first): written whole to a temporary file, then
 // linked into place, so no reader ever sees a part of it.
 func createKey(path string) error {
-	var key [minKeyBytes]byte
+	var key [MinKeyBytes]byte
 	rand.Read(key[:])
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".server.key-*") // mode 0600
 	if err != nil {

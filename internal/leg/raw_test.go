@@ -1,4 +1,4 @@
-package rawstream
+package leg
 
 import (
 	"bufio"
@@ -32,10 +32,10 @@ func echoServer(t *testing.T, accepted chan<- net.Conn) string {
 			return
 		}
 		proto := ""
-		if offered := Offered(r); len(offered) > 0 {
+		if offered := offeredRaw(r); len(offered) > 0 {
 			proto = offered[0]
 		}
-		c, err := Accept(w, r, proto)
+		c, err := acceptRaw(w, r, proto)
 		if err != nil {
 			t.Error(err)
 			return
@@ -52,7 +52,7 @@ func TestDialAccept(t *testing.T) {
 	accepted := make(chan net.Conn, 1)
 	url := echoServer(t, accepted)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	c, proto, err := Dial(ctx, url, []string{"converge.resume.v1", "other"}, Options{})
+	c, proto, err := dialRaw(ctx, url, []string{"converge.resume.v1", "other"}, nil)
 	cancel() // the handshake's context must not bound the stream
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +80,7 @@ func TestDialAccept(t *testing.T) {
 
 func TestNoProtocol(t *testing.T) {
 	url := echoServer(t, nil)
-	c, proto, err := Dial(context.Background(), url, nil, Options{})
+	c, proto, err := dialRaw(context.Background(), url, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +100,7 @@ func TestWebSocketOnlyServer(t *testing.T) {
 			c.CloseNow()
 		}
 	})
-	_, _, err := Dial(context.Background(), url, nil, Options{})
+	_, _, err := dialRaw(context.Background(), url, nil, nil)
 	if !errors.Is(err, ErrNotSwitched) {
 		t.Fatalf("err = %v, want ErrNotSwitched", err)
 	}
@@ -110,10 +110,10 @@ func TestWebSocketOnlyServer(t *testing.T) {
 // as a refusal, with its reason, not retried.
 func TestRefusal(t *testing.T) {
 	url := serve(t, func(w http.ResponseWriter, r *http.Request) {
-		Advertise(w)
+		Advertise(w, r)
 		http.Error(w, "no agent is connected with ID \"x\"\x1b[31m", http.StatusNotFound)
 	})
-	_, _, err := Dial(context.Background(), url, nil, Options{})
+	_, _, err := dialRaw(context.Background(), url, nil, nil)
 	var re *wsconn.RefusedError
 	if !errors.As(err, &re) || re.Status != http.StatusNotFound || !strings.Contains(re.Message, `no agent is connected with ID "x"`) || strings.Contains(re.Message, "\x1b") {
 		t.Fatalf("err = %#v, want a 404 refusal with the reason, made safe to print", err)

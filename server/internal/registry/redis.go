@@ -1,30 +1,30 @@
-package server
+package registry
 
 import (
 	"context"
+	"crypto/rand"
 	_ "embed"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
-	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
-
-	"github.com/converge-ci/converge/internal/wire"
 )
 
 // The cluster registry keeps, in Redis, which replica holds each ID and
 // with which connection, the reservations and the address charges, and
-// decides claims with the memRegistry's rules in one Lua script
+// decides claims with the Memory's rules in one Lua script
 // (registry.lua), so that replicas racing for an ID are decided
 // atomically. The agents connected to this replica stay in its memory.
 //
-// A holder's entry has a lease its replica refreshes every leaseRefresh;
+// A holder's entry has a lease its replica refreshes every LeaseRefresh;
 // a replica that dies stops refreshing, and when the lease ends its
 // agents count as dropped then (confirmed ones leave reservations). A
 // refresh is fenced by the connection token: a replica whose agent lost
@@ -42,10 +42,10 @@ const (
 	redisKeyCharged  = "converge:charged"
 	redisKeyEpoch    = "converge:epoch"
 	redisKeySessions = "converge:sessions"
-	// redisEvents is the channel replicas tell each other on: "lost
-	// OWNER CONN ID" (an agent lost its ID), "changed REPLICA" (the
-	// sessions view should refresh).
-	redisEvents = "converge:events"
+	// Events is the channel replicas tell each other on: "lost OWNER
+	// CONN ID" (an agent lost its ID; see Redis.Event), "changed
+	// REPLICA" (the sessions view should refresh).
+	Events = "converge:events"
 )
 
 var redisKeys = []string{redisKeyIDs, redisKeyLeases, redisKeyRes, redisKeyCharged, redisKeyEpoch, redisKeySessions}
@@ -55,10 +55,10 @@ var redisKeys = []string{redisKeyIDs, redisKeyLeases, redisKeyRes, redisKeyCharg
 // refresh costs nothing, and a dead replica's agents are free again
 // (reserved) within leaseTime.
 const (
-	leaseRefresh = 5 * time.Second
-	leaseTime    = 3 * leaseRefresh
-	// redisTimeout bounds one registry operation.
-	redisTimeout = 3 * time.Second
+	LeaseRefresh = 5 * time.Second
+	leaseTime    = 3 * LeaseRefresh
+	// Timeout bounds one registry operation.
+	Timeout = 3 * time.Second
 	// refreshBatch is the most agents one refresh script handles, so
 	// that no script holds Redis for long.
 	refreshBatch = 500
@@ -69,12 +69,9 @@ var registryLua string
 
 var registryScript = redis.NewScript(registryLua)
 
-// errRegistryUnavailable: Redis did not answer; agents retry.
-var errRegistryUnavailable = errors.New("the registry (Redis) is unavailable")
-
-// openRedis connects to the Redis at rawURL (redis://, rediss://,
+// Open connects to the Redis at rawURL (redis://, rediss://,
 // unix://) and checks that it answers.
-func openRedis(ctx context.Context, rawURL string) (*redis.Client, error) {
+func Open(ctx context.Context, rawURL string) (*redis.Client, error) {
 	opt, err := redis.ParseURL(rawURL)
 	if err != nil {
 		return nil, fmt.Errorf("--redis: %w (want redis://[:PASSWORD@]HOST:PORT/DB, rediss:// for TLS, or unix:///PATH)", err)
@@ -82,7 +79,7 @@ func openRedis(ctx context.Context, rawURL string) (*redis.Client, error) {
 	opt.Protocol = 2           // RESP2: what every Redis and Valkey speaks
 	opt.DisableIdentity = true // no CLIENT SETINFO: older servers refuse it
 	rdb := redis.NewClient(opt)
-	ctx, cancel := context.WithTimeout(ctx, redisTimeout)
+	ctx, cancel := context.WithTimeout(ctx, Timeout)
 	defer cancel()
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		rdb.Close()
@@ -91,16 +88,17 @@ func openRedis(ctx context.Context, rawURL string) (*redis.Client, error) {
 	return rdb, nil
 }
 
-// redisRegistry is the Registry of one replica in a cluster.
-type redisRegistry struct {
+// Redis is the Registry of one replica in a cluster.
+type Redis[V Agent] struct {
 	rdb    *redis.Client
-	self   string // this replica's advertise URL: the owner it records
-	limits registryLimits
+	limits Limits
 	now    func() time.Time
-	log    *slog.Logger
+	// self and log are set before use (see Listening).
+	self string // this replica's advertise URL: the owner it records
+	log  *slog.Logger
 	// lost is called, without locks held, for a local agent whose ID
-	// another replica's agent took; it closes it.
-	lost func(*agentConn)
+	// another replica's agent took; it closes it. Set before use.
+	lost func(V)
 
 	// stripes order the registrations and unregistrations of one ID on
 	// this replica: the script's decision and the local record of it are
@@ -108,37 +106,48 @@ type redisRegistry struct {
 	stripes [64]sync.Mutex
 
 	mu      sync.Mutex
-	local   map[string]*holding // the agents this replica holds, by ID
-	joining int                 // registrations of agents new here in flight
-	epoch   int64               // Redis's epoch as last seen by a refresh
+	local   map[string]*holding[V] // the agents this replica holds, by ID
+	joining int                    // registrations of agents new here in flight
+	epoch   int64                  // Redis's epoch as last seen by a refresh
 }
 
 // holding is one agent this replica holds.
-type holding struct {
-	a         *agentConn
+type holding[V Agent] struct {
+	a         V
+	claim     Claim  // it registered with
 	conn      string // fence token: this registration's, in Redis
 	confirmed bool
 }
 
-func newRedisRegistry(rdb *redis.Client, self string, limits registryLimits, now func() time.Time, log *slog.Logger) *redisRegistry {
-	return &redisRegistry{rdb: rdb, self: self, limits: limits, now: now, log: log, lost: func(*agentConn) {}, local: make(map[string]*holding)}
+// NewRedis returns the registry of the replica at self (its advertise
+// URL, ws:// or wss://) on rdb, with limits, telling time by now.
+func NewRedis[V Agent](rdb *redis.Client, self string, limits Limits, now func() time.Time, log *slog.Logger) *Redis[V] {
+	return &Redis[V]{rdb: rdb, self: self, limits: limits, now: now, log: log, lost: func(V) {}, local: make(map[string]*holding[V])}
 }
 
+// OnLost sets what closes a local agent whose ID an agent on another
+// replica took; it is called without locks held. Call it before use.
+func (r *Redis[V]) OnLost(f func(V)) { r.lost = f }
+
+// Listening sets, before use, the advertise URL of a replica that listens
+// now (port 0 resolved), and the log tagged with it.
+func (r *Redis[V]) Listening(self string, log *slog.Logger) { r.self, r.log = self, log }
+
 // run calls the registry script for op with its arguments.
-func (r *redisRegistry) run(op string, args ...any) (any, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), redisTimeout)
+func (r *Redis[V]) run(op string, args ...any) (any, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
 	defer cancel()
-	argv := append([]any{op, r.now().UnixMilli(), r.limits.grace.Milliseconds(), r.limits.perAddr,
-		r.limits.maxReserved, leaseTime.Milliseconds(), r.self, redisEvents}, args...)
+	argv := append([]any{op, r.now().UnixMilli(), r.limits.Grace.Milliseconds(), r.limits.PerAddr,
+		r.limits.MaxReserved, leaseTime.Milliseconds(), r.self, Events}, args...)
 	v, err := registryScript.Run(ctx, r.rdb, redisKeys, argv...).Result()
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %w", errRegistryUnavailable, op, err)
+		return nil, fmt.Errorf("%w: %s: %w", ErrUnavailable, op, err)
 	}
 	return v, nil
 }
 
-func claimArgs(c claim) []any {
-	return []any{c.tenure.since, c.tenure.nonce, boolInt(c.proven), c.issued}
+func claimArgs(c Claim) []any {
+	return []any{c.Tenure.since, c.Tenure.nonce, boolInt(c.Proven), c.Issued}
 }
 
 func boolInt(b bool) int {
@@ -148,55 +157,60 @@ func boolInt(b bool) int {
 	return 0
 }
 
+// newConn is a fresh fence token: 16 random bytes in hex.
+func newConn() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
 // stripe is the lock that orders id's changes on this replica.
-func (r *redisRegistry) stripe(id string) *sync.Mutex {
+func (r *Redis[V]) stripe(id string) *sync.Mutex {
 	h := fnv.New32a()
 	h.Write([]byte(id))
 	return &r.stripes[h.Sum32()%uint32(len(r.stripes))]
 }
 
-func (r *redisRegistry) Register(id string, c claim, a *agentConn) (*agentConn, error) {
+func (r *Redis[V]) Register(id string, c Claim, a V) (old V, ok bool, err error) {
 	st := r.stripe(id)
 	st.Lock()
 	defer st.Unlock()
 	r.mu.Lock()
-	if max := r.limits.maxAgents; max > 0 && r.local[id] == nil && len(r.local)+r.joining >= max {
+	if max := r.limits.MaxAgents; max > 0 && r.local[id] == nil && len(r.local)+r.joining >= max {
 		r.mu.Unlock()
-		return nil, &limitError{what: "agents", reason: reasonServerFull, limit: max}
+		return old, false, &LimitError{What: "agents", Limit: max}
 	}
 	r.joining++
 	r.mu.Unlock()
 	defer func() { r.mu.Lock(); r.joining--; r.mu.Unlock() }()
 
-	conn := wire.NewToken()
-	group := addrGroup(a.remote)
-	v, err := r.run("register", append([]any{id, conn, group}, claimArgs(c)...)...)
+	conn := newConn()
+	v, err := r.run("register", append([]any{id, conn, c.Group}, claimArgs(c)...)...)
 	if err != nil {
-		return nil, err
+		return old, false, err
 	}
 	res, _ := v.([]any)
 	status, _ := at(res, 0).(string)
 	switch status {
 	case "in_use":
-		return nil, ErrIDInUse
+		return old, false, ErrIDInUse
 	case "reserved":
-		return nil, ErrIDReserved
+		return old, false, ErrIDReserved
 	case "limit":
-		return nil, &limitError{what: "agents", reason: reasonAgentLimit, addr: group, limit: r.limits.perAddr, reserved: r.limits.grace > 0}
+		return old, false, &LimitError{What: "agents", Group: c.Group, Limit: r.limits.PerAddr, Reserved: r.limits.Grace > 0}
 	case "ok":
 	default:
-		return nil, fmt.Errorf("%w: register answered %v", errRegistryUnavailable, v)
+		return old, false, fmt.Errorf("%w: register answered %v", ErrUnavailable, v)
 	}
 	oldOwner, _ := at(res, 1).(string)
 	oldConn, _ := at(res, 2).(string)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var old *agentConn
 	if h := r.local[id]; h != nil && oldOwner == r.self && h.conn == oldConn {
-		old = h.a
+		old, ok = h.a, true
 	}
-	r.local[id] = &holding{a: a, conn: conn}
-	return old, nil
+	r.local[id] = &holding[V]{a: a, claim: c, conn: conn}
+	return old, ok, nil
 }
 
 func at(list []any, i int) any {
@@ -207,7 +221,7 @@ func at(list []any, i int) any {
 }
 
 // holder returns id's local holding if a holds it; r.mu is not held.
-func (r *redisRegistry) holder(id string, a *agentConn) *holding {
+func (r *Redis[V]) holder(id string, a V) *holding[V] {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if h := r.local[id]; h != nil && h.a == a {
@@ -216,7 +230,7 @@ func (r *redisRegistry) holder(id string, a *agentConn) *holding {
 	return nil
 }
 
-func (r *redisRegistry) Confirm(id string, a *agentConn) {
+func (r *Redis[V]) Confirm(id string, a V) {
 	h := r.holder(id, a)
 	if h == nil {
 		return
@@ -235,7 +249,7 @@ func (r *redisRegistry) Confirm(id string, a *agentConn) {
 	}
 }
 
-func (r *redisRegistry) Unregister(id string, a *agentConn) {
+func (r *Redis[V]) Unregister(id string, a V) {
 	st := r.stripe(id)
 	st.Lock()
 	defer st.Unlock()
@@ -251,29 +265,46 @@ func (r *redisRegistry) Unregister(id string, a *agentConn) {
 	}
 }
 
-func (r *redisRegistry) Lookup(id string) *agentConn {
+func (r *Redis[V]) Lookup(id string) (a V, ok bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if h := r.local[id]; h != nil {
-		return h.a
+		return h.a, true
 	}
-	return nil
+	return a, false
 }
 
-func (r *redisRegistry) Agents() []*agentConn {
+func (r *Redis[V]) Agents() []V {
 	r.mu.Lock()
-	list := make([]*agentConn, 0, len(r.local))
-	for _, h := range r.local {
-		list = append(list, h.a)
+	type held struct {
+		id string
+		a  V
+	}
+	list := make([]held, 0, len(r.local))
+	for id, h := range r.local {
+		list = append(list, held{id, h.a})
 	}
 	r.mu.Unlock()
-	sort.Slice(list, func(i, j int) bool { return list[i].id < list[j].id })
-	return list
+	return sortedByID(list, func(h held) (string, V) { return h.id, h.a })
+}
+
+// Event handles an event from another replica (on the Events channel)
+// that concerns the registry, and reports whether it did: an agent here
+// that lost its ID is forgotten and closed.
+func (r *Redis[V]) Event(payload string) bool {
+	f := strings.Split(payload, "\t")
+	if len(f) != 4 || f[0] != "lost" {
+		return false
+	}
+	if f[1] == r.self {
+		r.lose(f[3], f[2])
+	}
+	return true
 }
 
 // lose forgets the local holder of id if it is still the one with conn,
 // and has it closed.
-func (r *redisRegistry) lose(id, conn string) {
+func (r *Redis[V]) lose(id, conn string) {
 	r.mu.Lock()
 	h := r.local[id]
 	if h == nil || h.conn != conn {
@@ -282,7 +313,6 @@ func (r *redisRegistry) lose(id, conn string) {
 	}
 	delete(r.local, id)
 	r.mu.Unlock()
-	r.log.Warn("agent lost its ID to an agent on another replica; closing it", "id", id, "remote", h.a.remote)
 	r.lost(h.a)
 }
 
@@ -295,15 +325,15 @@ type regEntry struct {
 
 // owner returns the replica holding id now, and its connection token:
 // "" when no agent holds it (or Redis does not answer: err).
-func (r *redisRegistry) owner(ctx context.Context, id string) (owner, conn string, err error) {
-	ctx, cancel := context.WithTimeout(ctx, redisTimeout)
+func (r *Redis[V]) owner(ctx context.Context, id string) (owner, conn string, err error) {
+	ctx, cancel := context.WithTimeout(ctx, Timeout)
 	defer cancel()
 	v, err := r.rdb.HGet(ctx, redisKeyIDs, id).Result()
 	if errors.Is(err, redis.Nil) {
 		return "", "", nil
 	}
 	if err != nil {
-		return "", "", fmt.Errorf("%w: %w", errRegistryUnavailable, err)
+		return "", "", fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	var e regEntry
 	if err := json.Unmarshal([]byte(v), &e); err != nil {
@@ -315,11 +345,11 @@ func (r *redisRegistry) owner(ctx context.Context, id string) (owner, conn strin
 	return e.Owner, e.Conn, nil
 }
 
-// route says where a client of id goes: to a local agent, to the
+// Route says where a client of id goes: to a local agent, to the
 // replica that holds it (owner), or nowhere. Redis decides; when it says
 // nothing (it restarted empty and is being refilled, or does not
 // answer), a local agent is served.
-func (r *redisRegistry) route(ctx context.Context, id string) (local *agentConn, owner string) {
+func (r *Redis[V]) Route(ctx context.Context, id string) (a V, here bool, owner string) {
 	o, conn, err := r.owner(ctx, id)
 	if err != nil {
 		r.log.Debug("registry lookup failed; serving local agents only", "id", id, "error", err) // the refresh loop warns once
@@ -330,16 +360,16 @@ func (r *redisRegistry) route(ctx context.Context, id string) (local *agentConn,
 	switch {
 	case o == "":
 		if h != nil {
-			return h.a, ""
+			return h.a, true, ""
 		}
-		return nil, ""
+		return a, false, ""
 	case o == r.self:
 		if h != nil && h.conn == conn {
-			return h.a, ""
+			return h.a, true, ""
 		}
-		return nil, "" // a holder that registered here and is gone
+		return a, false, "" // a holder that registered here and is gone
 	default:
-		return nil, o
+		return a, false, o
 	}
 }
 
@@ -352,7 +382,7 @@ type refreshItem struct {
 // forgetGone unregisters again the items no longer held here when their
 // refresh ended (a "lost" event came meanwhile): the refresh may have
 // claimed their IDs back.
-func (r *redisRegistry) forgetGone(items []refreshItem) {
+func (r *Redis[V]) forgetGone(items []refreshItem) {
 	for _, it := range items {
 		r.mu.Lock()
 		h := r.local[it.id]
@@ -366,11 +396,11 @@ func (r *redisRegistry) forgetGone(items []refreshItem) {
 	}
 }
 
-// refresh extends the leases of this replica's agents, reclaims those
+// Refresh extends the leases of this replica's agents, reclaims those
 // whose entries Redis lost, and closes the agents that lost their IDs.
 // It returns Redis's epoch, and whether it changed since the last
 // refresh (Redis lost its data).
-func (r *redisRegistry) refresh() (epoch int64, changed bool, err error) {
+func (r *Redis[V]) Refresh() (epoch int64, changed bool, err error) {
 	// No registration or unregistration here interleaves with a refresh:
 	// what it sends is what the replica holds while it runs.
 	for i := range r.stripes {
@@ -380,10 +410,12 @@ func (r *redisRegistry) refresh() (epoch int64, changed bool, err error) {
 	r.mu.Lock()
 	items := make([]refreshItem, 0, len(r.local))
 	for id, h := range r.local {
-		a := h.a
-		issued := a.issued.Load()
-		items = append(items, refreshItem{id, h.conn, []any{id, h.conn, addrGroup(a.remote), a.tenure.since, a.tenure.nonce,
-			boolInt(h.confirmed), unixSeconds(time.Unix(0, issued))}})
+		var issued uint32 // of the agent's latest token; 0 before its first
+		if t := h.a.Issued(); !t.IsZero() {
+			issued = unixSeconds(t)
+		}
+		items = append(items, refreshItem{id, h.conn, []any{id, h.conn, h.claim.Group, h.claim.Tenure.since, h.claim.Tenure.nonce,
+			boolInt(h.confirmed), issued}})
 	}
 	r.mu.Unlock()
 	for start := 0; start == 0 || start < len(items); start += refreshBatch {

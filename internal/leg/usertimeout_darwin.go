@@ -1,4 +1,4 @@
-package rawstream
+package leg
 
 import (
 	"syscall"

@@ -1,24 +1,4 @@
-// Package rawstream is the raw stream upgrade: an HTTP/1.1 Upgrade
-// (`Upgrade: converge-stream`) that turns a request for one leg of a
-// relayed stream into a plain byte stream, unframed both ways, so that the
-// server can splice two such legs in the kernel instead of unframing and
-// reframing WebSocket messages. Both ends of such a leg are Converge
-// programs (wsproxy or tcptows, or the agent, and the server); browsers,
-// other WebSocket tools and proxies that pass only WebSockets keep the
-// WebSocket endpoints, which answer the same URLs.
-//
-// Dial asks for the upgrade and returns ErrNotSwitched when the answer is
-// neither the switch nor a refusal by a server that knows raw streams, so
-// the caller can ask for a WebSocket instead; Accept answers it on the
-// server. A raw stream has no keepalive of its own: both ends get TCP
-// keepalives and, where the system has one, a user timeout, which judge
-// the hop as WebSocket pings do, and what is carried must keep
-// middleboxes from cutting it when idle (resumable streams send
-// keepalive acknowledgements; see internal/resume).
-//
-// It is not a protocol of its own: the bytes are the caller's, and the end
-// of the stream is the end of the connection.
-package rawstream
+package leg
 
 import (
 	"bytes"
@@ -32,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
 )
 
@@ -67,22 +48,26 @@ func Requested(r *http.Request) bool {
 	return hasToken(r.Header, "Connection", "upgrade") && hasToken(r.Header, "Upgrade", Upgrade)
 }
 
-// Offered returns the stream protocols r offers, in its order.
-func Offered(r *http.Request) []string { return tokens(r.Header, ProtocolHeader) }
+// offeredRaw returns the stream protocols r, a raw stream request, offers,
+// in its order.
+func offeredRaw(r *http.Request) []string { return tokens(r.Header, ProtocolHeader) }
 
-// Advertise marks a response to a raw stream request that will not switch
-// (a refusal) as coming from a server that speaks raw streams, so that the
-// client reports it rather than retrying with a WebSocket. Call it before
-// writing the status.
-func Advertise(w http.ResponseWriter) {
-	w.Header().Set("Upgrade", Upgrade)
+// Advertise marks the response to r, when r asks for a raw stream, as
+// coming from a server that speaks raw streams, so that a refusal (any
+// answer but the switch) is reported by the client rather than retried
+// with a WebSocket. Call it before writing the status; it does nothing to
+// a WebSocket request.
+func Advertise(w http.ResponseWriter, r *http.Request) {
+	if Requested(r) {
+		w.Header().Set("Upgrade", Upgrade)
+	}
 }
 
-// Accept switches r's connection to a raw stream, answering 101 with
+// acceptRaw switches r's connection to a raw stream, answering 101 with
 // protocol (none when empty), and returns the connection, with deadlines
 // cleared and liveness set. Over plain TCP the connection is the
 // *net.TCPConn itself, unless the client sent bytes before the switch.
-func Accept(w http.ResponseWriter, r *http.Request, protocol string) (net.Conn, error) {
+func acceptRaw(w http.ResponseWriter, r *http.Request, protocol string) (net.Conn, error) {
 	c, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		return nil, fmt.Errorf("raw stream: hijack: %w", err)
@@ -123,29 +108,22 @@ type earlyConn struct {
 
 func (c *earlyConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
-// Options for Dial.
-type Options struct {
-	Header http.Header
-	// Response, when set, is called with the headers of the server's
-	// switch (101) before Dial returns.
-	Response func(http.Header)
-}
-
 var dialer = &net.Dialer{Timeout: 30 * time.Second}
 
-// Dial asks rawURL (ws:// or wss://, through HTTPS_PROXY, HTTP_PROXY and
+// dialRaw asks rawURL (ws:// or wss://, through HTTPS_PROXY, HTTP_PROXY and
 // NO_PROXY as a WebSocket dial would go) for a raw stream, offering
 // protocols, and returns it with the protocol the server chose ("" for
 // none). A refusal by a server that speaks raw streams is a
 // *wsconn.RefusedError; any other answer but the switch is ErrNotSwitched.
-// ctx bounds the handshake only.
-func Dial(ctx context.Context, rawURL string, protocols []string, opts Options) (net.Conn, string, error) {
+// ctx bounds the handshake only. response, when set, gets the switch's
+// headers.
+func dialRaw(ctx context.Context, rawURL string, protocols []string, response func(http.Header)) (net.Conn, string, error) {
 	u, err := wsconn.ParseURL(rawURL)
 	if err != nil {
 		return nil, "", err
 	}
 	plain := u.Scheme == "ws"
-	u.Scheme = map[string]string{"ws": "http", "wss": "https"}[u.Scheme]
+	u.Scheme = wire.HTTPScheme(u.Scheme)
 	var tcp net.Conn // the connection the transport dials, for addresses and deadlines
 	tr := &http.Transport{
 		Proxy: http.ProxyFromEnvironment,
@@ -165,9 +143,6 @@ func Dial(ctx context.Context, rawURL string, protocols []string, opts Options) 
 	if err != nil {
 		return nil, "", fmt.Errorf("bad URL %q: %w", rawURL, err)
 	}
-	if opts.Header != nil {
-		req.Header = opts.Header.Clone()
-	}
 	req.Header.Set("Connection", "Upgrade")
 	req.Header.Set("Upgrade", Upgrade)
 	if len(protocols) > 0 {
@@ -178,13 +153,13 @@ func Dial(ctx context.Context, rawURL string, protocols []string, opts Options) 
 		return nil, "", fmt.Errorf("connect to %s: %w", rawURL, err)
 	}
 	c, proto, err := switched(rawURL, resp, tcp, protocols, plain)
-	if err == nil && opts.Response != nil {
-		opts.Response(resp.Header)
+	if err == nil && response != nil {
+		response(resp.Header)
 	}
 	return c, proto, err
 }
 
-// switched makes the connection of a response to Dial's request, or the
+// switched makes the connection of a response to dialRaw's request, or the
 // error it stands for.
 func switched(rawURL string, resp *http.Response, tcp net.Conn, protocols []string, plain bool) (net.Conn, string, error) {
 	upgraded := hasToken(resp.Header, "Upgrade", Upgrade)

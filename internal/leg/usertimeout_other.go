@@ -1,6 +1,6 @@
 //go:build !linux && !darwin && !windows
 
-package rawstream
+package leg
 
 import "time"
 
