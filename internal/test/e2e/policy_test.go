@@ -155,7 +155,8 @@ func TestPolicyToken(t *testing.T) {
 	good := "ops-token-" + strings.Repeat("7", 24)
 	file := filepath.Join(t.TempDir(), "tokens")
 	os.WriteFile(file, []byte("# the ops team's\n"+good+"\n"), 0o600)
-	sp := startServerProcEnv(t, nil, "--agent-token-file", file)
+	fromEnv := "env-token-" + strings.Repeat("e", 24)
+	sp := startServerProcEnv(t, []string{"CONVERGE_AGENT_TOKENS=" + fromEnv + ", another-token-0123456789"}, "--agent-token-file", file)
 	r := &relay{URL: "ws://" + sp.addr, HTTP: "http://" + sp.addr, User: "ciuser", Addr: sp.addr}
 
 	wrong := "not-the-token-" + strings.Repeat("x", 20)
@@ -175,7 +176,11 @@ func TestPolicyToken(t *testing.T) {
 	if strings.Contains(res.Stderr, "verified by the relay") {
 		t.Errorf("a shared token verifies no job, yet wsproxy says:\n%s", res.Stderr)
 	}
-	noSecrets(t, map[string]string{"logs": sp.logs.String(), "metrics": fetchPage(t, r.HTTP+"/metrics", "")}, good, wrong)
+	runAgentBinary(t, r, keyDir(t, c), []string{"CONVERGE_AGENT_TOKEN=" + fromEnv}, "--id", "envjob", "--stay")
+	if got := metric(t, r.HTTP, `converge_agent_admissions_total{via="token"}`); got != 2 {
+		t.Errorf("token admissions: %v, want 2", got)
+	}
+	noSecrets(t, map[string]string{"logs": sp.logs.String(), "metrics": fetchPage(t, r.HTTP+"/metrics", "")}, good, wrong, fromEnv)
 }
 
 // TestPolicyOpen: the default admits any agent, and counts it so.
