@@ -23,8 +23,7 @@ type OIDCIssuer = policy.Issuer
 // comma-separated list.
 type OIDCFlags struct {
 	dst     *[]OIDCIssuer
-	pending []policy.Rule
-	err     error
+	pending []policy.Rule // rules given before any issuer
 }
 
 // NewOIDCFlags returns flags that append to dst.
@@ -82,13 +81,6 @@ func (o oidcFlag) set(v string) error {
 	return nil
 }
 
-// Headers of the agent's control upgrade that carry its credentials,
-// and of the client's upgrade that carries what the relay verified.
-const (
-	agentTokenHeader = wire.AgentTokenHeader
-	idTokenHeader    = wire.IDTokenHeader
-)
-
 // setupPolicy makes the registration policy and the per-repository
 // quota (counted in the cluster's Redis when there is one).
 func (s *Server) setupPolicy() error {
@@ -123,8 +115,8 @@ func (s *Server) setupPolicy() error {
 func (s *Server) admitAgent(w http.ResponseWriter, r *http.Request, id, remote string) (who policy.Identity, release func(), ok bool) {
 	base, _ := s.bases(r)
 	who, err := s.policy.Check(r.Context(), policy.Credentials{
-		Token:   r.Header.Get(agentTokenHeader),
-		IDToken: r.Header.Get(idTokenHeader),
+		Token:   r.Header.Get(wire.AgentTokenHeader),
+		IDToken: r.Header.Get(wire.IDTokenHeader),
 	}, base)
 	var ref *policy.Refusal
 	if errors.As(err, &ref) {
