@@ -4,6 +4,10 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -131,5 +135,53 @@ func TestBenchRegistrations(t *testing.T) {
 	}
 	tb := &table{header: machine()}
 	registrations(t, tb)
+	fmt.Print("\n" + tb.String())
+}
+
+// herdTokens measures the restart herd of sc.agents synthetic agents
+// with a server that checks an identity token at every registration,
+// each agent presenting its own (a GitLab job's CONVERGE_ID_TOKEN): the
+// new server has seen none of them, so each costs a signature check.
+func herdTokens(t *testing.T, tb *table, sc scaleConfig) {
+	t.Run("herd-tokens", func(t *testing.T) {
+		is := issuertest.Start(t)
+		file := filepath.Join(t.TempDir(), "tokens")
+		var b strings.Builder
+		for i := range sc.agents {
+			c := is.GitHub("acme/app", "bench")
+			c["run_id"] = strconv.Itoa(i)
+			b.WriteString(is.Sign(c) + "\n")
+		}
+		if err := os.WriteFile(file, []byte(b.String()), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		srv := startServer(t, "--oidc-issuer", is.URL, "--oidc-allow", "repository=acme/*", "--oidc-audience", "bench")
+		f := startFleet(t, srv.URL(), hosts(sc.agents), fleetTokensEnv+"="+file)
+		defer f.stop(t)
+		for have := 0; have < sc.agents; {
+			add := min(registerWindow, sc.agents-have)
+			f.do(t, fmt.Sprintf("add %d", add))
+			have += add
+		}
+		h := herd(t, f, srv, 0)
+		secs := func(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
+		all := h.back[len(h.back)-1]
+		s := tb.add(fmt.Sprintf("Restart at once with identity tokens: converge checking an OIDC token at every registration killed (SIGKILL) with %d agents connected, each with a token of its own, and started again", sc.agents),
+			"herd", "", "")
+		s.add(row{what: "agents back: half", a: secs(percentile(h.back, 50)), comp: "-"})
+		s.add(row{what: "agents back: 99 %", a: secs(percentile(h.back, 99)), comp: "-"})
+		s.add(row{what: fmt.Sprintf("agents back: all %d", h.agents), a: secs(all), comp: "-", target: "<= " + secs(maxRestartTime), verdict: verdict(all <= maxRestartTime)})
+		s.add(row{what: "CPU per agent back: converge", a: fmt.Sprintf("%.0f µs", float64(h.serverCPU.Microseconds())/float64(h.agents)), comp: "-"})
+		s.add(row{what: "agents that gave up", a: fmt.Sprintf("%d", h.gaveUp), comp: "-", target: "0", verdict: verdict(h.gaveUp == 0)})
+	})
+}
+
+// TestBenchHerdTokens prints only the restart herd with identity tokens.
+func TestBenchHerdTokens(t *testing.T) {
+	if !*flagTable || *flagAgents <= 0 {
+		t.Skip("the benchmark table runs with -bench-table and -bench-agents")
+	}
+	tb := &table{header: machine()}
+	herdTokens(t, tb, scaleConfig{agents: *flagAgents})
 	fmt.Print("\n" + tb.String())
 }
