@@ -166,8 +166,12 @@ func TestPolicyToken(t *testing.T) {
 			t.Errorf("agent with %v: exit %d, want 4; output:\n%s", env, code, out)
 		}
 	}
-	if got := metric(t, r.HTTP, `converge_refusals_total{endpoint="agent",reason="agent_token"}`); got != 2 {
-		t.Errorf("agent_token refusals counted: %v, want 2", got)
+	// In the background (--detach) the refusal's status reaches the job too.
+	if code, out := refusedAgent(t, r, []string{"CONVERGE_AGENT_TOKEN=" + wrong}, "--detach"); code != 4 || !strings.Contains(out, "does not admit") {
+		t.Errorf("agent --detach with a wrong token: exit %d, want 4; output:\n%s", code, out)
+	}
+	if got := metric(t, r.HTTP, `converge_refusals_total{endpoint="agent",reason="agent_token"}`); got != 3 {
+		t.Errorf("agent_token refusals counted: %v, want 3", got)
 	}
 	c := sshtest.New(t)
 	a := runAgentBinary(t, r, keyDir(t, c), []string{"CONVERGE_AGENT_TOKEN=" + good}, "--id", "tokjob", "--stay")
