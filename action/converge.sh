@@ -9,7 +9,7 @@
 #                      (and end an agent main left behind when it failed)
 #
 # action/run.js runs it with the inputs as INPUT_SERVER, INPUT_ID,
-# INPUT_LIMIT_ACCESS_TO_ACTOR, INPUT_AUTHORIZED_KEYS, INPUT_DETACHED,
+# INPUT_LIMIT_ACCESS_TO_ACTOR, INPUT_LIMIT_ACCESS_TO_USERS, INPUT_AUTHORIZED_KEYS, INPUT_DETACHED,
 # INPUT_CONNECT_TIMEOUT and INPUT_EXPIRY, and what GitHub sets:
 # GITHUB_SERVER_URL, GITHUB_TRIGGERING_ACTOR (or GITHUB_ACTOR) and
 # GITHUB_EVENT_NAME (the actor's keys are at $GITHUB_SERVER_URL/ACTOR.keys, on github.com and on GitHub
@@ -17,7 +17,8 @@
 # server), GITHUB_RUN_ID and GITHUB_RUN_ATTEMPT (the default ID),
 # GITHUB_WORKSPACE, RUNNER_TEMP, RUNNER_OS, RUNNER_ARCH, and the files
 # GITHUB_STEP_SUMMARY, GITHUB_OUTPUT and GITHUB_STATE. The post step gets
-# what main saved as STATE_agent, STATE_dir and STATE_detached.
+# what main saved as STATE_agent, STATE_dir, STATE_detached and STATE_state
+# (the agent's state folder, whose journal says who logged in).
 #
 # Bash 3.2 (macOS) and Git Bash (Windows) run it too: no ${x,,}, no
 # associative arrays, no mapfile.
@@ -107,7 +108,11 @@ main() {
 
 	id=${id:-gh-${GITHUB_RUN_ID:-0}-${GITHUB_RUN_ATTEMPT:-1}-$(random_hex)}
 	dir=${GITHUB_WORKSPACE:-$PWD}
+	# The agent's private folder, outside the checkout: its journal of
+	# who logged in, which the summary lists at the end.
+	state=$tmp/state-$id
 	agent_args "$id" "$dir"
+	args+=(--state-dir "$state")
 	prepare_dir "$dir"
 	out=$tmp/agent-start.txt
 	# The agent registers, prints how to connect, and goes on in the
@@ -117,6 +122,7 @@ main() {
 		echo "agent=$agent"
 		echo "dir=$dir"
 		echo "detached=$detached"
+		echo "state=$state"
 	} >>"$GITHUB_STATE"
 	report "$id" "$out"
 	if [ "$detached" = true ]; then
@@ -124,6 +130,15 @@ main() {
 		return 0
 	fi
 	follow "$dir"
+	who_summary "$agent" "$state"
+}
+
+# who_summary writes who logged in, from the journal of the agent with
+# state folder $2, to the job summary and the log.
+who_summary() {
+	[ -f "$2/journal.jsonl" ] || return 0
+	"$1" journal --markdown "$2/journal.jsonl" >>"$GITHUB_STEP_SUMMARY" || echo "::warning title=Converge::the journal of who logged in is damaged; see above"
+	"$1" journal "$2/journal.jsonl" || true
 }
 
 # agent_args sets args (the agent's flags) and detached from the inputs.
@@ -137,6 +152,14 @@ agent_args() {
 		args+=(--authorized-keys-url "${GITHUB_SERVER_URL:-https://github.com}/$actor.keys")
 		keys=yes
 	fi
+	local u
+	for u in $(printf '%s' "${INPUT_LIMIT_ACCESS_TO_USERS:-}" | tr ',' ' '); do
+		case $u in
+		*[!A-Za-z0-9-]* | -*) die "limit-access-to-users: $u is not a GitHub user name" ;;
+		esac
+		args+=(--authorized-keys-url "${GITHUB_SERVER_URL:-https://github.com}/$u.keys")
+		keys=yes
+	done
 	if [ -n "${INPUT_AUTHORIZED_KEYS:-}" ]; then
 		# Through the environment, as a CI secret should, not on the command line.
 		CONVERGE_AUTHORIZED_KEYS_DATA=$(printf '%s\n%s' "${CONVERGE_AUTHORIZED_KEYS_DATA:-}" "$INPUT_AUTHORIZED_KEYS")
@@ -220,6 +243,9 @@ trusted_actor() {
 who_may() {
 	local w=
 	if is_true "${INPUT_LIMIT_ACCESS_TO_ACTOR:-true}"; then w="the keys of @${GITHUB_TRIGGERING_ACTOR:-${GITHUB_ACTOR:-}}"; fi
+	local users
+	users=$(printf '%s' "${INPUT_LIMIT_ACCESS_TO_USERS:-}" | tr ',' ' ' | xargs)
+	if [ -n "$users" ]; then w="${w:+$w and }the keys of $(printf '@%s ' $users | sed 's/ $//')"; fi
 	if [ -n "${INPUT_AUTHORIZED_KEYS:-}" ]; then w="${w:+$w and }the authorized-keys input"; fi
 	echo "${w:-the keys given through CONVERGE_* variables}"
 }
@@ -268,6 +294,7 @@ post() {
 	fi
 	# A helper for debugging must not fail the job: say so, and go on.
 	"$STATE_agent" wait --dir "${STATE_dir:-.}" || echo "::warning title=Converge::agent wait failed; see above"
+	if [ -n "${STATE_state:-}" ]; then who_summary "$STATE_agent" "$STATE_state"; fi
 }
 
 case ${1:-} in

@@ -3,7 +3,9 @@
 // streams the server sends its way, as a net.Listener, to the embedded SSH
 // server (package agent/sshd: shells, commands, SFTP, forwarding). It is
 // the link (control connection, streams, pool, resumption), not the SSH
-// server. It never listens on a socket. How long it runs (expiry, .hold,
+// server. It never listens on the network: its one listening socket is
+// the converge command's Unix socket in its private 0700 state folder
+// (package agent/ctl), which only sessions it started can use. How long it runs (expiry, .hold,
 // the last logout, `agent wait`) is package agent/lifetime's to decide.
 package agent
 
@@ -24,6 +26,8 @@ import (
 
 	gossh "golang.org/x/crypto/ssh"
 
+	"github.com/converge-ci/converge/agent/ctl"
+	"github.com/converge-ci/converge/agent/journal"
 	"github.com/converge-ci/converge/agent/lifetime"
 	"github.com/converge-ci/converge/agent/sshd"
 	"github.com/converge-ci/converge/internal/leg"
@@ -99,6 +103,19 @@ type Config struct {
 	IDToken string
 	// githubOIDC is set by Validate from the environment.
 	githubOIDC githubOIDC
+	// StateDir is the agent's private folder: the journal
+	// (journal.jsonl), the converge command's socket and bin/. Empty: with
+	// StateFile, statedir.Choose's ($RUNNER_TEMP/converge-ID,
+	// $XDG_STATE_HOME/converge/ID, else Dir/.converge/ID); without, a
+	// temporary folder removed when Run returns.
+	StateDir string
+	// Executable is the agent binary that sessions reach as `converge`.
+	// Empty: os.Executable() (tests running the agent in-process give
+	// the built agent binary).
+	Executable string
+	// TrustedUserCAKeys is a file of SSH certificate authorities whose
+	// user certificates log in (see sshd.Config). Empty: none.
+	TrustedUserCAKeys string
 	// OnRegistered, if set, is called each time the server welcomes the
 	// agent: on the first registration, after Out has the instructions,
 	// and again on every re-registration after the link dropped (a server
@@ -167,6 +184,12 @@ type Agent struct {
 
 	pid1 bool // reap orphans while Run runs: true when PID 1
 
+	stateDir  string           // private: journal, socket, bin/
+	removeDir bool             // stateDir is temporary
+	journal   *journal.Journal // what happened in the job
+	ctl       *ctl.Server      // the converge command's socket
+	bin       *ctl.Bin         // the converge command
+
 	streams sync.WaitGroup   // stream dials in flight
 	raw     *leg.Fallback    // whether the server takes raw streams (see openStream)
 	resumed *resume.Acceptor // resumable client streams
@@ -194,6 +217,9 @@ func New(cfg Config) (*Agent, error) {
 		state = lifetime.NewStateFile(cfg.Dir, cfg.ID, cfg.Server, a.log)
 	}
 	a.life = lifetime.New(cfg.Lifetime, cfg.Dir, a.log, state)
+	a.journal = journal.New(a.log)
+	a.journal.Append(journal.Entry{Kind: journal.KindStart,
+		Note: fmt.Sprintf("id=%s hostkey=%s version=%s", cfg.ID, gossh.FingerprintSHA256(signer.PublicKey()), cfg.Version)})
 	a.ssh, err = sshd.New(sshd.Config{
 		Dir:                 cfg.Dir,
 		AuthorizedKeysFiles: cfg.AuthorizedKeysFiles,
@@ -208,6 +234,9 @@ func New(cfg Config) (*Agent, error) {
 		Logger:              a.log,
 		Watcher:             a.life,
 		OnLogin:             confirmLogin,
+		TrustedUserCAKeys:   cfg.TrustedUserCAKeys,
+		Journal:             a.journal,
+		SessionEnv:          a.sessionEnv,
 	})
 	if err != nil {
 		return nil, err
@@ -226,12 +255,17 @@ func (a *Agent) sshUser() string {
 }
 
 // Run connects to the server and serves SSH until ctx ends, the server
-// refuses the agent, or Config.Lifetime ends it. It reconnects by itself
+// refuses the agent, or Config.Lifetime ends it. It first makes the
+// agent's state folder (see Config.StateDir), and fails when it cannot
+// be made safely. It reconnects by itself
 // when the link drops. Open sessions are told why they end, then closed.
 // It returns nil when the agent ended normally (ctx, last logout, expiry)
 // and an error wrapping lifetime.ErrNoLogin when nobody logged in in time;
 // see lifetime.ExitStatus.
 func (a *Agent) Run(ctx context.Context) error {
+	if err := a.openState(); err != nil {
+		return err
+	}
 	stopReaper := a.reapWhilePID1(ctx)
 	defer stopReaper()
 	ctx, life := a.life.Start(ctx)
@@ -249,7 +283,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.resumed.Shutdown(2 * time.Second)
 	a.streams.Wait()
 	a.ssh.Wait()
-	return life.Exit(err)
+	err = life.Exit(err)
+	reason := "ended"
+	if err != nil {
+		reason = err.Error()
+	}
+	a.closeState(reason)
+	return err
 }
 
 // reapWhilePID1 reaps orphans (see sshd.Server.ReapOrphans) when the

@@ -150,6 +150,9 @@ func handshake(ctx context.Context, st *stream, cfg Config) (*ssh.Client, error)
 	stop := context.AfterFunc(ctx, st.abort)
 	defer stop()
 	cc := &ssh.ClientConfig{
+		// The agent's journal tells the browser terminal's logins from
+		// other clients' by this (agent/sshd's webtermVersion).
+		ClientVersion:   "SSH-2.0-Converge_webterm",
 		User:            cfg.Login.User,
 		AuthCallback:    cfg.Login.callback(),
 		HostKeyCallback: checkHostKey(cfg.Pin),

@@ -13,10 +13,13 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gliderlabs/ssh"
 	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/converge-ci/converge/agent/journal"
 )
 
 const (
@@ -37,8 +40,11 @@ type authorizer struct {
 	log      *slog.Logger
 	user     func() string // the server's --ssh-user, learned at registration
 	files    []string      // re-read when their content changes
-	static   []gossh.PublicKey
+	caFile   string        // --trusted-user-ca-keys, re-read too
+	static   []authKey
 	password string
+	journal  *journal.Journal
+	refusals atomic.Int64 // refusals so far, see maxJournalRefusals
 
 	mu    sync.Mutex
 	cache map[string]fileKeys
@@ -47,7 +53,18 @@ type authorizer struct {
 // fileKeys is what a file held when it was last parsed.
 type fileKeys struct {
 	data []byte
-	keys []gossh.PublicKey
+	keys []authKey
+}
+
+// authKey is one authorized_keys line: a key that may log in, or with
+// cert-authority a CA whose certificates may, for the listed principals
+// (none listed: the SSH user name).
+type authKey struct {
+	gossh.PublicKey
+	comment    string // the line's comment, e.g. alice@laptop
+	source     string // the file or URL it came from
+	ca         bool
+	principals []string
 }
 
 // newAuthorizer gathers the keys of cfg: AuthorizedKeysFiles (read at
@@ -63,12 +80,20 @@ func newAuthorizer(cfg Config, log *slog.Logger, user func() string) (*authorize
 		user:     user,
 		files:    cfg.AuthorizedKeysFiles,
 		password: cfg.Password,
+		journal:  cfg.Journal,
 		cache:    make(map[string]fileKeys),
 	}
 	dirFile := filepath.Join(cfg.Dir, ".authorized_keys")
-	explicit := len(cfg.AuthorizedKeysFiles) > 0 || cfg.AuthorizedKeys != "" || len(cfg.AuthorizedKeysURLs) > 0
+	explicit := len(cfg.AuthorizedKeysFiles) > 0 || cfg.AuthorizedKeys != "" || len(cfg.AuthorizedKeysURLs) > 0 || cfg.TrustedUserCAKeys != ""
 	if !explicit {
 		a.files = []string{dirFile}
+	}
+	if cfg.TrustedUserCAKeys != "" {
+		if _, err := os.Stat(cfg.TrustedUserCAKeys); err != nil {
+			return nil, fmt.Errorf("trusted user CA keys: %w (check the --trusted-user-ca-keys path)", err)
+		}
+		a.caFile = cfg.TrustedUserCAKeys
+		log.Info("trusted user CA keys", "from", a.caFile, "keys", len(a.caKeys()), "reread", "at each login")
 	}
 	for _, f := range cfg.AuthorizedKeysFiles {
 		if _, err := os.Stat(f); err != nil {
@@ -99,7 +124,7 @@ func newAuthorizer(cfg Config, log *slog.Logger, user func() string) (*authorize
 // each source.
 func (a *authorizer) addStatic(cfg Config) error {
 	if cfg.AuthorizedKeys != "" {
-		keys, err := parseAuthorizedKeys("authorized keys data (--authorized-keys-data)", []byte(cfg.AuthorizedKeys))
+		keys, err := parseAuthorizedKeys("--authorized-keys-data", []byte(cfg.AuthorizedKeys))
 		if err != nil {
 			return err
 		}
@@ -148,11 +173,11 @@ func noLoginError(explicit bool, dirFile string) error {
 
 // parseAuthorizedKeys parses authorized_keys content. Bad lines are
 // reported with their line number and skipped; blank lines and comments
-// are skipped. Lines with options (command=, from=, restrict, ...) are
-// refused rather than granted more than they say: the agent does not
-// enforce options.
-func parseAuthorizedKeys(name string, data []byte) ([]gossh.PublicKey, error) {
-	var keys []gossh.PublicKey
+// are skipped. The options the agent enforces are cert-authority and,
+// with it, principals="..."; a line with any other option (command=,
+// from=, restrict, ...) is refused rather than granted more than it says.
+func parseAuthorizedKeys(name string, data []byte) ([]authKey, error) {
+	var keys []authKey
 	var errs []error
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
@@ -161,16 +186,17 @@ func parseAuthorizedKeys(name string, data []byte) ([]gossh.PublicKey, error) {
 		if len(line) == 0 || line[0] == '#' {
 			continue
 		}
-		k, _, opts, _, err := gossh.ParseAuthorizedKey(line)
+		k, comment, opts, _, err := gossh.ParseAuthorizedKey(line)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s:%d: %v", name, n, err))
 			continue
 		}
-		if len(opts) > 0 {
-			errs = append(errs, fmt.Errorf("%s:%d: key options (%s) are not supported; remove them to authorize the key", name, n, strings.Join(opts, ",")))
+		ak := authKey{PublicKey: k, comment: comment, source: name}
+		if err := ak.setOptions(opts); err != nil {
+			errs = append(errs, fmt.Errorf("%s:%d: %w", name, n, err))
 			continue
 		}
-		keys = append(keys, k)
+		keys = append(keys, ak)
 	}
 	if err := sc.Err(); err != nil {
 		errs = append(errs, fmt.Errorf("%s: %v", name, err))
@@ -178,20 +204,63 @@ func parseAuthorizedKeys(name string, data []byte) ([]gossh.PublicKey, error) {
 	return keys, errors.Join(errs...)
 }
 
+// setOptions applies a line's options: cert-authority, and principals=
+// with it. Any other option is an error naming it.
+func (k *authKey) setOptions(opts []string) error {
+	var unknown []string
+	for _, o := range opts {
+		name, val, hasVal := strings.Cut(o, "=")
+		switch {
+		case strings.EqualFold(name, "cert-authority") && !hasVal:
+			k.ca = true
+		case strings.EqualFold(name, "principals") && hasVal:
+			for _, p := range strings.Split(strings.Trim(val, `"`), ",") {
+				if p = strings.TrimSpace(p); p != "" {
+					k.principals = append(k.principals, p)
+				}
+			}
+		default:
+			unknown = append(unknown, o)
+		}
+	}
+	if len(unknown) > 0 {
+		return fmt.Errorf("key options (%s) are not supported; remove them to authorize the key", strings.Join(unknown, ","))
+	}
+	if len(k.principals) > 0 && !k.ca {
+		return errors.New(`principals="..." is supported only with cert-authority`)
+	}
+	return nil
+}
+
 // keys returns every authorized key, reading the files afresh: a key
 // added to .authorized_keys works at the next login, a removed one stops
 // working.
-func (a *authorizer) keys() []gossh.PublicKey {
-	out := append([]gossh.PublicKey(nil), a.static...)
+func (a *authorizer) keys() []authKey {
+	out := append([]authKey(nil), a.static...)
 	for _, f := range a.files {
 		out = append(out, a.fileKeys(f)...)
+	}
+	return append(out, a.caKeys()...)
+}
+
+// caKeys returns the keys of the --trusted-user-ca-keys file, each a
+// certificate authority for the SSH user name, as OpenSSH's
+// TrustedUserCAKeys.
+func (a *authorizer) caKeys() []authKey {
+	if a.caFile == "" {
+		return nil
+	}
+	var out []authKey
+	for _, k := range a.fileKeys(a.caFile) {
+		k.ca = true
+		out = append(out, k)
 	}
 	return out
 }
 
 // fileKeys returns the keys in file f now, parsing it again only when its
 // content changed. A missing file holds no keys.
-func (a *authorizer) fileKeys(f string) []gossh.PublicKey {
+func (a *authorizer) fileKeys(f string) []authKey {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	data, err := os.ReadFile(f)
@@ -222,28 +291,15 @@ func (a *authorizer) configured() bool {
 	return a.password != "" || len(a.keys()) > 0
 }
 
-// publicKey runs for every key a client offers, not only the one that
-// finally logs in; it must not remember keys.
-func (a *authorizer) publicKey(ctx ssh.Context, key ssh.PublicKey) bool {
-	if !a.userOK(ctx) {
-		return false
-	}
-	for _, k := range a.keys() {
-		if subtle.ConstantTimeCompare(k.Marshal(), key.Marshal()) == 1 {
-			return true
-		}
-	}
-	a.log.Warn("login refused: key not authorized", "user", ctx.User(), "key", gossh.FingerprintSHA256(key), "type", key.Type())
-	return false
-}
-
 // passwordOK checks a password. A refusal comes after
 // failedPasswordDelay, which holds up this connection's next try only: with
-// maxAuthTries per connection, guessing costs a second per password.
+// maxAuthTries per connection, guessing costs a second per password. A
+// success is the login (a password needs no further proof).
 func (a *authorizer) passwordOK(ctx ssh.Context, pw string) bool {
-	ok := a.userOK(ctx)
+	ok := a.userOK(ctx, nil)
 	if ok && (a.password == "" || subtle.ConstantTimeCompare([]byte(pw), []byte(a.password)) != 1) {
-		a.log.Warn("login refused: wrong password", "user", ctx.User())
+		a.refused(journal.Entry{Conn: ctxConn(ctx),
+			Login: &journal.Login{User: ctx.User(), Method: "password"}, Note: "wrong password"})
 		ok = false
 	}
 	if !ok {
@@ -253,14 +309,27 @@ func (a *authorizer) passwordOK(ctx ssh.Context, pw string) bool {
 		case <-t.C:
 		case <-ctx.Done():
 		}
+		return false
 	}
-	return ok
+	login := &journal.Login{User: ctx.User(), Method: "password"}
+	login.Way, login.Client = wayIn(ctx.ClientVersion())
+	ctx.SetValue(ssh.ContextKeyPermissions, &ssh.Permissions{Permissions: &gossh.Permissions{ExtraData: map[any]any{identityKey{}: login}}})
+	a.loggedIn(ctx, ctxConn(ctx), login)
+	return true
 }
 
-func (a *authorizer) userOK(ctx ssh.Context) bool {
+// userOK checks the user name; key is the key offered, nil for a
+// password.
+func (a *authorizer) userOK(ctx ssh.Context, key ssh.PublicKey) bool {
 	want := a.user()
 	if want == "" || subtle.ConstantTimeCompare([]byte(ctx.User()), []byte(want)) != 1 {
-		a.log.Warn("login refused: wrong user name", "user", ctx.User(), "want", want)
+		why := fmt.Sprintf("wrong user name (want %q)", want)
+		if key != nil {
+			a.refuse(ctx, key, why)
+		} else {
+			a.refused(journal.Entry{Conn: ctxConn(ctx),
+				Login: &journal.Login{User: ctx.User(), Method: "password"}, Note: why})
+		}
 		return false
 	}
 	return true

@@ -36,7 +36,7 @@ func newKey(t *testing.T, comment string) (gossh.Signer, string) {
 	return s, line
 }
 
-func fingerprints(keys []gossh.PublicKey) []string {
+func fingerprints(keys []authKey) []string {
 	var out []string
 	for _, k := range keys {
 		out = append(out, gossh.FingerprintSHA256(k))
@@ -60,6 +60,9 @@ func TestParseAuthorizedKeys(t *testing.T) {
 		{"bad line skipped with its number", lineA + "\nnot a key\n" + lineB, []string{fa, fb}, "test:2:"},
 		{"options refused", `command="echo hi" ` + lineA + "\n" + lineB, []string{fb}, "key options (command=\"echo hi\") are not supported"},
 		{"restrict refused", "restrict " + lineA, nil, "not supported"},
+		{"cert-authority with principals", `cert-authority,principals="ci,ops" ` + lineA, []string{fa}, ""},
+		{"an unknown option beside cert-authority refuses the line", `cert-authority,from="10.0.0.1" ` + lineA + "\n" + lineB, []string{fb}, `key options (from="10.0.0.1") are not supported`},
+		{"principals without cert-authority refused", `principals="ci" ` + lineA, nil, "only with cert-authority"},
 	} {
 		keys, err := parseAuthorizedKeys("test", []byte(tc.in))
 		got := fingerprints(keys)

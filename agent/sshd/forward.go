@@ -35,7 +35,9 @@ const forwardDialTimeout = 10 * time.Second
 type forwarder struct {
 	log   *slog.Logger
 	watch Watcher
-	wg    sync.WaitGroup
+	// record records a forward in the journal (Server.recordForward).
+	record func(ctx ssh.Context, kind, target string) (end func(in, out int64))
+	wg     sync.WaitGroup
 }
 
 // directTCPIP serves one ssh -L connection.
@@ -77,7 +79,9 @@ func (f *forwarder) dialAndJoin(ctx ssh.Context, nc gossh.NewChannel, network, a
 	defer f.wg.Done()
 	go gossh.DiscardRequests(reqs) // ends when the channel closes
 	log.Debug("forward opened")
+	end := f.record(ctx, "forward-local", addr)
 	up, down := joinChannel(ctx, ch, c.(halfCloser))
+	end(up, down)
 	log.Debug("forward closed", "sent", up, "received", down)
 }
 
@@ -166,10 +170,12 @@ func (f *forwarder) tcpipForward(ctx ssh.Context, _ *ssh.Server, req *gossh.Requ
 	rf.lns[key] = ln
 	rf.mu.Unlock()
 	log.Info("remote forward listening", "addr", ln.Addr().String())
+	end := f.record(ctx, "forward-remote", ln.Addr().String())
 
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
+		defer end(0, 0)
 		f.acceptForwarded(ctx, conn, ln, r.BindAddr, uint32(port))
 	}()
 	if r.BindPort == 0 {

@@ -10,8 +10,6 @@ import (
 	"net/url"
 	"strings"
 	"time"
-
-	gossh "golang.org/x/crypto/ssh"
 )
 
 const (
@@ -33,7 +31,7 @@ var errInsecureKeysURL = errors.New("authorized keys must come over https")
 // more than maxKeysSize, a bad line) is an error that names the URL: the
 // user asked for these keys, and starting without them would lock them
 // out. client nil means http.DefaultClient; it is not modified.
-func fetchAuthorizedKeys(ctx context.Context, client *http.Client, rawURL string) ([]gossh.PublicKey, error) {
+func fetchAuthorizedKeys(ctx context.Context, client *http.Client, rawURL string) ([]authKey, error) {
 	if err := checkKeysURL(rawURL); err != nil {
 		return nil, err
 	}

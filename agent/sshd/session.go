@@ -3,32 +3,108 @@ package sshd
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/gliderlabs/ssh"
+
+	"github.com/converge-ci/converge/agent/journal"
 )
 
 // handleSession runs a shell or a command for one SSH session: with a PTY
 // when the client asked for one, with separate stdout and stderr when not.
 // The exit status goes back to the client; when the session ends, what it
-// started ends with it (see run).
+// started ends with it (see run). The journal records its start and end.
 func (d *Server) handleSession(s ssh.Session) {
 	log := d.log.With("user", s.User(), "session", shortSession(s))
 	defer d.watch.Attach(s)()
+	js := &journal.Session{ID: d.nextSessionID(), Kind: "shell", Command: s.RawCommand(), PTY: hasPty(s)}
+	if js.Command != "" {
+		js.Kind = "exec"
+	}
 	cmd := d.command(s)
-	log.Info("session started", "command", s.RawCommand(), "pty", hasPty(s))
-	code, err := d.run(s, cmd)
+	if d.cfg.SessionEnv != nil {
+		env, release := d.cfg.SessionEnv(shortSession(s), js.ID, cmd.Env)
+		defer release()
+		cmd.Env = env
+	}
+	end := d.journalSession(s.Context(), js)
+	cs := &countedSession{Session: s}
+	code, err := d.run(cs, cmd)
 	if err != nil {
 		log.Warn("session failed", "error", err)
 		s.Stderr().Write([]byte("converge: " + err.Error() + "\r\n"))
 	}
-	log.Info("session ended", "exit", code)
+	end(code, cs.in.Load(), cs.out.Load())
 	s.Exit(code)
+}
+
+// nextSessionID names a session or forward in the journal: "s1", "s2",
+// ..., unique in this server.
+func (d *Server) nextSessionID() string {
+	return "s" + strconv.FormatUint(d.sessionSeq.Add(1), 10)
+}
+
+// journalSession records the start of js, a session of the connection of
+// ctx, with who logged in on it (so its log line says who, too), and
+// returns what records its end.
+func (d *Server) journalSession(ctx ssh.Context, js *journal.Session) (end func(exit int, in, out int64)) {
+	conn := ctxConn(ctx)
+	d.cfg.Journal.Append(journal.Entry{Kind: journal.KindSessionStart, Conn: conn, Login: loginOf(ctx), Session: js})
+	return func(exit int, in, out int64) {
+		ended := *js
+		ended.Exit, ended.BytesIn, ended.BytesOut = &exit, in, out
+		d.cfg.Journal.Append(journal.Entry{Kind: journal.KindSessionEnd, Conn: conn, Session: &ended})
+	}
+}
+
+// recordForward records a port forward of kind ("forward-local",
+// "forward-remote") to or from target in the journal, and returns what
+// records its end with the bytes it carried (from and to the user).
+func (d *Server) recordForward(ctx ssh.Context, kind, target string) (end func(in, out int64)) {
+	done := d.journalSession(ctx, &journal.Session{ID: d.nextSessionID(), Kind: kind, Target: target})
+	return func(in, out int64) { done(0, in, out) }
+}
+
+// countedSession counts the bytes a session's process exchanges with
+// the user, for the journal.
+type countedSession struct {
+	ssh.Session
+	in, out atomic.Int64
+}
+
+func (c *countedSession) Read(p []byte) (int, error) {
+	n, err := c.Session.Read(p)
+	c.in.Add(int64(n))
+	return n, err
+}
+
+func (c *countedSession) Write(p []byte) (int, error) {
+	n, err := c.Session.Write(p)
+	c.out.Add(int64(n))
+	return n, err
+}
+
+func (c *countedSession) Stderr() io.ReadWriter {
+	return countedStderr{c.Session.Stderr(), &c.out}
+}
+
+type countedStderr struct {
+	io.ReadWriter
+	out *atomic.Int64
+}
+
+func (c countedStderr) Write(p []byte) (int, error) {
+	n, err := c.ReadWriter.Write(p)
+	c.out.Add(int64(n))
+	return n, err
 }
 
 func hasPty(s ssh.Session) bool {

@@ -6,12 +6,17 @@ import (
 
 	"github.com/gliderlabs/ssh"
 	"github.com/pkg/sftp"
+
+	"github.com/converge-ci/converge/agent/journal"
 )
 
 // handleSFTP serves the sftp subsystem, rooted at the agent's directory for
 // relative paths.
 func (d *Server) handleSFTP(s ssh.Session) {
-	srv, err := sftp.NewServer(s, sftp.WithServerWorkingDirectory(d.cfg.Dir))
+	cs := &countedSession{Session: s}
+	end := d.journalSession(s.Context(), &journal.Session{ID: d.nextSessionID(), Kind: "sftp"})
+	defer func() { end(0, cs.in.Load(), cs.out.Load()) }()
+	srv, err := sftp.NewServer(cs, sftp.WithServerWorkingDirectory(d.cfg.Dir))
 	if err != nil {
 		d.log.Error("sftp server", "error", err)
 		s.Exit(1)

@@ -19,10 +19,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/gliderlabs/ssh"
 	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/converge-ci/converge/agent/journal"
 )
 
 // handshakeTimeout bounds an SSH handshake: neither x/crypto/ssh nor
@@ -47,6 +50,12 @@ type Config struct {
 	// AuthorizedKeysURLs are fetched once by New, such as a forge's
 	// https://github.com/USER.keys; a failed fetch fails New. Nil: none.
 	AuthorizedKeysURLs []string
+	// TrustedUserCAKeys is a file of certificate authorities' public keys
+	// (OpenSSH's TrustedUserCAKeys), re-read at each login: a user
+	// certificate one of them signed logs in when it names the SSH user
+	// name as a principal. Empty: none (cert-authority lines in the key
+	// sources still work).
+	TrustedUserCAKeys string
 	// HTTPClient fetches AuthorizedKeysURLs. Nil: http.DefaultClient.
 	HTTPClient *http.Client
 	// Password, when set, also allows password logins. Empty: keys only.
@@ -75,6 +84,14 @@ type Config struct {
 	// on the connection's handshake and must not block. Nil: nothing is
 	// called.
 	OnLogin func(net.Conn)
+	// Journal records logins, refusals and sessions, and writes their
+	// lines in the log. Nil: a journal in memory, logging to Logger.
+	Journal *journal.Journal
+	// SessionEnv, if set, is called as each shell or command session
+	// starts, with the session's environment; it returns the environment
+	// to use (the converge command's) and a release called when the
+	// session ends. Nil: the environment as it is.
+	SessionEnv func(conn, session string, env []string) ([]string, func())
 }
 
 // Watcher follows what users do on a Server: *lifetime.Lifetime is one.
@@ -108,6 +125,8 @@ type Server struct {
 	srv      *ssh.Server
 	children *children  // the processes the server waits for itself
 	fwd      *forwarder // port forwards (ssh -L, -R)
+
+	sessionSeq atomic.Uint64 // names sessions in the journal
 }
 
 // New prepares a server: host key, authorized keys, shell. It refuses to
@@ -131,7 +150,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	d.fwd = &forwarder{log: d.log, watch: d.watch}
+	d.fwd = &forwarder{log: d.log, watch: d.watch, record: d.recordForward}
 	d.srv = d.newSSHServer()
 	return d, nil
 }
@@ -158,6 +177,9 @@ func (c *Config) fill() error {
 	}
 	if c.Watcher == nil {
 		c.Watcher = nobody{}
+	}
+	if c.Journal == nil {
+		c.Journal = journal.New(c.Logger)
 	}
 	return nil
 }
@@ -211,8 +233,8 @@ func (d *Server) newSSHServer() *ssh.Server {
 			"cancel-tcpip-forward": d.fwd.tcpipForward,
 		},
 		// Explicit rather than x/crypto's default, which it matches.
-		ServerConfigCallback: func(ssh.Context) *gossh.ServerConfig {
-			return &gossh.ServerConfig{MaxAuthTries: maxAuthTries}
+		ServerConfigCallback: func(ctx ssh.Context) *gossh.ServerConfig {
+			return &gossh.ServerConfig{MaxAuthTries: maxAuthTries, VerifiedPublicKeyCallback: d.auth.verified(ctx)}
 		},
 		ConnCallback: d.boundHandshake,
 	}

@@ -15,11 +15,25 @@ import (
 	"time"
 
 	"github.com/converge-ci/converge/agent"
+	"github.com/converge-ci/converge/agent/ctl"
+	"github.com/converge-ci/converge/agent/journal"
 	"github.com/converge-ci/converge/agent/lifetime"
 	"github.com/converge-ci/converge/internal/cli"
 )
 
 func main() {
+	// Sessions reach this binary as `converge` (a link in the agent's
+	// state folder); `agent ctl ...` is the same.
+	if ctl.IsInvokedAs(os.Args[0]) {
+		os.Exit(ctl.Main(os.Args[1:], os.Stdout, os.Stderr))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "ctl" {
+		os.Exit(ctl.Main(os.Args[2:], os.Stdout, os.Stderr))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "journal" {
+		journalMain(os.Args[2:])
+		return
+	}
 	if len(os.Args) > 1 && os.Args[1] == "wait" {
 		waitMain(os.Args[2:])
 		return
@@ -67,10 +81,11 @@ type options struct {
 // newCommand defines the agent command, its help and its flags, which
 // fill the returned options.
 func newCommand() (*cli.Command, *options) {
-	cmd := cli.New("agent", "agent [flags] ws[s]://host[:port]\n       agent wait [--dir DIR]", `
+	cmd := cli.New("agent", "agent [flags] ws[s]://host[:port]\n       agent wait [--dir DIR]\n       agent journal [--markdown] FILE", `
 The Converge agent runs inside a CI job. It connects out to the Converge
-server (it never listens), registers a rendezvous ID, and serves an SSH
-server - shells, commands, sftp and scp - to users who connect to that ID.
+server (it never listens on the network), registers a rendezvous ID, and
+serves an SSH server - shells, commands, sftp and scp - to users who
+connect to that ID.
 
 Users log in with the server's user name and a key from --authorized-keys,
 --authorized-keys-data (or CONVERGE_AUTHORIZED_KEYS) or --authorized-keys-url;
@@ -85,7 +100,13 @@ before --connect-timeout (status 0, or --no-login-status), when the last user lo
 or when users stop typing for --expiry. "touch .hold" in its directory holds
 it for another --expiry. With --detach it runs in the background while the
 job goes on; "agent wait" at the end of the job waits only if someone is
-connected or .hold holds it.`)
+connected or .hold holds it.
+
+Every login (key fingerprint and comment, or certificate) and session is
+logged and kept in journal.jsonl in the agent's state folder (--state-dir);
+"agent journal FILE" prints who logged in. Inside a session, the command
+"converge" talks to the agent: "converge who" lists who is in the job,
+"converge --help" what else it does.`)
 	cmd.Footer = `Exit status: 0 when the session ended (last logout, expiry, --max-session,
 SIGINT/SIGTERM, or unused at "agent wait"); 1 on failure; 2 on bad usage;
 3 when nobody logged in before --connect-timeout; 4 when the server's
@@ -110,6 +131,8 @@ In the background:
 	f.Var(&o.keyFiles, "authorized-keys", "authorized_keys `FILE` to read at each login; repeatable; any key source turns off .authorized_keys in --dir unless named here (--authorized-keys .authorized_keys)")
 	f.StringVar(&cfg.AuthorizedKeys, "authorized-keys-data", "", "authorized_keys lines given directly, for CI secrets: set it through the environment (CONVERGE_AUTHORIZED_KEYS holding key lines works too)")
 	f.Var(&o.keyURLs, "authorized-keys-url", "fetch authorized_keys lines from `URL` at start, e.g. https://github.com/USER.keys; https only (plain http only to loopback hosts), no redirect to http; repeatable; a failed fetch stops the agent")
+	f.StringVar(&cfg.TrustedUserCAKeys, "trusted-user-ca-keys", "", "`FILE` of SSH certificate authorities' public keys: user certificates they signed for the SSH user name log in (as OpenSSH's TrustedUserCAKeys); re-read at each login")
+	f.StringVar(&cfg.StateDir, "state-dir", "", "the agent's private `folder` (journal.jsonl of who logged in, the converge command); default $RUNNER_TEMP/converge-ID, else $XDG_STATE_HOME/converge/ID, else .converge/ID in --dir")
 	f.StringVar(&cfg.HostKeyFile, "host-key", "", "SSH host key `FILE` (OpenSSH private key), or the key's PEM text itself (for CONVERGE_HOST_KEY from a CI secret); a fresh ed25519 key per run when empty")
 	f.StringVar(&cfg.Shell, "shell", "", "`PROGRAM` for sessions and commands (default: $SHELL, else bash, else sh; on Windows powershell, or cmd)")
 	f.DurationVar(&cfg.Lifetime.ConnectTimeout, "connect-timeout", 10*time.Minute, "exit if nobody logs in within this `duration`, so the job goes on (0: wait forever); see --no-login-status")
@@ -233,13 +256,47 @@ included), 1 when there is no agent state in DIR or the agent failed.`
 	}
 }
 
+// journalMain is "agent journal": who logged in, from a journal file,
+// for a CI job's summary or log.
+func journalMain(args []string) {
+	cmd := cli.New("agent journal", "agent journal [--markdown] FILE", `
+Print who logged in to an agent, from its journal (journal.jsonl in its
+state folder, see --state-dir): each login's key fingerprint and comment
+(or certificate), the way in, when and for how long. It checks the
+journal's hash chain and says where it breaks.`)
+	var md bool
+	cmd.Flags.BoolVar(&md, "markdown", false, "print a Markdown table, for a job summary")
+	if err := cmd.Parse(args); err != nil {
+		if errors.Is(err, cli.ErrExit) {
+			return
+		}
+		os.Exit(lifetime.ExitUsage)
+	}
+	if cmd.Flags.NArg() != 1 {
+		cli.Fatal("agent journal", errors.New("give one journal file; see agent journal --help"), lifetime.ExitUsage)
+	}
+	f, err := os.Open(cmd.Flags.Arg(0))
+	if err != nil {
+		cli.Fatal("agent journal", err, lifetime.ExitFailed)
+	}
+	defer f.Close()
+	entries, err := journal.Read(f)
+	journal.WriteSummary(os.Stdout, entries, md)
+	if err != nil {
+		cli.Fatal("agent journal", fmt.Errorf("%w: the lines from there on are not shown", err), lifetime.ExitFailed)
+	}
+}
+
 // holdsKeyLines reports whether v looks like authorized_keys lines
-// ("ssh-ed25519 AAAA... comment") rather than file names.
+// ("ssh-ed25519 AAAA... comment", with options first perhaps, as
+// cert-authority lines have) rather than file names.
 func holdsKeyLines(v string) bool {
 	for _, line := range strings.Split(v, "\n") {
 		f := strings.Fields(line)
-		if len(f) >= 2 && (strings.HasPrefix(f[0], "ssh-") || strings.HasPrefix(f[0], "ecdsa-") || strings.HasPrefix(f[0], "sk-")) {
-			return true
+		for i := 0; i+1 < len(f); i++ {
+			if strings.HasPrefix(f[i], "ssh-") || strings.HasPrefix(f[i], "ecdsa-") || strings.HasPrefix(f[i], "sk-") {
+				return true
+			}
 		}
 	}
 	return false

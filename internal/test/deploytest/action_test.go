@@ -427,3 +427,42 @@ func TestActionTriggeringActor(t *testing.T) {
 		t.Errorf("with allow-untrusted-events the agent should start for @rerunner:\n%s", j.summary())
 	}
 }
+
+// TestActionWhoSummary: limit-access-to-users lets in the keys of the
+// users named (from GITHUB_SERVER_URL/USER.keys), and once the session
+// is over the post step writes who logged in (key fingerprint, where the
+// key came from, when, for how long) into the job summary, from the
+// agent's journal.
+func TestActionWhoSummary(t *testing.T) {
+	u := newUser(t)
+	f := strings.Fields(u.PublicKey)
+	r := startServer(t, agentDist(t))
+	bob := strings.Fields(newUser(t).PublicKey)
+	j := newJob(t, keysServer(t, map[string]string{"alice": f[0] + " " + f[1], "bob": bob[0] + " " + bob[1]}))
+	inputs := map[string]string{"server": r.HTTP, "detached": "true", "id": "who-job",
+		"limit-access-to-actor": "false", "limit-access-to-users": "alice, bob"}
+	j.run("main", inputs)
+	trust, ssh := fromSummary(t, j.summary())
+	if !strings.Contains(j.summary(), "@alice @bob") {
+		t.Errorf("the summary does not say alice and bob may log in:\n%s", j.summary())
+	}
+	u.shell(trust)
+	if got := u.run(ssh, "echo hello"); !strings.Contains(got, "hello") {
+		t.Fatalf("alice's login: %q", got)
+	}
+	out := j.run("post", inputs)
+	fp, err := exec.Command("ssh-keygen", "-l", "-f", u.KeyFile+".pub").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice := strings.Fields(string(fp))[1]
+	sum := j.summary()
+	for _, want := range []string{"### Converge: who logged in", "| alice via 127.0.0.1:", alice, "/alice.keys", "| ssh |"} {
+		if !strings.Contains(sum, want) {
+			t.Errorf("the summary lacks %q:\n%s", want, sum)
+		}
+	}
+	if !strings.Contains(out, alice) {
+		t.Errorf("the post step's log lacks alice's key %s:\n%s", alice, out)
+	}
+}

@@ -150,6 +150,14 @@ func TestGitLabTemplate(t *testing.T) {
 	if err := after.wait(t); err != nil || !strings.Contains(after.out.String(), "the last user logged out") {
 		t.Errorf("after_script after the logout: %v\n%s", err, after.out)
 	}
+	// Who logged in, in the job log: alice's key, from her .keys URL.
+	fp, err := exec.Command("ssh-keygen", "-l", "-f", u.KeyFile+".pub").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := after.out.String(); !strings.Contains(a, "who logged in") || !strings.Contains(a, strings.Fields(string(fp))[1]) {
+		t.Errorf("after_script does not say who logged in (%s):\n%s", strings.Fields(string(fp))[1], a)
+	}
 	if out, err := exec.Command("git", "-C", j.projectDir, "init", "-q").CombinedOutput(); err != nil {
 		t.Fatalf("git init: %v\n%s", err, out)
 	}

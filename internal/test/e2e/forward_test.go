@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/converge-ci/converge/agent/journal"
 	"github.com/converge-ci/converge/internal/test/sshtest"
 )
 
@@ -85,7 +86,7 @@ func TestLocalForward(t *testing.T) {
 	t.Parallel()
 	r := startServer(t)
 	c := sshtest.New(t)
-	startAgent(t, r, "lfwd-job", c)
+	a := startAgent(t, r, "lfwd-job", c)
 	tgt := r.target("lfwd-job")
 	svc := upperService(t) // "inside the job": the agent dials it
 
@@ -94,6 +95,15 @@ func TestLocalForward(t *testing.T) {
 	if res.Code != 0 || res.Stdout != "THROUGH -W" {
 		t.Errorf("ssh -W: exit %d, stdout %q, stderr %q", res.Code, res.Stdout, res.Stderr)
 	}
+	// The journal records the forward with its target and bytes.
+	waitFor(t, "the forward's end in the journal", func() bool {
+		for _, e := range a.Journal().Entries() {
+			if e.Kind == journal.KindSessionEnd && e.Session.Kind == "forward-local" && e.Session.Target == svc.Addr().String() {
+				return e.Session.BytesIn == int64(len("through -W")) && e.Session.BytesOut == int64(len("THROUGH -W"))
+			}
+		}
+		return false
+	})
 
 	// ssh -L, with a Unix socket as the local end so no port is guessed.
 	sock := filepath.Join(t.TempDir(), "l.sock")

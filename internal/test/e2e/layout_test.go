@@ -45,6 +45,11 @@ func TestImportsFlowOneWay(t *testing.T) {
 		"../../../agent/lifetime": {"github.com/converge-ci/converge/agent", "github.com/converge-ci/converge/server", "github.com/converge-ci/converge/wsproxy"},
 		"../../../agent/sshd":     {"github.com/converge-ci/converge/agent", "github.com/converge-ci/converge/agent/lifetime", "github.com/converge-ci/converge/server", "github.com/converge-ci/converge/wsproxy"},
 		"../../../wsproxy":        {"github.com/converge-ci/converge/server", "github.com/converge-ci/converge/agent"},
+		// The journal, the state folder and the converge command are
+		// leaves the agent and its SSH server build on.
+		"../../../agent/journal":  {"github.com/converge-ci/converge/agent", "github.com/converge-ci/converge/agent/sshd", "github.com/converge-ci/converge/agent/ctl", "golang.org/x/crypto/ssh"},
+		"../../../agent/ctl":      {"github.com/converge-ci/converge/agent", "github.com/converge-ci/converge/agent/sshd", "github.com/converge-ci/converge/server"},
+		"../../../agent/statedir": {"github.com/converge-ci/converge/agent", "github.com/converge-ci/converge/agent/sshd"},
 		"../../../server":         {"github.com/converge-ci/converge/agent", "github.com/converge-ci/converge/wsproxy"},
 		"../../../webterm":        {"github.com/converge-ci/converge/server", "github.com/converge-ci/converge/agent", "github.com/converge-ci/converge/wsproxy"},
 	} {

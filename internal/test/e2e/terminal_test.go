@@ -27,6 +27,8 @@ import (
 	"github.com/chromedp/chromedp"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/converge-ci/converge/agent"
+	"github.com/converge-ci/converge/agent/journal"
 	"github.com/converge-ci/converge/internal/test/sshtest"
 	"github.com/converge-ci/converge/server"
 )
@@ -277,7 +279,7 @@ func TestTerminalBrowserKeyLogin(t *testing.T) {
 	t.Logf("budget: compressed wasm %d bytes (budget %d)", wasmGzSize, wasmBudget)
 	r := startServer(t, withTerminal)
 	capture := startCapture(t, r.Addr)
-	a := startAgent(t, r, "browser-key-job", sshtest.New(t))
+	a := startAgent(t, r, "browser-key-job", sshtest.New(t), func(cfg *agent.Config) { cfg.Executable = bin("agent") })
 	link := browserLink(t, a, r, "browser-key-job", "http://"+capture.Addr())
 
 	p := newTermPage(t)
@@ -291,6 +293,19 @@ func TestTerminalBrowserKeyLogin(t *testing.T) {
 	mark := marker(t)
 	p.typeLine("echo " + mark + "-$((6*7))")
 	p.waitScreen(mark + "-42")
+	// The journal says the login came through the browser, and the
+	// converge command works in the browser's shell too.
+	var way string
+	for _, e := range a.Journal().Entries() {
+		if e.Kind == journal.KindLogin {
+			way = e.Login.Way
+		}
+	}
+	if way != journal.WayBrowser {
+		t.Errorf("the journal's way in for the browser's login: %q, want %q", way, journal.WayBrowser)
+	}
+	p.typeLine("converge who")
+	p.waitScreen("(you)")
 	if v := p.cspViolations(); len(v) > 0 {
 		t.Errorf("the page broke its CSP: %q", v)
 	}
