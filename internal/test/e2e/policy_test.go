@@ -116,12 +116,10 @@ func TestPolicyOIDC(t *testing.T) {
 		if code != 4 || !strings.Contains(out, c.want) || !strings.Contains(out, "does not admit") {
 			t.Errorf("%s: exit %d, want 4 with %q; output:\n%s", c.name, code, c.want, out)
 		}
-		if strings.Count(out, "does not admit") != 1 {
-			t.Errorf("%s: the agent retried:\n%s", c.name, out)
-		}
 	}
+	// One refusal per agent: none retried.
 	if got := metric(t, r.HTTP, `converge_refusals_total{endpoint="agent",reason="oidc"}`); got != float64(len(refused)) {
-		t.Errorf("oidc refusals counted: %v, want %d", got, len(refused))
+		t.Errorf("oidc refusals counted: %v, want %d (one per agent: none may retry)", got, len(refused))
 	}
 
 	// A job on GitHub Actions: the agent asks for its token itself.
