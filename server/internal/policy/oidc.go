@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/coreos/go-oidc/v3/oidc"
+	jose "github.com/go-jose/go-jose/v4"
 )
 
 // Issuer is an OIDC issuer whose tokens are believed when they satisfy
@@ -201,9 +202,12 @@ func (o *oidcPolicy) verify(ctx context.Context, raw, want string) (Identity, ti
 	if err != nil {
 		return Identity{}, time.Time{}, &Refusal{Reason: ReasonOIDC, Unavailable: true, Message: "cannot check identity tokens now: " + err.Error()}
 	}
-	tok, err := v.Verify(ctx, raw)
+	var keysErr error
+	tok, err := v.Verify(context.WithValue(ctx, keyErrKey{}, &keysErr), raw)
 	var expired *oidc.TokenExpiredError
 	switch {
+	case keysErr != nil:
+		return Identity{}, time.Time{}, &Refusal{Reason: ReasonOIDC, Unavailable: true, Message: "cannot check identity tokens now: " + keysErr.Error()}
 	case errors.As(err, &expired):
 		return Identity{}, time.Time{}, refuseOIDC("it expired at %s", expired.Expiry.UTC().Format(time.RFC3339))
 	case err != nil:
@@ -243,16 +247,47 @@ func (is *issuer) verifierFor(cfg Config, now time.Time) (*oidc.IDTokenVerifier,
 	if !is.failedAt.IsZero() && now.Sub(is.failedAt) < discoveryRetry {
 		return nil, fmt.Errorf("issuer %s was unreachable moments ago; retry shortly", is.URL)
 	}
-	// The context holds the HTTP client for key fetches too: go-oidc keeps
-	// it (and ignores its cancellation) for the life of the verifier.
-	ctx := oidc.ClientContext(context.Background(), cfg.HTTPClient)
+	ctx, cancel := context.WithTimeout(oidc.ClientContext(context.Background(), cfg.HTTPClient), 10*time.Second)
+	defer cancel()
 	p, err := oidc.NewProvider(ctx, is.URL)
+	var doc struct {
+		JWKS string   `json:"jwks_uri"`
+		Algs []string `json:"id_token_signing_alg_values_supported"`
+	}
+	if err == nil {
+		err = p.Claims(&doc)
+	}
 	if err != nil {
 		is.failedAt = now
 		return nil, fmt.Errorf("discover issuer %s: %w", is.URL, err)
 	}
-	is.verifier = p.Verifier(&oidc.Config{SkipClientIDCheck: true, Now: cfg.Now}) // audience checked by check
+	algs := signingAlgs(doc.Algs)
+	keys := &keySet{url: doc.JWKS, client: cfg.HTTPClient, now: cfg.Now, every: cfg.keyRefresh}
+	var names []string
+	for _, a := range algs {
+		keys.algs = append(keys.algs, jose.SignatureAlgorithm(a))
+		names = append(names, a)
+	}
+	// The audience is checked by check, against the relay's.
+	is.verifier = oidc.NewVerifier(is.URL, keys, &oidc.Config{SkipClientIDCheck: true, SupportedSigningAlgs: names, Now: cfg.Now})
 	return is.verifier, nil
+}
+
+// signingAlgs are the issuer's published signing algorithms that are
+// public-key ones; RS256, which every issuer must support, when it
+// publishes none. A shared-secret or "none" algorithm never verifies.
+func signingAlgs(published []string) []string {
+	var out []string
+	for _, a := range published {
+		switch a {
+		case "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "EdDSA":
+			out = append(out, a)
+		}
+	}
+	if len(out) == 0 {
+		out = []string{"RS256"}
+	}
+	return out
 }
 
 // unverifiedIssuer reads iss from raw's payload without checking

@@ -43,6 +43,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Now defaults to time.Now (tests).
 	Now func() time.Time
+	// keyRefresh is the least time between two fetches of an issuer's
+	// keys. Default keyRefresh (tests shorten it).
+	keyRefresh time.Duration
 }
 
 // MinTokenLength is the shortest shared token accepted: a token is a
@@ -90,6 +93,9 @@ func New(cfg Config) (*Policy, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.keyRefresh <= 0 {
+		cfg.keyRefresh = keyRefresh
 	}
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = &http.Client{Timeout: 10 * time.Second}

@@ -134,29 +134,70 @@ func TestOIDC(t *testing.T) {
 	}
 }
 
-// TestKeyRotation: a token signed with a new key is verified after one
-// fetch of the keys; tokens of a known key fetch nothing.
+// TestKeyRotation: the issuer's keys are fetched at the first token,
+// and again for a token signed with a key they lack, at most once per
+// keyRefresh; forged tokens, signed with keys the issuer never
+// published, fetch nothing.
 func TestKeyRotation(t *testing.T) {
 	is := issuertest.Start(t)
-	p, err := New(Config{Issuers: []Issuer{{URL: is.URL, Allow: []Rule{mustRule(t, "repository=acme/app")}}}, Audience: "converge"})
+	p, err := New(Config{Issuers: []Issuer{{URL: is.URL, Allow: []Rule{mustRule(t, "repository=acme/app")}}}, Audience: "converge", keyRefresh: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	for range 3 {
-		if _, err := p.Check(ctx, Credentials{IDToken: is.Sign(is.GitHub("acme/app", "converge"))}, aud); err != nil {
+	check := func(tok string) error {
+		_, err := p.Check(ctx, Credentials{IDToken: tok}, aud)
+		return err
+	}
+	for i := range 3 {
+		c := is.GitHub("acme/app", "converge")
+		c["run_id"] = i
+		if err := check(is.Sign(c)); err != nil {
 			t.Fatal(err)
 		}
 	}
+	for range 5 {
+		if err := check(is.SignElsewhere(is.GitHub("acme/app", "converge"))); err == nil || refusal(t, err).Unavailable {
+			t.Fatalf("forged token: %v, want a final refusal", err)
+		}
+	}
 	if n := is.JWKSFetches.Load(); n != 1 {
-		t.Errorf("keys fetched %d times for three tokens of one key, want 1", n)
+		t.Errorf("keys fetched %d times for three tokens of one key and five forged ones, want 1", n)
 	}
 	is.Rotate()
-	if _, err := p.Check(ctx, Credentials{IDToken: is.Sign(is.GitHub("acme/app", "converge"))}, aud); err != nil {
+	err = check(is.Sign(is.GitHub("acme/app", "converge")))
+	if err == nil || !refusal(t, err).Unavailable {
+		t.Fatalf("a new key within keyRefresh of the last fetch: %v, want unavailable (the agent retries)", err)
+	}
+	p.oidc.issuers[is.URL].verifier = nil // as after keyRefresh: a fresh key set
+	if err := check(is.Sign(is.GitHub("acme/app", "converge"))); err != nil {
 		t.Fatalf("after rotation: %v", err)
 	}
 	if n := is.JWKSFetches.Load(); n != 2 {
 		t.Errorf("keys fetched %d times after a rotation, want 2", n)
+	}
+}
+
+// TestKeyRefreshAfterRotation: once keyRefresh has passed, a token of a
+// new key fetches the keys again and verifies.
+func TestKeyRefreshAfterRotation(t *testing.T) {
+	is := issuertest.Start(t)
+	now := time.Now()
+	clock := func() time.Time { return now }
+	p, err := New(Config{Issuers: []Issuer{{URL: is.URL, Allow: []Rule{mustRule(t, "repository=acme/app")}}}, Audience: "converge", Now: clock, keyRefresh: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := p.Check(ctx, Credentials{IDToken: is.Sign(is.GitHub("acme/app", "converge"))}, aud); err != nil {
+		t.Fatal(err)
+	}
+	is.Rotate()
+	now = now.Add(2 * time.Minute)
+	c := is.GitHub("acme/app", "converge")
+	c["iat"], c["nbf"], c["exp"] = now.Unix(), now.Unix(), now.Add(10*time.Minute).Unix()
+	if _, err := p.Check(ctx, Credentials{IDToken: is.Sign(c)}, aud); err != nil {
+		t.Fatalf("a new key after keyRefresh: %v", err)
 	}
 }
 
