@@ -15,7 +15,10 @@ import (
 // address is the wrong unit there. Agents without a repository (open or
 // shared-token policies) are not counted. With a Redis the count is
 // shared by every replica; an agent counts once by its ID, however many
-// connections of it overlap while it reconnects.
+// connections of it overlap while it reconnects. When an agent moves to
+// another replica, the old one's release removes the entry the new one
+// shares, until the new one's next Refresh: for that moment (at most a
+// sweep, 15 s) the repository may hold one agent more than its cap.
 type Quota struct {
 	max int
 	rdb *redis.Client // nil: this server alone, counted in memory
