@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/server/internal/policy"
@@ -114,9 +115,12 @@ func (s *Server) setupPolicy() error {
 // not answer) and returns ok false. release uncounts the agent.
 func (s *Server) admitAgent(w http.ResponseWriter, r *http.Request, id, remote string) (who policy.Identity, release func(), ok bool) {
 	base, _ := s.bases(r)
+	secret := r.Header.Get(wire.SecretHeader)
+	_, unproven := s.tokens.Verify(id, secret, time.Now())
 	who, err := s.policy.Check(r.Context(), policy.Credentials{
-		Token:   r.Header.Get(wire.AgentTokenHeader),
-		IDToken: r.Header.Get(wire.IDTokenHeader),
+		Token:        r.Header.Get(wire.AgentTokenHeader),
+		IDToken:      r.Header.Get(wire.IDTokenHeader),
+		Reconnecting: secret != "" && unproven == nil,
 	}, base)
 	var ref *policy.Refusal
 	if errors.As(err, &ref) {

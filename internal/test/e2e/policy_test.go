@@ -271,3 +271,34 @@ func TestPolicyRepoCapAcrossReplicas(t *testing.T) {
 		return code == http.StatusSwitchingProtocols
 	})
 }
+
+// TestPolicyReconnectPastExpiry: an agent given CONVERGE_ID_TOKEN keeps
+// presenting it; after it expired, a restarted relay still lets the agent
+// back, since the agent proves it held its ID (its welcome's secret).
+func TestPolicyReconnectPastExpiry(t *testing.T) {
+	is := issuertest.Start(t)
+	args := []string{"--state-dir", t.TempDir(), "--oidc-issuer", is.URL, "--oidc-allow", "repository=acme/*", "--oidc-audience", "converge-test"}
+	sp := startServerProc(t, args...)
+	r := &relay{URL: "ws://" + sp.addr, HTTP: "http://" + sp.addr, User: "ciuser", Addr: sp.addr}
+	claims := is.GitHub("acme/app", "converge-test")
+	exp := time.Now().Add(5 * time.Second)
+	claims["exp"] = exp.Unix()
+	a := runAgentBinary(t, r, keyDir(t, nil), []string{"CONVERGE_ID_TOKEN=" + is.Sign(claims)},
+		"--id", "late", "--stay", "--authorized-keys-data", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGb1mzJ3QwAHt6cDhxZ7mJzC+e8o0d7xEWbZ3GXuB2cW x")
+	waitFor(t, "the token to expire", func() bool { return time.Now().After(exp.Add(time.Second)) })
+	sp.kill()
+	sp = startServerProc(t, append(args, "--addr", sp.addr)...)
+	waitFor(t, "the agent to reconnect", func() bool {
+		if !a.running() {
+			t.Fatalf("the agent stopped (exit %d):\n%s", a.code, a.All)
+		}
+		return strings.Contains(a.All.String(), "reconnected to server")
+	})
+	if got := metric(t, r.HTTP, `converge_agent_admissions_total{via="oidc"}`); got != 1 {
+		t.Errorf("admissions on the restarted relay: %v, want 1", got)
+	}
+	// A new agent with the same expired token is refused.
+	if code, out := refusedAgent(t, r, []string{"CONVERGE_ID_TOKEN=" + is.Sign(claims)}); code != 4 || !strings.Contains(out, "expired") {
+		t.Errorf("a new agent with the expired token: exit %d, want 4; output:\n%s", code, out)
+	}
+}

@@ -132,7 +132,8 @@ type issuer struct {
 	Issuer
 	mu       sync.Mutex
 	verifier *oidc.IDTokenVerifier
-	failedAt time.Time // last failed discovery, to not hammer the issuer
+	lenient  *oidc.IDTokenVerifier // the same, without the expiry check: for reconnections
+	failedAt time.Time             // last failed discovery, to not hammer the issuer
 }
 
 func newOIDCPolicy(cfg Config) (*oidcPolicy, error) {
@@ -161,7 +162,7 @@ func refuseOIDC(format string, args ...any) *Refusal {
 
 // check verifies raw: issued by a trusted issuer, signed with one of its
 // keys, for the audience, unexpired, and allowed by a rule.
-func (o *oidcPolicy) check(ctx context.Context, raw, audience string, now time.Time) (Identity, error) {
+func (o *oidcPolicy) check(ctx context.Context, raw, audience string, reconnecting bool, now time.Time) (Identity, error) {
 	want := o.cfg.Audience
 	if want == "" {
 		want = audience
@@ -173,9 +174,12 @@ func (o *oidcPolicy) check(ctx context.Context, raw, audience string, now time.T
 	if ok && now.Before(hit.expiry) {
 		return hit.id, nil
 	}
-	id, expiry, err := o.verify(ctx, raw, want)
+	id, expiry, err := o.verify(ctx, raw, want, reconnecting)
 	if err != nil {
 		return Identity{}, err
+	}
+	if !now.Before(expiry) {
+		return id, nil // admitted past its expiry, for a reconnection: not to be remembered
 	}
 	o.mu.Lock()
 	if len(o.admitted) >= maxAdmitted {
@@ -188,7 +192,7 @@ func (o *oidcPolicy) check(ctx context.Context, raw, audience string, now time.T
 
 // verify checks raw for audience want, and returns what it verified and
 // when the token expires.
-func (o *oidcPolicy) verify(ctx context.Context, raw, want string) (Identity, time.Time, error) {
+func (o *oidcPolicy) verify(ctx context.Context, raw, want string, reconnecting bool) (Identity, time.Time, error) {
 	now := o.cfg.Now()
 	iss, err := unverifiedIssuer(raw)
 	if err != nil {
@@ -198,7 +202,10 @@ func (o *oidcPolicy) verify(ctx context.Context, raw, want string) (Identity, ti
 	if is == nil {
 		return Identity{}, time.Time{}, refuseOIDC("its issuer %q is not one this relay trusts (%s)", iss, o.names())
 	}
-	v, err := is.verifierFor(o.cfg, now)
+	v, lenient, err := is.verifierFor(o.cfg, now)
+	if reconnecting {
+		v = lenient
+	}
 	if err != nil {
 		return Identity{}, time.Time{}, &Refusal{Reason: ReasonOIDC, Unavailable: true, Message: "cannot check identity tokens now: " + err.Error()}
 	}
@@ -237,15 +244,16 @@ func (o *oidcPolicy) verify(ctx context.Context, raw, want string) (Identity, ti
 // waits before the issuer is asked again.
 const discoveryRetry = 10 * time.Second
 
-// verifierFor returns the issuer's verifier, discovering it first.
-func (is *issuer) verifierFor(cfg Config, now time.Time) (*oidc.IDTokenVerifier, error) {
+// verifierFor returns the issuer's verifiers (see issuer), discovering
+// it first.
+func (is *issuer) verifierFor(cfg Config, now time.Time) (strict, lenient *oidc.IDTokenVerifier, err error) {
 	is.mu.Lock()
 	defer is.mu.Unlock()
 	if is.verifier != nil {
-		return is.verifier, nil
+		return is.verifier, is.lenient, nil
 	}
 	if !is.failedAt.IsZero() && now.Sub(is.failedAt) < discoveryRetry {
-		return nil, fmt.Errorf("issuer %s was unreachable moments ago; retry shortly", is.URL)
+		return nil, nil, fmt.Errorf("issuer %s was unreachable moments ago; retry shortly", is.URL)
 	}
 	ctx, cancel := context.WithTimeout(oidc.ClientContext(context.Background(), cfg.HTTPClient), 10*time.Second)
 	defer cancel()
@@ -259,7 +267,7 @@ func (is *issuer) verifierFor(cfg Config, now time.Time) (*oidc.IDTokenVerifier,
 	}
 	if err != nil {
 		is.failedAt = now
-		return nil, fmt.Errorf("discover issuer %s: %w", is.URL, err)
+		return nil, nil, fmt.Errorf("discover issuer %s: %w", is.URL, err)
 	}
 	algs := signingAlgs(doc.Algs)
 	keys := &keySet{url: doc.JWKS, client: cfg.HTTPClient, now: cfg.Now, every: cfg.keyRefresh}
@@ -270,7 +278,8 @@ func (is *issuer) verifierFor(cfg Config, now time.Time) (*oidc.IDTokenVerifier,
 	}
 	// The audience is checked by check, against the relay's.
 	is.verifier = oidc.NewVerifier(is.URL, keys, &oidc.Config{SkipClientIDCheck: true, SupportedSigningAlgs: names, Now: cfg.Now})
-	return is.verifier, nil
+	is.lenient = oidc.NewVerifier(is.URL, keys, &oidc.Config{SkipClientIDCheck: true, SupportedSigningAlgs: names, SkipExpiryCheck: true})
+	return is.verifier, is.lenient, nil
 }
 
 // signingAlgs are the issuer's published signing algorithms that are

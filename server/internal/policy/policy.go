@@ -56,6 +56,12 @@ const MinTokenLength = 16
 type Credentials struct {
 	Token   string // a shared registration token, or ""
 	IDToken string // an OIDC identity token (a JWT), or ""
+	// Reconnecting: the agent proved it held its ID before (the secret of
+	// its welcome), so it was admitted then. Its identity token may have
+	// expired since: an agent given CONVERGE_ID_TOKEN presents the same
+	// one for the life of the job, and must not be cut off by a relay
+	// restart. Everything else is checked as for a first registration.
+	Reconnecting bool
 }
 
 // Reasons a Refusal gives: the label of converge_refusals_total.
@@ -148,7 +154,7 @@ func (p *Policy) Check(ctx context.Context, c Credentials, audience string) (Ide
 		return Identity{Via: ViaOpen}, nil
 	}
 	if c.IDToken != "" && p.oidc != nil {
-		return p.oidc.check(ctx, c.IDToken, audience, p.now())
+		return p.oidc.check(ctx, c.IDToken, audience, c.Reconnecting, p.now())
 	}
 	if c.Token != "" && p.tokens != nil {
 		if p.tokens.match(c.Token) {

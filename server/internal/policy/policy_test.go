@@ -233,3 +233,40 @@ func BenchmarkCheckFresh(b *testing.B) {
 		}
 	}
 }
+
+// TestReconnectingPastExpiry: an agent that proved its ID (Reconnecting)
+// may present its identity token after it expired, with the rest still
+// checked; a first registration may not.
+func TestReconnectingPastExpiry(t *testing.T) {
+	is := issuertest.Start(t)
+	p, err := New(Config{Issuers: []Issuer{{URL: is.URL, Allow: []Rule{mustRule(t, "repository=acme/*")}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	expired := is.GitHub("acme/app", aud)
+	expired["exp"] = time.Now().Add(-time.Hour).Unix()
+	tok := is.Sign(expired)
+	if _, err := p.Check(ctx, Credentials{IDToken: tok}, aud); err == nil {
+		t.Fatal("an expired token registers anew")
+	}
+	id, err := p.Check(ctx, Credentials{IDToken: tok, Reconnecting: true}, aud)
+	if err != nil || id.Actor != "alice" {
+		t.Fatalf("an expired token reconnecting: %+v, %v", id, err)
+	}
+	if _, err := p.Check(ctx, Credentials{IDToken: tok}, aud); err == nil {
+		t.Fatal("an expired token admitted for a reconnection is then remembered for anyone")
+	}
+	for name, c := range map[string]issuertest.Claims{
+		"other repository": is.GitHub("evil/app", aud),
+		"other audience":   is.GitHub("acme/app", "http://elsewhere"),
+	} {
+		c["exp"] = time.Now().Add(-time.Hour).Unix()
+		if _, err := p.Check(ctx, Credentials{IDToken: is.Sign(c), Reconnecting: true}, aud); err == nil {
+			t.Errorf("%s, reconnecting: admitted", name)
+		}
+	}
+	if _, err := p.Check(ctx, Credentials{IDToken: is.SignElsewhere(expired), Reconnecting: true}, aud); err == nil {
+		t.Error("a forged token, reconnecting: admitted")
+	}
+}
