@@ -7,7 +7,7 @@ CMDS    := converge agent wsproxy tcptows
 # Downloadable binaries, embedded into the server by `make dist`.
 DIST_PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64
 
-.PHONY: all build wasm run test tools check generate vet bench bench-agents bench-connect bench-relay bench-streams dist clean
+.PHONY: all build wasm run test tools check generate vet bench bench-agents bench-connect bench-relay bench-streams bench-run dist clean
 
 all: build
 
@@ -79,6 +79,12 @@ bench-connect: build
 bench-relay: build
 	$(GO) test -count=1 -timeout 10m -run '^TestBenchRelayCPU$$' ./internal/test/bench -v -bench-table \
 		-bench-bin=$(CURDIR)/bin -bench-size=128 -bench-reps=2
+
+# bench-run prints only the `agent run` row (~1 s): a passing step
+# through the agent against the command alone.
+bench-run: build
+	$(GO) test -count=1 -timeout 5m -run '^TestBenchRun$$' ./internal/test/bench -v -bench-table \
+		-bench-bin=$(CURDIR)/bin
 
 # bench-streams prints only the many-streams rows (~1 min): 200 streams at
 # once through one converge, their spread and fairness.

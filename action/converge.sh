@@ -10,7 +10,9 @@
 #
 # action/run.js runs it with the inputs as INPUT_SERVER, INPUT_ID,
 # INPUT_LIMIT_ACCESS_TO_ACTOR, INPUT_LIMIT_ACCESS_TO_USERS, INPUT_AUTHORIZED_KEYS, INPUT_DETACHED,
-# INPUT_CONNECT_TIMEOUT and INPUT_EXPIRY, and what GitHub sets:
+# INPUT_CONNECT_TIMEOUT, INPUT_EXPIRY, INPUT_RUN and INPUT_WHEN, and what
+# GitHub sets (GITHUB_RUN_ATTEMPT and RUNNER_DEBUG decide when: rerun and
+# debug):
 # GITHUB_SERVER_URL, GITHUB_TRIGGERING_ACTOR (or GITHUB_ACTOR) and
 # GITHUB_EVENT_NAME (the actor's keys are at $GITHUB_SERVER_URL/ACTOR.keys, on github.com and on GitHub
 # Enterprise Server alike; tests point GITHUB_SERVER_URL at a loopback
@@ -96,6 +98,10 @@ main() {
 	: "${GITHUB_STEP_SUMMARY:=/dev/null}" "${GITHUB_OUTPUT:=/dev/null}" "${GITHUB_STATE:=/dev/null}"
 	[ -n "$server" ] || die "the server input is required, e.g. with: server: https://converge.example.com"
 	server_urls "$server" || die "server: $server is not an https:// (or wss://) URL"
+	if ! when_wanted; then
+		not_wanted
+		return
+	fi
 	name=$(dist_name "${RUNNER_OS:-}" "${RUNNER_ARCH:-}") ||
 		die "there is no Converge agent for a ${RUNNER_OS:-?} ${RUNNER_ARCH:-?} runner (there are for Linux and macOS on X64 and ARM64, and Windows)"
 	tmp=${RUNNER_TEMP:-${TMPDIR:-/tmp}}/converge
@@ -113,6 +119,10 @@ main() {
 	state=$tmp/state-$id
 	agent_args "$id" "$dir"
 	args+=(--state-dir "$state")
+	if [ -n "${INPUT_RUN:-}" ]; then
+		run_step "$id"
+		return
+	fi
 	prepare_dir "$dir"
 	out=$tmp/agent-start.txt
 	# The agent registers, prints how to connect, and goes on in the
@@ -295,6 +305,66 @@ post() {
 	# A helper for debugging must not fail the job: say so, and go on.
 	"$STATE_agent" wait --dir "${STATE_dir:-.}" || echo "::warning title=Converge::agent wait failed; see above"
 	if [ -n "${STATE_state:-}" ]; then who_summary "$STATE_agent" "$STATE_state"; fi
+}
+
+# when_wanted says whether the when input lets Converge in on this run:
+# always and failure (the default) do; rerun only on a re-run
+# (GITHUB_RUN_ATTEMPT > 1); debug only on a re-run with debug logging
+# (RUNNER_DEBUG=1).
+when_wanted() {
+	local when
+	when=$(trim "${INPUT_WHEN:-}")
+	case $when in
+	"" | failure | always) return 0 ;;
+	rerun) [ "${GITHUB_RUN_ATTEMPT:-1}" -gt 1 ] 2>/dev/null ;;
+	debug) [ "${RUNNER_DEBUG:-}" = 1 ] ;;
+	*) die "when: $when is not one of failure, always, rerun, debug" ;;
+	esac
+}
+
+# not_wanted is main when the when input keeps Converge out: the run
+# input runs as a plain step, with no agent; without one, nothing runs.
+not_wanted() {
+	if [ -z "${INPUT_RUN:-}" ]; then
+		echo "Converge: not started on this run (when: ${INPUT_WHEN:-})."
+		return 0
+	fi
+	step_shell
+	local status=0
+	"${shell[@]}" "$INPUT_RUN" || status=$?
+	exit "$status"
+}
+
+# step_shell sets shell to what runs the run input, as GitHub runs a run:
+# step by default: bash with -e and pipefail; PowerShell on Windows.
+step_shell() {
+	if [ "${RUNNER_OS:-}" != Windows ]; then
+		shell=(bash --noprofile --norc -eo pipefail -c)
+	elif command -v pwsh >/dev/null 2>&1; then
+		shell=(pwsh -NoProfile -NonInteractive -Command)
+	else
+		shell=(powershell -NoProfile -NonInteractive -Command)
+	fi
+}
+
+# run_step is main with the run input: the step runs the command through
+# `agent run`, which opens a shell into the step only if it fails (with
+# when: always, also before it runs: --break-before), and the step ends
+# with the status it decides.
+run_step() {
+	local a rest=() status=0
+	for a in "${args[@]}"; do
+		if [ "$a" != --detach ]; then rest+=("$a"); fi
+	done
+	if [ "$(trim "${INPUT_WHEN:-}")" = always ]; then rest+=(--break-before); fi
+	step_shell
+	echo "id=$1" >>"$GITHUB_OUTPUT"
+	echo "Running the step through the Converge agent: if it fails, it waits here for you to connect."
+	# Git Bash would rewrite arguments that look like paths for Windows programs.
+	MSYS_NO_PATHCONV=1 MSYS2_ARG_CONV_EXCL='*' "$agent" run "${rest[@]}" "$ws_base" -- "${shell[@]}" "$INPUT_RUN" || status=$?
+	# Only a failed step started the agent: then who came and what they decided.
+	who_summary "$agent" "$state"
+	exit "$status"
 }
 
 case ${1:-} in

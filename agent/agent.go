@@ -68,6 +68,11 @@ type Config struct {
 	// Default: $SHELL, else bash, else sh; on Windows PowerShell, else
 	// cmd.exe ("cmd" chooses cmd.exe).
 	Shell string
+	// step is `agent run`'s step (RunStep sets it); nil for a plain agent.
+	step *Breakpoint
+	// SessionEnv is added (KEY=value) to every session's environment, after
+	// the agent's own less its secrets (see sshd.Config.Env). Nil: nothing.
+	SessionEnv []string
 	// HostKeyFile or HostKeyPEM supply the host key; default a fresh
 	// ed25519 key per run.
 	HostKeyFile string
@@ -184,6 +189,8 @@ type Agent struct {
 
 	pid1 bool // reap orphans while Run runs: true when PID 1
 
+	step *Breakpoint // `agent run`'s step; nil for a plain agent. Set before Run.
+
 	stateDir  string           // private: journal, socket, bin/
 	removeDir bool             // stateDir is temporary
 	journal   *journal.Journal // what happened in the job
@@ -220,6 +227,10 @@ func New(cfg Config) (*Agent, error) {
 	a.journal = journal.New(a.log)
 	a.journal.Append(journal.Entry{Kind: journal.KindStart,
 		Note: fmt.Sprintf("id=%s hostkey=%s version=%s", cfg.ID, gossh.FingerprintSHA256(signer.PublicKey()), cfg.Version)})
+	a.step = cfg.step // before openState (in Run), which lists the step's commands
+	if a.step != nil {
+		a.step.life = a.life
+	}
 	a.ssh, err = sshd.New(sshd.Config{
 		Dir:                 cfg.Dir,
 		AuthorizedKeysFiles: cfg.AuthorizedKeysFiles,
@@ -228,6 +239,7 @@ func New(cfg Config) (*Agent, error) {
 		HTTPClient:          cfg.HTTPClient,
 		Password:            cfg.Password,
 		Shell:               cfg.Shell,
+		Env:                 cfg.SessionEnv,
 		HostKey:             signer,
 		User:                a.sshUser,
 		Version:             cfg.Version,

@@ -14,10 +14,13 @@ import (
 // commands is the table of the converge command's subcommands (see
 // package ctl). Add a row for a new one; its Run reads the agent.
 func (a *Agent) commands() []ctl.Command {
-	return []ctl.Command{
+	return append([]ctl.Command{
 		{Name: "who", Usage: "[--json]", Summary: "who is in this job now: name, key, way in, since when, sessions", Run: a.cmdWho},
 		{Name: "status", Summary: "this agent: its ID, users, and when it ends", Run: a.cmdStatus},
-	}
+		{Name: "extend", Usage: "DURATION", Summary: "hold the agent up DURATION from now (30m, 2h), as .hold does", Run: a.cmdExtend},
+		{Name: "get", Usage: "FILE…", Summary: "download files: the browser terminal saves them; in ssh, prints the scp line", Run: a.cmdGet},
+		{Name: "copy", Usage: "FILE", Summary: "put FILE's text on your local clipboard (OSC 52)", Run: a.cmdCopy},
+	}, a.stepCommands()...)
 }
 
 // cmdWho lists the people logged in now, from the journal.
@@ -66,17 +69,11 @@ func (a *Agent) cmdWho(_ context.Context, c *ctl.Call) error {
 	return tw.Flush()
 }
 
-// cmdStatus says which agent this is and when it ends.
+// cmdStatus says which agent this is, where `agent run`'s step stands,
+// and when the agent ends.
 func (a *Agent) cmdStatus(_ context.Context, c *ctl.Call) error {
-	st := a.life.Status()
 	fmt.Fprintf(c.Stdout, "agent %s (version %s), server %s\n", a.cfg.ID, a.cfg.Version, a.cfg.Server)
-	fmt.Fprintf(c.Stdout, "users logged in: %d\n", st.Sessions)
-	if st.Expiry.IsZero() {
-		fmt.Fprintln(c.Stdout, "ends: no deadline")
-	} else {
-		fmt.Fprintf(c.Stdout, "ends: %s UTC (in %s), unless input or .hold extends it\n",
-			st.Expiry.UTC().Format("15:04:05"), time.Until(st.Expiry).Round(time.Second))
-	}
+	fmt.Fprint(c.Stdout, a.Describe())
 	fmt.Fprintf(c.Stdout, "journal: %s\n", a.stateDir+"/"+journalName)
 	return nil
 }

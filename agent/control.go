@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"os/user"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/coder/websocket"
@@ -264,6 +266,12 @@ func (a *Agent) announce() {
 	id, user := a.cfg.ID, a.sshUser()
 	client := a.cfg.Server + wire.ClientPath(id)
 	key := a.signer.PublicKey()
+	// `wsproxy config-ssh` makes ssh name the job ID.HOST, and check its
+	// key under that name (a wildcard block can have no HostKeyAlias).
+	byName := id
+	if u, err := url.Parse(a.cfg.Server); err == nil && u.Hostname() != "" {
+		byName = id + "." + u.Hostname()
+	}
 	fmt.Fprintf(a.cfg.Out, `Converge agent registered as %q at %s
 Host key:  %s
 Verify it: add this line to ~/.ssh/known_hosts
@@ -273,8 +281,23 @@ Connect:
   sftp -oProxyCommand="wsproxy %s" -oHostKeyAlias=%s %s@localhost
   or:  tcptows 10000 %s
        ssh -p 10000 -oHostKeyAlias=%s %s@localhost
+  or by name, for IDEs too: once  wsproxy config-ssh --server %s --user %s
+       add to ~/.ssh/known_hosts  %s
+       ssh %s
   or in a browser: %s
 `, id, a.cfg.Server, gossh.FingerprintSHA256(key), knownHostsLine(id, key),
 		client, id, user, client, id, user, client, id, user,
-		"http"+a.cfg.Server[2:]+"/terminal/"+id+"#fp="+gossh.FingerprintSHA256(key))
+		a.cfg.Server, user, knownHostsLine(byName, key), byName,
+		terminalURL(a.cfg.Server, id)+"#fp="+gossh.FingerprintSHA256(key))
+}
+
+// terminalURL is the browser terminal's page for id on server (ws:// or
+// wss://, as the agent was given it).
+func terminalURL(server, id string) string {
+	u, err := url.Parse(server)
+	if err != nil {
+		return server + wire.TerminalPath(id)
+	}
+	u.Scheme = wire.HTTPScheme(u.Scheme)
+	return strings.TrimSuffix(u.String(), "/") + wire.TerminalPath(id)
 }

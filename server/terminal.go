@@ -70,6 +70,9 @@ func newTerminal(term, xterm fs.FS) (*terminal, error) {
 		{term, termPrefix, "wasm_exec.js", "text/javascript; charset=utf-8", false, false},
 		{term, termPrefix, "terminal.js", "text/javascript; charset=utf-8", false, false},
 		{term, termPrefix, "terminal.css", "text/css; charset=utf-8", false, false},
+		{term, termPrefix, "files.js", "text/javascript; charset=utf-8", false, false},
+		{term, termPrefix, "keys.js", "text/javascript; charset=utf-8", false, false},
+		{term, termPrefix, "sw.js", "text/javascript; charset=utf-8", false, false},
 		{xterm, xtermPrefix, "xterm.js", "text/javascript; charset=utf-8", false, false},
 		{xterm, xtermPrefix, "addon-fit.js", "text/javascript; charset=utf-8", false, false},
 		{xterm, xtermPrefix, "xterm.css", "text/css; charset=utf-8", false, false},
@@ -146,6 +149,7 @@ func (t *terminal) assets() templates.TerminalAssets {
 	a := templates.TerminalAssets{
 		XtermCSS: u(xtermPrefix + "xterm.css"), XtermJS: u(xtermPrefix + "xterm.js"), FitJS: u(xtermPrefix + "addon-fit.js"),
 		WasmExec: u(termPrefix + "wasm_exec.js"), Script: u(termPrefix + "terminal.js"), Style: u(termPrefix + "terminal.css"),
+		Files: u(termPrefix + "files.js"), Keys: u(termPrefix + "keys.js"), Worker: u(termPrefix + "sw.js"),
 	}
 	if t.wasm != nil {
 		a.Wasm = t.wasm.url()

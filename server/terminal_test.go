@@ -21,7 +21,7 @@ import (
 func termFS(t testing.TB, wasm []byte) fstest.MapFS {
 	t.Helper()
 	m := fstest.MapFS{}
-	for _, name := range []string{"wasm_exec.js", "terminal.js", "terminal.css"} {
+	for _, name := range []string{"wasm_exec.js", "terminal.js", "terminal.css", "files.js", "keys.js", "sw.js"} {
 		b, err := fs.ReadFile(static.Term, name)
 		if err != nil {
 			t.Fatal(err)
@@ -67,8 +67,8 @@ func TestTerminalPage(t *testing.T) {
 		t.Errorf("CSP %q allows eval or inline scripts", csp)
 	}
 	tags := scriptTag.FindAllString(page, -1)
-	if len(tags) != 4 {
-		t.Errorf("page has %d script tags, want 4 (xterm, fit, wasm_exec, terminal): %q", len(tags), tags)
+	if len(tags) != 6 {
+		t.Errorf("page has %d script tags, want 6 (xterm, fit, wasm_exec, terminal, files, keys): %q", len(tags), tags)
 	}
 	for _, tag := range tags {
 		if !regexp.MustCompile(`src="/static/(term|vendor/xterm)/[a-z_.-]+\.js\?v=[0-9a-f]{16}"`).MatchString(tag) {

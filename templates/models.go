@@ -54,6 +54,8 @@ type Asset struct {
 type TerminalAssets struct {
 	XtermCSS, XtermJS, FitJS string
 	WasmExec, Script, Style  string
+	Files, Keys              string // the page's parts: files.js, keys.js
+	Worker                   string // sw.js, the service worker that streams downloads
 	Wasm                     string
 }
 

@@ -1,6 +1,7 @@
 package templates
 
 import (
+	"net/url"
 	"strings"
 
 	"github.com/converge-ci/converge/internal/wire"
@@ -95,6 +96,19 @@ func (d UsageData) sshConfig() string {
 		"    User "+d.User,
 		"    ProxyCommand wsproxy "+d.WSBase+wire.ClientPath("%n"),
 		"    HostKeyAlias "+d.ID,
+	)
+}
+
+// configSSHRecipe writes one block for every job on this server; ssh
+// then names a job ID.HOST, as the agent's known_hosts line does.
+func (d UsageData) configSSHRecipe() string {
+	host := d.WSBase
+	if u, err := url.Parse(d.WSBase); err == nil {
+		host = u.Hostname()
+	}
+	return lines(
+		"wsproxy config-ssh --server "+d.WSBase+" --user "+d.User,
+		"ssh "+d.ID+"."+host,
 	)
 }
 

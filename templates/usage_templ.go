@@ -377,46 +377,59 @@ func Usage(d UsageData) templ.Component {
 			if templ_7745c5c3_Err != nil {
 				return templ_7745c5c3_Err
 			}
-			templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 28, "</code></pre><p class=\"small muted\"><code>%n</code> is the name you typed, so one block can serve many agents: list several IDs after <code>Host</code>, or use a pattern such as <code>Host job-*</code> when your IDs share a prefix (drop <code>HostKeyAlias</code> then: ssh looks the key up under the name you typed, which is the ID).</p><h2 id=\"tcptows\">6. A local port instead of a ProxyCommand</h2><p>For tools that cannot run a ProxyCommand, <code>tcptows</code> listens on a local port (127.0.0.1 only) and opens one WebSocket per connection:</p><pre id=\"tcptows-cmd\"><code>")
+			templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 28, "</code></pre><p class=\"small muted\"><code>%n</code> is the name you typed, so one block can serve many agents: list several IDs after <code>Host</code>, or use a pattern such as <code>Host job-*</code> when your IDs share a prefix (drop <code>HostKeyAlias</code> then: ssh looks the key up under the name you typed, which is the ID).</p><p>Or let <code>wsproxy</code> write one block for every job on this server; IDEs that read the SSH config (VS Code Remote-SSH, JetBrains Gateway) then reach a job by name. Run again, it rewrites only its own marked block:</p><pre id=\"config-ssh\"><code>")
 			if templ_7745c5c3_Err != nil {
 				return templ_7745c5c3_Err
 			}
 			var templ_7745c5c3_Var28 string
-			templ_7745c5c3_Var28, templ_7745c5c3_Err = templ.JoinStringErrs(d.tcptowsRecipe())
+			templ_7745c5c3_Var28, templ_7745c5c3_Err = templ.JoinStringErrs(d.configSSHRecipe())
 			if templ_7745c5c3_Err != nil {
-				return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/usage.templ`, Line: 101, Col: 49}
+				return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/usage.templ`, Line: 103, Col: 50}
 			}
 			_, templ_7745c5c3_Err = templ_7745c5c3_Buffer.WriteString(templ.EscapeString(templ_7745c5c3_Var28))
 			if templ_7745c5c3_Err != nil {
 				return templ_7745c5c3_Err
 			}
-			templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 29, "</code></pre><h2 id=\"lifetime\">7. How long the agent stays</h2><p>The agent never keeps a runner busy by accident:</p><ul><li>If nobody logs in within <code>--connect-timeout</code> (default 10 minutes), it exits with status 3 and the job carries on.</li><li>Sessions end <code>--expiry</code> (default 30 minutes) after your last input; typing extends them. From <code>--warn-before</code> (default 5 minutes) ahead, every open shell is warned how long is left and how to extend it.</li><li>When the last user logs out, the agent exits with status 0 and the job continues (unless <code>--stay</code>).</li><li><code>.hold</code> in the agent's directory (<code>$agentdir</code> in your shell) holds it: the deadline is the file's modification time plus the expiry, so touching it extends the session, a future time extends it further, and while it holds the agent stays after you log out.</li><li><code>--max-session</code> caps the time from the first login, whatever the input or <code>.hold</code> (off by default).</li></ul><pre id=\"hold-cmd\"><code>")
+			templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 29, "</code></pre><h2 id=\"tcptows\">6. A local port instead of a ProxyCommand</h2><p>For tools that cannot run a ProxyCommand, <code>tcptows</code> listens on a local port (127.0.0.1 only) and opens one WebSocket per connection:</p><pre id=\"tcptows-cmd\"><code>")
 			if templ_7745c5c3_Err != nil {
 				return templ_7745c5c3_Err
 			}
 			var templ_7745c5c3_Var29 string
-			templ_7745c5c3_Var29, templ_7745c5c3_Err = templ.JoinStringErrs(holdRecipe())
+			templ_7745c5c3_Var29, templ_7745c5c3_Err = templ.JoinStringErrs(d.tcptowsRecipe())
 			if templ_7745c5c3_Err != nil {
-				return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/usage.templ`, Line: 117, Col: 41}
+				return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/usage.templ`, Line: 106, Col: 49}
 			}
 			_, templ_7745c5c3_Err = templ_7745c5c3_Buffer.WriteString(templ.EscapeString(templ_7745c5c3_Var29))
 			if templ_7745c5c3_Err != nil {
 				return templ_7745c5c3_Err
 			}
-			templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 30, "</code></pre><pre id=\"hold-cmd-windows\"><code>")
+			templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 30, "</code></pre><h2 id=\"lifetime\">7. How long the agent stays</h2><p>The agent never keeps a runner busy by accident:</p><ul><li>If nobody logs in within <code>--connect-timeout</code> (default 10 minutes), it exits with status 3 and the job carries on.</li><li>Sessions end <code>--expiry</code> (default 30 minutes) after your last input; typing extends them. From <code>--warn-before</code> (default 5 minutes) ahead, every open shell is warned how long is left and how to extend it.</li><li>When the last user logs out, the agent exits with status 0 and the job continues (unless <code>--stay</code>).</li><li><code>.hold</code> in the agent's directory (<code>$agentdir</code> in your shell) holds it: the deadline is the file's modification time plus the expiry, so touching it extends the session, a future time extends it further, and while it holds the agent stays after you log out.</li><li><code>--max-session</code> caps the time from the first login, whatever the input or <code>.hold</code> (off by default).</li></ul><pre id=\"hold-cmd\"><code>")
 			if templ_7745c5c3_Err != nil {
 				return templ_7745c5c3_Err
 			}
 			var templ_7745c5c3_Var30 string
-			templ_7745c5c3_Var30, templ_7745c5c3_Err = templ.JoinStringErrs(holdRecipeWindows())
+			templ_7745c5c3_Var30, templ_7745c5c3_Err = templ.JoinStringErrs(holdRecipe())
 			if templ_7745c5c3_Err != nil {
-				return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/usage.templ`, Line: 118, Col: 56}
+				return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/usage.templ`, Line: 122, Col: 41}
 			}
 			_, templ_7745c5c3_Err = templ_7745c5c3_Buffer.WriteString(templ.EscapeString(templ_7745c5c3_Var30))
 			if templ_7745c5c3_Err != nil {
 				return templ_7745c5c3_Err
 			}
-			templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 31, "</code></pre>")
+			templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 31, "</code></pre><pre id=\"hold-cmd-windows\"><code>")
+			if templ_7745c5c3_Err != nil {
+				return templ_7745c5c3_Err
+			}
+			var templ_7745c5c3_Var31 string
+			templ_7745c5c3_Var31, templ_7745c5c3_Err = templ.JoinStringErrs(holdRecipeWindows())
+			if templ_7745c5c3_Err != nil {
+				return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/usage.templ`, Line: 123, Col: 56}
+			}
+			_, templ_7745c5c3_Err = templ_7745c5c3_Buffer.WriteString(templ.EscapeString(templ_7745c5c3_Var31))
+			if templ_7745c5c3_Err != nil {
+				return templ_7745c5c3_Err
+			}
+			templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 32, "</code></pre>")
 			if templ_7745c5c3_Err != nil {
 				return templ_7745c5c3_Err
 			}

@@ -28,7 +28,8 @@ import (
 //	                            "paused", "resumed"
 //	    onData(bytes, done)     output; call done() once it is shown
 //	    onEnd(kind, message, detail)  once, at the end (see endOf)
-//	handle: write(text), resize(cols, rows), check(), close()
+//	handle: write(text), resize(cols, rows), check(), close(), and the
+//	file methods (see fileMethods)
 //
 // The functions stay installed for the life of the page.
 func Export() {
@@ -101,6 +102,7 @@ func (h *handle) js() js.Value {
 		}
 	})
 	h.method(o, "close", func([]js.Value) { h.cancel() })
+	h.fileMethods(o)
 	return o
 }
 

@@ -24,6 +24,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -110,6 +111,9 @@ type Session struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	once   sync.Once
+
+	sftpMu sync.Mutex
+	sftp   *sftp.Client // opened by files on first use
 }
 
 // Start connects through dial, checks the host key, logs in, and starts
@@ -150,6 +154,14 @@ func handshake(ctx context.Context, st *stream, cfg Config) (*ssh.Client, error)
 	stop := context.AfterFunc(ctx, st.abort)
 	defer stop()
 	cc := &ssh.ClientConfig{
+		// ChaCha20-Poly1305 first: WebAssembly has no AES instructions,
+		// and Go's software AES-GCM seals 15 MB/s there against 63 MB/s
+		// for ChaCha20-Poly1305 (measured under Node, 32 KiB packets).
+		// The client's order decides.
+		Config: ssh.Config{Ciphers: []string{
+			ssh.CipherChaCha20Poly1305, ssh.CipherAES128GCM, ssh.CipherAES256GCM,
+			ssh.CipherAES128CTR, ssh.CipherAES192CTR, ssh.CipherAES256CTR,
+		}},
 		// The agent's journal tells the browser terminal's logins from
 		// other clients' by this (agent/sshd's webtermVersion).
 		ClientVersion:   "SSH-2.0-Converge_webterm",
@@ -237,6 +249,11 @@ func (s *Session) Wait() error {
 func (s *Session) Close() error {
 	s.once.Do(func() {
 		s.cancel()
+		s.sftpMu.Lock()
+		if s.sftp != nil {
+			s.sftp.Close()
+		}
+		s.sftpMu.Unlock()
 		s.client.Close()
 		s.st.abort()
 		s.wg.Wait()

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"time"
 )
 
@@ -26,21 +27,32 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 {
 		req.Command, req.Args = args[0], args[1:]
 	}
-	resp, err := Send(sock, req)
+	resp, err := Stream(sock, req, stdout, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "converge: %v\n", err)
 		return 1
 	}
-	io.WriteString(stdout, resp.Stdout)
-	io.WriteString(stderr, resp.Stderr)
 	return resp.Exit
 }
 
-// sendTimeout bounds a whole request; commands answer at once.
+// sendTimeout bounds a request, and the silence between the parts of a
+// streaming answer (the agent beats every streamBeat).
 const sendTimeout = 30 * time.Second
 
-// Send sends req to the agent at the socket sock and returns its answer.
+// Send sends req to the agent at the socket sock and returns its answer,
+// the output of a streaming command included.
 func Send(sock string, req Request) (Response, error) {
+	var out, errOut strings.Builder
+	resp, err := Stream(sock, req, &out, &errOut)
+	resp.Stdout, resp.Stderr = out.String(), errOut.String()
+	return resp, err
+}
+
+// Stream sends req to the agent at the socket sock, writes the output of
+// its answer to stdout and stderr as it comes, and returns the last
+// response (its exit status). It gives up on an agent silent for
+// sendTimeout; a streaming command is never silent that long.
+func Stream(sock string, req Request, stdout, stderr io.Writer) (Response, error) {
 	var resp Response
 	conn, err := net.DialTimeout("unix", sock, sendTimeout)
 	if err != nil {
@@ -52,12 +64,21 @@ func Send(sock string, req Request) (Response, error) {
 	if _, err := conn.Write(append(b, '\n')); err != nil {
 		return resp, fmt.Errorf("send to the agent: %w", err)
 	}
-	line, err := bufio.NewReader(conn).ReadBytes('\n')
-	if err != nil && len(line) == 0 {
-		return resp, fmt.Errorf("no answer from the agent: %w", err)
+	r := bufio.NewReader(conn)
+	for {
+		line, err := r.ReadBytes('\n')
+		if err != nil && len(line) == 0 {
+			return resp, fmt.Errorf("no answer from the agent: %w", err)
+		}
+		resp = Response{}
+		if err := json.Unmarshal(line, &resp); err != nil {
+			return resp, fmt.Errorf("bad answer from the agent: %w", err)
+		}
+		io.WriteString(stdout, resp.Stdout)
+		io.WriteString(stderr, resp.Stderr)
+		if !resp.More {
+			return resp, nil
+		}
+		conn.SetReadDeadline(time.Now().Add(sendTimeout))
 	}
-	if err := json.Unmarshal(line, &resp); err != nil {
-		return resp, fmt.Errorf("bad answer from the agent: %w", err)
-	}
-	return resp, nil
 }

@@ -52,3 +52,46 @@ func TestServer(t *testing.T) {
 		t.Errorf("guessed secret: %+v, %v", r, err)
 	}
 }
+
+// TestServerStreams: a streaming command's output reaches the converge
+// command as it is written, before the command ends.
+func TestServerStreams(t *testing.T) {
+	release := make(chan struct{})
+	s, err := Listen(t.TempDir(), []Command{{Name: "build", Stream: true, Run: func(_ context.Context, c *Call) error {
+		fmt.Fprint(c.Stdout, "first part\n")
+		<-release // until the test has seen the first part
+		fmt.Fprint(c.Stderr, "warning\n")
+		c.Exit = 3
+		return nil
+	}}}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	env, _ := s.Session(Caller{Conn: "c1", Session: "s1"})
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	out := &seenWriter{want: "first part\n", seen: release}
+	var errOut bytes.Buffer
+	if code := Main([]string{"build"}, out, &errOut); code != 3 || out.b.String() != "first part\n" || errOut.String() != "warning\n" {
+		t.Errorf("converge build: exit %d, stdout %q, stderr %q; want 3, the first part, the warning", code, out.b.String(), errOut.String())
+	}
+}
+
+// seenWriter closes seen once what it was written holds want.
+type seenWriter struct {
+	b    bytes.Buffer
+	want string
+	seen chan struct{}
+}
+
+func (w *seenWriter) Write(p []byte) (int, error) {
+	w.b.Write(p)
+	if w.seen != nil && strings.Contains(w.b.String(), w.want) {
+		close(w.seen)
+		w.seen = nil
+	}
+	return len(p), nil
+}

@@ -33,10 +33,15 @@ type Request struct {
 }
 
 // Response is what the agent answers: what to print and the exit status.
+// A command whose output streams (Command.Stream) sends it as responses
+// with More set, as it comes, and a response with More set and nothing
+// in it every streamBeat while it is quiet; the last response has More
+// false.
 type Response struct {
 	Stdout string `json:"stdout,omitempty"`
 	Stderr string `json:"stderr,omitempty"`
 	Exit   int    `json:"exit"`
+	More   bool   `json:"more,omitempty"`
 }
 
 // maxRequest bounds a request line.

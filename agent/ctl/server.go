@@ -48,11 +48,16 @@ type Command struct {
 	Usage   string // the arguments, for the help ("[--json]"); may be empty
 	Summary string // one line for `converge --help`
 	// Run does the work, writing to c.Stdout and c.Stderr, which reach
-	// the user when it returns. An error is printed as "converge NAME:
-	// error" and the command exits 1 (or c.Exit when set). ctx ends when
-	// the agent shuts down. Run should return within seconds: the
-	// command gives up after 30 s.
+	// the user when it returns (as they come, with Stream). An error is
+	// printed as "converge NAME: error" and the command exits 1 (or
+	// c.Exit when set). ctx ends when the agent shuts down. Run should
+	// return within seconds unless Stream is set: the command gives up
+	// after 30 s of silence.
 	Run func(ctx context.Context, c *Call) error
+	// Stream sends what Run writes to the command as it comes, and lets
+	// the command wait for Run as long as it takes (a retried build).
+	// False: Run answers at once; its output is sent when it returns.
+	Stream bool
 }
 
 // Server answers the converge command on a Unix socket. Create it with
@@ -170,18 +175,18 @@ func (s *Server) serve(conn net.Conn) {
 	}
 	var req Request
 	var resp Response
+	out := &responder{conn: conn}
 	if err := json.Unmarshal(line, &req); err != nil {
 		resp = Response{Stderr: "converge: bad request: " + err.Error() + "\n", Exit: 2}
 	} else {
-		resp = s.run(req)
+		resp = s.run(req, out)
 	}
-	b, _ := json.Marshal(resp)
-	conn.SetWriteDeadline(time.Now().Add(ioTimeout))
-	conn.Write(append(b, '\n'))
+	out.send(resp)
 }
 
-// run runs the command req names for the session its secret belongs to.
-func (s *Server) run(req Request) Response {
+// run runs the command req names for the session its secret belongs to;
+// a streaming command's output goes to out as it comes.
+func (s *Server) run(req Request, out *responder) Response {
 	caller, ok := s.caller(req.Secret)
 	if !ok {
 		return Response{Stderr: "converge: this session is not known to the agent (it ended, or " + EnvSession + " was changed)\n", Exit: 2}
@@ -193,15 +198,19 @@ func (s *Server) run(req Request) Response {
 	if !ok {
 		return Response{Stderr: fmt.Sprintf("converge: no command %q; converge --help lists them\n", req.Command), Exit: 2}
 	}
-	var out, errOut bytes.Buffer
-	call := &Call{Args: req.Args, Dir: req.Dir, Caller: caller, Stdout: &out, Stderr: &errOut}
+	var stdout, stderr bytes.Buffer
+	call := &Call{Args: req.Args, Dir: req.Dir, Caller: caller, Stdout: &stdout, Stderr: &stderr}
+	if cmd.Stream {
+		call.Stdout, call.Stderr = out.stream(false), out.stream(true)
+		defer out.beat()()
+	}
 	if err := cmd.Run(s.ctx, call); err != nil {
-		fmt.Fprintf(&errOut, "converge %s: %v\n", cmd.Name, err)
+		fmt.Fprintf(call.Stderr, "converge %s: %v\n", cmd.Name, err)
 		if call.Exit == 0 {
 			call.Exit = 1
 		}
 	}
-	return Response{Stdout: out.String(), Stderr: errOut.String(), Exit: call.Exit}
+	return Response{Stdout: stdout.String(), Stderr: stderr.String(), Exit: call.Exit}
 }
 
 // help lists the commands.

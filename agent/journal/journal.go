@@ -69,6 +69,7 @@ const (
 	KindDetach       Kind = "detach"         // a user left a kept shell
 	KindReadOnlyKeys Kind = "read-only-keys" // keystrokes of a read-only viewer refused
 	KindRunDecision  Kind = "run-decision"   // `agent run`: retry, pass or fail
+	KindExtend       Kind = "extend"         // converge extend; Note says who, by how much
 	KindEnd          Kind = "end"            // the agent ends; Note says why
 )
 

@@ -54,6 +54,35 @@ func WriteSummary(w io.Writer, entries []Entry, markdown bool) {
 	if markdown {
 		fmt.Fprintln(w)
 	}
+	writeDecisions(w, entries, markdown)
+}
+
+// writeDecisions lists what people decided about `agent run`'s step
+// (KindRunDecision), after the logins; nothing when nobody did.
+func writeDecisions(w io.Writer, entries []Entry, markdown bool) {
+	first := true
+	for _, e := range entries {
+		if e.Kind != KindRunDecision {
+			continue
+		}
+		if first {
+			if markdown {
+				fmt.Fprint(w, "**The failed step, decided in the job:**\n\n")
+			} else {
+				fmt.Fprintln(w, "The failed step, decided in the job:")
+			}
+			first = false
+		}
+		at := e.Time.UTC().Format("15:04:05")
+		if markdown {
+			fmt.Fprintf(w, "- %s UTC: %s\n", at, mdEscape(e.Note))
+		} else {
+			fmt.Fprintf(w, "  %s UTC  %s\n", at, e.Note)
+		}
+	}
+	if !first && markdown {
+		fmt.Fprintln(w)
+	}
 }
 
 // mdEscape keeps a comment from breaking the table or adding markup.

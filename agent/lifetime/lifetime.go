@@ -125,10 +125,11 @@ const (
 	endMaxSession         // the MaxSession cap after the first login
 	endLastLogout         // the last user logged out, not held
 	endUnused             // `agent wait` asked, and nobody is connected or holding
+	endDecided            // the job's step was decided from inside the job (agent run)
 )
 
 func (k endKind) String() string {
-	return [...]string{"none", "no login", "expired", "max session", "last logout", "unused"}[k]
+	return [...]string{"none", "no login", "expired", "max session", "last logout", "unused", "decided"}[k]
 }
 
 // lifeState is the lifetime's state machine. It holds no clock: every
@@ -143,6 +144,12 @@ type lifeState struct {
 	hold       time.Time // mtime of .hold; zero when there is none
 	jobDone    bool      // `agent wait` asked the agent to end when unused
 	warned     time.Duration
+
+	// Set through the job's own commands (decide.go).
+	extended time.Time // Extend holds the agent up until then, as .hold does
+	busy     int       // steps running for a user (converge retry): no end but the cap
+	decided  bool      // Finish: end now
+	unused   bool      // FinishWhenUnused: end once nobody is connected or holding
 }
 
 // deadline is when the agent ends if nothing happens; zero when never.
@@ -165,12 +172,14 @@ func (s *lifeState) deadline() time.Time {
 	return d
 }
 
-// heldUntil is the end of the hold .hold gives; zero when there is none.
+// heldUntil is the end of the hold .hold or Extend gives; zero when
+// there is none.
 func (s *lifeState) heldUntil() time.Time {
-	if s.hold.IsZero() {
-		return time.Time{}
+	h := s.extended
+	if !s.hold.IsZero() && s.hold.Add(s.cfg.Expiry).After(h) {
+		h = s.hold.Add(s.cfg.Expiry)
 	}
-	return s.hold.Add(s.cfg.Expiry)
+	return h
 }
 
 func (s *lifeState) held(now time.Time) bool {
@@ -198,6 +207,12 @@ func (s *lifeState) end(now time.Time) endKind {
 	if c := s.hardCap(); !c.IsZero() && !now.Before(c) {
 		return endMaxSession
 	}
+	if s.decided {
+		return endDecided
+	}
+	if s.busy > 0 {
+		return endNone
+	}
 	if d := s.deadline(); !d.IsZero() && !now.Before(d) {
 		if s.firstLogin.IsZero() {
 			return endNoLogin
@@ -206,6 +221,9 @@ func (s *lifeState) end(now time.Time) endKind {
 	}
 	if s.users > 0 || s.held(now) {
 		return endNone
+	}
+	if s.unused {
+		return endDecided
 	}
 	if !s.firstLogin.IsZero() && s.cfg.ExitOnLastLogout {
 		return endLastLogout
@@ -228,7 +246,7 @@ func (s *lifeState) minWarnGap() time.Duration {
 func (s *lifeState) warning(now time.Time) (left time.Duration, due bool) {
 	wb := s.cfg.warnBefore()
 	d := s.deadline()
-	if wb <= 0 || d.IsZero() || s.users == 0 {
+	if wb <= 0 || d.IsZero() || s.users == 0 || s.busy > 0 {
 		return 0, false
 	}
 	left = d.Sub(now)

@@ -63,6 +63,17 @@ func TestLifeStateEnd(t *testing.T) {
 		{"wait: a user is in", in(lifeState{cfg: std, jobDone: true}), at(6 * time.Minute), at(35 * time.Minute), endNone},
 		{"wait: stay keeps a session that was used", out(lifeState{cfg: stay, jobDone: true}), at(6 * time.Minute), at(35 * time.Minute), endNone},
 		{"wait: stay, nobody came", lifeState{cfg: stay, jobDone: true}, at(6 * time.Minute), at(10 * time.Minute), endUnused},
+		{"decided: ends at once", in(lifeState{cfg: std, decided: true}), at(6 * time.Minute), at(35 * time.Minute), endDecided},
+		{"decided: the cap still says why", in(lifeState{cfg: capped, decided: true}), at(61 * time.Minute), at(35 * time.Minute), endMaxSession},
+		{"passed: waits for the user", in(lifeState{cfg: std, unused: true}), at(6 * time.Minute), at(35 * time.Minute), endNone},
+		{"passed: ends when the user left", out(lifeState{cfg: stay, unused: true}), at(6 * time.Minute), at(35 * time.Minute), endDecided},
+		{"passed: held by extend", out(lifeState{cfg: std, unused: true, extended: at(20 * time.Minute)}), at(6 * time.Minute), at(35 * time.Minute), endNone},
+		{"extend holds past the expiry", out(lifeState{cfg: std, extended: at(2 * time.Hour)}), at(90 * time.Minute), at(2 * time.Hour), endNone},
+		{"extend runs out", in(lifeState{cfg: std, extended: at(2 * time.Hour)}), at(2 * time.Hour), at(2 * time.Hour), endExpired},
+		{"extend never passes the cap", in(lifeState{cfg: capped, extended: at(5 * time.Hour)}), at(61 * time.Minute), at(61 * time.Minute), endMaxSession},
+		{"busy: no idle expiry", in(lifeState{cfg: std, busy: 1}), at(50 * time.Minute), at(35 * time.Minute), endNone},
+		{"busy: no end at the last logout", out(lifeState{cfg: std, busy: 1}), at(6 * time.Minute), at(35 * time.Minute), endNone},
+		{"busy: the cap still ends it", in(lifeState{cfg: capped, busy: 1}), at(61 * time.Minute), at(35 * time.Minute), endMaxSession},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

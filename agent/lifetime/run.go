@@ -35,12 +35,13 @@ type Lifetime struct {
 
 	wake chan struct{} // logins and logouts wake the loop; buffered 1
 
-	mu       sync.Mutex
-	st       lifeState
-	sessions map[*liveSession]struct{}
-	status   wire.Status   // last published
-	changed  chan struct{} // closed and replaced when status changes
-	closing  bool          // end has begun: no more sessions are attached
+	mu        sync.Mutex
+	st        lifeState
+	sessions  map[*liveSession]struct{}
+	status    wire.Status   // last published
+	changed   chan struct{} // closed and replaced when status changes
+	closing   bool          // end has begun: no more sessions are attached
+	finishMsg string        // what Finish tells open sessions
 
 	handlers sync.WaitGroup // attached session handlers and their writers
 }
@@ -253,6 +254,9 @@ func (r *Run) tell(err error) {
 		msg = fmt.Sprintf("the session reached its limit of %v (--max-session); closing.", human(l.cfg.MaxSession))
 	}
 	l.mu.Lock()
+	if r.reason == endDecided && err == nil {
+		msg = l.finishMsg
+	}
 	l.closing = true
 	open := make([]*liveSession, 0, len(l.sessions))
 	for s := range l.sessions {

@@ -28,6 +28,8 @@ func (k endKind) reason() string {
 		return "the last user logged out"
 	case endUnused:
 		return "nobody was connected when the job asked (agent wait)"
+	case endDecided:
+		return "the step was decided from inside the job (converge retry, pass or fail)"
 	}
 	return "the agent was stopped"
 }

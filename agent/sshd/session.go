@@ -35,6 +35,9 @@ func (d *Server) handleSession(s ssh.Session) {
 		defer release()
 		cmd.Env = env
 	}
+	if js.PTY { // last, to chain the PROMPT_COMMAND set before
+		cmd.Env = append(cmd.Env, reportDir(cmd.Env))
+	}
 	end := d.journalSession(s.Context(), js)
 	cs := &countedSession{Session: s}
 	code, err := d.run(cs, cmd)
@@ -157,13 +160,26 @@ func (d *Server) command(s ssh.Session) *exec.Cmd {
 		}
 	}
 	cmd.Dir = d.cfg.Dir
-	env := append(withoutSecrets(os.Environ()), s.Environ()...)
+	env := append(append(withoutSecrets(os.Environ()), d.cfg.Env...), s.Environ()...)
 	env = append(env, "agentdir="+d.cfg.Dir)
 	if pty, _, ok := s.Pty(); ok && pty.Term != "" {
 		env = append(env, "TERM="+pty.Term)
 	}
 	cmd.Env = env
 	return cmd
+}
+
+// reportDir makes bash tell the terminal its directory before each prompt
+// (OSC 7), so the browser terminal uploads where the user is; a
+// PROMPT_COMMAND the job set still runs after it.
+func reportDir(env []string) string {
+	const osc7 = `printf '\033]7;file://%s%s\007' "$HOSTNAME" "$PWD"`
+	for i := len(env) - 1; i >= 0; i-- {
+		if v, ok := strings.CutPrefix(env[i], "PROMPT_COMMAND="); ok && v != "" {
+			return "PROMPT_COMMAND=" + osc7 + "; " + v
+		}
+	}
+	return "PROMPT_COMMAND=" + osc7
 }
 
 // agentSecrets are the environment variables through which a job hands

@@ -64,6 +64,10 @@ type Config struct {
 	// Empty: $SHELL, else bash, else sh; on Windows PowerShell, else
 	// cmd.exe ("cmd" chooses cmd.exe).
 	Shell string
+	// Env is added (KEY=value) to every session's environment, after the
+	// agent's own (less its secrets) and before what the client sends,
+	// such as `agent run`'s HISTFILE. Nil: nothing is added.
+	Env []string
 	// HostKey is the server's host key. Nil: a fresh ed25519 key (see
 	// LoadHostKey for one from a file or PEM).
 	HostKey gossh.Signer

@@ -38,6 +38,9 @@ func main() {
 		waitMain(os.Args[2:])
 		return
 	}
+	// `agent run` runs the step's command with the job's environment as
+	// it was, before what follows rewrites it for the agent.
+	stepEnv := os.Environ()
 	cmd, o := newCommand()
 	// CONVERGE_AUTHORIZED_KEYS is the twin of --authorized-keys (files),
 	// but a CI secret by that name usually holds the key lines themselves:
@@ -46,6 +49,10 @@ func main() {
 	if v := os.Getenv("CONVERGE_AUTHORIZED_KEYS"); holdsKeyLines(v) {
 		os.Setenv("CONVERGE_AUTHORIZED_KEYS_DATA", strings.TrimSpace(os.Getenv("CONVERGE_AUTHORIZED_KEYS_DATA")+"\n"+v))
 		os.Unsetenv("CONVERGE_AUTHORIZED_KEYS")
+	}
+	if len(os.Args) > 1 && os.Args[1] == "run" {
+		runMain(cmd, o, os.Args[2:], stepEnv)
+		return
 	}
 	if err := cmd.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, cli.ErrExit) {
@@ -81,7 +88,7 @@ type options struct {
 // newCommand defines the agent command, its help and its flags, which
 // fill the returned options.
 func newCommand() (*cli.Command, *options) {
-	cmd := cli.New("agent", "agent [flags] ws[s]://host[:port]\n       agent wait [--dir DIR]\n       agent journal [--markdown] FILE", `
+	cmd := cli.New("agent", "agent [flags] ws[s]://host[:port]\n       agent run [flags] ws[s]://host[:port] -- CMD [ARGS...]\n       agent wait [--dir DIR]\n       agent journal [--markdown] FILE", `
 The Converge agent runs inside a CI job. It connects out to the Converge
 server (it never listens on the network), registers a rendezvous ID, and
 serves an SSH server - shells, commands, sftp and scp - to users who
@@ -150,11 +157,8 @@ In the background:
 	return cmd, o
 }
 
-// run completes the Config from o and runs the agent until it ends, or,
-// with --detach, starts it again in the background (positional is the
-// number of arguments after the flags). On failure it exits with the
-// agent's status.
-func run(o *options, positional int) {
+// config completes the agent's Config from o.
+func (o *options) config() agent.Config {
 	cfg := o.cfg
 	cfg.AuthorizedKeysFiles = o.keyFiles
 	cfg.AuthorizedKeysURLs = o.keyURLs
@@ -162,7 +166,6 @@ func run(o *options, positional int) {
 		cfg.HostKeyPEM, cfg.HostKeyFile = []byte(cfg.HostKeyFile), ""
 	}
 	cfg.Lifetime.ExitOnLastLogout = !o.stay
-	cfg.StateFile = true
 	cfg.Password = os.Getenv("CONVERGE_PASSWORD")
 	log, err := cli.Logger(os.Stderr, o.logFormat, o.verbose)
 	if err != nil {
@@ -170,6 +173,16 @@ func run(o *options, positional int) {
 	}
 	cfg.Logger = log
 	cfg.Version = cli.Version
+	return cfg
+}
+
+// run completes the Config from o and runs the agent until it ends, or,
+// with --detach, starts it again in the background (positional is the
+// number of arguments after the flags). On failure it exits with the
+// agent's status.
+func run(o *options, positional int) {
+	cfg := o.config()
+	cfg.StateFile = true
 	a, err := agent.New(cfg)
 	if err != nil {
 		cli.Fatal("agent", err, lifetime.ExitUsage)

@@ -18,6 +18,10 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "config-ssh" {
+		configSSH(os.Args[2:])
+		return
+	}
 	cmd := cli.New("wsproxy", "wsproxy [flags] ws[s]://host[:port]/client/ID", `
 wsproxy connects its standard input and output to a WebSocket, so that ssh,
 sftp, scp, git and IDEs reach a Converge agent through the server. Use it as
@@ -25,13 +29,16 @@ the ssh ProxyCommand; the SSH session itself runs end to end between your
 ssh client and the agent.`)
 	cmd.Footer = `Examples:
   ssh  -oProxyCommand="wsproxy wss://converge.example.com/client/myjob" -oHostKeyAlias=myjob converge@localhost
-  sftp -oProxyCommand="wsproxy wss://converge.example.com/client/myjob" -oHostKeyAlias=myjob converge@localhost`
+  sftp -oProxyCommand="wsproxy wss://converge.example.com/client/myjob" -oHostKeyAlias=myjob converge@localhost
+  wsproxy config-ssh --server wss://converge.example.com   (then: ssh myjob.converge.example.com; see wsproxy config-ssh --help)`
 	var (
 		opts    wsproxy.Options
 		verbose bool
 	)
 	cmd.Flags.BoolVar(&opts.NoResume, "no-resume", false, "ask for a plain stream: a dropped connection then ends the session (default: resumable when the agent offers it)")
 	cmd.Flags.DurationVar(&opts.ResumeWindow, "resume-window", 2*time.Minute, "how long to keep reconnecting after the connection drops before giving the session up")
+	var hostSuffix string
+	cmd.Flags.StringVar(&hostSuffix, "host-suffix", "", "strip this suffix from the URL's ID (config-ssh's ProxyCommand passes the name typed, ID.SUFFIX)")
 	cmd.Flags.BoolVar(&verbose, "verbose", false, "log reconnects and other details to stderr (ssh shows them in your terminal)")
 	if err := cmd.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, cli.ErrExit) {
@@ -42,7 +49,7 @@ ssh client and the agent.`)
 	if cmd.Flags.NArg() != 1 {
 		cli.Fatal("wsproxy", errors.New("give exactly one URL, ws[s]://host[:port]/client/ID; see wsproxy --help"), 2)
 	}
-	target, err := wsproxy.ParseTarget(cmd.Flags.Arg(0))
+	target, err := wsproxy.ParseTarget(wsproxy.TrimHostSuffix(cmd.Flags.Arg(0), hostSuffix))
 	if err != nil {
 		cli.Fatal("wsproxy", err, 1)
 	}

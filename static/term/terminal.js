@@ -67,7 +67,16 @@
     fit.fit();
     new ResizeObserver(function () { fit.fit(); }).observe($("term"));
     term.onResize(function (size) { if (handle) handle.resize(size.cols, size.rows); });
-    term.onData(function (data) { if (handle) handle.write(data); });
+    var part = {
+      term: term, app: app, $: $,
+      handle: function () { return handle; },
+      send: function (data) { if (handle) handle.write(data); },
+      note: function (text) { status.textContent = text; },
+      input: null, // function (data) → data: what the key bar does to typed keys
+    };
+    term.onData(function (data) { part.send(part.input ? part.input(data) : data); });
+    // The page's other scripts (files.js, keys.js) add what they do.
+    (window.convergeTerminalParts || []).forEach(function (fn) { fn(part); });
     term.attachCustomKeyEventHandler(function (ev) {
       var copy = ev.type === "keydown" && ev.key.toLowerCase() === "c" &&
         ((ev.ctrlKey && ev.shiftKey) || (ev.metaKey && !ev.ctrlKey));
@@ -253,6 +262,7 @@
     compiled.then(function (module) {
       return WebAssembly.instantiate(module, go.importObject);
     }).then(function (instance) {
+      window.convergeWasmMemory = instance.exports.mem; // its size shows what the client holds
       go.run(instance);
     }).catch(function (e) {
       setState("error", "The terminal could not start: " + e.message);

@@ -150,6 +150,7 @@ func run(t *testing.T, cfg config) *table {
 		}
 	}
 	addRelayCPU(tb, rtts, relayCPUs)
+	stepOverhead(t, tb, cfg.reps, srv)
 	if !resume {
 		tb.notes = append(tb.notes, "This wsproxy has no --no-resume flag, so there are no resume on/off rows.")
 	}

@@ -41,7 +41,7 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
-		cmd := exec.Command("go", "build", "-o", dir+"/", "../../../cmd/converge", "../../../cmd/wsproxy")
+		cmd := exec.Command("go", "build", "-o", dir+"/", "../../../cmd/converge", "../../../cmd/wsproxy", "../../../cmd/agent")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			os.RemoveAll(dir)
@@ -50,7 +50,7 @@ func TestMain(m *testing.M) {
 		}
 		binDir = dir
 	}
-	for _, b := range []string{"converge", "wsproxy"} {
+	for _, b := range []string{"converge", "wsproxy", "agent"} {
 		if _, err := os.Stat(filepath.Join(binDir, b)); err != nil {
 			fmt.Fprintf(os.Stderr, "%s not found in %s: run make build, or leave -bench-bin empty to build it\n", b, binDir)
 			os.Exit(1)

@@ -77,6 +77,9 @@ func buildTerminal(dir string) (string, error) {
 		"wasm_exec.js": filepath.Join(strings.TrimSpace(string(goroot)), "lib", "wasm", "wasm_exec.js"),
 		"terminal.js":  "../../../static/term/terminal.js",
 		"terminal.css": "../../../static/term/terminal.css",
+		"files.js":     "../../../static/term/files.js",
+		"keys.js":      "../../../static/term/keys.js",
+		"sw.js":        "../../../static/term/sw.js",
 	}
 	for name, from := range files {
 		b, err := os.ReadFile(from)
