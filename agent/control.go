@@ -61,6 +61,8 @@ func (a *Agent) connectLoop(ctx context.Context) error {
 			}
 			a.log.Warn("server says another agent holds this ID; retrying to take it back", "refusal", re.Message,
 				"in", d.Round(time.Millisecond), "giving_up_in", time.Until(lost.Add(reclaimWindow)).Round(time.Second))
+		} else if errors.Is(err, errIDTokenRequest) {
+			a.log.Warn("no identity token from GitHub Actions; retrying", "error", err, "in", d.Round(time.Millisecond))
 		} else {
 			a.log.Warn("connection to server lost; reconnecting", "error", err, "in", d.Round(time.Millisecond))
 		}
