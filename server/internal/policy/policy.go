@@ -148,19 +148,31 @@ func (p *Policy) describe() string {
 // Check decides on an agent presenting c. audience is the server's URL
 // as the agent's request names it, used when Config.Audience is empty.
 // It returns what it verified, or a *Refusal. An agent that presents a
-// credential the policy does not use is judged by the ones it does.
+// credential the policy does not use is judged by the ones it does; one
+// that presents both an identity token and a shared token is admitted by
+// either, with what the identity token says when it passes.
 func (p *Policy) Check(ctx context.Context, c Credentials, audience string) (Identity, error) {
 	if p.Open() {
 		return Identity{Via: ViaOpen}, nil
 	}
+	var oidcErr error
 	if c.IDToken != "" && p.oidc != nil {
-		return p.oidc.check(ctx, c.IDToken, audience, c.Reconnecting, p.now())
+		id, err := p.oidc.check(ctx, c.IDToken, audience, c.Reconnecting, p.now())
+		if err == nil {
+			return id, nil
+		}
+		oidcErr = err
 	}
 	if c.Token != "" && p.tokens != nil {
 		if p.tokens.match(c.Token) {
 			return Identity{Via: ViaToken}, nil
 		}
-		return Identity{}, &Refusal{Reason: ReasonToken, Message: "the agent token is not one this relay accepts (check CONVERGE_AGENT_TOKEN)"}
+		if oidcErr == nil {
+			return Identity{}, &Refusal{Reason: ReasonToken, Message: "the agent token is not one this relay accepts (check CONVERGE_AGENT_TOKEN)"}
+		}
+	}
+	if oidcErr != nil {
+		return Identity{}, oidcErr
 	}
 	return Identity{}, p.missing()
 }

@@ -201,6 +201,30 @@ func TestKeyRefreshAfterRotation(t *testing.T) {
 	}
 }
 
+// TestEitherAdmits: with tokens and issuers both set, a valid shared
+// token admits an agent whose identity token fails, and a valid
+// identity token one whose shared token is wrong.
+func TestEitherAdmits(t *testing.T) {
+	is := issuertest.Start(t)
+	p, err := New(Config{Tokens: []string{"shared-token-0123456789"}, Issuers: []Issuer{{URL: is.URL, Allow: []Rule{mustRule(t, "repository=acme/*")}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	id, err := p.Check(ctx, Credentials{Token: "shared-token-0123456789", IDToken: is.Sign(is.GitHub("evil/app", aud))}, aud)
+	if err != nil || id.Via != ViaToken {
+		t.Errorf("valid token, refused identity token: %+v, %v", id, err)
+	}
+	id, err = p.Check(ctx, Credentials{Token: "wrong-token-0123456789", IDToken: is.Sign(is.GitHub("acme/app", aud))}, aud)
+	if err != nil || id.Via != ViaOIDC {
+		t.Errorf("wrong token, valid identity token: %+v, %v", id, err)
+	}
+	_, err = p.Check(ctx, Credentials{Token: "wrong-token-0123456789", IDToken: is.Sign(is.GitHub("evil/app", aud))}, aud)
+	if r := refusal(t, err); r.Reason != ReasonOIDC || !strings.Contains(r.Message, "evil/app") {
+		t.Errorf("both refused: %+v, want the identity token's reason", r)
+	}
+}
+
 func TestIssuerURL(t *testing.T) {
 	for _, u := range []string{"http://issuer.example.com", "ftp://x", "nope"} {
 		if _, err := New(Config{Issuers: []Issuer{{URL: u}}}); err == nil {
