@@ -7,7 +7,7 @@ CMDS    := converge agent wsproxy tcptows
 # Downloadable binaries, embedded into the server by `make dist`.
 DIST_PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64
 
-.PHONY: all build wasm run test tools check generate vet bench bench-agents bench-connect bench-relay bench-streams bench-run dist clean
+.PHONY: all build wasm run test tools check generate vet bench bench-agents bench-connect bench-relay bench-streams bench-run dist dist-bins action-sums clean
 
 all: build
 
@@ -23,9 +23,12 @@ wasm:
 	cp "$$($(GO) env GOROOT)/lib/wasm/wasm_exec.js" static/term/wasm_exec.js
 
 # run listens on every interface; ./bin/converge --addr 127.0.0.1:8000
-# keeps a demo on loopback.
+# keeps a demo on loopback. A demo's caps: a laptop's descriptor limit
+# (macOS: 10,240 a process) holds them, so the server need not warn about
+# it; a production server keeps the defaults and raises its limit
+# (docs/operations.md).
 run: build
-	./bin/converge --addr :8000
+	./bin/converge --addr :8000 --max-agents 1000 --max-streams 1000
 
 generate:
 	$(GO) tool templ generate
@@ -92,16 +95,42 @@ bench-streams: build
 	$(GO) test -count=1 -timeout 10m -run '^TestBenchStreams$$' ./internal/test/bench -v -bench-table \
 		-bench-bin=$(CURDIR)/bin
 
-dist: wasm
+# dist builds the downloads the server embeds (static/dist/) and the
+# server. Reproducible: -trimpath and -buildvcs=false leave out the build
+# folder and the git state, so the same source, VERSION and Go give the
+# same bytes, and a release's sums (make action-sums) match its servers.
+dist: wasm dist-bins
+	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags '$(LDFLAGS)' -o bin/converge ./cmd/converge
+
+DISTDIR   ?= static/dist
+DIST_CMDS ?= agent wsproxy tcptows
+dist-bins:
 	@for p in $(DIST_PLATFORMS); do \
 		os=$${p%/*}; arch=$${p#*/}; ext=; [ $$os = windows ] && ext=.exe; \
-		for c in agent wsproxy tcptows; do \
+		for c in $(DIST_CMDS); do \
 			echo "build $$c $$os/$$arch"; \
-			CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags '$(LDFLAGS)' \
-				-o static/dist/$$c-$$os-$$arch$$ext ./cmd/$$c || exit 1; \
+			CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -buildvcs=false -ldflags '$(LDFLAGS)' \
+				-o $(DISTDIR)/$$c-$$os-$$arch$$ext ./cmd/$$c || exit 1; \
 		done; \
 	done
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/converge ./cmd/converge
+
+# action-sums is the release step that pins, next to action.yml, the
+# SHA-256 of the agents a server built by `make dist VERSION=$(RELEASE)`
+# from the same commit with the same Go serves: the Action checks the
+# agent it downloads against them, so the server cannot choose the code
+# that runs in the job. Run it on the release commit, clean, and commit
+# the file with the tag:  make action-sums RELEASE=v1.2.3
+AGENT_SUMS ?= action/agent.sha256
+action-sums:
+	@test -n "$(RELEASE)" || { echo "set RELEASE to the version being released: make action-sums RELEASE=v1.2.3"; exit 1; }
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(MAKE) --no-print-directory dist-bins VERSION=$(RELEASE) DIST_CMDS=agent DISTDIR="$$tmp" && \
+	{ echo "# SHA-256 of the Converge agents a server built by make dist VERSION=$(RELEASE) serves"; \
+	  echo "# version: $(RELEASE)"; \
+	  echo "# go: $$($(GO) env GOVERSION)"; \
+	  echo "# source: $$(git rev-parse HEAD 2>/dev/null || echo unknown)$$(git diff --quiet HEAD 2>/dev/null || echo ' (with changes)')"; \
+	  (cd "$$tmp" && sha256sum agent-*); } > "$(AGENT_SUMS).tmp" && mv "$(AGENT_SUMS).tmp" "$(AGENT_SUMS)"
+	@echo "wrote $(AGENT_SUMS)"
 
 clean:
 	rm -rf bin static/term/webterm.wasm.gz

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # converge.sh is the GitHub Action of action.yml, one step at a time:
 #
-#   converge.sh main   download the agent from the Converge server, start
+#   converge.sh main   download the agent from the Converge server, check
+#                      its SHA-256 against agent.sha256 here, start
 #                      it, print how to connect and write it to the job
 #                      summary; then, unless detached, wait until it ends
 #   converge.sh post   with detached: true, `agent wait`: end the agent at
@@ -10,9 +11,10 @@
 #
 # action/run.js runs it with the inputs as INPUT_SERVER, INPUT_ID,
 # INPUT_LIMIT_ACCESS_TO_ACTOR, INPUT_LIMIT_ACCESS_TO_USERS, INPUT_AUTHORIZED_KEYS, INPUT_DETACHED,
-# INPUT_CONNECT_TIMEOUT, INPUT_EXPIRY, INPUT_RUN and INPUT_WHEN, and what
-# GitHub sets (GITHUB_RUN_ATTEMPT and RUNNER_DEBUG decide when: rerun and
-# debug):
+# INPUT_CONNECT_TIMEOUT, INPUT_EXPIRY, INPUT_RUN, INPUT_WHEN and
+# INPUT_AGENT_SHA256, INPUT_JOB_STATUS (job.status, evaluated when the
+# post step runs), and what GitHub sets (GITHUB_RUN_ATTEMPT and
+# RUNNER_DEBUG decide when: rerun and debug):
 # GITHUB_SERVER_URL, GITHUB_TRIGGERING_ACTOR (or GITHUB_ACTOR) and
 # GITHUB_EVENT_NAME (the actor's keys are at $GITHUB_SERVER_URL/ACTOR.keys, on github.com and on GitHub
 # Enterprise Server alike; tests point GITHUB_SERVER_URL at a loopback
@@ -26,6 +28,30 @@
 # associative arrays, no mapfile.
 set -euo pipefail
 
+# give_up ends the step, which succeeds all the same: a debugging aid
+# must never fail the job, so it warns and the job goes on without it.
+# In the main step with a run input, the step is that command: it runs
+# as a plain step, and its status is the step's.
+give_up() {
+	echo "::warning title=Converge::$*; the job goes on without a shell into it"
+	if [ "${step:-}" = main ] && [ -n "${INPUT_RUN:-}" ]; then
+		step_shell
+		local status=0
+		"${shell[@]}" "$INPUT_RUN" || status=$?
+		exit "$status"
+	fi
+	exit 0
+}
+
+# refuse is give_up for what must not run (an agent whose sum is not the
+# pinned one, a server reached in plain text): an error annotation, then
+# the job goes on without the agent.
+refuse() {
+	echo "::error title=Converge::$*"
+	give_up "the agent was not started"
+}
+
+# die fails the step: for inputs that say nothing a run could mean.
 die() {
 	echo "::error title=Converge::$*"
 	exit 1
@@ -58,7 +84,8 @@ dist_name() {
 
 # server_urls sets http_base (pages and downloads) and ws_base (what the
 # agent dials) from the server input, given as https://, wss://, http://,
-# ws:// or a bare host (https).
+# ws:// or a bare host (https). Plain http:// and ws:// only to this
+# machine: anyone on the path could change the agent or read the session.
 server_urls() {
 	local s=${1%/}
 	case $s in
@@ -69,6 +96,59 @@ server_urls() {
 	*://*) return 1 ;;
 	*) http_base=https://$s ws_base=wss://$s ;;
 	esac
+	case $http_base in
+	http://*) is_loopback "$http_base" || return 1 ;;
+	esac
+}
+
+# is_loopback reports whether the host of URL $1 is this machine:
+# localhost, 127.x.x.x or [::1].
+is_loopback() {
+	local h=${1#*://}
+	h=${h%%/*}
+	case $h in
+	*@*) return 1 ;;
+	'[::1]' | '[::1]:'*) return 0 ;;
+	esac
+	h=${h%:*[0-9]}
+	case $h in
+	localhost) return 0 ;;
+	127.*) case $h in *[!0-9.]*) return 1 ;; esac ;;
+	*) return 1 ;;
+	esac
+}
+
+# sha256_of prints the SHA-256 of file $1 in hex.
+sha256_of() {
+	if command -v sha256sum >/dev/null; then
+		sha256sum "$1" | awk '{ print $1 }'
+	else
+		shasum -a 256 "$1" | awk '{ print $1 }'
+	fi
+}
+
+# verify_agent checks the agent downloaded to $1, named $2 on the server,
+# before it is made executable: its SHA-256 must be one the agent-sha256
+# input gives, else the one action/agent.sha256 pins for $2 (written by
+# `make action-sums` at the release, so the Action's own tag, not the
+# server, says which code runs). A mismatch removes the file.
+verify_agent() {
+	local sums got pinned=$(dirname "$0")/agent.sha256 from
+	if [ -n "$(trim "${INPUT_AGENT_SHA256:-}")" ]; then
+		sums=$(printf '%s\n' "$INPUT_AGENT_SHA256" | grep -oE '[0-9A-Fa-f]{64}' | tr 'A-F' 'a-f' || true)
+		from="the agent-sha256 input"
+		[ -n "$sums" ] || die "agent-sha256: give the SHA-256 (64 hex digits) of the server's agents, e.g. from sha256sum"
+	else
+		sums=$(awk -v n="$2" '$1 !~ /^#/ && ($2 == n || $2 == "*" n) { print tolower($1) }' "$pinned" 2>/dev/null || true)
+		from="$pinned ($(sed -n 's/^# version: //p' "$pinned" 2>/dev/null))"
+		[ -n "$sums" ] || refuse "$pinned pins no sum for $2: give agent-sha256"
+	fi
+	got=$(sha256_of "$1")
+	if ! printf '%s\n' "$sums" | grep -qx "$got"; then
+		rm -f "$1"
+		refuse "the agent from $http_base has SHA-256 $got, not the one in $from: not running it. The server runs another release, or someone changed the agent on the way. Use a server built from the Action's release (make dist), or give its agents' sums in agent-sha256 if you trust it"
+	fi
+	echo "The agent's SHA-256 $got matches $from."
 }
 
 # trim prints $1 without leading and trailing white space.
@@ -87,7 +167,10 @@ random_hex() {
 # workspace, invisible to git, so that a job that checks for a clean
 # checkout is not upset by it.
 prepare_dir() {
+	# A symlink committed in its place would point these writes elsewhere.
+	[ ! -L "$1/.converge" ] || refuse "$1/.converge is a symlink: remove it from the repository"
 	mkdir -p "$1/.converge"
+	rm -f "$1/.converge/.gitignore"
 	echo '*' >"$1/.converge/.gitignore"
 }
 
@@ -96,20 +179,22 @@ main() {
 	server=$(trim "${INPUT_SERVER:-}")
 	id=$(trim "${INPUT_ID:-}")
 	: "${GITHUB_STEP_SUMMARY:=/dev/null}" "${GITHUB_OUTPUT:=/dev/null}" "${GITHUB_STATE:=/dev/null}"
-	[ -n "$server" ] || die "the server input is required, e.g. with: server: https://converge.example.com"
-	server_urls "$server" || die "server: $server is not an https:// (or wss://) URL"
+	[ -n "$server" ] || give_up "the server input is required, e.g. with: server: https://converge.example.com"
+	server_urls "$server" || refuse "server: $server is not an https:// (or wss://) URL; plain http:// and ws:// only to localhost"
 	if ! when_wanted; then
 		not_wanted
 		return
 	fi
 	name=$(dist_name "${RUNNER_OS:-}" "${RUNNER_ARCH:-}") ||
-		die "there is no Converge agent for a ${RUNNER_OS:-?} ${RUNNER_ARCH:-?} runner (there are for Linux and macOS on X64 and ARM64, and Windows)"
+		give_up "there is no Converge agent for a ${RUNNER_OS:-?} ${RUNNER_ARCH:-?} runner (there are for Linux and macOS on X64 and ARM64, and Windows)"
 	tmp=${RUNNER_TEMP:-${TMPDIR:-/tmp}}/converge
 	mkdir -p "$tmp"
 	agent=$tmp/$name
 	echo "Downloading the agent from $http_base/static/dist/$name"
-	curl -fsSL --retry 3 --connect-timeout 30 -o "$agent" "$http_base/static/dist/$name" ||
-		die "could not download the agent from $http_base/static/dist/$name: is the server input right, and was the server built with make dist?"
+	curl -fsSL --retry 3 --connect-timeout 30 -o "$agent.part" "$http_base/static/dist/$name" ||
+		give_up "could not download the agent from $http_base/static/dist/$name: is the server input right, and was the server built with make dist?"
+	verify_agent "$agent.part" "$name"
+	mv -f "$agent.part" "$agent"
 	chmod 755 "$agent"
 
 	id=${id:-gh-${GITHUB_RUN_ID:-0}-${GITHUB_RUN_ATTEMPT:-1}-$(random_hex)}
@@ -127,7 +212,7 @@ main() {
 	out=$tmp/agent-start.txt
 	# The agent registers, prints how to connect, and goes on in the
 	# background; main then either returns or follows it.
-	"$agent" "${args[@]}" "$ws_base" | tee "$out" || die "the agent did not start; its output is above"
+	"$agent" "${args[@]}" "$ws_base" | tee "$out" || give_up "the agent did not start; its output is above"
 	{
 		echo "agent=$agent"
 		echo "dir=$dir"
@@ -156,6 +241,9 @@ agent_args() {
 	detached=false
 	if is_true "${INPUT_DETACHED:-false}"; then detached=true; fi
 	args=(--detach --id "$1" --dir "$2")
+	# Detached, the connect timeout counts from the job's failure (the post
+	# step's agent wait --failed); in the foreground, from now.
+	if [ "$detached" = false ]; then args+=(--connect-after-failure=false); fi
 	local keys=
 	if is_true "${INPUT_LIMIT_ACCESS_TO_ACTOR:-true}"; then
 		trusted_actor
@@ -165,7 +253,7 @@ agent_args() {
 	local u
 	for u in $(printf '%s' "${INPUT_LIMIT_ACCESS_TO_USERS:-}" | tr ',' ' '); do
 		case $u in
-		*[!A-Za-z0-9-]* | -*) die "limit-access-to-users: $u is not a GitHub user name" ;;
+		*[!A-Za-z0-9-]* | -*) give_up "limit-access-to-users: $u is not a GitHub user name" ;;
 		esac
 		args+=(--authorized-keys-url "${GITHUB_SERVER_URL:-https://github.com}/$u.keys")
 		keys=yes
@@ -178,7 +266,7 @@ agent_args() {
 	fi
 	if [ -z "$keys" ] && [ -z "${CONVERGE_AUTHORIZED_KEYS:-}${CONVERGE_AUTHORIZED_KEYS_DATA:-}${CONVERGE_AUTHORIZED_KEYS_URL:-}${CONVERGE_PASSWORD:-}" ]; then
 		# Else the agent would read .authorized_keys in the checkout, where a pull request could add a key.
-		die "nobody could log in: keep limit-access-to-actor: true, or give authorized-keys"
+		give_up "nobody could log in: keep limit-access-to-actor: true, or give authorized-keys"
 	fi
 	local v
 	v=$(trim "${INPUT_CONNECT_TIMEOUT:-}")
@@ -197,7 +285,7 @@ report() {
 	# A browser link, once the agent prints one: an http(s) URL outside log lines.
 	browser=$(awk '!/^time=/ && !/^[{]/ && match($0, /https?:[/][/][^ "<>]+/) { print substr($0, RSTART, RLENGTH); exit }' "$2")
 	if [ -z "$ssh" ] || [ -z "$known" ]; then
-		die "the agent's output above lacks the ssh command or the known_hosts line"
+		give_up "the agent's output above lacks the ssh command or the known_hosts line"
 	fi
 	echo "id=$id" >>"$GITHUB_OUTPUT"
 	echo "ssh-command=$ssh" >>"$GITHUB_OUTPUT"
@@ -241,11 +329,11 @@ summary() {
 # allow-untrusted-events opts in.
 trusted_actor() {
 	actor=${GITHUB_TRIGGERING_ACTOR:-${GITHUB_ACTOR:-}}
-	[ -n "$actor" ] || die "limit-access-to-actor needs GITHUB_TRIGGERING_ACTOR or GITHUB_ACTOR, which GitHub sets"
+	[ -n "$actor" ] || give_up "limit-access-to-actor needs GITHUB_TRIGGERING_ACTOR or GITHUB_ACTOR, which GitHub sets"
 	case "${GITHUB_EVENT_NAME:-}" in
 	pull_request_target | issue_comment | workflow_run | pull_request_review_comment | discussion_comment)
 		is_true "${INPUT_ALLOW_UNTRUSTED_EVENTS:-false}" ||
-			die "limit-access-to-actor refuses the $GITHUB_EVENT_NAME event: its actor (@$actor) may be someone outside the repository. Give authorized-keys instead, or set allow-untrusted-events: true if you accept that"
+			give_up "limit-access-to-actor refuses the $GITHUB_EVENT_NAME event: its actor (@$actor) may be someone outside the repository. Give authorized-keys instead, or set allow-untrusted-events: true if you accept that"
 		;;
 	esac
 }
@@ -270,7 +358,7 @@ follow() {
 	while ! grep -q '"exited": true' "$state"; do
 		pid=$(sed -n 's/^ *"pid": \([0-9]*\).*/\1/p' "$state")
 		if ! alive "$pid" && ! grep -q '"exited": true' "$state"; then
-			die "the agent (pid $pid) ended without saying why; see its log above"
+			give_up "the agent (pid $pid) ended without saying why; see its log above"
 		fi
 		tail -c "+$((seen + 1))" "$log" >"$chunk"
 		cat "$chunk"
@@ -281,7 +369,9 @@ follow() {
 	status=$(sed -n 's/^ *"exit_status": \([0-9]*\).*/\1/p' "$state")
 	reason=$(sed -n 's/^ *"reason": "\(.*\)",*$/\1/p' "$state")
 	echo "The agent ended: $reason (exit status $status)."
-	[ "$status" = 0 ] || die "the agent failed: see its log above"
+	# Nobody logging in is no failure, whatever status --no-login-status chose.
+	if grep -q '"no_login": true' "$state"; then return 0; fi
+	[ "$status" = 0 ] || give_up "the agent failed: see its log above"
 }
 
 alive() {
@@ -302,8 +392,12 @@ post() {
 	if [ "${STATE_detached:-}" != true ] && grep -q '"exited": true' "${STATE_dir:-.}/.converge/agent.json" 2>/dev/null; then
 		return 0
 	fi
+	# When the job failed, a detached agent nobody has used yet waits its
+	# connect-timeout for someone to log in and look.
+	local failed=
+	if [ "${INPUT_JOB_STATUS:-}" = failure ] && [ "${STATE_detached:-}" = true ]; then failed=--failed; fi
 	# A helper for debugging must not fail the job: say so, and go on.
-	"$STATE_agent" wait --dir "${STATE_dir:-.}" || echo "::warning title=Converge::agent wait failed; see above"
+	"$STATE_agent" wait $failed --dir "${STATE_dir:-.}" || echo "::warning title=Converge::agent wait failed; see above"
 	if [ -n "${STATE_state:-}" ]; then who_summary "$STATE_agent" "$STATE_state"; fi
 }
 
@@ -367,7 +461,8 @@ run_step() {
 	exit "$status"
 }
 
-case ${1:-} in
+step=${1:-}
+case $step in
 main) main ;;
 post) post ;;
 *)

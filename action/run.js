@@ -18,8 +18,9 @@ module.exports = function run(step) {
   const script = path.join(__dirname, 'converge.sh');
   const r = spawnSync(bash(), [script, step], { stdio: 'inherit', env });
   if (r.error) {
-    console.log(`::error title=Converge::cannot run ${script} with bash: ${r.error.message}`);
-    process.exit(1);
+    // A debugging aid must never fail the job: warn, and let it go on.
+    console.log(`::warning title=Converge::cannot run ${script} with bash: ${r.error.message}; the job goes on without a shell into it`);
+    process.exit(0);
   }
   process.exit(r.status === null ? 1 : r.status);
 };

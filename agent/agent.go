@@ -219,6 +219,9 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	if wsconn.PlainTextRemote(cfg.Server) {
+		a.log.Warn("the server URL is plain ws:// to another machine: anyone on the path can watch and cut the agent's registration (SSH sessions stay end to end encrypted); use wss://", "server", cfg.Server)
+	}
 	var state *lifetime.StateFile
 	if cfg.StateFile {
 		state = lifetime.NewStateFile(cfg.Dir, cfg.ID, cfg.Server, a.log)
@@ -273,7 +276,7 @@ func (a *Agent) sshUser() string {
 // when the link drops. Open sessions are told why they end, then closed.
 // It returns nil when the agent ended normally (ctx, last logout, expiry)
 // and an error wrapping lifetime.ErrNoLogin when nobody logged in in time;
-// see lifetime.ExitStatus.
+// see lifetime.Config.ExitStatus.
 func (a *Agent) Run(ctx context.Context) error {
 	if err := a.openState(); err != nil {
 		return err

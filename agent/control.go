@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"os/user"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -34,13 +36,23 @@ const reclaimWindow = 5 * time.Minute
 // final, except 429 (a limit that may clear) and, for reclaimWindow after
 // a registered link dropped, 409; so is a welcome the agent cannot accept
 // (errBadWelcome); anything else is retried with backoff.
+//
+// Until the first registration succeeds, failures are reported as "could
+// not reach the server" with their cause, and those that retrying will
+// not fix end the agent with an *UnreachableError (see firstFailure); so
+// does ctx ending before the agent ever registered.
 func (a *Agent) connectLoop(ctx context.Context) error {
 	backoff := wire.ReconnectMin
 	announced := false
 	var lost time.Time // when the last registered link ended; zero before the first
+	var firstErr error // the last failure before the first registration
+	tries := 0         // failed attempts at the first registration
 	for {
 		connected, err := a.control(ctx, !announced)
 		if ctx.Err() != nil {
+			if !announced && firstErr != nil {
+				return &UnreachableError{Server: a.cfg.Server, Err: firstErr}
+			}
 			return nil
 		}
 		if connected {
@@ -50,6 +62,13 @@ func (a *Agent) connectLoop(ctx context.Context) error {
 		}
 		if errors.Is(err, errBadWelcome) {
 			return err
+		}
+		if !announced {
+			tries++
+			firstErr = err
+			if firstFailure(err, tries) {
+				return &UnreachableError{Server: a.cfg.Server, Err: err}
+			}
 		}
 		d := wire.Jitter(backoff)
 		if connected {
@@ -63,6 +82,8 @@ func (a *Agent) connectLoop(ctx context.Context) error {
 				"in", d.Round(time.Millisecond), "giving_up_in", time.Until(lost.Add(reclaimWindow)).Round(time.Second))
 		} else if errors.Is(err, errIDTokenRequest) {
 			a.log.Warn("no identity token from GitHub Actions; retrying", "error", err, "in", d.Round(time.Millisecond))
+		} else if !announced {
+			a.log.Warn("could not reach the server; retrying", "error", err, "in", d.Round(time.Millisecond))
 		} else {
 			a.log.Warn("connection to server lost; reconnecting", "error", err, "in", d.Round(time.Millisecond))
 		}
@@ -116,24 +137,45 @@ func refused(re *wsconn.RefusedError, lost time.Time) error {
 	return fmt.Errorf("server refused agent: %s", re.Message)
 }
 
-// control runs one control connection: register, then serve dial requests
-// until the connection ends. connected reports whether registration
-// succeeded.
-func (a *Agent) control(ctx context.Context, announce bool) (connected bool, err error) {
+// register opens the control connection: with the agent's secret, if
+// it has one, and its host key, proving it holds the key when the server
+// asks (a 401 with a challenge; a server that binds no keys never asks).
+func (a *Agent) register(ctx context.Context) (*websocket.Conn, error) {
 	hdr := http.Header{}
 	if a.secret != "" {
 		hdr.Set(wire.SecretHeader, a.secret)
 	}
 	if err := a.credentials(ctx, hdr); err != nil {
-		return false, err
+		return nil, err
 	}
-	dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	if k := a.proofKey(); k != nil {
+		hdr.Set(wire.AgentKeyHeader, base64.StdEncoding.EncodeToString(k))
+	}
 	protocols := []string{wire.ControlProtocolV2, wire.ControlProtocol} // v2: stream pools
 	if a.cfg.NoStreamPool {
 		protocols = []string{wire.ControlProtocol}
 	}
-	c, err := wsconn.Dial(dctx, a.cfg.Server+wire.AgentPath(a.cfg.ID), wsconn.Options{Subprotocols: protocols, Header: hdr})
-	cancel()
+	dial := func() (*websocket.Conn, error) {
+		dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		return wsconn.Dial(dctx, a.cfg.Server+wire.AgentPath(a.cfg.ID), wsconn.Options{Subprotocols: protocols, Header: hdr})
+	}
+	c, err := dial()
+	var re *wsconn.RefusedError
+	if !errors.As(err, &re) || re.Status != http.StatusUnauthorized || re.Header.Get(wire.ChallengeHeader) == "" || hdr.Get(wire.AgentKeyHeader) == "" {
+		return c, err
+	}
+	if err := a.prove(hdr, re.Header.Get(wire.ChallengeHeader)); err != nil {
+		return nil, err
+	}
+	return dial()
+}
+
+// control runs one control connection: register, then serve dial requests
+// until the connection ends. connected reports whether registration
+// succeeded.
+func (a *Agent) control(ctx context.Context, announce bool) (connected bool, err error) {
+	c, err := a.register(ctx)
 	if err != nil {
 		return false, err
 	}
@@ -162,15 +204,21 @@ func (a *Agent) control(ctx context.Context, announce bool) (connected bool, err
 	} else {
 		a.log.Info("reconnected to server")
 	}
-	defer a.life.Report(ctx, func(ctx context.Context, st wire.Status) error {
-		return wire.Send(ctx, c, wire.Message{Type: wire.TypeStatus, Status: &st})
+	// The link's own context: reads, writes and pings on c use lctx, which
+	// ends only with this link, so that the agent ending (ctx) says
+	// goodbye on it (see serveControl) rather than cutting it, which
+	// coder/websocket does to a connection whose context ends mid-read.
+	lctx, endLink := context.WithCancel(context.WithoutCancel(ctx))
+	defer endLink()
+	defer a.life.Report(ctx, func(_ context.Context, st wire.Status) error {
+		return wire.Send(lctx, c, wire.Message{Type: wire.TypeStatus, Status: &st})
 	})()
 	if a.cfg.OnRegistered != nil {
 		a.cfg.OnRegistered()
 	}
 
 	// Keepalive: a missing pong means the link is dead, whatever TCP says.
-	kctx, stopKeepalive := context.WithCancel(ctx)
+	kctx, stopKeepalive := context.WithCancel(lctx)
 	kdone := make(chan struct{})
 	go func() {
 		defer close(kdone)
@@ -181,22 +229,33 @@ func (a *Agent) control(ctx context.Context, announce bool) (connected bool, err
 	}()
 	defer func() { stopKeepalive(); <-kdone }()
 
-	return true, a.serveControl(ctx, c, c.Subprotocol() == wire.ControlProtocolV2)
+	return true, a.serveControl(ctx, lctx, c, c.Subprotocol() == wire.ControlProtocolV2)
 }
 
-// serveControl reads the server's messages on control connection c until
-// it ends. pooling: the server speaks control v2, so it may ask for idle
-// streams (wire.Pool); they end with c, unless a client was assigned to
-// them by then.
-func (a *Agent) serveControl(ctx context.Context, c *websocket.Conn, pooling bool) error {
+// serveControl reads the server's messages on control connection c, with
+// lctx (the link's context), until it ends. When ctx ends first, the agent
+// ends on purpose: it says goodbye (wire.Bye), and the server frees its
+// ID at once and closes c. pooling: the server speaks control v2, so it may ask
+// for idle streams (wire.Pool); they end with c, unless a client was
+// assigned to them by then.
+func (a *Agent) serveControl(ctx, lctx context.Context, c *websocket.Conn, pooling bool) error {
 	idle, endIdle := context.WithCancel(ctx)
 	defer endIdle()
+	var idleStreams atomic.Int64 // pool streams opening or waiting for a client
+	done, said := make(chan struct{}), make(chan struct{})
+	stopBye := context.AfterFunc(ctx, func() {
+		defer close(said)
+		a.goodbye(lctx, c, done)
+	})
+	defer func() {
+		close(done)
+		if !stopBye() {
+			<-said
+		}
+	}()
 	for {
-		m, err := wire.Receive(ctx, c)
+		m, err := wire.Receive(lctx, c)
 		if err != nil {
-			if ctx.Err() != nil {
-				c.Close(websocket.StatusNormalClosure, "agent stopping")
-			}
 			return err
 		}
 		switch {
@@ -209,14 +268,37 @@ func (a *Agent) serveControl(ctx context.Context, c *websocket.Conn, pooling boo
 				a.dialStream(ctx, *m.Dial)
 			}()
 		case m.Type == wire.TypePool && pooling:
+			if idleStreams.Load() >= wire.MaxIdleStreams {
+				a.log.Debug("not opening another idle stream: the server asks for more than an agent keeps", "max", wire.MaxIdleStreams)
+				continue
+			}
+			idleStreams.Add(1)
 			a.streams.Add(1)
 			go func() {
 				defer a.streams.Done()
-				a.poolStream(idle, ctx, m.Pool.Token)
+				a.poolStream(idle, ctx, m.Pool.Token, func() { idleStreams.Add(-1) })
 			}()
 		default:
 			a.log.Warn("ignoring unexpected control message", "type", m.Type)
 		}
+	}
+}
+
+// goodbye tells the server on control connection c that the agent ends on
+// purpose (wire.Bye), so that it frees the ID at once, and gives it 5 s
+// to close c (done is closed when c has ended); then cuts c.
+func (a *Agent) goodbye(lctx context.Context, c *websocket.Conn, done <-chan struct{}) {
+	if err := wire.Send(lctx, c, wire.Message{Type: wire.TypeBye, Bye: &wire.Bye{Reason: "the agent ended"}}); err != nil {
+		a.log.Debug("cannot say goodbye to the server; it keeps the ID for a while", "error", err)
+		c.CloseNow()
+		return
+	}
+	t := time.NewTimer(5 * time.Second)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		c.CloseNow()
 	}
 }
 

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"sync"
 
 	"github.com/converge-ci/converge/internal/leg"
 	"github.com/converge-ci/converge/internal/wire"
@@ -25,8 +26,11 @@ import (
 // under ctx, like a stream dialled back for a client. It asks for a raw
 // stream, as for a resumable dial-back: the server assigns a raw idle
 // stream only to a client speaking a stream protocol, and a WebSocket one
-// to any client.
-func (a *Agent) poolStream(idle, ctx context.Context, token string) {
+// to any client. notIdle is called once the stream is no longer idle
+// (assigned, or ended).
+func (a *Agent) poolStream(idle, ctx context.Context, token string, notIdle func()) {
+	var once sync.Once
+	defer once.Do(notIdle)
 	c, err := a.openStream(idle, token, true)
 	if err != nil {
 		// The server grants another when it needs one; a client never
@@ -41,6 +45,7 @@ func (a *Agent) poolStream(idle, ctx context.Context, token string) {
 		}
 		return
 	}
+	once.Do(notIdle)
 	a.serveStream(ctx, c, protocol)
 }
 

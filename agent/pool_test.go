@@ -3,10 +3,14 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -187,4 +191,71 @@ func TestAwaitAssignRaw(t *testing.T) {
 			t.Errorf("the server's end: %v, want closed", err)
 		}
 	})
+}
+
+// TestPoolStreamsCapped: a relay that asks for ever more idle streams
+// gets wire.MaxIdleStreams of them, no more (issue 18, finding 10).
+func TestPoolStreamsCapped(t *testing.T) {
+	const asked = wire.MaxIdleStreams + 20
+	var mu sync.Mutex
+	opened := 0
+	reached := make(chan struct{})
+	hold, release := context.WithCancel(context.Background())
+	defer release()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != wire.AgentPath("myjob") {
+			c, err := leg.Accept(w, r, wire.StreamProtocol)
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			opened++
+			if opened == wire.MaxIdleStreams {
+				close(reached)
+			}
+			mu.Unlock()
+			<-hold.Done()
+			c.CloseNow()
+			return
+		}
+		c, err := websocket.Accept(w, r, &websocket.AcceptOptions{Subprotocols: []string{wire.ControlProtocolV2}})
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		ctx := r.Context()
+		if _, err := wire.Receive(ctx, c); err != nil {
+			return
+		}
+		wire.Send(ctx, c, wire.Message{Type: wire.TypeWelcome, Welcome: &wire.Welcome{SSHUser: "ciuser", Secret: strings.Repeat("ab", 16)}})
+		for i := range asked {
+			tok := fmt.Sprintf("%032x", i)
+			if wire.Send(ctx, c, wire.Message{Type: wire.TypePool, Pool: &wire.Pool{Token: tok}}) != nil {
+				return
+			}
+		}
+		<-hold.Done()
+	}))
+	defer srv.Close()
+	_, key := newKey(t, "user")
+	a, err := New(Config{Server: "ws" + strings.TrimPrefix(srv.URL, "http"), ID: "myjob", Dir: t.TempDir(), AuthorizedKeys: key, Logger: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	select {
+	case <-reached:
+	case err := <-done:
+		t.Fatalf("the agent ended before opening %d idle streams: %v", wire.MaxIdleStreams, err)
+	}
+	cancel() // Run returns once every stream goroutine it started has ended
+	<-done
+	release()
+	mu.Lock()
+	defer mu.Unlock()
+	if opened != wire.MaxIdleStreams {
+		t.Fatalf("asked for %d idle streams, the agent opened %d; want %d", asked, opened, wire.MaxIdleStreams)
+	}
 }

@@ -30,6 +30,9 @@ func (a *Agent) openState() error {
 		}
 		dir, a.removeDir = tmp, true
 	}
+	for _, w := range statedir.Warnings(dir) {
+		a.log.Warn(w)
+	}
 	dir, err := statedir.Make(dir)
 	if err != nil {
 		return err

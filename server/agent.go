@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -31,9 +32,10 @@ type agentConn struct {
 	remote   string
 	since    time.Time
 	log      *slog.Logger
-	tenure   registry.Tenure // of the ID, which its tokens prove (set by claim, before the registry holds it)
-	who      policy.Identity // what the registration policy verified
-	welcomed chan struct{}   // closed once the welcome has been written (or failed): other messages wait for it, so the agent reads welcome first
+	tenure   registry.Tenure   // of the ID, which its tokens prove (set by claim, before the registry holds it)
+	key      ed25519.PublicKey // the host key it proved it holds, which its tokens are bound to; nil: none
+	who      policy.Identity   // what the registration policy verified
+	welcomed chan struct{}     // closed once the welcome has been written (or failed): other messages wait for it, so the agent reads welcome first
 
 	// Set by accept, before ready is stored; read by others only once
 	// they saw ready true.
@@ -131,7 +133,12 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer uncount()
+	key, ok := s.agentKey(w, r, id, presented)
+	if !ok {
+		return
+	}
 	a := s.newAgentConn(id, remote, who)
+	a.key = key
 	displaced, ok := a.claim(w, presented)
 	if !ok {
 		return
@@ -143,9 +150,16 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 	}
 	defer release()
 	defer s.changes.notify() // after Unregister: watchers see it gone
-	defer s.reg.Unregister(id, a)
+	var err error
+	defer func() {
+		if errors.Is(err, errGoodbye) {
+			s.reg.Release(id, a)
+			return
+		}
+		s.reg.Unregister(id, a)
+	}()
 	defer a.pool.close()
-	err := a.serve()
+	err = a.serve()
 	a.log.Info("agent disconnected", "duration", time.Since(a.since).Round(time.Second), "reason", errString(err))
 	a.closeNow()
 }
@@ -156,7 +170,7 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 // returned channel is closed once a displaced holder's close is done.
 func (a *agentConn) claim(w http.ResponseWriter, presented string) (displaced <-chan struct{}, ok bool) {
 	s := a.s
-	c := s.claimFor(a.id, presented, a.remote)
+	c := s.claimFor(a.id, presented, a.remote, a.key)
 	a.tenure = c.Tenure
 	old, displacing, err := s.reg.Register(a.id, c, a)
 	if err != nil {
@@ -222,10 +236,10 @@ func (a *agentConn) accept(w http.ResponseWriter, r *http.Request) (release func
 // secret proves, or else a fresh one. A secret that proves nothing (signed
 // with another key, expired, forged) is no reason to refuse: the ID may be
 // free.
-func (s *Server) claimFor(id, secret, remote string) registry.Claim {
+func (s *Server) claimFor(id, secret, remote string, key ed25519.PublicKey) registry.Claim {
 	now := time.Now()
 	if secret != "" {
-		c, err := s.tokens.Verify(id, secret, now)
+		c, err := s.tokens.VerifyBound(id, secret, now, key)
 		if err == nil {
 			c.Group = registry.AddrGroup(remote)
 			return c
@@ -272,6 +286,9 @@ func (a *agentConn) serve() error {
 			a.info.Status = *m.Status
 			a.mu.Unlock()
 			s.changes.notify()
+		case wire.TypeBye:
+			a.close(websocket.StatusNormalClosure, "goodbye")
+			return errGoodbye
 		default:
 			a.close(wsconn.CodeRefused, "unexpected "+m.Type+" message")
 			return fmt.Errorf("unexpected %q message", m.Type)
@@ -302,7 +319,7 @@ func (a *agentConn) hello() (*wire.Hello, error) {
 // again, it refreshes the token (see refreshTokens).
 func (a *agentConn) welcome(ctx context.Context) error {
 	now := time.Now()
-	secret := a.s.tokens.Sign(a.id, a.tenure, now)
+	secret := a.s.tokens.SignBound(a.id, a.tenure, now, a.key)
 	a.issued.Store(now.UnixNano()) // before the agent can read it
 	return a.send(ctx, wire.Message{Type: wire.TypeWelcome, Welcome: &wire.Welcome{SSHUser: a.s.cfg.SSHUser, Secret: secret}})
 }
@@ -347,6 +364,11 @@ func (a *agentConn) displace(reason string) <-chan struct{} {
 	}()
 	return closed
 }
+
+// errGoodbye ends serve when the agent said goodbye (wire.Bye): it ended
+// on purpose, nobody comes back for its ID, which is free at once
+// (cluster-wide). Only a dropped link keeps the ID reserved.
+var errGoodbye = errors.New("the agent ended (goodbye)")
 
 func errString(err error) string {
 	if wsconn.IsClosed(err) {

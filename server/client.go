@@ -64,6 +64,9 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 			break
 		}
 	}
+	if a.key != nil { // the relay's word; the SSH handshake checks it end to end
+		w.Header().Set(wire.HostKeyHeader, wire.Fingerprint(a.key))
+	}
 	if v := a.who.Verified(); v != "" {
 		w.Header().Set(wire.VerifiedHeader, v)
 	}

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -33,6 +34,9 @@ type cluster struct {
 	self string // this replica's advertise URL, ws:// or wss://
 
 	kick chan struct{} // local changes to publish; capacity 1
+
+	seen   seenMACs     // forwarded requests' signatures accepted (forward.go)
+	lastMS atomic.Int64 // the last time a forwarded request was signed with (signMS)
 
 	mu        sync.Mutex
 	published map[string]string // ID -> the sessions row last written for it
@@ -178,9 +182,21 @@ func withPort(advertise string, port string) string {
 func newCluster(s *Server, rdb *redis.Client, self string) *cluster {
 	log := s.log.With("replica", self)
 	c := &cluster{s: s, log: log, rdb: rdb, self: self, kick: make(chan struct{}, 1), published: make(map[string]string)}
-	c.reg = registry.NewRedis[*agentConn](rdb, self, s.cfg.registryLimits(), time.Now, log)
+	c.reg = registry.NewRedis[*agentConn](rdb, self, s.tokens.Key(), s.cfg.registryLimits(), nil, log)
 	c.reg.OnLost(c.closeLost)
+	c.reg.OnFenced(c.release)
 	return c
+}
+
+// release closes a, an agent here whose lease may have ended while this
+// replica could not reach Redis, with 1001: it registers again, with its
+// token, on a replica that can, before another agent may take its ID.
+func (c *cluster) release(a *agentConn) {
+	if !a.ready.Load() {
+		a.displace("this server lost its registry; reconnect")
+		return
+	}
+	go a.close(websocket.StatusGoingAway, "this server lost its registry; reconnect shortly")
 }
 
 // closeLost closes a, an agent here whose ID another replica's agent

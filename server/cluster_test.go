@@ -110,7 +110,7 @@ func TestClusterForwardsClientsAndStreams(t *testing.T) {
 
 // TestClusterRefusesForgedForward: a request claiming to be forwarded
 // with a bad signature is refused; one signed right is served here and
-// never forwarded again.
+// never forwarded again, and only once.
 func TestClusterRefusesForgedForward(t *testing.T) {
 	reps, _ := runReplicas(t, 2)
 	dialAgentOffering(t, reps[0].ws(), "held", wire.Info{})
@@ -122,6 +122,10 @@ func TestClusterRefusesForgedForward(t *testing.T) {
 	signed := "v1 " + strconv.FormatInt(ms, 10) + " 192.0.2.1 " + forwardMAC(key, forwardClient, "held", "", ms, "192.0.2.1")
 	if code, _, _ := get(t, reps[1].http()+"/client/held", forwardHeader, signed); code != http.StatusNotFound {
 		t.Errorf("a forwarded request for an agent held elsewhere: %d, want 404 (one hop)", code)
+	}
+	// Issue 18, finding 10: a signature is accepted once.
+	if code, _, _ := get(t, reps[1].http()+"/client/held", forwardHeader, signed); code != http.StatusForbidden {
+		t.Errorf("the same signed forwarded request again: %d, want 403 (a replay)", code)
 	}
 }
 

@@ -45,6 +45,15 @@ type catalogue struct {
 	missing []string    // expected names not present (or not executables)
 }
 
+// sums maps each binary's file name to its SHA-256 (hex).
+func (c *catalogue) sums() map[string]string {
+	m := make(map[string]string, len(c.list))
+	for _, d := range c.list {
+		m[d.name] = d.sha256
+	}
+	return m
+}
+
 func distName(command, goos, arch string) string {
 	n := command + "-" + goos + "-" + arch
 	if goos == "windows" {

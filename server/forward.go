@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -26,6 +27,9 @@ import (
 // request carries forwardHeader, signed with the cluster key; the holder
 // believes the client address in it (for its per-address limits) and
 // never forwards it again: one hop, whatever the registry says by then.
+// Each signature is accepted once (see seenMACs): a replica signs each
+// request with a millisecond of its own, and a holder refuses a
+// signature it has seen within the window.
 const (
 	forwardHeader = "Converge-Forwarded" // "v1 UNIX-MS CLIENT-ADDR MAC"
 	forwardDomain = "converge-forward-v1"
@@ -99,7 +103,55 @@ func (c *cluster) forwardedFrom(r *http.Request, kind, id, token string) (addr s
 	if !hmac.Equal([]byte(f[3]), []byte(forwardMAC(c.s.tokens.Key(), kind, id, token, ms, f[2]))) {
 		return "", false, errForwardSignature
 	}
+	if !c.seen.first(f[3], time.UnixMilli(ms).Add(forwardSkew)) {
+		return "", false, errors.New("forwarded request replayed: its signature was used already")
+	}
 	return f[2], true, nil
+}
+
+// seenMACs are the signatures of forwarded requests accepted within the
+// window, so that each is accepted once. The window bounds how many
+// there are; past maxSeenMACs (more than 8,000 forwarded requests a
+// second), the oldest are forgotten early.
+type seenMACs struct {
+	mu    sync.Mutex
+	until map[string]time.Time // signature -> end of its window
+	fifo  []string             // in the order accepted
+}
+
+const maxSeenMACs = 1 << 19
+
+// first records mac, valid until until, and reports whether it is new.
+func (s *seenMACs) first(mac string, until time.Time) bool {
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.until == nil {
+		s.until = make(map[string]time.Time)
+	}
+	for len(s.fifo) > 0 && (len(s.fifo) >= maxSeenMACs || now.After(s.until[s.fifo[0]])) {
+		delete(s.until, s.fifo[0])
+		s.fifo = s.fifo[1:]
+	}
+	if _, ok := s.until[mac]; ok {
+		return false
+	}
+	s.until[mac] = until
+	s.fifo = append(s.fifo, mac)
+	return true
+}
+
+// signMS is the time a forwarded request is signed with: now in Unix
+// milliseconds, or one more than the last, so that no two requests this
+// replica signs share one (seenMACs would refuse the second).
+func (c *cluster) signMS() int64 {
+	for {
+		last, now := c.lastMS.Load(), time.Now().UnixMilli()
+		ms := max(now, last+1)
+		if c.lastMS.CompareAndSwap(last, ms) {
+			return ms
+		}
+	}
 }
 
 // forwardStream forwards an agent's dial-back stream that no client here

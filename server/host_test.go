@@ -77,7 +77,7 @@ func TestHostHeaderNeverReflected(t *testing.T) {
 	if code != http.StatusOK {
 		t.Fatalf("HTTP/1.0 without Host: status %d", code)
 	}
-	if got := recipe(t, resp, "ci-linux"); !strings.HasSuffix(got, "./agent --id job-42 ws://"+r.addr) {
+	if got := recipe(t, resp, "ci-linux"); !strings.HasSuffix(got, "\n.converge/agent --id job-42 ws://"+r.addr) {
 		t.Errorf("HTTP/1.0 without Host: recipe %q, want ws://%s", got, r.addr)
 	}
 }

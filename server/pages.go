@@ -49,7 +49,7 @@ func (s *Server) handleUsage(w http.ResponseWriter, r *http.Request) {
 	}
 	s.render(w, r, http.StatusOK, templates.Usage(templates.UsageData{
 		Site: s.site(), Base: base, WSBase: wsBase,
-		User: s.cfg.SSHUser, ID: id, Downloads: len(s.dist.list) > 0,
+		User: s.cfg.SSHUser, ID: id, Downloads: len(s.dist.list) > 0, Sums: s.dist.sums(),
 	}))
 }
 

@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -48,9 +50,9 @@ func TestUsagePageFillsInThisServer(t *testing.T) {
 	}
 	page := w.Body.String()
 	for id, want := range map[string][]string{
-		"ci-linux":           {"curl -fsSLo agent http://relay.test:8443/static/agent\n", "chmod +x agent\n", "./agent --id job-42 ws://relay.test:8443"},
-		"ci-macos":           {"http://relay.test:8443/static/dist/agent-darwin-$arch", "./agent --id job-42 ws://relay.test:8443"},
-		"ci-windows":         {"curl.exe -fsSLo agent.exe http://relay.test:8443/static/agent.exe", `.\agent.exe --id job-42 ws://relay.test:8443`},
+		"ci-linux":           {"curl -fsSL --create-dirs -o .converge/agent http://relay.test:8443/static/agent\n", "chmod +x .converge/agent\n", "\n.converge/agent --id job-42 ws://relay.test:8443"},
+		"ci-macos":           {"-o .converge/agent http://relay.test:8443/static/dist/agent-darwin-$arch", "\n.converge/agent --id job-42 ws://relay.test:8443"},
+		"ci-windows":         {"curl.exe -fsSL --create-dirs -o .converge/agent.exe http://relay.test:8443/static/agent.exe", `.converge\agent.exe --id job-42 ws://relay.test:8443`},
 		"ssh-cmd":            {`ssh -oProxyCommand="wsproxy ws://relay.test:8443/client/job-42" -oHostKeyAlias=job-42 ciuser@localhost`},
 		"sftp-cmd":           {`sftp -oProxyCommand="wsproxy ws://relay.test:8443/client/job-42" -oHostKeyAlias=job-42 ciuser@localhost`, "\nscp -oProxyCommand="},
 		"tcptows-cmd":        {"tcptows 10000 ws://relay.test:8443/client/job-42", "ssh -p 10000 -oHostKeyAlias=job-42 ciuser@localhost"},
@@ -67,6 +69,11 @@ func TestUsagePageFillsInThisServer(t *testing.T) {
 	}
 	if !strings.Contains(page, "built without the downloadable binaries") {
 		t.Error("page does not say the downloads are missing from this build")
+	}
+	// Nobody logging in exits 0 by default (--no-login-status), as the
+	// agent's --help and the README say.
+	if strings.Contains(page, "status 3") {
+		t.Error("page says an agent nobody logged in to exits with status 3; it exits 0 unless --no-login-status says otherwise")
 	}
 }
 
@@ -256,6 +263,46 @@ func TestDownloads(t *testing.T) {
 		if ct := w.Header().Get("Content-Type"); ct != "application/octet-stream" {
 			t.Errorf("GET %s: Content-Type %q", tc.path, ct)
 		}
+	}
+}
+
+// TestUsageRecipesCheckSums: the page's download recipes check the file
+// against the sum this server lists, and that check fails on any other
+// file; the page says these sums do not vouch for the server itself.
+func TestUsageRecipesCheckSums(t *testing.T) {
+	s := newTestServer(t, func(c *Config) { c.Dist = fakeBinaries })
+	page := serve(s, "GET", "http://relay.test/?id=job-42", "192.0.2.7:1", nil).Body.String()
+	linux := recipe(t, page, "ci-linux")
+	check := regexp.MustCompile(`(?m)^echo '[0-9a-f]{64}  agent' \| sha256sum -c.*$`).FindString(linux)
+	if !strings.Contains(check, sum(fakeBinaries["agent-linux-amd64"].Data)) {
+		t.Fatalf("the Linux recipe does not check the agent's sum:\n%s", linux)
+	}
+	for _, tc := range []struct {
+		content string
+		ok      bool
+	}{
+		{string(fakeBinaries["agent-linux-amd64"].Data), true},
+		{"\x7fELF another program", false},
+	} {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, "agent"), []byte(tc.content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command("sh", "-c", check)
+		cmd.Dir = dir
+		out, err := cmd.CombinedOutput()
+		if (err == nil) != tc.ok {
+			t.Errorf("%q with agent %q: %v, want ok=%v\n%s", check, tc.content, err, tc.ok, out)
+		}
+	}
+	if w := recipe(t, page, "ci-windows"); !strings.Contains(w, sum(fakeBinaries["agent-windows-amd64.exe"].Data)) {
+		t.Errorf("the Windows recipe does not check the agent's sum:\n%s", w)
+	}
+	if m := recipe(t, page, "ci-macos"); !strings.Contains(m, sum(fakeBinaries["agent-darwin-arm64"].Data)) || !strings.Contains(m, "shasum -a 256 -c") {
+		t.Errorf("the macOS recipe does not check the agent's sum:\n%s", m)
+	}
+	if !strings.Contains(page, "a server chooses the code it serves") {
+		t.Error("the page does not say its sums cannot vouch for the server")
 	}
 }
 

@@ -82,7 +82,8 @@ func TestBasePath(t *testing.T) {
 	}
 	page := serve(s, "GET", "http://relay.test:8443/converge/?id=job-42", "192.0.2.7:1", nil).Body.String()
 	for id, want := range map[string]string{
-		"ci-linux":           "curl -fsSLo agent http://relay.test:8443/converge/static/agent\nchmod +x agent\n./agent --id job-42 ws://relay.test:8443/converge",
+		"ci-linux":           "-o .converge/agent http://relay.test:8443/converge/static/agent\n",
+		"ci-detach":          ".converge/agent --detach --id job-42 ws://relay.test:8443/converge\n",
 		"ssh-cmd":            `wsproxy ws://relay.test:8443/converge/client/job-42"`,
 		"ssh-config-snippet": "ProxyCommand wsproxy ws://relay.test:8443/converge/client/%n\n",
 		"get-wsproxy":        "http://relay.test:8443/converge/static/wsproxy",

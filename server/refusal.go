@@ -34,7 +34,12 @@ func refusalOf(err error, id, perAddr string) refusal {
 	case errors.Is(err, registry.ErrIDInUse):
 		return refusal{http.StatusConflict, reasonIDInUse, fmt.Sprintf("rendezvous ID %q is already used by a connected agent; choose another --id", id)}
 	case errors.Is(err, registry.ErrIDReserved):
-		return refusal{http.StatusConflict, reasonIDReserved, fmt.Sprintf("rendezvous ID %q is reserved for an agent that is reconnecting; choose another --id", id)}
+		until := "for a while"
+		var res *registry.ReservedError
+		if errors.As(err, &res) {
+			until = "until " + res.Until.UTC().Format("15:04:05 UTC")
+		}
+		return refusal{http.StatusConflict, reasonIDReserved, fmt.Sprintf("rendezvous ID %q is reserved %s for an agent whose link dropped, unless it comes back first (an agent that ends on purpose frees its ID at once); choose another --id, or wait", id, until)}
 	case errors.Is(err, registry.ErrUnavailable):
 		return refusal{http.StatusServiceUnavailable, "", "the server cannot reach its registry; retry shortly"}
 	}

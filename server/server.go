@@ -46,8 +46,8 @@ type Config struct {
 	// StreamPool is how many idle streams an agent that speaks control v2
 	// keeps open for its next clients once one has connected (see
 	// streamPool), so that a client is spliced at once instead of waiting
-	// for a dial-back. Each costs a file descriptor and about 20 KiB while
-	// idle. At most MaxStreamPool. Default DefaultStreamPool; negative: no
+	// for a dial-back. Each costs a file descriptor and about 40 KiB while
+	// idle (docs/benchmarks.md). At most MaxStreamPool. Default DefaultStreamPool; negative: no
 	// pools, agents dial back for every client.
 	StreamPool int
 	// poolKeep is how long a pool stays full after its agent's last
@@ -254,6 +254,7 @@ type Server struct {
 
 	streamLimit *addrLimiter
 	authFails   *failLimiter // wrong sessions-view passwords
+	challenges  seenMACs     // agents' host-key challenges used (hostkey.go)
 
 	conns   *conns   // hijacked WebSockets, for the drain
 	pending *pending // clients waiting for their agent's stream
@@ -311,6 +312,9 @@ func (s *Server) loadKey() ([]byte, error) {
 			return nil, fmt.Errorf("cluster key (CONVERGE_CLUSTER_KEY): %w", err)
 		}
 		s.log.Info("server key from the cluster key", "key_id", registry.KeyID(key))
+		if registry.WeakKey(key) {
+			s.log.Warn("the cluster key is a short pattern repeated (all zeros?): anyone who guesses it can sign agents' secrets and forwarded requests; make one with `openssl rand -hex 32`")
+		}
 		return key, nil
 	case s.cfg.StateDir != "":
 		key, created, err := registry.LoadKey(s.cfg.StateDir)
@@ -318,6 +322,9 @@ func (s *Server) loadKey() ([]byte, error) {
 			return nil, err
 		}
 		s.log.Info("server key kept in the state directory", "dir", s.cfg.StateDir, "created", created, "key_id", registry.KeyID(key))
+		if registry.WritableByOthers(s.cfg.StateDir) {
+			s.log.Warn("the state directory may be written by other users, who could replace the server key with one they know: run chmod 700 on it", "dir", s.cfg.StateDir)
+		}
 		return key, nil
 	}
 	key := make([]byte, registry.MinKeyBytes)

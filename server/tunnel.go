@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -22,6 +23,10 @@ import (
 // the client sent them.
 var handshakeHeaders = []string{"Upgrade", "Connection", "Sec-Websocket-Key", "Sec-Websocket-Version",
 	"Sec-Websocket-Protocol", "Sec-Websocket-Extensions", leg.ProtocolHeader}
+
+// maxHolderHead bounds the status line and headers read from a holder's
+// answer; ours are a few hundred bytes.
+const maxHolderHead = 16 << 10
 
 // dialOwner sends r's handshake, as a request of kind for id (and token)
 // on behalf of the client at addr, to owner (ws:// or wss://, maybe with
@@ -52,7 +57,7 @@ func (c *cluster) dialOwner(ctx context.Context, r *http.Request, owner, kind, i
 			req.Header.Add(h, v)
 		}
 	}
-	ms := time.Now().UnixMilli()
+	ms := c.signMS()
 	req.Header.Set(forwardHeader, fmt.Sprintf("v1 %d %s %s", ms, addr, forwardMAC(c.s.tokens.Key(), kind, id, token, ms, addr)))
 
 	ctx, cancel := context.WithTimeout(ctx, forwardDialTimeout)
@@ -72,10 +77,18 @@ func (c *cluster) dialOwner(ctx context.Context, r *http.Request, owner, kind, i
 		}
 		conn = tc
 	}
-	br = bufio.NewReader(conn)
+	// The answer's head is read through a limit (a holder named by a
+	// forged registry entry must not make this replica buffer without
+	// end); the tunnel's bytes after it are not.
+	head := &io.LimitedReader{R: conn, N: maxHolderHead + 4096} // + what one read ahead may take
+	br = bufio.NewReaderSize(head, 4096)
 	if err = req.Write(conn); err == nil {
 		resp, err = http.ReadResponse(br, req)
 	}
+	if err != nil && head.N <= 0 {
+		err = fmt.Errorf("its answer's head is over %d bytes", maxHolderHead)
+	}
+	head.N = math.MaxInt64
 	if !stop() || err != nil {
 		conn.Close()
 		return nil, nil, nil, fmt.Errorf("handshake with %s: %w", owner, errOr(err, ctx.Err()))
@@ -107,13 +120,10 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, kind, id, token
 		http.Error(w, fmt.Sprintf("the server holding agent %q cannot be reached; retry in a few seconds", id), http.StatusServiceUnavailable)
 		return
 	}
-	if resp.StatusCode != http.StatusSwitchingProtocols { // the holder's answer, as it gave it
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		relayRefusal(w, resp)
 		up.Close()
 		log.Info("forwarded request refused by the holder", "status", resp.StatusCode)
-		w.Header().Set("Content-Type", resp.Header.Get("Content-Type"))
-		w.WriteHeader(resp.StatusCode)
-		w.Write(body)
 		return
 	}
 	client, cbuf, err := http.NewResponseController(w).Hijack()
@@ -130,6 +140,25 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, kind, id, token
 		return
 	}
 	s.tunnel(&bufferedConn{client, cbuf.Reader}, &bufferedConn{up, br}, kind, log, start)
+}
+
+// relayRefusal passes the holder's refusal on: its status (a 4xx or 5xx;
+// anything else is 502) and the first 4 KiB of its message, always as
+// plain text that no browser sniffs or runs, whatever the holder said
+// its type was: a holder named by a forged registry entry must not serve
+// a page on the relay's origin.
+func relayRefusal(w http.ResponseWriter, resp *http.Response) {
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	status := resp.StatusCode
+	if status < 400 || status > 599 {
+		status = http.StatusBadGateway
+	}
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Content-Security-Policy", "default-src 'none'; sandbox")
+	w.WriteHeader(status)
+	w.Write(body)
 }
 
 // bufferedConn is a connection whose first bytes were read into r.

@@ -19,6 +19,10 @@ type UsageData struct {
 	User      string // SSH user name (--ssh-user)
 	ID        string // the rendezvous ID filled into the recipes
 	Downloads bool   // the server embeds the binaries
+	// Sums maps the binaries' file names (agent-linux-amd64) to their
+	// SHA-256 in hex, as this server serves them; nil without downloads.
+	// Recipes check what they download against them.
+	Sums map[string]string
 }
 
 // Download is one row of the downloads table.

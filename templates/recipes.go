@@ -30,48 +30,60 @@ func (d UsageData) login() string { return d.User + "@localhost" }
 func (d UsageData) keysRecipe() string {
 	return lines(
 		"echo \"ssh-ed25519 AAAA... you@laptop\" >> .authorized_keys   # your key, written by the job, never committed",
-		"./agent --authorized-keys-url https://github.com/$GITHUB_ACTOR.keys --id "+d.ID+" "+d.WSBase+"   # GitHub Actions: the keys of whoever started the job",
+		".converge/agent --authorized-keys-url https://github.com/$GITHUB_ACTOR.keys --id "+d.ID+" "+d.WSBase+"   # GitHub Actions: the keys of whoever started the job",
 	)
+}
+
+// checkSum is the line that checks file against this server's sum of
+// the binary name with tool (sha256sum, or shasum -a 256 on macOS), or
+// nothing when the server lacks it. Sums are hex, safe in a shell line.
+func (d UsageData) checkSum(tool, name, file string) []string {
+	sum, ok := d.Sums[name]
+	if !ok {
+		return nil
+	}
+	return []string{"echo '" + sum + "  " + file + "' | " + tool + " -c   # this server's sum (see below)"}
 }
 
 func (d UsageData) ciLinux() string {
-	return lines(
-		"curl -fsSLo agent "+d.Base+"/static/agent",
-		"chmod +x agent",
-		"./agent --id "+d.ID+" "+d.WSBase,
-	)
+	ls := []string{"curl -fsSL --create-dirs -o .converge/agent " + d.Base + "/static/agent"}
+	ls = append(ls, d.checkSum("sha256sum", "agent-linux-amd64", ".converge/agent")...)
+	return lines(append(ls, "chmod +x .converge/agent", ".converge/agent --id "+d.ID+" "+d.WSBase)...)
 }
 
 func (d UsageData) ciMacOS() string {
-	return lines(
+	ls := []string{
 		`arch=$(uname -m); [ "$arch" = x86_64 ] && arch=amd64`,
-		"curl -fsSLo agent "+d.Base+"/static/dist/agent-darwin-$arch",
-		"chmod +x agent",
-		"./agent --id "+d.ID+" "+d.WSBase,
-	)
+		"curl -fsSL --create-dirs -o .converge/agent " + d.Base + "/static/dist/agent-darwin-$arch",
+	}
+	amd, arm := d.Sums["agent-darwin-amd64"], d.Sums["agent-darwin-arm64"]
+	if amd != "" || arm != "" {
+		ls = append(ls, `[ "$arch" = amd64 ] && sum=`+amd+` || sum=`+arm,
+			`echo "$sum  .converge/agent" | shasum -a 256 -c   # this server's sum (see below)`)
+	}
+	return lines(append(ls, "chmod +x .converge/agent", ".converge/agent --id "+d.ID+" "+d.WSBase)...)
 }
 
 func (d UsageData) ciWindows() string {
-	return lines(
-		"curl.exe -fsSLo agent.exe "+d.Base+"/static/agent.exe",
-		`.\agent.exe --id `+d.ID+" "+d.WSBase,
-	)
+	ls := []string{"curl.exe -fsSL --create-dirs -o .converge/agent.exe " + d.Base + "/static/agent.exe"}
+	if sum, ok := d.Sums["agent-windows-amd64.exe"]; ok {
+		ls = append(ls, `if ((Get-FileHash .converge\agent.exe).Hash -ne "`+sum+`") { throw "agent.exe is not the one this server lists" }`)
+	}
+	return lines(append(ls, `.converge\agent.exe --id `+d.ID+" "+d.WSBase)...)
 }
 
 func (d UsageData) ciDetach() string {
 	return lines(
-		"./agent --detach --id "+d.ID+" "+d.WSBase,
-		"make test        # the job's own steps",
-		"./agent wait     # at the end of the job",
+		".converge/agent --detach --id "+d.ID+" "+d.WSBase,
+		"make test                 # the job's own steps",
+		".converge/agent wait      # at the end of the job; when it failed: wait --failed",
 	)
 }
 
 func (d UsageData) getWSProxy() string {
-	return lines(
-		"mkdir -p ~/.local/bin",
-		"curl -fsSLo ~/.local/bin/wsproxy "+d.Base+"/static/wsproxy",
-		"chmod +x ~/.local/bin/wsproxy",
-	)
+	ls := []string{"mkdir -p ~/.local/bin", "curl -fsSLo ~/.local/bin/wsproxy " + d.Base + "/static/wsproxy"}
+	ls = append(ls, d.checkSum("sha256sum", "wsproxy-linux-amd64", "$HOME/.local/bin/wsproxy")...)
+	return lines(append(ls, "chmod +x ~/.local/bin/wsproxy")...)
 }
 
 func (d UsageData) sshRecipe() string { return "ssh " + d.sshOpts() + " " + d.login() }

@@ -46,6 +46,11 @@ func ParseTarget(raw string) (Target, error) {
 	return Target{url: raw}, nil
 }
 
+// PlainText reports whether the URL is plain ws:// to another machine,
+// where anyone on the path can watch and cut the stream (what flows in it
+// stays SSH's ciphertext); the command warns.
+func (t Target) PlainText() bool { return wsconn.PlainTextRemote(t.url) }
+
 // String returns the URL as the user gave it.
 func (t Target) String() string { return t.url }
 

@@ -48,6 +48,17 @@ type Config struct {
 	// someone logged in, unless .hold holds it. False: keep running until
 	// the deadline.
 	ExitOnLastLogout bool
+	// ConnectAfterFailure makes ConnectTimeout count from when the job
+	// reports its failure (`agent wait --failed`) instead of from Start,
+	// for an agent that runs in the background of the job (--detach):
+	// until then the job's end (`agent wait`) bounds the agent, and at
+	// most maxJobWait (6 hours). False: ConnectTimeout counts from Start, and
+	// a failure reported before the first login restarts it.
+	ConnectAfterFailure bool
+	// NoLoginStatus is the exit status (ExitStatus) when nobody logged in
+	// before ConnectTimeout, recorded in the state file too. Zero: 0, so
+	// the job goes on as if the agent had not run.
+	NoLoginStatus int
 }
 
 // Validate rejects negative durations.
@@ -59,6 +70,9 @@ func (l Config) Validate() error {
 		if d.v < 0 {
 			return fmt.Errorf("%s is negative (%v): give a positive duration such as 10m, or 0 to turn it off", d.name, d.v)
 		}
+	}
+	if l.NoLoginStatus < 0 || l.NoLoginStatus > 125 {
+		return fmt.Errorf("no-login status %d is out of range: give 0 (the job goes on) or a status from 1 to 125, such as 3", l.NoLoginStatus)
 	}
 	return nil
 }
@@ -88,8 +102,6 @@ const (
 	ExitFailed = 1
 	// ExitUsage: bad flags or arguments.
 	ExitUsage = 2
-	// ExitNoLogin: nobody logged in before --connect-timeout.
-	ExitNoLogin = 3
 	// ExitNotAdmitted: the relay's registration policy refused the
 	// agent's credentials (or it had none): a setup error, not a network
 	// failure, so the agent stops at once.
@@ -101,14 +113,15 @@ var ErrNotAdmitted = errors.New("the relay does not admit this agent")
 
 // ExitStatus maps what the agent's Run returned (Run.End's error, or one
 // of its own) to the agent command's exit status: ExitOK for nil,
-// ExitNoLogin for an error wrapping ErrNoLogin, ExitNotAdmitted for one
-// wrapping ErrNotAdmitted, ExitFailed for any other.
-func ExitStatus(err error) int {
+// NoLoginStatus for an error wrapping ErrNoLogin (nobody logged in before
+// --connect-timeout), ExitNotAdmitted for one wrapping ErrNotAdmitted,
+// ExitFailed for any other.
+func (l Config) ExitStatus(err error) int {
 	switch {
 	case err == nil:
 		return ExitOK
 	case errors.Is(err, ErrNoLogin):
-		return ExitNoLogin
+		return l.NoLoginStatus
 	case errors.Is(err, ErrNotAdmitted):
 		return ExitNotAdmitted
 	}
@@ -143,6 +156,7 @@ type lifeState struct {
 	active     time.Time // last input, login or logout of a user
 	hold       time.Time // mtime of .hold; zero when there is none
 	jobDone    bool      // `agent wait` asked the agent to end when unused
+	failed     time.Time // when `agent wait --failed` said the job failed; zero if not
 	warned     time.Duration
 
 	// Set through the job's own commands (decide.go).
@@ -157,9 +171,7 @@ func (s *lifeState) deadline() time.Time {
 	var d time.Time
 	switch {
 	case s.firstLogin.IsZero():
-		if s.cfg.ConnectTimeout > 0 {
-			d = s.start.Add(s.cfg.ConnectTimeout)
-		}
+		d = s.loginBy()
 	case s.cfg.Expiry > 0:
 		d = s.active.Add(s.cfg.Expiry)
 	}
@@ -170,6 +182,31 @@ func (s *lifeState) deadline() time.Time {
 		d = c
 	}
 	return d
+}
+
+// maxJobWait bounds how long an agent with ConnectAfterFailure waits for
+// a first login while its job runs: the longest a GitHub-hosted job runs.
+// A job that never runs `agent wait` (a forgotten one, on a runner that
+// leaves background processes behind) does not keep the agent forever.
+const maxJobWait = 6 * time.Hour
+
+// loginBy is the deadline to the first login; zero when there is none.
+// A failed job gives users ConnectTimeout from its failure.
+func (s *lifeState) loginBy() time.Time {
+	if s.cfg.ConnectTimeout <= 0 {
+		return time.Time{}
+	}
+	f := s.failed.Add(s.cfg.ConnectTimeout)
+	switch {
+	case s.cfg.ConnectAfterFailure && !s.failed.IsZero():
+		return f
+	case s.cfg.ConnectAfterFailure:
+		return s.start.Add(maxJobWait)
+	}
+	if d := s.start.Add(s.cfg.ConnectTimeout); s.failed.IsZero() || d.After(f) {
+		return d
+	}
+	return f
 }
 
 // heldUntil is the end of the hold .hold or Extend gives; zero when
@@ -227,6 +264,9 @@ func (s *lifeState) end(now time.Time) endKind {
 	}
 	if !s.firstLogin.IsZero() && s.cfg.ExitOnLastLogout {
 		return endLastLogout
+	}
+	if s.jobDone && s.firstLogin.IsZero() && !s.failed.IsZero() {
+		return endNone // a failed job waits for its first login until loginBy
 	}
 	if s.jobDone && (s.firstLogin.IsZero() || s.cfg.ExitOnLastLogout) {
 		return endUnused

@@ -19,6 +19,8 @@ func TestLifeStateEnd(t *testing.T) {
 	stay.ExitOnLastLogout = false
 	capped := std
 	capped.MaxSession = time.Hour
+	detached := std
+	detached.ConnectAfterFailure = true
 	in := func(s lifeState) lifeState { // one user logged in at 1m, last input at 5m
 		s.firstLogin, s.users, s.logins, s.active = at(time.Minute), 1, 1, at(5*time.Minute)
 		return s
@@ -63,6 +65,14 @@ func TestLifeStateEnd(t *testing.T) {
 		{"wait: a user is in", in(lifeState{cfg: std, jobDone: true}), at(6 * time.Minute), at(35 * time.Minute), endNone},
 		{"wait: stay keeps a session that was used", out(lifeState{cfg: stay, jobDone: true}), at(6 * time.Minute), at(35 * time.Minute), endNone},
 		{"wait: stay, nobody came", lifeState{cfg: stay, jobDone: true}, at(6 * time.Minute), at(10 * time.Minute), endUnused},
+		{"detached: no connect timeout while the job runs", lifeState{cfg: detached}, at(5 * time.Hour), at(6 * time.Hour), endNone},
+		{"detached: a job that never ends", lifeState{cfg: detached}, at(6 * time.Hour), at(6 * time.Hour), endNoLogin},
+		{"detached: unused at the job's end", lifeState{cfg: detached, jobDone: true}, at(14 * time.Minute), at(6 * time.Hour), endUnused},
+		{"detached: the job failed late", lifeState{cfg: detached, jobDone: true, failed: at(14 * time.Minute)}, at(23 * time.Minute), at(24 * time.Minute), endNone},
+		{"detached: nobody came after the failure", lifeState{cfg: detached, jobDone: true, failed: at(14 * time.Minute)}, at(24 * time.Minute), at(24 * time.Minute), endNoLogin},
+		{"detached: a login after the failure", in(lifeState{cfg: detached, jobDone: true, failed: at(0)}), at(34 * time.Minute), at(35 * time.Minute), endNone},
+		{"failed early restarts the connect timeout", lifeState{cfg: std, jobDone: true, failed: at(4 * time.Minute)}, at(13 * time.Minute), at(14 * time.Minute), endNone},
+		{"failed late keeps the connect timeout from the start", lifeState{cfg: std, jobDone: true, failed: at(-4 * time.Minute)}, at(10 * time.Minute), at(10 * time.Minute), endNoLogin},
 		{"decided: ends at once", in(lifeState{cfg: std, decided: true}), at(6 * time.Minute), at(35 * time.Minute), endDecided},
 		{"decided: the cap still says why", in(lifeState{cfg: capped, decided: true}), at(61 * time.Minute), at(35 * time.Minute), endMaxSession},
 		{"passed: waits for the user", in(lifeState{cfg: std, unused: true}), at(6 * time.Minute), at(35 * time.Minute), endNone},
@@ -146,16 +156,18 @@ func TestLifetimeValidate(t *testing.T) {
 
 func TestExitStatus(t *testing.T) {
 	for _, tt := range []struct {
-		err  error
-		want int
+		noLogin int
+		err     error
+		want    int
 	}{
-		{nil, 0},
-		{ErrNoLogin, 3},
-		{errors.Join(errors.New("x"), ErrNoLogin), 3},
-		{errors.New("server refused agent"), 1},
+		{0, nil, 0},
+		{0, ErrNoLogin, 0},
+		{3, ErrNoLogin, 3},
+		{3, errors.Join(errors.New("x"), ErrNoLogin), 3},
+		{3, errors.New("server refused agent"), 1},
 	} {
-		if got := ExitStatus(tt.err); got != tt.want {
-			t.Errorf("ExitStatus(%v) = %d, want %d", tt.err, got, tt.want)
+		if got := (Config{NoLoginStatus: tt.noLogin}).ExitStatus(tt.err); got != tt.want {
+			t.Errorf("NoLoginStatus %d: ExitStatus(%v) = %d, want %d", tt.noLogin, tt.err, got, tt.want)
 		}
 	}
 }

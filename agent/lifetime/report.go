@@ -20,6 +20,7 @@ func (l *Lifetime) snapshot() (wire.Status, stateSnapshot) {
 		Expiry:    l.st.deadline().Round(0),
 		HeldUntil: l.st.heldUntil().Round(0),
 		Waiting:   l.st.jobDone,
+		Failed:    !l.st.failed.IsZero(),
 	}
 }
 

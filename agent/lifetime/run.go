@@ -162,11 +162,17 @@ func (l *Lifetime) loop(ctx context.Context) endKind {
 		case <-l.wake:
 		}
 		hold := l.readHold()
-		jobDone := l.state != nil && l.state.waitRequested()
+		var jobDone, failed bool
+		if l.state != nil {
+			jobDone, failed = l.state.waitRequested()
+		}
 		now := time.Now()
 		l.mu.Lock()
 		l.st.hold = hold
 		l.st.jobDone = l.st.jobDone || jobDone
+		if failed && l.st.failed.IsZero() {
+			l.st.failed = now
+		}
 		k := l.st.end(now)
 		left, warn := l.st.warning(now)
 		next := l.st.next(now)
@@ -313,7 +319,7 @@ func (r *Run) Exit(err error) error {
 		if err != nil && r.reason == endNone {
 			reason = err.Error()
 		}
-		l.state.exit(ExitStatus(err), reason)
+		l.state.exit(l.cfg.ExitStatus(err), reason, errors.Is(err, ErrNoLogin))
 	}
 	return err
 }

@@ -32,13 +32,14 @@ func ended(ctx context.Context) bool {
 
 func TestLifetimeRunNoLogin(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		l, _ := newTestLifetime(t, Config{ConnectTimeout: 10 * time.Minute, Expiry: time.Minute}, false)
+		cfg := Config{ConnectTimeout: 10 * time.Minute, Expiry: time.Minute, NoLoginStatus: 3}
+		l, _ := newTestLifetime(t, cfg, false)
 		start := time.Now()
 		ctx, r := l.Start(context.Background())
 		<-ctx.Done()
 		err := r.End(nil)
-		if !errors.Is(err, ErrNoLogin) || ExitStatus(err) != ExitNoLogin {
-			t.Errorf("Run would return %v (exit %d), want ErrNoLogin (exit 3)", err, ExitStatus(err))
+		if !errors.Is(err, ErrNoLogin) || cfg.ExitStatus(err) != 3 {
+			t.Errorf("Run would return %v (exit %d), want ErrNoLogin (exit 3)", err, cfg.ExitStatus(err))
 		}
 		if got := time.Since(start); got != 10*time.Minute {
 			t.Errorf("ended after %v, want the connect timeout, 10m", got)

@@ -95,7 +95,8 @@ type liveSession struct {
 }
 
 // Attach registers s for warnings and the closing message, and prints the
-// banner into interactive shells. Call the returned detach when the
+// banner into interactive login shells (a terminal and no command: not
+// into the output of ssh -t host cmd). Call the returned detach when the
 // session handler ends; Run.Exit waits for that. Once the lifetime has
 // begun to end, Attach does nothing and detach is a no-op.
 func (l *Lifetime) Attach(s ssh.Session) (detach func()) {
@@ -109,7 +110,7 @@ func (l *Lifetime) Attach(s ssh.Session) (detach func()) {
 	l.sessions[ls] = struct{}{}
 	l.handlers.Add(1)
 	var banner string
-	if pty {
+	if pty && s.RawCommand() == "" && s.Subsystem() == "" { // a login shell, not ssh -t host cmd
 		banner = l.bannerLocked(time.Now())
 	}
 	l.mu.Unlock()

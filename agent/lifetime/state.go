@@ -8,8 +8,11 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/converge-ci/converge/agent/statedir"
 )
 
 // The agent's files for `agent wait` and --detach live in dir/.converge:
@@ -43,6 +46,9 @@ type agentState struct {
 	Exited     bool   `json:"exited"`
 	ExitStatus int    `json:"exit_status"`
 	Reason     string `json:"reason,omitempty"`
+	// NoLogin: the agent ended because nobody logged in in time, which is
+	// no failure of the job whatever ExitStatus --no-login-status chose.
+	NoLogin bool `json:"no_login,omitempty"`
 }
 
 // stateSnapshot is the part of agentState the lifetime updates.
@@ -51,7 +57,8 @@ type stateSnapshot struct {
 	Logins    int       `json:"logins"`
 	Expiry    time.Time `json:"expiry,omitzero"`
 	HeldUntil time.Time `json:"held_until,omitzero"`
-	Waiting   bool      `json:"waiting"` // `agent wait` asked the agent to end when unused
+	Waiting   bool      `json:"waiting"`          // `agent wait` asked the agent to end when unused
+	Failed    bool      `json:"failed,omitempty"` // `agent wait --failed` said the job failed
 }
 
 // StateFile writes agent.json for `agent wait` and --detach, and reads
@@ -65,6 +72,7 @@ type StateFile struct {
 	mu      sync.Mutex
 	st      agentState
 	written bool
+	refused bool // begin found the folder unsafe: write nothing there
 }
 
 // NewStateFile prepares the state file of the agent with ID id, registered
@@ -81,8 +89,11 @@ func NewStateFile(agentDir, id, server string, log *slog.Logger) *StateFile {
 // begin records a fresh start, dropping a wait request left by an earlier
 // run in the same directory.
 func (f *StateFile) begin() {
-	if err := os.MkdirAll(f.dir, 0o755); err != nil {
-		f.log.Warn("cannot create the state directory; `agent wait` will not find this agent", "error", err)
+	if _, err := makeStateDir(f.dir); err != nil {
+		f.log.Warn("cannot use the state directory; `agent wait` will not find this agent", "error", err)
+		f.mu.Lock()
+		f.refused = true
+		f.mu.Unlock()
 		return
 	}
 	if old, err := readState(filepath.Dir(f.dir)); err == nil && !old.Exited && old.PID != os.Getpid() && processAlive(old.PID) {
@@ -117,21 +128,31 @@ func (f *StateFile) update(s stateSnapshot) {
 	}
 }
 
-func (f *StateFile) exit(status int, reason string) {
+func (f *StateFile) exit(status int, reason string, noLogin bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.st.Exited, f.st.ExitStatus, f.st.Reason = true, status, reason
+	f.st.Exited, f.st.ExitStatus, f.st.Reason, f.st.NoLogin = true, status, reason, noLogin
 	f.writeLocked()
 }
 
 // waitRequested reports whether `agent wait` has asked the agent to end
-// when unused.
-func (f *StateFile) waitRequested() bool {
-	_, err := os.Stat(filepath.Join(f.dir, waitRequestName))
-	return err == nil
+// when unused, and whether it said the job failed (`agent wait --failed`
+// writes "failed" into the request).
+func (f *StateFile) waitRequested() (requested, failed bool) {
+	b, err := os.ReadFile(filepath.Join(f.dir, waitRequestName))
+	if err != nil {
+		return false, false
+	}
+	return true, strings.TrimSpace(string(b)) == waitFailed
 }
 
+// waitFailed is the content of the wait request of `agent wait --failed`.
+const waitFailed = "failed"
+
 func (f *StateFile) writeLocked() {
+	if f.refused {
+		return
+	}
 	b, err := json.MarshalIndent(f.st, "", "  ")
 	if err != nil {
 		f.log.Warn("cannot encode the state file", "error", err)
@@ -139,7 +160,7 @@ func (f *StateFile) writeLocked() {
 	}
 	path := filepath.Join(f.dir, stateName)
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+	if err := writeNoFollow(f.dir, stateName+".tmp", append(b, '\n')); err != nil {
 		f.log.Warn("cannot write the state file; `agent wait` will not follow this agent", "error", err)
 		return
 	}
@@ -148,6 +169,20 @@ func (f *StateFile) writeLocked() {
 		return
 	}
 	f.written = true
+}
+
+// writeNoFollow writes b to the file name in dir, replacing a symlink
+// there rather than following it.
+func writeNoFollow(dir, name string, b []byte) error {
+	w, err := statedir.Create(dir, name, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(b)
+	if cerr := w.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // readState reads the state file of the agent in dir.
@@ -161,4 +196,20 @@ func readState(dir string) (agentState, error) {
 		return st, fmt.Errorf("read %s: %w", filepath.Join(dir, StateDir, stateName), err)
 	}
 	return st, nil
+}
+
+// makeStateDir makes the state directory stateDir as the private state
+// folder is made (statedir.Make: no symlink, this user's, 0700), with a
+// .gitignore that ignores everything in it (unless there is one), so that
+// the agent's files, and the agent itself when the job downloads it
+// there, leave the checkout clean for a job that checks it.
+func makeStateDir(stateDir string) (string, error) {
+	dir, err := statedir.Make(stateDir)
+	if err != nil {
+		return "", err
+	}
+	if _, err := os.Lstat(filepath.Join(dir, ".gitignore")); err == nil {
+		return dir, nil
+	}
+	return dir, writeNoFollow(dir, ".gitignore", []byte("*\n"))
 }

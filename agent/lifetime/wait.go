@@ -10,6 +10,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"time"
+
+	"github.com/converge-ci/converge/agent/statedir"
 )
 
 // waitPoll is how often `agent wait` and --detach read the state file.
@@ -41,7 +43,11 @@ func (k endKind) reason() string {
 // the session expires. It returns nil when the agent ended by its
 // lifetime (nobody logging in included: that is no failure of the job),
 // and an error when there is no agent to follow, it failed, or ctx ended.
-func Wait(ctx context.Context, dir string, out io.Writer) error {
+//
+// With failed (the job failed), an agent nobody has logged in to yet
+// waits for a first login for its --connect-timeout from now, so that
+// someone can look into the failure; then as above.
+func Wait(ctx context.Context, dir string, failed bool, out io.Writer) error {
 	stateDir := filepath.Join(dir, StateDir)
 	st, err := readState(dir)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -51,7 +57,7 @@ func Wait(ctx context.Context, dir string, out io.Writer) error {
 		return err
 	}
 	if !st.Exited {
-		if err := os.WriteFile(filepath.Join(stateDir, waitRequestName), nil, 0o644); err != nil {
+		if err := requestWait(stateDir, failed); err != nil {
 			return fmt.Errorf("ask the agent to end when unused: %w", err)
 		}
 	}
@@ -62,7 +68,7 @@ func Wait(ctx context.Context, dir string, out io.Writer) error {
 	for {
 		if st.Exited {
 			fmt.Fprintf(out, "The agent %s ended: %s (exit status %d).\n", st.ID, st.Reason, st.ExitStatus)
-			if st.ExitStatus == ExitOK || st.ExitStatus == ExitNoLogin {
+			if st.ExitStatus == ExitOK || st.NoLogin {
 				return nil
 			}
 			return fmt.Errorf("the agent failed: see its log in %s", filepath.Join(stateDir, logName))
@@ -74,6 +80,12 @@ func Wait(ctx context.Context, dir string, out io.Writer) error {
 			fmt.Fprintf(out, "Waiting for the agent %s: %d user(s) connected; it ends after the last logout", st.ID, st.Sessions)
 			if !st.Expiry.IsZero() {
 				fmt.Fprintf(out, " or at %s UTC", st.Expiry.UTC().Format("15:04:05"))
+			}
+			fmt.Fprintln(out, ".")
+		} else if st.Sessions == 0 && st.Logins == 0 && st.Failed && !last.Failed {
+			fmt.Fprintf(out, "The job failed: the agent %s waits for someone to log in and look", st.ID)
+			if !st.Expiry.IsZero() {
+				fmt.Fprintf(out, ", until %s UTC (its --connect-timeout)", st.Expiry.UTC().Format("15:04:05"))
 			}
 			fmt.Fprintln(out, ".")
 		} else if st.Sessions == 0 && (first || last.Sessions > 0 || last.HeldUntil != st.HeldUntil) && st.HeldUntil.After(time.Now()) {
@@ -108,12 +120,14 @@ const registerTimeout = 60 * time.Second
 // Detach leaves a goroutine waiting for the child: it is meant to be the
 // last thing its process does.
 func Detach(ctx context.Context, exe string, args []string, dir string, out io.Writer) error {
-	stateDir := filepath.Join(dir, StateDir)
-	if err := os.MkdirAll(stateDir, 0o755); err != nil {
-		return fmt.Errorf("create %s: %w", stateDir, err)
+	// dir is usually a checkout, which a pull request controls: a
+	// committed .converge symlink must not make the log land elsewhere.
+	stateDir, err := makeStateDir(filepath.Join(dir, StateDir))
+	if err != nil {
+		return err
 	}
 	logPath := filepath.Join(stateDir, logName)
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	logf, err := statedir.Create(stateDir, logName, 0o600)
 	if err != nil {
 		return fmt.Errorf("create the agent log: %w", err)
 	}
@@ -165,4 +179,14 @@ func Detach(ctx context.Context, exe string, args []string, dir string, out io.W
 			return nil
 		}
 	}
+}
+
+// requestWait creates the wait request in stateDir, without following a
+// symlink there.
+func requestWait(stateDir string, failed bool) error {
+	var req []byte
+	if failed {
+		req = []byte(waitFailed + "\n")
+	}
+	return writeNoFollow(stateDir, waitRequestName, req)
 }

@@ -75,6 +75,23 @@ func Make(dir string) (string, error) {
 	return dir, nil
 }
 
+// Warnings says, in words for the log, what makes dir less private than
+// Make can fix: a folder others could write to before Make narrowed it
+// (they may have left files there), or a parent others can write to
+// without the sticky bit (they can rename the folder and put another in
+// its place). Call it before Make; it changes nothing.
+func Warnings(dir string) []string {
+	var w []string
+	if fi, err := os.Lstat(dir); err == nil && fi.IsDir() && fi.Mode().Perm()&0o002 != 0 {
+		w = append(w, fmt.Sprintf("the state folder %s is writable by every user (mode %v): others may have left files in it; it is made private now", dir, fi.Mode().Perm()))
+	}
+	parent := filepath.Dir(dir)
+	if fi, err := os.Stat(parent); err == nil && fi.Mode().Perm()&0o002 != 0 && fi.Mode()&fs.ModeSticky == 0 {
+		w = append(w, fmt.Sprintf("the state folder's parent %s is writable by every user without the sticky bit: others can replace the state folder; give another with --state-dir", parent))
+	}
+	return w
+}
+
 // Create creates the file name in dir (made by Make) for writing,
 // truncating an old one, without following a symlink there: it removes
 // a symlink in its way, and opens with O_NOFOLLOW where the OS has it.

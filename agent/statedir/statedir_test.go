@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 )
 
@@ -73,5 +74,42 @@ func TestCreateDoesNotFollow(t *testing.T) {
 	f.Close()
 	if b, _ := os.ReadFile(victim); string(b) != "keep" {
 		t.Errorf("the symlink's target was written: %q", b)
+	}
+}
+
+func TestWarnings(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("modes are ACLs on Windows")
+	}
+	for _, tc := range []struct {
+		parent, dir os.FileMode // dir 0: not there yet
+		want        int
+	}{
+		{0o755, 0, 0},
+		{0o755, 0o700, 0},
+		{0o755, 0o777, 1},
+		{0o777 | os.ModeSticky, 0, 0},
+		{0o777, 0, 1},
+		{0o777, 0o757, 2},
+	} {
+		parent := filepath.Join(t.TempDir(), "parent")
+		dir := filepath.Join(parent, "state")
+		if err := os.Mkdir(parent, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if tc.dir != 0 {
+			if err := os.Mkdir(dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(dir, tc.dir); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.Chmod(parent, tc.parent); err != nil {
+			t.Fatal(err)
+		}
+		if got := Warnings(dir); len(got) != tc.want {
+			t.Errorf("parent %v, folder %v: warnings %q, want %d", tc.parent, tc.dir, got, tc.want)
+		}
 	}
 }

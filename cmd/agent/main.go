@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -42,14 +43,7 @@ func main() {
 	// it was, before what follows rewrites it for the agent.
 	stepEnv := os.Environ()
 	cmd, o := newCommand()
-	// CONVERGE_AUTHORIZED_KEYS is the twin of --authorized-keys (files),
-	// but a CI secret by that name usually holds the key lines themselves:
-	// pass those on as CONVERGE_AUTHORIZED_KEYS_DATA (which --detach's
-	// background agent inherits too).
-	if v := os.Getenv("CONVERGE_AUTHORIZED_KEYS"); holdsKeyLines(v) {
-		os.Setenv("CONVERGE_AUTHORIZED_KEYS_DATA", strings.TrimSpace(os.Getenv("CONVERGE_AUTHORIZED_KEYS_DATA")+"\n"+v))
-		os.Unsetenv("CONVERGE_AUTHORIZED_KEYS")
-	}
+	keysFromEnv()
 	if len(os.Args) > 1 && os.Args[1] == "run" {
 		runMain(cmd, o, os.Args[2:], stepEnv)
 		return
@@ -69,7 +63,22 @@ func main() {
 	default:
 		cli.Fatal("agent", errors.New("too many arguments: give one server URL; see agent --help"), 2)
 	}
+	// In the background of a job, the job's end bounds the wait for a
+	// first login, and a failed job gives users --connect-timeout from its
+	// failure, unless --connect-after-failure=false says otherwise.
+	if o.detach && !given(f, "connect-after-failure") {
+		o.afterFailure = true
+	}
 	run(o, f.NArg())
+}
+
+// given reports whether flag name was set on the command line or through
+// its environment twin.
+func given(f *flag.FlagSet, name string) bool {
+	set := false
+	f.Visit(func(fl *flag.Flag) { set = set || fl.Name == name })
+	_, env := os.LookupEnv(cli.EnvName(name))
+	return set || env
 }
 
 // options is the agent's command line: the agent's Config, and what only
@@ -82,20 +91,23 @@ type options struct {
 	verbose   bool
 	stay      bool
 	detach    bool
-	noLogin   int // exit status when nobody logged in
+	// afterFailure: --connect-timeout counts from `agent wait --failed`
+	afterFailure bool
+	noLogin      int // exit status when nobody logged in
 }
 
 // newCommand defines the agent command, its help and its flags, which
 // fill the returned options.
 func newCommand() (*cli.Command, *options) {
-	cmd := cli.New("agent", "agent [flags] ws[s]://host[:port]\n       agent run [flags] ws[s]://host[:port] -- CMD [ARGS...]\n       agent wait [--dir DIR]\n       agent journal [--markdown] FILE", `
+	cmd := cli.New("agent", "agent [flags] ws[s]://host[:port]\n       agent run [flags] ws[s]://host[:port] -- CMD [ARGS...]\n       agent wait [--failed] [--dir DIR]\n       agent journal [--markdown] FILE", `
 The Converge agent runs inside a CI job. It connects out to the Converge
 server (it never listens on the network), registers a rendezvous ID, and
 serves an SSH server - shells, commands, sftp and scp - to users who
 connect to that ID.
 
 Users log in with the server's user name and a key from --authorized-keys,
---authorized-keys-data (or CONVERGE_AUTHORIZED_KEYS) or --authorized-keys-url;
+--authorized-keys-data (or CONVERGE_AUTHORIZED_KEYS: key lines, or the path
+of a file of them) or --authorized-keys-url;
 with none of these, from .authorized_keys in the current directory (re-read
 when it changes). When any of them is given, .authorized_keys is read only if
 named with --authorized-keys: the directory is usually the checkout, where a
@@ -115,11 +127,13 @@ logged and kept in journal.jsonl in the agent's state folder (--state-dir);
 "converge" talks to the agent: "converge who" lists who is in the job,
 "converge --help" what else it does.`)
 	cmd.Footer = `Exit status: 0 when the session ended (last logout, expiry, --max-session,
-SIGINT/SIGTERM, or unused at "agent wait"); 1 on failure; 2 on bad usage;
-3 when nobody logged in before --connect-timeout; 4 when the server's
-registration policy refused the agent's token (or it had none): the agent
-prints the server's reason and stops at once, without retrying. Network
-failures are retried, and never end in 4.
+SIGINT/SIGTERM, or unused at "agent wait"); 0 too when nobody logged in
+before --connect-timeout, or the status --no-login-status gives (a detached
+agent records it in .converge/agent.json); 1 on failure, such as a server
+that cannot be reached; 2 on bad usage; 4 when the server's registration
+policy refused the agent's token (or it had none): the agent prints the
+server's reason and stops at once, without retrying. Network failures are
+retried, and never end in 4.
 
 Example:
   echo "ssh-ed25519 AAAA... you@laptop" > .authorized_keys
@@ -130,13 +144,16 @@ In the background:
   ./agent --detach --id myjob wss://converge.example.com
   make test            # the job's own steps
   ./agent wait         # returns at once unless someone is connected`
+	// CONVERGE_AUTHORIZED_KEYS is the keys (see keysFromEnv), not the
+	// file flag's twin.
+	cmd.Env = map[string]string{"authorized-keys": "CONVERGE_AUTHORIZED_KEYS_FILE"}
 	o := &options{}
 	cfg := &o.cfg
 	f := cmd.Flags
 	f.StringVar(&cfg.ID, "id", "", "rendezvous `ID` users connect to (letters, digits, . _ -); random when empty")
 	f.StringVar(&cfg.Dir, "dir", "", "working directory of sessions, and of .authorized_keys when no other key source is given (default: the current directory)")
 	f.Var(&o.keyFiles, "authorized-keys", "authorized_keys `FILE` to read at each login; repeatable; any key source turns off .authorized_keys in --dir unless named here (--authorized-keys .authorized_keys)")
-	f.StringVar(&cfg.AuthorizedKeys, "authorized-keys-data", "", "authorized_keys lines given directly, for CI secrets: set it through the environment (CONVERGE_AUTHORIZED_KEYS holding key lines works too)")
+	f.StringVar(&cfg.AuthorizedKeys, "authorized-keys-data", "", "authorized_keys lines given directly, for CI secrets: set them through the environment, usually as CONVERGE_AUTHORIZED_KEYS, which holds the keys as lines or as the path of a file of them (a GitLab variable of type File)")
 	f.Var(&o.keyURLs, "authorized-keys-url", "fetch authorized_keys lines from `URL` at start, e.g. https://github.com/USER.keys; https only (plain http only to loopback hosts), no redirect to http; repeatable; a failed fetch stops the agent")
 	f.StringVar(&cfg.TrustedUserCAKeys, "trusted-user-ca-keys", "", "`FILE` of SSH certificate authorities' public keys: user certificates they signed for the SSH user name log in (as OpenSSH's TrustedUserCAKeys); re-read at each login")
 	f.StringVar(&cfg.StateDir, "state-dir", "", "the agent's private `folder` (journal.jsonl of who logged in, the converge command); default $RUNNER_TEMP/converge-ID, else $XDG_STATE_HOME/converge/ID, else .converge/ID in --dir")
@@ -148,7 +165,8 @@ In the background:
 	f.DurationVar(&cfg.Lifetime.WarnBefore, "warn-before", 5*time.Minute, "warn in open shells this `duration` before the expiry, at most half of --expiry (0: no warnings)")
 	f.DurationVar(&cfg.Lifetime.MaxSession, "max-session", 0, "hard cap on the time from the first login, whatever the input or .hold (0: no cap)")
 	f.BoolVar(&o.stay, "stay", false, "keep running after the last user logs out, until the expiry (default: exit with status 0)")
-	f.BoolVar(&o.detach, "detach", false, "run in the background once registered, logging to .converge/agent.log; end the job with \"agent wait\"")
+	f.BoolVar(&o.detach, "detach", false, "run in the background once registered, logging to .converge/agent.log; end the job with \"agent wait\" (\"agent wait --failed\" when it failed: --connect-timeout then counts from there)")
+	f.BoolVar(&o.afterFailure, "connect-after-failure", false, "count --connect-timeout from \"agent wait --failed\" (the job failed) instead of from the start, for an agent in the background of the job (default false: from the start; with --detach, true unless set)")
 	f.DurationVar(&cfg.ResumeWindow, "resume-window", 2*time.Minute, "how long a user's resumable session waits for the user to reconnect after a drop before it is closed")
 	f.StringVar(&cfg.AgentToken, "agent-token", "", "shared registration `TOKEN` for a server that asks for one (set it through the environment, from a CI secret)")
 	f.StringVar(&cfg.IDToken, "id-token", "", "OIDC identity `TOKEN` from the CI system, minted for the server's URL in https form as audience, for a server that checks them (GitLab: id_tokens: in the job, passed as CONVERGE_ID_TOKEN). On GitHub Actions the agent asks for one itself when the job has permissions: id-token: write")
@@ -166,6 +184,8 @@ func (o *options) config() agent.Config {
 		cfg.HostKeyPEM, cfg.HostKeyFile = []byte(cfg.HostKeyFile), ""
 	}
 	cfg.Lifetime.ExitOnLastLogout = !o.stay
+	cfg.Lifetime.NoLoginStatus = o.noLogin
+	cfg.Lifetime.ConnectAfterFailure = o.afterFailure
 	cfg.Password = os.Getenv("CONVERGE_PASSWORD")
 	log, err := cli.Logger(os.Stderr, o.logFormat, o.verbose)
 	if err != nil {
@@ -190,22 +210,18 @@ func run(o *options, positional int) {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if o.detach {
-		runDetached(ctx, positional, cfg.Dir)
+		runDetached(ctx, positional, cfg.Dir, o.afterFailure)
 		return
 	}
 	if err := a.Run(ctx); err != nil {
 		stop()
-		code := lifetime.ExitStatus(err)
-		if errors.Is(err, lifetime.ErrNoLogin) {
-			code = o.noLogin
-		}
-		cli.Fatal("agent", err, code)
+		cli.Fatal("agent", err, cfg.Lifetime.ExitStatus(err))
 	}
 }
 
 // runDetached starts this command again without --detach, in the
 // background, and returns once it has registered.
-func runDetached(ctx context.Context, positional int, dir string) {
+func runDetached(ctx context.Context, positional int, dir string, afterFailure bool) {
 	exe, err := os.Executable()
 	if err != nil {
 		cli.Fatal("agent", fmt.Errorf("find this program to run it in the background: %w", err), lifetime.ExitFailed)
@@ -217,7 +233,7 @@ func runDetached(ctx context.Context, positional int, dir string) {
 	if cut > 0 && args[cut-1] == "--" {
 		cut--
 	}
-	child := append(append(append([]string{}, args[:cut]...), "--detach=false"), args[cut:]...)
+	child := append(append(append([]string{}, args[:cut]...), "--detach=false", fmt.Sprintf("--connect-after-failure=%t", afterFailure)), args[cut:]...)
 	if dir == "" {
 		dir = "."
 	}
@@ -236,15 +252,19 @@ func runDetached(ctx context.Context, positional int, dir string) {
 
 // waitMain is "agent wait".
 func waitMain(args []string) {
-	cmd := cli.New("agent wait", "agent wait [--dir DIR]", `
+	cmd := cli.New("agent wait", "agent wait [--failed] [--dir DIR]", `
 Wait for the agent started in DIR with --detach (or with &) to be done.
 If nobody is connected and .hold does not hold it, the agent ends at once
 and wait returns; otherwise wait returns when the last user logs out or the
-session expires. Run it as the last step of the job.`)
+session expires. Run it as the last step of the job; when the job failed,
+run "agent wait --failed": a detached agent nobody has used yet then waits
+its --connect-timeout for someone to log in and look.`)
 	cmd.Footer = `Exit status: 0 when the agent ended by its lifetime (nobody logging in
 included), 1 when there is no agent state in DIR or the agent failed.`
 	var dir string
+	var failed bool
 	cmd.Flags.StringVar(&dir, "dir", "", "the agent's directory, as given to the agent (default: the current directory)")
+	cmd.Flags.BoolVar(&failed, "failed", false, "the job failed: if nobody has logged in yet, wait for a first login for the agent's --connect-timeout from now (default false: end an unused agent at once)")
 	if err := cmd.Parse(args); err != nil {
 		if errors.Is(err, cli.ErrExit) {
 			return
@@ -263,10 +283,37 @@ included), 1 when there is no agent state in DIR or the agent failed.`
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := lifetime.Wait(ctx, dir, os.Stdout); err != nil {
+	if err := lifetime.Wait(ctx, dir, failed, os.Stdout); err != nil {
 		stop()
 		cli.Fatal("agent wait", err, lifetime.ExitFailed)
 	}
+}
+
+// keysFromEnv reads CONVERGE_AUTHORIZED_KEYS, the CI secret, which has one
+// meaning: the keys that may log in, as authorized_keys lines, or as the
+// path of a file holding them (a GitLab CI/CD variable of type File puts
+// the value in a file and the path in the variable). It passes them on
+// as the twins of --authorized-keys-data and --authorized-keys
+// (CONVERGE_AUTHORIZED_KEYS_DATA, CONVERGE_AUTHORIZED_KEYS_FILE), which
+// --detach's background agent inherits too.
+func keysFromEnv() {
+	v, ok := os.LookupEnv("CONVERGE_AUTHORIZED_KEYS")
+	if !ok {
+		return
+	}
+	os.Unsetenv("CONVERGE_AUTHORIZED_KEYS")
+	name, v := "CONVERGE_AUTHORIZED_KEYS_DATA", strings.TrimSpace(v)
+	sep := "\n"
+	if !holdsKeyLines(v) {
+		name, sep = "CONVERGE_AUTHORIZED_KEYS_FILE", ","
+	}
+	if v == "" {
+		return
+	}
+	if old := os.Getenv(name); old != "" {
+		v = old + sep + v
+	}
+	os.Setenv(name, v)
 }
 
 // journalMain is "agent journal": who logged in, from a journal file,

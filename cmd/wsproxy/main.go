@@ -53,6 +53,9 @@ ssh client and the agent.`)
 	if err != nil {
 		cli.Fatal("wsproxy", err, 1)
 	}
+	if target.PlainText() {
+		fmt.Fprintln(os.Stderr, "wsproxy: warning: plain ws:// to another machine: anyone on the path can watch and cut this connection (SSH inside stays encrypted); use wss://")
+	}
 	// SIGHUP (the ssh client's terminal went away) ends the stream
 	// gracefully, so the agent closes the session now rather than waiting
 	// the resume window for a client that will not come back.

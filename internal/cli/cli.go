@@ -26,6 +26,10 @@ type Command struct {
 	// VersionDetail, when set, adds lines after the version that
 	// --version prints (the server's sums of what browsers run).
 	VersionDetail func() string
+	// Env names the environment twin of a flag whose twin is not
+	// EnvName's (flag name -> variable), so that a variable has one
+	// meaning. Nil: every flag's twin is EnvName's.
+	Env map[string]string
 }
 
 // New returns a Command with an empty flag set that already knows
@@ -41,6 +45,14 @@ func New(name, usage, summary string) *Command {
 // upper case with '-' as '_'.
 func EnvName(flagName string) string {
 	return "CONVERGE_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// envName is the environment twin of flag name.
+func (c *Command) envName(name string) string {
+	if v, ok := c.Env[name]; ok {
+		return v
+	}
+	return EnvName(name)
 }
 
 // ErrExit means the command printed what was asked (--help, --version) and
@@ -71,9 +83,9 @@ func (c *Command) Parse(args []string) error {
 		if set[f.Name] || f.Name == "version" || err != nil {
 			return
 		}
-		if v, ok := os.LookupEnv(EnvName(f.Name)); ok {
+		if v, ok := os.LookupEnv(c.envName(f.Name)); ok {
 			if e := f.Value.Set(v); e != nil {
-				err = fmt.Errorf("environment %s=%q: %v", EnvName(f.Name), v, e)
+				err = fmt.Errorf("environment %s=%q: %v", c.envName(f.Name), v, e)
 			}
 		}
 	})
@@ -93,7 +105,7 @@ func (c *Command) PrintHelp(w io.Writer) {
 		fmt.Fprintln(w, line)
 		fmt.Fprintf(w, "        %s\n", usage)
 		if f.Name != "version" {
-			extra := "env " + EnvName(f.Name)
+			extra := "env " + c.envName(f.Name)
 			if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "[]" {
 				extra = "default " + f.DefValue + "; " + extra
 			}

@@ -58,3 +58,22 @@ func TestHelpAndVersion(t *testing.T) {
 		t.Errorf("--version: %v %q", err, out.String())
 	}
 }
+
+// TestEnvTwinRenamed: Command.Env gives a flag another twin, which Parse
+// reads and --help names; the default name then means nothing to it.
+func TestEnvTwinRenamed(t *testing.T) {
+	c := New("x", "x", "s")
+	c.Env = map[string]string{"keys": "CONVERGE_KEYS_FILE"}
+	var keys string
+	c.Flags.StringVar(&keys, "keys", "", "key files")
+	t.Setenv("CONVERGE_KEYS", "ignored")
+	t.Setenv("CONVERGE_KEYS_FILE", "k.txt")
+	if err := c.Parse(nil); err != nil || keys != "k.txt" {
+		t.Fatalf("Parse = %v, keys %q; want k.txt from CONVERGE_KEYS_FILE", err, keys)
+	}
+	var help strings.Builder
+	c.PrintHelp(&help)
+	if !strings.Contains(help.String(), "env CONVERGE_KEYS_FILE") || strings.Contains(help.String(), "env CONVERGE_KEYS)") {
+		t.Errorf("help names the wrong twin:\n%s", help.String())
+	}
+}

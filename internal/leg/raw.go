@@ -77,9 +77,12 @@ func acceptRaw(w http.ResponseWriter, r *http.Request, protocol string) (net.Con
 	if protocol != "" {
 		resp.WriteString(ProtocolHeader + ": " + protocol + "\r\n")
 	}
-	for k, vs := range w.Header() { // what the handler set, as a WebSocket's 101 carries it
-		for _, v := range vs {
-			if k != ProtocolHeader && !strings.ContainsAny(k+v, "\r\n") {
+	for k, vs := range w.Header() { // the caller's, as a WebSocket's accept sends them
+		if k != "Upgrade" && k != "Connection" && k != ProtocolHeader {
+			for _, v := range vs {
+				if strings.ContainsAny(k+v, "\r\n") {
+					continue // it would split the response
+				}
 				resp.WriteString(k + ": " + v + "\r\n")
 			}
 		}

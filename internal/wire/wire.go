@@ -46,6 +46,7 @@ const (
 	TypeDial    = "dial"    // server → agent: a client waits; dial back a stream
 	TypePool    = "pool"    // server → agent (v2): open an idle stream for the pool
 	TypeAssign  = "assign"  // server → agent (v2), first on an idle stream: a client is spliced to it
+	TypeBye     = "bye"     // agent → server, last: the agent ends on purpose; free its ID now
 )
 
 // Message is one control message. Exactly the field named by Type is set.
@@ -57,6 +58,7 @@ type Message struct {
 	Dial    *Dial    `json:"dial,omitempty"`
 	Pool    *Pool    `json:"pool,omitempty"`
 	Assign  *Assign  `json:"assign,omitempty"`
+	Bye     *Bye     `json:"bye,omitempty"`
 }
 
 // Hello introduces an agent. It carries no secret: an agent re-registering
@@ -113,6 +115,11 @@ type Pool struct {
 	Token string `json:"token"`
 }
 
+// MaxIdleStreams is the most idle pool streams an agent keeps open at
+// once, whatever the server asks: a server pools a few (at most 4 per
+// agent); a relay asking for more is not honoured.
+const MaxIdleStreams = 16
+
 // Assign is the first message that the server sends on an idle stream of
 // the pool: a client is now spliced to it. Protocol is the stream
 // subprotocol the client negotiated ("" for a plain stream), as in Dial.
@@ -121,6 +128,17 @@ type Pool struct {
 // client's bytes follow unframed.
 type Assign struct {
 	Protocol string `json:"protocol,omitempty"`
+}
+
+// Bye is the agent's last control message when it ends on purpose (the
+// last logout, expiry, nobody logging in, a signal, `agent wait`): the
+// server frees its ID at once, with no reservation, and closes the
+// connection. A control connection that ends without it (a dropped link)
+// leaves the ID reserved for the agent to come back to. Reason is for
+// the server's log. A server older than Bye refuses it as an unknown
+// type and closes the connection: the ID then stays reserved, as before.
+type Bye struct {
+	Reason string `json:"reason,omitempty"`
 }
 
 // ErrInvalid wraps every decoding and validation failure.
@@ -165,7 +183,7 @@ func Decode(b []byte) (Message, error) {
 // its fields are well formed.
 func (m Message) Validate() error {
 	set := 0
-	for _, p := range []bool{m.Hello != nil, m.Welcome != nil, m.Status != nil, m.Dial != nil, m.Pool != nil, m.Assign != nil} {
+	for _, p := range []bool{m.Hello != nil, m.Welcome != nil, m.Status != nil, m.Dial != nil, m.Pool != nil, m.Assign != nil, m.Bye != nil} {
 		if p {
 			set++
 		}
@@ -208,6 +226,8 @@ func (m Message) Validate() error {
 		}
 	case TypeAssign:
 		ok = m.Assign != nil
+	case TypeBye:
+		ok = m.Bye != nil
 	default:
 		return fmt.Errorf("%w: unknown type %q", ErrInvalid, m.Type)
 	}

@@ -16,6 +16,8 @@ func TestRoundTrip(t *testing.T) {
 		{Type: TypePool, Pool: &Pool{Token: NewToken()}},
 		{Type: TypeAssign, Assign: &Assign{Protocol: "converge.resume.v1"}},
 		{Type: TypeAssign, Assign: &Assign{}},
+		{Type: TypeBye, Bye: &Bye{Reason: "the agent ended"}},
+		{Type: TypeBye, Bye: &Bye{}},
 	}
 	for _, m := range msgs {
 		b, err := Encode(m)

@@ -43,6 +43,7 @@ type RefusedError struct {
 	URL     string
 	Status  int
 	Message string
+	Header  http.Header // the refusal's headers
 }
 
 func (e *RefusedError) Error() string {
@@ -113,7 +114,7 @@ func Refusal(rawURL string, resp *http.Response) *RefusedError {
 		resp.Body.Close()
 		msg = Sanitize(string(b))
 	}
-	return &RefusedError{URL: rawURL, Status: resp.StatusCode, Message: msg}
+	return &RefusedError{URL: rawURL, Status: resp.StatusCode, Message: msg, Header: resp.Header}
 }
 
 // CheckURL reports, in words a user can act on, what is wrong with a
@@ -141,6 +142,25 @@ func ParseURL(rawURL string) (*url.URL, error) {
 		return nil, fmt.Errorf("bad URL %q: no host", rawURL)
 	}
 	return u, nil
+}
+
+// PlainTextRemote reports whether rawURL is a plain ws:// (or http://)
+// URL to a host other than this machine (localhost, 127.0.0.0/8, ::1):
+// anyone on the path between can then read and change what flows outside
+// SSH's encryption (the registration, the stream's framing), so callers
+// warn. A URL that does not parse is not plain text here: ParseURL
+// refuses it.
+func PlainTextRemote(rawURL string) bool {
+	u, err := url.Parse(rawURL)
+	if err != nil || (u.Scheme != "ws" && u.Scheme != "http") {
+		return false
+	}
+	h := u.Hostname()
+	if h == "localhost" {
+		return false
+	}
+	ip := net.ParseIP(h)
+	return ip == nil || !ip.IsLoopback()
 }
 
 // Accept upgrades an HTTP request to a WebSocket with our conventions:

@@ -1,7 +1,10 @@
 package deploytest
 
 import (
+	"crypto/sha256"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -56,6 +60,7 @@ type ghJob struct {
 	workspace string
 	files     map[string]string // GITHUB_STEP_SUMMARY etc. → path
 	vars      map[string]string // what GitHub sets besides inputs and files
+	status    string            // job.status: success, failure or cancelled
 }
 
 // newJob prepares a job started by octocat, whose keys are served by the
@@ -66,7 +71,7 @@ func newJob(t *testing.T, keysURL string) *ghJob {
 		t.Fatalf("node not found (%v): install nodejs, as .ci/run does; the Action's steps run on Node", err)
 	}
 	files := t.TempDir()
-	j := &ghJob{t: t, meta: readAction(t), workspace: t.TempDir(), files: map[string]string{}}
+	j := &ghJob{t: t, meta: readAction(t), workspace: t.TempDir(), files: map[string]string{}, status: "success"}
 	for _, f := range []string{"GITHUB_STEP_SUMMARY", "GITHUB_OUTPUT", "GITHUB_STATE"} {
 		j.files[f] = filepath.Join(files, strings.ToLower(f))
 		if err := os.WriteFile(j.files[f], nil, 0o644); err != nil {
@@ -100,7 +105,14 @@ func (j *ghJob) step(which string, inputs map[string]string) *exec.Cmd {
 	for name, in := range j.meta.Inputs {
 		v, ok := inputs[name]
 		if !ok {
-			v = in.Default
+			// The runner evaluates a default's expression as each step
+			// runs; job.status is the only one action.yml uses.
+			v = strings.ReplaceAll(in.Default, "${{ job.status }}", j.status)
+		}
+		if name == "agent-sha256" && !ok {
+			// The agent built for these tests is no release's: its sum
+			// stands in for the pinned ones (TestActionAgentSums checks those).
+			v = hostAgentSum(j.t)
 		}
 		cmd.Env = append(cmd.Env, "INPUT_"+strings.ToUpper(strings.ReplaceAll(name, " ", "_"))+"="+v)
 	}
@@ -208,13 +220,18 @@ func TestActionMetadata(t *testing.T) {
 		inputs = append(inputs, name)
 	}
 	slices.Sort(inputs)
-	for _, want := range []string{"allow-untrusted-events", "authorized-keys", "connect-timeout", "detached", "expiry", "id", "limit-access-to-actor", "server"} {
+	for _, want := range []string{"agent-sha256", "allow-untrusted-events", "authorized-keys", "connect-timeout", "detached", "expiry", "id", "job-status", "limit-access-to-actor", "server"} {
 		if !slices.Contains(inputs, want) {
 			t.Errorf("inputs %v lack %q", inputs, want)
 		}
 	}
 	if m.Inputs["allow-untrusted-events"].Default != "false" {
 		t.Errorf("allow-untrusted-events must default to false: %+v", m.Inputs["allow-untrusted-events"])
+	}
+	// A node action's post step cannot read the job's status but through
+	// an input whose default the runner evaluates when the step runs.
+	if d := m.Inputs["job-status"].Default; d != "${{ job.status }}" {
+		t.Errorf("input job-status defaults to %q, want ${{ job.status }}", d)
 	}
 	if !m.Inputs["server"].Required || m.Inputs["limit-access-to-actor"].Default != "true" || m.Inputs["detached"].Default != "false" {
 		t.Errorf("server must be required, limit-access-to-actor default true, detached default false: %+v", m.Inputs)
@@ -345,8 +362,8 @@ func TestActionForeground(t *testing.T) {
 
 // TestActionPlatforms: each runner's RUNNER_OS and RUNNER_ARCH get the
 // agent built for them from the server's /static/dist/ (files that only
-// look like those executables here, so the step then fails to run them),
-// and runners without an agent are told so.
+// look like those executables here, so the step then cannot run them and
+// warns), and runners without an agent are told so.
 func TestActionPlatforms(t *testing.T) {
 	dist := map[string][]byte{}
 	for _, name := range []string{"agent-linux-amd64", "agent-linux-arm64", "agent-darwin-amd64", "agent-darwin-arm64", "agent-windows-amd64.exe"} {
@@ -370,9 +387,13 @@ func TestActionPlatforms(t *testing.T) {
 		}
 		j := newJob(t, keysServer(t, nil))
 		j.vars["RUNNER_OS"], j.vars["RUNNER_ARCH"] = tc.os, tc.arch
-		out, err := j.step("main", map[string]string{"server": r.HTTP}).CombinedOutput()
-		if err == nil {
-			t.Errorf("%s %s: the step succeeded with an agent that cannot run here:\n%s", tc.os, tc.arch, out)
+		var sums []string
+		for _, b := range dist {
+			sums = append(sums, fmt.Sprintf("%x", sha256.Sum256(b)))
+		}
+		out, err := j.step("main", map[string]string{"server": r.HTTP, "agent-sha256": strings.Join(sums, " ")}).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "::warning title=Converge::") {
+			t.Errorf("%s %s: %v, want the step to warn and pass (a debugging aid never fails the job):\n%s", tc.os, tc.arch, err, out)
 			continue
 		}
 		if tc.want == "" {
@@ -385,6 +406,101 @@ func TestActionPlatforms(t *testing.T) {
 		if err != nil || string(got) != string(dist[tc.want]) {
 			t.Errorf("%s %s: downloaded %q (%v), want %s from the server\n%s", tc.os, tc.arch, got, err, tc.want, out)
 		}
+	}
+}
+
+// TestActionNoLogin: nobody logs in. In the foreground the agent ends at
+// the connect timeout and the step passes (the README promises the job
+// goes on); detached, the agent outlives its connect timeout while the job
+// runs, and the post step of a job that passed ends it at once.
+func TestActionNoLogin(t *testing.T) {
+	u := newUser(t)
+	r := startServer(t, agentDist(t))
+	j := newJob(t, keysServer(t, map[string]string{"octocat": u.PublicKey}))
+	out := j.run("main", map[string]string{"server": r.HTTP, "id": "fg-nologin", "connect-timeout": "1s"})
+	if !strings.Contains(out, "nobody logged in") {
+		t.Errorf("the main step does not say nobody logged in:\n%s", out)
+	}
+	if st := j.agentState(); st["exited"] != true || st["no_login"] != true {
+		t.Errorf("agent state %v: want exited, no_login", st)
+	}
+
+	d := newJob(t, keysServer(t, map[string]string{"octocat": u.PublicKey}))
+	inputs := map[string]string{"server": r.HTTP, "id": "bg-nologin", "detached": "true", "connect-timeout": "1s"}
+	d.run("main", inputs)
+	// The job's own steps outlast the connect timeout.
+	time.Sleep(2 * time.Second)
+	if st := d.agentState(); st["exited"] == true {
+		t.Fatalf("the detached agent ended during the job: %v", st)
+	}
+	if out := d.run("post", inputs); !strings.Contains(out, "nobody was connected") {
+		t.Errorf("post step of a job that passed:\n%s", out)
+	}
+}
+
+// TestActionFailedJob: detached, the job fails after the connect timeout;
+// the post step (job.status failure) waits for a first login, and then
+// until the logout. When nobody comes it ends after the connect timeout,
+// and passes.
+func TestActionFailedJob(t *testing.T) {
+	u := newUser(t)
+	r := startServer(t, agentDist(t))
+	j := newJob(t, keysServer(t, map[string]string{"octocat": u.PublicKey}))
+	inputs := map[string]string{"server": r.HTTP, "detached": "true", "connect-timeout": "8s"}
+	j.run("main", inputs)
+	time.Sleep(9 * time.Second) // the job's steps, which then fail
+	j.status = "failure"
+	trust, ssh := fromSummary(t, j.summary())
+	u.shell(trust)
+	post := start(t, j.step("post", inputs))
+	waitFor(t, "the post step to say it waits for a login", func() bool { return strings.Contains(post.out.String(), "The job failed") })
+	s := u.hold(ssh)
+	s.end(t)
+	if err := post.wait(t); err != nil || !strings.Contains(post.out.String(), "the last user logged out") {
+		t.Errorf("post step of the failed job: %v\n%s", err, post.out)
+	}
+
+	k := newJob(t, keysServer(t, map[string]string{"octocat": u.PublicKey}))
+	k.status = "failure"
+	inputs = map[string]string{"server": r.HTTP, "detached": "true", "connect-timeout": "1s"}
+	k.run("main", inputs)
+	if out := k.run("post", inputs); !strings.Contains(out, "nobody logged in") {
+		t.Errorf("post step of a failed job nobody looked into:\n%s", out)
+	}
+}
+
+// TestActionCannotStart: the server is down, or the actor has no keys;
+// the main step warns and passes, and the post step does nothing.
+func TestActionCannotStart(t *testing.T) {
+	r := startServer(t, agentDist(t))
+	for _, tc := range []struct {
+		name, server, want string
+	}{
+		{"server down", "http://" + refusedAddr(t), "could not download the agent"},
+		{"no keys for the actor", r.HTTP, "octocat.keys"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			j := newJob(t, keysServer(t, nil))
+			inputs := map[string]string{"server": tc.server, "detached": "true"}
+			out, err := j.step("main", inputs).CombinedOutput()
+			if err != nil || !strings.Contains(string(out), "::warning title=Converge::") || !strings.Contains(string(out), tc.want) {
+				t.Errorf("main step: %v, want it to warn (%q) and pass:\n%s", err, tc.want, out)
+			}
+			if out, err := j.step("post", inputs).CombinedOutput(); err != nil {
+				t.Errorf("post step: %v\n%s", err, out)
+			}
+		})
+	}
+	// With run:, the step is the command: it runs as a plain step, and its
+	// status is the step's, whatever became of Converge.
+	j := newJob(t, keysServer(t, nil))
+	out, err := j.step("main", map[string]string{"server": "http://" + refusedAddr(t), "run": "touch ran; exit 7"}).CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 7 || !strings.Contains(string(out), "::warning title=Converge::") {
+		t.Errorf("run: with the server down: %v, want the warning and the command's status 7:\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(j.workspace, "ran")); err != nil {
+		t.Errorf("run: with the server down: the command did not run: %v", err)
 	}
 }
 

@@ -2,6 +2,7 @@ package deploytest
 
 import (
 	"encoding/json"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -128,11 +129,12 @@ func TestGitLabTemplate(t *testing.T) {
 	u := newUser(t)
 	r := startServer(t, agentDist(t))
 	j := newGitLabJob(t, map[string]string{
-		"CONVERGE_SERVER": r.HTTP,
-		"CI_SERVER_URL":   keysServer(t, map[string]string{"alice": u.PublicKey}),
+		"CONVERGE_SERVER":       r.HTTP,
+		"CI_SERVER_URL":         keysServer(t, map[string]string{"alice": u.PublicKey}),
+		"CONVERGE_AGENT_SHA256": "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef  agent-other\n" + hostAgentSum(t) + "  " + hostAgent,
 	})
 	log, err := j.script("echo the job runs")
-	if err != nil || !strings.Contains(log, "the job runs") {
+	if err != nil || !strings.Contains(log, "the job runs") || !strings.Contains(log, "matches CONVERGE_AGENT_SHA256") {
 		t.Fatalf("before_script and script: %v\n%s", err, log)
 	}
 	known, ssh := fromLog(t, log)
@@ -188,7 +190,97 @@ func TestGitLabTemplateUnused(t *testing.T) {
 	}
 
 	bare := newGitLabJob(t, nil)
-	if log, err := bare.script("echo the job runs"); err == nil || !strings.Contains(log, "set CONVERGE_SERVER") || strings.Contains(log, "the job runs") {
-		t.Errorf("a job without CONVERGE_SERVER: %v\n%s", err, log)
+	if log, err := bare.script("echo the job runs"); err != nil || !strings.Contains(log, "set CONVERGE_SERVER") || !strings.Contains(log, "the job runs") {
+		t.Errorf("a job without CONVERGE_SERVER: %v, want a warning and the job going on\n%s", err, log)
+	}
+}
+
+// TestGitLabTemplateCannotStart: when the agent cannot start (a user with
+// no SSH keys, the server down, an ID the server refuses, nothing to
+// download), before_script warns and the job's script runs and passes;
+// after_script does not fail either. Before, each failed the job.
+func TestGitLabTemplateCannotStart(t *testing.T) {
+	u := newUser(t)
+	r := startServer(t, agentDist(t))
+	keys := keysServer(t, map[string]string{"alice": u.PublicKey})
+	holder := newGitLabJob(t, map[string]string{"CONVERGE_SERVER": r.HTTP, "CI_SERVER_URL": keys, "CONVERGE_ID": "gl-taken"})
+	if log, err := holder.script(); err != nil || !strings.Contains(log, `registered as "gl-taken"`) {
+		t.Fatalf("the job holding gl-taken: %v\n%s", err, log)
+	}
+	down := startServer(t, nil) // serves the agent below, but is not where it registers
+	for _, tc := range []struct {
+		name string
+		vars map[string]string
+		want string
+	}{
+		{"no keys for the user", map[string]string{"CONVERGE_SERVER": r.HTTP, "CI_SERVER_URL": keysServer(t, nil)}, "alice.keys"},
+		{"ID in use", map[string]string{"CONVERGE_SERVER": r.HTTP, "CI_SERVER_URL": keys, "CONVERGE_ID": "gl-taken"}, "gl-taken"},
+		{"no agent to download", map[string]string{"CONVERGE_SERVER": down.HTTP, "CI_SERVER_URL": keys}, "404"},
+		{"server down", map[string]string{"CONVERGE_SERVER": r.HTTP, "CI_SERVER_URL": keys, "CONVERGE_SERVER_DOWN": "1"}, "could not reach the server"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			j := newGitLabJob(t, tc.vars)
+			lines := []string{"echo the job runs"}
+			if tc.vars["CONVERGE_SERVER_DOWN"] != "" {
+				// The agent downloads, then dials a port where nothing listens.
+				j.before = append([]string{}, j.before...)
+				j.before[0] = strings.Replace(j.before[0], `"$dir/.converge/agent" "$@" "$ws"`, `"$dir/.converge/agent" "$@" "ws://`+refusedAddr(t)+`"`, 1)
+			}
+			log, err := j.script(lines...)
+			if err != nil || !strings.Contains(log, "the job runs") {
+				t.Fatalf("the job failed or did not run its script (%v):\n%s", err, log)
+			}
+			for _, want := range []string{"WARNING", "the job goes on", tc.want} {
+				if !strings.Contains(log, want) {
+					t.Errorf("the job log lacks %q:\n%s", want, log)
+				}
+			}
+			if out, err := j.shell(j.after).CombinedOutput(); err != nil {
+				t.Errorf("after_script: %v\n%s", err, out)
+			}
+		})
+	}
+}
+
+// refusedAddr is a loopback address where nothing listens.
+func refusedAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// TestGitLabTemplateFailedJob: a job runs past CONVERGE_CONNECT_TIMEOUT
+// and then fails; the detached agent is still there, and after_script
+// (CI_JOB_STATUS=failed) waits for a first login, then until the logout.
+func TestGitLabTemplateFailedJob(t *testing.T) {
+	u := newUser(t)
+	r := startServer(t, agentDist(t))
+	j := newGitLabJob(t, map[string]string{
+		"CONVERGE_SERVER": r.HTTP, "CONVERGE_CONNECT_TIMEOUT": "6s",
+		"CI_SERVER_URL": keysServer(t, map[string]string{"alice": u.PublicKey}),
+	})
+	// The job's own work outlasts the connect timeout before it fails.
+	log, err := j.script("sleep 7", "false")
+	if err == nil {
+		t.Fatalf("the job's script passed, want it to fail:\n%s", log)
+	}
+	if st := j.agentState(); st["exited"] == true {
+		t.Fatalf("the detached agent ended during the job (state %v):\n%s", st, log)
+	}
+	known, ssh := fromLog(t, log)
+	u.trust(known)
+	cmd := j.shell(j.after)
+	cmd.Env = append(cmd.Env, "CI_JOB_STATUS=failed")
+	after := start(t, cmd)
+	waitFor(t, "after_script to say it waits for a login", func() bool { return strings.Contains(after.out.String(), "The job failed") })
+	s := u.hold(ssh)
+	s.end(t)
+	if err := after.wait(t); err != nil || !strings.Contains(after.out.String(), "the last user logged out") {
+		t.Errorf("after_script of the failed job: %v\n%s", err, after.out)
 	}
 }

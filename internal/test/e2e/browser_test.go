@@ -187,8 +187,8 @@ func checkUsagePage(t *testing.T, ctx context.Context, r *relay) {
 	)
 	linux, ssh, config := text(t, ctx, "#ci-linux"), text(t, ctx, "#ssh-cmd"), text(t, ctx, "#ssh-config-snippet")
 	for _, c := range []struct{ name, got, want string }{
-		{"CI download", linux, "curl -fsSLo agent " + r.HTTP + "/static/agent\n"},
-		{"CI run", linux, "./agent --id from-form " + r.URL},
+		{"CI download", linux, "curl -fsSL --create-dirs -o .converge/agent " + r.HTTP + "/static/agent\n"},
+		{"CI run", linux, "\n.converge/agent --id from-form " + r.URL},
 		{"ssh", ssh, `ssh -oProxyCommand="wsproxy ` + r.URL + `/client/from-form" -oHostKeyAlias=from-form ` + r.User + "@localhost"},
 		{"ssh config", config, "ProxyCommand wsproxy " + r.URL + "/client/%n"},
 	} {

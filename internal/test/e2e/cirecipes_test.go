@@ -98,12 +98,16 @@ func TestREADMEGitHubRecipe(t *testing.T) {
 	t.Parallel()
 	r := distServer(t)
 	c := sshtest.New(t)
+	// The forge also serves the release's sums, here those of the suite's agent.
 	forge := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		if req.URL.Path != "/octocat.keys" {
+		switch req.URL.Path {
+		case "/octocat.keys":
+			fmt.Fprintln(w, c.PublicKey)
+		case "/agent.sha256":
+			fmt.Fprintf(w, "# version: test\n%s  agent-linux-%s\n", fileSum(t, bin("agent")), runtime.GOARCH)
+		default:
 			http.NotFound(w, req)
-			return
 		}
-		fmt.Fprintln(w, c.PublicKey)
 	}))
 	t.Cleanup(forge.Close)
 
@@ -115,15 +119,21 @@ func TestREADMEGitHubRecipe(t *testing.T) {
 	var lines []string
 	for _, l := range strings.Split(strings.TrimRight(script, "\n"), "\n") {
 		l = strings.TrimPrefix(l, "    ")
-		if strings.HasPrefix(l, ".converge/agent ") {
+		if strings.HasPrefix(l, "./agent ") {
 			l = "exec " + l // the agent is the shell's process, so the cleanup ends it
 		}
 		lines = append(lines, l)
 	}
 	script = strings.ReplaceAll(ciURLs(strings.Join(lines, "\n"), r), "https://github.com", forge.URL)
+	const releaseSums = "https://raw.githubusercontent.com/converge-ci/converge/v1/action/agent.sha256"
+	if !strings.Contains(script, releaseSums) {
+		t.Fatalf("the GitHub recipe does not check the agent against the release's sums %s:\n%s", releaseSums, script)
+	}
+	script = strings.ReplaceAll(script, releaseSums, forge.URL+"/agent.sha256")
 
 	ws, home := ciWorkspace(t), userHome(t, c)
-	env := []string{"HOME=" + t.TempDir(), "GITHUB_RUN_ID=4242", "GITHUB_RUN_ATTEMPT=2", "GITHUB_JOB=test", "GITHUB_ACTOR=octocat"}
+	env := []string{"HOME=" + t.TempDir(), "GITHUB_RUN_ID=4242", "GITHUB_RUN_ATTEMPT=2", "GITHUB_JOB=test", "GITHUB_ACTOR=octocat",
+		"GITHUB_WORKSPACE=" + ws, "RUNNER_TEMP=" + t.TempDir()}
 	j := startShellJob(t, "bash", script, ws, env...)
 	id := connectAsPrinted(t, "GitHub recipe", j, home)
 	if !strings.HasPrefix(id, "run-4242-2-test-") {
@@ -160,8 +170,10 @@ func TestREADMEGitLabRecipe(t *testing.T) {
 	}
 
 	ws, home := ciWorkspace(t), userHome(t, c)
-	env := []string{"HOME=" + t.TempDir(), "CI_JOB_ID=777", "CONVERGE_AUTHORIZED_KEYS=" + c.PublicKey}
-	t.Cleanup(func() { exec.Command(filepath.Join(ws, ".converge", "agent"), "wait", "--dir", ws).Run() })
+	tmp := t.TempDir()
+	env := []string{"HOME=" + t.TempDir(), "CI_JOB_ID=777", "CONVERGE_AUTHORIZED_KEYS=" + c.PublicKey, "TMPDIR=" + tmp,
+		"CONVERGE_AGENT_SHA256=" + fileSum(t, bin("agent")) + "  agent-linux-" + runtime.GOARCH}
+	t.Cleanup(func() { exec.Command(filepath.Join(tmp, "agent-777"), "wait", "--dir", ws).Run() })
 	j := startShellJob(t, "dash", "set -e\n"+ciURLs(strings.Join(script, "\n"), r), ws, env...)
 	if code := j.exit(t, "GitLab script"); code != 0 {
 		t.Fatalf("GitLab script: exit %d, want 0 once the agent is detached:\n%s", code, j.out)

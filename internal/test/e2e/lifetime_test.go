@@ -74,13 +74,19 @@ func TestLifetimeNoLogin(t *testing.T) {
 	r := startServer(t)
 	c := sshtest.New(t)
 	env := []string{"CONVERGE_CONNECT_TIMEOUT=1s"} // the flag's environment twin
-	if code := runAgentBinary(t, r, keyDir(t, c), env, "--id", "nologin-default").exit(); code != 0 {
+	p := runAgentBinary(t, r, keyDir(t, c), env, "--id", "nologin-default")
+	if code := p.exit(); code != 0 {
 		t.Fatalf("exit status %d, want 0 (nobody logged in, default)", code)
 	}
+	// The state file, which the Action and `agent wait` read, records the
+	// same status the process exits with.
+	if st := agentState(t, p.Dir); st["exited"] != true || st["exit_status"] != float64(0) || st["no_login"] != true {
+		t.Errorf("state file %v: want exited with status 0 and no_login", st)
+	}
 	env = append(env, "CONVERGE_NO_LOGIN_STATUS=3")
-	p := runAgentBinary(t, r, keyDir(t, c), env, "--id", "nologin-job")
-	if code := p.exit(); code != lifetime.ExitNoLogin {
-		t.Fatalf("exit status %d, want %d (nobody logged in, --no-login-status 3)", code, lifetime.ExitNoLogin)
+	p = runAgentBinary(t, r, keyDir(t, c), env, "--id", "nologin-job")
+	if code := p.exit(); code != 3 {
+		t.Fatalf("exit status %d, want 3 (nobody logged in, --no-login-status 3)", code)
 	}
 	if !strings.Contains(p.All.String(), "nobody logged in within 1s (--connect-timeout)") {
 		t.Errorf("the agent did not say why it exited:\n%s", p.All)

@@ -185,7 +185,7 @@ func TestNginxSubPath(t *testing.T) {
 	// /converge, and its ProxyCommand reaches the agent.
 	page := fetch(t, pub+"/?id="+id)
 	for rid, want := range map[string]string{
-		"ci-linux":           "curl -fsSLo agent " + pub + "/static/agent\nchmod +x agent\n./agent --id " + id + " " + wsPub,
+		"ci-linux":           "-o .converge/agent " + pub + "/static/agent\nchmod +x .converge/agent\n.converge/agent --id " + id + " " + wsPub,
 		"get-wsproxy":        pub + "/static/wsproxy",
 		"ssh-config-snippet": "ProxyCommand wsproxy " + wsPub + "/client/%n\n",
 	} {

@@ -234,3 +234,23 @@ func TestBadServerURLs(t *testing.T) {
 		}
 	}
 }
+
+// TestPlainTextWarning: wsproxy warns when told to use plain ws:// to
+// another machine (issue 18, finding 1), and not for this machine. The
+// .invalid name fails at once, after the warning.
+func TestPlainTextWarning(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		url  string
+		warn bool
+	}{
+		{"ws://converge.invalid/client/x", true},
+		{"wss://converge.invalid/client/x", false},
+		{"ws://127.0.0.1:1/client/x", false},
+	} {
+		out, _ := exec.Command(bin("wsproxy"), tc.url).CombinedOutput()
+		if got := strings.Contains(string(out), "warning: plain ws://"); got != tc.warn {
+			t.Errorf("wsproxy %s: warned %v, want %v:\n%s", tc.url, got, tc.warn, out)
+		}
+	}
+}

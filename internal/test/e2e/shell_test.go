@@ -207,6 +207,10 @@ func TestExecWithPTY(t *testing.T) {
 	if !strings.Contains(string(out), "T=xterm-converge-test") || !strings.Contains(string(out), "/dev/pts/") {
 		t.Errorf("output %q: want T=xterm-converge-test and a /dev/pts terminal", out)
 	}
+	// The lifetime banner is for login shells: a command's output is its own.
+	if strings.Contains(string(out), "[converge]") {
+		t.Errorf("output %q: the banner got into a command's output", out)
+	}
 }
 
 // TestExecSignalAndLeftovers: a command killed by a signal reports

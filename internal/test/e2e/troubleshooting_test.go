@@ -44,14 +44,15 @@ func TestDocTroubleshootingMessages(t *testing.T) {
 	// drop when the link closes, so until then the ID is still in use.
 	first.cmd.Process.Kill()
 	<-first.done
-	want = quoted(`rendezvous ID "ID" is reserved for an agent that is reconnecting`, "trouble-a")
+	want = quoted(`rendezvous ID "ID" is reserved until `, "trouble-a")
+	want2 := quoted(` UTC for an agent whose link dropped`, "")
 	var out string
 	waitFor(t, "the dropped agent's reservation", func() bool {
 		out, _ = agentSays("trouble-a")
 		return !strings.Contains(out, "already used")
 	})
-	if !strings.Contains(out, want) {
-		t.Errorf("an agent asking for a dropped agent's ID said\n%s\nwant %q", out, want)
+	if !strings.Contains(out, want) || !strings.Contains(out, want2) {
+		t.Errorf("an agent asking for a dropped agent's ID said\n%s\nwant %q and %q", out, want, want2)
 	}
 
 	// No agent with that ID, as wsproxy reports it to ssh.

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"sync"
 )
 
@@ -27,7 +28,8 @@ type Proxy struct {
 	closed  bool
 }
 
-// New starts a proxy on 127.0.0.1:0 forwarding to target (host:port).
+// New starts a proxy on 127.0.0.1:0 forwarding to target (host:port, or
+// the path of a Unix socket).
 func New(target string) (*Proxy, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -132,7 +134,11 @@ func (p *Proxy) forward(client net.Conn) {
 	p.mu.Lock()
 	target := p.target
 	p.mu.Unlock()
-	backend, err := net.Dial("tcp", target)
+	network := "tcp"
+	if strings.HasPrefix(target, "/") {
+		network = "unix"
+	}
+	backend, err := net.Dial(network, target)
 	if err != nil {
 		client.Close()
 		return

@@ -56,6 +56,22 @@ func decodeBase64(s string) ([]byte, error) {
 	return nil, errors.New("not base64")
 }
 
+// WeakKey reports whether key is trivially guessable: all one byte
+// (all zeros), or few distinct bytes (a short pattern repeated). A key
+// from `openssl rand` has about 28 distinct bytes in 32; fewer than 12
+// happens by chance less than once in 10^12.
+func WeakKey(key []byte) bool {
+	var seen [256]bool
+	n := 0
+	for _, b := range key {
+		if !seen[b] {
+			seen[b] = true
+			n++
+		}
+	}
+	return n < 12
+}
+
 // KeyID names a key in logs without revealing it, so operators can check
 // that replicas share one.
 func KeyID(key []byte) string {
@@ -92,6 +108,15 @@ func LoadKey(dir string) (key []byte, created bool, err error) {
 	}
 	key, err = readKey(path)
 	return key, err == nil, err
+}
+
+// WritableByOthers reports whether users other than its owner may
+// create or replace files in dir (group or world writable, on Unix):
+// such a user could put a key of their own where the server looks for
+// its own.
+func WritableByOthers(dir string) bool {
+	fi, err := os.Stat(dir)
+	return err == nil && runtime.GOOS != "windows" && fi.Mode().Perm()&0o022 != 0
 }
 
 // readKey reads the key file at path, refusing one others may read.

@@ -35,6 +35,9 @@ type entry[V Agent] struct {
 	held   bool   // an agent holds the ID; else only reserved
 	group  string // agent's address group
 	tenure Tenure // agent's; while only reserved, see res
+	// issued: when the token agent proved its tenure with was signed
+	// (Unix seconds); for a fresh tenure, when it began.
+	issued uint32
 	// proven: agent proved its tenure with a token.
 	proven bool
 	// confirmed: agent completed its hello and welcome.
@@ -49,6 +52,7 @@ type entry[V Agent] struct {
 type reservation struct {
 	id     string
 	tenure Tenure    // of the agent it is kept for
+	issued uint32    // that agent's entry.issued
 	group  string    // address group of the agent that left it; charged while no agent holds the ID
 	until  time.Time // when it expires
 }
@@ -64,11 +68,11 @@ func (r *Memory[V]) Register(id string, c Claim, a V) (old V, ok bool, err error
 	defer r.mu.Unlock()
 	r.expire()
 	e := r.entries[id]
-	if e != nil && !e.yields(c, r.epoch) {
+	if e != nil && !e.yields(c, r.epoch, r.limits.Grace) {
 		if e.held {
 			return old, false, ErrIDInUse
 		}
-		return old, false, ErrIDReserved
+		return old, false, &ReservedError{Until: e.res.until}
 	}
 	// Taking over an entry frees its charge.
 	group, freed := c.Group, ""
@@ -93,9 +97,13 @@ func (r *Memory[V]) Register(id string, c Claim, a V) (old V, ok bool, err error
 	// one: it is kept likewise.
 	old, ok = e.agent, e.held
 	if ok && e.confirmed && r.limits.Grace > 0 {
-		e.res = r.reserve(id, e.tenure, e.group)
+		e.res = r.reserve(id, e)
 	}
 	e.agent, e.held, e.group, e.tenure, e.proven, e.confirmed = a, true, group, c.Tenure, c.Proven, false
+	e.issued = c.Issued
+	if !c.Proven {
+		e.issued = c.Tenure.since
+	}
 	r.charged[group]++
 	if newAgent {
 		r.agents++
@@ -104,22 +112,46 @@ func (r *Memory[V]) Register(id string, c Claim, a V) (old V, ok bool, err error
 }
 
 // yields reports whether claim c takes the ID from e's holder, for a
-// registry that remembers every tenure since epoch (see Registry). A
-// reservation is held for an agent that was welcomed, so its tenure has a
-// token out there: it counts as proven.
-func (e *entry[V]) yields(c Claim, epoch uint32) bool {
+// registry that remembers every tenure since epoch (see Registry), on a
+// server that keeps IDs reserved for grace. A reservation is held for an
+// agent that was welcomed, so its tenure has a token out there: it
+// counts as proven.
+//
+// Of two proven tenures the registry may have forgotten, the older wins
+// only if it could still have held the ID, its reservation included,
+// when the younger began (see endedBefore); else the older had ended,
+// and the younger is the ID's rightful holder whichever asks first.
+func (e *entry[V]) yields(c Claim, epoch uint32, grace time.Duration) bool {
 	if !c.Proven {
 		return false
 	}
-	held, proven := e.tenure, e.proven
+	held, issued, proven := e.tenure, e.issued, e.proven
 	if !e.held {
-		held, proven = e.res.tenure, true
+		held, issued, proven = e.res.tenure, e.res.issued, true
 	}
-	if c.Tenure == held {
+	switch {
+	case c.Tenure == held:
 		return true
+	case c.Issued > epoch: // remembered, and no longer holding: it ended here
+		return false
+	case !proven:
+		return true
+	case c.Tenure.before(held):
+		return !endedBefore(c.Issued, held, grace)
+	case held.before(c.Tenure):
+		return endedBefore(issued, c.Tenure, grace)
 	}
-	forgotten := c.Issued <= epoch
-	return forgotten && (!proven || c.Tenure.before(held))
+	return false
+}
+
+// endedBefore reports whether a tenure whose latest token was signed at
+// issued (Unix seconds) had surely ended before tenure t began: its
+// agent's link lasted at most TokenRefresh past that token (or it would
+// hold a newer one), and its reservation at most grace more. Tokens stay
+// valid a little longer (see Tokens), so without this rule a token of an
+// ended tenure would beat the tenure that followed it after a restart.
+func endedBefore(issued uint32, t Tenure, grace time.Duration) bool {
+	return int64(issued)+int64((TokenRefresh+max(grace, 0))/time.Second) < int64(t.since)
 }
 
 func (r *Memory[V]) Confirm(id string, a V) {
@@ -134,7 +166,12 @@ func (r *Memory[V]) Confirm(id string, a V) {
 	}
 }
 
-func (r *Memory[V]) Unregister(id string, a V) {
+func (r *Memory[V]) Unregister(id string, a V) { r.unregister(id, a, true) }
+
+func (r *Memory[V]) Release(id string, a V) { r.unregister(id, a, false) }
+
+// unregister is Unregister, or with keep false Release.
+func (r *Memory[V]) unregister(id string, a V, keep bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.expire()
@@ -146,8 +183,12 @@ func (r *Memory[V]) Unregister(id string, a V) {
 	r.agents--
 	var none V
 	e.agent, e.held = none, false
-	if e.confirmed && r.limits.Grace > 0 {
-		e.res = r.reserve(id, e.tenure, e.group)
+	if !keep && e.res != nil { // the reservation it took over ends with it
+		e.res = nil
+		r.reserved--
+	}
+	if keep && e.confirmed && r.limits.Grace > 0 {
+		e.res = r.reserve(id, e)
 	}
 	if e.res == nil {
 		delete(r.entries, id)
@@ -156,15 +197,15 @@ func (r *Memory[V]) Unregister(id string, a V) {
 	r.charged[e.res.group]++
 }
 
-// reserve queues a new reservation of id for tenure t, whose agent was in
-// group, dropping the oldest reservation when MaxReserved are held. The caller
+// reserve queues a new reservation of id for the tenure of e's agent,
+// dropping the oldest reservation when MaxReserved are held. The caller
 // points id's entry at it, and charges it while no agent holds the ID;
 // r.mu is held.
-func (r *Memory[V]) reserve(id string, t Tenure, group string) *reservation {
+func (r *Memory[V]) reserve(id string, e *entry[V]) *reservation {
 	for max := r.limits.MaxReserved; max > 0 && r.reserved >= max && len(r.queue) > 0; {
 		r.pop()
 	}
-	res := &reservation{id: id, tenure: t, group: group, until: r.now().Add(r.limits.Grace)}
+	res := &reservation{id: id, tenure: e.tenure, issued: e.issued, group: e.group, until: r.now().Add(r.limits.Grace)}
 	r.queue = append(r.queue, res)
 	r.reserved++
 	return res

@@ -205,6 +205,10 @@ func testRegistryEndedTenureIsNoKey(t *testing.T, r testReg, clk *fakeClock) {
 func TestRegistryOlderTenureWins(t *testing.T) {
 	older, younger := Tenure{since: 500, nonce: 1}, Tenure{since: 600, nonce: 1}
 	sameSecond := Tenure{since: 600, nonce: 2}
+	// ended's latest token was signed at 800: its link ended by 860, its
+	// reservation (grace 1 min) by 920, before afterEnded began.
+	ended, afterEnded := Tenure{since: 700, nonce: 1}, Tenure{since: 950, nonce: 1}
+	endedProof := Claim{Tenure: ended, Proven: true, Issued: 800}
 	for _, tc := range []struct {
 		name      string
 		holder    Claim
@@ -222,6 +226,13 @@ func TestRegistryOlderTenureWins(t *testing.T) {
 		{"remembered over an unproven holder", unproven(), true, proof(older), ErrIDInUse},
 		{"remembered older over younger, reserved", oldProof(younger), false, proof(older), ErrIDReserved},
 		{"unproven over an unproven holder", unproven(), true, unproven(), ErrIDInUse},
+		// Issue 18, finding 4: a tenure that had ended, its reservation
+		// included, before the younger began is no key to the ID.
+		{"ended older over younger, connected", oldProof(afterEnded), true, endedProof, ErrIDInUse},
+		{"ended older over younger, reserved", oldProof(afterEnded), false, endedProof, ErrIDReserved},
+		{"younger over an ended older, connected", endedProof, true, oldProof(afterEnded), nil},
+		{"younger over an ended older, reserved", endedProof, false, oldProof(afterEnded), nil},
+		{"older whose reservation was live over younger", oldProof(afterEnded), true, Claim{Tenure: ended, Proven: true, Issued: 830}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			eachRegistry(t, Limits{Grace: time.Minute}, func(t *testing.T, r testReg, _ *fakeClock) {
@@ -471,4 +482,37 @@ func TestRegistryCapsAgents(t *testing.T) {
 	// A reservation is no connected agent: it makes room.
 	r.Unregister("a", a2)
 	join(t, r, "c", unproven(), "192.0.2.3")
+}
+
+// TestRegistryRelease: an agent that said goodbye frees its ID at once,
+// leaving no reservation to refuse a new agent with or to charge to its
+// address; one whose link dropped leaves a reservation, and the refusal
+// says when it ends.
+func TestRegistryRelease(t *testing.T) {
+	eachRegistry(t, Limits{Grace: 5 * time.Minute, PerAddr: 1}, func(t *testing.T, r testReg, clk *fakeClock) {
+		a, _ := join(t, r, "job", unproven(), "192.0.2.1")
+		r.Release("job", a)
+		if !free(t, r, "job") {
+			t.Fatalf("the ID of an agent that said goodbye is not free")
+		}
+		// No reservation is charged to its address: another ID from there.
+		b, tb := join(t, r, "other", unproven(), "192.0.2.1")
+		r.Unregister("other", b) // a dropped link
+		_, err := r.Register("other", unproven(), &testAgent{id: "other", remote: "192.0.2.9"})
+		var res *ReservedError
+		if !errors.As(err, &res) || !errors.Is(err, ErrIDReserved) || !res.Until.Equal(clk.t.Add(5*time.Minute)) {
+			t.Fatalf("Register of a dropped agent's ID: %v (%+v), want a ReservedError until %v", err, res, clk.t.Add(5*time.Minute))
+		}
+		// The agent comes back with its token, taking over its reservation,
+		// and then says goodbye before its welcome: the ID frees all the same.
+		c := &testAgent{id: "other", remote: "192.0.2.1", tenure: tb}
+		if _, err := r.Register("other", proof(tb), c); err != nil {
+			t.Fatalf("the dropped agent's return: %v", err)
+		}
+		r.Release("other", c)
+		if !free(t, r, "other") {
+			t.Fatalf("the ID is still kept after the agent that came back said goodbye")
+		}
+		join(t, r, "third", unproven(), "192.0.2.1") // nothing left charged to the address
+	})
 }

@@ -2,11 +2,11 @@ package registry
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	_ "embed"
 	"encoding/hex"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
@@ -33,6 +33,20 @@ import (
 // the next refresh: each replica claims its agents' IDs again as the
 // agents would, with their latest tokens, under the epoch the empty
 // Redis started.
+//
+// Leases and reservations run on Redis's clock (TIME in the script), so
+// that replicas whose clocks differ agree on when they end. A replica
+// that cannot refresh its leases for leaseTime (on its own clock) is
+// fenced: other replicas may have given its agents' IDs away, so it
+// stops routing clients to its agents and releases them (see OnFenced)
+// to register again, with their tokens, where Redis is reachable.
+//
+// Whoever can write to Redis must not be able to send a replica
+// anywhere: an entry's connection token carries a MAC, with the cluster
+// key, of the ID, the owner and a nonce (see signConn), and an entry
+// whose token does not verify is routed to nowhere. A "lost" event only
+// makes a replica look at the entry; it closes its agent when a signed
+// entry names another holder.
 //
 // Redis keys (standalone Redis or Valkey; not Redis Cluster):
 const (
@@ -91,14 +105,19 @@ func Open(ctx context.Context, rawURL string) (*redis.Client, error) {
 // Redis is the Registry of one replica in a cluster.
 type Redis[V Agent] struct {
 	rdb    *redis.Client
+	key    []byte // the cluster key: signs connection tokens
 	limits Limits
-	now    func() time.Time
+	// now is the clock the script decides by in tests; nil: Redis's.
+	now func() time.Time
 	// self and log are set before use (see Listening).
 	self string // this replica's advertise URL: the owner it records
 	log  *slog.Logger
 	// lost is called, without locks held, for a local agent whose ID
 	// another replica's agent took; it closes it. Set before use.
 	lost func(V)
+	// fenced is called, without locks held, for a local agent released
+	// because its lease may have ended unseen (see Fence). Set before use.
+	fenced func(V)
 
 	// stripes order the registrations and unregistrations of one ID on
 	// this replica: the script's decision and the local record of it are
@@ -117,13 +136,28 @@ type holding[V Agent] struct {
 	claim     Claim  // it registered with
 	conn      string // fence token: this registration's, in Redis
 	confirmed bool
+	// leased is when (this replica's monotonic clock) the last script
+	// that set or extended its lease began: the lease in Redis ends
+	// leaseTime after a moment no earlier than this.
+	leased time.Time
 }
 
+// fencedAt reports whether h's lease may have ended by t.
+func (h *holding[V]) fencedAt(t time.Time) bool { return t.Sub(h.leased) >= leaseTime }
+
 // NewRedis returns the registry of the replica at self (its advertise
-// URL, ws:// or wss://) on rdb, with limits, telling time by now.
-func NewRedis[V Agent](rdb *redis.Client, self string, limits Limits, now func() time.Time, log *slog.Logger) *Redis[V] {
-	return &Redis[V]{rdb: rdb, self: self, limits: limits, now: now, log: log, lost: func(V) {}, local: make(map[string]*holding[V])}
+// URL, ws:// or wss://) on rdb, signing with the cluster key, with
+// limits. now is nil but in tests: leases and reservations then run on
+// Redis's clock.
+func NewRedis[V Agent](rdb *redis.Client, self string, key []byte, limits Limits, now func() time.Time, log *slog.Logger) *Redis[V] {
+	return &Redis[V]{rdb: rdb, key: key, self: self, limits: limits, now: now, log: log,
+		lost: func(V) {}, fenced: func(V) {}, local: make(map[string]*holding[V])}
 }
+
+// OnFenced sets what releases a local agent whose lease may have ended
+// unseen (close 1001, so that it registers again); it is called without
+// locks held. Call it before use.
+func (r *Redis[V]) OnFenced(f func(V)) { r.fenced = f }
 
 // OnLost sets what closes a local agent whose ID an agent on another
 // replica took; it is called without locks held. Call it before use.
@@ -137,7 +171,11 @@ func (r *Redis[V]) Listening(self string, log *slog.Logger) { r.self, r.log = se
 func (r *Redis[V]) run(op string, args ...any) (any, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
 	defer cancel()
-	argv := append([]any{op, r.now().UnixMilli(), r.limits.Grace.Milliseconds(), r.limits.PerAddr,
+	now := "" // the script reads Redis's clock
+	if r.now != nil {
+		now = strconv.FormatInt(r.now().UnixMilli(), 10)
+	}
+	argv := append([]any{op, now, r.limits.Grace.Milliseconds(), r.limits.PerAddr,
 		r.limits.MaxReserved, leaseTime.Milliseconds(), r.self, Events}, args...)
 	v, err := registryScript.Run(ctx, r.rdb, redisKeys, argv...).Result()
 	if err != nil {
@@ -157,11 +195,34 @@ func boolInt(b bool) int {
 	return 0
 }
 
-// newConn is a fresh fence token: 16 random bytes in hex.
-func newConn() string {
-	var b [16]byte
+// signConn is a fresh fence token for id held by owner: 12 random bytes,
+// then the first 16 bytes of their MAC with id and owner (see connMAC),
+// in hex.
+func (r *Redis[V]) signConn(id, owner string) string {
+	var b [12]byte
 	rand.Read(b[:])
-	return hex.EncodeToString(b[:])
+	nonce := hex.EncodeToString(b[:])
+	return nonce + r.connMAC(id, owner, nonce)
+}
+
+// signed reports whether conn is a fence token this cluster's key signed
+// for id held by owner.
+func (r *Redis[V]) signed(id, owner, conn string) bool {
+	if len(conn) != 24+32 {
+		return false
+	}
+	return hmac.Equal([]byte(conn[24:]), []byte(r.connMAC(id, owner, conn[:24])))
+}
+
+// connMAC is HMAC-SHA256(key, "converge-entry-v1" 0x00 id 0x00 owner
+// 0x00 nonce), its first 16 bytes in hex.
+func (r *Redis[V]) connMAC(id, owner, nonce string) string {
+	m := hmac.New(sha256.New, r.key)
+	for _, part := range []string{"converge-entry-v1", id, owner, nonce} {
+		m.Write([]byte(part))
+		m.Write([]byte{0})
+	}
+	return hex.EncodeToString(m.Sum(nil)[:16])
 }
 
 // stripe is the lock that orders id's changes on this replica.
@@ -184,7 +245,8 @@ func (r *Redis[V]) Register(id string, c Claim, a V) (old V, ok bool, err error)
 	r.mu.Unlock()
 	defer func() { r.mu.Lock(); r.joining--; r.mu.Unlock() }()
 
-	conn := newConn()
+	conn := r.signConn(id, r.self)
+	start := time.Now()
 	v, err := r.run("register", append([]any{id, conn, c.Group}, claimArgs(c)...)...)
 	if err != nil {
 		return old, false, err
@@ -195,7 +257,8 @@ func (r *Redis[V]) Register(id string, c Claim, a V) (old V, ok bool, err error)
 	case "in_use":
 		return old, false, ErrIDInUse
 	case "reserved":
-		return old, false, ErrIDReserved
+		ms, _ := strconv.ParseInt(fmt.Sprint(at(res, 1)), 10, 64)
+		return old, false, &ReservedError{Until: time.UnixMilli(ms)}
 	case "limit":
 		return old, false, &LimitError{What: "agents", Group: c.Group, Limit: r.limits.PerAddr, Reserved: r.limits.Grace > 0}
 	case "ok":
@@ -209,7 +272,7 @@ func (r *Redis[V]) Register(id string, c Claim, a V) (old V, ok bool, err error)
 	if h := r.local[id]; h != nil && oldOwner == r.self && h.conn == oldConn {
 		old, ok = h.a, true
 	}
-	r.local[id] = &holding[V]{a: a, claim: c, conn: conn}
+	r.local[id] = &holding[V]{a: a, claim: c, conn: conn, leased: start}
 	return old, ok, nil
 }
 
@@ -249,7 +312,12 @@ func (r *Redis[V]) Confirm(id string, a V) {
 	}
 }
 
-func (r *Redis[V]) Unregister(id string, a V) {
+func (r *Redis[V]) Unregister(id string, a V) { r.unregister("unregister", id, a) }
+
+func (r *Redis[V]) Release(id string, a V) { r.unregister("release", id, a) }
+
+// unregister runs op, unregister or release, for a holding id here.
+func (r *Redis[V]) unregister(op, id string, a V) {
 	st := r.stripe(id)
 	st.Lock()
 	defer st.Unlock()
@@ -260,7 +328,7 @@ func (r *Redis[V]) Unregister(id string, a V) {
 	r.mu.Lock()
 	delete(r.local, id)
 	r.mu.Unlock()
-	if _, err := r.run("unregister", id, h.conn); err != nil {
+	if _, err := r.run(op, id, h.conn); err != nil {
 		r.log.Warn("cannot record that the agent left; its lease ends by itself", "id", id, "lease", leaseTime, "error", err)
 	}
 }
@@ -290,13 +358,19 @@ func (r *Redis[V]) Agents() []V {
 
 // Event handles an event from another replica (on the Events channel)
 // that concerns the registry, and reports whether it did: an agent here
-// that lost its ID is forgotten and closed.
+// that lost its ID is forgotten and closed. Anyone who can publish on
+// Redis can send an event, so it is only a hint: the agent is closed if
+// a signed entry names another holder now.
 func (r *Redis[V]) Event(payload string) bool {
 	f := strings.Split(payload, "\t")
 	if len(f) != 4 || f[0] != "lost" {
 		return false
 	}
-	if f[1] == r.self {
+	if f[1] != r.self || !r.signed(f[3], f[1], f[2]) {
+		return true
+	}
+	owner, conn, err := r.owner(context.Background(), f[3])
+	if err == nil && (owner != r.self || conn != f[2]) && owner != "" {
 		r.lose(f[3], f[2])
 	}
 	return true
@@ -320,43 +394,48 @@ func (r *Redis[V]) lose(id, conn string) {
 type regEntry struct {
 	Owner string  `json:"o"`
 	Conn  string  `json:"c"`
-	Lease float64 `json:"l"` // Unix ms
+	Lease float64 `json:"l"` // Unix ms, Redis's clock
 }
 
 // owner returns the replica holding id now, and its connection token:
-// "" when no agent holds it (or Redis does not answer: err).
-func (r *Redis[V]) owner(ctx context.Context, id string) (owner, conn string, err error) {
-	ctx, cancel := context.WithTimeout(ctx, Timeout)
-	defer cancel()
-	v, err := r.rdb.HGet(ctx, redisKeyIDs, id).Result()
-	if errors.Is(err, redis.Nil) {
-		return "", "", nil
-	}
+// "" when no agent holds it, when the entry is not signed with the
+// cluster key (someone else wrote it), or when Redis does not answer
+// (err).
+func (r *Redis[V]) owner(_ context.Context, id string) (owner, conn string, err error) {
+	v, err := r.run("owner", id)
 	if err != nil {
-		return "", "", fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return "", "", err
 	}
-	var e regEntry
-	if err := json.Unmarshal([]byte(v), &e); err != nil {
-		return "", "", fmt.Errorf("registry entry of %q: %w", id, err)
-	}
-	if e.Owner == "" || int64(e.Lease) <= r.now().UnixMilli() {
+	res, _ := v.([]any)
+	owner, _ = at(res, 0).(string)
+	conn, _ = at(res, 1).(string)
+	if owner == "" {
 		return "", "", nil
 	}
-	return e.Owner, e.Conn, nil
+	if !r.signed(id, owner, conn) {
+		r.log.Warn("registry entry not signed with the cluster key: not routed to; has someone else written to Redis?", "id", id, "owner", owner)
+		return "", "", nil
+	}
+	return owner, conn, nil
 }
 
 // Route says where a client of id goes: to a local agent, to the
 // replica that holds it (owner), or nowhere. Redis decides; when it says
 // nothing (it restarted empty and is being refilled, or does not
-// answer), a local agent is served.
+// answer), a local agent is served, unless it is fenced: its lease may
+// have ended unseen, and another replica's agent may hold the ID.
 func (r *Redis[V]) Route(ctx context.Context, id string) (a V, here bool, owner string) {
 	o, conn, err := r.owner(ctx, id)
 	if err != nil {
 		r.log.Debug("registry lookup failed; serving local agents only", "id", id, "error", err) // the refresh loop warns once
 	}
+	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	h := r.local[id]
+	if h != nil && h.fencedAt(now) {
+		h = nil
+	}
 	switch {
 	case o == "":
 		if h != nil {
@@ -373,10 +452,45 @@ func (r *Redis[V]) Route(ctx context.Context, id string) (a V, here bool, owner 
 	}
 }
 
+// Fence releases the local agents whose leases may have ended unseen:
+// the last refresh that reached Redis for them began leaseTime ago or
+// more. Refresh calls it; so may anyone, at any time.
+func (r *Redis[V]) Fence() {
+	now := time.Now()
+	var gone []V
+	r.mu.Lock()
+	for id, h := range r.local {
+		if h.fencedAt(now) {
+			delete(r.local, id)
+			gone = append(gone, h.a)
+		}
+	}
+	r.mu.Unlock()
+	if len(gone) > 0 {
+		r.log.Warn("registry unreachable for a whole lease: releasing this replica's agents to register elsewhere", "agents", len(gone), "lease", leaseTime)
+	}
+	for _, a := range gone {
+		r.fenced(a)
+	}
+}
+
 type refreshItem struct {
 	id   string
 	conn string
 	args []any
+}
+
+// leased records that the leases of items, as far as still held here
+// with the same connections, were extended by a script that began at
+// start.
+func (r *Redis[V]) leased(items []refreshItem, start time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, it := range items {
+		if h := r.local[it.id]; h != nil && h.conn == it.conn {
+			h.leased = start
+		}
+	}
 }
 
 // forgetGone unregisters again the items no longer held here when their
@@ -407,6 +521,7 @@ func (r *Redis[V]) Refresh() (epoch int64, changed bool, err error) {
 		r.stripes[i].Lock()
 		defer r.stripes[i].Unlock()
 	}
+	defer r.Fence()
 	r.mu.Lock()
 	items := make([]refreshItem, 0, len(r.local))
 	for id, h := range r.local {
@@ -424,10 +539,12 @@ func (r *Redis[V]) Refresh() (epoch int64, changed bool, err error) {
 		for _, it := range batch {
 			args = append(args, it.args...)
 		}
+		start := time.Now()
 		v, err := r.run("refresh", args...)
 		if err != nil {
 			return 0, false, err
 		}
+		r.leased(batch, start)
 		res, _ := v.([]any)
 		s, _ := at(res, 0).(string)
 		epoch, _ = strconv.ParseInt(s, 10, 64)

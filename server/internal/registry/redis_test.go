@@ -2,9 +2,11 @@ package registry
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -49,7 +51,7 @@ func miniRedis(t testing.TB) *redis.Client {
 // closes for losing their IDs are recorded in the returned registry's lost
 // hook by the caller when needed.
 func newTestRedisRegistry(t testing.TB, rdb *redis.Client, self string, limits Limits, clk *fakeClock) *Redis[*testAgent] {
-	return NewRedis[*testAgent](rdb, self, limits, clk.now, testlog.New(t).With("replica", self))
+	return NewRedis[*testAgent](rdb, self, testKey, limits, clk.now, testlog.New(t).With("replica", self))
 }
 
 // registryStats are a registry's totals, whichever its kind.
@@ -200,7 +202,7 @@ func TestRedisRegistryRefill(t *testing.T) {
 	var agents []*testAgent
 	for i := range 5 {
 		id := fmt.Sprint("job-", i)
-		a, held := join(t, testReg{rs[0]}, id, unproven(), "192.0.2.1")
+		a, held := join(t, testReg{rs[0]}, id, freshAt(clk), "192.0.2.1")
 		a.tenure = held
 		a.issued.Store(clk.t.UnixNano())
 		agents = append(agents, a)
@@ -212,7 +214,8 @@ func TestRedisRegistryRefill(t *testing.T) {
 	if err := rdb.FlushAll(context.Background()).Err(); err != nil {
 		t.Fatal(err)
 	}
-	rogue, _ := join(t, testReg{rs[1]}, "job-0", unproven(), "198.51.100.66")
+	rogue, _ := join(t, testReg{rs[1]}, "job-0", freshAt(clk), "198.51.100.66")
+	rogue.issued.Store(clk.t.UnixNano())
 	if _, changed, err := rs[0].Refresh(); err != nil || !changed {
 		t.Fatalf("refresh after Redis lost its data: changed %v, %v; want the epoch changed", changed, err)
 	}
@@ -243,9 +246,85 @@ func TestRedisRegistryRefill(t *testing.T) {
 	}
 }
 
+// freshAt is the Claim of an agent with no token at clk's time: a
+// tenure begun now, as the server makes them.
+func freshAt(clk *fakeClock) Claim { return Claim{Tenure: NewTenure(clk.t)} }
+
 // route is Route as the tests read it: the agent held here, or the
 // replica holding it.
 func (r *Redis[V]) route(ctx context.Context, id string) (V, string) {
 	a, _, owner := r.Route(ctx, id)
 	return a, owner
+}
+
+// testKey is the cluster key of the tests' replicas.
+var testKey = []byte("0123456789abcdef0123456789abcdef")
+
+// TestRedisRegistryUnsignedEntries: whoever writes to Redis without the
+// cluster key cannot send a replica anywhere (issue 18, finding 3): an
+// entry naming another owner, or one made up, is routed to nowhere, and
+// a forged "lost" event closes nobody.
+func TestRedisRegistryUnsignedEntries(t *testing.T) {
+	rs, lost, _, rdb := replicas(t, 2, Limits{Grace: time.Minute})
+	ctx := context.Background()
+	a, _ := join(t, testReg{rs[0]}, "job", unproven(), "192.0.2.1")
+	if _, owner := rs[1].route(ctx, "job"); owner != rs[0].self {
+		t.Fatalf("replica 1 routes job to %q, want %q", owner, rs[0].self)
+	}
+	raw, err := rdb.HGet(ctx, redisKeyIDs, "job").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var e map[string]any
+	json.Unmarshal([]byte(raw), &e)
+	conn := e["c"].(string)
+	e["o"] = "ws://192.0.2.66:80"
+	b, _ := json.Marshal(e)
+	forged := `{"o":"ws://192.0.2.66:80","c":"` + strings.Repeat("0", 56) + `","l":1e15,"ts":1,"tn":0,"p":1,"cf":1,"g":"x"}`
+	rdb.HSet(ctx, redisKeyIDs, "job", string(b), "made-up", forged)
+	for _, id := range []string{"job", "made-up"} {
+		if _, owner := rs[1].route(ctx, id); owner != "" {
+			t.Errorf("replica 1 routes %s to %q from an entry not signed with the cluster key; want nowhere", id, owner)
+		}
+	}
+	rdb.HSet(ctx, redisKeyIDs, "job", raw)
+	rs[0].Event("lost\t" + rs[0].self + "\t" + conn + "\tjob")
+	if len(lost[0]) != 0 {
+		t.Fatal("a forged lost event closed an agent whose signed entry names it still")
+	}
+	if local, _ := rs[0].route(ctx, "job"); local != a {
+		t.Fatalf("after a forged event replica 0 routes job to %p, want its agent %p", local, a)
+	}
+}
+
+// TestRedisRegistryRedisClock: replicas send no time; leases run on
+// Redis's clock (issue 18, finding 2), so replicas whose clocks differ
+// agree on them.
+func TestRedisRegistryRedisClock(t *testing.T) {
+	rdb := redistest.Start(t).Client()
+	r := NewRedis[*testAgent](rdb, "ws://replica-1", testKey, Limits{Grace: time.Minute}, nil, testlog.New(t))
+	join(t, testReg{r}, "job", Claim{Tenure: NewTenure(time.Now())}, "192.0.2.1")
+	ctx := context.Background()
+	lease, err1 := rdb.ZScore(ctx, redisKeyLeases, "job").Result()
+	now, err2 := rdb.Time(ctx).Result()
+	if err := errors.Join(err1, err2); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.UnixMilli(int64(lease)).Sub(now); d > leaseTime || d < leaseTime-Timeout {
+		t.Fatalf("lease ends %v after Redis's now, want about %v", d, leaseTime)
+	}
+	if local, _ := r.route(ctx, "job"); local == nil {
+		t.Fatal("the replica does not route to its own agent on Redis's clock")
+	}
+}
+
+// TestRedisRegistryReleaseAcrossReplicas: an agent that says goodbye on
+// one replica frees its ID for every replica at once.
+func TestRedisRegistryReleaseAcrossReplicas(t *testing.T) {
+	rs, _, _, _ := replicas(t, 2, Limits{Grace: time.Minute})
+	a, _ := join(t, testReg{rs[0]}, "job", unproven(), "192.0.2.1")
+	rs[0].Release("job", a)
+	if _, err := (testReg{rs[1]}).Register("job", unproven(), &testAgent{id: "job", remote: "192.0.2.2"}); err != nil {
+		t.Fatalf("Register on the other replica after the goodbye: %v", err)
+	}
 }

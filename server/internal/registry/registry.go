@@ -25,10 +25,24 @@ var (
 	ErrIDInUse = errors.New("ID is in use by a connected agent")
 	// ErrIDReserved: the agent holding the ID lost its link recently and the
 	// ID is kept for it; only that agent (proving it with its token) may take it.
+	// Register's error wraps it in a *ReservedError saying until when.
 	ErrIDReserved = errors.New("ID is reserved for an agent that is reconnecting")
 	// ErrUnavailable: the shared registry (Redis) did not answer; agents retry.
 	ErrUnavailable = errors.New("the registry (Redis) is unavailable")
 )
+
+// ReservedError refuses a claim of an ID kept for an agent whose link
+// dropped (it Is ErrIDReserved), saying when the ID frees unless that
+// agent comes back first.
+type ReservedError struct {
+	Until time.Time
+}
+
+func (e *ReservedError) Error() string {
+	return fmt.Sprintf("%v until %s", ErrIDReserved, e.Until.UTC().Format("15:04:05 UTC"))
+}
+
+func (e *ReservedError) Is(target error) bool { return target == ErrIDReserved }
 
 // LimitError refuses a registration (or, for the server, a client stream)
 // over a limit. Its message tells the user what happened and what to do.
@@ -94,8 +108,11 @@ type Agent interface {
 //   - A proven claim of another tenure takes the ID only if the registry
 //     may have forgotten it (its token was signed at or before the epoch)
 //     and the holder has no better right: it proved nothing (after a
-//     restart, whoever asked first), or it proved a younger tenure (one
-//     that began while this one was forgotten). A tenure signed since the
+//     restart, whoever asked first), or it proved a younger tenure that
+//     began while this one could still hold the ID, its reservation
+//     included; a younger tenure that began after the older one had
+//     surely ended wins over it, whichever asks first (see endedBefore).
+//     A tenure signed since the
 //     epoch that no longer holds the ID ended here: its reservation
 //     expired or an older tenure took the ID, and its token is no key.
 type Registry[V Agent] interface {
@@ -103,7 +120,7 @@ type Registry[V Agent] interface {
 	// holder connected here that it takes the ID from is returned as old
 	// (ok set), for the caller to close.
 	//
-	// Errors: ErrIDInUse and ErrIDReserved; a *LimitError when c's
+	// Errors: ErrIDInUse and a *ReservedError (ErrIDReserved); a *LimitError when c's
 	// address group, or the server, holds as many agents as allowed;
 	// ErrUnavailable when a shared registry does not answer.
 	Register(id string, c Claim, a V) (old V, ok bool, err error)
@@ -116,6 +133,10 @@ type Registry[V Agent] interface {
 	// leaves what it found: the reservation it took over, if it took one,
 	// as it was; else nothing.
 	Unregister(id string, a V)
+	// Release removes a if it still holds id, and leaves id free at once,
+	// whatever a took over: a said goodbye (it ended on purpose), so no
+	// agent will come back for the ID.
+	Release(id string, a V)
 	// Route says where a client of id goes: to a (here set) held on this
 	// server, to the replica at owner (its advertise URL) that holds it,
 	// or nowhere (neither).

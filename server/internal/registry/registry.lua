@@ -6,18 +6,25 @@
 -- 3 reservations (zset ID -> expiry), 4 charged (hash address group ->
 -- entries charged to it), 5 epoch (string, Unix seconds), 6 sessions
 -- (hash ID -> the sessions view's row, JSON).
--- ARGV: 1 operation, 2 now (Unix ms), 3 grace (ms; <= 0: none), 4
+-- ARGV: 1 operation, 2 now (Unix ms; "": Redis's clock, as replicas
+-- send it, so that leases and reservations do not depend on each
+-- replica's clock; tests send theirs), 3 grace (ms; <= 0: none), 4
 -- per-address limit (<= 0: none), 5 reservations cap (<= 0: none), 6
 -- lease (ms), 7 this replica (its advertise URL), 8 events channel, then
 -- the operation's own.
 --
 -- An entry: o owner replica, c connection (the fence), l lease end (ms),
--- ts/tn the holder's tenure (since, nonce), p proven, cf confirmed, g
--- the holder's address group; all absent while only reserved. r, when
--- present, is the reservation: ts/tn tenure, g group, u expiry (ms).
+-- ts/tn the holder's tenure (since, nonce), is when its token was signed
+-- (Unix s), p proven, cf confirmed, g the holder's address group; all
+-- absent while only reserved. r, when present, is the reservation: ts/tn
+-- tenure, is, g group, u expiry (ms).
 local K_IDS, K_LEASES, K_RES, K_CHARGED, K_EPOCH, K_SESS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local op = ARGV[1]
 local now, grace = tonumber(ARGV[2]), tonumber(ARGV[3])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local perAddr, maxRes = tonumber(ARGV[4]), tonumber(ARGV[5])
 local leaseMs, self, events = tonumber(ARGV[6]), ARGV[7], ARGV[8]
 
@@ -77,7 +84,7 @@ local function reserve(id, e, ts, tn, g, u)
     if not oldest or oldest == id then break end
     popRes(oldest)
   end
-  e.r = {ts = ts, tn = tn, g = g, u = u}
+  e.r = {ts = ts, tn = tn, g = g, u = u, is = e.is}
   redis.call('ZADD', K_RES, u, id)
 end
 
@@ -93,7 +100,7 @@ local function dropHolder(id, e, u)
     if e.r then redis.call('ZREM', K_RES, id) end
     reserve(id, e, e.ts, e.tn, e.g, u)
   end
-  e.ts, e.tn, e.g = nil, nil, nil
+  e.ts, e.tn, e.g, e.is = nil, nil, nil, nil
   if not e.r then
     redis.call('HDEL', K_IDS, id)
     return
@@ -133,18 +140,34 @@ local function expire(limit)
   end
 end
 
+-- endedBefore reports whether a tenure whose latest token was signed at
+-- iss (Unix s) had surely ended, its reservation included, before a
+-- tenure begun at ts (see endedBefore in memory.go). 60 is
+-- TokenRefresh in seconds. An entry written before `is` existed counts
+-- as never ended.
+local function endedBefore(iss, ts)
+  if not iss then return false end
+  return iss + 60 + math.floor(math.max(grace, 0) / 1000) < ts
+end
+
 -- yields reports whether claim c takes the ID from e's holder (see
 -- entry.yields in memory.go). A reservation counts as proven.
 local function yields(e, c, ep)
   if c.p ~= 1 then return false end
-  local hs, hn, hp
+  local hs, hn, hp, hi
   if e.o then
-    hs, hn, hp = e.ts, e.tn, e.p == 1
+    hs, hn, hp, hi = e.ts, e.tn, e.p == 1, e.is
   else
-    hs, hn, hp = e.r.ts, e.r.tn, true
+    hs, hn, hp, hi = e.r.ts, e.r.tn, true, e.r.is
   end
   if c.ts == hs and c.tn == hn then return true end
-  return c.iss <= ep and (not hp or c.ts < hs)
+  if c.iss > ep then return false end
+  if not hp then return true end
+  -- Of two forgotten proven tenures the older wins only if it could
+  -- still have held the ID when the younger began.
+  if c.ts < hs then return not endedBefore(c.iss, hs) end
+  if hs < c.ts then return endedBefore(hi, c.ts) end
+  return false
 end
 
 -- take makes this replica's agent (conn, in group, claiming c) the
@@ -162,6 +185,9 @@ local function take(id, e, conn, g, c, cf)
   local oldO, oldC = e.o, e.c
   e.o, e.c, e.l = self, conn, now + leaseMs
   e.ts, e.tn, e.p, e.cf, e.g = c.ts, c.tn, c.p, cf, g
+  -- is: when the holder's token was signed (a fresh tenure: when it began)
+  e.is = c.ts
+  if c.p == 1 then e.is = c.iss end
   charge(g, 1)
   put(id, e)
   redis.call('ZADD', K_LEASES, e.l, id)
@@ -187,7 +213,7 @@ if op == 'register' then
   local e = fresh(id)
   if e and not yields(e, c, ep) then
     if e.o then return {'in_use'} end
-    return {'reserved'}
+    return {'reserved', tostring(e.r.u)}
   end
   local freed = ''
   if e then freed = chargedTo(e) end
@@ -214,6 +240,20 @@ elseif op == 'unregister' then
   local e = fresh(id)
   if not e or e.o ~= self or e.c ~= conn then return 0 end
   dropHolder(id, e, now + grace)
+  return 1
+elseif op == 'release' then
+  -- id, conn: the holder said goodbye; the ID is free at once, with no
+  -- reservation of its own and none it took over.
+  local id, conn = ARGV[9], ARGV[10]
+  expire(sweep)
+  local e = fresh(id)
+  if not e or e.o ~= self or e.c ~= conn then return 0 end
+  e.cf = nil
+  if e.r then
+    redis.call('ZREM', K_RES, id)
+    e.r = nil
+  end
+  dropHolder(id, e, now)
   return 1
 elseif op == 'refresh' then
   -- then per agent held here: id, conn, group, ts, tn, confirmed, issued.
@@ -252,6 +292,12 @@ elseif op == 'refresh' then
     end
   end
   return out
+elseif op == 'owner' then
+  -- id. Read only: the replica holding id and its connection token
+  -- while its lease lasts; else nothing.
+  local e = get(ARGV[9])
+  if e and e.o and e.l > now then return {e.o, e.c} end
+  return {}
 elseif op == 'rows' then
   -- then per agent: id, conn, row. Writes each sessions view row only
   -- while its agent holds the ID, so that a row written as its agent

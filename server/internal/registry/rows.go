@@ -77,7 +77,7 @@ func (r *Redis[V]) OtherRows(ctx context.Context) ([]json.RawMessage, error) {
 		if json.Unmarshal([]byte(raw), &row) != nil || json.Unmarshal([]byte(ids[id]), &e) != nil {
 			continue
 		}
-		if row.Owner == r.self || e.Owner != row.Owner || e.Conn != row.Conn || int64(e.Lease) <= now {
+		if row.Owner == r.self || e.Owner != row.Owner || e.Conn != row.Conn || int64(e.Lease) <= now || !r.signed(id, e.Owner, e.Conn) {
 			continue
 		}
 		out = append(out, row.Session)

@@ -20,7 +20,12 @@ import (
 //	byte  4     tenure nonce
 //	bytes 5–8   issued, Unix seconds, big-endian
 //	bytes 9–15  the first 7 bytes of HMAC-SHA256(key,
-//	            "converge-agent-v1" 0x00 ID 0x00 bytes 0–8)
+//	            "converge-agent-v1" 0x00 ID 0x00 bytes 0–8 [SHA-256 of
+//	            the agent's host key])
+//
+// The MAC covers the hash of the agent's host key when the agent proved
+// it holds one (see wire.AgentKeyHeader): the token then proves nothing
+// without the key, so that a token seen by others is no key to the ID.
 //
 // written as 32 lowercase hex digits, the syntax of the wire protocol's tokens, so
 // agents of every version carry it unchanged. A 56-bit tag cannot be
@@ -82,26 +87,38 @@ func NewTokens(key []byte, grace time.Duration) *Tokens {
 	return &Tokens{key: key, maxAge: max(grace, 0) + 2*TokenRefresh}
 }
 
-// Sign returns the token for tenure t of id, issued at now.
-func (k *Tokens) Sign(id string, t Tenure, now time.Time) string {
+// Sign returns the token for tenure t of id, issued at now, for an agent
+// that proved no host key.
+func (k *Tokens) Sign(id string, t Tenure, now time.Time) string { return k.SignBound(id, t, now, nil) }
+
+// Verify returns the proven claim token makes on id at now for an agent
+// that proved no host key (see VerifyBound).
+func (k *Tokens) Verify(id, token string, now time.Time) (Claim, error) {
+	return k.VerifyBound(id, token, now, nil)
+}
+
+// SignBound returns the token for tenure t of id, issued at now, bound to
+// hostKey, the public key the agent proved it holds (nil: none).
+func (k *Tokens) SignBound(id string, t Tenure, now time.Time, hostKey []byte) string {
 	var b [tokenLen]byte
 	binary.BigEndian.PutUint32(b[0:4], t.since)
 	b[4] = t.nonce
 	binary.BigEndian.PutUint32(b[5:9], unixSeconds(now))
-	copy(b[9:], k.mac(id, b[:9]))
+	copy(b[9:], k.mac(id, b[:9], hostKey))
 	return hex.EncodeToString(b[:])
 }
 
-// Verify returns the proven claim token makes on id at now. The tag is
-// compared in constant time; the error says why a token proves nothing:
-// malformed, errTokenForged (another key or ID, or altered),
+// VerifyBound returns the proven claim token makes on id at now, from an
+// agent that proved it holds hostKey (nil: none). The tag is compared in
+// constant time; the error says why a token proves nothing: malformed,
+// errTokenForged (another key, ID or host key, or altered),
 // errTokenExpired or errTokenFuture.
-func (k *Tokens) Verify(id, token string, now time.Time) (Claim, error) {
+func (k *Tokens) VerifyBound(id, token string, now time.Time, hostKey []byte) (Claim, error) {
 	b, err := hex.DecodeString(token)
 	if err != nil || len(b) != tokenLen || hex.EncodeToString(b) != token {
 		return Claim{}, fmt.Errorf("token is not %d bytes of lowercase hex", tokenLen)
 	}
-	if !hmac.Equal(b[9:], k.mac(id, b[:9])) {
+	if !hmac.Equal(b[9:], k.mac(id, b[:9], hostKey)) {
 		return Claim{}, errTokenForged
 	}
 	c := Claim{
@@ -119,13 +136,17 @@ func (k *Tokens) Verify(id, token string, now time.Time) (Claim, error) {
 	return c, nil
 }
 
-func (k *Tokens) mac(id string, body []byte) []byte {
+func (k *Tokens) mac(id string, body, hostKey []byte) []byte {
 	m := hmac.New(sha256.New, k.key)
 	m.Write([]byte(tokenDomain))
 	m.Write([]byte{0})
 	m.Write([]byte(id))
 	m.Write([]byte{0})
 	m.Write(body)
+	if len(hostKey) > 0 {
+		sum := sha256.Sum256(hostKey)
+		m.Write(sum[:])
+	}
 	return m.Sum(nil)[:tokenMACLen]
 }
 

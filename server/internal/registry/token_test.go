@@ -96,3 +96,21 @@ func TestTokenLifeFollowsGrace(t *testing.T) {
 		}
 	}
 }
+
+// TestTokenBoundToHostKey: a token signed for an agent's host key
+// proves its claim only with that key: without it, or with another, it
+// is forged (issue 18, finding 5).
+func TestTokenBoundToHostKey(t *testing.T) {
+	k := NewTokens([]byte("0123456789abcdef0123456789abcdef"), time.Minute)
+	now := time.Unix(1_800_000_000, 0)
+	key, other := []byte("host key A: 32 bytes of ed25519."), []byte("host key B: 32 bytes of ed25519.")
+	tok := k.SignBound("job", Tenure{since: unixSeconds(now)}, now, key)
+	if _, err := k.VerifyBound("job", tok, now, key); err != nil {
+		t.Fatalf("the token with its host key: %v", err)
+	}
+	for name, hk := range map[string][]byte{"no host key": nil, "another host key": other} {
+		if _, err := k.VerifyBound("job", tok, now, hk); !errors.Is(err, errTokenForged) {
+			t.Errorf("the token with %s: %v; want errTokenForged", name, err)
+		}
+	}
+}
