@@ -132,8 +132,8 @@ before --connect-timeout, or the status --no-login-status gives (a detached
 agent records it in .converge/agent.json); 1 on failure, such as a server
 that cannot be reached; 2 on bad usage; 4 when the server's registration
 policy refused the agent's token (or it had none): the agent prints the
-server's reason and stops at once, without retrying. Network failures are
-retried, and never end in 4.
+server's reason and stops at once, without retrying; a network failure
+never ends in 4.
 
 Example:
   echo "ssh-ed25519 AAAA... you@laptop" > .authorized_keys
