@@ -10,7 +10,7 @@
 #                      (and end an agent main left behind when it failed)
 #
 # action/run.js runs it with the inputs as INPUT_SERVER, INPUT_ID,
-# INPUT_LIMIT_ACCESS_TO_ACTOR, INPUT_LIMIT_ACCESS_TO_USERS, INPUT_AUTHORIZED_KEYS, INPUT_DETACHED,
+# INPUT_LIMIT_ACCESS_TO_ACTOR, INPUT_LIMIT_ACCESS_TO_USERS, INPUT_OBSERVERS, INPUT_AUTHORIZED_KEYS, INPUT_DETACHED,
 # INPUT_CONNECT_TIMEOUT, INPUT_EXPIRY, INPUT_RUN, INPUT_WHEN and
 # INPUT_AGENT_SHA256, INPUT_JOB_STATUS (job.status, evaluated when the
 # post step runs), and what GitHub sets (GITHUB_RUN_ATTEMPT and
@@ -257,6 +257,12 @@ agent_args() {
 		esac
 		args+=(--authorized-keys-url "${GITHUB_SERVER_URL:-https://github.com}/$u.keys")
 		keys=yes
+	done
+	for u in $(printf '%s' "${INPUT_OBSERVERS:-}" | tr ',' ' '); do
+		case $u in
+		*[!A-Za-z0-9-]* | -*) die "observers: $u is not a GitHub user name" ;;
+		esac
+		args+=(--observer-keys "${GITHUB_SERVER_URL:-https://github.com}/$u.keys")
 	done
 	if [ -n "${INPUT_AUTHORIZED_KEYS:-}" ]; then
 		# Through the environment, as a CI secret should, not on the command line.

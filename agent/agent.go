@@ -60,6 +60,12 @@ type Config struct {
 	// AuthorizedKeysURLs are fetched once by New, such as a forge's
 	// https://github.com/USER.keys; a failed fetch fails New.
 	AuthorizedKeysURLs []string
+	// ObserverKeysFiles, ObserverKeys and ObserverKeysURLs are the
+	// observers' key sources, read as their AuthorizedKeys twins: these
+	// keys may only watch kept shells, read-only. Nil, empty: none.
+	ObserverKeysFiles []string
+	ObserverKeys      string
+	ObserverKeysURLs  []string
 	// HTTPClient fetches AuthorizedKeysURLs. Default http.DefaultClient.
 	HTTPClient *http.Client
 	// Password, when set, also allows password logins. Empty: keys only.
@@ -249,6 +255,10 @@ func New(cfg Config) (*Agent, error) {
 		Logger:              a.log,
 		Watcher:             a.life,
 		OnLogin:             confirmLogin,
+		ID:                  cfg.ID,
+		ObserverKeysFiles:   cfg.ObserverKeysFiles,
+		ObserverKeys:        cfg.ObserverKeys,
+		ObserverKeysURLs:    cfg.ObserverKeysURLs,
 		TrustedUserCAKeys:   cfg.TrustedUserCAKeys,
 		Journal:             a.journal,
 		SessionEnv:          a.sessionEnv,
@@ -317,6 +327,9 @@ func (a *Agent) reapWhilePID1(ctx context.Context) (stop func()) {
 	a.log.Info("running as PID 1: reaping orphaned processes")
 	return a.ssh.ReapOrphans(ctx)
 }
+
+// Shells lists the kept shells of the agent's SSH server.
+func (a *Agent) Shells() []sshd.ShellInfo { return a.ssh.Shells() }
 
 // Serve serves the agent's SSH server on ln directly, bypassing the relay.
 // It is for benchmarks that measure the relay against a direct path; the

@@ -17,6 +17,7 @@ func (a *Agent) commands() []ctl.Command {
 	return append([]ctl.Command{
 		{Name: "who", Usage: "[--json]", Summary: "who is in this job now: name, key, way in, since when, sessions", Run: a.cmdWho},
 		{Name: "status", Summary: "this agent: its ID, users, and when it ends", Run: a.cmdStatus},
+		{Name: "ls", Summary: "the shells kept running here: name, size, idle time, who is attached", Run: a.cmdLs},
 		{Name: "extend", Usage: "DURATION", Summary: "hold the agent up DURATION from now (30m, 2h), as .hold does", Run: a.cmdExtend},
 		{Name: "get", Usage: "FILE…", Summary: "download files: the browser terminal saves them; in ssh, prints the scp line", Run: a.cmdGet},
 		{Name: "copy", Usage: "FILE", Summary: "put FILE's text on your local clipboard (OSC 52)", Run: a.cmdCopy},
@@ -75,5 +76,15 @@ func (a *Agent) cmdStatus(_ context.Context, c *ctl.Call) error {
 	fmt.Fprintf(c.Stdout, "agent %s (version %s), server %s\n", a.cfg.ID, a.cfg.Version, a.cfg.Server)
 	fmt.Fprint(c.Stdout, a.Describe())
 	fmt.Fprintf(c.Stdout, "journal: %s\n", a.stateDir+"/"+journalName)
+	return nil
+}
+
+// cmdLs lists the kept shells, as ssh ID ls does.
+func (a *Agent) cmdLs(_ context.Context, c *ctl.Call) error {
+	if len(c.Args) > 0 {
+		c.Exit = 2
+		return fmt.Errorf("unexpected arguments %q; usage: converge ls", c.Args)
+	}
+	a.ssh.ListShells(c.Stdout)
 	return nil
 }

@@ -273,7 +273,7 @@ func TestUsageRecipesCheckSums(t *testing.T) {
 	s := newTestServer(t, func(c *Config) { c.Dist = fakeBinaries })
 	page := serve(s, "GET", "http://relay.test/?id=job-42", "192.0.2.7:1", nil).Body.String()
 	linux := recipe(t, page, "ci-linux")
-	check := regexp.MustCompile(`(?m)^echo '[0-9a-f]{64}  agent' \| sha256sum -c.*$`).FindString(linux)
+	check := regexp.MustCompile(`(?m)^echo '[0-9a-f]{64}  \.converge/agent' \| sha256sum -c.*$`).FindString(linux)
 	if !strings.Contains(check, sum(fakeBinaries["agent-linux-amd64"].Data)) {
 		t.Fatalf("the Linux recipe does not check the agent's sum:\n%s", linux)
 	}
@@ -285,7 +285,10 @@ func TestUsageRecipesCheckSums(t *testing.T) {
 		{"\x7fELF another program", false},
 	} {
 		dir := t.TempDir()
-		if err := os.WriteFile(filepath.Join(dir, "agent"), []byte(tc.content), 0o644); err != nil {
+		if err := os.MkdirAll(filepath.Join(dir, ".converge"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, ".converge", "agent"), []byte(tc.content), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		cmd := exec.Command("sh", "-c", check)

@@ -192,6 +192,7 @@ func (h *handle) config() (Config, error) {
 		Pin:   o.Get("pin").String(),
 		Login: Login{User: o.Get("user").String(), Password: str(o.Get("password"))},
 		Cols:  num(o.Get("cols")), Rows: num(o.Get("rows")),
+		Command: str(o.Get("command")),
 		OnPause: func(paused bool) {
 			if paused {
 				h.call("onState", "paused", "")

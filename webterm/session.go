@@ -41,6 +41,9 @@ type Config struct {
 	Cols, Rows int
 	// Term is the TERM of the shell. Default "xterm-256color".
 	Term string
+	// Command, when set, runs in the PTY instead of a login shell, such
+	// as "attach 2" to join a shell the agent keeps. Default: a shell.
+	Command string
 	// Heartbeat is how often an SSH keepalive request checks the link,
 	// since a browser cannot send WebSocket pings. Default 15s.
 	Heartbeat time.Duration
@@ -195,7 +198,12 @@ func (s *Session) startShell() error {
 	}
 	pr, pw := io.Pipe() // io.Pipe serialises the two writers and brings backpressure
 	sess.Stdout, sess.Stderr = pw, pw
-	if err := sess.Shell(); err != nil {
+	if s.cfg.Command != "" {
+		err = sess.Start(s.cfg.Command)
+	} else {
+		err = sess.Shell()
+	}
+	if err != nil {
 		return fmt.Errorf("start the shell: %w", err)
 	}
 	s.sess, s.stdin, s.out = sess, in, pr

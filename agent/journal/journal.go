@@ -121,6 +121,9 @@ type Login struct {
 	// from which Way is read (the client's own word: anyone may send any).
 	Way    string `json:"way,omitempty"`
 	Client string `json:"client,omitempty"`
+	// Observer: the key is an observer's (--observer-keys), which may
+	// only watch kept shells, read-only.
+	Observer bool `json:"observer,omitempty"`
 }
 
 // Name is how a person is shown: the comment, else the certificate's key

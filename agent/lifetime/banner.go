@@ -71,7 +71,8 @@ func banner(s *lifeState, now time.Time, goos string) string {
 		fmt.Fprintf(&b, "  - Held by .hold until %s.\n", clock(h, now))
 	}
 	if c.ExitOnLastLogout {
-		b.WriteString("  - When the last user logs out (and .hold does not hold), the agent exits and the job goes on.\n")
+		b.WriteString("  - When the last user logs out (and .hold does not hold), the agent exits and the job goes on;\n" +
+			"    a shell left running (cut off, detached) keeps it up until the idle expiry, no longer.\n")
 	} else {
 		b.WriteString("  - The agent keeps running after you log out, until the expiry.\n")
 	}

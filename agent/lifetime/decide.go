@@ -95,6 +95,9 @@ func describe(s *lifeState, now time.Time, goos string) string {
 		fmt.Fprintf(&b, "Held (converge extend, or .hold) until %s.\n", clock(h, now))
 	}
 	fmt.Fprintf(&b, "Logged in: %d. Extend: converge extend 30m, or %s\n", s.users, holdCommandsFor(goos).touch)
+	if s.kept > 0 {
+		fmt.Fprintf(&b, "Shells kept running: %d (converge ls); attached or not, they keep the agent up until the deadline, never past it.\n", s.kept)
+	}
 	switch {
 	case s.unused:
 		b.WriteString("The step is decided: the agent exits once nobody is connected or holding it.\n")

@@ -152,6 +152,7 @@ type lifeState struct {
 	start      time.Time // when Start was called
 	firstLogin time.Time // zero until someone logs in
 	users      int       // logged-in connections now
+	kept       int       // kept shells running now, attached or not
 	logins     int       // logins so far
 	active     time.Time // last input, login or logout of a user
 	hold       time.Time // mtime of .hold; zero when there is none
@@ -260,7 +261,12 @@ func (s *lifeState) end(now time.Time) endKind {
 		return endNone
 	}
 	if s.unused {
-		return endDecided
+		return endDecided // a decided step does not wait for shells left running
+	}
+	if s.kept > 0 {
+		// A kept shell holds the agent like a user who does not type:
+		// until the idle expiry, never past it.
+		return endNone
 	}
 	if !s.firstLogin.IsZero() && s.cfg.ExitOnLastLogout {
 		return endLastLogout

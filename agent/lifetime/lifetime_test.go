@@ -26,7 +26,8 @@ func TestLifeStateEnd(t *testing.T) {
 		return s
 	}
 	typed := func(s lifeState, when time.Time) lifeState { s.active = when; return s }
-	out := func(s lifeState) lifeState { // ... who logged out at 5m
+	kept := func(s lifeState) lifeState { s.kept = 1; return s } // a shell left running
+	out := func(s lifeState) lifeState {                         // ... who logged out at 5m
 		s = in(s)
 		s.users = 0
 		return s
@@ -60,6 +61,10 @@ func TestLifeStateEnd(t *testing.T) {
 		{"last logout once the hold ran out", out(lifeState{cfg: std, hold: at(-40 * time.Minute)}), at(5 * time.Minute), at(35 * time.Minute), endLastLogout},
 		{"last logout with stay", out(lifeState{cfg: stay}), at(34 * time.Minute), at(35 * time.Minute), endNone},
 		{"stay ends at the expiry", out(lifeState{cfg: stay}), at(35 * time.Minute), at(35 * time.Minute), endExpired},
+		{"a kept shell holds past the last logout", kept(out(lifeState{cfg: std})), at(34 * time.Minute), at(35 * time.Minute), endNone},
+		{"a kept shell does not hold past the expiry", kept(out(lifeState{cfg: std})), at(35 * time.Minute), at(35 * time.Minute), endExpired},
+		{"a kept shell does not hold past max session", kept(typed(out(lifeState{cfg: capped}), at(50*time.Minute))), at(61 * time.Minute), at(61 * time.Minute), endMaxSession},
+		{"wait: a kept shell is in use", kept(out(lifeState{cfg: std, jobDone: true})), at(6 * time.Minute), at(35 * time.Minute), endNone},
 		{"wait: unused, nobody came", lifeState{cfg: std, jobDone: true}, at(time.Minute), at(10 * time.Minute), endUnused},
 		{"wait: held", lifeState{cfg: std, jobDone: true, hold: at(0)}, at(time.Minute), at(30 * time.Minute), endNone},
 		{"wait: a user is in", in(lifeState{cfg: std, jobDone: true}), at(6 * time.Minute), at(35 * time.Minute), endNone},
@@ -77,6 +82,7 @@ func TestLifeStateEnd(t *testing.T) {
 		{"decided: the cap still says why", in(lifeState{cfg: capped, decided: true}), at(61 * time.Minute), at(35 * time.Minute), endMaxSession},
 		{"passed: waits for the user", in(lifeState{cfg: std, unused: true}), at(6 * time.Minute), at(35 * time.Minute), endNone},
 		{"passed: ends when the user left", out(lifeState{cfg: stay, unused: true}), at(6 * time.Minute), at(35 * time.Minute), endDecided},
+		{"passed: a kept shell does not hold", kept(out(lifeState{cfg: stay, unused: true})), at(6 * time.Minute), at(35 * time.Minute), endDecided},
 		{"passed: held by extend", out(lifeState{cfg: std, unused: true, extended: at(20 * time.Minute)}), at(6 * time.Minute), at(35 * time.Minute), endNone},
 		{"extend holds past the expiry", out(lifeState{cfg: std, extended: at(2 * time.Hour)}), at(90 * time.Minute), at(2 * time.Hour), endNone},
 		{"extend runs out", in(lifeState{cfg: std, extended: at(2 * time.Hour)}), at(2 * time.Hour), at(2 * time.Hour), endExpired},

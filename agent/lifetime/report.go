@@ -21,6 +21,7 @@ func (l *Lifetime) snapshot() (wire.Status, stateSnapshot) {
 		HeldUntil: l.st.heldUntil().Round(0),
 		Waiting:   l.st.jobDone,
 		Failed:    !l.st.failed.IsZero(),
+		Kept:      l.st.kept,
 	}
 }
 

@@ -83,6 +83,28 @@ func (c activeChannel) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Keep counts a kept shell (one the SSH server keeps running when its
+// client goes) until release is called: while one runs, the last logout
+// does not end the agent, but the idle expiry (the last input from a
+// user plus Expiry), .hold and MaxSession still do. A shell nobody is
+// attached to gets no input, so it never keeps the job up past the
+// expiry.
+func (l *Lifetime) Keep() (release func()) {
+	l.mu.Lock()
+	l.st.kept++
+	l.mu.Unlock()
+	l.poke()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			l.mu.Lock()
+			l.st.kept--
+			l.mu.Unlock()
+			l.poke()
+		})
+	}
+}
+
 // liveSession is an open shell or command the lifetime may talk to.
 type liveSession struct {
 	l   *Lifetime

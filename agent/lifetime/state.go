@@ -57,8 +57,9 @@ type stateSnapshot struct {
 	Logins    int       `json:"logins"`
 	Expiry    time.Time `json:"expiry,omitzero"`
 	HeldUntil time.Time `json:"held_until,omitzero"`
-	Waiting   bool      `json:"waiting"`          // `agent wait` asked the agent to end when unused
-	Failed    bool      `json:"failed,omitempty"` // `agent wait --failed` said the job failed
+	Waiting   bool      `json:"waiting"`               // `agent wait` asked the agent to end when unused
+	Failed    bool      `json:"failed,omitempty"`      // `agent wait --failed` said the job failed
+	Kept      int       `json:"kept_shells,omitempty"` // shells left running (see Lifetime.Keep)
 }
 
 // StateFile writes agent.json for `agent wait` and --detach, and reads

@@ -82,6 +82,12 @@ func Wait(ctx context.Context, dir string, failed bool, out io.Writer) error {
 				fmt.Fprintf(out, " or at %s UTC", st.Expiry.UTC().Format("15:04:05"))
 			}
 			fmt.Fprintln(out, ".")
+		} else if st.Sessions == 0 && st.Kept > 0 && (first || last.Sessions > 0 || last.Kept != st.Kept) {
+			fmt.Fprintf(out, "Waiting for the agent %s: %d shell(s) left running (ssh -t %s attach); it ends at the idle expiry", st.ID, st.Kept, st.ID)
+			if !st.Expiry.IsZero() {
+				fmt.Fprintf(out, ", %s UTC", st.Expiry.UTC().Format("15:04:05"))
+			}
+			fmt.Fprintln(out, ".")
 		} else if st.Sessions == 0 && st.Logins == 0 && st.Failed && !last.Failed {
 			fmt.Fprintf(out, "The job failed: the agent %s waits for someone to log in and look", st.ID)
 			if !st.Expiry.IsZero() {

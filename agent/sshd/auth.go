@@ -45,6 +45,8 @@ type authorizer struct {
 	password string
 	journal  *journal.Journal
 	refusals atomic.Int64 // refusals so far, see maxJournalRefusals
+	// observers may log in to watch shells (observer.go); set by New.
+	observers *observers
 
 	mu    sync.Mutex
 	cache map[string]fileKeys

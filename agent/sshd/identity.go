@@ -126,6 +126,10 @@ func (a *authorizer) check(user string, key ssh.PublicKey) (*journal.Login, *gos
 				Fingerprint: gossh.FingerprintSHA256(key), Comment: k.comment, Source: k.source}, &gossh.Permissions{}, nil
 		}
 	}
+	if k, ok := a.observers.find(key); ok { // observer.go
+		return &journal.Login{User: user, Method: "publickey", KeyType: key.Type(), Fingerprint: gossh.FingerprintSHA256(key),
+			Comment: k.comment, Source: k.source, Observer: true}, observerPermissions(), nil
+	}
 	return nil, nil, errNotAuthorized
 }
 

@@ -22,25 +22,46 @@ import (
 // when the client asked for one, with separate stdout and stderr when not.
 // The exit status goes back to the client; when the session ends, what it
 // started ends with it (see run). The journal records its start and end.
-func (d *Server) handleSession(s ssh.Session) {
+func (d *Server) handleSession(raw ssh.Session) {
+	s := &serialSession{Session: raw} // the lifetime writes to it too
 	log := d.log.With("user", s.User(), "session", shortSession(s))
 	defer d.watch.Attach(s)()
+	if code, ok := d.shellCommand(s); ok {
+		s.Exit(code)
+		return
+	}
+	if isObserver(s.Context()) {
+		what := "a shell"
+		if s.RawCommand() != "" {
+			what = "a command"
+		}
+		s.Stderr().Write([]byte(d.readOnly(what) + "\r\n"))
+		s.Exit(1)
+		return
+	}
 	js := &journal.Session{ID: d.nextSessionID(), Kind: "shell", Command: s.RawCommand(), PTY: hasPty(s)}
 	if js.Command != "" {
 		js.Kind = "exec"
 	}
 	cmd := d.command(s)
+	releaseEnv := func() {}
 	if d.cfg.SessionEnv != nil {
-		env, release := d.cfg.SessionEnv(shortSession(s), js.ID, cmd.Env)
-		defer release()
-		cmd.Env = env
+		cmd.Env, releaseEnv = d.cfg.SessionEnv(shortSession(s), js.ID, cmd.Env)
 	}
 	if js.PTY { // last, to chain the PROMPT_COMMAND set before
 		cmd.Env = append(cmd.Env, reportDir(cmd.Env))
 	}
 	end := d.journalSession(s.Context(), js)
 	cs := &countedSession{Session: s}
-	code, err := d.run(cs, cmd)
+	var code int
+	var err error
+	if js.Kind == "shell" && js.PTY {
+		// The shell's environment lasts as long as the shell.
+		code, err = d.keepShell(cs, cmd, releaseEnv)
+	} else {
+		code, err = d.run(cs, cmd)
+		releaseEnv()
+	}
 	if err != nil {
 		log.Warn("session failed", "error", err)
 		s.Stderr().Write([]byte("converge: " + err.Error() + "\r\n"))
@@ -194,6 +215,8 @@ var agentSecrets = []string{
 	"CONVERGE_AUTHORIZED_KEYS_DATA",
 	"CONVERGE_AUTHORIZED_KEYS_FILE",
 	"CONVERGE_AUTHORIZED_KEYS_URL",
+	"CONVERGE_OBSERVER_KEYS",
+	"CONVERGE_OBSERVER_KEYS_DATA",
 	"CONVERGE_AGENT_TOKEN", // would register other agents as this job's
 	"CONVERGE_ID_TOKEN",
 }

@@ -13,6 +13,11 @@ import (
 // handleSFTP serves the sftp subsystem, rooted at the agent's directory for
 // relative paths.
 func (d *Server) handleSFTP(s ssh.Session) {
+	if isObserver(s.Context()) {
+		s.Stderr().Write([]byte(d.readOnly("SFTP") + "\n"))
+		s.Exit(1)
+		return
+	}
 	cs := &countedSession{Session: s}
 	end := d.journalSession(s.Context(), &journal.Session{ID: d.nextSessionID(), Kind: "sftp"})
 	defer func() { end(0, cs.in.Load(), cs.out.Load()) }()

@@ -88,6 +88,16 @@ type Config struct {
 	// on the connection's handshake and must not block. Nil: nothing is
 	// called.
 	OnLogin func(net.Conn)
+	// ObserverKeysFiles, ObserverKeys and ObserverKeysURLs are the key
+	// sources of observers, read as their AuthorizedKeys twins: a key
+	// found there logs in (as the same user) only to watch kept shells,
+	// read-only. Nil, empty: no observers.
+	ObserverKeysFiles []string
+	ObserverKeys      string
+	ObserverKeysURLs  []string
+	// ID is the agent's ID, shown in the hints of kept shells (ssh -t ID
+	// attach). Empty: the word ID.
+	ID string
 	// Journal records logins, refusals and sessions, and writes their
 	// lines in the log. Nil: a journal in memory, logging to Logger.
 	Journal *journal.Journal
@@ -106,6 +116,10 @@ type Watcher interface {
 	// Attach is called as each shell or command session starts; the
 	// session's handler calls detach as it ends.
 	Attach(s ssh.Session) (detach func())
+	// Keep is called as a kept shell starts (see keep.go); release is
+	// called when it ends. A kept shell with nobody attached still
+	// counts.
+	Keep() (release func())
 	// WatchInput wraps the channels the server opens towards the user
 	// itself (ssh -R connections), which Hook does not see.
 	WatchInput(ch gossh.Channel) gossh.Channel
@@ -117,18 +131,21 @@ type nobody struct{}
 func (nobody) Hook(*ssh.Server)                          {}
 func (nobody) Attach(ssh.Session) func()                 { return func() {} }
 func (nobody) WatchInput(ch gossh.Channel) gossh.Channel { return ch }
+func (nobody) Keep() func()                              { return func() {} }
 
 // Server is the agent's SSH server. Create it with New, serve with Serve,
 // stop with Close or Shutdown, then Wait.
 type Server struct {
-	cfg      Config
-	log      *slog.Logger
-	watch    Watcher
-	auth     *authorizer
-	signer   gossh.Signer
-	srv      *ssh.Server
-	children *children  // the processes the server waits for itself
-	fwd      *forwarder // port forwards (ssh -L, -R)
+	cfg       Config
+	log       *slog.Logger
+	watch     Watcher
+	auth      *authorizer
+	signer    gossh.Signer
+	srv       *ssh.Server
+	children  *children  // the processes the server waits for itself
+	fwd       *forwarder // port forwards (ssh -L, -R)
+	shells    shellNames // kept shells
+	observers *observers // who may only watch
 
 	sessionSeq atomic.Uint64 // names sessions in the journal
 }
@@ -154,6 +171,10 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	if d.observers, err = newObservers(d.cfg, d.auth); err != nil {
+		return nil, err
+	}
+	d.auth.observers = d.observers
 	d.fwd = &forwarder{log: d.log, watch: d.watch, record: d.recordForward}
 	d.srv = d.newSSHServer()
 	return d, nil
@@ -203,17 +224,37 @@ func (d *Server) HostKey() gossh.PublicKey { return d.signer.PublicKey() }
 // error. It may be called for several listeners.
 func (d *Server) Serve(ln net.Listener) error { return d.srv.Serve(ln) }
 
-// Close closes the listeners and every connection at once, and returns
-// without waiting for their handlers; see Wait.
-func (d *Server) Close() error { return d.srv.Close() }
+// Close closes the listeners and every connection at once, hangs up the
+// kept shells, and returns without waiting for their handlers; see Wait.
+func (d *Server) Close() error {
+	err := d.srv.Close()
+	d.shells.close()
+	return err
+}
 
 // Shutdown closes the listeners, then waits until every connection has
-// ended by itself or ctx ends; see Wait.
-func (d *Server) Shutdown(ctx context.Context) error { return d.srv.Shutdown(ctx) }
+// ended by itself or ctx ends, then hangs up the kept shells; see Wait.
+func (d *Server) Shutdown(ctx context.Context) error {
+	err := d.srv.Shutdown(ctx)
+	d.shells.close()
+	return err
+}
 
 // Wait waits for the port forwards' goroutines, which end with their
-// connections: call it after Close or Shutdown.
-func (d *Server) Wait() { d.fwd.wg.Wait() }
+// connections, and for the kept shells to end (at most killGrace after
+// their hangup): call it after Close or Shutdown.
+func (d *Server) Wait() {
+	d.fwd.wg.Wait()
+	d.shells.wg.Wait()
+}
+
+// id is the agent's ID for hints.
+func (d *Server) id() string {
+	if d.cfg.ID == "" {
+		return "ID"
+	}
+	return d.cfg.ID
+}
 
 // newSSHServer builds the gliderlabs server. Authentication always goes
 // through the authorizer: a gliderlabs server with no auth handler would
@@ -229,12 +270,12 @@ func (d *Server) newSSHServer() *ssh.Server {
 		// Port forwarding in both directions (forward.go).
 		ChannelHandlers: map[string]ssh.ChannelHandler{
 			"session":                        ssh.DefaultSessionHandler,
-			"direct-tcpip":                   d.fwd.directTCPIP,
-			"direct-streamlocal@openssh.com": d.fwd.directStreamLocal,
+			"direct-tcpip":                   d.writersOnly(d.fwd.directTCPIP),
+			"direct-streamlocal@openssh.com": d.writersOnly(d.fwd.directStreamLocal),
 		},
 		RequestHandlers: map[string]ssh.RequestHandler{
-			"tcpip-forward":        d.fwd.tcpipForward,
-			"cancel-tcpip-forward": d.fwd.tcpipForward,
+			"tcpip-forward":        writersOnlyRequest(d.fwd.tcpipForward),
+			"cancel-tcpip-forward": writersOnlyRequest(d.fwd.tcpipForward),
 		},
 		// Explicit rather than x/crypto's default, which it matches.
 		ServerConfigCallback: func(ctx ssh.Context) *gossh.ServerConfig {

@@ -44,6 +44,14 @@ func main() {
 	stepEnv := os.Environ()
 	cmd, o := newCommand()
 	keysFromEnv()
+	// CONVERGE_OBSERVER_KEYS is the twin of --observer-keys, but a CI
+	// secret by that name usually holds the key lines themselves: pass
+	// those on as CONVERGE_OBSERVER_KEYS_DATA (which --detach's background
+	// agent inherits too).
+	if v := os.Getenv("CONVERGE_OBSERVER_KEYS"); holdsKeyLines(v) {
+		os.Setenv("CONVERGE_OBSERVER_KEYS_DATA", strings.TrimSpace(os.Getenv("CONVERGE_OBSERVER_KEYS_DATA")+"\n"+v))
+		os.Unsetenv("CONVERGE_OBSERVER_KEYS")
+	}
 	if len(os.Args) > 1 && os.Args[1] == "run" {
 		runMain(cmd, o, os.Args[2:], stepEnv)
 		return
@@ -87,6 +95,7 @@ type options struct {
 	cfg       agent.Config
 	keyFiles  cli.StringList
 	keyURLs   cli.StringList
+	observers cli.StringList // files and URLs
 	logFormat string
 	verbose   bool
 	stay      bool
@@ -153,6 +162,8 @@ In the background:
 	f.StringVar(&cfg.ID, "id", "", "rendezvous `ID` users connect to (letters, digits, . _ -); random when empty")
 	f.StringVar(&cfg.Dir, "dir", "", "working directory of sessions, and of .authorized_keys when no other key source is given (default: the current directory)")
 	f.Var(&o.keyFiles, "authorized-keys", "authorized_keys `FILE` to read at each login; repeatable; any key source turns off .authorized_keys in --dir unless named here (--authorized-keys .authorized_keys)")
+	f.Var(&o.observers, "observer-keys", "`FILE` or https URL (e.g. https://github.com/USER.keys) of keys that may only watch shells, read-only (ssh -t ID attach); repeatable; CONVERGE_OBSERVER_KEYS may hold the key lines themselves")
+	f.StringVar(&cfg.ObserverKeys, "observer-keys-data", "", "observer key lines given directly, for CI secrets")
 	f.StringVar(&cfg.AuthorizedKeys, "authorized-keys-data", "", "authorized_keys lines given directly, for CI secrets: set them through the environment, usually as CONVERGE_AUTHORIZED_KEYS, which holds the keys as lines or as the path of a file of them (a GitLab variable of type File)")
 	f.Var(&o.keyURLs, "authorized-keys-url", "fetch authorized_keys lines from `URL` at start, e.g. https://github.com/USER.keys; https only (plain http only to loopback hosts), no redirect to http; repeatable; a failed fetch stops the agent")
 	f.StringVar(&cfg.TrustedUserCAKeys, "trusted-user-ca-keys", "", "`FILE` of SSH certificate authorities' public keys: user certificates they signed for the SSH user name log in (as OpenSSH's TrustedUserCAKeys); re-read at each login")
@@ -180,6 +191,13 @@ func (o *options) config() agent.Config {
 	cfg := o.cfg
 	cfg.AuthorizedKeysFiles = o.keyFiles
 	cfg.AuthorizedKeysURLs = o.keyURLs
+	for _, src := range o.observers {
+		if strings.HasPrefix(src, "https://") || strings.HasPrefix(src, "http://") {
+			cfg.ObserverKeysURLs = append(cfg.ObserverKeysURLs, src)
+		} else {
+			cfg.ObserverKeysFiles = append(cfg.ObserverKeysFiles, src)
+		}
+	}
 	if strings.HasPrefix(strings.TrimSpace(cfg.HostKeyFile), "-----BEGIN") {
 		cfg.HostKeyPEM, cfg.HostKeyFile = []byte(cfg.HostKeyFile), ""
 	}

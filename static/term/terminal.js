@@ -55,6 +55,17 @@
     return "";
   }
 
+  // #…&attach or #…&attach=NAME joins a shell the agent keeps (the most
+  // recent one, or NAME) instead of starting a new one.
+  function commandFromFragment() {
+    var parts = location.hash.replace(/^#/, "").split("&");
+    for (var i = 0; i < parts.length; i++) {
+      if (parts[i] === "attach") return "attach";
+      if (parts[i].indexOf("attach=") === 0) return "attach " + decodeURIComponent(parts[i].slice(7)).replace(/[^A-Za-z0-9_-]/g, "");
+    }
+    return "";
+  }
+
   // The terminal.
   function openTerminal() {
     term = new Terminal({
@@ -144,7 +155,7 @@
     }
     handle = api.connect({
       url: app.getAttribute("data-client"), user: app.getAttribute("data-user"), pin: pin,
-      cols: term.cols, rows: term.rows, browserKey: browserKey, keyFile: keyFile,
+      cols: term.cols, rows: term.rows, browserKey: browserKey, keyFile: keyFile, command: commandFromFragment(),
       passphrase: $("passphrase").value, password: $("password").value,
       onState: current(onState), onData: current(onData), onEnd: current(onEnd),
     });

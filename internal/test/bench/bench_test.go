@@ -19,14 +19,15 @@ import (
 
 // config of one benchmark run.
 type config struct {
-	size    int64         // bytes of the transferred file
-	reps    int           // runs of each throughput measurement
-	echo    int           // echo round trips at 0 ms
-	rtt     time.Duration // added round trip of the second pass; 0 skips it
-	scale   scaleConfig   // many agents: memory, lookups, restarts; 0 agents skips them
-	streams int           // concurrent streams of the many-streams rows; 0 skips them
-	ciphers []string      // ciphers to compare (direct, ssh cat); none skips
-	cluster bool          // measure forwarding between replicas and the Redis registry
+	size      int64         // bytes of the transferred file
+	reps      int           // runs of each throughput measurement
+	echo      int           // echo round trips at 0 ms
+	rtt       time.Duration // added round trip of the second pass; 0 skips it
+	scale     scaleConfig   // many agents: memory, lookups, restarts; 0 agents skips them
+	streams   int           // concurrent streams of the many-streams rows; 0 skips them
+	observers int           // OpenSSH observers of the shared-shell memory row; 0 skips the shared-shell rows
+	ciphers   []string      // ciphers to compare (direct, ssh cat); none skips
+	cluster   bool          // measure forwarding between replicas and the Redis registry
 }
 
 // TestBenchTable is `make bench`: the full table, printed to stdout.
@@ -36,13 +37,14 @@ func TestBenchTable(t *testing.T) {
 	}
 	start := time.Now()
 	cfg := config{
-		size:    int64(*flagSize) << 20,
-		reps:    *flagReps,
-		echo:    *flagEcho,
-		rtt:     *flagRTT,
-		cluster: *flagCluster,
-		scale:   scaleConfig{agents: *flagAgents, real: *flagRealAgents, window: time.Second, outage: *flagOutage},
-		streams: *flagStreams,
+		size:      int64(*flagSize) << 20,
+		reps:      *flagReps,
+		echo:      *flagEcho,
+		rtt:       *flagRTT,
+		cluster:   *flagCluster,
+		scale:     scaleConfig{agents: *flagAgents, real: *flagRealAgents, window: time.Second, outage: *flagOutage},
+		streams:   *flagStreams,
+		observers: *flagObservers,
 	}
 	if *flagCipher {
 		cfg.ciphers = []string{"aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes128-ctr"}
@@ -90,13 +92,14 @@ func TestBenchSmoke(t *testing.T) {
 		t.Skip("the full table runs instead")
 	}
 	tb := run(t, config{
-		size:    1 << 20,
-		reps:    1,
-		echo:    5,
-		rtt:     4 * time.Millisecond,
-		scale:   scaleConfig{agents: 20, real: 3, window: 200 * time.Millisecond, outage: 500 * time.Millisecond},
-		ciphers: []string{"aes128-gcm@openssh.com"},
-		cluster: true,
+		size:      1 << 20,
+		reps:      1,
+		echo:      5,
+		rtt:       4 * time.Millisecond,
+		scale:     scaleConfig{agents: 20, real: 3, window: 200 * time.Millisecond, outage: 500 * time.Millisecond},
+		ciphers:   []string{"aes128-gcm@openssh.com"},
+		cluster:   true,
+		observers: 3,
 	})
 	out := tb.String()
 	t.Log("\n" + out)
@@ -109,7 +112,7 @@ func TestBenchSmoke(t *testing.T) {
 			}
 		}
 	}
-	for _, want := range []string{"0 ms", "4 ms", "Ciphers", "Server memory", "Lookups", "Restart at once", "Restart after", "Cluster"} {
+	for _, want := range []string{"0 ms", "4 ms", "Ciphers", "Server memory", "Lookups", "Restart at once", "Restart after", "Cluster", "Shared shell"} {
 		if !strings.Contains(strings.Join(titles, "\n"), want) {
 			t.Errorf("no section about %q in:\n%s", want, out)
 		}
@@ -172,6 +175,9 @@ func run(t *testing.T, cfg config) *table {
 	}
 	if cfg.streams > 0 {
 		manyStreams(t, tb, cfg.streams)
+	}
+	if cfg.observers > 0 {
+		together(t, tb, srv, cfg.echo, cfg.observers)
 	}
 	tb.notes = append(tb.notes,
 		"relay = OpenSSH client → wsproxy (ProxyCommand) → converge (its own process) → the agent's stream (dialled back, or from its pool; raw stream legs both sides, spliced in the kernel, except with --no-resume: WebSockets) → agent (in the harness process); direct = OpenSSH client → loopback TCP → the same agent's SSH server (agent.Serve).",

@@ -23,6 +23,7 @@ var (
 	flagCipher     = flag.Bool("bench-ciphers", true, "compare the SSH ciphers")
 	flagCluster    = flag.Bool("bench-cluster", true, "measure a stream forwarded between two replicas, and the Redis registry (needs redis-server)")
 	flagStreams    = flag.Int("bench-streams", 200, "concurrent streams for the many-streams rows (0 skips them)")
+	flagObservers  = flag.Int("bench-observers", 20, "OpenSSH observers attached for the shared-shell memory row (0 skips the shared-shell rows)")
 	flagOut        = flag.String("bench-out", "", "also write the table to this file")
 )
 

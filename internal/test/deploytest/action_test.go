@@ -1,6 +1,7 @@
 package deploytest
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
@@ -580,5 +581,39 @@ func TestActionWhoSummary(t *testing.T) {
 	}
 	if !strings.Contains(out, alice) {
 		t.Errorf("the post step's log lacks alice's key %s:\n%s", alice, out)
+	}
+}
+
+// TestActionObservers: the observers input lets in the keys of the users
+// named only to watch: bob may list shells, not run a command.
+func TestActionObservers(t *testing.T) {
+	alice, bob := newUser(t), newUser(t)
+	a, b := strings.Fields(alice.PublicKey), strings.Fields(bob.PublicKey)
+	r := startServer(t, agentDist(t))
+	j := newJob(t, keysServer(t, map[string]string{"alice": a[0] + " " + a[1], "bob": b[0] + " " + b[1]}))
+	inputs := map[string]string{"server": r.HTTP, "detached": "true", "id": "watch-job",
+		"limit-access-to-actor": "false", "limit-access-to-users": "alice", "observers": "bob"}
+	j.run("main", inputs)
+	trust, ssh := fromSummary(t, j.summary())
+	alice.shell(trust)
+	bob.shell(trust)
+	// alice stays logged in: the agent ends at the last logout.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	stay := alice.ssh(ctx, ssh, "echo in; sleep 60")
+	out, _ := stay.StdoutPipe()
+	if err := stay.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer stay.Wait()
+	defer cancel()
+	if _, err := out.Read(make([]byte, 2)); err != nil {
+		t.Fatalf("alice's session: %v", err)
+	}
+	if got := bob.run(ssh, "ls"); !strings.Contains(got, "No shell is running") {
+		t.Errorf("bob's ls: %q, want the list of shells", got)
+	}
+	if got, err := bob.ssh(ctx, ssh, "echo hello").CombinedOutput(); err == nil || !strings.Contains(string(got), "observer key") {
+		t.Errorf("bob's command: %v, %q; want a refusal naming the observer key", err, got)
 	}
 }

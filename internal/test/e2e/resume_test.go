@@ -97,13 +97,13 @@ type resumeRig struct {
 	state       string // the server's state directory, kept across restarts
 }
 
-func newResumeRig(t *testing.T, id string) *resumeRig {
+func newResumeRig(t *testing.T, id string, mods ...func(*agent.Config)) *resumeRig {
 	state := t.TempDir()
 	srv := startServerProc(t, "--state-dir", state)
 	r := &resumeRig{t: t, srv: srv, c: sshtest.New(t), state: state}
 	r.agentProxy = newProxy(t, srv.addr)
 	r.clientProxy = newProxy(t, srv.addr)
-	r.agent = startAgent(t, viaProxy(r.agentProxy), id, r.c, func(cfg *agent.Config) { cfg.ResumeWindow = time.Minute })
+	r.agent = startAgent(t, viaProxy(r.agentProxy), id, r.c, append([]func(*agent.Config){func(cfg *agent.Config) { cfg.ResumeWindow = time.Minute }}, mods...)...)
 	r.tgt = viaProxy(r.clientProxy).target(id)
 	return r
 }

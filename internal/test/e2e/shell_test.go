@@ -24,8 +24,9 @@ type term struct {
 	status string // file where ssh's exit status is written
 }
 
-// startTerm runs c's ssh to tgt in a cols×rows terminal.
-func startTerm(t *testing.T, c *sshtest.Client, tgt sshtest.Target, cols, rows int) *term {
+// startTerm runs c's ssh to tgt in a cols×rows terminal, with the
+// remote command args if any.
+func startTerm(t *testing.T, c *sshtest.Client, tgt sshtest.Target, cols, rows int, args ...string) *term {
 	t.Helper()
 	if _, err := exec.LookPath("tmux"); err != nil {
 		t.Fatal("tmux not found: install tmux (the PTY tests drive ssh through it)")
@@ -36,12 +37,12 @@ func startTerm(t *testing.T, c *sshtest.Client, tgt sshtest.Target, cols, rows i
 		t.Fatal(err)
 	}
 	tm := &term{t: t, sock: filepath.Join(dir, "tmux.sock"), status: filepath.Join(dir, "ssh-status")}
-	ssh := c.Command(context.Background(), "ssh", tgt, "-tt", tgt.Dest())
+	ssh := c.Command(context.Background(), "ssh", tgt, append([]string{"-tt", tgt.Dest()}, args...)...)
 	// sh records ssh's own exit status: tmux calls a pane dead only when
 	// every holder of its terminal is gone, ssh's ProxyCommand included.
-	args := []string{"-f", conf, "new-session", "-d", "-s", "t", "-x", strconv.Itoa(cols), "-y", strconv.Itoa(rows), "--",
+	targs := []string{"-f", conf, "new-session", "-d", "-s", "t", "-x", strconv.Itoa(cols), "-y", strconv.Itoa(rows), "--",
 		"sh", "-c", `"$@"; echo $? >"$0.tmp" && mv "$0.tmp" "$0"`, tm.status, "env", "HOME=" + c.Home}
-	tm.tmux(append(args, ssh.Args...)...)
+	tm.tmux(append(targs, ssh.Args...)...)
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("terminal screen:\n%s", tm.screen())
@@ -170,21 +171,6 @@ func TestPTYShell(t *testing.T) {
 		t.Errorf("ssh exit status %d, want 3", got)
 	}
 	waitFor(t, "background job to end with the session", func() bool { return len(processes("sleep", n)) == 0 })
-}
-
-// TestPTYClientLeaves: when the client disappears, the session's
-// processes are hung up.
-func TestPTYClientLeaves(t *testing.T) {
-	t.Parallel()
-	r := startServer(t)
-	c := sshtest.New(t)
-	startAgent(t, r, "leave-job", c)
-	tm := startTerm(t, c, r.target("leave-job"), 80, 24)
-	n := markerSleep()
-	tm.typeLine("sleep " + n)
-	waitFor(t, "sleep to start", func() bool { return len(processes("sleep", n)) == 1 })
-	tm.tmux("kill-server") // the ssh client dies with its terminal
-	waitFor(t, "sleep to end after the client left", func() bool { return len(processes("sleep", n)) == 0 })
 }
 
 // TestExecWithPTY: ssh -tt with a command gets a terminal, TERM and the
