@@ -127,16 +127,16 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "server shutting down; reconnect shortly", http.StatusServiceUnavailable)
 		return
 	}
-	remote := s.remoteAddr(r)
-	who, uncount, ok := s.admitAgent(w, r, id, remote)
-	if !ok {
-		return
-	}
-	defer uncount()
 	key, ok := s.agentKey(w, r, id, presented)
 	if !ok {
 		return
 	}
+	remote := s.remoteAddr(r)
+	who, uncount, ok := s.admitAgent(w, r, id, remote, key)
+	if !ok {
+		return
+	}
+	defer uncount()
 	a := s.newAgentConn(id, remote, who)
 	a.key = key
 	displaced, ok := a.claim(w, presented)

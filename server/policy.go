@@ -1,6 +1,7 @@
 package server
 
 import (
+	"crypto/ed25519"
 	"errors"
 	"flag"
 	"fmt"
@@ -109,14 +110,14 @@ func (s *Server) setupPolicy() error {
 }
 
 // admitAgent applies the registration policy and the per-repository
-// quota to the agent at remote asking for id, before anything is held
-// for it. On refusal it answers r (401: the credential, final; 429: the
+// quota to the agent at remote asking for id, which proved it holds key
+// (nil: none), before anything is held for it. On refusal it answers r (401: the credential, final; 429: the
 // repository's quota, which may clear; 503: an issuer or Redis that did
 // not answer) and returns ok false. release uncounts the agent.
-func (s *Server) admitAgent(w http.ResponseWriter, r *http.Request, id, remote string) (who policy.Identity, release func(), ok bool) {
+func (s *Server) admitAgent(w http.ResponseWriter, r *http.Request, id, remote string, key ed25519.PublicKey) (who policy.Identity, release func(), ok bool) {
 	base, _ := s.bases(r)
 	secret := r.Header.Get(wire.SecretHeader)
-	_, unproven := s.tokens.Verify(id, secret, time.Now())
+	_, unproven := s.tokens.VerifyBound(id, secret, time.Now(), key)
 	who, err := s.policy.Check(r.Context(), policy.Credentials{
 		Token:        r.Header.Get(wire.AgentTokenHeader),
 		IDToken:      r.Header.Get(wire.IDTokenHeader),
