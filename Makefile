@@ -7,7 +7,7 @@ CMDS    := converge agent wsproxy tcptows
 # Downloadable binaries, embedded into the server by `make dist`.
 DIST_PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64
 
-.PHONY: all build wasm run test tools check generate vet bench bench-agents bench-connect bench-relay bench-streams bench-run dist dist-bins action-sums clean
+.PHONY: all build wasm run test tools check generate vet bench bench-agents bench-connect bench-relay bench-streams bench-run bench-failover dist dist-bins action-sums clean
 
 all: build
 
@@ -87,6 +87,12 @@ bench-relay: build
 # through the agent against the command alone.
 bench-run: build
 	$(GO) test -count=1 -timeout 5m -run '^TestBenchRun$$' ./internal/test/bench -v -bench-table \
+		-bench-bin=$(CURDIR)/bin
+
+# bench-failover prints only the Redis Sentinel failover rows (~30 s):
+# kill -9 of the master to the first registration, three times.
+bench-failover: build
+	$(GO) test -count=1 -timeout 5m -run '^TestBenchFailover$$' ./internal/test/bench -v -bench-table \
 		-bench-bin=$(CURDIR)/bin
 
 # bench-streams prints only the many-streams rows (~1 min): 200 streams at

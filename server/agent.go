@@ -35,6 +35,7 @@ type agentConn struct {
 	tenure   registry.Tenure   // of the ID, which its tokens prove (set by claim, before the registry holds it)
 	key      ed25519.PublicKey // the host key it proved it holds, which its tokens are bound to; nil: none
 	who      policy.Identity   // what the registration policy verified
+	uncount  func()            // ends its count in the per-repository quota; called once, when it is done
 	welcomed chan struct{}     // closed once the welcome has been written (or failed): other messages wait for it, so the agent reads welcome first
 
 	// Set by accept, before ready is stored; read by others only once
@@ -59,8 +60,8 @@ type agentConn struct {
 }
 
 // newAgentConn is the connection of an agent at remote asking for id.
-func (s *Server) newAgentConn(id, remote string, who policy.Identity) *agentConn {
-	a := &agentConn{s: s, id: id, remote: remote, who: who, since: time.Now(), welcomed: make(chan struct{}),
+func (s *Server) newAgentConn(id, remote string, who policy.Identity, uncount func()) *agentConn {
+	a := &agentConn{s: s, id: id, remote: remote, who: who, uncount: uncount, since: time.Now(), welcomed: make(chan struct{}),
 		log: s.log.With("id", id, "remote", remote)}
 	a.touch()
 	return a
@@ -136,30 +137,62 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	defer uncount()
-	a := s.newAgentConn(id, remote, who)
+	wait, stop := context.WithTimeout(r.Context(), s.cfg.registeringWait)
+	entered := s.registering.enter(wait)
+	stop()
+	if !entered {
+		uncount()
+		s.metrics.refused(endpointAgent, reasonBusy)
+		http.Error(w, "server busy registering other agents; retry shortly", http.StatusServiceUnavailable)
+		return
+	}
+	a := s.newAgentConn(id, remote, who, uncount)
 	a.key = key
 	displaced, ok := a.claim(w, presented)
 	if !ok {
+		s.registering.leave()
+		uncount()
 		return
 	}
-	defer func() { <-displaced }()
 	release, ok := a.accept(w, r)
+	s.registering.leave() // the upgrade is written; the hello is the agent's to send
 	if !ok {
+		<-displaced
+		uncount()
 		return
 	}
+	// The opening (hello, welcome) runs here, where the stack is deep
+	// anyway; the idle rest on a goroutine of its own, and net/http's
+	// goes. That goroutine's stack is only as deep as the control loop's
+	// read, not net/http's serving, the mux, this handler and the
+	// opening's encoders: an idle agent holds 4 KiB of stack instead of
+	// 16. The drain owns it through release, as it owns every hijacked
+	// connection.
+	err := a.start()
+	go a.run(err, release, displaced)
+}
+
+// run serves a's control connection until it ends (at once when its
+// opening failed with err), then lets go of its ID, its pool and its hold
+// on the drain (release), and waits for the holder it displaced to be
+// closed.
+func (a *agentConn) run(err error, release func(), displaced <-chan struct{}) {
+	s := a.s
+	defer func() { <-displaced }()
+	defer a.uncount()
 	defer release()
 	defer s.changes.notify() // after Unregister: watchers see it gone
-	var err error
 	defer func() {
 		if errors.Is(err, errGoodbye) {
-			s.reg.Release(id, a)
+			s.reg.Release(a.id, a)
 			return
 		}
-		s.reg.Unregister(id, a)
+		s.reg.Unregister(a.id, a)
 	}()
 	defer a.pool.close()
-	err = a.serve()
+	if err == nil {
+		err = a.serve()
+	}
 	a.log.Info("agent disconnected", "duration", time.Since(a.since).Round(time.Second), "reason", errString(err))
 	a.closeNow()
 }
@@ -207,7 +240,7 @@ func (a *agentConn) accept(w http.ResponseWriter, r *http.Request) (release func
 	if s.poolSize() > 0 {
 		protocols = []string{wire.ControlProtocolV2, wire.ControlProtocol} // ours first: v2 when the agent offers it
 	}
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+	ws, err := websocket.Accept(leanHijack{w}, r, &websocket.AcceptOptions{ // small buffers: see leanHijack
 		Subprotocols:       protocols,
 		InsecureSkipVerify: true, // the Origin was checked before registration (sameOrigin)
 		CompressionMode:    websocket.CompressionDisabled,
@@ -249,9 +282,9 @@ func (s *Server) claimFor(id, secret, remote string, key ed25519.PublicKey) regi
 	return registry.Claim{Tenure: registry.NewTenure(now), Group: registry.AddrGroup(remote)}
 }
 
-// serve runs the control protocol: hello, welcome, then status updates
-// until the connection ends.
-func (a *agentConn) serve() error {
+// start runs the control protocol's opening: the agent's hello, then its
+// welcome.
+func (a *agentConn) start() error {
 	s := a.s
 	hello, err := a.hello()
 	if err != nil {
@@ -275,6 +308,12 @@ func (a *agentConn) serve() error {
 	s.changes.notify()
 	a.log.Info("agent connected", "hostname", hello.Info.Hostname, "os", hello.Info.OS, "version", hello.Version,
 		"via", a.who.Via, "verified", a.who.Summary())
+	return nil
+}
+
+// serve reads the agent's status updates until the connection ends.
+func (a *agentConn) serve() error {
+	s := a.s
 	for {
 		m, err := a.receive(s.ctx)
 		if err != nil {

@@ -35,9 +35,15 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusForbidden)
 		return
 	}
-	a, here, owner := s.reg.Route(r.Context(), id)
+	a, here, owner, err := s.reg.Route(r.Context(), id)
 	if forwarded { // from the client at fwdAddr; served here or not at all: one hop
 		remote, owner = fwdAddr, ""
+	}
+	if err != nil && !forwarded { // Redis did not answer, even retried: not a 404
+		s.log.Warn("client refused", "id", id, "remote", remote, "reason", reasonRegistryUnavailable, "error", err)
+		s.metrics.refused(endpointClient, reasonRegistryUnavailable)
+		refusalOf(err, id, "").answer(w) // 503: retry shortly
+		return
 	}
 	if owner == "" && (!here || !a.ready.Load()) {
 		s.log.Info("client refused", "id", id, "remote", remote, "reason", reasonUnknownID)

@@ -33,7 +33,10 @@ type cluster struct {
 	reg  *registry.Redis[*agentConn]
 	self string // this replica's advertise URL, ws:// or wss://
 
-	kick chan struct{} // local changes to publish; capacity 1
+	kick   chan struct{} // local changes to publish; capacity 1
+	resync chan struct{} // refresh now (Redis reconnected, or failed over); capacity 1
+	// refresh is reg.Refresh (a test's own in refreshLoop's tests).
+	refresh func() (epoch int64, changed bool, err error)
 
 	seen   seenMACs     // forwarded requests' signatures accepted (forward.go)
 	lastMS atomic.Int64 // the last time a forwarded request was signed with (signMS)
@@ -44,6 +47,10 @@ type cluster struct {
 	viewAt    time.Time
 }
 
+// refreshRetry is how soon a failed lease refresh is tried again: a
+// lease (three refreshes) outlasts many tries.
+const refreshRetry = time.Second
+
 // DefaultClusterDrainDelay is Config.DrainDelay's default with Redis:
 // long enough for a load balancer checking /healthz every 2 s to see two
 // failures.
@@ -51,7 +58,16 @@ const DefaultClusterDrainDelay = 5 * time.Second
 
 // validateCluster checks the Config fields of a replica.
 func (c *Config) validateCluster() error {
-	if c.Redis == "" {
+	sentinel := len(c.RedisSentinels) > 0 || c.RedisMaster != ""
+	switch {
+	case sentinel && c.Redis != "":
+		return errors.New("--redis and --redis-sentinel both name the Redis to share: give --redis for one Redis, or --redis-sentinel with --redis-master for one that Sentinels fail over")
+	case sentinel:
+		if err := c.sentinel().Validate(); err != nil {
+			return err
+		}
+	}
+	if c.Redis == "" && !sentinel {
 		if c.Advertise != "" {
 			return errors.New("--advertise is for replicas sharing a registry: give --redis too")
 		}
@@ -59,13 +75,13 @@ func (c *Config) validateCluster() error {
 		return nil
 	}
 	if c.Advertise == "" {
-		return errors.New("--redis needs --advertise: the URL other replicas reach this one by, as http://HOST:PORT")
+		return errors.New("--redis (or --redis-sentinel) needs --advertise: the URL other replicas reach this one by, as http://HOST:PORT")
 	}
 	if _, err := advertiseURL(c.Advertise); err != nil {
 		return err
 	}
 	if c.ClusterKey == "" {
-		return errors.New("--redis needs CONVERGE_CLUSTER_KEY, the same on every replica, so that each checks the secrets the others signed (make one with `openssl rand -hex 32`)")
+		return errors.New("--redis (or --redis-sentinel) needs CONVERGE_CLUSTER_KEY, the same on every replica, so that each checks the secrets the others signed (make one with `openssl rand -hex 32`)")
 	}
 	if c.DrainDelay == 0 {
 		c.DrainDelay = DefaultClusterDrainDelay
@@ -74,21 +90,43 @@ func (c *Config) validateCluster() error {
 	return nil
 }
 
+// sentinel is the Sentinel settings of c.
+func (c *Config) sentinel() registry.Sentinel {
+	return registry.Sentinel{Addrs: c.RedisSentinels, Master: c.RedisMaster, Password: c.RedisSentinelPassword}
+}
+
 // setupCluster connects a replica to its Redis; a single server has
 // nothing to set up.
 func (s *Server) setupCluster() error {
-	if s.cfg.Redis == "" {
+	if s.cfg.Redis == "" && len(s.cfg.RedisSentinels) == 0 {
 		return nil
 	}
 	self, err := advertiseURL(s.cfg.Advertise)
 	if err != nil {
 		return err
 	}
-	rdb, err := registry.Open(context.Background(), s.cfg.Redis)
+	registry.ClientLog(s.cfg.Logger.With("component", "redis"))
+	// A new master may have missed the last writes: refresh at once.
+	resync := make(chan struct{}, 1)
+	watch := &registry.Watch{OnFailover: func(from, to string) {
+		s.log.Warn("Redis failed over: following the new master", "from", from, "to", to)
+		select {
+		case resync <- struct{}{}:
+		default:
+		}
+	}}
+	var rdb *redis.Client
+	if s.cfg.Redis != "" {
+		rdb, err = registry.Open(context.Background(), s.cfg.Redis, watch)
+	} else {
+		rdb, err = registry.OpenSentinel(context.Background(), s.cfg.sentinel(), watch)
+	}
 	if err != nil {
 		return err
 	}
+	s.metrics.watchRedis(watch)
 	s.cluster = newCluster(s, rdb, self)
+	s.cluster.resync = resync
 	s.reg, s.peers = s.cluster.reg, s.cluster
 	s.changes.local = s.cluster.changed
 	return nil
@@ -103,7 +141,11 @@ func (c *cluster) start(addr net.Addr) (stop func()) {
 	}
 	c.log = c.s.log.With("replica", c.self)
 	c.reg.Listening(c.self, c.log)
-	c.log.Info("replica of a cluster", "redis", c.rdb.Options().Addr, "db", c.rdb.Options().DB, "drain_delay", c.s.cfg.DrainDelay)
+	where := c.rdb.Options().Addr // "FailoverClient" with Sentinels: say theirs
+	if sn := c.s.cfg.sentinel(); len(sn.Addrs) > 0 {
+		where = "sentinels " + strings.Join(sn.Addrs, ",") + " master " + sn.Name()
+	}
+	c.log.Info("replica of a cluster", "redis", where, "db", c.rdb.Options().DB, "drain_delay", c.s.cfg.DrainDelay)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); c.run(ctx) }()
@@ -181,8 +223,9 @@ func withPort(advertise string, port string) string {
 
 func newCluster(s *Server, rdb *redis.Client, self string) *cluster {
 	log := s.log.With("replica", self)
-	c := &cluster{s: s, log: log, rdb: rdb, self: self, kick: make(chan struct{}, 1), published: make(map[string]string)}
+	c := &cluster{s: s, log: log, rdb: rdb, self: self, kick: make(chan struct{}, 1), resync: make(chan struct{}, 1), published: make(map[string]string)}
 	c.reg = registry.NewRedis[*agentConn](rdb, self, s.tokens.Key(), s.cfg.registryLimits(), nil, log)
+	c.refresh = c.reg.Refresh
 	c.reg.OnLost(c.closeLost)
 	c.reg.OnFenced(c.release)
 	return c
@@ -210,17 +253,19 @@ func (c *cluster) closeLost(a *agentConn) {
 // lease refreshes, events from other replicas, publishing this
 // replica's sessions.
 func (c *cluster) run(ctx context.Context) {
-	resync := make(chan struct{}, 1)
 	var wg sync.WaitGroup
 	wg.Add(3)
-	go func() { defer wg.Done(); c.refreshLoop(ctx, resync) }()
-	go func() { defer wg.Done(); c.listen(ctx, resync) }()
+	go func() { defer wg.Done(); c.refreshLoop(ctx, c.resync) }()
+	go func() { defer wg.Done(); c.listen(ctx, c.resync) }()
 	go func() { defer wg.Done(); c.publishLoop(ctx) }()
 	wg.Wait()
 }
 
 // refreshLoop refreshes the leases every registry.LeaseRefresh, and at once when
-// the event subscription (re)connects, as it does after Redis restarts.
+// the event subscription (re)connects, as it does after Redis restarts,
+// or the master changes. A refresh that fails is tried again every
+// refreshRetry, so that a few seconds without a master (a failover)
+// cost no lease.
 func (c *cluster) refreshLoop(ctx context.Context, resync <-chan struct{}) {
 	t := time.NewTicker(registry.LeaseRefresh)
 	defer t.Stop()
@@ -232,12 +277,14 @@ func (c *cluster) refreshLoop(ctx context.Context, resync <-chan struct{}) {
 		case <-t.C:
 		case <-resync:
 		}
-		_, changed, err := c.reg.Refresh()
+		_, changed, err := c.refresh()
 		switch {
 		case err != nil && !failing:
-			c.log.Warn("cannot refresh agents' leases; local agents keep working, other replicas cannot find them", "error", err)
+			c.log.Warn("cannot refresh agents' leases; local agents keep working, other replicas cannot find them; retrying", "error", err)
+			t.Reset(refreshRetry)
 		case err == nil && failing:
 			c.log.Info("registry reachable again")
+			t.Reset(registry.LeaseRefresh)
 		}
 		failing = err != nil
 		if changed {

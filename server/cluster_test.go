@@ -108,6 +108,35 @@ func TestClusterForwardsClientsAndStreams(t *testing.T) {
 	}
 }
 
+// TestClusterForwardsEarlyBytes: bytes a client sends with its raw
+// stream request, before the 101, reach the agent held by another
+// replica byte for byte, ahead of the rest of the stream.
+func TestClusterForwardsEarlyBytes(t *testing.T) {
+	reps, _ := runReplicas(t, 2)
+	a, b := reps[0], reps[1]
+	ag := dialAgentOffering(t, a.ws(), "far-early", wire.Info{}, "converge.resume.v1")
+	done := make(chan struct{})
+	go func() { defer close(done); ag.echoStream(t, a.ws()) }()
+	early := make([]byte, 3000)
+	for i := range early {
+		early[i] = byte(i * 7)
+	}
+	cl := earlyClient(t, b.ws()+wire.ClientPath("far-early"), early)
+	rest := bytes.Repeat([]byte("rest of the stream "), 10000)
+	go cl.Write(rest)
+	got := make([]byte, len(early)+len(rest))
+	if _, err := io.ReadFull(cl, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got[:len(early)], early) || !bytes.Equal(got[len(early):], rest) {
+		t.Error("the echo through the forwarding replica differs from what was sent")
+	}
+	<-done
+	if got := value(t, scrape(t, b.http()), "converge_forwarded_streams_total", "kind", "client"); got != 1 {
+		t.Errorf("b forwarded %v clients, want 1", got)
+	}
+}
+
 // TestClusterRefusesForgedForward: a request claiming to be forwarded
 // with a bad signature is refused; one signed right is served here and
 // never forwarded again, and only once.

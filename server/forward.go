@@ -169,7 +169,7 @@ func (s *Server) forwardStream(w http.ResponseWriter, r *http.Request, id, token
 	if forwarded {
 		return false
 	}
-	_, _, owner := s.reg.Route(r.Context(), id)
+	_, _, owner, _ := s.reg.Route(r.Context(), id) // Redis unavailable: served here, if at all
 	if owner == "" {
 		return false
 	}

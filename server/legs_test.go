@@ -115,9 +115,9 @@ func TestRawRefusalIsFinal(t *testing.T) {
 // code to send) and does not wait for them to end by themselves.
 func TestDrainClosesRawLegs(t *testing.T) {
 	r := runServer(t)
-	a := offering(t, r.ws(), "drained")
+	a := offering(t, r.ws(), "drained", "converge.resume.v1")
 	client := make(chan net.Conn, 1)
-	go func() { c, _ := dialLeg(t, r.ws()+"/client/drained", true); client <- c }()
+	go func() { c, _ := dialLeg(t, r.ws()+"/client/drained", true, "converge.resume.v1"); client <- c }()
 	m := a.read(t)
 	go func() { // answer the drain's close handshake
 		for {
@@ -136,5 +136,79 @@ func TestDrainClosesRawLegs(t *testing.T) {
 		if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 			t.Errorf("%s's leg after the drain: %v, want closed", name, err)
 		}
+	}
+}
+
+// earlyClient dials url for a raw stream of converge.resume.v1 whose
+// first bytes leave with the request (leg.DialOptions.Early), writes
+// early before the server can have answered, and returns the stream.
+func earlyClient(t *testing.T, url string, early []byte) net.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := leg.Dial(ctx, url, leg.DialOptions{Protocols: []string{"converge.resume.v1"}, Raw: true, Early: true})
+	if err != nil {
+		t.Fatalf("dial %s: %v", url, err)
+	}
+	nc := c.NetConn(context.Background())
+	t.Cleanup(func() { nc.Close() })
+	if _, err := nc.Write(early); err != nil {
+		t.Fatalf("write before the answer: %v", err)
+	}
+	return nc
+}
+
+// TestEarlyBytesReachTheAgent: a client that sends its first bytes with
+// its request, before the 101, has them relayed to the agent's leg first
+// and byte for byte (the server holds them while the agent dials back),
+// and the stream goes on both ways; the agent's leg is raw or a
+// WebSocket.
+func TestEarlyBytesReachTheAgent(t *testing.T) {
+	r := runServer(t)
+	for i, agentRaw := range []bool{true, false} {
+		id := fmt.Sprintf("early-%d", i)
+		a := offering(t, r.ws(), id, "converge.resume.v1")
+		early := []byte(fmt.Sprintf("hello and SSH-2.0-banner %d\r\n", i))
+		cl := earlyClient(t, r.ws()+"/client/"+id, early)
+		m := a.read(t)
+		if m.Type != wire.TypeDial {
+			t.Fatalf("agent got %+v, want a dial", m)
+		}
+		ac, _ := dialLeg(t, r.ws()+"/agent/"+id+"/stream/"+m.Dial.Token, agentRaw, wire.StreamProtocol)
+		got := make([]byte, len(early))
+		if _, err := io.ReadFull(ac, got); err != nil || string(got) != string(early) {
+			t.Fatalf("agent raw %v: the agent read %q, %v; want the early bytes %q", agentRaw, got, err, early)
+		}
+		go io.WriteString(ac, "answer")
+		got = make([]byte, len("answer"))
+		if _, err := io.ReadFull(cl, got); err != nil || string(got) != "answer" {
+			t.Fatalf("agent raw %v: the client read %q, %v; want the agent's answer", agentRaw, got, err)
+		}
+		io.WriteString(cl, "more")
+		if _, err := io.ReadFull(ac, got[:4]); err != nil || string(got[:4]) != "more" {
+			t.Errorf("agent raw %v: then %q, %v; want the client's next bytes", agentRaw, got[:4], err)
+		}
+	}
+}
+
+// TestEarlyBytesForAPlainAgent: an agent that offers no stream protocol
+// gets no raw stream, so a client's early bytes, which are for the
+// protocol it offered, are not relayed to it: the server answers without
+// switching, and the client (with a Fallback) asks for a WebSocket, which
+// cannot give that protocol either, and says so.
+func TestEarlyBytesForAPlainAgent(t *testing.T) {
+	r := runServer(t)
+	offering(t, r.ws(), "plain-agent")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := leg.Dial(ctx, r.ws()+"/client/plain-agent", leg.DialOptions{Protocols: []string{"converge.resume.v1"}, Raw: true, Early: true, Fallback: &leg.Fallback{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc := c.NetConn(context.Background())
+	defer nc.Close()
+	nc.Write([]byte("resume hello"))
+	if _, err := nc.Read(make([]byte, 1)); !errors.Is(err, leg.ErrNotOffered) {
+		t.Errorf("Read = %v, want ErrNotOffered", err)
 	}
 }

@@ -1,7 +1,9 @@
 package server
 
 import (
+	"context"
 	"sync"
+	"time"
 
 	"github.com/converge-ci/converge/server/internal/registry"
 )
@@ -14,11 +16,12 @@ import (
 //
 // The server-wide caps keep the server up when everything else holds.
 // Measured (RSS of the server process, idle connections on loopback): an
-// agent costs about 35 KB and one file descriptor; a client stream about
-// 70 KB, up to 200 KB once data has filled its two 64 KiB relay buffers,
-// and two descriptors (six when two raw legs are spliced in the kernel,
-// through a pipe each way). 20,000 agents and 10,000 streams are then
-// 0.7 GB plus 0.7 to 2 GB, and up to 80,000 descriptors: refusing beyond
+// agent costs about 18 KB (35 KB before its control connection dropped
+// net/http's buffers and goroutine) and one file descriptor; a client
+// stream about 70 KB, up to 200 KB once data has filled its two 64 KiB
+// relay buffers, and two descriptors (six when two raw legs are spliced
+// in the kernel, through a pipe each way). 20,000 agents and 10,000
+// streams are then 0.35 GB plus 0.7 to 2 GB, and up to 80,000 descriptors: refusing beyond
 // that with 503 beats being killed for memory with every session on
 // board.
 const (
@@ -27,7 +30,46 @@ const (
 	DefaultMaxReservations   = 10000
 	DefaultMaxAgents         = 20000
 	DefaultMaxStreams        = 10000
+	DefaultMaxRegistering    = 128
+	registeringWait          = 10 * time.Second // how long an agent waits for a place before a 503
 )
+
+// gate lets at most its size in at once (nil: unlimited); the others
+// wait their turn, parked, in the order they came.
+type gate chan struct{}
+
+func newGate(size int) gate {
+	if size <= 0 {
+		return nil
+	}
+	return make(gate, size)
+}
+
+// enter takes a place, waiting for one until ctx ends; then it reports
+// false, taking none.
+func (g gate) enter(ctx context.Context) bool {
+	if g == nil {
+		return true
+	}
+	select {
+	case g <- struct{}{}:
+		return true
+	default:
+	}
+	select {
+	case g <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// leave gives back a place enter took.
+func (g gate) leave() {
+	if g != nil {
+		<-g
+	}
+}
 
 // addrLimiter counts what each address group (see registry.AddrGroup) holds open
 // against a limit, and what all hold against a server-wide cap, so neither

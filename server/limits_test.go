@@ -2,7 +2,10 @@ package server
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
@@ -108,4 +111,52 @@ func TestMaxFiles(t *testing.T) {
 			t.Errorf("MaxFiles() with --max-agents %d --max-streams %d --stream-pool %d = %d, want %d", tc.agents, tc.streams, tc.pool, got, tc.want)
 		}
 	}
+}
+
+// TestGate: a gate lets its size in, parks the next until a place is
+// given back, in the order they came, and lets a waiter give up.
+func TestGate(t *testing.T) {
+	g := newGate(1)
+	if !g.enter(context.Background()) {
+		t.Fatal("an empty gate refused")
+	}
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	if g.enter(gone) {
+		t.Fatal("a full gate let in one that gave up")
+	}
+	in := make(chan bool)
+	go func() { in <- g.enter(context.Background()) }()
+	g.leave()
+	if !<-in {
+		t.Fatal("a waiter did not get the place given back")
+	}
+	g.leave()
+	if newGate(-1).enter(gone) != true {
+		t.Error("an unlimited gate refused")
+	}
+}
+
+// TestRegistrationsInProgressBounded: agents registering one at a time
+// (MaxRegistering 1) all get in, and a refused one (409) gives its place
+// back: with a wait of 50 ms, a place kept would refuse the next with 503.
+func TestRegistrationsInProgressBounded(t *testing.T) {
+	r := runServer(t, func(c *Config) { c.MaxRegistering, c.registeringWait = 1, 50*time.Millisecond })
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			dialAgentOffering(t, r.ws(), fmt.Sprintf("herd-%d", i), wire.Info{})
+		}()
+	}
+	wg.Wait()
+	for range 3 {
+		_, err := wsconn.Dial(context.Background(), r.ws()+wire.AgentPath("herd-0"), wsconn.Options{Subprotocols: []string{wire.ControlProtocol}})
+		var re *wsconn.RefusedError
+		if !errors.As(err, &re) || re.Status != http.StatusConflict {
+			t.Fatalf("a second agent for a held ID: %v, want 409", err)
+		}
+	}
+	offering(t, r.ws(), "after") // fails the test on a 503
 }

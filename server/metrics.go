@@ -9,6 +9,7 @@ import (
 
 	"github.com/converge-ci/converge/internal/leg"
 	"github.com/converge-ci/converge/server/internal/policy"
+	"github.com/converge-ci/converge/server/internal/registry"
 )
 
 // metrics are the server's Prometheus metrics, in a registry of their own
@@ -46,6 +47,10 @@ const (
 	reasonAgentLimit       = "agent_limit"  // too many agents from one address (IPv6: one /64)
 	reasonStreamLimit      = "stream_limit" // too many client streams from one address (IPv6: one /64)
 	reasonServerFull       = "server_full"  // the server holds its most agents, or client streams
+	reasonBusy             = "busy"         // an agent waited 10 s for a place among those registering (MaxRegistering)
+	// reasonRegistryUnavailable: Redis did not answer a lookup of an ID
+	// not held here, retried for registry.RetryWindow.
+	reasonRegistryUnavailable = "registry_unavailable"
 
 	reasonRepoLimit     = "repo_limit"     // too many agents of one repository (--max-agents-per-repo)
 	reasonForeignOrigin = "foreign_origin" // a web page served elsewhere, through a visitor's browser
@@ -119,7 +124,7 @@ func newMetrics(version string, agents func() int) *metrics {
 		policy.ReasonToken, policy.ReasonOIDC, reasonRepoLimit} {
 		m.refusals.WithLabelValues(endpointAgent, r)
 	}
-	for _, r := range []string{reasonUnknownID, reasonAgentUnavailable, reasonBadRequest, reasonShuttingDown, reasonStreamLimit, reasonServerFull, reasonForeignOrigin} {
+	for _, r := range []string{reasonUnknownID, reasonAgentUnavailable, reasonBadRequest, reasonShuttingDown, reasonStreamLimit, reasonServerFull, reasonForeignOrigin, reasonRegistryUnavailable} {
 		m.refusals.WithLabelValues(endpointClient, r)
 	}
 	m.reg.MustRegister(
@@ -141,6 +146,21 @@ func newMetrics(version string, agents func() int) *metrics {
 
 func (m *metrics) handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// watchRedis serves, on /metrics, what a replica's Redis client saw go
+// wrong.
+func (m *metrics) watchRedis(w *registry.Watch) {
+	m.reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "converge_redis_errors_total",
+			Help: "Redis commands of this replica that failed (Redis unreachable, no master, a timeout). Replicas only.",
+		}, func() float64 { return float64(w.Errors.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "converge_redis_failovers_total",
+			Help: "Changes of Redis master this replica followed (--redis-sentinel). Replicas only.",
+		}, func() float64 { return float64(w.Failovers.Load()) }),
+	)
 }
 
 // refused counts one refusal.

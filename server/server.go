@@ -53,6 +53,10 @@ type Config struct {
 	// poolKeep is how long a pool stays full after its agent's last
 	// client (tests shorten it). Default poolKeep.
 	poolKeep time.Duration
+	// registeringWait is how long an agent waits for a place among those
+	// registering (MaxRegistering) before a 503 (tests shorten it).
+	// Default registeringWait.
+	registeringWait time.Duration
 	// rawKeepalive is how long an idle raw stream of a pool may go
 	// without a byte from the server (tests shorten it). Default
 	// rawKeepalive.
@@ -99,6 +103,14 @@ type Config struct {
 	// MaxStreams bounds the client streams open in all; beyond it clients
 	// are refused with 503. Default DefaultMaxStreams; negative: unlimited.
 	MaxStreams int
+	// MaxRegistering bounds the agents registering at once: claiming
+	// their ID and being upgraded, the server's work before it waits for
+	// the agent's hello. The others wait, parked in the order they came,
+	// at most 10 s (then 503, and they retry). A herd of agents coming
+	// back after a restart then waits outside the server's run queue
+	// instead of crowding it. Default DefaultMaxRegistering; negative:
+	// unlimited.
+	MaxRegistering int
 	// ClusterKey signs agents' registration secrets (see docs/protocol.md):
 	// the key all replicas of one service share, so that any of them, or
 	// this server after a restart, checks an agent's claim to its ID
@@ -127,6 +139,15 @@ type Config struct {
 	// HOST:PORT/DB, rediss:// for TLS, unix:///PATH. Needs Advertise and
 	// ClusterKey. Default "": a single server, registry in memory.
 	Redis string
+	// RedisSentinels, instead of Redis, are the Redis Sentinels (HOST:PORT)
+	// that name the master, which the replica follows when they fail
+	// over; RedisMaster is its name there, or redis://[[USER]:PASSWORD@]
+	// NAME[/DB] (rediss:// for TLS) when it needs more, as Redis would
+	// say; RedisSentinelPassword is the Sentinels' own password. Default
+	// none: Redis, or a single server.
+	RedisSentinels        []string
+	RedisMaster           string
+	RedisSentinelPassword string
 	// Advertise is the URL other replicas reach this one by
 	// (http://HOST:PORT, https, ws or wss; a path for a server under a
 	// sub-path), to forward clients of the agents it holds. Port 0 means
@@ -197,6 +218,9 @@ func (c *Config) Validate() error {
 	if c.StreamPool == 0 {
 		c.StreamPool = DefaultStreamPool
 	}
+	if c.registeringWait <= 0 {
+		c.registeringWait = registeringWait
+	}
 	if c.poolKeep <= 0 {
 		c.poolKeep = poolKeep
 	}
@@ -210,6 +234,7 @@ func (c *Config) Validate() error {
 	c.MaxReservations = limitDefault(c.MaxReservations, DefaultMaxReservations)
 	c.MaxStreamsPerAddr = limitDefault(c.MaxStreamsPerAddr, DefaultMaxStreamsPerAddr)
 	c.MaxAgents = limitDefault(c.MaxAgents, DefaultMaxAgents)
+	c.MaxRegistering = limitDefault(c.MaxRegistering, DefaultMaxRegistering)
 	c.MaxStreams = limitDefault(c.MaxStreams, DefaultMaxStreams)
 	if c.ClusterKey != "" {
 		if _, err := registry.ParseKey(c.ClusterKey); err != nil {
@@ -253,6 +278,7 @@ type Server struct {
 	draining atomic.Bool // shutting down: /healthz says so
 
 	streamLimit *addrLimiter
+	registering gate         // agents claiming their ID and being upgraded (MaxRegistering)
 	authFails   *failLimiter // wrong sessions-view passwords
 	challenges  seenMACs     // agents' host-key challenges used (hostkey.go)
 
@@ -281,6 +307,7 @@ func New(cfg Config) (*Server, error) {
 		pending: newPending(),
 
 		streamLimit: newAddrLimiter("client streams", cfg.MaxStreamsPerAddr, cfg.MaxStreams),
+		registering: newGate(cfg.MaxRegistering),
 		authFails:   newFailLimiter(10, 1000, time.Minute, time.Now),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())

@@ -157,6 +157,15 @@ func relayRefusal(w http.ResponseWriter, resp *http.Response) {
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Content-Security-Policy", "default-src 'none'; sandbox")
+	// Whether it is a refusal, or a raw stream not switched to (the client
+	// keeps its early bytes and asks for a WebSocket), is the holder's
+	// word, as are its Connection and Upgrade headers.
+	h.Del("Upgrade")
+	for _, k := range []string{"Upgrade", "Connection"} {
+		if v := resp.Header.Get(k); v != "" {
+			h.Set(k, v)
+		}
+	}
 	w.WriteHeader(status)
 	w.Write(body)
 }

@@ -10,6 +10,7 @@ package wsproxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -63,6 +64,11 @@ type Options struct {
 	// ResumeWindow is how long a resumable stream keeps trying to reconnect
 	// after a drop. Default 2 minutes.
 	ResumeWindow time.Duration
+	// TLSSessions, when set, keeps the TLS sessions of wss:// links, so
+	// that a later link, or a later run with the same cache (a
+	// SessionFile), resumes one instead of a full handshake. Nil: each run
+	// starts afresh.
+	TLSSessions tls.ClientSessionCache
 	// Logger reports reconnects. Default slog.Default().
 	Logger *slog.Logger
 	// Released, when set, is called by Stdio once the relay between the
@@ -74,8 +80,9 @@ type Options struct {
 	// stderr, which ssh passes on to its ProxyCommand) is not held up by
 	// the farewell. Nil: nothing is called.
 	Released func(err error)
-	// Verified, when set, is called once, before Dial returns, with what
-	// the relay says it verified about the agent's job (its
+	// Verified, when set, is called once, when the relay's answer to the
+	// first link arrives (before any of the agent's bytes are read), with
+	// what the relay says it verified about the agent's job (its
 	// wire.VerifiedHeader, made safe to print) when it says anything.
 	// It is the relay's word; the agent's host key, which ssh checks,
 	// is the end-to-end one.
@@ -95,7 +102,11 @@ const lingerTimeout = 5 * time.Second
 // refuses it ends the stream, and its reason is the error of the first
 // Read. A resumable stream's links are raw streams (internal/leg),
 // which the server splices in the kernel, when the server switches to
-// them; otherwise, and for plain streams, WebSockets.
+// them; otherwise, and for plain streams, WebSockets. A raw link's request
+// goes out with the stream's first bytes (leg.DialOptions.Early), so a
+// refusal by the server (unknown ID) is also the error of the first Read,
+// and a server whose agent does not offer resumable streams ends the
+// stream with an error that says so (use NoResume for such agents).
 func Dial(ctx context.Context, t Target, opts Options) (net.Conn, error) {
 	if t.url == "" {
 		return nil, errNoTarget
@@ -109,7 +120,7 @@ func Dial(ctx context.Context, t Target, opts Options) (net.Conn, error) {
 		// The stream outlives the dial context; Close ends it.
 		return wsconn.NetConn(context.Background(), c), nil
 	}
-	d := &linkDialer{url: t.url, response: response}
+	d := &linkDialer{url: t.url, sessions: opts.TLSSessions, response: response}
 	link, resumable, err := d.dial(ctx)
 	d.response = nil // the first link's answer only
 	if err != nil {
@@ -149,6 +160,7 @@ func Dial(ctx context.Context, t Target, opts Options) (net.Conn, error) {
 // round trip, and an answer is not likely to change within one stream.
 type linkDialer struct {
 	url      string
+	sessions tls.ClientSessionCache
 	raw      leg.Fallback      // for the stream's life
 	response func(http.Header) // for the first link's switch; nil after
 }
@@ -157,7 +169,9 @@ type linkDialer struct {
 // or, when the agent does not offer resumable streams, a plain WebSocket
 // stream as a net.Conn.
 func (d *linkDialer) dial(ctx context.Context) (link io.ReadWriteCloser, resumable bool, err error) {
-	c, err := leg.Dial(ctx, d.url, leg.DialOptions{Protocols: []string{resume.Protocol}, Raw: true, Fallback: &d.raw, Response: d.response})
+	// Early: the request leaves with the hello and ssh's first bytes, not a
+	// round trip ahead of them (a refusal then ends the stream, see Dial).
+	c, err := leg.Dial(ctx, d.url, leg.DialOptions{Protocols: []string{resume.Protocol}, Raw: true, Early: true, Fallback: &d.raw, TLSSessions: d.sessions, Response: d.response})
 	if err != nil {
 		return nil, false, err
 	}
@@ -216,6 +230,18 @@ func Stdio(ctx context.Context, t Target, in io.ReadCloser, out io.WriteCloser, 
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	res := splice.Splice(stdio{in, out}, conn)
+	if rc, ok := conn.(*resume.Conn); ok && res.Err == nil {
+		// The user's side may end before the server's answer came: a
+		// refusal (unknown ID) is still the outcome to report.
+		select {
+		case <-rc.Answered():
+		case <-rc.Done():
+			res.Err = rc.Err()
+		}
+	}
+	if errors.Is(res.Err, leg.ErrNotOffered) {
+		res.Err = fmt.Errorf("the agent does not offer resumable streams; run wsproxy with --no-resume: %w", res.Err)
+	}
 	if opts.Released != nil {
 		opts.Released(res.Err)
 	}

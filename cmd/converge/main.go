@@ -76,8 +76,11 @@ openssl rand -hex 32), set in the environment only; it overrides
 Several replicas behind a load balancer share their registry in Redis:
   CONVERGE_CLUSTER_KEY=... converge --addr :8001 --redis redis://127.0.0.1:6379/0 \
     --advertise http://10.0.0.5:8001
-A replica forwards clients of agents another holds to it; see the README,
-"Running several servers".
+With Redis Sentinel, name the Sentinels and the master instead:
+  converge ... --redis-sentinel 10.0.0.7:26379,10.0.0.8:26379,10.0.0.9:26379 \
+    --redis-master converge
+A replica forwards clients of agents another holds to it; see
+docs/several-servers.md.
 
 Who may register: anyone by default. With --agent-token-file (or
 CONVERGE_AGENT_TOKENS) agents must present a shared token; with
@@ -119,7 +122,8 @@ func defineFlags(cmd *cli.Command) *options {
 	f.StringVar(&cfg.SSHUser, "ssh-user", "converge", "the user name clients log in to agents with; agents learn it when they register")
 	f.DurationVar(&cfg.Grace, "grace", server.DefaultGrace, "how long the ID of an agent whose link dropped stays reserved for it (negative: not at all)")
 	f.IntVar(&cfg.MaxAgentsPerAddr, "max-agents-per-addr", server.DefaultMaxAgentsPerAddr, "most agents connected at once from one remote address (an IPv6 address counts as its /64), counting IDs reserved for agents that dropped from it; CI runners behind one NAT share an address (negative: unlimited)")
-	f.IntVar(&cfg.MaxAgents, "max-agents", server.DefaultMaxAgents, "most agents connected at once in all; beyond it agents are refused with 503 and retry. An agent costs the server about 35 KB of memory and one file descriptor, so the default is about 0.7 GB: refusing beats being killed for memory with every session on board (negative: unlimited)")
+	f.IntVar(&cfg.MaxAgents, "max-agents", server.DefaultMaxAgents, "most agents connected at once in all; beyond it agents are refused with 503 and retry. An agent costs the server about 18 KB of memory and one file descriptor, so the default is about 0.35 GB: refusing beats being killed for memory with every session on board (negative: unlimited)")
+	f.IntVar(&cfg.MaxRegistering, "max-registering", server.DefaultMaxRegistering, "most agents registering at once (claiming their ID and being upgraded); more wait their turn, at most 10 s (then 503, and they retry), so that a herd coming back after a restart waits outside the server's run queue (negative: unlimited)")
 	f.IntVar(&cfg.MaxStreams, "max-streams", server.DefaultMaxStreams, "most client streams open at once in all; beyond it clients are refused with 503. A stream costs the server about 70 KB of memory, up to 200 KB once busy (two 64 KiB relay buffers), and two file descriptors (six on Linux when both legs are raw streams, spliced in the kernel through two pipes), so the default is 0.7 to 2 GB (negative: unlimited)")
 	f.IntVar(&o.streamPool, "stream-pool", server.DefaultStreamPool, fmt.Sprintf("idle streams each agent keeps open for its next clients once one has connected, so that a client is spliced at once instead of waiting for the agent to dial back (a notice, a TCP and TLS handshake and an upgrade on the agent's side of the path). Each costs a file descriptor and about 40 KB while idle; agents older than this server dial back for every client (0: off; at most %d)", server.MaxStreamPool))
 	f.IntVar(&cfg.MaxReservations, "max-reservations", server.DefaultMaxReservations, "most IDs kept reserved, in all, for agents whose link dropped (a few hundred bytes each); when full, a new reservation drops the oldest, since an agent comes back within seconds or not at all (negative: unlimited)")
@@ -135,6 +139,8 @@ func defineFlags(cmd *cli.Command) *options {
 	// Its default depends on --redis: say both, as Config.Validate applies them.
 	f.Lookup("drain-delay").DefValue = fmt.Sprintf("0s, or %v with --redis", server.DefaultClusterDrainDelay)
 	f.StringVar(&cfg.Redis, "redis", "", "`URL` of the Redis (or Valkey) that replicas of one service share their registry in: redis://[:PASSWORD@]HOST:PORT/DB, rediss:// for TLS, unix:///PATH. Needs --advertise and CONVERGE_CLUSTER_KEY. Prefer the environment variable when it holds a password. Default none: a single server")
+	f.Var((*cli.StringList)(&cfg.RedisSentinels), "redis-sentinel", "`HOST:PORT` of a Redis Sentinel, repeatable or comma-separated, instead of --redis: replicas then follow the master the Sentinels name (--redis-master) when they fail over. The Sentinels' own password, if any, in CONVERGE_REDIS_SENTINEL_PASSWORD. Default none")
+	f.StringVar(&cfg.RedisMaster, "redis-master", "", "with --redis-sentinel: the `NAME` the Sentinels monitor the master by, or redis://[:PASSWORD@]NAME/DB (rediss:// for TLS) when it needs a password, TLS or another database, as --redis would. Prefer the environment variable when it holds a password")
 	f.StringVar(&cfg.Advertise, "advertise", "", "`URL` other replicas reach this one by, to forward clients of the agents it holds, as http://HOST:PORT (https when it serves TLS); port 0 means the port it listens on. Required with --redis")
 	f.StringVar(&cfg.AgentTokenFile, "agent-token-file", "", "`FILE` of shared registration tokens, one per line (# comments), re-read when it changes: agents must present one (CONVERGE_AGENT_TOKEN). CONVERGE_AGENT_TOKENS (environment only) adds more, separated by commas or spaces. Default none: with no --oidc-issuer either, any agent registers")
 	o.oidc = server.NewOIDCFlags(&cfg.OIDCIssuers)
@@ -166,6 +172,7 @@ func (o *options) config() (server.Config, error) {
 	}
 	cfg.AgentTokens = strings.FieldsFunc(os.Getenv("CONVERGE_AGENT_TOKENS"), func(r rune) bool { return r == ',' || unicode.IsSpace(r) })
 	cfg.ClusterKey = os.Getenv("CONVERGE_CLUSTER_KEY")
+	cfg.RedisSentinelPassword = os.Getenv("CONVERGE_REDIS_SENTINEL_PASSWORD")
 	if cfg.ClusterKey == "" && cfg.StateDir == "" {
 		if o.stateDirErr != nil {
 			return cfg, o.stateDirErr

@@ -37,6 +37,8 @@ ssh client and the agent.`)
 	)
 	cmd.Flags.BoolVar(&opts.NoResume, "no-resume", false, "ask for a plain stream: a dropped connection then ends the session (default: resumable when the agent offers it)")
 	cmd.Flags.DurationVar(&opts.ResumeWindow, "resume-window", 2*time.Minute, "how long to keep reconnecting after the connection drops before giving the session up")
+	var sessions string
+	cmd.Flags.StringVar(&sessions, "tls-sessions", wsproxy.DefaultSessionFile(), "file (0600) keeping wss:// servers' TLS session tickets, so the next run resumes a session instead of a full handshake; empty: keep none")
 	var hostSuffix string
 	cmd.Flags.StringVar(&hostSuffix, "host-suffix", "", "strip this suffix from the URL's ID (config-ssh's ProxyCommand passes the name typed, ID.SUFFIX)")
 	cmd.Flags.BoolVar(&verbose, "verbose", false, "log reconnects and other details to stderr (ssh shows them in your terminal)")
@@ -52,6 +54,9 @@ ssh client and the agent.`)
 	target, err := wsproxy.ParseTarget(wsproxy.TrimHostSuffix(cmd.Flags.Arg(0), hostSuffix))
 	if err != nil {
 		cli.Fatal("wsproxy", err, 1)
+	}
+	if sessions != "" {
+		opts.TLSSessions = wsproxy.NewSessionFile(sessions)
 	}
 	if target.PlainText() {
 		fmt.Fprintln(os.Stderr, "wsproxy: warning: plain ws:// to another machine: anyone on the path can watch and cut this connection (SSH inside stays encrypted); use wss://")

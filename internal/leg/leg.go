@@ -26,6 +26,7 @@ package leg
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -78,9 +79,17 @@ func (c *Conn) Carries(protocol string) bool { return c.ws != nil || protocol !=
 // Accept upgrades r to a raw stream when it asks for one, else to a
 // WebSocket, choosing protocol ("" for none; the caller picks it from
 // Offered). On an error the response has been written (or the connection
-// is gone) and there is no leg.
+// is gone) and there is no leg. A raw stream request for no protocol is
+// answered 426 without switching (ErrNotSwitched), as a server that takes
+// only WebSockets answers: a raw stream carries only a stream speaking a
+// protocol (Carries), and bytes the client sent behind its request
+// (DialOptions.Early) are for the protocol it offered, so the client
+// keeps them and asks again for a WebSocket.
 func Accept(w http.ResponseWriter, r *http.Request, protocol string) (*Conn, error) {
 	if Requested(r) {
+		if protocol == "" {
+			return nil, notSwitched(w)
+		}
 		c, err := acceptRaw(w, r, protocol)
 		if err != nil {
 			return nil, err
@@ -150,10 +159,29 @@ type DialOptions struct {
 	// or is a switch to no protocol (see Carries), and remembers that. Nil:
 	// Dial returns ErrNotSwitched, and a plain raw stream as it is.
 	Fallback *Fallback
+	// Early, with Raw and exactly one protocol, lets Dial return once
+	// connected, before the server answers: the request leaves with the
+	// first bytes written, in one flight, instead of a round trip ahead of
+	// them (docs/protocol.md, Early bytes). The Conn's Protocol is then the
+	// one offered; an answer that does not give it (a refusal, a switch to
+	// another, no switch without a Fallback, or a fallback WebSocket that
+	// does not offer it) is the error of the first Read or Write that needs
+	// the answer. Not switching, with a Fallback, is remembered there, and
+	// the stream goes on over a WebSocket that first carries again what
+	// was written before the answer. Through an HTTP proxy Dial waits for
+	// the answer as without Early.
+	Early bool
+	// TLSSessions, when set, keeps the TLS sessions of raw streams dialled
+	// with Early over wss://, keyed by server name, so that a later
+	// connection to the same server resumes its session instead of a full
+	// handshake (wsproxy keeps them in a file between runs).
+	TLSSessions tls.ClientSessionCache
 	// Logger, when set, logs a fallback at info level.
 	Logger *slog.Logger
 	// Response, when set, is called with the headers of the server's
-	// switch (101), raw stream or WebSocket, before Dial returns.
+	// switch (101), raw stream or WebSocket: before Dial returns, or with
+	// Early when the answer is read (the first Read, or a Write past
+	// EarlyLimit).
 	Response func(http.Header)
 }
 
@@ -162,6 +190,15 @@ type DialOptions struct {
 // A refusal by a server that speaks raw streams is a *wsconn.RefusedError
 // and is not retried. ctx bounds the handshake only.
 func Dial(ctx context.Context, rawURL string, opts DialOptions) (*Conn, error) {
+	if opts.Raw && opts.Early && len(opts.Protocols) == 1 && !opts.Fallback.wsOnly() {
+		c, err := dialEarly(ctx, rawURL, opts.Protocols[0], opts)
+		if err == nil {
+			return &Conn{raw: c, protocol: opts.Protocols[0]}, nil
+		}
+		if !errors.Is(err, errProxied) {
+			return nil, err
+		}
+	}
 	if opts.Raw && !opts.Fallback.wsOnly() {
 		c, proto, err := dialRaw(ctx, rawURL, opts.Protocols, opts.Response)
 		switch {
@@ -212,9 +249,26 @@ func (c *Conn) CloseNow() error {
 // tail of a frame cut in the middle, see wsconn.CleanReads).
 func (c *Conn) Relayed(ctx context.Context) net.Conn {
 	if c.ws != nil {
-		return wsconn.CleanReads(websocket.NetConn(ctx, c.ws, websocket.MessageBinary))
+		return handshakeClose{wsconn.CleanReads(websocket.NetConn(ctx, c.ws, websocket.MessageBinary)), c.ws}
 	}
 	return c.raw
+}
+
+// handshakeClose closes a relayed WebSocket with the closing handshake
+// first. coder/websocket's net.Conn cancels its read context before it
+// closes, and a Read in flight on another goroutine (the relay's other
+// direction) then cuts the connection at once: the peer could lose the
+// close frame and see an error after the last byte instead of the end
+// of the stream.
+type handshakeClose struct {
+	net.Conn
+	ws *websocket.Conn
+}
+
+func (h handshakeClose) Close() error {
+	err := h.ws.Close(websocket.StatusNormalClosure, "")
+	h.Conn.Close() // stops its timers; the WebSocket is closed already
+	return err
 }
 
 // NetConn is c as one end of a plain stream: a WebSocket in binary

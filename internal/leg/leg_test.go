@@ -116,27 +116,27 @@ func TestDialFallback(t *testing.T) {
 	}
 }
 
-// TestDialPlainRaw: a raw stream switched to no protocol is given up for
-// a WebSocket (a plain stream needs pings to pass proxies), when there is
-// a Fallback; without one it is returned as it is.
+// TestDialPlainRaw: a raw stream for no protocol is not switched to (a
+// plain stream needs pings to pass proxies): without a Fallback Dial
+// reports ErrNotSwitched; with one it gets a WebSocket and remembers.
 func TestDialPlainRaw(t *testing.T) {
-	accepted := make(chan *Conn, 3)
+	accepted := make(chan *Conn, 1)
 	url := serve(t, func(w http.ResponseWriter, r *http.Request) {
 		if c, err := Accept(w, r, ""); err == nil {
 			accepted <- c
 		}
 	})
-	if c := dial(t, url, DialOptions{Raw: true}); c.Kind() != KindRaw || c.Carries("") {
-		t.Errorf("without a Fallback: a %s leg that carries plain streams %v, want raw, false", c.Kind(), c.Carries(""))
+	if _, err := Dial(context.Background(), url, DialOptions{Raw: true}); !errors.Is(err, ErrNotSwitched) {
+		t.Errorf("without a Fallback: %v, want ErrNotSwitched", err)
 	}
-	(<-accepted).CloseNow()
 	fb := &Fallback{}
 	c := dial(t, url, DialOptions{Raw: true, Fallback: fb})
 	if c.Kind() != KindWebSocket || !c.Carries("") || !fb.wsOnly() {
 		t.Errorf("with a Fallback: a %s leg, remembered %v; want a WebSocket, remembered", c.Kind(), fb.wsOnly())
 	}
-	(<-accepted).CloseNow() // the raw stream it gave up
-	(<-accepted).CloseNow()
+	if s := <-accepted; s.Kind() != KindWebSocket {
+		t.Errorf("the server accepted a %s leg, want only the WebSocket", s.Kind())
+	}
 }
 
 // TestFallbackFor: a Fallback with For asks for raw streams again after

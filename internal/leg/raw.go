@@ -63,6 +63,17 @@ func Advertise(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// notSwitched answers a raw stream request without switching, as a
+// server that takes only WebSockets would (no Upgrade: converge-stream,
+// so the client retries with a WebSocket), and closes the connection:
+// what follows the request is the client's stream, not a request.
+func notSwitched(w http.ResponseWriter) error {
+	w.Header().Set("Upgrade", "websocket")
+	w.Header().Set("Connection", "close")
+	http.Error(w, "a plain stream needs a WebSocket", http.StatusUpgradeRequired)
+	return fmt.Errorf("%w: a raw stream for a plain stream", ErrNotSwitched)
+}
+
 // acceptRaw switches r's connection to a raw stream, answering 101 with
 // protocol (none when empty), and returns the connection, with deadlines
 // cleared and liveness set. Over plain TCP the connection is the
@@ -97,19 +108,39 @@ func acceptRaw(w http.ResponseWriter, r *http.Request, protocol string) (net.Con
 	tune(c)
 	if n := brw.Reader.Buffered(); n > 0 {
 		early, _ := brw.Reader.Peek(n)
-		return &earlyConn{Conn: c, r: io.MultiReader(bytes.NewReader(bytes.Clone(early)), c)}, nil
+		return &prefixedConn{Conn: c, early: bytes.Clone(early)}, nil
 	}
 	return c, nil
 }
 
-// earlyConn is a connection whose client sent bytes right behind its
-// request, which the HTTP server had already read.
-type earlyConn struct {
+// prefixedConn is a connection whose client sent bytes right behind its
+// request (DialOptions.Early), which the HTTP server had already read:
+// Read returns them first, byte for byte, then the connection's own.
+type prefixedConn struct {
 	net.Conn
-	r io.Reader
+	early []byte // not read yet
 }
 
-func (c *earlyConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+func (c *prefixedConn) Read(p []byte) (int, error) {
+	if len(c.early) > 0 {
+		n := copy(p, c.early)
+		c.early = c.early[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// Unprefixed is the connection under c, for internal/splice.
+func (c *prefixedConn) Unprefixed() net.Conn { return c.Conn }
+
+// TakePrefix returns the bytes Read has still to return before the
+// connection's own, for internal/splice, which reads the connection
+// itself from then on.
+func (c *prefixedConn) TakePrefix() []byte {
+	early := c.early
+	c.early = nil
+	return early
+}
 
 var dialer = &net.Dialer{Timeout: 30 * time.Second}
 

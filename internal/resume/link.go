@@ -292,6 +292,11 @@ func (c *Conn) supervise(l io.ReadWriteCloser, fr *frameReader, att *attachment)
 	}
 }
 
+// Answered is closed once the server end has answered the hello of the
+// client end's new session (see DialEarly); it stays open on a session
+// that ends before the answer, and on a server end.
+func (c *Conn) Answered() <-chan struct{} { return c.answered }
+
 // unanswered reports whether a new session's first link has not brought
 // the server end's answer (see DialEarly).
 func (c *Conn) unanswered() bool {

@@ -67,13 +67,53 @@ func Counted(a, b io.ReadWriteCloser, aToB, bToA func(n int64)) Result {
 // copyStream copies src to dst until src ends or either fails, in the
 // kernel when both are TCP connections and the system can.
 func copyStream(dst io.Writer, src io.Reader, count func(int64)) (int64, error) {
-	if d, ok := dst.(*net.TCPConn); ok {
-		if s, ok := src.(*net.TCPConn); ok {
-			if n, handled, err := kernelCopy(d, s, count); handled {
-				return n, err
+	if d, ok := under(dst).(*net.TCPConn); ok {
+		if s, ok := under(src).(*net.TCPConn); ok {
+			var sent int64
+			if p, ok := src.(Prefixed); ok {
+				if early := p.TakePrefix(); len(early) > 0 {
+					n, err := d.Write(early)
+					if n > 0 && count != nil {
+						count(int64(n))
+					}
+					if err != nil {
+						return int64(n), err
+					}
+					sent = int64(n)
+				}
 			}
+			n, handled, err := kernelCopy(d, s, count)
+			if !handled {
+				n, err = copyBuffered(d, s, count)
+			}
+			return sent + n, err
 		}
 	}
+	return copyBuffered(dst, src, count)
+}
+
+// Prefixed is a connection whose first bytes were read before it was
+// handed over (a raw stream whose client sent them behind its request,
+// see internal/leg). Splice writes those first, then moves the rest in
+// the kernel when it can.
+type Prefixed interface {
+	// Unprefixed is the connection under it, which its writes go to.
+	Unprefixed() net.Conn
+	// TakePrefix returns the bytes not read yet, once; the caller then
+	// reads Unprefixed, not the Prefixed connection.
+	TakePrefix() []byte
+}
+
+// under is the connection that carries c's bytes: c, or the one under a
+// Prefixed connection.
+func under(c any) any {
+	if p, ok := c.(Prefixed); ok {
+		return p.Unprefixed()
+	}
+	return c
+}
+
+func copyBuffered(dst io.Writer, src io.Reader, count func(int64)) (int64, error) {
 	buf := buffers.Get().(*[]byte)
 	defer buffers.Put(buf)
 	var w io.Writer = onlyWriter{dst}

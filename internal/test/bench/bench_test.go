@@ -112,7 +112,7 @@ func TestBenchSmoke(t *testing.T) {
 			}
 		}
 	}
-	for _, want := range []string{"0 ms", "4 ms", "Ciphers", "Server memory", "Lookups", "Restart at once", "Restart after", "Cluster", "Shared shell"} {
+	for _, want := range []string{"0 ms", "4 ms", "Ciphers", "Server memory", "Lookups", "Restart at once", "Restart after", "Cluster", "Sentinel failover", "Shared shell"} {
 		if !strings.Contains(strings.Join(titles, "\n"), want) {
 			t.Errorf("no section about %q in:\n%s", want, out)
 		}
@@ -152,7 +152,7 @@ func run(t *testing.T, cfg config) *table {
 			compareResume(t, s, cfg, c, srv, relay, plain, rtt)
 		}
 	}
-	addRelayCPU(tb, rtts, relayCPUs)
+	addRelayCPU(tb, rtts, relayCPUs, true) // the 0 ms session is the agent's first: dialled back
 	stepOverhead(t, tb, cfg.reps, srv)
 	if !resume {
 		tb.notes = append(tb.notes, "This wsproxy has no --no-resume flag, so there are no resume on/off rows.")
@@ -186,7 +186,7 @@ func run(t *testing.T, cfg config) *table {
 		"CPU: user + system time of converge and wsproxy (from /proc), of the ssh master and the ssh/sftp clients, and of the harness process, which runs the agent. Everything runs on this one machine: where its cores are busy (see the load average), a transfer is bound by CPU and the relay/direct throughput ratio tends to direct CPU / relay CPU; with the relay on its own machine, as deployed, its CPU is not taken from ssh and the agent.",
 		"connect: the direct path is the slower one at 0 ms: OpenSSH turns Nagle's algorithm off only after the key exchange, so over TCP two handshake messages each wait about 40 ms for a delayed ACK (seen with strace -r); through a ProxyCommand pipe they do not. tcptows users see the TCP figure.",
 		"Added round trip: a userland proxy holds each chunk for half the round trip in each direction without limiting bandwidth, and connects onward a round trip after accepting (what a TCP handshake costs), between the client and converge (relay) and between the client and the agent's listener (direct); the agent-to-server link is not delayed, except in the halfway section, where converge sits between client and agent with half the round trip on each side. The proxies run in the harness process, so at the added round trip its CPU (the agent column) includes them, on both paths.",
-		"Connect target: at most 60 ms more than direct, one 50 ms round trip (the upgrade, to a raw stream or a WebSocket, before which a client may not send) and a little. The halfway section's first row is an agent's first connection, dialled back; later ones take the idle stream the agent keeps once it has had a client (--stream-pool).",
+		"Connect target: at most 15 ms more than direct: wsproxy sends its raw stream request with the stream's first bytes, so the upgrade costs no round trip of its own (over wss://, TLS's handshake adds one). The halfway section's first row is an agent's first connection, dialled back; later ones take the idle stream the agent keeps once it has had a client (--stream-pool).",
 	)
 	return tb
 }
@@ -203,7 +203,11 @@ func compare(t *testing.T, s, cs *section, cfg config, c *sshtest.Client, srv *s
 		a, b := pair(t, cfg.reps, costed(rs, op.do, &rc), costed(ds, op.do, &dc))
 		own.add(rc, size*int64(cfg.reps))
 		r := speedRatio(a, b)
-		s.add(row{what: op.name, a: mibps(size, a), b: mibps(size, b), comp: fmt.Sprintf("%.2f", r), target: ">= 0.8 (aim 0.9)", verdict: verdict(r >= 0.8)})
+		minRatio := 0.8 // issue 13; at 0 ms, where the relay's CPU shows, 0.85 (issue 24)
+		if rtt == 0 {
+			minRatio = 0.85
+		}
+		s.add(row{what: op.name, a: mibps(size, a), b: mibps(size, b), comp: fmt.Sprintf("%.2f", r), target: fmt.Sprintf(">= %.2f (aim 0.9)", minRatio), verdict: verdict(r >= minRatio)})
 		t.Logf("%s %s: relay %s, direct %s, ratio %.2f", msLabel(rtt), op.name, mibps(size, a), mibps(size, b), r)
 
 		per := perMiB(cfg)

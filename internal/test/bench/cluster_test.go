@@ -78,6 +78,7 @@ func cluster(t *testing.T, tb *table, cfg config, c *sshtest.Client) {
 		tb.notes = append(tb.notes,
 			"Cluster: the forwarded path is OpenSSH → wsproxy → replica B → replica A (which holds the agent) → agent; local is OpenSSH → wsproxy → replica A → agent. All on this machine, Redis on a Unix socket. The CPU row compares B's CPU on the forwarded path with A's on the local one: forwarding adds a process that costs about as much as a relay, and where the cores are busy the throughput ratio follows.",
 			fmt.Sprintf("Registry cost: %d bare agents (WebSocket, hello, welcome) registered one at a time with a replica on Redis and with a single server, then as many GET /client/ID (no upgrade: the handler looks the ID up, then refuses the request), over one keep-alive connection; the difference is what Redis costs per operation.", n))
+		failover(t, tb, min(max(cfg.reps, 1), 3), c)
 	})
 }
 

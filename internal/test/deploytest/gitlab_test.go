@@ -224,7 +224,10 @@ func TestGitLabTemplateCannotStart(t *testing.T) {
 			if tc.vars["CONVERGE_SERVER_DOWN"] != "" {
 				// The agent downloads, then dials a port where nothing listens.
 				j.before = append([]string{}, j.before...)
-				j.before[0] = strings.Replace(j.before[0], `"$dir/.converge/agent" "$@" "$ws"`, `"$dir/.converge/agent" "$@" "ws://`+refusedAddr(t)+`"`, 1)
+				j.before[0] = strings.Replace(j.before[0], `"$tmp/agent" "$@" "$ws"`, `"$tmp/agent" "$@" "ws://`+refusedAddr(t)+`"`, 1)
+				if j.before[0] == strings.Join(newGitLabJob(t, tc.vars).before[:1], "") {
+					t.Fatal("the template no longer runs the agent as \"$tmp/agent\" \"$@\" \"$ws\": update the test")
+				}
 			}
 			log, err := j.script(lines...)
 			if err != nil || !strings.Contains(log, "the job runs") {

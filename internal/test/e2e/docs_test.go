@@ -395,7 +395,7 @@ func TestDocMetricsMatchServer(t *testing.T) {
 }
 
 // TestDocAgentIDsUnique checks the IDs that the README's and docs' command
-// blocks give agents: each must differ per run ($RANDOM) or per job and
+// blocks give agents: each must differ per run ($RANDOM, /dev/urandom) or per job and
 // retry ($CI_JOB_ID). A literal ID, or one shared by a run's attempts and
 // matrix jobs ($GITHUB_RUN_ID alone), meets the previous run's host key in
 // users' known_hosts ("REMOTE HOST IDENTIFICATION HAS CHANGED"), or an
@@ -414,7 +414,7 @@ func TestDocAgentIDsUnique(t *testing.T) {
 			for _, m := range id.FindAllStringSubmatch(block[1], -1) {
 				checked++
 				v := m[1]
-				unique := strings.Contains(v, "$RANDOM") || strings.Contains(v, "$CI_JOB_ID")
+				unique := strings.Contains(v, "$RANDOM") || strings.Contains(v, "$CI_JOB_ID") || strings.Contains(v, "/dev/urandom")
 				if !unique || (strings.Contains(v, "$GITHUB_RUN_ID") && !strings.Contains(v, "$GITHUB_RUN_ATTEMPT")) {
 					t.Errorf("%s: a command block starts an agent with --id %s: use an ID unique to the run and attempt (with $RANDOM, or $CI_JOB_ID), or none", file, v)
 				}

@@ -266,9 +266,9 @@ func (r *Memory[V]) uncharge(group string) {
 
 // Route answers the agent holding id here, if one does: a single server
 // has no other replica to send a client to.
-func (r *Memory[V]) Route(_ context.Context, id string) (a V, here bool, owner string) {
+func (r *Memory[V]) Route(_ context.Context, id string) (a V, here bool, owner string, err error) {
 	a, here = r.Lookup(id)
-	return a, here, ""
+	return a, here, "", nil
 }
 
 func (r *Memory[V]) Lookup(id string) (a V, ok bool) {

@@ -40,7 +40,7 @@ func (r testReg) Register(id string, c Claim, a *testAgent) (*testAgent, error) 
 }
 
 func (r testReg) Lookup(id string) *testAgent {
-	a, _, _ := r.Registry.Route(context.Background(), id)
+	a, _, _, _ := r.Registry.Route(context.Background(), id)
 	return a
 }
 

@@ -84,8 +84,9 @@ var registryLua string
 var registryScript = redis.NewScript(registryLua)
 
 // Open connects to the Redis at rawURL (redis://, rediss://,
-// unix://) and checks that it answers.
-func Open(ctx context.Context, rawURL string) (*redis.Client, error) {
+// unix://), counting into w (if not nil) what goes wrong, and checks
+// that it answers.
+func Open(ctx context.Context, rawURL string, w *Watch) (*redis.Client, error) {
 	opt, err := redis.ParseURL(rawURL)
 	if err != nil {
 		return nil, fmt.Errorf("--redis: %w (want redis://[:PASSWORD@]HOST:PORT/DB, rediss:// for TLS, or unix:///PATH)", err)
@@ -93,6 +94,9 @@ func Open(ctx context.Context, rawURL string) (*redis.Client, error) {
 	opt.Protocol = 2           // RESP2: what every Redis and Valkey speaks
 	opt.DisableIdentity = true // no CLIENT SETINFO: older servers refuse it
 	rdb := redis.NewClient(opt)
+	if w != nil {
+		rdb.AddHook(w.hook())
+	}
 	ctx, cancel := context.WithTimeout(ctx, Timeout)
 	defer cancel()
 	if err := rdb.Ping(ctx).Err(); err != nil {
@@ -246,8 +250,13 @@ func (r *Redis[V]) Register(id string, c Claim, a V) (old V, ok bool, err error)
 	defer func() { r.mu.Lock(); r.joining--; r.mu.Unlock() }()
 
 	conn := r.signConn(id, r.self)
-	start := time.Now()
-	v, err := r.run("register", append([]any{id, conn, c.Group}, claimArgs(c)...)...)
+	var v any
+	var start time.Time // of the try that answered: the lease runs from no earlier
+	err = retry(context.Background(), func() (err error) {
+		start = time.Now()
+		v, err = r.run("register", append([]any{id, conn, c.Group}, claimArgs(c)...)...)
+		return err
+	})
 	if err != nil {
 		return old, false, err
 	}
@@ -281,6 +290,13 @@ func at(list []any, i int) any {
 		return list[i]
 	}
 	return nil
+}
+
+// holds returns id's local holding, if any; r.mu is not held.
+func (r *Redis[V]) holds(id string) *holding[V] {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.local[id]
 }
 
 // holder returns id's local holding if a holds it; r.mu is not held.
@@ -423,9 +439,16 @@ func (r *Redis[V]) owner(_ context.Context, id string) (owner, conn string, err 
 // replica that holds it (owner), or nowhere. Redis decides; when it says
 // nothing (it restarted empty and is being refilled, or does not
 // answer), a local agent is served, unless it is fenced: its lease may
-// have ended unseen, and another replica's agent may hold the ID.
-func (r *Redis[V]) Route(ctx context.Context, id string) (a V, here bool, owner string) {
+// have ended unseen, and another replica's agent may hold the ID. For an
+// ID not held here, a Redis that does not answer is asked again for
+// RetryWindow (it may be failing over), then err is ErrUnavailable.
+func (r *Redis[V]) Route(ctx context.Context, id string) (a V, here bool, owner string, err error) {
 	o, conn, err := r.owner(ctx, id)
+	if err != nil && r.holds(id) == nil {
+		// Not ours: a client a Redis failing over would send elsewhere
+		// waits for it rather than getting a 404.
+		err = retry(ctx, func() (err error) { o, conn, err = r.owner(ctx, id); return err })
+	}
 	if err != nil {
 		r.log.Debug("registry lookup failed; serving local agents only", "id", id, "error", err) // the refresh loop warns once
 	}
@@ -439,16 +462,16 @@ func (r *Redis[V]) Route(ctx context.Context, id string) (a V, here bool, owner 
 	switch {
 	case o == "":
 		if h != nil {
-			return h.a, true, ""
+			return h.a, true, "", nil
 		}
-		return a, false, ""
+		return a, false, "", err // nowhere, or Redis did not say
 	case o == r.self:
 		if h != nil && h.conn == conn {
-			return h.a, true, ""
+			return h.a, true, "", nil
 		}
-		return a, false, "" // a holder that registered here and is gone
+		return a, false, "", nil // a holder that registered here and is gone
 	default:
-		return a, false, o
+		return a, false, o, nil
 	}
 }
 

@@ -253,7 +253,7 @@ func freshAt(clk *fakeClock) Claim { return Claim{Tenure: NewTenure(clk.t)} }
 // route is Route as the tests read it: the agent held here, or the
 // replica holding it.
 func (r *Redis[V]) route(ctx context.Context, id string) (V, string) {
-	a, _, owner := r.Route(ctx, id)
+	a, _, owner, _ := r.Route(ctx, id)
 	return a, owner
 }
 

@@ -139,8 +139,10 @@ type Registry[V Agent] interface {
 	Release(id string, a V)
 	// Route says where a client of id goes: to a (here set) held on this
 	// server, to the replica at owner (its advertise URL) that holds it,
-	// or nowhere (neither).
-	Route(ctx context.Context, id string) (a V, here bool, owner string)
+	// or nowhere (neither). err is ErrUnavailable when a shared registry
+	// did not answer, after retrying for a bounded time, and no agent
+	// here holds id: the client may be served by a retry.
+	Route(ctx context.Context, id string) (a V, here bool, owner string, err error)
 	// Lookup returns the agent holding id on this server, if one does
 	// (as far as this server knows: it asks no shared registry).
 	Lookup(id string) (a V, ok bool)

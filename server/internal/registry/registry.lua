@@ -211,6 +211,9 @@ if op == 'register' then
   expire(sweep)
   local ep = epoch()
   local e = fresh(id)
+  -- A retry of this very registration (its answer was lost as Redis
+  -- failed over): it holds the ID already.
+  if e and e.o == self and e.c == conn then return {'ok', '', ''} end
   if e and not yields(e, c, ep) then
     if e.o then return {'in_use'} end
     return {'reserved', tostring(e.r.u)}
