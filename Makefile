@@ -7,7 +7,7 @@ CMDS    := converge agent wsproxy tcptows
 # Downloadable binaries, embedded into the server by `make dist`.
 DIST_PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64
 
-.PHONY: all build wasm run test tools check generate vet bench bench-agents bench-connect bench-relay bench-streams bench-run bench-failover dist dist-bins action-sums clean
+.PHONY: all build wasm run test tools check generate vet bench bench-agents bench-connect bench-relay bench-streams bench-run bench-failover bench-record dist dist-bins action-sums clean
 
 all: build
 
@@ -88,6 +88,12 @@ bench-relay: build
 bench-run: build
 	$(GO) test -count=1 -timeout 5m -run '^TestBenchRun$$' ./internal/test/bench -v -bench-table \
 		-bench-bin=$(CURDIR)/bin
+
+# bench-record prints only the recording rows (~1 min): ssh cat and a
+# shell's echo round trip with --record-to against without.
+bench-record: build
+	$(GO) test -count=1 -timeout 10m -run '^TestBenchRecord$$' ./internal/test/bench -v -bench-table \
+		-bench-bin=$(CURDIR)/bin -bench-echo=10000
 
 # bench-failover prints only the Redis Sentinel failover rows (~30 s):
 # kill -9 of the master to the first registration, three times.

@@ -11,7 +11,8 @@
 #
 # action/run.js runs it with the inputs as INPUT_SERVER, INPUT_ID,
 # INPUT_LIMIT_ACCESS_TO_ACTOR, INPUT_LIMIT_ACCESS_TO_USERS, INPUT_OBSERVERS, INPUT_AUTHORIZED_KEYS, INPUT_DETACHED,
-# INPUT_CONNECT_TIMEOUT, INPUT_EXPIRY, INPUT_RUN, INPUT_WHEN and
+# INPUT_CONNECT_TIMEOUT, INPUT_EXPIRY, INPUT_RECORD_TO, INPUT_RECORD_INPUT,
+# INPUT_RUN, INPUT_WHEN and
 # INPUT_AGENT_SHA256, INPUT_JOB_STATUS (job.status, evaluated when the
 # post step runs), and what GitHub sets (GITHUB_RUN_ATTEMPT and
 # RUNNER_DEBUG decide when: rerun and debug):
@@ -274,6 +275,17 @@ agent_args() {
 		# Else the agent would read .authorized_keys in the checkout, where a pull request could add a key.
 		give_up "nobody could log in: keep limit-access-to-actor: true, or give authorized-keys"
 	fi
+	# The receipt, and recordings with record-to, go where the step's
+	# records output says, outside the checkout.
+	records=${RUNNER_TEMP:-${TMPDIR:-/tmp}}/converge/records-$1
+	args+=(--record-dir "$records")
+	echo "records=$records" >>"${GITHUB_OUTPUT:-/dev/null}"
+	if [ -n "$(trim "${INPUT_RECORD_TO:-}")" ]; then
+		# Through the environment: key lines may come from a secret.
+		CONVERGE_RECORD_TO=$(trim "$INPUT_RECORD_TO")
+		export CONVERGE_RECORD_TO
+	fi
+	if is_true "${INPUT_RECORD_INPUT:-false}"; then args+=(--record-input); fi
 	local v
 	v=$(trim "${INPUT_CONNECT_TIMEOUT:-}")
 	if [ -n "$v" ]; then args+=(--connect-timeout "$v"); fi

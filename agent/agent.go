@@ -24,11 +24,14 @@ import (
 	"sync/atomic"
 	"time"
 
+	"filippo.io/age"
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/converge-ci/converge/agent/ctl"
 	"github.com/converge-ci/converge/agent/journal"
 	"github.com/converge-ci/converge/agent/lifetime"
+	"github.com/converge-ci/converge/agent/receipt"
+	"github.com/converge-ci/converge/agent/recording"
 	"github.com/converge-ci/converge/agent/sshd"
 	"github.com/converge-ci/converge/internal/leg"
 	"github.com/converge-ci/converge/internal/resume"
@@ -127,6 +130,21 @@ type Config struct {
 	// TrustedUserCAKeys is a file of SSH certificate authorities whose
 	// user certificates log in (see sshd.Config). Empty: none.
 	TrustedUserCAKeys string
+	// RecordTo turns on the recording of every interactive shell,
+	// encrypted to the keys it names: a file of age recipients (age1...)
+	// or SSH public keys (ssh-ed25519, ssh-rsa), an https URL of them
+	// (https://github.com/USER.keys, fetched once by New), or the lines
+	// themselves. Empty: no recordings.
+	RecordTo string
+	// RecordDir holds the recordings and the signed receipt. Empty:
+	// recordings/ in the state folder.
+	RecordDir string
+	// RecordInput records what users type too. False: output and window
+	// sizes only (passwords typed at a prompt are not kept).
+	RecordInput bool
+	// EncryptReceipt encrypts the receipt to RecordTo's keys too. False:
+	// plaintext (it holds no typed text).
+	EncryptReceipt bool
 	// OnRegistered, if set, is called each time the server welcomes the
 	// agent: on the first registration, after Out has the instructions,
 	// and again on every re-registration after the link dropped (a server
@@ -203,6 +221,10 @@ type Agent struct {
 	ctl       *ctl.Server      // the converge command's socket
 	bin       *ctl.Bin         // the converge command
 
+	recipients []age.Recipient     // RecordTo's keys; nil: no recordings
+	recorder   *recording.Recorder // set by Run's openState when recipients
+	receipt    *receipt.Writer     // the signed journal; set by openState
+
 	streams sync.WaitGroup   // stream dials in flight
 	raw     *leg.Fallback    // whether the server takes raw streams (see openStream)
 	resumed *resume.Acceptor // resumable client streams
@@ -221,6 +243,18 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a.signer = signer
+	if cfg.RecordTo != "" {
+		rs, skipped, err := loadRecipients(cfg.RecordTo, cfg.HTTPClient)
+		if err != nil {
+			return nil, err
+		}
+		if len(skipped) > 0 {
+			a.log.Warn("--record-to: keys that cannot be age recipients are left out", "keys", skipped)
+		}
+		a.recipients = rs
+	} else if cfg.EncryptReceipt {
+		return nil, errors.New("--encrypt-receipt needs --record-to: the keys to encrypt it to")
+	}
 	a.resumed, err = resume.NewAcceptor(resume.Config{Window: cfg.ResumeWindow, Logger: a.log})
 	if err != nil {
 		return nil, err
@@ -262,6 +296,7 @@ func New(cfg Config) (*Agent, error) {
 		TrustedUserCAKeys:   cfg.TrustedUserCAKeys,
 		Journal:             a.journal,
 		SessionEnv:          a.sessionEnv,
+		RecordShell:         a.recordShell,
 	})
 	if err != nil {
 		return nil, err

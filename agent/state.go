@@ -46,6 +46,9 @@ func (a *Agent) openState() error {
 		return fmt.Errorf("journal: %w", err)
 	}
 	a.log.Info("state folder", "dir", dir, "journal", f.Name())
+	if err := a.startRecords(); err != nil {
+		return err
+	}
 	exe := a.cfg.Executable
 	if exe == "" {
 		if exe, err = os.Executable(); err != nil {
@@ -71,6 +74,7 @@ func (a *Agent) closeState(reason string) {
 	}
 	if a.journal != nil {
 		a.journal.Append(journal.Entry{Kind: journal.KindEnd, Note: reason})
+		a.stopReceipt()
 		a.journal.Close()
 	}
 	if a.removeDir {

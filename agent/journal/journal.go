@@ -71,6 +71,14 @@ const (
 	KindRunDecision  Kind = "run-decision"   // `agent run`: retry, pass or fail
 	KindExtend       Kind = "extend"         // converge extend; Note says who, by how much
 	KindEnd          Kind = "end"            // the agent ends; Note says why
+	// KindRecording: an interactive shell's recording began; Session
+	// names the shell, Note the files (NAME.*.cast.age in the recordings
+	// folder), encrypted to the team's keys.
+	KindRecording Kind = "recording"
+	// KindRecorded: a part of a shell's recording was written for the
+	// last time; Note is "FILE sha256=HEX" (of the encrypted file), so the
+	// signed receipt vouches for the recordings.
+	KindRecorded Kind = "recorded"
 )
 
 // Way in: how a user reached the agent, as its SSH client announced it.

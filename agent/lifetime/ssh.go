@@ -13,10 +13,13 @@ import (
 // Hook connects the lifetime to srv: a successful authentication counts
 // as a login until the connection closes, and every byte a user sends on
 // any channel (keystrokes, stdin, SFTP requests, forwarded data) counts as
-// input. Call it after the server's handlers are set, before it serves;
-// it wraps them (srv.ChannelHandlers, or gliderlabs' defaults when nil,
-// and srv.ServerConfigCallback).
-func (l *Lifetime) Hook(srv *ssh.Server) {
+// input, except on the connections watchOnly reports (observers, who may
+// only watch: what they type never reaches a shell, so it does not keep
+// the job up; their login and logout still count). watchOnly may be nil.
+// Call it after the server's handlers are set, before it serves; it wraps
+// them (srv.ChannelHandlers, or gliderlabs' defaults when nil, and
+// srv.ServerConfigCallback).
+func (l *Lifetime) Hook(srv *ssh.Server, watchOnly func(ssh.Context) bool) {
 	base := srv.ServerConfigCallback
 	srv.ServerConfigCallback = func(ctx ssh.Context) *gossh.ServerConfig {
 		cfg := &gossh.ServerConfig{}
@@ -43,6 +46,10 @@ func (l *Lifetime) Hook(srv *ssh.Server) {
 	}
 	for name, h := range handlers {
 		handlers[name] = func(srv *ssh.Server, conn *gossh.ServerConn, nc gossh.NewChannel, ctx ssh.Context) {
+			if watchOnly != nil && watchOnly(ctx) {
+				h(srv, conn, nc, ctx)
+				return
+			}
 			h(srv, conn, activeNewChannel{NewChannel: nc, l: l}, ctx)
 		}
 	}

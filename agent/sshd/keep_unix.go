@@ -18,17 +18,19 @@ import (
 // and attaches s to it as its first writer. It returns the shell's exit
 // status when the shell ended while s was attached; when s left or
 // detached first, the shell keeps running and the status is 0. onEnd is
-// called when the shell has ended (at once if it cannot start).
-func (d *Server) keepShell(s ssh.Session, cmd *exec.Cmd, onEnd func()) (int, error) {
+// called when the shell has ended (at once if it cannot start). tap is
+// the shell's recording (nil: none), which the shell owns from now on.
+func (d *Server) keepShell(s ssh.Session, cmd *exec.Cmd, tap *shellTap, onEnd func()) (int, error) {
 	if sock, stop, err := forwardAgent(s); err != nil {
 		d.log.Warn("agent forwarding unavailable", "error", err)
 	} else if sock != "" {
 		defer stop() // ssh -A lasts as long as this client's session
 		cmd.Env = append(cmd.Env, "SSH_AUTH_SOCK="+sock)
 	}
-	sh, err := d.startShell(s, cmd, onEnd)
+	sh, err := d.startShell(s, cmd, tap, onEnd)
 	if err != nil {
 		onEnd()
+		tap.close()
 		return 255, err
 	}
 	p := d.participant(s.Context())
@@ -40,8 +42,9 @@ func (d *Server) keepShell(s ssh.Session, cmd *exec.Cmd, onEnd func()) (int, err
 
 // startShell starts cmd on a new terminal sized like s's window, as the
 // leader of a session of its own, and keeps it: one goroutine reads its
-// output into the scroll-back, another waits for it to end.
-func (d *Server) startShell(s ssh.Session, cmd *exec.Cmd, onEnd func()) (*shell, error) {
+// output into the scroll-back, another waits for it to end. The terminal
+// goes through tap (the recording, closed with the terminal).
+func (d *Server) startShell(s ssh.Session, cmd *exec.Cmd, tap *shellTap, onEnd func()) (*shell, error) {
 	ptyReq, _, _ := s.Pty()
 	now := time.Now()
 	sh := &shell{started: now, out: newRing(scrollBack), changed: make(chan struct{}), done: make(chan struct{}),
@@ -63,7 +66,7 @@ func (d *Server) startShell(s ssh.Session, cmd *exec.Cmd, onEnd func()) (*shell,
 		d.children.forget(cmd.Process.Pid)
 		return nil, fmt.Errorf("shell terminal: %w", err)
 	}
-	sh.term, sh.sid = ptyTerm{f}, cmd.Process.Pid
+	sh.term, sh.sid = tap.term(ptyTerm{f}), cmd.Process.Pid
 	keep := d.watch.Keep()
 	sh.release = func() { keep(); onEnd() }
 	closing := d.shells.add(sh) // named and listed before it can end

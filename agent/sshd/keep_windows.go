@@ -8,9 +8,10 @@ import (
 
 // keepShell runs the shell as any session on Windows: ConPTY shells are
 // not kept (yet), so attach finds none.
-func (d *Server) keepShell(s ssh.Session, cmd *exec.Cmd, onEnd func()) (int, error) {
+func (d *Server) keepShell(s ssh.Session, cmd *exec.Cmd, tap *shellTap, onEnd func()) (int, error) {
 	defer onEnd()
-	return d.run(s, cmd)
+	defer tap.close()
+	return d.runTapped(s, cmd, tap)
 }
 
 func (n *shellNames) hangUp(*shell) {}

@@ -32,6 +32,22 @@ var errInsecureKeysURL = errors.New("authorized keys must come over https")
 // user asked for these keys, and starting without them would lock them
 // out. client nil means http.DefaultClient; it is not modified.
 func fetchAuthorizedKeys(ctx context.Context, client *http.Client, rawURL string) ([]authKey, error) {
+	body, err := FetchKeyLines(ctx, client, rawURL)
+	if err != nil {
+		return nil, err
+	}
+	keys, err := parseAuthorizedKeys(rawURL, body)
+	if err != nil {
+		return nil, fmt.Errorf("authorized keys from %s are not authorized_keys lines: %w", rawURL, err)
+	}
+	return keys, nil
+}
+
+// FetchKeyLines gets the body of a keys URL (authorized keys, or the
+// recipients of recordings) under the rules of fetchAuthorizedKeys: https
+// (http only to loopback), no redirect that drops https, status 200, at
+// most 256 KiB. Errors name the URL and say what to check.
+func FetchKeyLines(ctx context.Context, client *http.Client, rawURL string) ([]byte, error) {
 	if err := checkKeysURL(rawURL); err != nil {
 		return nil, err
 	}
@@ -74,11 +90,7 @@ func fetchAuthorizedKeys(ctx context.Context, client *http.Client, rawURL string
 	if len(body) > maxKeysSize {
 		return nil, fmt.Errorf("fetch authorized keys from %s: more than %d KiB; is this a list of public keys?", rawURL, maxKeysSize>>10)
 	}
-	keys, err := parseAuthorizedKeys(rawURL, body)
-	if err != nil {
-		return nil, fmt.Errorf("authorized keys from %s are not authorized_keys lines: %w", rawURL, err)
-	}
-	return keys, nil
+	return body, nil
 }
 
 // maxKeysRedirects is how many redirects a keys URL may take, as

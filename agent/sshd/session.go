@@ -56,8 +56,14 @@ func (d *Server) handleSession(raw ssh.Session) {
 	var code int
 	var err error
 	if js.Kind == "shell" && js.PTY {
-		// The shell's environment lasts as long as the shell.
-		code, err = d.keepShell(cs, cmd, releaseEnv)
+		// The shell's environment and recording last as long as the shell.
+		var tap *shellTap
+		if tap, err = d.recordShell(s, js); err == nil {
+			code, err = d.keepShell(cs, cmd, tap, releaseEnv)
+		} else {
+			code = 255
+			releaseEnv()
+		}
 	} else {
 		code, err = d.run(cs, cmd)
 		releaseEnv()
@@ -217,6 +223,7 @@ var agentSecrets = []string{
 	"CONVERGE_AUTHORIZED_KEYS_URL",
 	"CONVERGE_OBSERVER_KEYS",
 	"CONVERGE_OBSERVER_KEYS_DATA",
+	"CONVERGE_RECORD_TO",   // may be a URL with a token in it
 	"CONVERGE_AGENT_TOKEN", // would register other agents as this job's
 	"CONVERGE_ID_TOKEN",
 }

@@ -52,7 +52,11 @@ func signalNumber(*exec.ExitError) int { return 0 }
 // asked for a terminal, with pipes when not. Every process of the session
 // is in a job object that is closed when the session ends, so nothing it
 // started outlives it.
-func (d *Server) run(s ssh.Session, cmd *exec.Cmd) (int, error) {
+func (d *Server) run(s ssh.Session, cmd *exec.Cmd) (int, error) { return d.runTapped(s, cmd, nil) }
+
+// runTapped is run with a terminal's output, input and sizes going
+// through tap too (a shell's recording; nil: none).
+func (d *Server) runTapped(s ssh.Session, cmd *exec.Cmd, tap *shellTap) (int, error) {
 	if len(cmd.Args) == 3 {
 		// A command: hand it to the shell verbatim, for the shell to
 		// parse, rather than re-quoted the way Go quotes arguments (which
@@ -66,7 +70,7 @@ func (d *Server) run(s ssh.Session, cmd *exec.Cmd) (int, error) {
 	defer windows.CloseHandle(job) // kills what is left in the job
 
 	if ptyReq, winCh, isPty := s.Pty(); isPty {
-		return d.runConPTY(s, cmd, job, ptyReq, winCh)
+		return d.runConPTY(s, cmd, job, ptyReq, winCh, tap)
 	}
 	return runPipes(s, cmd, job)
 }
@@ -99,7 +103,7 @@ func runPipes(s ssh.Session, cmd *exec.Cmd, job windows.Handle) (int, error) {
 
 // runConPTY runs cmd attached to a Windows pseudo console sized and
 // resized like the client's terminal.
-func (d *Server) runConPTY(s ssh.Session, cmd *exec.Cmd, job windows.Handle, ptyReq ssh.Pty, winCh <-chan ssh.Window) (int, error) {
+func (d *Server) runConPTY(s ssh.Session, cmd *exec.Cmd, job windows.Handle, ptyReq ssh.Pty, winCh <-chan ssh.Window, tap *shellTap) (int, error) {
 	w, h := ptyReq.Window.Width, ptyReq.Window.Height
 	if w <= 0 || h <= 0 {
 		w, h = conpty.DefaultWidth, conpty.DefaultHeight
@@ -117,10 +121,10 @@ func (d *Server) runConPTY(s ssh.Session, cmd *exec.Cmd, job windows.Handle, pty
 	defer windows.CloseHandle(proc)
 	windows.AssignProcessToJobObject(job, proc)
 
-	defer followWindow(winCh, func(win ssh.Window) { cpty.Resize(win.Width, win.Height) })()
-	go io.Copy(cpty, s) // ends when the session or the console closes
+	defer followWindow(winCh, func(win ssh.Window) { cpty.Resize(win.Width, win.Height); tap.resize(win) })()
+	go io.Copy(cpty, tap.input(s)) // ends when the session or the console closes
 	output := make(chan struct{})
-	go func() { io.Copy(s, cpty); close(output) }()
+	go func() { io.Copy(tap.output(s), cpty); close(output) }()
 
 	exited := make(chan struct{})
 	go func() { windows.WaitForSingleObject(proc, windows.INFINITE); close(exited) }()

@@ -106,13 +106,21 @@ type Config struct {
 	// to use (the converge command's) and a release called when the
 	// session ends. Nil: the environment as it is.
 	SessionEnv func(conn, session string, env []string) ([]string, func())
+	// RecordShell, if set, is called as each interactive shell starts (a
+	// PTY, no command) and returns its recording, or nil not to record
+	// it (see ShellRecording). An error refuses the shell: a team that
+	// records shells must not get one unrecorded. Nil: no shell is
+	// recorded.
+	RecordShell func(RecordedShell) (ShellRecording, error)
 }
 
 // Watcher follows what users do on a Server: *lifetime.Lifetime is one.
 type Watcher interface {
 	// Hook is called once by New with the gliderlabs server, its handlers
 	// set, before it serves; it may wrap its callbacks and handlers.
-	Hook(srv *ssh.Server)
+	// watchOnly reports the connections of observers, whose input is
+	// no user's activity.
+	Hook(srv *ssh.Server, watchOnly func(ssh.Context) bool)
 	// Attach is called as each shell or command session starts; the
 	// session's handler calls detach as it ends.
 	Attach(s ssh.Session) (detach func())
@@ -128,7 +136,7 @@ type Watcher interface {
 // nobody is the Watcher of a Config without one.
 type nobody struct{}
 
-func (nobody) Hook(*ssh.Server)                          {}
+func (nobody) Hook(*ssh.Server, func(ssh.Context) bool)  {}
 func (nobody) Attach(ssh.Session) func()                 { return func() {} }
 func (nobody) WatchInput(ch gossh.Channel) gossh.Channel { return ch }
 func (nobody) Keep() func()                              { return func() {} }
@@ -288,7 +296,7 @@ func (d *Server) newSSHServer() *ssh.Server {
 	}
 	srv.AddHostKey(d.signer)
 	d.reportLogins(srv)
-	d.watch.Hook(srv)
+	d.watch.Hook(srv, isObserver)
 	return srv
 }
 

@@ -132,7 +132,14 @@ connected or .hold holds it.
 
 Every login (key fingerprint and comment, or certificate) and session is
 logged and kept in journal.jsonl in the agent's state folder (--state-dir);
-"agent journal FILE" prints who logged in. Inside a session, the command
+"agent journal FILE" prints who logged in. The journal is also signed with the host
+key (OpenSSH's SSHSIG) into receipt.jsonl and receipt.jsonl.sig in
+--record-dir, every minute and at the end; the agent prints the
+allowed_signers line to check it with "ssh-keygen -Y verify". With
+--record-to, every interactive shell is recorded there too, encrypted with
+age to the team's keys before it touches the disk: play one with
+  for f in NAME.*.cast.age; do age -d -i ~/.ssh/id_ed25519 "$f"; done | asciinema play -
+Inside a session, the command
 "converge" talks to the agent: "converge who" lists who is in the job,
 "converge --help" what else it does.`)
 	cmd.Footer = `Exit status: 0 when the session ended (last logout, expiry, --max-session,
@@ -168,6 +175,10 @@ In the background:
 	f.Var(&o.keyURLs, "authorized-keys-url", "fetch authorized_keys lines from `URL` at start, e.g. https://github.com/USER.keys; https only (plain http only to loopback hosts), no redirect to http; repeatable; a failed fetch stops the agent")
 	f.StringVar(&cfg.TrustedUserCAKeys, "trusted-user-ca-keys", "", "`FILE` of SSH certificate authorities' public keys: user certificates they signed for the SSH user name log in (as OpenSSH's TrustedUserCAKeys); re-read at each login")
 	f.StringVar(&cfg.StateDir, "state-dir", "", "the agent's private `folder` (journal.jsonl of who logged in, the converge command); default $RUNNER_TEMP/converge-ID, else $XDG_STATE_HOME/converge/ID, else .converge/ID in --dir")
+	f.StringVar(&cfg.RecordTo, "record-to", "", "record every interactive shell (asciicast, encrypted with age as it is written) to the keys in `SOURCE`: a file of age recipients (age1...) or SSH public keys (ssh-ed25519, ssh-rsa), an https URL of them (https://github.com/USER.keys), or the lines themselves (CONVERGE_RECORD_TO from a CI secret); off when empty")
+	f.StringVar(&cfg.RecordDir, "record-dir", "", "`folder` for the recordings (NAME.NNNN.cast.age) and the signed receipt (receipt.jsonl, receipt.jsonl.sig); default recordings/ in --state-dir")
+	f.BoolVar(&cfg.RecordInput, "record-input", false, "record what users type too (default: output and window sizes only, so a password typed at a prompt is not kept)")
+	f.BoolVar(&cfg.EncryptReceipt, "encrypt-receipt", false, "encrypt the receipt to the --record-to keys too (receipt.jsonl.age); default plaintext: it holds who and what ran, no typed text")
 	f.StringVar(&cfg.HostKeyFile, "host-key", "", "SSH host key `FILE` (OpenSSH private key), or the key's PEM text itself (for CONVERGE_HOST_KEY from a CI secret); a fresh ed25519 key per run when empty")
 	f.StringVar(&cfg.Shell, "shell", "", "`PROGRAM` for sessions and commands (default: $SHELL, else bash, else sh; on Windows powershell, or cmd)")
 	f.DurationVar(&cfg.Lifetime.ConnectTimeout, "connect-timeout", 10*time.Minute, "exit if nobody logs in within this `duration`, so the job goes on (0: wait forever); see --no-login-status")

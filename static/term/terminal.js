@@ -153,12 +153,21 @@
     function current(fn) {
       return function () { if (gen === generation) fn.apply(null, arguments); };
     }
-    handle = api.connect({
-      url: app.getAttribute("data-client"), user: app.getAttribute("data-user"), pin: pin,
-      cols: term.cols, rows: term.rows, browserKey: browserKey, keyFile: keyFile, command: commandFromFragment(),
-      passphrase: $("passphrase").value, password: $("password").value,
+    detaching = false;
+    handle = api.connect(loginOptions({
+      cols: term.cols, rows: term.rows, command: commandFromFragment(),
       onState: current(onState), onData: current(onData), onEnd: current(onEnd),
-    });
+    }));
+  }
+  // loginOptions are the options of a connection: where, whom, with
+  // which key, and what is in more.
+  function loginOptions(more) {
+    var o = {
+      url: app.getAttribute("data-client"), user: app.getAttribute("data-user"), pin: pin,
+      browserKey: browserKey, keyFile: keyFile, passphrase: $("passphrase").value, password: $("password").value,
+    };
+    for (var k in more) o[k] = more[k];
+    return o;
   }
   connectBtn.addEventListener("click", connect);
   $("trust").addEventListener("click", function () {
@@ -222,6 +231,14 @@
         offer("Try again");
         break;
       case "exit":
+        if (detaching) {
+          term.write("\r\n\x1b[7m Detached: the shell keeps running \x1b[0m\r\n");
+          setState("ended", "Detached; the shell keeps running");
+          setAttach(null);
+          offer("New session");
+          listShells();
+          break;
+        }
         term.write("\r\n\x1b[7m Session ended: exit status " + (detail || "unknown") + " \x1b[0m\r\n");
         setState("ended", "Session ended (exit status " + (detail || "unknown") + ")");
         offer("New session");
@@ -243,6 +260,75 @@
       return resp.text().then(function (t) { setState("unreachable", "The server says: " + t.trim()); });
     }).catch(function () {});
   }
+
+  // Kept shells. The Shells button lists them: the agent's own `ls`, run
+  // on a connection of its own, so that it works with or without a
+  // session open. Attach reconnects with `attach NAME` (the shell left,
+  // if any, keeps running); Detach types the detach keys, Enter ~ d.
+  var detaching = false; // the detach keys were sent: the end is no exit
+  function listShells() {
+    if (!api) return;
+    var out = "", dec = new TextDecoder();
+    $("shells").hidden = false;
+    $("shells-what").textContent = "Asking the agent…";
+    api.connect(loginOptions({
+      cols: 200, rows: 50, command: "ls",
+      onData: function (bytes, done) { out += dec.decode(bytes, { stream: true }); done(); },
+      onEnd: function (kind, message) {
+        if (kind !== "exit") {
+          $("shells-what").textContent = "Cannot list the shells: " + message;
+          return;
+        }
+        showShells(out);
+      },
+    }));
+  }
+  // showShells shows the table `ls` wrote: NAME SIZE IDLE ATTACHED, then
+  // how to attach; or its one line when no shell runs.
+  function showShells(text) {
+    var lines = text.split(/\r?\n/), rows = [], head = -1;
+    for (var i = 0; i < lines.length; i++) {
+      if (/^NAME\s+SIZE\s+IDLE\s+ATTACHED/.test(lines[i])) { head = i; continue; }
+      var m = head >= 0 && /^([A-Za-z0-9_-]+)\s+(\d+x\d+)\s+(\S+)\s+(.*)$/.exec(lines[i]);
+      if (m) rows.push(m.slice(1));
+    }
+    var body = $("shells-list").tBodies[0];
+    body.textContent = "";
+    rows.forEach(function (r) {
+      var tr = body.insertRow();
+      tr.setAttribute("data-shell", r[0]);
+      r.forEach(function (v) { tr.insertCell().textContent = v; });
+      var b = document.createElement("button");
+      b.type = "button";
+      b.textContent = "Attach";
+      b.addEventListener("click", function () { attachShell(r[0]); });
+      tr.insertCell().appendChild(b);
+    });
+    $("shells-list").hidden = rows.length === 0;
+    $("shells-what").textContent = rows.length ? "Shells the agent keeps running (detach leaves one running: Enter ~ d):" : text.trim();
+  }
+  function attachShell(name) {
+    $("shells").hidden = true;
+    setAttach(name);
+    term.reset(); // the shell's screen is replayed
+    connect();
+  }
+  // setAttach puts attach=NAME into the fragment (or takes it out), so
+  // that connecting again, or reloading, comes back to the same shell.
+  function setAttach(name) {
+    var parts = location.hash.replace(/^#/, "").split("&").filter(function (p) {
+      return p !== "" && p !== "attach" && p.indexOf("attach=") !== 0;
+    });
+    if (name) parts.push("attach=" + encodeURIComponent(name));
+    history.replaceState(null, "", "#" + parts.join("&"));
+  }
+  $("shells-btn").addEventListener("click", listShells);
+  $("shells-close").addEventListener("click", function () { $("shells").hidden = true; });
+  $("detach").addEventListener("click", function () {
+    if (!handle) return;
+    detaching = true;
+    handle.write("\r~d");
+  });
 
   function capital(s) { return s.charAt(0).toUpperCase() + s.slice(1); }
 

@@ -237,8 +237,11 @@ func TestActionMetadata(t *testing.T) {
 	if !m.Inputs["server"].Required || m.Inputs["limit-access-to-actor"].Default != "true" || m.Inputs["detached"].Default != "false" {
 		t.Errorf("server must be required, limit-access-to-actor default true, detached default false: %+v", m.Inputs)
 	}
-	if _, ok := m.Outputs["id"]; !ok || len(m.Outputs) != 2 {
-		t.Errorf("outputs %v, want id and ssh-command", m.Outputs)
+	if _, ok := m.Outputs["id"]; !ok || len(m.Outputs) != 3 {
+		t.Errorf("outputs %v, want id, ssh-command and records", m.Outputs)
+	}
+	if _, ok := m.Outputs["records"]; !ok {
+		t.Errorf("outputs %v, want records", m.Outputs)
 	}
 	if _, ok := m.Outputs["ssh-command"]; !ok {
 		t.Errorf("outputs %v, want id and ssh-command", m.Outputs)
@@ -355,6 +358,13 @@ func TestActionForeground(t *testing.T) {
 	}
 	if err := main.wait(t); err != nil || !strings.Contains(main.out.String(), "the last user logged out") {
 		t.Errorf("main step after the logout: %v\n%s", err, main.out)
+	}
+	// The records output holds the signed receipt once the agent ended.
+	records := j.keyValues("GITHUB_OUTPUT")["records"]
+	for _, f := range []string{"receipt.jsonl", "receipt.jsonl.sig"} {
+		if _, err := os.Stat(filepath.Join(records, f)); records == "" || err != nil {
+			t.Errorf("records output %q: no %s: %v", records, f, err)
+		}
 	}
 	if out := j.run("post", inputs); strings.TrimSpace(out) != "" {
 		t.Errorf("post step of a step that was not detached printed:\n%s", out)

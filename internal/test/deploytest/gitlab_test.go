@@ -26,6 +26,7 @@ type glJob struct {
 	before     []string
 	after      []string
 	env        []string
+	artifacts  []string // paths the template keeps
 }
 
 func newGitLabJob(t *testing.T, vars map[string]string) *glJob {
@@ -38,6 +39,10 @@ func newGitLabJob(t *testing.T, vars map[string]string) *glJob {
 		Variables    map[string]string `yaml:"variables"`
 		BeforeScript []string          `yaml:"before_script"`
 		AfterScript  []string          `yaml:"after_script"`
+		Artifacts    struct {
+			When  string   `yaml:"when"`
+			Paths []string `yaml:"paths"`
+		} `yaml:"artifacts"`
 	}
 	if err := yaml.Unmarshal(b, &tmpl); err != nil {
 		t.Fatalf("the template: %v", err)
@@ -46,7 +51,10 @@ func newGitLabJob(t *testing.T, vars map[string]string) *glJob {
 	if !ok || len(c.BeforeScript) == 0 || len(c.AfterScript) == 0 {
 		t.Fatalf("the template has no hidden job .converge with before_script and after_script: %+v", tmpl)
 	}
-	j := &glJob{t: t, projectDir: t.TempDir(), before: c.BeforeScript, after: c.AfterScript}
+	j := &glJob{t: t, projectDir: t.TempDir(), before: c.BeforeScript, after: c.AfterScript, artifacts: c.Artifacts.Paths}
+	if c.Artifacts.When != "always" || len(c.Artifacts.Paths) == 0 {
+		t.Errorf("the template's artifacts %+v: want the records kept always, failed jobs too", c.Artifacts)
+	}
 	j.env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir(), "CI=true", "GITLAB_CI=true",
 		"CI_JOB_ID=777", "CI_PROJECT_DIR=" + j.projectDir, "GITLAB_USER_LOGIN=alice"}
 	for k, v := range c.Variables {
@@ -159,6 +167,12 @@ func TestGitLabTemplate(t *testing.T) {
 	}
 	if a := after.out.String(); !strings.Contains(a, "who logged in") || !strings.Contains(a, strings.Fields(string(fp))[1]) {
 		t.Errorf("after_script does not say who logged in (%s):\n%s", strings.Fields(string(fp))[1], a)
+	}
+	// The artifacts hold the signed receipt.
+	for _, f := range []string{"receipt.jsonl", "receipt.jsonl.sig"} {
+		if _, err := os.Stat(filepath.Join(j.projectDir, j.artifacts[0], f)); err != nil {
+			t.Errorf("artifacts path %s lacks %s: %v", j.artifacts[0], f, err)
+		}
 	}
 	if out, err := exec.Command("git", "-C", j.projectDir, "init", "-q").CombinedOutput(); err != nil {
 		t.Fatalf("git init: %v\n%s", err, out)

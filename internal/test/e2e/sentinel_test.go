@@ -94,8 +94,12 @@ func TestClusterRedisFailover(t *testing.T) {
 			t.Errorf("replica %d refused %v clients with 404 (unknown ID), want none: every agent was connected", i, n)
 		}
 	}
-	if n := metric(t, rig.relay(1).HTTP, "converge_redis_errors_total"); n < 1 {
-		t.Errorf("replica 1 counted %v Redis errors across two dead masters, want some", n)
+	// Whether a replica met the dead master depends on when it called it
+	// (a call during the few seconds without one): logged, not asserted;
+	// server/internal/registry's failover test asserts the count, for a
+	// registration made while the master is dead.
+	for i := range rig.reps {
+		t.Logf("replica %d counted %v Redis errors across two dead masters", i, metric(t, rig.relay(i).HTTP, "converge_redis_errors_total"))
 	}
 }
 
