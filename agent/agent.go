@@ -106,6 +106,17 @@ type Config struct {
 	// StateFile makes the agent record its state in Dir/.converge for
 	// `agent wait` and --detach, and follow wait's request. False: no files.
 	StateFile bool
+	// AgentToken is a shared registration token for a server that asks
+	// for one (converge --agent-token-file). Default "": none.
+	AgentToken string
+	// IDToken is an OIDC identity token from the CI system (GitLab's
+	// id_tokens:, minted for the server's URL, see Audience), for a server
+	// that checks them (converge --oidc-issuer). Default "": on GitHub
+	// Actions with `id-token: write`, the agent asks GitHub for one for
+	// each connection; elsewhere none.
+	IDToken string
+	// githubOIDC is set by Validate from the environment.
+	githubOIDC githubOIDC
 	// StateDir is the agent's private folder: the journal
 	// (journal.jsonl), the converge command's socket and bin/. Empty: with
 	// StateFile, statedir.Choose's ($RUNNER_TEMP/converge-ID,
@@ -149,6 +160,7 @@ func (c *Config) Validate() error {
 		return errors.New("no server URL given: pass the rendezvous server, e.g. wss://converge.example.com")
 	}
 	c.Server = strings.TrimRight(c.Server, "/")
+	c.githubOIDC = githubOIDCFromEnv()
 	if err := wsconn.CheckURL(c.Server); err != nil {
 		return err
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/coder/websocket"
 	gossh "golang.org/x/crypto/ssh"
 
+	"github.com/converge-ci/converge/agent/lifetime"
 	"github.com/converge-ci/converge/internal/resume"
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
@@ -79,6 +80,8 @@ func (a *Agent) connectLoop(ctx context.Context) error {
 			}
 			a.log.Warn("server says another agent holds this ID; retrying to take it back", "refusal", re.Message,
 				"in", d.Round(time.Millisecond), "giving_up_in", time.Until(lost.Add(reclaimWindow)).Round(time.Second))
+		} else if errors.Is(err, errIDTokenRequest) {
+			a.log.Warn("no identity token from GitHub Actions; retrying", "error", err, "in", d.Round(time.Millisecond))
 		} else if !announced {
 			a.log.Warn("could not reach the server; retrying", "error", err, "in", d.Round(time.Millisecond))
 		} else {
@@ -122,8 +125,12 @@ func reclaiming(re *wsconn.RefusedError, lost, now time.Time) bool {
 }
 
 // refused is the error that ends the agent on refusal re; lost as for
-// reclaiming.
+// reclaiming. A 401 is the registration policy's: lifetime.ErrNotAdmitted
+// with the server's reason.
 func refused(re *wsconn.RefusedError, lost time.Time) error {
+	if re.Status == http.StatusUnauthorized {
+		return fmt.Errorf("%w: %s", lifetime.ErrNotAdmitted, re.Message)
+	}
 	if re.Status == http.StatusConflict && !lost.IsZero() {
 		return fmt.Errorf("server refused agent: %s (tried for %v to take the ID back after the link dropped)", re.Message, reclaimWindow)
 	}
@@ -137,6 +144,9 @@ func (a *Agent) register(ctx context.Context) (*websocket.Conn, error) {
 	hdr := http.Header{}
 	if a.secret != "" {
 		hdr.Set(wire.SecretHeader, a.secret)
+	}
+	if err := a.credentials(ctx, hdr); err != nil {
+		return nil, err
 	}
 	if k := a.proofKey(); k != nil {
 		hdr.Set(wire.AgentKeyHeader, base64.StdEncoding.EncodeToString(k))

@@ -16,6 +16,7 @@ import (
 
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
+	"github.com/converge-ci/converge/server/internal/policy"
 	"github.com/converge-ci/converge/server/internal/registry"
 )
 
@@ -33,6 +34,8 @@ type agentConn struct {
 	log      *slog.Logger
 	tenure   registry.Tenure   // of the ID, which its tokens prove (set by claim, before the registry holds it)
 	key      ed25519.PublicKey // the host key it proved it holds, which its tokens are bound to; nil: none
+	who      policy.Identity   // what the registration policy verified
+	uncount  func()            // ends its count in the per-repository quota; called once, when it is done
 	welcomed chan struct{}     // closed once the welcome has been written (or failed): other messages wait for it, so the agent reads welcome first
 
 	// Set by accept, before ready is stored; read by others only once
@@ -57,8 +60,8 @@ type agentConn struct {
 }
 
 // newAgentConn is the connection of an agent at remote asking for id.
-func (s *Server) newAgentConn(id, remote string) *agentConn {
-	a := &agentConn{s: s, id: id, remote: remote, since: time.Now(), welcomed: make(chan struct{}),
+func (s *Server) newAgentConn(id, remote string, who policy.Identity, uncount func()) *agentConn {
+	a := &agentConn{s: s, id: id, remote: remote, who: who, uncount: uncount, since: time.Now(), welcomed: make(chan struct{}),
 		log: s.log.With("id", id, "remote", remote)}
 	a.touch()
 	return a
@@ -129,25 +132,33 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	remote := s.remoteAddr(r)
+	who, uncount, ok := s.admitAgent(w, r, id, remote, key)
+	if !ok {
+		return
+	}
 	wait, stop := context.WithTimeout(r.Context(), s.cfg.registeringWait)
 	entered := s.registering.enter(wait)
 	stop()
 	if !entered {
+		uncount()
 		s.metrics.refused(endpointAgent, reasonBusy)
 		http.Error(w, "server busy registering other agents; retry shortly", http.StatusServiceUnavailable)
 		return
 	}
-	a := s.newAgentConn(id, s.remoteAddr(r))
+	a := s.newAgentConn(id, remote, who, uncount)
 	a.key = key
 	displaced, ok := a.claim(w, presented)
 	if !ok {
 		s.registering.leave()
+		uncount()
 		return
 	}
 	release, ok := a.accept(w, r)
 	s.registering.leave() // the upgrade is written; the hello is the agent's to send
 	if !ok {
 		<-displaced
+		uncount()
 		return
 	}
 	// The opening (hello, welcome) runs here, where the stack is deep
@@ -168,6 +179,7 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 func (a *agentConn) run(err error, release func(), displaced <-chan struct{}) {
 	s := a.s
 	defer func() { <-displaced }()
+	defer a.uncount()
 	defer release()
 	defer s.changes.notify() // after Unregister: watchers see it gone
 	defer func() {
@@ -294,7 +306,8 @@ func (a *agentConn) start() error {
 	s.reg.Confirm(a.id, a) // only now does a drop leave a reservation
 	s.metrics.registrations.Inc()
 	s.changes.notify()
-	a.log.Info("agent connected", "hostname", hello.Info.Hostname, "os", hello.Info.OS, "version", hello.Version)
+	a.log.Info("agent connected", "hostname", hello.Info.Hostname, "os", hello.Info.OS, "version", hello.Version,
+		"via", a.who.Via, "verified", a.who.Summary())
 	return nil
 }
 

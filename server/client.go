@@ -73,6 +73,9 @@ func (s *Server) handleClient(w http.ResponseWriter, r *http.Request) {
 	if a.key != nil { // the relay's word; the SSH handshake checks it end to end
 		w.Header().Set(wire.HostKeyHeader, wire.Fingerprint(a.key))
 	}
+	if v := a.who.Verified(); v != "" {
+		w.Header().Set(wire.VerifiedHeader, v)
+	}
 	cl, err := leg.Accept(w, r, protocol)
 	if err != nil {
 		return

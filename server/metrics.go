@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/converge-ci/converge/internal/leg"
+	"github.com/converge-ci/converge/server/internal/policy"
 	"github.com/converge-ci/converge/server/internal/registry"
 )
 
@@ -28,6 +29,7 @@ type metrics struct {
 	poolIdle      prometheus.Gauge
 	forwarded     *prometheus.CounterVec // by kind: client, stream
 	forwardedOpen prometheus.Gauge
+	admissions    *prometheus.CounterVec // by how the agent was let in: open, token, oidc
 }
 
 // Refusal endpoints and reasons, as labels of converge_refusals_total and
@@ -50,6 +52,7 @@ const (
 	// not held here, retried for registry.RetryWindow.
 	reasonRegistryUnavailable = "registry_unavailable"
 
+	reasonRepoLimit     = "repo_limit"     // too many agents of one repository (--max-agents-per-repo)
 	reasonForeignOrigin = "foreign_origin" // a web page served elsewhere, through a visitor's browser
 )
 
@@ -103,6 +106,13 @@ func newMetrics(version string, agents func() int) *metrics {
 		Name: "converge_forwarded_streams_open",
 		Help: "Streams this replica forwards to another now.",
 	})
+	m.admissions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "converge_agent_admissions_total",
+		Help: "Agents let in by the registration policy, by how: open (nothing checked), token (a shared token), oidc (a verified CI identity token).",
+	}, []string{"via"})
+	for _, v := range []string{"open", "token", "oidc"} {
+		m.admissions.WithLabelValues(v)
+	}
 	bytes := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "converge_relayed_bytes_total",
 		Help: "Bytes relayed between clients and agents, by direction (to_agent, to_client).",
@@ -110,14 +120,15 @@ func newMetrics(version string, agents func() int) *metrics {
 	m.toAgent = bytes.WithLabelValues("to_agent")
 	m.toClient = bytes.WithLabelValues("to_client")
 	// Initialise the refusal series so that rate() works from the first scrape.
-	for _, r := range []string{reasonIDInUse, reasonIDReserved, reasonBadRequest, reasonShuttingDown, reasonAgentLimit, reasonServerFull, reasonForeignOrigin} {
+	for _, r := range []string{reasonIDInUse, reasonIDReserved, reasonBadRequest, reasonShuttingDown, reasonAgentLimit, reasonServerFull, reasonForeignOrigin,
+		policy.ReasonToken, policy.ReasonOIDC, reasonRepoLimit} {
 		m.refusals.WithLabelValues(endpointAgent, r)
 	}
 	for _, r := range []string{reasonUnknownID, reasonAgentUnavailable, reasonBadRequest, reasonShuttingDown, reasonStreamLimit, reasonServerFull, reasonForeignOrigin, reasonRegistryUnavailable} {
 		m.refusals.WithLabelValues(endpointClient, r)
 	}
 	m.reg.MustRegister(
-		m.streamsOpen, bytes, m.registrations, m.refusals, m.setup, m.agentStreams, m.streamLegs, m.poolIdle, m.forwarded, m.forwardedOpen,
+		m.streamsOpen, bytes, m.registrations, m.refusals, m.setup, m.agentStreams, m.streamLegs, m.poolIdle, m.forwarded, m.forwardedOpen, m.admissions,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "converge_agents_connected",
 			Help: "Agents with a registered control connection.",
@@ -156,6 +167,9 @@ func (m *metrics) watchRedis(w *registry.Watch) {
 func (m *metrics) refused(endpoint, reason string) {
 	m.refusals.WithLabelValues(endpoint, reason).Inc()
 }
+
+// admitted counts one agent let in by the policy, via how.
+func (m *metrics) admitted(via string) { m.admissions.WithLabelValues(via).Inc() }
 
 // countToAgent and countToClient add bytes a splice moved to
 // converge_relayed_bytes_total as they flow, not only when the stream

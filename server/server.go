@@ -26,6 +26,7 @@ import (
 	"github.com/converge-ci/converge/internal/splice"
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
+	"github.com/converge-ci/converge/server/internal/policy"
 	"github.com/converge-ci/converge/server/internal/registry"
 )
 
@@ -81,6 +82,24 @@ type Config struct {
 	// hello; beyond it agents are refused with 503 and retry. Default
 	// DefaultMaxAgents; negative: unlimited.
 	MaxAgents int
+	// AgentTokens and AgentTokenFile are shared registration tokens:
+	// with either, agents must present one (see package policy for the
+	// file's form). Default none.
+	AgentTokens    []string
+	AgentTokenFile string
+	// OIDCIssuers are the CI identity issuers whose tokens admit agents
+	// that satisfy one of the issuer's rules. With tokens too, either
+	// admits. Default none: with no tokens either, any agent registers.
+	OIDCIssuers []OIDCIssuer
+	// OIDCAudience is the audience identity tokens must be minted for.
+	// Default "": the server's URL as each agent's request names it
+	// (https://host[/base-path], from X-Forwarded-* of trusted proxies),
+	// which is the URL agents are given.
+	OIDCAudience string
+	// MaxAgentsPerRepo bounds the agents connected at once for one
+	// repository, as verified from an identity token (counted in Redis
+	// across replicas). Default 0: unlimited.
+	MaxAgentsPerRepo int
 	// MaxStreams bounds the client streams open in all; beyond it clients
 	// are refused with 503. Default DefaultMaxStreams; negative: unlimited.
 	MaxStreams int
@@ -251,6 +270,8 @@ type Server struct {
 	cancel context.CancelFunc
 
 	tokens *registry.Tokens // signs and verifies agents' registration secrets
+	policy *policy.Policy
+	quota  *policy.Quota // agents per repository
 
 	cluster  *cluster    // nil for a single server
 	peers    peers       // the cluster, or alone
@@ -299,6 +320,9 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	if err := s.setupCluster(); err != nil {
+		return nil, err
+	}
+	if err := s.setupPolicy(); err != nil {
 		return nil, err
 	}
 	s.routes()
@@ -476,6 +500,9 @@ func (s *Server) sweep(ctx context.Context) {
 				}
 			}
 			s.refreshTokens(ctx, now)
+			if err := s.quota.Refresh(ctx); err != nil {
+				s.log.Warn("per-repository count not refreshed", "error", err)
+			}
 		}
 	}
 }

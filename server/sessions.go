@@ -99,7 +99,7 @@ func (s *Server) localSessions() []templates.Session {
 			ID: a.id, Remote: a.remote, Since: a.since,
 			Hostname: info.Hostname, OS: info.OS, Arch: info.Arch, User: info.User, Dir: info.Dir,
 			Fingerprint: info.Fingerprint, Expiry: info.Status.Expiry, Users: info.Status.Sessions,
-			Streams: int(a.streams.Load()),
+			Streams: int(a.streams.Load()), Verified: a.who.Verified(),
 		}
 		for k, val := range info.CI {
 			v.CI = append(v.CI, templates.Hint{Key: k, Value: val})
@@ -193,4 +193,21 @@ func (s *Server) agentsEvent(ctx context.Context) []byte {
 	}
 	ev.WriteString("\n")
 	return ev.Bytes()
+}
+
+// verifiedJob is what the relay verified about the job of the agent
+// holding id, here or at another replica; "" for none.
+func (s *Server) verifiedJob(ctx context.Context, id string) string {
+	if a, ok := s.reg.Lookup(id); ok && a.ready.Load() {
+		return a.who.Verified()
+	}
+	if s.cluster == nil {
+		return ""
+	}
+	for _, v := range s.cluster.remoteSessions(ctx) {
+		if v.ID == id {
+			return v.Verified
+		}
+	}
+	return ""
 }

@@ -243,6 +243,6 @@ func (s *Server) handleTerminal(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Security-Policy", terminalCSP(wsBase))
 	s.render(w, r, http.StatusOK, templates.Terminal(templates.TerminalData{
 		Site: s.site(), ID: id, User: s.cfg.SSHUser, Base: base,
-		Client: wsBase + wire.ClientPath(id), Assets: s.term.assets(),
+		Client: wsBase + wire.ClientPath(id), Assets: s.term.assets(), Verified: s.verifiedJob(r.Context(), id),
 	}))
 }

@@ -71,12 +71,19 @@ type TerminalData struct {
 	Base   string // this server's HTTP base URL
 	Client string // the WebSocket URL of /client/ID
 	Assets TerminalAssets
+	// Verified is what the relay checked about the agent's job when the
+	// page was made (see Session.Verified); "" for none.
+	Verified string
 }
 
 // Session is one connected agent on the sessions page. Everything but
-// ID, Remote and Since is what the agent says about itself.
+// ID, Remote, Since and Verified is what the agent says about itself.
 type Session struct {
-	ID          string
+	ID string
+	// Verified is what the relay checked about the agent's job from a CI
+	// system's identity token ("github.com/acme/app, ..., by alice"), ""
+	// when it checked none.
+	Verified    string
 	Remote      string
 	Hostname    string
 	OS, Arch    string

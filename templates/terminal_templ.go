@@ -191,81 +191,65 @@ func Terminal(d TerminalData) templ.Component {
 				if templ_7745c5c3_Err != nil {
 					return templ_7745c5c3_Err
 				}
-				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 13, "</code></h1><span id=\"status\" role=\"status\" aria-live=\"polite\">Loading the terminal…</span> <button id=\"connect\" type=\"button\" hidden>Connect</button> <button id=\"upload\" type=\"button\" title=\"Upload files into the shell's directory (or drop them on the terminal)\">Upload</button> <input type=\"file\" id=\"upload-input\" multiple hidden> <button id=\"shells-btn\" type=\"button\" title=\"The shells the agent keeps running: who is in them, attach\">Shells</button> <button id=\"detach\" type=\"button\" title=\"Leave this shell running for later (Enter ~ d)\">Detach</button></div><div id=\"shells\" class=\"note\" hidden><p id=\"shells-what\" class=\"small\"></p><table id=\"shells-list\" hidden><thead><tr><th>Shell</th><th>Size</th><th>Idle</th><th>Attached</th><th></th></tr></thead> <tbody></tbody></table><button id=\"shells-close\" type=\"button\">Close</button></div><p id=\"upload-where\" class=\"small muted\" hidden></p><div id=\"transfers\" hidden></div><div id=\"paste-ask\" class=\"note warn\" hidden><span id=\"paste-what\"></span> <button id=\"paste-yes\" type=\"button\">Paste</button> <button id=\"paste-no\" type=\"button\">Cancel</button></div><div id=\"verify\" class=\"note\" hidden><p>This link pins no host key, so check the agent before you log in. It presents:</p><pre><code id=\"host-fp\"></code></pre><p>Compare it with the <code>Host key: SHA256:…</code> line in the job's log. Continue only if they are the same: anyone between you and the job, this server included, could otherwise pose as the agent. The link in the job's log carries the fingerprint and skips this step.</p><button id=\"trust\" type=\"button\">They are the same: log in</button></div><div id=\"refused\" class=\"note warn\" hidden><p><strong>Refused: the agent's host key is not the one the link pins.</strong></p><p id=\"refused-why\"></p><p>Do not log in. Check that the link is the one in this job's log; if it is, someone between you and the job may be posing as the agent.</p></div><details id=\"login\"><summary>How this page logs in</summary><p id=\"login-help\" class=\"note\" hidden></p><h2>This browser's key</h2><pre><code id=\"browser-key\">…</code></pre><p class=\"small muted\">This browser made the key and keeps it; it lets no one, this page included, read the private half. Add the line once to <code>.authorized_keys</code> in the job's directory (or to your forge account's keys when the agent reads them with <code>--authorized-keys-url</code>), then connect.</p><h2>Or a private key file</h2><p><input type=\"file\" id=\"key-file\"> <span class=\"small muted\">Kept in this page's memory only; it never leaves the page.</span></p><p id=\"passphrase-row\" hidden><label for=\"passphrase\">Passphrase of the key file</label> <input type=\"password\" id=\"passphrase\" autocomplete=\"off\"></p><h2>Or a password</h2><p><label for=\"password\">Password</label> <input type=\"password\" id=\"password\" autocomplete=\"off\"> <span class=\"small muted\">Only when the agent was started with one.</span></p></details><div id=\"term\" class=\"term\"></div><div id=\"keybar\" role=\"toolbar\" aria-label=\"Keys a phone lacks\"><button type=\"button\" data-key=\"esc\">Esc</button> <button type=\"button\" data-key=\"tab\">Tab</button> <button type=\"button\" data-key=\"ctrl\" aria-pressed=\"false\">Ctrl</button> <button type=\"button\" data-key=\"alt\" aria-pressed=\"false\">Alt</button> <button type=\"button\" data-key=\"left\" aria-label=\"Left\">←</button> <button type=\"button\" data-key=\"down\" aria-label=\"Down\">↓</button> <button type=\"button\" data-key=\"up\" aria-label=\"Up\">↑</button> <button type=\"button\" data-key=\"right\" aria-label=\"Right\">→</button> <button type=\"button\" data-key=\"pgup\">PgUp</button> <button type=\"button\" data-key=\"pgdn\">PgDn</button> <button type=\"button\" data-key=\"pipe\">|</button> <button type=\"button\" data-key=\"tilde\">~</button> <button type=\"button\" data-key=\"slash\">/</button></div><p class=\"small muted\">Copy: select, then Ctrl+Shift+C (⌘C on a Mac). Paste: Ctrl+Shift+V (⌘V). Files: drop them on the terminal or use Upload; <code>converge get FILE</code> in the shell offers a file for download. Both go over SFTP inside this page's SSH connection. SSH runs in this page, end to end with the agent: the server relays encrypted bytes only. Prefer your own ssh? See <a href=\"")
+				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 13, "</code></h1><span id=\"status\" role=\"status\" aria-live=\"polite\">Loading the terminal…</span> <button id=\"connect\" type=\"button\" hidden>Connect</button> <button id=\"upload\" type=\"button\" title=\"Upload files into the shell's directory (or drop them on the terminal)\">Upload</button> <input type=\"file\" id=\"upload-input\" multiple hidden> <button id=\"shells-btn\" type=\"button\" title=\"The shells the agent keeps running: who is in them, attach\">Shells</button> <button id=\"detach\" type=\"button\" title=\"Leave this shell running for later (Enter ~ d)\">Detach</button></div><div id=\"shells\" class=\"note\" hidden><p id=\"shells-what\" class=\"small\"></p><table id=\"shells-list\" hidden><thead><tr><th>Shell</th><th>Size</th><th>Idle</th><th>Attached</th><th></th></tr></thead> <tbody></tbody></table><button id=\"shells-close\" type=\"button\">Close</button></div><p id=\"upload-where\" class=\"small muted\" hidden></p><div id=\"transfers\" hidden></div><div id=\"paste-ask\" class=\"note warn\" hidden><span id=\"paste-what\"></span> <button id=\"paste-yes\" type=\"button\">Paste</button> <button id=\"paste-no\" type=\"button\">Cancel</button></div>")
 				if templ_7745c5c3_Err != nil {
 					return templ_7745c5c3_Err
 				}
-				var templ_7745c5c3_Var14 string
-				templ_7745c5c3_Var14, templ_7745c5c3_Err = templruntime.NewAttributeExpression(templ.SafeURL(link(ctx, "/?id="+d.ID))).ResolveURL(ctx)
-				if templ_7745c5c3_Err != nil {
-					return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/terminal.templ`, Line: 115, Col: 127}
+				if d.Verified != "" {
+					templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 14, "<p id=\"verified-job\" class=\"small\">")
+					if templ_7745c5c3_Err != nil {
+						return templ_7745c5c3_Err
+					}
+					var templ_7745c5c3_Var14 string
+					templ_7745c5c3_Var14, templ_7745c5c3_Err = templ.JoinStringErrs(d.ID)
+					if templ_7745c5c3_Err != nil {
+						return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/terminal.templ`, Line: 53, Col: 12}
+					}
+					_, templ_7745c5c3_Err = templ_7745c5c3_Buffer.WriteString(templ.EscapeString(templ_7745c5c3_Var14))
+					if templ_7745c5c3_Err != nil {
+						return templ_7745c5c3_Err
+					}
+					templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 15, " is ")
+					if templ_7745c5c3_Err != nil {
+						return templ_7745c5c3_Err
+					}
+					var templ_7745c5c3_Var15 string
+					templ_7745c5c3_Var15, templ_7745c5c3_Err = templ.JoinStringErrs(d.Verified)
+					if templ_7745c5c3_Err != nil {
+						return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/terminal.templ`, Line: 53, Col: 30}
+					}
+					_, templ_7745c5c3_Err = templ_7745c5c3_Buffer.WriteString(templ.EscapeString(templ_7745c5c3_Var15))
+					if templ_7745c5c3_Err != nil {
+						return templ_7745c5c3_Err
+					}
+					templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 16, " <span class=\"muted\">(verified by this relay as the page loaded: the relay's word; the host key check is the end-to-end proof)</span></p>")
+					if templ_7745c5c3_Err != nil {
+						return templ_7745c5c3_Err
+					}
 				}
-				_, templ_7745c5c3_Err = templ_7745c5c3_Buffer.WriteString(templ_7745c5c3_Var14)
-				if templ_7745c5c3_Err != nil {
-					return templ_7745c5c3_Err
-				}
-				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 14, "\">the recipes</a>.</p></section><noscript><p class=\"note warn\">The terminal needs JavaScript. Without it, connect with ssh: see the recipes.</p></noscript><script src=\"")
-				if templ_7745c5c3_Err != nil {
-					return templ_7745c5c3_Err
-				}
-				var templ_7745c5c3_Var15 string
-				templ_7745c5c3_Var15, templ_7745c5c3_Err = templruntime.NewAttributeExpression(link(ctx, d.Assets.Script)).ResolveURL(ctx)
-				if templ_7745c5c3_Err != nil {
-					return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/terminal.templ`, Line: 119, Col: 43}
-				}
-				_, templ_7745c5c3_Err = templ_7745c5c3_Buffer.WriteString(templ_7745c5c3_Var15)
-				if templ_7745c5c3_Err != nil {
-					return templ_7745c5c3_Err
-				}
-				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 15, "\" defer></script> <script src=\"")
+				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 17, "<div id=\"verify\" class=\"note\" hidden><p>This link pins no host key, so check the agent before you log in. It presents:</p><pre><code id=\"host-fp\"></code></pre><p>Compare it with the <code>Host key: SHA256:…</code> line in the job's log. Continue only if they are the same: anyone between you and the job, this server included, could otherwise pose as the agent. The link in the job's log carries the fingerprint and skips this step.</p><button id=\"trust\" type=\"button\">They are the same: log in</button></div><div id=\"refused\" class=\"note warn\" hidden><p><strong>Refused: the agent's host key is not the one the link pins.</strong></p><p id=\"refused-why\"></p><p>Do not log in. Check that the link is the one in this job's log; if it is, someone between you and the job may be posing as the agent.</p></div><details id=\"login\"><summary>How this page logs in</summary><p id=\"login-help\" class=\"note\" hidden></p><h2>This browser's key</h2><pre><code id=\"browser-key\">…</code></pre><p class=\"small muted\">This browser made the key and keeps it; it lets no one, this page included, read the private half. Add the line once to <code>.authorized_keys</code> in the job's directory (or to your forge account's keys when the agent reads them with <code>--authorized-keys-url</code>), then connect.</p><h2>Or a private key file</h2><p><input type=\"file\" id=\"key-file\"> <span class=\"small muted\">Kept in this page's memory only; it never leaves the page.</span></p><p id=\"passphrase-row\" hidden><label for=\"passphrase\">Passphrase of the key file</label> <input type=\"password\" id=\"passphrase\" autocomplete=\"off\"></p><h2>Or a password</h2><p><label for=\"password\">Password</label> <input type=\"password\" id=\"password\" autocomplete=\"off\"> <span class=\"small muted\">Only when the agent was started with one.</span></p></details><div id=\"term\" class=\"term\"></div><div id=\"keybar\" role=\"toolbar\" aria-label=\"Keys a phone lacks\"><button type=\"button\" data-key=\"esc\">Esc</button> <button type=\"button\" data-key=\"tab\">Tab</button> <button type=\"button\" data-key=\"ctrl\" aria-pressed=\"false\">Ctrl</button> <button type=\"button\" data-key=\"alt\" aria-pressed=\"false\">Alt</button> <button type=\"button\" data-key=\"left\" aria-label=\"Left\">←</button> <button type=\"button\" data-key=\"down\" aria-label=\"Down\">↓</button> <button type=\"button\" data-key=\"up\" aria-label=\"Up\">↑</button> <button type=\"button\" data-key=\"right\" aria-label=\"Right\">→</button> <button type=\"button\" data-key=\"pgup\">PgUp</button> <button type=\"button\" data-key=\"pgdn\">PgDn</button> <button type=\"button\" data-key=\"pipe\">|</button> <button type=\"button\" data-key=\"tilde\">~</button> <button type=\"button\" data-key=\"slash\">/</button></div><p class=\"small muted\">Copy: select, then Ctrl+Shift+C (⌘C on a Mac). Paste: Ctrl+Shift+V (⌘V). Files: drop them on the terminal or use Upload; <code>converge get FILE</code> in the shell offers a file for download. Both go over SFTP inside this page's SSH connection. SSH runs in this page, end to end with the agent: the server relays encrypted bytes only. Prefer your own ssh? See <a href=\"")
 				if templ_7745c5c3_Err != nil {
 					return templ_7745c5c3_Err
 				}
 				var templ_7745c5c3_Var16 string
-				templ_7745c5c3_Var16, templ_7745c5c3_Err = templruntime.NewAttributeExpression(link(ctx, d.Assets.Files)).ResolveURL(ctx)
+				templ_7745c5c3_Var16, templ_7745c5c3_Err = templruntime.NewAttributeExpression(templ.SafeURL(link(ctx, "/?id="+d.ID))).ResolveURL(ctx)
 				if templ_7745c5c3_Err != nil {
-					return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/terminal.templ`, Line: 120, Col: 42}
+					return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/terminal.templ`, Line: 120, Col: 127}
 				}
 				_, templ_7745c5c3_Err = templ_7745c5c3_Buffer.WriteString(templ_7745c5c3_Var16)
 				if templ_7745c5c3_Err != nil {
 					return templ_7745c5c3_Err
 				}
-				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 16, "\" defer></script> <script src=\"")
+				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 18, "\">the recipes</a>.</p></section><noscript><p class=\"note warn\">The terminal needs JavaScript. Without it, connect with ssh: see the recipes.</p></noscript><script src=\"")
 				if templ_7745c5c3_Err != nil {
 					return templ_7745c5c3_Err
 				}
 				var templ_7745c5c3_Var17 string
-				templ_7745c5c3_Var17, templ_7745c5c3_Err = templruntime.NewAttributeExpression(link(ctx, d.Assets.Keys)).ResolveURL(ctx)
+				templ_7745c5c3_Var17, templ_7745c5c3_Err = templruntime.NewAttributeExpression(link(ctx, d.Assets.Script)).ResolveURL(ctx)
 				if templ_7745c5c3_Err != nil {
-					return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/terminal.templ`, Line: 121, Col: 41}
+					return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/terminal.templ`, Line: 124, Col: 43}
 				}
 				_, templ_7745c5c3_Err = templ_7745c5c3_Buffer.WriteString(templ_7745c5c3_Var17)
-				if templ_7745c5c3_Err != nil {
-					return templ_7745c5c3_Err
-				}
-				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 17, "\" defer></script> <script src=\"")
-				if templ_7745c5c3_Err != nil {
-					return templ_7745c5c3_Err
-				}
-				var templ_7745c5c3_Var18 string
-				templ_7745c5c3_Var18, templ_7745c5c3_Err = templruntime.NewAttributeExpression(link(ctx, d.Assets.XtermJS)).ResolveURL(ctx)
-				if templ_7745c5c3_Err != nil {
-					return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/terminal.templ`, Line: 122, Col: 44}
-				}
-				_, templ_7745c5c3_Err = templ_7745c5c3_Buffer.WriteString(templ_7745c5c3_Var18)
-				if templ_7745c5c3_Err != nil {
-					return templ_7745c5c3_Err
-				}
-				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 18, "\" defer></script> <script src=\"")
-				if templ_7745c5c3_Err != nil {
-					return templ_7745c5c3_Err
-				}
-				var templ_7745c5c3_Var19 string
-				templ_7745c5c3_Var19, templ_7745c5c3_Err = templruntime.NewAttributeExpression(link(ctx, d.Assets.FitJS)).ResolveURL(ctx)
-				if templ_7745c5c3_Err != nil {
-					return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/terminal.templ`, Line: 123, Col: 42}
-				}
-				_, templ_7745c5c3_Err = templ_7745c5c3_Buffer.WriteString(templ_7745c5c3_Var19)
 				if templ_7745c5c3_Err != nil {
 					return templ_7745c5c3_Err
 				}
@@ -273,16 +257,68 @@ func Terminal(d TerminalData) templ.Component {
 				if templ_7745c5c3_Err != nil {
 					return templ_7745c5c3_Err
 				}
-				var templ_7745c5c3_Var20 string
-				templ_7745c5c3_Var20, templ_7745c5c3_Err = templruntime.NewAttributeExpression(link(ctx, d.Assets.WasmExec)).ResolveURL(ctx)
+				var templ_7745c5c3_Var18 string
+				templ_7745c5c3_Var18, templ_7745c5c3_Err = templruntime.NewAttributeExpression(link(ctx, d.Assets.Files)).ResolveURL(ctx)
 				if templ_7745c5c3_Err != nil {
-					return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/terminal.templ`, Line: 124, Col: 45}
+					return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/terminal.templ`, Line: 125, Col: 42}
+				}
+				_, templ_7745c5c3_Err = templ_7745c5c3_Buffer.WriteString(templ_7745c5c3_Var18)
+				if templ_7745c5c3_Err != nil {
+					return templ_7745c5c3_Err
+				}
+				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 20, "\" defer></script> <script src=\"")
+				if templ_7745c5c3_Err != nil {
+					return templ_7745c5c3_Err
+				}
+				var templ_7745c5c3_Var19 string
+				templ_7745c5c3_Var19, templ_7745c5c3_Err = templruntime.NewAttributeExpression(link(ctx, d.Assets.Keys)).ResolveURL(ctx)
+				if templ_7745c5c3_Err != nil {
+					return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/terminal.templ`, Line: 126, Col: 41}
+				}
+				_, templ_7745c5c3_Err = templ_7745c5c3_Buffer.WriteString(templ_7745c5c3_Var19)
+				if templ_7745c5c3_Err != nil {
+					return templ_7745c5c3_Err
+				}
+				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 21, "\" defer></script> <script src=\"")
+				if templ_7745c5c3_Err != nil {
+					return templ_7745c5c3_Err
+				}
+				var templ_7745c5c3_Var20 string
+				templ_7745c5c3_Var20, templ_7745c5c3_Err = templruntime.NewAttributeExpression(link(ctx, d.Assets.XtermJS)).ResolveURL(ctx)
+				if templ_7745c5c3_Err != nil {
+					return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/terminal.templ`, Line: 127, Col: 44}
 				}
 				_, templ_7745c5c3_Err = templ_7745c5c3_Buffer.WriteString(templ_7745c5c3_Var20)
 				if templ_7745c5c3_Err != nil {
 					return templ_7745c5c3_Err
 				}
-				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 20, "\" defer></script>")
+				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 22, "\" defer></script> <script src=\"")
+				if templ_7745c5c3_Err != nil {
+					return templ_7745c5c3_Err
+				}
+				var templ_7745c5c3_Var21 string
+				templ_7745c5c3_Var21, templ_7745c5c3_Err = templruntime.NewAttributeExpression(link(ctx, d.Assets.FitJS)).ResolveURL(ctx)
+				if templ_7745c5c3_Err != nil {
+					return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/terminal.templ`, Line: 128, Col: 42}
+				}
+				_, templ_7745c5c3_Err = templ_7745c5c3_Buffer.WriteString(templ_7745c5c3_Var21)
+				if templ_7745c5c3_Err != nil {
+					return templ_7745c5c3_Err
+				}
+				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 23, "\" defer></script> <script src=\"")
+				if templ_7745c5c3_Err != nil {
+					return templ_7745c5c3_Err
+				}
+				var templ_7745c5c3_Var22 string
+				templ_7745c5c3_Var22, templ_7745c5c3_Err = templruntime.NewAttributeExpression(link(ctx, d.Assets.WasmExec)).ResolveURL(ctx)
+				if templ_7745c5c3_Err != nil {
+					return templ.Error{Err: templ_7745c5c3_Err, FileName: `templates/terminal.templ`, Line: 129, Col: 45}
+				}
+				_, templ_7745c5c3_Err = templ_7745c5c3_Buffer.WriteString(templ_7745c5c3_Var22)
+				if templ_7745c5c3_Err != nil {
+					return templ_7745c5c3_Err
+				}
+				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 24, "\" defer></script>")
 				if templ_7745c5c3_Err != nil {
 					return templ_7745c5c3_Err
 				}

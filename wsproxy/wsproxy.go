@@ -16,6 +16,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"sync"
 	"time"
 
@@ -79,6 +80,13 @@ type Options struct {
 	// stderr, which ssh passes on to its ProxyCommand) is not held up by
 	// the farewell. Nil: nothing is called.
 	Released func(err error)
+	// Verified, when set, is called once, when the relay's answer to the
+	// first link arrives (before any of the agent's bytes are read), with
+	// what the relay says it verified about the agent's job (its
+	// wire.VerifiedHeader, made safe to print) when it says anything.
+	// It is the relay's word; the agent's host key, which ssh checks,
+	// is the end-to-end one.
+	Verified func(job string)
 }
 
 // lingerTimeout bounds how long a finished resumable stream waits to tell
@@ -103,16 +111,18 @@ func Dial(ctx context.Context, t Target, opts Options) (net.Conn, error) {
 	if t.url == "" {
 		return nil, errNoTarget
 	}
+	response := verifiedHeader(opts.Verified)
 	if opts.NoResume {
-		c, err := wsconn.Dial(ctx, t.url, wsconn.Options{})
+		c, err := wsconn.Dial(ctx, t.url, wsconn.Options{Response: response})
 		if err != nil {
 			return nil, err
 		}
 		// The stream outlives the dial context; Close ends it.
 		return wsconn.NetConn(context.Background(), c), nil
 	}
-	d := &linkDialer{url: t.url, sessions: opts.TLSSessions}
+	d := &linkDialer{url: t.url, sessions: opts.TLSSessions, response: response}
 	link, resumable, err := d.dial(ctx)
+	d.response = nil // the first link's answer only
 	if err != nil {
 		return nil, err
 	}
@@ -151,7 +161,8 @@ func Dial(ctx context.Context, t Target, opts Options) (net.Conn, error) {
 type linkDialer struct {
 	url      string
 	sessions tls.ClientSessionCache
-	raw      leg.Fallback // for the stream's life
+	raw      leg.Fallback      // for the stream's life
+	response func(http.Header) // for the first link's switch; nil after
 }
 
 // dial opens a link: a resumable one (a raw stream, else a WebSocket),
@@ -160,7 +171,7 @@ type linkDialer struct {
 func (d *linkDialer) dial(ctx context.Context) (link io.ReadWriteCloser, resumable bool, err error) {
 	// Early: the request leaves with the hello and ssh's first bytes, not a
 	// round trip ahead of them (a refusal then ends the stream, see Dial).
-	c, err := leg.Dial(ctx, d.url, leg.DialOptions{Protocols: []string{resume.Protocol}, Raw: true, Early: true, Fallback: &d.raw, TLSSessions: d.sessions})
+	c, err := leg.Dial(ctx, d.url, leg.DialOptions{Protocols: []string{resume.Protocol}, Raw: true, Early: true, Fallback: &d.raw, TLSSessions: d.sessions, Response: d.response})
 	if err != nil {
 		return nil, false, err
 	}
@@ -169,6 +180,34 @@ func (d *linkDialer) dial(ctx context.Context) (link io.ReadWriteCloser, resumab
 		return c.NetConn(context.Background()), false, nil
 	}
 	return resume.Link(c), true, nil
+}
+
+// verifiedHeader returns the Response callback that passes the first
+// switch's wire.VerifiedHeader to verified (a raw stream refused for a
+// plain one is followed by a WebSocket: one call for both); nil when
+// verified is.
+func verifiedHeader(verified func(string)) func(http.Header) {
+	if verified == nil {
+		return nil
+	}
+	var once sync.Once
+	return func(h http.Header) {
+		once.Do(func() {
+			if v := h.Get(wire.VerifiedHeader); v != "" {
+				verified(wsconn.Sanitize(v))
+			}
+		})
+	}
+}
+
+// ID returns the rendezvous ID the target ends in.
+func (t Target) ID() string {
+	u, err := wsconn.ParseURL(t.url)
+	if err != nil {
+		return ""
+	}
+	id, _ := wire.ClientID(u.Path)
+	return id
 }
 
 // finish waits, briefly, for a closed resumable stream to tell the agent

@@ -102,18 +102,28 @@ const (
 	ExitFailed = 1
 	// ExitUsage: bad flags or arguments.
 	ExitUsage = 2
+	// ExitNotAdmitted: the relay's registration policy refused the
+	// agent's credentials (or it had none): a setup error, not a network
+	// failure, so the agent stops at once.
+	ExitNotAdmitted = 4
 )
+
+// ErrNotAdmitted: the relay refused the agent's credentials.
+var ErrNotAdmitted = errors.New("the relay does not admit this agent")
 
 // ExitStatus maps what the agent's Run returned (Run.End's error, or one
 // of its own) to the agent command's exit status: ExitOK for nil,
 // NoLoginStatus for an error wrapping ErrNoLogin (nobody logged in before
-// --connect-timeout), ExitFailed for any other.
+// --connect-timeout), ExitNotAdmitted for one wrapping ErrNotAdmitted,
+// ExitFailed for any other.
 func (l Config) ExitStatus(err error) int {
 	switch {
 	case err == nil:
 		return ExitOK
 	case errors.Is(err, ErrNoLogin):
 		return l.NoLoginStatus
+	case errors.Is(err, ErrNotAdmitted):
+		return ExitNotAdmitted
 	}
 	return ExitFailed
 }

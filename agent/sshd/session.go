@@ -212,7 +212,7 @@ func reportDir(env []string) string {
 // agentSecrets are the environment variables through which a job hands
 // the agent its secrets (cmd/agent reads them as flag twins): the
 // password, the host's private key, and the key sources, whose URLs may
-// carry tokens. Sessions must not see them: whoever logs in could reuse
+// carry tokens, and the registration credentials. Sessions must not see them: whoever logs in could reuse
 // the password or impersonate the host with its key.
 var agentSecrets = []string{
 	"CONVERGE_PASSWORD",
@@ -223,7 +223,9 @@ var agentSecrets = []string{
 	"CONVERGE_AUTHORIZED_KEYS_URL",
 	"CONVERGE_OBSERVER_KEYS",
 	"CONVERGE_OBSERVER_KEYS_DATA",
-	"CONVERGE_RECORD_TO", // may be a URL with a token in it
+	"CONVERGE_RECORD_TO",   // may be a URL with a token in it
+	"CONVERGE_AGENT_TOKEN", // would register other agents as this job's
+	"CONVERGE_ID_TOKEN",
 }
 
 // withoutSecrets returns env (KEY=value entries) without agentSecrets.

@@ -23,7 +23,7 @@ func TestResolveShell(t *testing.T) {
 }
 
 func TestWithoutSecrets(t *testing.T) {
-	in := []string{"PATH=/bin", "CONVERGE_PASSWORD=pw", "converge_host_key=pem", "CONVERGE_ID=job", "CONVERGE_PASSWORDS=kept", "=C:=C:\\", "CONVERGE_AUTHORIZED_KEYS_DATA=ssh-ed25519 AAAA"}
+	in := []string{"PATH=/bin", "CONVERGE_PASSWORD=pw", "converge_host_key=pem", "CONVERGE_ID=job", "CONVERGE_PASSWORDS=kept", "=C:=C:\\", "CONVERGE_AUTHORIZED_KEYS_DATA=ssh-ed25519 AAAA", "CONVERGE_AGENT_TOKEN=t", "CONVERGE_ID_TOKEN=jwt"}
 	want := "PATH=/bin CONVERGE_ID=job CONVERGE_PASSWORDS=kept =C:=C:\\"
 	if got := strings.Join(withoutSecrets(in), " "); got != want {
 		t.Errorf("withoutSecrets(%q) = %q, want %q", in, got, want)

@@ -146,7 +146,10 @@ Inside a session, the command
 SIGINT/SIGTERM, or unused at "agent wait"); 0 too when nobody logged in
 before --connect-timeout, or the status --no-login-status gives (a detached
 agent records it in .converge/agent.json); 1 on failure, such as a server
-that cannot be reached or refuses the agent; 2 on bad usage.
+that cannot be reached; 2 on bad usage; 4 when the server's registration
+policy refused the agent's token (or it had none): the agent prints the
+server's reason and stops at once, without retrying; a network failure
+never ends in 4.
 
 Example:
   echo "ssh-ed25519 AAAA... you@laptop" > .authorized_keys
@@ -187,6 +190,8 @@ In the background:
 	f.BoolVar(&o.detach, "detach", false, "run in the background once registered, logging to .converge/agent.log; end the job with \"agent wait\" (\"agent wait --failed\" when it failed: --connect-timeout then counts from there)")
 	f.BoolVar(&o.afterFailure, "connect-after-failure", false, "count --connect-timeout from \"agent wait --failed\" (the job failed) instead of from the start, for an agent in the background of the job (default false: from the start; with --detach, true unless set)")
 	f.DurationVar(&cfg.ResumeWindow, "resume-window", 2*time.Minute, "how long a user's resumable session waits for the user to reconnect after a drop before it is closed")
+	f.StringVar(&cfg.AgentToken, "agent-token", "", "shared registration `TOKEN` for a server that asks for one (set it through the environment, from a CI secret)")
+	f.StringVar(&cfg.IDToken, "id-token", "", "OIDC identity `TOKEN` from the CI system, minted for the server's URL in https form as audience, for a server that checks them (GitLab: id_tokens: in the job, passed as CONVERGE_ID_TOKEN). On GitHub Actions the agent asks for one itself when the job has permissions: id-token: write")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	f.BoolVar(&o.verbose, "verbose", false, "log debug messages")
 	return cmd, o

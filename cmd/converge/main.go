@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
+	"unicode"
 
 	"github.com/converge-ci/converge/internal/cli"
 	"github.com/converge-ci/converge/server"
@@ -78,7 +80,16 @@ With Redis Sentinel, name the Sentinels and the master instead:
   converge ... --redis-sentinel 10.0.0.7:26379,10.0.0.8:26379,10.0.0.9:26379 \
     --redis-master converge
 A replica forwards clients of agents another holds to it; see
-docs/several-servers.md.`
+docs/several-servers.md.
+
+Who may register: anyone by default. With --agent-token-file (or
+CONVERGE_AGENT_TOKENS) agents must present a shared token; with
+--oidc-issuer, an identity token from their CI system that one of the
+issuer's --oidc-allow rules admits:
+  converge --oidc-issuer https://token.actions.githubusercontent.com \
+    --oidc-allow 'repository=acme/*' --max-agents-per-repo 20
+What the relay verifies (repository, workflow, run, actor) is shown on the
+sessions page and to the people connecting. See docs/who-may-register.md.`
 	cmd.VersionDetail = func() string {
 		sums, err := server.TerminalSums()
 		if err != nil {
@@ -97,6 +108,7 @@ type options struct {
 	verbose     bool
 	streamPool  int
 	stateDirErr error // why there is no default --state-dir, if there is none
+	oidc        *server.OIDCFlags
 }
 
 // defineFlags defines cmd's flags, with their defaults, into options.
@@ -130,6 +142,12 @@ func defineFlags(cmd *cli.Command) *options {
 	f.Var((*cli.StringList)(&cfg.RedisSentinels), "redis-sentinel", "`HOST:PORT` of a Redis Sentinel, repeatable or comma-separated, instead of --redis: replicas then follow the master the Sentinels name (--redis-master) when they fail over. The Sentinels' own password, if any, in CONVERGE_REDIS_SENTINEL_PASSWORD. Default none")
 	f.StringVar(&cfg.RedisMaster, "redis-master", "", "with --redis-sentinel: the `NAME` the Sentinels monitor the master by, or redis://[:PASSWORD@]NAME/DB (rediss:// for TLS) when it needs a password, TLS or another database, as --redis would. Prefer the environment variable when it holds a password")
 	f.StringVar(&cfg.Advertise, "advertise", "", "`URL` other replicas reach this one by, to forward clients of the agents it holds, as http://HOST:PORT (https when it serves TLS); port 0 means the port it listens on. Required with --redis")
+	f.StringVar(&cfg.AgentTokenFile, "agent-token-file", "", "`FILE` of shared registration tokens, one per line (# comments), re-read when it changes: agents must present one (CONVERGE_AGENT_TOKEN). CONVERGE_AGENT_TOKENS (environment only) adds more, separated by commas or spaces. Default none: with no --oidc-issuer either, any agent registers")
+	o.oidc = server.NewOIDCFlags(&cfg.OIDCIssuers)
+	f.Var(o.oidc.Issuer(), "oidc-issuer", "`URL` of a CI system whose identity tokens admit agents, e.g. https://token.actions.githubusercontent.com or https://gitlab.com; repeatable. Each needs --oidc-allow rules after it: an issuer without rules admits nothing")
+	f.Var(o.oidc.Allow(), "oidc-allow", "`CLAIM=GLOB` rule for the --oidc-issuer before it, e.g. repository=acme/* (GitHub), project_path=acme/* (GitLab), repository_owner=acme; several conditions joined by & must all hold; any rule may match; repeatable. The glob's * stops at /")
+	f.StringVar(&cfg.OIDCAudience, "oidc-audience", "", "`AUDIENCE` identity tokens must be minted for. Default: this server's URL as agents reach it (https://host[/base-path]), which is what agents ask their CI system for; set it when agents reach the server by several names, or through a proxy that is not a --trusted-proxy")
+	f.IntVar(&cfg.MaxAgentsPerRepo, "max-agents-per-repo", 0, "most agents connected at once for one repository, as verified from identity tokens, counted across replicas with --redis; hosted runners share addresses, so the per-address cap is the wrong unit there (0: unlimited)")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	f.BoolVar(&o.verbose, "verbose", false, "log debug messages")
 	return o
@@ -149,6 +167,10 @@ func (o *options) config() (server.Config, error) {
 	if o.streamPool <= 0 {
 		cfg.StreamPool = -1 // off; the Config's zero means the default
 	}
+	if err := o.oidc.Err(); err != nil {
+		return cfg, err
+	}
+	cfg.AgentTokens = strings.FieldsFunc(os.Getenv("CONVERGE_AGENT_TOKENS"), func(r rune) bool { return r == ',' || unicode.IsSpace(r) })
 	cfg.ClusterKey = os.Getenv("CONVERGE_CLUSTER_KEY")
 	cfg.RedisSentinelPassword = os.Getenv("CONVERGE_REDIS_SENTINEL_PASSWORD")
 	if cfg.ClusterKey == "" && cfg.StateDir == "" {

@@ -89,6 +89,11 @@ ssh client and the agent.`)
 		}
 		wsproxy.ReleaseStderr()
 	}
+	// What the relay verified about the job, once, before ssh starts:
+	// ssh passes our stderr to the user's terminal.
+	opts.Verified = func(job string) {
+		fmt.Fprintf(os.Stderr, "converge: %s is %s (verified by the relay; the host key ssh checks is the end-to-end proof)\n", target.ID(), job)
+	}
 	in, out := wsproxy.OpenStdio()
 	if err := wsproxy.Stdio(ctx, target, in, out, opts); err != nil {
 		if released {

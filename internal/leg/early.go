@@ -76,7 +76,7 @@ func dialEarly(ctx context.Context, rawURL, protocol string, opts DialOptions) (
 		c = tc
 	}
 	return &earlyConn{
-		rawURL: rawURL, protocol: protocol, fallback: opts.Fallback, log: opts.Logger,
+		rawURL: rawURL, protocol: protocol, fallback: opts.Fallback, log: opts.Logger, response: opts.Response,
 		c: c, tcp: tcp, plain: plain, br: bufio.NewReader(c),
 		head: head.Bytes(), answered: make(chan struct{}),
 	}, nil
@@ -97,8 +97,9 @@ type earlyConn struct {
 	rawURL, protocol string
 	fallback         *Fallback // nil: not switching is an error
 	log              *slog.Logger
-	c                net.Conn // the dialled connection, TLS over tcp for wss://
-	tcp              net.Conn // the TCP connection, for addresses
+	response         func(http.Header) // DialOptions.Response, given the answer's headers; nil: none
+	c                net.Conn          // the dialled connection, TLS over tcp for wss://
+	tcp              net.Conn          // the TCP connection, for addresses
 	plain            bool
 	br               *bufio.Reader // over c: the answer, then the stream
 
@@ -223,6 +224,9 @@ func (e *earlyConn) readAnswer() (net.Conn, error) {
 		if got := resp.Header.Get(ProtocolHeader); got != e.protocol {
 			return nil, fmt.Errorf("%s switched to stream protocol %q, not %q", e.rawURL, got, e.protocol)
 		}
+		if e.response != nil {
+			e.response(resp.Header)
+		}
 		return bufferedStream{e.c, e.br}, nil
 	case upgraded:
 		return nil, wsconn.Refusal(e.rawURL, resp)
@@ -239,7 +243,7 @@ func (e *earlyConn) readAnswer() (net.Conn, error) {
 	e.fallback.remember()
 	ctx, cancel := context.WithTimeout(context.Background(), dialer.Timeout)
 	defer cancel()
-	ws, err := wsconn.Dial(ctx, e.rawURL, wsconn.Options{Subprotocols: []string{e.protocol}})
+	ws, err := wsconn.Dial(ctx, e.rawURL, wsconn.Options{Subprotocols: []string{e.protocol}, Response: e.response})
 	if err != nil {
 		return nil, err
 	}

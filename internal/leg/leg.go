@@ -178,6 +178,11 @@ type DialOptions struct {
 	TLSSessions tls.ClientSessionCache
 	// Logger, when set, logs a fallback at info level.
 	Logger *slog.Logger
+	// Response, when set, is called with the headers of the server's
+	// switch (101), raw stream or WebSocket: before Dial returns, or with
+	// Early when the answer is read (the first Read, or a Write past
+	// EarlyLimit).
+	Response func(http.Header)
 }
 
 // Dial opens a leg to rawURL (ws:// or wss://, through HTTPS_PROXY,
@@ -195,7 +200,7 @@ func Dial(ctx context.Context, rawURL string, opts DialOptions) (*Conn, error) {
 		}
 	}
 	if opts.Raw && !opts.Fallback.wsOnly() {
-		c, proto, err := dialRaw(ctx, rawURL, opts.Protocols)
+		c, proto, err := dialRaw(ctx, rawURL, opts.Protocols, opts.Response)
 		switch {
 		case err == nil && (proto != "" || opts.Fallback == nil):
 			return &Conn{raw: c, protocol: proto}, nil
@@ -211,7 +216,7 @@ func Dial(ctx context.Context, rawURL string, opts DialOptions) (*Conn, error) {
 			return nil, err
 		}
 	}
-	ws, err := wsconn.Dial(ctx, rawURL, wsconn.Options{Subprotocols: opts.Protocols})
+	ws, err := wsconn.Dial(ctx, rawURL, wsconn.Options{Subprotocols: opts.Protocols, Response: opts.Response})
 	if err != nil {
 		return nil, err
 	}

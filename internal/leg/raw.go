@@ -89,8 +89,11 @@ func acceptRaw(w http.ResponseWriter, r *http.Request, protocol string) (net.Con
 		resp.WriteString(ProtocolHeader + ": " + protocol + "\r\n")
 	}
 	for k, vs := range w.Header() { // the caller's, as a WebSocket's accept sends them
-		if k != "Upgrade" && k != "Connection" {
+		if k != "Upgrade" && k != "Connection" && k != ProtocolHeader {
 			for _, v := range vs {
+				if strings.ContainsAny(k+v, "\r\n") {
+					continue // it would split the response
+				}
 				resp.WriteString(k + ": " + v + "\r\n")
 			}
 		}
@@ -146,8 +149,9 @@ var dialer = &net.Dialer{Timeout: 30 * time.Second}
 // protocols, and returns it with the protocol the server chose ("" for
 // none). A refusal by a server that speaks raw streams is a
 // *wsconn.RefusedError; any other answer but the switch is ErrNotSwitched.
-// ctx bounds the handshake only.
-func dialRaw(ctx context.Context, rawURL string, protocols []string) (net.Conn, string, error) {
+// ctx bounds the handshake only. response, when set, gets the switch's
+// headers.
+func dialRaw(ctx context.Context, rawURL string, protocols []string, response func(http.Header)) (net.Conn, string, error) {
 	u, err := wsconn.ParseURL(rawURL)
 	if err != nil {
 		return nil, "", err
@@ -182,7 +186,11 @@ func dialRaw(ctx context.Context, rawURL string, protocols []string) (net.Conn, 
 	if err != nil {
 		return nil, "", fmt.Errorf("connect to %s: %w", rawURL, err)
 	}
-	return switched(rawURL, resp, tcp, protocols, plain)
+	c, proto, err := switched(rawURL, resp, tcp, protocols, plain)
+	if err == nil && response != nil {
+		response(resp.Header)
+	}
+	return c, proto, err
 }
 
 // switched makes the connection of a response to dialRaw's request, or the

@@ -52,7 +52,7 @@ func TestDialAccept(t *testing.T) {
 	accepted := make(chan net.Conn, 1)
 	url := echoServer(t, accepted)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	c, proto, err := dialRaw(ctx, url, []string{"converge.resume.v1", "other"})
+	c, proto, err := dialRaw(ctx, url, []string{"converge.resume.v1", "other"}, nil)
 	cancel() // the handshake's context must not bound the stream
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +80,7 @@ func TestDialAccept(t *testing.T) {
 
 func TestNoProtocol(t *testing.T) {
 	url := echoServer(t, nil)
-	c, proto, err := dialRaw(context.Background(), url, nil)
+	c, proto, err := dialRaw(context.Background(), url, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +100,7 @@ func TestWebSocketOnlyServer(t *testing.T) {
 			c.CloseNow()
 		}
 	})
-	_, _, err := dialRaw(context.Background(), url, nil)
+	_, _, err := dialRaw(context.Background(), url, nil, nil)
 	if !errors.Is(err, ErrNotSwitched) {
 		t.Fatalf("err = %v, want ErrNotSwitched", err)
 	}
@@ -113,7 +113,7 @@ func TestRefusal(t *testing.T) {
 		Advertise(w, r)
 		http.Error(w, "no agent is connected with ID \"x\"\x1b[31m", http.StatusNotFound)
 	})
-	_, _, err := dialRaw(context.Background(), url, nil)
+	_, _, err := dialRaw(context.Background(), url, nil, nil)
 	var re *wsconn.RefusedError
 	if !errors.As(err, &re) || re.Status != http.StatusNotFound || !strings.Contains(re.Message, `no agent is connected with ID "x"`) || strings.Contains(re.Message, "\x1b") {
 		t.Fatalf("err = %#v, want a 404 refusal with the reason, made safe to print", err)

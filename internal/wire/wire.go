@@ -241,3 +241,22 @@ func (m Message) Validate() error {
 // request of GET /agent/{id}, so that the server decides on the ID before
 // upgrading and refusals are plain HTTP errors.
 const SecretHeader = "Converge-Agent-Secret"
+
+// Headers of the upgrade request of GET /agent/{id} that carry the
+// agent's credentials for the server's registration policy, checked
+// before the upgrade; a refused agent gets 401 and the reason in the
+// body. AgentTokenHeader carries a shared registration token,
+// IDTokenHeader an OIDC identity token (a JWT) minted for the server's
+// URL as audience. An agent sends those it has; a server that is open
+// ignores them.
+const (
+	AgentTokenHeader = "Converge-Agent-Token"
+	IDTokenHeader    = "Converge-Id-Token"
+)
+
+// VerifiedHeader is a response header of the upgrade of GET
+// /client/{id}: what the relay verified about the agent's job, as a
+// phrase ("github.com/acme/app, workflow CI, refs/heads/main, run 123
+// attempt 1, by alice"), absent when it verified nothing. It is the
+// relay's word, not an end-to-end check (the host key is).
+const VerifiedHeader = "Converge-Verified-Job"

@@ -60,6 +60,9 @@ type Options struct {
 	Header       http.Header
 	// HTTPClient defaults to one that honours HTTPS_PROXY, HTTP_PROXY and NO_PROXY.
 	HTTPClient *http.Client
+	// Response, when set, is called with the headers of the server's
+	// switch (101) before Dial returns.
+	Response func(http.Header)
 }
 
 // Dial opens a WebSocket to rawURL (ws:// or wss://). When the server
@@ -85,6 +88,9 @@ func Dial(ctx context.Context, rawURL string, opts Options) (*websocket.Conn, er
 			return nil, Refusal(rawURL, resp)
 		}
 		return nil, fmt.Errorf("connect to %s: %w", rawURL, err)
+	}
+	if opts.Response != nil {
+		opts.Response(resp.Header)
 	}
 	return c, nil
 }

@@ -71,7 +71,9 @@ func TestBenchAgents(t *testing.T) {
 	}
 	start := time.Now()
 	tb := &table{header: machine()}
-	scale(t, tb, scaleConfig{agents: *flagAgents, real: *flagRealAgents, window: time.Second, outage: *flagOutage}, sshtest.New(t))
+	sc := scaleConfig{agents: *flagAgents, real: *flagRealAgents, window: time.Second, outage: *flagOutage}
+	scale(t, tb, sc, sshtest.New(t))
+	herdTokens(t, tb, sc)
 	tb.notes = append(tb.notes, fmt.Sprintf("The whole run took %v; load average at the end %s.", time.Since(start).Round(time.Second), loadavg()))
 	out := tb.String()
 	fmt.Print("\n" + out)
@@ -163,8 +165,10 @@ func run(t *testing.T, cfg config) *table {
 		direct := sshtest.Target{User: srv.User, Alias: "bench", Port: port(t, ag.Direct)}
 		ciphers(t, tb, cfg, c, direct)
 	}
+	registrations(t, tb)
 	if cfg.scale.agents > 0 {
 		scale(t, tb, cfg.scale, c)
+		herdTokens(t, tb, cfg.scale)
 	}
 	if cfg.cluster {
 		cluster(t, tb, cfg, c)

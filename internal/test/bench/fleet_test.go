@@ -31,8 +31,9 @@ import (
 //
 // Closing stdin stops the agents and ends the process.
 const (
-	fleetHostsEnv = "CONVERGE_BENCH_HOSTS" // source addresses, comma-separated
-	fleetPrefix   = "load"                 // of the agents' IDs
+	fleetHostsEnv  = "CONVERGE_BENCH_HOSTS"  // source addresses, comma-separated
+	fleetTokensEnv = "CONVERGE_BENCH_TOKENS" // a file of identity tokens, one per agent
+	fleetPrefix    = "load"                  // of the agents' IDs
 )
 
 // fleetReply answers one command.
@@ -52,13 +53,13 @@ type fleetProc struct {
 
 // startFleet runs a fleet process with no agents yet against base
 // (ws://HOST:PORT), its agents dialling from hosts in turn.
-func startFleet(t *testing.T, base string, hosts []netip.Addr) *fleetProc {
+func startFleet(t *testing.T, base string, hosts []netip.Addr, env ...string) *fleetProc {
 	t.Helper()
 	var hs []string
 	for _, h := range hosts {
 		hs = append(hs, h.String())
 	}
-	cmd, _ := clientProc(t, "fleet", clientBaseEnv+"="+base, fleetHostsEnv+"="+strings.Join(hs, ","))
+	cmd, _ := clientProc(t, "fleet", append([]string{clientBaseEnv + "=" + base, fleetHostsEnv + "=" + strings.Join(hs, ",")}, env...)...)
 	if nice, err := exec.LookPath("nice"); err == nil {
 		cmd.Args = append([]string{nice, "-n", "10"}, cmd.Args...)
 		cmd.Path = nice
@@ -127,7 +128,15 @@ func runFleet(base string) error {
 			hosts = append(hosts, a)
 		}
 	}
-	f, err := loadgen.Start(loadgen.Config{Server: base, Prefix: fleetPrefix, LocalAddrs: hosts})
+	var tokens []string
+	if name := os.Getenv(fleetTokensEnv); name != "" {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			return err
+		}
+		tokens = strings.Fields(string(b))
+	}
+	f, err := loadgen.Start(loadgen.Config{Server: base, Prefix: fleetPrefix, LocalAddrs: hosts, IDTokens: tokens})
 	if err != nil {
 		return err
 	}

@@ -45,6 +45,7 @@ type clusterRig struct {
 	rdb   *redis.Client
 	reps  []*serverProc
 	lb    *haproxyProc
+	extra []string // more flags for every replica started
 }
 
 func newClusterRig(t *testing.T, replicas int, withLB bool) *clusterRig {
@@ -68,6 +69,7 @@ func (rig *clusterRig) startReplica(addr string) *serverProc {
 	if addr != "" {
 		args = append(args, "--addr", addr)
 	}
+	args = append(args, rig.extra...)
 	return startServerProcEnv(rig.t, []string{"CONVERGE_CLUSTER_KEY=" + clusterKey}, args...)
 }
 

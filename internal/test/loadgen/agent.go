@@ -67,6 +67,9 @@ func (a *agent) control(ctx context.Context) (connected bool, err error) {
 	if a.secret != "" {
 		hdr.Set(wire.SecretHeader, a.secret)
 	}
+	if ts := a.f.cfg.IDTokens; len(ts) > 0 {
+		hdr.Set(wire.IDTokenHeader, ts[a.n%len(ts)])
+	}
 	dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	c, err := wsconn.Dial(dctx, a.f.cfg.Server+wire.AgentPath(a.id), wsconn.Options{
 		Subprotocols: []string{wire.ControlProtocol}, Header: hdr, HTTPClient: a.client,

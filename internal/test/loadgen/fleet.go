@@ -56,6 +56,11 @@ type Config struct {
 	// ended evenly over [0, ReconnectSpread]. Default
 	// DefaultReconnectSpread, the agent's.
 	ReconnectSpread time.Duration
+	// IDTokens, when set, are identity tokens for a server with a
+	// registration policy: agent i presents IDTokens[i % len] on every
+	// connection (wire.IDTokenHeader), as an agent given
+	// CONVERGE_ID_TOKEN does. Default none.
+	IDTokens []string
 	// Logger receives each agent's failures at debug level. Default: none.
 	Logger *slog.Logger
 }
