@@ -119,14 +119,7 @@ func newMetrics(version string, agents func() int) *metrics {
 	}, []string{"direction"})
 	m.toAgent = bytes.WithLabelValues("to_agent")
 	m.toClient = bytes.WithLabelValues("to_client")
-	// Initialise the refusal series so that rate() works from the first scrape.
-	for _, r := range []string{reasonIDInUse, reasonIDReserved, reasonBadRequest, reasonShuttingDown, reasonAgentLimit, reasonServerFull, reasonForeignOrigin,
-		policy.ReasonToken, policy.ReasonOIDC, reasonRepoLimit} {
-		m.refusals.WithLabelValues(endpointAgent, r)
-	}
-	for _, r := range []string{reasonUnknownID, reasonAgentUnavailable, reasonBadRequest, reasonShuttingDown, reasonStreamLimit, reasonServerFull, reasonForeignOrigin, reasonRegistryUnavailable} {
-		m.refusals.WithLabelValues(endpointClient, r)
-	}
+	m.presetRefusals()
 	m.reg.MustRegister(
 		m.streamsOpen, bytes, m.registrations, m.refusals, m.setup, m.agentStreams, m.streamLegs, m.poolIdle, m.forwarded, m.forwardedOpen, m.admissions,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -146,6 +139,18 @@ func newMetrics(version string, agents func() int) *metrics {
 
 func (m *metrics) handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// presetRefusals initialises the refusal series, so that rate() works
+// from the first scrape.
+func (m *metrics) presetRefusals() {
+	for _, r := range []string{reasonIDInUse, reasonIDReserved, reasonBadRequest, reasonShuttingDown, reasonAgentLimit, reasonServerFull, reasonForeignOrigin,
+		policy.ReasonToken, policy.ReasonOIDC, reasonRepoLimit} {
+		m.refusals.WithLabelValues(endpointAgent, r)
+	}
+	for _, r := range []string{reasonUnknownID, reasonAgentUnavailable, reasonBadRequest, reasonShuttingDown, reasonStreamLimit, reasonServerFull, reasonForeignOrigin, reasonRegistryUnavailable} {
+		m.refusals.WithLabelValues(endpointClient, r)
+	}
 }
 
 // watchRedis serves, on /metrics, what a replica's Redis client saw go

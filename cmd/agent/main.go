@@ -107,6 +107,26 @@ type options struct {
 
 // newCommand defines the agent command, its help and its flags, which
 // fill the returned options.
+// agentFooter ends agent --help: exit statuses and examples.
+const agentFooter = `Exit status: 0 when the session ended (last logout, expiry, --max-session,
+SIGINT/SIGTERM, or unused at "agent wait"); 0 too when nobody logged in
+before --connect-timeout, or the status --no-login-status gives (a detached
+agent records it in .converge/agent.json); 1 on failure, such as a server
+that cannot be reached; 2 on bad usage; 4 when the server's registration
+policy refused the agent's token (or it had none): the agent prints the
+server's reason and stops at once, without retrying; a network failure
+never ends in 4.
+
+Example:
+  echo "ssh-ed25519 AAAA... you@laptop" > .authorized_keys
+  ./agent --id myjob wss://converge.example.com
+Only the person who started the job:
+  ./agent --authorized-keys-url https://github.com/$GITHUB_ACTOR.keys wss://converge.example.com
+In the background:
+  ./agent --detach --id myjob wss://converge.example.com
+  make test            # the job's own steps
+  ./agent wait         # returns at once unless someone is connected`
+
 func newCommand() (*cli.Command, *options) {
 	cmd := cli.New("agent", "agent [flags] ws[s]://host[:port]\n       agent run [flags] ws[s]://host[:port] -- CMD [ARGS...]\n       agent wait [--failed] [--dir DIR]\n       agent journal [--markdown] FILE", `
 The Converge agent runs inside a CI job. It connects out to the Converge
@@ -142,24 +162,7 @@ age to the team's keys before it touches the disk: play one with
 Inside a session, the command
 "converge" talks to the agent: "converge who" lists who is in the job,
 "converge --help" what else it does.`)
-	cmd.Footer = `Exit status: 0 when the session ended (last logout, expiry, --max-session,
-SIGINT/SIGTERM, or unused at "agent wait"); 0 too when nobody logged in
-before --connect-timeout, or the status --no-login-status gives (a detached
-agent records it in .converge/agent.json); 1 on failure, such as a server
-that cannot be reached; 2 on bad usage; 4 when the server's registration
-policy refused the agent's token (or it had none): the agent prints the
-server's reason and stops at once, without retrying; a network failure
-never ends in 4.
-
-Example:
-  echo "ssh-ed25519 AAAA... you@laptop" > .authorized_keys
-  ./agent --id myjob wss://converge.example.com
-Only the person who started the job:
-  ./agent --authorized-keys-url https://github.com/$GITHUB_ACTOR.keys wss://converge.example.com
-In the background:
-  ./agent --detach --id myjob wss://converge.example.com
-  make test            # the job's own steps
-  ./agent wait         # returns at once unless someone is connected`
+	cmd.Footer = agentFooter
 	// CONVERGE_AUTHORIZED_KEYS is the keys (see keysFromEnv), not the
 	// file flag's twin.
 	cmd.Env = map[string]string{"authorized-keys": "CONVERGE_AUTHORIZED_KEYS_FILE"}

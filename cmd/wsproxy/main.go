@@ -22,26 +22,7 @@ func main() {
 		configSSH(os.Args[2:])
 		return
 	}
-	cmd := cli.New("wsproxy", "wsproxy [flags] ws[s]://host[:port]/client/ID", `
-wsproxy connects its standard input and output to a WebSocket, so that ssh,
-sftp, scp, git and IDEs reach a Converge agent through the server. Use it as
-the ssh ProxyCommand; the SSH session itself runs end to end between your
-ssh client and the agent.`)
-	cmd.Footer = `Examples:
-  ssh  -oProxyCommand="wsproxy wss://converge.example.com/client/myjob" -oHostKeyAlias=myjob converge@localhost
-  sftp -oProxyCommand="wsproxy wss://converge.example.com/client/myjob" -oHostKeyAlias=myjob converge@localhost
-  wsproxy config-ssh --server wss://converge.example.com   (then: ssh myjob.converge.example.com; see wsproxy config-ssh --help)`
-	var (
-		opts    wsproxy.Options
-		verbose bool
-	)
-	cmd.Flags.BoolVar(&opts.NoResume, "no-resume", false, "ask for a plain stream: a dropped connection then ends the session (default: resumable when the agent offers it)")
-	cmd.Flags.DurationVar(&opts.ResumeWindow, "resume-window", 2*time.Minute, "how long to keep reconnecting after the connection drops before giving the session up")
-	var sessions string
-	cmd.Flags.StringVar(&sessions, "tls-sessions", wsproxy.DefaultSessionFile(), "file (0600) keeping wss:// servers' TLS session tickets, so the next run resumes a session instead of a full handshake; empty: keep none")
-	var hostSuffix string
-	cmd.Flags.StringVar(&hostSuffix, "host-suffix", "", "strip this suffix from the URL's ID (config-ssh's ProxyCommand passes the name typed, ID.SUFFIX)")
-	cmd.Flags.BoolVar(&verbose, "verbose", false, "log reconnects and other details to stderr (ssh shows them in your terminal)")
+	cmd, f := newCommand()
 	if err := cmd.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, cli.ErrExit) {
 			return
@@ -51,12 +32,45 @@ ssh client and the agent.`)
 	if cmd.Flags.NArg() != 1 {
 		cli.Fatal("wsproxy", errors.New("give exactly one URL, ws[s]://host[:port]/client/ID; see wsproxy --help"), 2)
 	}
-	target, err := wsproxy.ParseTarget(wsproxy.TrimHostSuffix(cmd.Flags.Arg(0), hostSuffix))
+	target, err := wsproxy.ParseTarget(wsproxy.TrimHostSuffix(cmd.Flags.Arg(0), f.hostSuffix))
 	if err != nil {
 		cli.Fatal("wsproxy", err, 1)
 	}
-	if sessions != "" {
-		opts.TLSSessions = wsproxy.NewSessionFile(sessions)
+	run(target, f)
+}
+
+// flags is what the command line sets.
+type flags struct {
+	opts       wsproxy.Options
+	verbose    bool
+	sessions   string
+	hostSuffix string
+}
+
+func newCommand() (*cli.Command, *flags) {
+	cmd := cli.New("wsproxy", "wsproxy [flags] ws[s]://host[:port]/client/ID", `
+wsproxy connects its standard input and output to a WebSocket, so that ssh,
+sftp, scp, git and IDEs reach a Converge agent through the server. Use it as
+the ssh ProxyCommand; the SSH session itself runs end to end between your
+ssh client and the agent.`)
+	cmd.Footer = `Examples:
+  ssh  -oProxyCommand="wsproxy wss://converge.example.com/client/myjob" -oHostKeyAlias=myjob converge@localhost
+  sftp -oProxyCommand="wsproxy wss://converge.example.com/client/myjob" -oHostKeyAlias=myjob converge@localhost
+  wsproxy config-ssh --server wss://converge.example.com   (then: ssh myjob.converge.example.com; see wsproxy config-ssh --help)`
+	f := &flags{}
+	cmd.Flags.BoolVar(&f.opts.NoResume, "no-resume", false, "ask for a plain stream: a dropped connection then ends the session (default: resumable when the agent offers it)")
+	cmd.Flags.DurationVar(&f.opts.ResumeWindow, "resume-window", 2*time.Minute, "how long to keep reconnecting after the connection drops before giving the session up")
+	cmd.Flags.StringVar(&f.sessions, "tls-sessions", wsproxy.DefaultSessionFile(), "file (0600) keeping wss:// servers' TLS session tickets, so the next run resumes a session instead of a full handshake; empty: keep none")
+	cmd.Flags.StringVar(&f.hostSuffix, "host-suffix", "", "strip this suffix from the URL's ID (config-ssh's ProxyCommand passes the name typed, ID.SUFFIX)")
+	cmd.Flags.BoolVar(&f.verbose, "verbose", false, "log reconnects and other details to stderr (ssh shows them in your terminal)")
+	return cmd, f
+}
+
+// run pipes stdio to target until the stream ends, then exits.
+func run(target wsproxy.Target, f *flags) {
+	opts := f.opts
+	if f.sessions != "" {
+		opts.TLSSessions = wsproxy.NewSessionFile(f.sessions)
 	}
 	if target.PlainText() {
 		fmt.Fprintln(os.Stderr, "wsproxy: warning: plain ws:// to another machine: anyone on the path can watch and cut this connection (SSH inside stays encrypted); use wss://")
@@ -68,7 +82,7 @@ ssh client and the agent.`)
 	defer stop()
 	// Quiet by default: ssh copies our stderr into the user's terminal.
 	level := slog.LevelWarn
-	if verbose {
+	if f.verbose {
 		level = slog.LevelDebug
 	}
 	opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
