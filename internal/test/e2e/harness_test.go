@@ -141,16 +141,17 @@ type agentProc struct {
 	code int // exit status, once done is closed
 }
 
-// runAgentBinary runs `agent args... URL` against r in dir, with the
-// test's environment less its CONVERGE_ variables, plus env. It waits
-// until the agent prints that it registered: for the binary, its output
-// is the signal. When the test ends the agent is killed if still running.
-func runAgentBinary(t *testing.T, r *relay, dir string, env []string, args ...string) *agentProc {
+// spawnAgent starts the agent binary with args in dir, with the test's
+// environment less its CONVERGE_ variables, plus env, and stdin (nil: none).
+// When the test ends it is killed if still running, and its output shown
+// if the test failed.
+func spawnAgent(t *testing.T, dir string, env []string, stdin io.Reader, args ...string) *agentProc {
 	t.Helper()
 	p := &agentProc{t: t, Dir: dir, Out: &syncBuffer{}, All: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(bin("agent"), append(args, r.URL)...)
+	p.cmd = exec.Command(bin("agent"), args...)
 	p.cmd.Dir = dir
 	p.cmd.Env = append(cleanEnv(), env...)
+	p.cmd.Stdin = stdin
 	p.cmd.Stdout, p.cmd.Stderr = io.MultiWriter(p.Out, p.All), p.All
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -169,6 +170,16 @@ func runAgentBinary(t *testing.T, r *relay, dir string, env []string, args ...st
 			t.Logf("agent output:\n%s", p.All)
 		}
 	})
+	return p
+}
+
+// runAgentBinary runs `agent args... URL` against r in dir, with the
+// test's environment less its CONVERGE_ variables, plus env. It waits
+// until the agent prints that it registered: for the binary, its output
+// is the signal. When the test ends the agent is killed if still running.
+func runAgentBinary(t *testing.T, r *relay, dir string, env []string, args ...string) *agentProc {
+	t.Helper()
+	p := spawnAgent(t, dir, env, nil, append(args, r.URL)...)
 	waitFor(t, "agent registration", func() bool {
 		if !p.running() {
 			t.Fatalf("agent exited with %d before registering:\n%s", p.code, p.All)

@@ -2,9 +2,7 @@ package e2e
 
 import (
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -25,30 +23,8 @@ const registrations = "converge_agent_registrations_total"
 // wait for anything; see registered and exit.
 func startStep(t *testing.T, r *relay, dir string, env, flags []string, command ...string) *agentProc {
 	t.Helper()
-	p := &agentProc{t: t, Dir: dir, Out: &syncBuffer{}, All: &syncBuffer{}, done: make(chan struct{})}
 	args := append(append(append([]string{"run"}, flags...), r.URL, "--"), command...)
-	p.cmd = exec.Command(bin("agent"), args...)
-	p.cmd.Dir = dir
-	p.cmd.Env = append(cleanEnv(), env...)
-	p.cmd.Stdin = strings.NewReader("")
-	p.cmd.Stdout, p.cmd.Stderr = io.MultiWriter(p.Out, p.All), p.All
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		p.cmd.Wait()
-		p.code = p.cmd.ProcessState.ExitCode()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		if p.running() {
-			p.cmd.Process.Kill()
-			<-p.done
-		}
-		if t.Failed() {
-			t.Logf("agent run output:\n%s", p.All)
-		}
-	})
+	p := spawnAgent(t, dir, env, strings.NewReader(""), args...)
 	return p
 }
 
