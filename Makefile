@@ -57,7 +57,7 @@ tools:
 	@.ci/check-tools
 
 test: tools check vet build
-	$(GO) test -race -count=1 -timeout 8m ./...
+	$(GO) test -race -count=1 -timeout 9m ./...
 
 # bench measures bin/* (relay vs direct, ~5 min) and prints the table; it
 # also leaves it in bench-results.txt. See docs/benchmarks.md.
