@@ -80,6 +80,11 @@ func run(target wsproxy.Target, f *flags) {
 	// the resume window for a client that will not come back.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
+	// When ssh has gone, a write to its stdout pipe must fail with EPIPE
+	// rather than kill us with SIGPIPE (Go's default for fd 1): the
+	// resumable stream still has to tell the agent it ended, or the agent
+	// keeps the session (and its forwards) for the resume window.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 	// Quiet by default: ssh copies our stderr into the user's terminal.
 	level := slog.LevelWarn
 	if f.verbose {
