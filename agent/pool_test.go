@@ -17,6 +17,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/converge-ci/converge/internal/leg"
+	"github.com/converge-ci/converge/internal/test/sshtest"
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
 )
@@ -237,7 +238,7 @@ func TestPoolStreamsCapped(t *testing.T) {
 		<-hold.Done()
 	}))
 	defer srv.Close()
-	_, key := newKey(t, "user")
+	_, key := sshtest.NewKey(t, "user")
 	a, err := New(Config{Server: "ws" + strings.TrimPrefix(srv.URL, "http"), ID: "myjob", Dir: t.TempDir(), AuthorizedKeys: key, Logger: quietLog()})
 	if err != nil {
 		t.Fatal(err)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/converge-ci/converge/internal/test/sshtest"
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
 )
@@ -89,7 +90,7 @@ func TestRelayCannotWriteIntoJobLog(t *testing.T) {
 func runAgainst(t *testing.T, httpURL string) (string, error) {
 	t.Helper()
 	var out lockedBuffer
-	_, key := newKey(t, "user")
+	_, key := sshtest.NewKey(t, "user")
 	a, err := New(Config{
 		Server:         "ws" + strings.TrimPrefix(httpURL, "http"),
 		ID:             "myjob",

@@ -1,16 +1,14 @@
 package agent
 
 import (
-	"crypto/ed25519"
-	"crypto/rand"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
-	"strings"
 	"sync/atomic"
 	"testing"
 
+	"github.com/converge-ci/converge/internal/test/sshtest"
 	gossh "golang.org/x/crypto/ssh"
 )
 
@@ -32,22 +30,6 @@ func (publicOnly) Sign(io.Reader, []byte) (*gossh.Signature, error) {
 }
 
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
-
-// newKey returns a fresh ed25519 key pair as a signer and its
-// authorized_keys line.
-func newKey(t *testing.T, comment string) (gossh.Signer, string) {
-	t.Helper()
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := gossh.NewSignerFromKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	line := strings.TrimSpace(string(gossh.MarshalAuthorizedKey(s.PublicKey()))) + " " + comment
-	return s, line
-}
 
 // tcpPair returns both ends of a loopback TCP connection. (Not net.Pipe:
 // both SSH ends write their version first, which a synchronous pipe
@@ -76,8 +58,8 @@ func tcpPair(t *testing.T) (net.Conn, net.Conn) {
 // callback runs for each, and accepts an authorized key before any
 // signature: the CVE-2024-45337 trap), a wrong user, or a failed login.
 func TestConfirmOnlyAfterLogin(t *testing.T) {
-	good, goodLine := newKey(t, "good")
-	bad, _ := newKey(t, "bad")
+	good, goodLine := sshtest.NewKey(t, "good")
+	bad, _ := sshtest.NewKey(t, "bad")
 	a, err := New(Config{Server: "ws://127.0.0.1:1", Dir: t.TempDir(), AuthorizedKeys: goodLine, Logger: quietLog()})
 	if err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/converge-ci/converge/agent/statedir"
+	"github.com/converge-ci/converge/internal/test/sshtest"
 )
 
 // TestStateDirSymlinkRefused: an agent whose state folder is a symlink
@@ -20,7 +21,7 @@ func TestStateDirSymlinkRefused(t *testing.T) {
 	if err := os.Symlink(filepath.Join(base, "elsewhere"), link); err != nil {
 		t.Fatal(err)
 	}
-	_, line := newKey(t, "someone")
+	_, line := sshtest.NewKey(t, "someone")
 	a, err := New(Config{Server: "ws://127.0.0.1:1", Dir: t.TempDir(), AuthorizedKeys: line, Logger: quietLog(), StateDir: link})
 	if err != nil {
 		t.Fatal(err)

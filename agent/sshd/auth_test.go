@@ -15,26 +15,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/converge-ci/converge/internal/test/sshtest"
 	gossh "golang.org/x/crypto/ssh"
 )
 
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
-
-// newKey returns a fresh ed25519 key pair as a signer and its
-// authorized_keys line.
-func newKey(t *testing.T, comment string) (gossh.Signer, string) {
-	t.Helper()
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := gossh.NewSignerFromKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	line := strings.TrimSpace(string(gossh.MarshalAuthorizedKey(s.PublicKey()))) + " " + comment
-	return s, line
-}
 
 func fingerprints(keys []authKey) []string {
 	var out []string
@@ -45,8 +30,8 @@ func fingerprints(keys []authKey) []string {
 }
 
 func TestParseAuthorizedKeys(t *testing.T) {
-	a, lineA := newKey(t, "a@laptop")
-	b, lineB := newKey(t, "b@laptop")
+	a, lineA := sshtest.NewKey(t, "a@laptop")
+	b, lineB := sshtest.NewKey(t, "b@laptop")
 	fa, fb := gossh.FingerprintSHA256(a.PublicKey()), gossh.FingerprintSHA256(b.PublicKey())
 	for _, tc := range []struct {
 		name    string
@@ -91,8 +76,8 @@ func TestAuthorizedKeysReload(t *testing.T) {
 	if k := a.keys(); len(k) != 0 {
 		t.Fatalf("no file: %d keys, want 0", len(k))
 	}
-	ka, lineA := newKey(t, "same-length-comment-a")
-	kb, lineB := newKey(t, "same-length-comment-b")
+	ka, lineA := sshtest.NewKey(t, "same-length-comment-a")
+	kb, lineB := sshtest.NewKey(t, "same-length-comment-b")
 	write := func(content string) {
 		t.Helper()
 		if err := os.WriteFile(file, []byte(content), 0o600); err != nil {
@@ -125,9 +110,9 @@ func TestAuthorizedKeysReload(t *testing.T) {
 }
 
 func TestNewAuthorizerSources(t *testing.T) {
-	_, lineA := newKey(t, "a")
-	_, lineB := newKey(t, "b")
-	_, lineC := newKey(t, "c")
+	_, lineA := sshtest.NewKey(t, "a")
+	_, lineB := sshtest.NewKey(t, "b")
+	_, lineC := sshtest.NewKey(t, "c")
 	extra := filepath.Join(t.TempDir(), "keys")
 	os.WriteFile(extra, []byte(lineB+"\n"), 0o600)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -165,7 +150,7 @@ func TestNewAuthorizerSources(t *testing.T) {
 }
 
 func TestFetchAuthorizedKeys(t *testing.T) {
-	_, line := newKey(t, "")
+	_, line := sshtest.NewKey(t, "")
 	block := make(chan struct{})
 	defer close(block)
 	mux := http.NewServeMux()
@@ -264,8 +249,8 @@ func TestLoadHostKey(t *testing.T) {
 // other key source is given, or when it is named among the files.
 func TestDirKeysNeedNaming(t *testing.T) {
 	dir := t.TempDir()
-	dk, dirLine := newKey(t, "committed")
-	ek, explicitLine := newKey(t, "explicit")
+	dk, dirLine := sshtest.NewKey(t, "committed")
+	ek, explicitLine := sshtest.NewKey(t, "explicit")
 	dirFile := filepath.Join(dir, ".authorized_keys")
 	os.WriteFile(dirFile, []byte(dirLine+"\n"), 0o600)
 	extra := filepath.Join(t.TempDir(), "keys")
@@ -347,7 +332,7 @@ func TestKeysURLRule(t *testing.T) {
 // even to a loopback host, with an error naming both URLs; https to https
 // is followed.
 func TestFetchRefusesDowngrade(t *testing.T) {
-	_, line := newKey(t, "")
+	_, line := sshtest.NewKey(t, "")
 	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, line+"\n")
 	}))

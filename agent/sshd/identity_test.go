@@ -10,6 +10,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/converge-ci/converge/agent/journal"
+	"github.com/converge-ci/converge/internal/test/sshtest"
 )
 
 // fakeCtx is a gliderlabs connection context, as the public-key callback
@@ -57,8 +58,8 @@ func (fakeMeta) SessionID() []byte { return []byte{0x01, 0x23, 0x45, 0x67, 0x89}
 // login journalled is the key x/crypto verified: the Permissions made for
 // that key, which it hands to VerifiedPublicKeyCallback.
 func TestLoginIsTheKeyProved(t *testing.T) {
-	mallory, lineM := newKey(t, "mallory@box")
-	victim, lineV := newKey(t, "victim@laptop")
+	mallory, lineM := sshtest.NewKey(t, "mallory@box")
+	victim, lineV := sshtest.NewKey(t, "victim@laptop")
 	j := journal.New(nil)
 	a, err := newAuthorizer(Config{AuthorizedKeys: lineM + "\n" + lineV, Journal: j}, quietLog(), func() string { return "u" })
 	if err != nil {
@@ -95,13 +96,13 @@ func TestLoginIsTheKeyProved(t *testing.T) {
 // TestRefusalsBounded: the journal, kept in memory, holds at most
 // maxJournalRefusals refusals, however many strangers knock.
 func TestRefusalsBounded(t *testing.T) {
-	_, line := newKey(t, "someone")
+	_, line := sshtest.NewKey(t, "someone")
 	j := journal.New(nil)
 	a, err := newAuthorizer(Config{AuthorizedKeys: line, Journal: j}, quietLog(), func() string { return "u" })
 	if err != nil {
 		t.Fatal(err)
 	}
-	stranger, _ := newKey(t, "stranger")
+	stranger, _ := sshtest.NewKey(t, "stranger")
 	for range maxJournalRefusals + 5 {
 		a.publicKey(newFakeCtx(), stranger.PublicKey())
 	}

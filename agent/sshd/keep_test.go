@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/converge-ci/converge/internal/test/sshtest"
 	gossh "golang.org/x/crypto/ssh"
 )
 
@@ -19,7 +20,7 @@ import (
 // attach ends its session with its status, and is not left listed.
 func TestKeptShellThatEndsAtOnce(t *testing.T) {
 	t.Parallel()
-	signer, line := newKey(t, "owner")
+	signer, line := sshtest.NewKey(t, "owner")
 	d, addr := serveDirect(t, Config{AuthorizedKeys: line, Shell: "false"})
 	c, err := gossh.Dial("tcp", addr, &gossh.ClientConfig{User: "u", Auth: []gossh.AuthMethod{gossh.PublicKeys(signer)},
 		HostKeyCallback: gossh.FixedHostKey(d.HostKey())})
@@ -65,7 +66,7 @@ func TestKeptShellEndsDespiteLeftovers(t *testing.T) {
 	if _, err := exec.LookPath("bash"); err != nil {
 		t.Skip("no bash")
 	}
-	signer, line := newKey(t, "owner")
+	signer, line := sshtest.NewKey(t, "owner")
 	d, addr := serveDirect(t, Config{AuthorizedKeys: line, Shell: "bash"})
 	c, err := gossh.Dial("tcp", addr, &gossh.ClientConfig{User: "u", Auth: []gossh.AuthMethod{gossh.PublicKeys(signer)},
 		HostKeyCallback: gossh.FixedHostKey(d.HostKey())})

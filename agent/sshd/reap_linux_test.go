@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/converge-ci/converge/internal/test/sshtest"
 	gossh "golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
 )
@@ -24,7 +25,7 @@ func TestReapOrphans(t *testing.T) {
 		t.Fatalf("PR_SET_CHILD_SUBREAPER: %v", err)
 	}
 	t.Cleanup(func() { unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) })
-	signer, line := newKey(t, "user")
+	signer, line := sshtest.NewKey(t, "user")
 	a, addr := serveDirect(t, Config{AuthorizedKeys: line})
 	var mu sync.Mutex
 	reaped := make(map[int]bool)

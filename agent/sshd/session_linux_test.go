@@ -1,9 +1,10 @@
 package sshd
 
 import (
-	"golang.org/x/sys/unix"
 	"os"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestStatSession(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/converge-ci/converge/internal/test/sshtest"
 	gossh "golang.org/x/crypto/ssh"
 )
 
@@ -35,11 +36,11 @@ func serveDirect(t *testing.T, cfg Config) (*Server, string) {
 // once it has used up the per-connection budget, as sshd's MaxAuthTries.
 func TestAuthAttemptsCapped(t *testing.T) {
 	t.Parallel()
-	_, line := newKey(t, "the one that would get in")
+	_, line := sshtest.NewKey(t, "the one that would get in")
 	a, addr := serveDirect(t, Config{AuthorizedKeys: line})
 	var signers []gossh.Signer
 	for range 3 * maxAuthTries {
-		s, _ := newKey(t, "stranger")
+		s, _ := sshtest.NewKey(t, "stranger")
 		signers = append(signers, s)
 	}
 	_, err := gossh.Dial("tcp", addr, &gossh.ClientConfig{

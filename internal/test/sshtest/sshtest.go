@@ -9,6 +9,8 @@ package sshtest
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"errors"
 	"os"
 	"os/exec"
@@ -197,4 +199,19 @@ func (c *Client) Fingerprint(alias string) string {
 	}
 	c.t.Fatalf("no fingerprint for %s in:\n%s", alias, out)
 	return ""
+}
+
+// NewKey returns a fresh ed25519 key pair as a signer, and its
+// authorized_keys line ending in comment, for tests of Go SSH code.
+func NewKey(t testing.TB, comment string) (gossh.Signer, string) {
+	t.Helper()
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := gossh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, strings.TrimSpace(string(gossh.MarshalAuthorizedKey(s.PublicKey()))) + " " + comment
 }
