@@ -162,15 +162,18 @@ func (j *ghJob) summary() string {
 }
 
 // agentState reads the state file of the agent the action started.
-func (j *ghJob) agentState() map[string]any {
-	j.t.Helper()
-	b, err := os.ReadFile(filepath.Join(j.workspace, ".converge", "agent.json"))
+func (j *ghJob) agentState() map[string]any { return readAgentState(j.t, j.workspace) }
+
+// readAgentState reads the state file of the agent running in dir.
+func readAgentState(t *testing.T, dir string) map[string]any {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, ".converge", "agent.json"))
 	if err != nil {
-		j.t.Fatal(err)
+		t.Fatal(err)
 	}
 	var st map[string]any
 	if err := json.Unmarshal(b, &st); err != nil {
-		j.t.Fatal(err)
+		t.Fatal(err)
 	}
 	return st
 }

@@ -95,18 +95,7 @@ func (j *glJob) stopAgent() {
 	}
 }
 
-func (j *glJob) agentState() map[string]any {
-	j.t.Helper()
-	b, err := os.ReadFile(filepath.Join(j.projectDir, ".converge", "agent.json"))
-	if err != nil {
-		j.t.Fatal(err)
-	}
-	var st map[string]any
-	if err := json.Unmarshal(b, &st); err != nil {
-		j.t.Fatal(err)
-	}
-	return st
-}
+func (j *glJob) agentState() map[string]any { return readAgentState(j.t, j.projectDir) }
 
 // printedSSH is the ssh line the agent prints, indented and aligned.
 var printedSSH = regexp.MustCompile(`^\s*ssh\s+(-oProxyCommand=.*)$`)
