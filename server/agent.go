@@ -8,8 +8,10 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
@@ -31,7 +33,6 @@ type agentConn struct {
 	id       string
 	remote   string
 	since    time.Time
-	log      *slog.Logger
 	tenure   registry.Tenure   // of the ID, which its tokens prove (set by claim, before the registry holds it)
 	key      ed25519.PublicKey // the host key it proved it holds, which its tokens are bound to; nil: none
 	who      policy.Identity   // what the registration policy verified
@@ -41,7 +42,8 @@ type agentConn struct {
 	// Set by accept, before ready is stored; read by others only once
 	// they saw ready true.
 	ws   *websocket.Conn
-	pool *streamPool // the agent's idle streams when it speaks control v2 and the server pools; nil otherwise
+	raw  syscall.RawConn // ws's socket, which serve waits on between messages (see frameGate); nil: it waits in ws's read
+	pool *streamPool     // the agent's idle streams when it speaks control v2 and the server pools; nil otherwise
 
 	// Atomics: anyone, any time.
 	seen  atomic.Int64 // unix nanoseconds of the last message or ping
@@ -61,11 +63,15 @@ type agentConn struct {
 
 // newAgentConn is the connection of an agent at remote asking for id.
 func (s *Server) newAgentConn(id, remote string, who policy.Identity, uncount func()) *agentConn {
-	a := &agentConn{s: s, id: id, remote: remote, who: who, uncount: uncount, since: time.Now(), welcomed: make(chan struct{}),
-		log: s.log.With("id", id, "remote", remote)}
+	a := &agentConn{s: s, id: id, remote: remote, who: who, uncount: uncount, since: time.Now(), welcomed: make(chan struct{})}
 	a.touch()
 	return a
 }
+
+// log is the server's logger with the agent's ID and address. Made when
+// something is logged, a few times in an agent's life, not kept: an idle
+// agent's memory is what it keeps (docs/design.md).
+func (a *agentConn) log() *slog.Logger { return a.s.log.With("id", a.id, "remote", a.remote) }
 
 // Issued is when the agent's latest token was signed; zero before its
 // welcome (see registry.Agent).
@@ -93,25 +99,40 @@ func (a *agentConn) offers(protocol string) bool {
 }
 
 // send writes m to the agent, after its welcome unless m is the welcome.
+// ctx bounds the wait for the welcome; the write has 10 s, after which
+// the connection is closed.
 func (a *agentConn) send(ctx context.Context, m wire.Message) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second) // the wait and the write
-	defer cancel()
+	b, err := wire.Encode(m)
+	if err != nil {
+		return err
+	}
 	if m.Type != wire.TypeWelcome {
+		ctx, cancel := context.WithTimeout(ctx, sendTimeout)
+		defer cancel()
 		select {
 		case <-a.welcomed:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
-	return wire.Send(ctx, a.ws, m)
+	// Bounded by a timer, not a context of its own: the WebSocket library
+	// keeps the context of a connection's last write (and read) until the
+	// next, which for an idle agent would be kept for its whole life.
+	t := time.AfterFunc(sendTimeout, a.closeNow)
+	defer t.Stop()
+	return a.ws.Write(a.s.ctx, websocket.MessageText, b)
 }
+
+// sendTimeout bounds a control message's wait for the welcome, and its
+// write.
+const sendTimeout = 10 * time.Second
 
 // handleAgent is GET /agent/{id}: an agent's control connection. The ID is
 // claimed before the upgrade, so refusals are plain HTTP errors the agent
 // can print; it is confirmed once the agent has said hello and been
 // welcomed (see registry.Registry).
 func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
+	id := strings.Clone(r.PathValue("id")) // not a slice of the request line, which it would keep for the agent's life
 	if err := wire.ValidID(id); err != nil {
 		s.metrics.refused(endpointAgent, reasonBadRequest)
 		http.Error(w, err.Error(), http.StatusBadRequest)
@@ -193,7 +214,7 @@ func (a *agentConn) run(err error, release func(), displaced <-chan struct{}) {
 	if err == nil {
 		err = a.serve()
 	}
-	a.log.Info("agent disconnected", "duration", time.Since(a.since).Round(time.Second), "reason", errString(err))
+	a.log().Info("agent disconnected", "duration", time.Since(a.since).Round(time.Second), "reason", errString(err))
 	a.closeNow()
 }
 
@@ -210,10 +231,10 @@ func (a *agentConn) claim(w http.ResponseWriter, presented string) (displaced <-
 		ref := refusalOf(err, a.id, reasonAgentLimit)
 		switch {
 		case ref.reason != "":
-			a.log.Info("agent refused", "reason", ref.reason, "proven", c.Proven)
+			a.log().Info("agent refused", "reason", ref.reason, "proven", c.Proven)
 			s.metrics.refused(endpointAgent, ref.reason)
 		case errors.Is(err, registry.ErrUnavailable):
-			a.log.Warn("agent refused", "error", err)
+			a.log().Warn("agent refused", "error", err)
 		}
 		ref.answer(w)
 		return nil, false
@@ -226,7 +247,7 @@ func (a *agentConn) claim(w http.ResponseWriter, presented string) (displaced <-
 	reason := "replaced by a new connection of the same agent"
 	if old.tenure != a.tenure {
 		reason = "replaced by the agent that proved the ID is its own"
-		a.log.Warn("agent took its ID back from another holder", "holder_remote", old.remote)
+		a.log().Warn("agent took its ID back from another holder", "holder_remote", old.remote)
 	}
 	return old.displace(reason), true
 }
@@ -240,7 +261,8 @@ func (a *agentConn) accept(w http.ResponseWriter, r *http.Request) (release func
 	if s.poolSize() > 0 {
 		protocols = []string{wire.ControlProtocolV2, wire.ControlProtocol} // ours first: v2 when the agent offers it
 	}
-	ws, err := websocket.Accept(leanHijack{w}, r, &websocket.AcceptOptions{ // small buffers: see leanHijack
+	lean := &leanHijack{ResponseWriter: w}
+	ws, err := websocket.Accept(lean, r, &websocket.AcceptOptions{ // small buffers: see leanHijack
 		Subprotocols:       protocols,
 		InsecureSkipVerify: true, // the Origin was checked before registration (sameOrigin)
 		CompressionMode:    websocket.CompressionDisabled,
@@ -250,7 +272,7 @@ func (a *agentConn) accept(w http.ResponseWriter, r *http.Request) (release func
 		s.reg.Unregister(a.id, a)
 		return nil, false
 	}
-	a.ws = ws
+	a.ws, a.raw = ws, lean.raw
 	if ws.Subprotocol() == wire.ControlProtocolV2 {
 		a.pool = newStreamPool(s.poolSize(), s.cfg.poolKeep, s.cfg.rawKeepalive, s.metrics.poolIdle)
 	}
@@ -306,16 +328,23 @@ func (a *agentConn) start() error {
 	s.reg.Confirm(a.id, a) // only now does a drop leave a reservation
 	s.metrics.registrations.Inc()
 	s.changes.notify()
-	a.log.Info("agent connected", "hostname", hello.Info.Hostname, "os", hello.Info.OS, "version", hello.Version,
+	a.log().Info("agent connected", "hostname", hello.Info.Hostname, "os", hello.Info.OS, "version", hello.Version,
 		"via", a.who.Via, "verified", a.who.Summary())
 	return nil
 }
 
 // serve reads the agent's status updates until the connection ends.
+// Between them it waits on the socket, shallow (see frameGate).
 func (a *agentConn) serve() error {
 	s := a.s
 	for {
+		if a.raw != nil {
+			waitReadable(a.raw) // an error shows in the read that follows
+		}
 		m, err := a.receive(s.ctx)
+		if err == errNudge {
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -335,11 +364,15 @@ func (a *agentConn) serve() error {
 	}
 }
 
-// hello reads the agent's hello, within 10 s, and records what it says.
+// hello reads the agent's hello, within 10 s (or the connection is
+// closed; a timer, for the reason in send), and records what it says.
 func (a *agentConn) hello() (*wire.Hello, error) {
-	ctx, cancel := context.WithTimeout(a.s.ctx, 10*time.Second)
-	m, err := a.receive(ctx)
-	cancel()
+	t := time.AfterFunc(helloTimeout, a.closeNow)
+	m, err := a.receive(a.s.ctx)
+	for err == errNudge {
+		m, err = a.receive(a.s.ctx)
+	}
+	t.Stop()
 	if err != nil {
 		return nil, fmt.Errorf("read hello: %w", err)
 	}
@@ -364,18 +397,30 @@ func (a *agentConn) welcome(ctx context.Context) error {
 }
 
 // receive reads the next control message; one that is not a valid text
-// message closes the connection (CodeRefused) saying why.
+// message closes the connection (CodeRefused) saying why. After a ping
+// it returns errNudge instead (see frameGate).
 func (a *agentConn) receive(ctx context.Context) (wire.Message, error) {
-	m, err := wire.Receive(ctx, a.ws)
-	if errors.Is(err, wire.ErrInvalid) {
+	typ, b, err := a.ws.Read(ctx)
+	if err != nil {
+		return wire.Message{}, err
+	}
+	if a.raw != nil && isNudge(typ == websocket.MessageBinary, b) {
+		return wire.Message{}, errNudge
+	}
+	m, err := wire.Parse(typ, b)
+	if err != nil {
 		a.close(wsconn.CodeRefused, err.Error())
 		return m, err
 	}
-	if err == nil {
-		a.touch()
-	}
-	return m, err
+	a.touch()
+	return m, nil
 }
+
+// helloTimeout bounds the wait for an agent's hello.
+const helloTimeout = 10 * time.Second
+
+// errNudge is a frameGate's nudge: no message, a ping was answered.
+var errNudge = errors.New("nudge")
 
 // close closes the connection with code and reason, waiting for the
 // agent's close frame (at most 5 s); only once accepted.

@@ -31,6 +31,13 @@ func Receive(ctx context.Context, c *websocket.Conn) (Message, error) {
 	if err != nil {
 		return Message{}, err
 	}
+	return Parse(typ, b)
+}
+
+// Parse decodes a control message read as a WebSocket message of type
+// typ: a binary message is an error, as is one that does not decode (see
+// Decode), both wrapping ErrInvalid.
+func Parse(typ websocket.MessageType, b []byte) (Message, error) {
 	if typ != websocket.MessageText {
 		return Message{}, fmt.Errorf("%w: binary message; control messages are text", ErrInvalid)
 	}
