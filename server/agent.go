@@ -184,11 +184,11 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 	}
 	// The opening (hello, welcome) runs here, where the stack is deep
 	// anyway; the idle rest on a goroutine of its own, and net/http's
-	// goes. That goroutine's stack is only as deep as the control loop's
-	// read, not net/http's serving, the mux, this handler and the
-	// opening's encoders: an idle agent holds 4 KiB of stack instead of
-	// 16. The drain owns it through release, as it owns every hijacked
-	// connection.
+	// goes. That goroutine's stack is only as deep as its wait on the
+	// socket (see frameGate), not net/http's serving, the mux, this
+	// handler and the opening's encoders: an idle agent holds 4 KiB of
+	// stack instead of 16. The drain owns it through release, as it owns
+	// every hijacked connection.
 	err := a.start()
 	go a.run(err, release, displaced)
 }
