@@ -27,6 +27,7 @@ func newChildren() *children {
 // reaping held off, and records the child as ours: the reaper cannot see
 // it exit before it is recorded.
 func (c *children) start(start func() (pid int, err error)) error {
+	hangupAtDefault()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	pid, err := start()

@@ -175,3 +175,6 @@ func assignToJob(job windows.Handle, pid int) error {
 	defer windows.CloseHandle(p)
 	return windows.AssignProcessToJobObject(job, p)
 }
+
+// hangupAtDefault: Windows has no SIGHUP to inherit.
+func hangupAtDefault() {}
