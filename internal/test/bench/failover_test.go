@@ -28,8 +28,7 @@ func failover(t *testing.T, tb *table, rounds int, c *sshtest.Client) {
 	held := sshtest.Target{User: reps[1].User, Alias: "held", ProxyCommand: bin("wsproxy") + " " + reps[1].URL() + "/client/held"}
 	var regs, conns []time.Duration
 	for i := range rounds {
-		old := sn.WaitMaster("")
-		sn.WaitRole(otherNode(sn, old), "slave")
+		old := sn.WaitSettled() // and a replica to promote, in sync
 		killed := time.Now()
 		sn.Node(old).Kill()
 		startAgent(t, reps[1], fmt.Sprint("after-", i), c) // waits for its registration
@@ -46,16 +45,6 @@ func failover(t *testing.T, tb *table, rounds int, c *sshtest.Client) {
 	s.add(row{what: "kill -9 → first agent registration accepted", a: ms(median(regs)), b: ms(slices.Max(regs)), comp: fmt.Sprint(rounds)})
 	s.add(row{what: "kill -9 → a fresh `ssh host true` through the non-holder done", a: ms(median(conns)), b: ms(slices.Max(conns)), comp: fmt.Sprint(rounds)})
 	tb.notes = append(tb.notes, "Failover: a Redis master, its replica and three Sentinels (quorum 2) on loopback, two replicas following them with --redis-sentinel; the agent registers with a replica while there is no master, which retries until the Sentinels promote the replica. The Sentinels' down-after-milliseconds is the floor: they start a failover only once the master has been silent that long; production settings (30 s by default) cost that much more.")
-}
-
-// otherNode is the Redis node of sn that is not at addr.
-func otherNode(sn *redistest.Sentinels, addr string) string {
-	for _, n := range sn.Nodes {
-		if n.Addr != addr {
-			return n.Addr
-		}
-	}
-	return ""
 }
 
 // TestBenchFailover prints only the Redis failover rows (~30 s).

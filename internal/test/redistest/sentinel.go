@@ -157,21 +157,41 @@ func (s *Sentinels) Client() *redis.Client {
 	return c
 }
 
-// WaitRole waits until the node at addr says it has role ("master",
-// "slave") and, for a replica, that its link to the master is up.
-func (s *Sentinels) WaitRole(addr, role string) {
+// WaitSettled waits until the Sentinels agree on a master and every other
+// node replicates it with its link up, and returns that master. It asks
+// the Sentinels again at every try: on a loaded machine they may fail
+// over once more meanwhile, even back to a master just restarted (seen
+// two seconds after they had demoted it), which a wait for one node's
+// role alone would wait out.
+func (s *Sentinels) WaitSettled() string {
 	s.t.Helper()
-	s.waitFor(addr+" to be "+role, func() bool {
-		c := redis.NewClient(&redis.Options{Addr: addr, Protocol: 2, DisableIdentity: true, MaxRetries: -1})
-		defer c.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		info, err := c.Info(ctx, "replication").Result()
-		if err != nil || !strings.Contains(info, "role:"+role+"\r\n") {
+	var m string
+	s.waitFor("a master with every other node its replica", func() bool {
+		if m = s.Master(); m == "" || !hasRole(m, "master") {
 			return false
 		}
-		return role != "slave" || strings.Contains(info, "master_link_status:up\r\n")
+		for _, n := range s.Nodes {
+			if n.Addr != m && !hasRole(n.Addr, "slave") {
+				return false
+			}
+		}
+		return true
 	})
+	return m
+}
+
+// hasRole reports whether the node at addr says it has role, and, for a
+// replica, that its link to its master is up.
+func hasRole(addr, role string) bool {
+	c := redis.NewClient(&redis.Options{Addr: addr, Protocol: 2, DisableIdentity: true, MaxRetries: -1})
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	info, err := c.Info(ctx, "replication").Result()
+	if err != nil || !strings.Contains(info, "role:"+role+"\r\n") {
+		return false
+	}
+	return role != "slave" || strings.Contains(info, "master_link_status:up\r\n")
 }
 
 func (s *Sentinels) waitFor(what string, cond func() bool) {
