@@ -11,7 +11,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
@@ -42,8 +41,8 @@ type agentConn struct {
 	// Set by accept, before ready is stored; read by others only once
 	// they saw ready true.
 	ws   *websocket.Conn
-	raw  syscall.RawConn // ws's socket, which serve waits on between messages (see frameGate); nil: it waits in ws's read
-	pool *streamPool     // the agent's idle streams when it speaks control v2 and the server pools; nil otherwise
+	gate *frameGate  // what ws reads through, which serve waits on between messages; nil: it waits in ws's read
+	pool *streamPool // the agent's idle streams when it speaks control v2 and the server pools; nil otherwise
 
 	// Atomics: anyone, any time.
 	seen  atomic.Int64 // unix nanoseconds of the last message or ping
@@ -272,7 +271,7 @@ func (a *agentConn) accept(w http.ResponseWriter, r *http.Request) (release func
 		s.reg.Unregister(a.id, a)
 		return nil, false
 	}
-	a.ws, a.raw = ws, lean.raw
+	a.ws, a.gate = ws, lean.gate
 	if ws.Subprotocol() == wire.ControlProtocolV2 {
 		a.pool = newStreamPool(s.poolSize(), s.cfg.poolKeep, s.cfg.rawKeepalive, s.metrics.poolIdle)
 	}
@@ -338,8 +337,8 @@ func (a *agentConn) start() error {
 func (a *agentConn) serve() error {
 	s := a.s
 	for {
-		if a.raw != nil {
-			waitReadable(a.raw) // an error shows in the read that follows
+		if a.gate != nil {
+			a.gate.wait()
 		}
 		m, err := a.receive(s.ctx)
 		if err == errNudge {
@@ -404,7 +403,7 @@ func (a *agentConn) receive(ctx context.Context) (wire.Message, error) {
 	if err != nil {
 		return wire.Message{}, err
 	}
-	if a.raw != nil && isNudge(typ == websocket.MessageBinary, b) {
+	if a.gate != nil && isNudge(typ == websocket.MessageBinary, b) {
 		return wire.Message{}, errNudge
 	}
 	m, err := wire.Parse(typ, b)

@@ -3,6 +3,7 @@ package server
 import (
 	"encoding/binary"
 	"io"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -25,7 +26,12 @@ import (
 //     making, a nudge, which the control loop reads as "nothing" and goes
 //     back to waiting. The library answers the ping as ever.
 type frameGate struct {
-	r io.Reader
+	r     io.Reader       // the connection
+	raw   syscall.RawConn // its socket, which wait waits on
+	early []byte          // bytes read off the connection before the hand-over: given first
+	// earlyLeft is len(early), read by wait: while any are left, a
+	// message may be waiting in them.
+	earlyLeft atomic.Int64
 
 	hdr       [14]byte // the header being read: 2 bytes, then its extended length and mask
 	have      int      // header bytes read
@@ -49,6 +55,24 @@ const (
 	wsLen64  = 127  // or an 8-byte one
 )
 
+func newFrameGate(c io.Reader, raw syscall.RawConn, early []byte) *frameGate {
+	g := &frameGate{r: c, raw: raw, early: early}
+	g.earlyLeft.Store(int64(len(early)))
+	return g
+}
+
+// from reads up to len(p) bytes: the early ones first, then the
+// connection's.
+func (g *frameGate) from(p []byte) (int, error) {
+	if len(g.early) == 0 {
+		return g.r.Read(p)
+	}
+	n := copy(p, g.early)
+	g.early = g.early[n:]
+	g.earlyLeft.Store(int64(len(g.early)))
+	return n, nil
+}
+
 func (g *frameGate) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
@@ -59,14 +83,14 @@ func (g *frameGate) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	if g.left > 0 {
-		n, err := g.r.Read(p[:min(int64(len(p)), g.left)])
+		n, err := g.from(p[:min(int64(len(p)), g.left)])
 		g.left -= int64(n)
 		if g.left == 0 && n > 0 {
 			g.endFrame()
 		}
 		return n, err
 	}
-	n, err := g.r.Read(p[:min(len(p), g.headerLen()-g.have)])
+	n, err := g.from(p[:min(len(p), g.headerLen()-g.have)])
 	copy(g.hdr[g.have:], p[:n])
 	g.have += n
 	if g.have >= 2 && g.have == g.headerLen() {
@@ -127,10 +151,12 @@ func (g *frameGate) endFrame() {
 // isNudge reports whether a message read through a frameGate is a nudge.
 func isNudge(binary bool, b []byte) bool { return binary && len(b) == 0 }
 
-// waitReadable blocks until rc has bytes to read, has ended or failed,
-// without reading any; on a shallow stack (see frameGate). Each wake is
+// wait blocks until there is something to read, the connection has
+// ended or failed, without reading any; on a shallow stack. Each wake is
 // checked with a peek: a readiness left over from bytes already read
-// does not count.
-func waitReadable(rc syscall.RawConn) error {
-	return rc.Read(readable)
+// does not count. An error shows in the read that follows.
+func (g *frameGate) wait() {
+	if g.earlyLeft.Load() == 0 {
+		g.raw.Read(readable)
+	}
 }

@@ -84,18 +84,22 @@ func TestFrameGate(t *testing.T) {
 			want = append(want, nudge...)
 		}
 	}
-	rec := &readRecorder{r: bytes.NewReader(in)}
-	got, err := io.ReadAll(bufio.NewReaderSize(&frameGate{r: rec}, leanBuffer))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Fatalf("through the gate: %d bytes, want %d (the frames and two nudges)", len(got), len(want))
-	}
-	for _, s := range rec.spans {
-		for _, e := range ends {
-			if s[0] < e && e < s[1] {
-				t.Fatalf("a read of bytes %d to %d crossed the end of a frame at %d", s[0], s[1], e)
+	// Bytes net/http read before the hand-over come first, through the
+	// same gate: none, part of a header, a frame and a bit.
+	for _, early := range []int{0, 1, 7, ends[0] + 3} {
+		rec := &readRecorder{r: bytes.NewReader(in[early:])}
+		got, err := io.ReadAll(bufio.NewReaderSize(newFrameGate(rec, nil, bytes.Clone(in[:early])), leanBuffer))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("through the gate, %d bytes early: %d bytes, want %d (the frames and two nudges)", early, len(got), len(want))
+		}
+		for _, s := range rec.spans {
+			for _, e := range ends {
+				if e -= early; s[0] < e && e < s[1] {
+					t.Fatalf("%d bytes early: a read of bytes %d to %d crossed the end of a frame at %d", early, s[0], s[1], e)
+				}
 			}
 		}
 	}
@@ -108,12 +112,16 @@ func TestFrameGate(t *testing.T) {
 func TestIdleAgentWaitsShallow(t *testing.T) {
 	r := runServer(t)
 	ag := dialAgent(t, r.ws(), "shallow", wire.Info{})
-	a := r.agent("shallow")
-	if a == nil || a.raw == nil {
-		t.Fatal("the agent's connection has no socket to wait on")
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	a := r.agent("shallow")
+	for a == nil && ctx.Err() == nil { // the server confirms it just after the welcome
+		time.Sleep(10 * time.Millisecond)
+		a = r.agent("shallow")
+	}
+	if a == nil || a.gate == nil {
+		t.Fatal("the agent's connection has no socket to wait on")
+	}
 	reading := make(chan struct{})
 	go func() { // the agent's reader, which takes the pongs in
 		defer close(reading)
@@ -132,12 +140,12 @@ func TestIdleAgentWaitsShallow(t *testing.T) {
 	var stack string
 	for ctx.Err() == nil {
 		stack = goroutineWith(serve)
-		if strings.Contains(stack, "waitReadable") {
+		if strings.Contains(stack, "(*frameGate).wait") {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if !strings.Contains(stack, "waitReadable") || strings.Contains(stack, "coder/websocket") {
+	if !strings.Contains(stack, "(*frameGate).wait") || strings.Contains(stack, "coder/websocket") {
 		t.Fatalf("after three pings the agent's goroutine waits here:\n%s", stack)
 	}
 	ag.send(t, wire.Message{Type: wire.TypeStatus, Status: &wire.Status{Sessions: 2}})

@@ -2,9 +2,9 @@ package server
 
 import (
 	"bufio"
+	"bytes"
 	"net"
 	"net/http"
-	"syscall"
 )
 
 // leanBuffer is the size of the buffers an agent's control connection
@@ -22,11 +22,14 @@ const leanBuffer = 128
 // holds, the connection is handed over with net/http's buffers as they
 // are, so that nothing is lost.
 //
-// On a plain TCP connection the library reads through a frameGate, and
-// Hijack leaves the socket in raw, for the control loop to wait on.
+// On a plain TCP connection the library reads through a frameGate, which
+// Hijack leaves in gate for the control loop to wait on; bytes the client
+// sent right behind its request (an agent's hello, sent the moment the
+// 101 arrives, which net/http's background read may have taken) are
+// handed over through it, first.
 type leanHijack struct {
 	http.ResponseWriter
-	raw syscall.RawConn // set by Hijack: the socket, when the control loop may wait on it itself
+	gate *frameGate // set by Hijack: nil when the control loop waits in the library's read
 }
 
 func (l *leanHijack) Hijack() (net.Conn, *bufio.ReadWriter, error) {
@@ -34,12 +37,15 @@ func (l *leanHijack) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	if brw.Reader.Buffered() > 0 || brw.Writer.Buffered() > 0 {
+	raw := rawOf(c)
+	if brw.Writer.Buffered() > 0 || raw == nil && brw.Reader.Buffered() > 0 {
 		return c, brw, nil
 	}
 	w := bufio.NewWriterSize(c, leanBuffer)
-	if l.raw = rawOf(c); l.raw != nil {
-		c = gatedConn{c, &frameGate{r: c}}
+	if raw != nil {
+		early, _ := brw.Reader.Peek(brw.Reader.Buffered())
+		l.gate = newFrameGate(c, raw, bytes.Clone(early))
+		c = gatedConn{c, l.gate}
 	}
 	return c, bufio.NewReadWriter(bufio.NewReaderSize(c, leanBuffer), w), nil
 }
