@@ -44,6 +44,15 @@ type agentConn struct {
 	gate *frameGate  // what ws reads through, which serve waits on between messages; nil: it waits in ws's read
 	pool *streamPool // the agent's idle streams when it speaks control v2 and the server pools; nil otherwise
 
+	// Set before the opening, read by whoever ends the agent (finish).
+	release       func()          // its hold on the drain
+	displacedDone <-chan struct{} // closed when the holder it displaced is closed
+
+	// Its place in the idle poller: under the poller's lock (see
+	// idlePoller).
+	pollID uint32 // 0: never parked
+	polled bool   // its socket is in the poller's set
+
 	// Atomics: anyone, any time.
 	seen  atomic.Int64 // unix nanoseconds of the last message or ping
 	ready atomic.Bool  // ws is set and the welcome is on its way; clients may find the agent
@@ -182,39 +191,60 @@ func (s *Server) handleAgent(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// The opening (hello, welcome) runs here, where the stack is deep
-	// anyway; the idle rest on a goroutine of its own, and net/http's
-	// goes. That goroutine's stack is only as deep as its wait on the
-	// socket (see frameGate), not net/http's serving, the mux, this
-	// handler and the opening's encoders: an idle agent holds 4 KiB of
-	// stack instead of 16. The drain owns it through release, as it owns
-	// every hijacked connection.
-	err := a.start()
-	go a.run(err, release, displaced)
+	// anyway; then the agent is parked in the idle poller, which costs it
+	// no goroutine between messages (Linux), or else the idle rest runs on
+	// a goroutine of its own, only as deep as its wait on the socket (see
+	// frameGate), and net/http's goes. The drain owns the agent through
+	// release, as it owns every hijacked connection.
+	a.release, a.displacedDone = release, displaced
+	if err := a.start(); err != nil {
+		go a.finish(err)
+		return
+	}
+	if !s.idle.park(a) {
+		go func() { a.finish(a.serve()) }()
+	}
 }
 
-// run serves a's control connection until it ends (at once when its
-// opening failed with err), then lets go of its ID, its pool and its hold
-// on the drain (release), and waits for the holder it displaced to be
-// closed.
-func (a *agentConn) run(err error, release func(), displaced <-chan struct{}) {
-	s := a.s
-	defer func() { <-displaced }()
-	defer a.uncount()
-	defer release()
-	defer s.changes.notify() // after Unregister: watchers see it gone
-	defer func() {
-		if errors.Is(err, errGoodbye) {
-			s.reg.Release(a.id, a)
+// step reads and handles the agent's next message, on a goroutine of its
+// own, once the idle poller or the close of its connection handed the
+// agent over, and parks it again; it ends the agent when the connection
+// has ended.
+func (a *agentConn) step() {
+	for {
+		err := a.next()
+		if err != nil {
+			a.finish(err)
 			return
 		}
-		s.reg.Unregister(a.id, a)
-	}()
-	defer a.pool.close()
-	if err == nil {
-		err = a.serve()
+		if a.gate.earlyLeft.Load() > 0 { // a message may be there already
+			continue
+		}
+		if a.s.idle.park(a) {
+			return
+		}
+		a.finish(a.serve()) // the poller has stopped: wait here
+		return
 	}
+}
+
+// finish ends a's control connection (with err, the reason: nil never),
+// then lets go of its ID, its pool and its hold on the drain (release),
+// and waits for the holder it displaced to be closed.
+func (a *agentConn) finish(err error) {
+	s := a.s
 	a.log().Info("agent disconnected", "duration", time.Since(a.since).Round(time.Second), "reason", errString(err))
 	a.closeNow()
+	a.pool.close()
+	if errors.Is(err, errGoodbye) {
+		s.reg.Release(a.id, a)
+	} else {
+		s.reg.Unregister(a.id, a)
+	}
+	s.changes.notify() // after Unregister: watchers see it gone
+	a.release()
+	a.uncount()
+	<-a.displacedDone
 }
 
 // claim registers a as the holder of its ID, with the tenure the agent's
@@ -332,34 +362,44 @@ func (a *agentConn) start() error {
 	return nil
 }
 
-// serve reads the agent's status updates until the connection ends.
-// Between them it waits on the socket, shallow (see frameGate).
+// serve reads the agent's status updates until the connection ends, on
+// the caller's goroutine. Between them it waits on the socket, shallow
+// (see frameGate).
 func (a *agentConn) serve() error {
-	s := a.s
 	for {
 		if a.gate != nil {
 			a.gate.wait()
 		}
-		m, err := a.receive(s.ctx)
-		if err == errNudge {
-			continue
-		}
-		if err != nil {
+		if err := a.next(); err != nil {
 			return err
 		}
-		switch m.Type {
-		case wire.TypeStatus:
-			a.mu.Lock()
-			a.info.Status = *m.Status
-			a.mu.Unlock()
-			s.changes.notify()
-		case wire.TypeBye:
-			a.close(websocket.StatusNormalClosure, "goodbye")
-			return errGoodbye
-		default:
-			a.close(wsconn.CodeRefused, "unexpected "+m.Type+" message")
-			return fmt.Errorf("unexpected %q message", m.Type)
-		}
+	}
+}
+
+// next reads the agent's next message and does what it says: nothing
+// for a nudge.
+func (a *agentConn) next() error {
+	s := a.s
+	m, err := a.receive(s.ctx)
+	if err == errNudge {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	switch m.Type {
+	case wire.TypeStatus:
+		a.mu.Lock()
+		a.info.Status = *m.Status
+		a.mu.Unlock()
+		s.changes.notify()
+		return nil
+	case wire.TypeBye:
+		a.close(websocket.StatusNormalClosure, "goodbye")
+		return errGoodbye
+	default:
+		a.close(wsconn.CodeRefused, "unexpected "+m.Type+" message")
+		return fmt.Errorf("unexpected %q message", m.Type)
 	}
 }
 

@@ -32,6 +32,9 @@ type frameGate struct {
 	// earlyLeft is len(early), read by wait: while any are left, a
 	// message may be waiting in them.
 	earlyLeft atomic.Int64
+	// onClose, if set, is called when the connection has been closed
+	// (see idlePoller).
+	onClose atomic.Pointer[func()]
 
 	hdr       [14]byte // the header being read: 2 bytes, then its extended length and mask
 	have      int      // header bytes read

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"net/http/httptest"
 	"runtime"
 	"strings"
 	"testing"
@@ -105,19 +106,47 @@ func TestFrameGate(t *testing.T) {
 	}
 }
 
-// TestIdleAgentWaitsShallow: once a registered agent has pinged (which the
-// server answers) and said nothing else, the server's goroutine for it
-// waits on the socket, not in the WebSocket library's read; a status sent
-// afterwards still arrives.
-func TestIdleAgentWaitsShallow(t *testing.T) {
-	r := runServer(t)
-	ag := dialAgent(t, r.ws(), "shallow", wire.Info{})
+// TestIdleAgentHoldsNoGoroutine: once a registered agent has pinged
+// (which the server answers) and said nothing else, no goroutine of the
+// server is its: it waits in the idle poller (Linux); a status sent
+// afterwards still arrives, and the agent's end is seen. Where there is
+// no poller (a server whose Run did not start one, as on other systems),
+// its goroutine waits on the socket, not in the WebSocket library's read.
+func TestIdleAgentHoldsNoGoroutine(t *testing.T) {
+	t.Run("poller", func(t *testing.T) {
+		if runtime.GOOS != "linux" {
+			t.Skip("the idle poller is Linux only")
+		}
+		r := runServer(t)
+		idleAgent(t, r.Server, r.ws(), func(a *agentConn) (string, bool) {
+			stack := goroutineWithAgent(a)
+			return stack, stack == ""
+		})
+	})
+	t.Run("goroutine", func(t *testing.T) {
+		s := newTestServer(t)
+		ts := httptest.NewServer(s.handler)
+		t.Cleanup(ts.Close)
+		idleAgent(t, s, "ws"+strings.TrimPrefix(ts.URL, "http"), func(a *agentConn) (string, bool) {
+			stack := goroutineWith(fmt.Sprintf("(*agentConn).serve(%p", a))
+			return stack, strings.Contains(stack, "(*frameGate).wait") && !strings.Contains(stack, "coder/websocket") &&
+				!strings.Contains(stack, "net/http") // not the handler's goroutine
+		})
+	})
+}
+
+// idleAgent registers an agent with the server s at wsBase, pings it
+// three times, waits until idle says the server holds it idle as it
+// should (or fails with what idle returned), then sends a status that
+// must arrive, and closes: the server must let the ID go.
+func idleAgent(t *testing.T, s *Server, wsBase string, idle func(*agentConn) (string, bool)) {
+	ag := dialAgent(t, wsBase, "idle", wire.Info{})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	a := r.agent("shallow")
+	a := s.agent("idle")
 	for a == nil && ctx.Err() == nil { // the server confirms it just after the welcome
 		time.Sleep(10 * time.Millisecond)
-		a = r.agent("shallow")
+		a = s.agent("idle")
 	}
 	if a == nil || a.gate == nil {
 		t.Fatal("the agent's connection has no socket to wait on")
@@ -136,17 +165,11 @@ func TestIdleAgentWaitsShallow(t *testing.T) {
 			t.Fatalf("ping %d: %v", i, err)
 		}
 	}
-	serve := fmt.Sprintf("(*agentConn).serve(%p", a)
-	var stack string
-	for ctx.Err() == nil {
-		stack = goroutineWith(serve)
-		if strings.Contains(stack, "(*frameGate).wait") {
-			break
+	var what string
+	for ok := false; !ok; time.Sleep(10 * time.Millisecond) {
+		if what, ok = idle(a); !ok && ctx.Err() != nil {
+			t.Fatalf("after three pings the agent is held here:\n%s", what)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if !strings.Contains(stack, "(*frameGate).wait") || strings.Contains(stack, "coder/websocket") {
-		t.Fatalf("after three pings the agent's goroutine waits here:\n%s", stack)
 	}
 	ag.send(t, wire.Message{Type: wire.TypeStatus, Status: &wire.Status{Sessions: 2}})
 	for a.Info().Status.Sessions != 2 {
@@ -157,6 +180,25 @@ func TestIdleAgentWaitsShallow(t *testing.T) {
 	}
 	ag.ws.CloseNow()
 	<-reading
+	for s.agent("idle") != nil {
+		if ctx.Err() != nil {
+			t.Fatal("the agent's ID is still held after its connection closed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// goroutineWithAgent is the stack of a goroutine running a method of a,
+// or "".
+func goroutineWithAgent(a *agentConn) string {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	for g := range strings.SplitSeq(string(buf), "\n\n") {
+		if strings.Contains(g, "(*agentConn).") && strings.Contains(g, fmt.Sprintf("(%p", a)) {
+			return g
+		}
+	}
+	return ""
 }
 
 // goroutineWith is the stack of the goroutine whose stack holds s, or "".

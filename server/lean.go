@@ -60,5 +60,15 @@ type gatedConn struct {
 
 func (g gatedConn) Read(p []byte) (int, error) { return g.gate.Read(p) }
 
+// Close closes the connection and tells whoever asked (an agent parked in
+// the idle poller, whose socket leaves the poller's set without an event).
+func (g gatedConn) Close() error {
+	err := g.Conn.Close()
+	if f := g.gate.onClose.Load(); f != nil {
+		(*f)()
+	}
+	return err
+}
+
 // Unwrap gives http.ResponseController the ResponseWriter underneath.
 func (l *leanHijack) Unwrap() http.ResponseWriter { return l.ResponseWriter }

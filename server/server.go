@@ -258,10 +258,11 @@ func (c *Config) Validate() error {
 
 // Server is the rendezvous server. Create it with New, start it with Run.
 type Server struct {
-	cfg Config
-	log *slog.Logger
-	reg registry.Registry[*agentConn] // in memory, or shared in Redis (cluster)
-	mux *http.ServeMux
+	cfg  Config
+	log  *slog.Logger
+	idle *idlePoller                   // idle agents wait in it, not on goroutines; nil: they do (set by Run before it serves)
+	reg  registry.Registry[*agentConn] // in memory, or shared in Redis (cluster)
+	mux  *http.ServeMux
 	// handler is mux under the base path: what is served.
 	handler http.Handler
 
@@ -440,6 +441,10 @@ func (s *Server) Run(ctx context.Context) error {
 	s.log.Info("listening", "addr", ln.Addr().String(), "ssh_user", s.cfg.SSHUser, "tls", s.tls != nil,
 		"sessions_view", s.cfg.SessionsPassword != "", "downloads", len(s.dist.list))
 
+	if p, err := newIdlePoller(); err == nil {
+		s.idle = p
+		defer p.stop() // after the drain (deferred before it runs): no agent is parked any more
+	}
 	sweepDone := make(chan struct{})
 	sweepCtx, stopSweep := context.WithCancel(context.Background())
 	go func() { defer close(sweepDone); s.sweep(sweepCtx) }()
