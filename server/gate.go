@@ -7,15 +7,15 @@ import (
 	"syscall"
 )
 
-// An idle agent's control goroutine waits for the agent's next message.
-// Waiting inside the WebSocket library's read costs a deep stack (its
-// reader, frame parser and buffered reader over the connection's: 8 KiB
-// once the herd of registrations has made the runtime start goroutines
-// that large) and a context registration for every read. The goroutine
-// waits instead on the socket itself, shallow, and calls the library only
-// once bytes are there (docs/design.md, "Where an idle agent's memory
-// goes"). Two things make that safe, both done by frameGate, which the
-// library reads the connection through:
+// Between an agent's messages the server waits on its socket itself (in
+// the idle poller, which costs no goroutine, or where there is none on a
+// shallow goroutine, see wait), not inside the WebSocket library's read,
+// which costs a deep stack (8 KiB once the herd of registrations has made
+// the runtime start goroutines that large) and a context registration for
+// every read; it calls the library only once bytes are there
+// (docs/design.md, "Where an idle agent's memory goes"). Two things make
+// that safe, both done by frameGate, which the library reads the
+// connection through:
 //
 //   - nothing is left in the library's buffer when a message has been
 //     read (a read never goes past the end of the frame being read), so
