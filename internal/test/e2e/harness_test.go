@@ -45,9 +45,49 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binDir = dir
+	home, err := ownHome()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "a home for the suite: %v\n", err)
+		os.Exit(1)
+	}
 	code := m.Run()
 	os.RemoveAll(dir)
+	os.RemoveAll(home)
 	os.Exit(code)
+}
+
+// ownHome gives the suite, and the agents and shells it starts, a home
+// directory of its own: the sessions' login shells must not run the
+// machine user's dotfiles (on a box whose ~/.bashrc runs `pyenv
+// rehash`, a shell a test ends during its start-up left pyenv's lock
+// behind, and every later shell waited a minute on it). Go keeps its
+// caches and settings where they were.
+func ownHome() (string, error) {
+	for _, kv := range [][2]string{{"GOCACHE", "go-build"}, {"GOENV", "go/env"}} {
+		if os.Getenv(kv[0]) != "" {
+			continue
+		}
+		base, err := os.UserCacheDir()
+		if kv[0] == "GOENV" {
+			base, err = os.UserConfigDir()
+		}
+		if err != nil {
+			return "", err
+		}
+		os.Setenv(kv[0], filepath.Join(base, kv[1]))
+	}
+	if os.Getenv("GOPATH") == "" {
+		h, err := os.UserHomeDir()
+		if err != nil {
+			return "", err
+		}
+		os.Setenv("GOPATH", filepath.Join(h, "go"))
+	}
+	home, err := os.MkdirTemp("", "converge-e2e-home")
+	if err != nil {
+		return "", err
+	}
+	return home, os.Setenv("HOME", home)
 }
 
 // bin is the path of a built command.
