@@ -119,7 +119,7 @@ func TestIdleAgentHoldsNoGoroutine(t *testing.T) {
 		}
 		r := runServer(t)
 		idleAgent(t, r.Server, r.ws(), func(a *agentConn) (string, bool) {
-			stack := goroutineWithAgent(a)
+			stack := goroutineWith("(*agentConn).", fmt.Sprintf("(%p", a)) // running any method of a
 			return stack, stack == ""
 		})
 	})
@@ -188,27 +188,19 @@ func idleAgent(t *testing.T, s *Server, wsBase string, idle func(*agentConn) (st
 	}
 }
 
-// goroutineWithAgent is the stack of a goroutine running a method of a,
-// or "".
-func goroutineWithAgent(a *agentConn) string {
+// goroutineWith is the stack of a goroutine whose stack holds every one
+// of parts, or "".
+func goroutineWith(parts ...string) string {
 	buf := make([]byte, 1<<20)
 	buf = buf[:runtime.Stack(buf, true)]
+next:
 	for g := range strings.SplitSeq(string(buf), "\n\n") {
-		if strings.Contains(g, "(*agentConn).") && strings.Contains(g, fmt.Sprintf("(%p", a)) {
-			return g
+		for _, p := range parts {
+			if !strings.Contains(g, p) {
+				continue next
+			}
 		}
-	}
-	return ""
-}
-
-// goroutineWith is the stack of the goroutine whose stack holds s, or "".
-func goroutineWith(s string) string {
-	buf := make([]byte, 1<<20)
-	buf = buf[:runtime.Stack(buf, true)]
-	for g := range strings.SplitSeq(string(buf), "\n\n") {
-		if strings.Contains(g, s) {
-			return g
-		}
+		return g
 	}
 	return ""
 }
