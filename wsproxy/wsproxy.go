@@ -17,10 +17,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/converge-ci/converge/internal/leg"
+	"github.com/converge-ci/converge/internal/rawio"
 	"github.com/converge-ci/converge/internal/resume"
 	"github.com/converge-ci/converge/internal/splice"
 	"github.com/converge-ci/converge/internal/wire"
@@ -229,7 +232,7 @@ func Stdio(ctx context.Context, t Target, in io.ReadCloser, out io.WriteCloser, 
 	}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
-	res := splice.Splice(stdio{in, out}, conn)
+	res := splice.Splice(newStdio(in, out), conn)
 	if rc, ok := conn.(*resume.Conn); ok && res.Err == nil {
 		// The user's side may end before the server's answer came: a
 		// refusal (unknown ID) is still the outcome to report.
@@ -249,14 +252,48 @@ func Stdio(ctx context.Context, t Target, in io.ReadCloser, out io.WriteCloser, 
 	return res.Err
 }
 
+// stdio is ssh's end of the relay: its input and output. On pipes (what
+// ssh gives a ProxyCommand) it reads and writes with raw system calls
+// (see internal/rawio), as the stream's own end does.
 type stdio struct {
-	io.ReadCloser
-	out io.WriteCloser
+	in            io.ReadCloser
+	out           io.WriteCloser
+	rawIn, rawOut *rawio.FD // nil: through in and out
 }
 
-func (s stdio) Write(p []byte) (int, error) { return s.out.Write(p) }
+func newStdio(in io.ReadCloser, out io.WriteCloser) stdio {
+	s := stdio{in: in, out: out}
+	if f, ok := in.(*os.File); ok {
+		s.rawIn = rawio.For(f)
+	}
+	if f, ok := out.(*os.File); ok {
+		s.rawOut = rawio.For(f)
+	}
+	return s
+}
+
+func (s stdio) Read(p []byte) (int, error) {
+	if s.rawIn != nil {
+		return s.rawIn.Read(p)
+	}
+	return s.in.Read(p)
+}
+
+func (s stdio) Write(p []byte) (int, error) {
+	if s.rawOut == nil {
+		return s.out.Write(p)
+	}
+	n, err := s.rawOut.Write(p)
+	if errors.Is(err, syscall.EPIPE) {
+		// Whoever read our output (ssh) has gone: the stream ends, as
+		// when it closes our input.
+		err = net.ErrClosed
+	}
+	return n, err
+}
+
 func (s stdio) Close() error {
-	return errors.Join(s.ReadCloser.Close(), s.out.Close())
+	return errors.Join(s.in.Close(), s.out.Close())
 }
 
 // Serve accepts TCP connections on ln and relays each through its own

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/converge-ci/converge/internal/rawio"
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
 )
@@ -227,7 +228,7 @@ func (e *earlyConn) readAnswer() (net.Conn, error) {
 		if e.response != nil {
 			e.response(resp.Header)
 		}
-		return bufferedStream{e.c, e.br}, nil
+		return bufferedStream{e.c, e.br, e.direct()}, nil
 	case upgraded:
 		return nil, wsconn.Refusal(e.rawURL, resp)
 	}
@@ -256,13 +257,39 @@ func (e *earlyConn) readAnswer() (net.Conn, error) {
 }
 
 // bufferedStream is a switched connection whose reader may hold the
-// first bytes behind the answer.
+// first bytes behind the answer. Without TLS, once the reader holds
+// nothing, reads and writes go to the TCP connection's descriptor with
+// raw system calls (see internal/rawio): a stream's ends are idle between
+// pieces, and the runtime's bookkeeping of an ordinary call then costs
+// them a quarter of their CPU.
 type bufferedStream struct {
 	net.Conn
 	br *bufio.Reader
+	fd *rawio.FD // nil: through Conn
 }
 
-func (b bufferedStream) Read(p []byte) (int, error) { return b.br.Read(p) }
+func (b bufferedStream) Read(p []byte) (int, error) {
+	if b.fd != nil && b.br.Buffered() == 0 {
+		return b.fd.Read(p)
+	}
+	return b.br.Read(p)
+}
+
+func (b bufferedStream) Write(p []byte) (int, error) {
+	if b.fd != nil {
+		return b.fd.Write(p)
+	}
+	return b.Conn.Write(p)
+}
+
+// direct is the descriptor a switched stream without TLS reads and writes
+// directly, or nil.
+func (e *earlyConn) direct() *rawio.FD {
+	if tc, ok := e.c.(*net.TCPConn); ok && e.plain {
+		return rawio.For(tc)
+	}
+	return nil
+}
 
 // Close closes the connection, and the fallback WebSocket if there is one.
 func (e *earlyConn) Close() error {

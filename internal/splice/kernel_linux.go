@@ -15,6 +15,20 @@ const pipeSize = 1 << 20
 // for each direction.
 const ExtraFiles = 4
 
+// rawSplice moves up to n bytes from in to out with a raw splice(2): both
+// are non-blocking (Go's sockets, our pipe, and SPLICE_F_NONBLOCK for the
+// pipe), so the call cannot block, and it skips the runtime's system call
+// bookkeeping, which wakes the runtime's monitor thread each time the
+// relay comes back from idle; see internal/rawio.
+func rawSplice(in, out, n int) (int64, error) {
+	const flags = 0x1 | 0x2 // SPLICE_F_MOVE | SPLICE_F_NONBLOCK
+	r, _, errno := syscall.RawSyscall6(syscall.SYS_SPLICE, uintptr(in), 0, uintptr(out), 0, uintptr(n), flags)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int64(r), nil
+}
+
 // kernelCopy moves bytes from src to dst through a pipe with splice(2),
 // so they never enter user space: socket → pipe, then pipe → socket. It
 // reports each piece written to count (if set), so byte counters move
@@ -37,13 +51,12 @@ func kernelCopy(dst, src *net.TCPConn, count func(int64)) (written int64, handle
 	if err != nil {
 		return 0, false, nil
 	}
-	const flags = 0x1 | 0x2 // SPLICE_F_MOVE | SPLICE_F_NONBLOCK
 	for {
 		var in int64
 		var serr error
 		err := rc.Read(func(fd uintptr) bool {
 			for {
-				in, serr = syscall.Splice(int(fd), nil, p[1], nil, pipeSize, flags)
+				in, serr = rawSplice(int(fd), p[1], pipeSize)
 				if serr != syscall.EINTR {
 					return serr != syscall.EAGAIN // EAGAIN: wait until readable
 				}
@@ -65,7 +78,7 @@ func kernelCopy(dst, src *net.TCPConn, count func(int64)) (written int64, handle
 			var out int64
 			err := wc.Write(func(fd uintptr) bool {
 				for {
-					out, serr = syscall.Splice(p[0], nil, int(fd), nil, int(in), flags)
+					out, serr = rawSplice(p[0], int(fd), int(in))
 					if serr != syscall.EINTR {
 						return serr != syscall.EAGAIN // EAGAIN: wait until writable
 					}
