@@ -7,7 +7,7 @@ CMDS    := converge agent wsproxy tcptows
 # Downloadable binaries, embedded into the server by `make dist`.
 DIST_PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64
 
-.PHONY: all build wasm run test tools check generate vet bench bench-agents bench-connect bench-relay bench-streams bench-run bench-failover bench-record dist dist-bins action-sums clean
+.PHONY: all build wasm run test tools check generate vet bench bench-agents bench-connect bench-relay bench-streams bench-run bench-failover bench-record bench-together dist dist-bins action-sums clean
 
 all: build
 
@@ -105,6 +105,12 @@ bench-failover: build
 # once through one converge, their spread and fairness.
 bench-streams: build
 	$(GO) test -count=1 -timeout 10m -run '^TestBenchStreams$$' ./internal/test/bench -v -bench-table \
+		-bench-bin=$(CURDIR)/bin
+
+# bench-together prints only the shared-shell rows (~15 s): a shell's
+# echo with observers attached, and what an observer costs the agent.
+bench-together: build
+	$(GO) test -count=1 -timeout 5m -run '^TestBenchTogether$$' ./internal/test/bench -v -bench-table \
 		-bench-bin=$(CURDIR)/bin
 
 # dist builds the downloads the server embeds (static/dist/) and the

@@ -445,8 +445,7 @@ func (c *Conn) Shutdown(timeout time.Duration) error {
 func (c *Conn) SetDeadline(t time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.rdl, c.wdl = t, t
-	c.wake(wakeIO)
+	c.setDeadlinesLocked(t, t)
 	return nil
 }
 
@@ -454,8 +453,7 @@ func (c *Conn) SetDeadline(t time.Time) error {
 func (c *Conn) SetReadDeadline(t time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.rdl = t
-	c.wake(wakeIO)
+	c.setDeadlinesLocked(t, c.wdl)
 	return nil
 }
 
@@ -463,9 +461,21 @@ func (c *Conn) SetReadDeadline(t time.Time) error {
 func (c *Conn) SetWriteDeadline(t time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.wdl = t
-	c.wake(wakeIO)
+	c.setDeadlinesLocked(c.rdl, t)
 	return nil
+}
+
+// setDeadlinesLocked sets the deadlines and wakes Read and Write to heed
+// them, if they changed: an SSH server sets the same deadline before
+// every read and write (gliderlabs/ssh, with no timeouts: none), and a
+// wake each time would cost the waiting reader a goroutine switch per
+// packet.
+func (c *Conn) setDeadlinesLocked(rdl, wdl time.Time) {
+	if rdl.Equal(c.rdl) && wdl.Equal(c.wdl) {
+		return
+	}
+	c.rdl, c.wdl = rdl, wdl
+	c.wake(wakeIO)
 }
 
 // LocalAddr and RemoteAddr name the session; a resumable stream has no

@@ -257,6 +257,20 @@ func TestDeadlines(t *testing.T) {
 		if _, err := s.Write(make([]byte, 3*MinBuffer)); !errors.Is(err, os.ErrDeadlineExceeded) {
 			t.Errorf("Write into a full window past deadline: %v, want os.ErrDeadlineExceeded", err)
 		}
+		// A deadline set while a Read waits ends that Read; setting the
+		// same one again (an SSH server does, before every read and
+		// write) changes nothing.
+		c.Abort()
+		s.Abort()
+		c, s = w.dial(testConfig())
+		errs := make(chan error, 1)
+		go func() { _, err := c.Read(make([]byte, 1)); errs <- err }()
+		synctest.Wait()
+		c.SetDeadline(time.Time{})
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		if err := <-errs; !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("Read waiting when its deadline was set: %v, want os.ErrDeadlineExceeded", err)
+		}
 		c.Abort()
 		s.Abort()
 	})
