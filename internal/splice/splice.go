@@ -13,6 +13,8 @@ import (
 	"io"
 	"net"
 	"sync"
+
+	"github.com/converge-ci/converge/internal/rawio"
 )
 
 // BufferSize is the copy buffer of each direction. SSH writes packets of up
@@ -89,7 +91,30 @@ func copyStream(dst io.Writer, src io.Reader, count func(int64)) (int64, error) 
 			return sent + n, err
 		}
 	}
-	return copyBuffered(dst, src, count)
+	return copyBuffered(rawWriter(dst), rawReader(src), count)
+}
+
+// rawReader and rawWriter give a TCP connection's descriptor, for reads
+// and writes without the runtime's system call bookkeeping (see
+// internal/rawio), when the other side of the copy is not one: a TCP
+// client of tcptows, a browser's WebSocket on the server. Anything else
+// (a wrapper may hold bytes read early) is used as it is.
+func rawReader(r io.Reader) io.Reader {
+	if tc, ok := r.(*net.TCPConn); ok {
+		if fd := rawio.For(tc); fd != nil {
+			return fd
+		}
+	}
+	return r
+}
+
+func rawWriter(w io.Writer) io.Writer {
+	if tc, ok := w.(*net.TCPConn); ok {
+		if fd := rawio.For(tc); fd != nil {
+			return fd
+		}
+	}
+	return w
 }
 
 // Prefixed is a connection whose first bytes were read before it was
