@@ -263,15 +263,27 @@ func waitLogins(t *testing.T, a *agenttest.Agent, n int) {
 }
 
 // heapAndStacks is this process's heap and stacks in use, signed so that
-// a difference that shrank (something of an earlier phase freed
-// meanwhile) shows as such, and its goroutines. Two collections: the
-// first runs finalizers whose objects the second frees.
+// a difference that shrank shows as such, and its goroutines, once they
+// have settled: what an earlier phase left (sessions still closing, their
+// goroutines still ending) is freed before the reading, not between two.
 func heapAndStacks() (int64, int) {
-	runtime.GC()
-	runtime.GC()
-	var m runtime.MemStats
-	runtime.ReadMemStats(&m)
-	return int64(m.HeapInuse + m.StackInuse), runtime.NumGoroutine()
+	read := func() (int64, int) {
+		runtime.GC()
+		runtime.GC() // the first runs finalizers whose objects the second frees
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return int64(m.HeapInuse + m.StackInuse), runtime.NumGoroutine()
+	}
+	h, g := read()
+	for range 50 {
+		time.Sleep(100 * time.Millisecond)
+		h2, g2 := read()
+		if g2 == g && h2-h < 32<<10 && h-h2 < 32<<10 {
+			return h2, g2
+		}
+		h, g = h2, g2
+	}
+	return h, g
 }
 
 // waitAttached waits until the agent's one shell has n clients.
