@@ -8,7 +8,7 @@
 //
 // A raw system call holds the goroutine's processor while it runs, which
 // is only right for a call that cannot block: so only non-blocking
-// descriptors qualify, and waiting for one stays with Go's poller. Only
+// sockets and pipes qualify, and waiting for one stays with Go's poller. Only
 // Linux has raw system calls here; elsewhere For returns nil and callers
 // use the ordinary Read and Write.
 package rawio
@@ -22,8 +22,9 @@ import (
 var errNotRaw = errors.New("rawio: not a non-blocking descriptor")
 
 // For returns c's descriptor for raw reads and writes, or nil when there
-// are none for it: another system, no descriptor, or a blocking one (a
-// terminal, say, which nothing makes non-blocking).
+// are none for it: another system, no descriptor, a blocking one (a
+// terminal, say, which nothing makes non-blocking), or neither a socket
+// nor a pipe (a file on a slow disk).
 func For(c syscall.Conn) *FD {
 	rc, err := c.SyscallConn()
 	if err != nil {

@@ -7,15 +7,23 @@ import (
 	"unsafe"
 )
 
+// check takes a non-blocking socket or pipe: a read or write of one
+// returns at once, with bytes or EAGAIN. A regular file or a device may
+// keep the call in the kernel (a slow disk), which only an ordinary call
+// may do.
 func check(rc syscall.RawConn) error {
 	var flags uintptr
 	var errno syscall.Errno
+	var st syscall.Stat_t
+	var statErr error
 	if err := rc.Control(func(fd uintptr) {
 		flags, _, errno = syscall.RawSyscall(syscall.SYS_FCNTL, fd, syscall.F_GETFL, 0)
+		statErr = syscall.Fstat(int(fd), &st)
 	}); err != nil {
 		return err
 	}
-	if errno != 0 || flags&syscall.O_NONBLOCK == 0 {
+	kind := st.Mode & syscall.S_IFMT
+	if errno != 0 || statErr != nil || flags&syscall.O_NONBLOCK == 0 || (kind != syscall.S_IFSOCK && kind != syscall.S_IFIFO) {
 		return errNotRaw
 	}
 	return nil

@@ -157,3 +157,19 @@ func TestBlockingRefused(t *testing.T) {
 		t.Fatal("For took a blocking descriptor")
 	}
 }
+
+// A regular file is refused even when non-blocking: a write to a slow
+// disk stays in the kernel, which only an ordinary call may do.
+func TestRegularFileRefused(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "rawio")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := syscall.SetNonblock(int(f.Fd()), true); err != nil {
+		t.Fatal(err)
+	}
+	if For(f) != nil {
+		t.Fatal("For took a regular file")
+	}
+}
