@@ -9,34 +9,13 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/converge-ci/converge/internal/test/testnet"
 )
 
 // pair is a TCP connection on loopback and its peer.
 func pair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			accepted <- nil
-			return
-		}
-		accepted <- c
-	}()
-	a, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := <-accepted
-	if b == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { a.Close(); b.Close() })
+	a, b := testnet.TCPPair(t)
 	return a.(*net.TCPConn), b.(*net.TCPConn)
 }
 
