@@ -91,30 +91,27 @@ func copyStream(dst io.Writer, src io.Reader, count func(int64)) (int64, error) 
 			return sent + n, err
 		}
 	}
-	return copyBuffered(rawWriter(dst), rawReader(src), count)
+	var r io.Reader = src
+	if fd := tcpFD(src); fd != nil {
+		r = fd
+	}
+	var w io.Writer = dst
+	if fd := tcpFD(dst); fd != nil {
+		w = fd
+	}
+	return copyBuffered(w, r, count)
 }
 
-// rawReader and rawWriter give a TCP connection's descriptor, for reads
-// and writes without the runtime's system call bookkeeping (see
-// internal/rawio), when the other side of the copy is not one: a TCP
-// client of tcptows, a browser's WebSocket on the server. Anything else
-// (a wrapper may hold bytes read early) is used as it is.
-func rawReader(r io.Reader) io.Reader {
-	if tc, ok := r.(*net.TCPConn); ok {
-		if fd := rawio.For(tc); fd != nil {
-			return fd
-		}
+// tcpFD is c's descriptor for reads and writes without the runtime's
+// system call bookkeeping (see internal/rawio) when c is a TCP connection
+// copied by hand, its other side not one (a TCP client of tcptows, a
+// browser's WebSocket on the server); nil for anything else, which may
+// hold bytes read early.
+func tcpFD(c any) *rawio.FD {
+	if tc, ok := c.(*net.TCPConn); ok {
+		return rawio.For(tc)
 	}
-	return r
-}
-
-func rawWriter(w io.Writer) io.Writer {
-	if tc, ok := w.(*net.TCPConn); ok {
-		if fd := rawio.For(tc); fd != nil {
-			return fd
-		}
-	}
-	return w
+	return nil
 }
 
 // Prefixed is a connection whose first bytes were read before it was
