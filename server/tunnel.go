@@ -2,6 +2,7 @@ package server
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -170,13 +171,33 @@ func relayRefusal(w http.ResponseWriter, resp *http.Response) {
 	w.Write(body)
 }
 
-// bufferedConn is a connection whose first bytes were read into r.
+// bufferedConn is a connection whose first bytes were read into r. It is
+// a splice.Prefixed: between two TCP connections the tunnel writes what r
+// holds, then splices the connections themselves in the kernel.
 type bufferedConn struct {
 	net.Conn
 	r *bufio.Reader
 }
 
+var _ splice.Prefixed = (*bufferedConn)(nil)
+
 func (b *bufferedConn) Read(p []byte) (int, error) { return b.r.Read(p) }
+
+// Unprefixed is the connection under b, for internal/splice.
+func (b *bufferedConn) Unprefixed() net.Conn { return b.Conn }
+
+// TakePrefix returns what r holds, once, for internal/splice, which reads
+// the connection itself from then on (nothing under r buffers).
+func (b *bufferedConn) TakePrefix() []byte {
+	n := b.r.Buffered()
+	if n == 0 {
+		return nil
+	}
+	p, _ := b.r.Peek(n)
+	p = bytes.Clone(p)
+	b.r.Discard(n)
+	return p
+}
 
 // tunnel relays between c, the client's connection, and up, the
 // holder's, until either ends or the server drains.
