@@ -140,7 +140,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, kind, id, token
 		up.Close()
 		return
 	}
-	s.tunnel(&bufferedConn{client, cbuf.Reader}, &bufferedConn{up, br}, kind, log, start)
+	s.tunnel(buffered(client, cbuf.Reader), buffered(up, br), kind, log, start)
 }
 
 // relayRefusal passes the holder's refusal on: its status (a 4xx or 5xx;
@@ -171,32 +171,12 @@ func relayRefusal(w http.ResponseWriter, resp *http.Response) {
 	w.Write(body)
 }
 
-// bufferedConn is a connection whose first bytes were read into r. It is
-// a splice.Prefixed: between two TCP connections the tunnel writes what r
-// holds, then splices the connections themselves in the kernel.
-type bufferedConn struct {
-	net.Conn
-	r *bufio.Reader
-}
-
-var _ splice.Prefixed = (*bufferedConn)(nil)
-
-func (b *bufferedConn) Read(p []byte) (int, error) { return b.r.Read(p) }
-
-// Unprefixed is the connection under b, for internal/splice.
-func (b *bufferedConn) Unprefixed() net.Conn { return b.Conn }
-
-// TakePrefix returns what r holds, once, for internal/splice, which reads
-// the connection itself from then on (nothing under r buffers).
-func (b *bufferedConn) TakePrefix() []byte {
-	n := b.r.Buffered()
-	if n == 0 {
-		return nil
-	}
-	p, _ := b.r.Peek(n)
-	p = bytes.Clone(p)
-	b.r.Discard(n)
-	return p
+// buffered is c with what r, its reader, holds in front (splice.WithPrefix):
+// between two TCP connections the tunnel writes those bytes, then splices
+// the connections themselves in the kernel. Nothing under r buffers.
+func buffered(c net.Conn, r *bufio.Reader) net.Conn {
+	early, _ := r.Peek(r.Buffered())
+	return splice.WithPrefix(c, bytes.Clone(early))
 }
 
 // tunnel relays between c, the client's connection, and up, the

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/converge-ci/converge/internal/splice"
 	"github.com/converge-ci/converge/internal/wire"
 	"github.com/converge-ci/converge/internal/wsconn"
 )
@@ -106,40 +107,10 @@ func acceptRaw(w http.ResponseWriter, r *http.Request, protocol string) (net.Con
 	}
 	c.SetDeadline(time.Time{})
 	tune(c)
-	if n := brw.Reader.Buffered(); n > 0 {
-		early, _ := brw.Reader.Peek(n)
-		return &prefixedConn{Conn: c, early: bytes.Clone(early)}, nil
-	}
-	return c, nil
-}
-
-// prefixedConn is a connection whose client sent bytes right behind its
-// request (DialOptions.Early), which the HTTP server had already read:
-// Read returns them first, byte for byte, then the connection's own.
-type prefixedConn struct {
-	net.Conn
-	early []byte // not read yet
-}
-
-func (c *prefixedConn) Read(p []byte) (int, error) {
-	if len(c.early) > 0 {
-		n := copy(p, c.early)
-		c.early = c.early[n:]
-		return n, nil
-	}
-	return c.Conn.Read(p)
-}
-
-// Unprefixed is the connection under c, for internal/splice.
-func (c *prefixedConn) Unprefixed() net.Conn { return c.Conn }
-
-// TakePrefix returns the bytes Read has still to return before the
-// connection's own, for internal/splice, which reads the connection
-// itself from then on.
-func (c *prefixedConn) TakePrefix() []byte {
-	early := c.early
-	c.early = nil
-	return early
+	// Bytes the client sent right behind its request (DialOptions.Early),
+	// which the HTTP server had already read, come first.
+	early, _ := brw.Reader.Peek(brw.Reader.Buffered())
+	return splice.WithPrefix(c, bytes.Clone(early)), nil
 }
 
 var dialer = &net.Dialer{Timeout: 30 * time.Second}

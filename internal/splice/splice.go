@@ -126,6 +126,39 @@ type Prefixed interface {
 	TakePrefix() []byte
 }
 
+// WithPrefix returns c with early, bytes already read off it (by an HTTP
+// server or client, past a request's or an answer's head), in front: Read
+// returns them first, then c's own, and Splice writes them, then moves the
+// rest in the kernel when it can. Without early it returns c.
+func WithPrefix(c net.Conn, early []byte) net.Conn {
+	if len(early) == 0 {
+		return c
+	}
+	return &prefixed{Conn: c, early: early}
+}
+
+type prefixed struct {
+	net.Conn
+	early []byte // not read yet
+}
+
+func (c *prefixed) Read(p []byte) (int, error) {
+	if len(c.early) > 0 {
+		n := copy(p, c.early)
+		c.early = c.early[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *prefixed) Unprefixed() net.Conn { return c.Conn }
+
+func (c *prefixed) TakePrefix() []byte {
+	early := c.early
+	c.early = nil
+	return early
+}
+
 // under is the connection that carries c's bytes: c, or the one under a
 // Prefixed connection.
 func under(c any) any {
