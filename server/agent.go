@@ -217,7 +217,7 @@ func (a *agentConn) step() {
 			a.finish(err)
 			return
 		}
-		if a.gate.earlyLeft.Load() > 0 { // a message may be there already
+		if a.gate.holdsEarly() { // a message may be there already
 			continue
 		}
 		if a.s.idle.park(a) {

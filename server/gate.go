@@ -159,7 +159,11 @@ func isNudge(binary bool, b []byte) bool { return binary && len(b) == 0 }
 // checked with a peek: a readiness left over from bytes already read
 // does not count. An error shows in the read that follows.
 func (g *frameGate) wait() {
-	if g.earlyLeft.Load() == 0 {
+	if !g.holdsEarly() {
 		g.raw.Read(readable)
 	}
 }
+
+// holdsEarly reports whether bytes read before the hand-over are still to
+// be given: a message may be waiting in them, which no socket wait sees.
+func (g *frameGate) holdsEarly() bool { return g.earlyLeft.Load() > 0 }
