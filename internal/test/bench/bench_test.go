@@ -136,6 +136,7 @@ func run(t *testing.T, cfg config) *table {
 		rtts = append(rtts, cfg.rtt)
 	}
 	var relayCPUs []relayCPU
+	var firstCPU, pooledCPU opsCPU // at 0 ms
 	for _, rtt := range rtts {
 		relayAddr, relay, direct := paths(t, srv, ag, "bench", rtt)
 		t.Logf("measuring at %s added round trip", msLabel(rtt))
@@ -143,16 +144,26 @@ func run(t *testing.T, cfg config) *table {
 			"relay", "direct", "relay/direct")
 		cs := tb.add(fmt.Sprintf("%s added round trip: CPU time per MiB moved, all processes on the path (user + system, summed over the runs)", msLabel(rtt)),
 			"relay", "direct", "relay/direct")
-		relayCPUs = append(relayCPUs, compare(t, s, cs, cfg, c, srv, ag, relay, direct, rtt))
+		own := compare(t, s, cs, cfg, c, srv, ag, relay, direct, rtt)
+		relayCPUs = append(relayCPUs, own.sum(nil))
+		if rtt == 0 {
+			firstCPU = own
+		}
 		if resume {
 			plain := relay
 			plain.ProxyCommand = bin("wsproxy") + " --no-resume ws://" + relayAddr + "/client/bench"
 			s := tb.add(fmt.Sprintf("%s added round trip: relay with resumable streams (wsproxy default) vs --no-resume", msLabel(rtt)),
 				"resume", "no-resume", "resume/no")
-			compareResume(t, s, cfg, c, srv, relay, plain, rtt)
+			on := compareResume(t, s, cfg, c, srv, relay, plain, rtt)
+			if rtt == 0 {
+				pooledCPU = on
+			}
 		}
 	}
 	addRelayCPU(tb, rtts, relayCPUs, true) // the 0 ms session is the agent's first: dialled back
+	if pooledCPU != nil {
+		addFirstVsPooled(tb, firstCPU, pooledCPU)
+	}
 	stepOverhead(t, tb, cfg.reps, srv)
 	if !resume {
 		tb.notes = append(tb.notes, "This wsproxy has no --no-resume flag, so there are no resume on/off rows.")
@@ -192,16 +203,18 @@ func run(t *testing.T, cfg config) *table {
 }
 
 // compare fills s with relay vs direct measurements and returns the
-// relay's own CPU over its transfers.
-func compare(t *testing.T, s, cs *section, cfg config, c *sshtest.Client, srv *serverProc, ag *benchAgent, relay, direct sshtest.Target, rtt time.Duration) relayCPU {
+// relay's own CPU over each transfer.
+func compare(t *testing.T, s, cs *section, cfg config, c *sshtest.Client, srv *serverProc, ag *benchAgent, relay, direct sshtest.Target, rtt time.Duration) opsCPU {
 	rs, ds := openSession(t, c, relay), openSession(t, c, direct)
 	rs.server = srv.cmd.Process.Pid
 	size := cfg.size
-	var own relayCPU
+	own := opsCPU{}
 	for _, op := range transfers(size, ag.Dir) {
 		var rc, dc cost
 		a, b := pair(t, cfg.reps, costed(rs, op.do, &rc), costed(ds, op.do, &dc))
-		own.add(rc, size*int64(cfg.reps))
+		var o relayCPU
+		o.add(rc, size*int64(cfg.reps))
+		own[op.name] = o
 		r := speedRatio(a, b)
 		minRatio := 0.8 // issue 13; at 0 ms, where the relay's CPU shows, 0.85 (issue 24)
 		if rtt == 0 {
@@ -246,12 +259,13 @@ func compare(t *testing.T, s, cs *section, cfg config, c *sshtest.Client, srv *s
 }
 
 // compareResume fills s with relay throughput with and without resumable
-// streams.
-func compareResume(t *testing.T, s *section, cfg config, c *sshtest.Client, srv *serverProc, on, off sshtest.Target, rtt time.Duration) {
+// streams, and returns the relay's own CPU over each transfer with them.
+func compareResume(t *testing.T, s *section, cfg config, c *sshtest.Client, srv *serverProc, on, off sshtest.Target, rtt time.Duration) opsCPU {
 	ons, offs := openSession(t, c, on), openSession(t, c, off)
 	ons.server, offs.server = srv.cmd.Process.Pid, srv.cmd.Process.Pid
 	size := cfg.size
 	mib := fmt.Sprintf("%d MiB", size>>20)
+	own := opsCPU{}
 	for _, op := range []struct {
 		name string
 		do   func(*session) (time.Duration, error)
@@ -261,6 +275,9 @@ func compareResume(t *testing.T, s *section, cfg config, c *sshtest.Client, srv 
 	} {
 		var onc, offc cost
 		a, b := pair(t, cfg.reps, costed(ons, op.do, &onc), costed(offs, op.do, &offc))
+		var o relayCPU
+		o.add(onc, size*int64(cfg.reps))
+		own[op.name] = o
 		r := speedRatio(a, b)
 		s.add(row{what: op.name, a: mibps(size, a), b: mibps(size, b), comp: fmt.Sprintf("%.2f", r)})
 		per := perMiB(cfg)
@@ -270,6 +287,7 @@ func compareResume(t *testing.T, s *section, cfg config, c *sshtest.Client, srv 
 	}
 	a, b := pair(t, cfg.reps, func() (time.Duration, error) { return connect(c, on) }, func() (time.Duration, error) { return connect(c, off) })
 	s.add(row{what: "connect: fresh `ssh host true`", a: ms(a), b: ms(b), comp: diff(a - b)})
+	return own
 }
 
 // costed returns a measurement of do on x that adds the CPU time it cost
