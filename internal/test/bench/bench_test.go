@@ -212,9 +212,7 @@ func compare(t *testing.T, s, cs *section, cfg config, c *sshtest.Client, srv *s
 	for _, op := range transfers(size, ag.Dir) {
 		var rc, dc cost
 		a, b := pair(t, cfg.reps, costed(rs, op.do, &rc), costed(ds, op.do, &dc))
-		var o relayCPU
-		o.add(rc, size*int64(cfg.reps))
-		own[op.name] = o
+		own[op.name] = relayOf(rc, size*int64(cfg.reps))
 		r := speedRatio(a, b)
 		minRatio := 0.8 // issue 13; at 0 ms, where the relay's CPU shows, 0.85 (issue 24)
 		if rtt == 0 {
@@ -275,9 +273,7 @@ func compareResume(t *testing.T, s *section, cfg config, c *sshtest.Client, srv 
 	} {
 		var onc, offc cost
 		a, b := pair(t, cfg.reps, costed(ons, op.do, &onc), costed(offs, op.do, &offc))
-		var o relayCPU
-		o.add(onc, size*int64(cfg.reps))
-		own[op.name] = o
+		own[op.name] = relayOf(onc, size*int64(cfg.reps))
 		r := speedRatio(a, b)
 		s.add(row{what: op.name, a: mibps(size, a), b: mibps(size, b), comp: fmt.Sprintf("%.2f", r)})
 		per := perMiB(cfg)

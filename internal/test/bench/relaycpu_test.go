@@ -35,6 +35,13 @@ func (r relayCPU) perMiB(d time.Duration) float64 {
 	return float64(d) / float64(time.Millisecond) / max(r.mib, 1e-9)
 }
 
+// relayOf is the relay's part of c, the cost of moving size bytes.
+func relayOf(c cost, size int64) relayCPU {
+	var r relayCPU
+	r.add(c, size)
+	return r
+}
+
 func (r relayCPU) plus(o relayCPU) relayCPU {
 	return relayCPU{r.converge + o.converge, r.wsproxy + o.wsproxy, r.mib + o.mib}
 }
