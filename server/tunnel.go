@@ -2,7 +2,6 @@ package server
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -140,7 +139,9 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, kind, id, token
 		up.Close()
 		return
 	}
-	s.tunnel(buffered(client, cbuf.Reader), buffered(up, br), kind, log, start)
+	// Both readers may hold bytes past the heads they read: the tunnel
+	// writes those first, then splices the connections in the kernel.
+	s.tunnel(splice.WithBuffered(client, cbuf.Reader), splice.WithBuffered(up, br), kind, log, start)
 }
 
 // relayRefusal passes the holder's refusal on: its status (a 4xx or 5xx;
@@ -169,14 +170,6 @@ func relayRefusal(w http.ResponseWriter, resp *http.Response) {
 	}
 	w.WriteHeader(status)
 	w.Write(body)
-}
-
-// buffered is c with what r, its reader, holds in front (splice.WithPrefix):
-// between two TCP connections the tunnel writes those bytes, then splices
-// the connections themselves in the kernel. Nothing under r buffers.
-func buffered(c net.Conn, r *bufio.Reader) net.Conn {
-	early, _ := r.Peek(r.Buffered())
-	return splice.WithPrefix(c, bytes.Clone(early))
 }
 
 // tunnel relays between c, the client's connection, and up, the

@@ -1,7 +1,6 @@
 package leg
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -109,8 +108,7 @@ func acceptRaw(w http.ResponseWriter, r *http.Request, protocol string) (net.Con
 	tune(c)
 	// Bytes the client sent right behind its request (DialOptions.Early),
 	// which the HTTP server had already read, come first.
-	early, _ := brw.Reader.Peek(brw.Reader.Buffered())
-	return splice.WithPrefix(c, bytes.Clone(early)), nil
+	return splice.WithBuffered(c, brw.Reader), nil
 }
 
 var dialer = &net.Dialer{Timeout: 30 * time.Second}

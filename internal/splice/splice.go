@@ -9,6 +9,8 @@
 package splice
 
 import (
+	"bufio"
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -126,15 +128,17 @@ type Prefixed interface {
 	TakePrefix() []byte
 }
 
-// WithPrefix returns c with early, bytes already read off it (by an HTTP
-// server or client, past a request's or an answer's head), in front: Read
-// returns them first, then c's own, and Splice writes them, then moves the
-// rest in the kernel when it can. Without early it returns c.
-func WithPrefix(c net.Conn, early []byte) net.Conn {
+// WithBuffered returns c with what r still holds in front: r is the
+// reader that read c past a head (an HTTP server's past a request's, a
+// client's past an answer's), and what it read beyond belongs to the
+// stream. Read returns those bytes first, then c's own, and Splice writes
+// them, then moves the rest in the kernel when it can. Nothing held: c.
+func WithBuffered(c net.Conn, r *bufio.Reader) net.Conn {
+	early, _ := r.Peek(r.Buffered())
 	if len(early) == 0 {
 		return c
 	}
-	return &prefixed{Conn: c, early: early}
+	return &prefixed{Conn: c, early: bytes.Clone(early)}
 }
 
 type prefixed struct {
